@@ -1,0 +1,584 @@
+//! Node descriptors and the topology document, with their signatures.
+//!
+//! Signed things travel as an envelope holding the exact JSON bytes that were
+//! signed, so verification never depends on re-serialising: a second
+//! implementation verifies `domain || 0x00 || body` with ed25519 and only
+//! then parses `body`.
+
+use crate::epoch::EpochSchedule;
+use crate::packet::Hop;
+use crate::{Error, NodeId};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+/// Number of mix layers.
+pub const LAYERS: u8 = 3;
+/// Signature domain of node descriptors.
+pub const DESCRIPTOR_DOMAIN: &str = "umbra-descriptor-v1";
+/// Signature domain of topology documents.
+pub const TOPOLOGY_DOMAIN: &str = "umbra-topology-v1";
+/// Most Sphinx keys a descriptor may carry.
+pub const MAX_DESCRIPTOR_KEYS: usize = 4;
+/// Clock skew tolerated when checking validity windows.
+pub const CLOCK_SKEW_MS: u64 = 60_000;
+
+/// Hex encoding of 32-byte keys in JSON.
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// Serialises as lowercase hex.
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    /// Parses 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(D::Error::custom)?;
+        Ok(out)
+    }
+}
+
+/// What a node does in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A mix node, placed in one of the layers.
+    Mix,
+    /// A gateway: entry for clients, final hop for dropboxes.
+    Gateway,
+}
+
+/// A Sphinx public key and the epoch it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochPublicKey {
+    /// The epoch.
+    pub epoch: u64,
+    /// x25519 public key.
+    #[serde(with = "hex32")]
+    pub key: [u8; 32],
+}
+
+/// What a node says about itself, signed with its identity key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDescriptor {
+    /// ed25519 identity public key.
+    #[serde(with = "hex32")]
+    pub identity: NodeId,
+    /// Mix node or gateway.
+    pub role: Role,
+    /// QUIC listening address, `ip:port`.
+    pub address: String,
+    /// Sphinx keys for the current and coming epochs.
+    pub sphinx_keys: Vec<EpochPublicKey>,
+    /// When the node made this descriptor, Unix ms.
+    pub published_ms: u64,
+}
+
+impl NodeDescriptor {
+    /// The Sphinx key for `epoch`, if the descriptor carries one.
+    pub fn key_for(&self, epoch: u64) -> Option<[u8; 32]> {
+        self.sphinx_keys
+            .iter()
+            .find(|k| k.epoch == epoch)
+            .map(|k| k.key)
+    }
+}
+
+/// Network-wide parameters every client and node uses alike.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkParams {
+    /// Mean per-hop delay (the 1/μ of Loopix), milliseconds.
+    pub mix_delay_mean_ms: u64,
+    /// Largest per-hop delay a node honours; longer ones are clamped.
+    pub max_delay_ms: u64,
+    /// Client payload stream rate λ_P, packets/s.
+    pub lambda_payload: f64,
+    /// Client loop cover rate λ_L, packets/s.
+    pub lambda_loop: f64,
+    /// Mix node loop cover rate λ_M, packets/s.
+    pub lambda_mix_loop: f64,
+}
+
+impl Default for NetworkParams {
+    fn default() -> Self {
+        Self {
+            mix_delay_mean_ms: 50,
+            max_delay_ms: 10_000,
+            lambda_payload: 5.0,
+            lambda_loop: 1.0,
+            lambda_mix_loop: 1.0,
+        }
+    }
+}
+
+/// One node as the topology publishes it for one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyNode {
+    /// ed25519 identity; also its Sphinx node address and TLS key.
+    #[serde(with = "hex32")]
+    pub identity: NodeId,
+    /// Mix node or gateway.
+    pub role: Role,
+    /// QUIC address.
+    pub address: String,
+    /// Sphinx key for this document's epoch.
+    #[serde(with = "hex32")]
+    pub sphinx_key: [u8; 32],
+    /// 1..=3 for mix nodes, 0 for gateways.
+    pub layer: u8,
+}
+
+impl TopologyNode {
+    /// This node as a route hop.
+    pub fn hop(&self) -> Hop {
+        Hop {
+            id: self.identity,
+            sphinx_key: self.sphinx_key,
+        }
+    }
+
+    /// The QUIC address, parsed.
+    pub fn socket_addr(&self) -> Result<SocketAddr, Error> {
+        self.address
+            .parse()
+            .map_err(|_| Error::Rejected(format!("bad node address {:?}", self.address)))
+    }
+}
+
+/// The network as clients and nodes see it during one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyDocument {
+    /// The epoch whose keys the document lists.
+    pub epoch: u64,
+    /// Bumped when the authority republishes the same epoch (a node joined).
+    pub revision: u64,
+    /// The epoch schedule.
+    pub schedule: EpochSchedule,
+    /// Start of validity, Unix ms.
+    pub valid_from_ms: u64,
+    /// End of validity, Unix ms.
+    pub valid_until_ms: u64,
+    /// Network parameters.
+    pub params: NetworkParams,
+    /// Every node, sorted by identity.
+    pub nodes: Vec<TopologyNode>,
+}
+
+impl TopologyDocument {
+    /// Builds the document for `epoch` from verified descriptors. Nodes without a
+    /// key for the epoch are left out; mix layers come from [`assign_layers`].
+    pub fn build(
+        epoch: u64,
+        revision: u64,
+        schedule: EpochSchedule,
+        params: NetworkParams,
+        descriptors: &[NodeDescriptor],
+    ) -> Self {
+        let mut seen = HashSet::new();
+        let mut nodes: Vec<TopologyNode> = descriptors
+            .iter()
+            .filter(|d| seen.insert(d.identity))
+            .filter_map(|d| {
+                Some(TopologyNode {
+                    identity: d.identity,
+                    role: d.role,
+                    address: d.address.clone(),
+                    sphinx_key: d.key_for(epoch)?,
+                    layer: 0,
+                })
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.identity);
+        let mix_ids: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| n.role == Role::Mix)
+            .map(|n| n.identity)
+            .collect();
+        let layers = assign_layers(epoch, &mix_ids);
+        for n in nodes.iter_mut().filter(|n| n.role == Role::Mix) {
+            n.layer = layers
+                .iter()
+                .find(|(id, _)| *id == n.identity)
+                .map_or(0, |(_, l)| *l);
+        }
+        Self {
+            epoch,
+            revision,
+            schedule,
+            valid_from_ms: schedule.start_ms(epoch),
+            valid_until_ms: schedule.end_ms(epoch),
+            params,
+            nodes,
+        }
+    }
+
+    /// Mix nodes of `layer` (1..=3).
+    pub fn layer(&self, layer: u8) -> impl Iterator<Item = &TopologyNode> {
+        self.nodes
+            .iter()
+            .filter(move |n| n.role == Role::Mix && n.layer == layer)
+    }
+
+    /// Gateways.
+    pub fn gateways(&self) -> impl Iterator<Item = &TopologyNode> {
+        self.nodes.iter().filter(|n| n.role == Role::Gateway)
+    }
+
+    /// The node with identity `id`.
+    pub fn node(&self, id: &NodeId) -> Option<&TopologyNode> {
+        self.nodes
+            .binary_search_by(|n| n.identity.cmp(id))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// Checks the rules a signature cannot: sorted unique nodes, parseable
+    /// addresses, and layers equal to the deterministic assignment.
+    pub fn check_rules(&self) -> Result<(), Error> {
+        if !self.nodes.windows(2).all(|w| w[0].identity < w[1].identity) {
+            return Err(Error::Rejected("nodes not sorted or not unique".into()));
+        }
+        for n in &self.nodes {
+            n.socket_addr()?;
+            if n.role == Role::Gateway && n.layer != 0 {
+                return Err(Error::Rejected("gateway placed in a mix layer".into()));
+            }
+        }
+        let mix_ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Mix)
+            .map(|n| n.identity)
+            .collect();
+        for (id, layer) in assign_layers(self.epoch, &mix_ids) {
+            if self.node(&id).map(|n| n.layer) != Some(layer) {
+                return Err(Error::Rejected(
+                    "layer assignment differs from the deterministic one".into(),
+                ));
+            }
+        }
+        if self.params.max_delay_ms < self.params.mix_delay_mean_ms {
+            return Err(Error::Rejected("max delay below mean delay".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Places mix nodes in layers 1..=3 as a function of the epoch and their ids
+/// only: nodes are ranked by SHA-256("umbra-layer" || epoch || id) and dealt
+/// round-robin, so layers differ in size by at most one and no authority's
+/// randomness decides placement.
+pub fn assign_layers(epoch: u64, mix_ids: &[NodeId]) -> Vec<(NodeId, u8)> {
+    let mut ranked: Vec<([u8; 32], NodeId)> = mix_ids
+        .iter()
+        .map(|id| {
+            let mut h = Sha256::new();
+            h.update(b"umbra-layer");
+            h.update(epoch.to_be_bytes());
+            h.update(id);
+            (h.finalize().into(), *id)
+        })
+        .collect();
+    ranked.sort();
+    ranked.dedup_by_key(|(_, id)| *id);
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, id))| (id, (i % usize::from(LAYERS)) as u8 + 1))
+        .collect()
+}
+
+/// One signature on an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureEntry {
+    /// Signer's ed25519 public key.
+    #[serde(with = "hex32")]
+    pub signer: [u8; 32],
+    /// ed25519 signature over `domain || 0x00 || body`, hex.
+    pub signature: String,
+}
+
+/// Signed JSON: the exact bytes signed, and the signatures over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    /// JSON text of the signed value.
+    pub body: String,
+    /// Signatures over `body`.
+    pub signatures: Vec<SignatureEntry>,
+}
+
+fn signing_input(domain: &str, body: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(domain.len() + 1 + body.len());
+    v.extend_from_slice(domain.as_bytes());
+    v.push(0);
+    v.extend_from_slice(body.as_bytes());
+    v
+}
+
+impl Signed {
+    /// Serialises `value` and signs it under `domain`.
+    pub fn sign<T: Serialize>(value: &T, domain: &str, key: &SigningKey) -> Result<Self, Error> {
+        let body = serde_json::to_string(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let sig = key.sign(&signing_input(domain, &body));
+        Ok(Self {
+            signatures: vec![SignatureEntry {
+                signer: key.verifying_key().to_bytes(),
+                signature: hex::encode(sig.to_bytes()),
+            }],
+            body,
+        })
+    }
+
+    /// Adds a co-signature (another authority).
+    pub fn cosign(&mut self, domain: &str, key: &SigningKey) {
+        let sig = key.sign(&signing_input(domain, &self.body));
+        self.signatures.push(SignatureEntry {
+            signer: key.verifying_key().to_bytes(),
+            signature: hex::encode(sig.to_bytes()),
+        });
+    }
+
+    /// The distinct keys in `trusted` that validly signed the body.
+    pub fn valid_signers(&self, domain: &str, trusted: &[[u8; 32]]) -> Vec<[u8; 32]> {
+        let input = signing_input(domain, &self.body);
+        let mut ok: Vec<[u8; 32]> = Vec::new();
+        for entry in &self.signatures {
+            if !trusted.contains(&entry.signer) || ok.contains(&entry.signer) {
+                continue;
+            }
+            let mut raw = [0u8; 64];
+            if hex::decode_to_slice(&entry.signature, &mut raw).is_err() {
+                continue;
+            }
+            let Ok(vk) = VerifyingKey::from_bytes(&entry.signer) else {
+                continue;
+            };
+            if vk.verify_strict(&input, &Signature::from_bytes(&raw)).is_ok() {
+                ok.push(entry.signer);
+            }
+        }
+        ok
+    }
+
+    /// Parses the body without checking signatures. Only for display.
+    pub fn parse_unverified<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(&self.body).map_err(|e| Error::Decode(e.to_string()))
+    }
+}
+
+/// Verifies a node's descriptor: signed by the identity it names, with a
+/// usable address, and a Sphinx key for `now_epoch` or the next one.
+pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescriptor, Error> {
+    let d: NodeDescriptor = signed.parse_unverified()?;
+    if signed.valid_signers(DESCRIPTOR_DOMAIN, &[d.identity]).is_empty() {
+        return Err(Error::BadSignature(
+            "descriptor is not signed by the identity it names",
+        ));
+    }
+    d.address
+        .parse::<SocketAddr>()
+        .map_err(|_| Error::Rejected(format!("bad address {:?}", d.address)))?;
+    if d.sphinx_keys.is_empty() || d.sphinx_keys.len() > MAX_DESCRIPTOR_KEYS {
+        return Err(Error::Rejected(format!(
+            "descriptor carries {} sphinx keys; 1..={MAX_DESCRIPTOR_KEYS} allowed",
+            d.sphinx_keys.len()
+        )));
+    }
+    if d.key_for(now_epoch).is_none() && d.key_for(now_epoch + 1).is_none() {
+        return Err(Error::Rejected(format!(
+            "stale descriptor: no sphinx key for epoch {now_epoch} or {}",
+            now_epoch + 1
+        )));
+    }
+    if d.sphinx_keys.iter().any(|k| k.epoch > now_epoch + 2) {
+        return Err(Error::Rejected("sphinx key for a far-future epoch".into()));
+    }
+    Ok(d)
+}
+
+/// Whom a client or node trusts to sign topologies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustPolicy {
+    /// Pinned authority keys.
+    pub authorities: Vec<[u8; 32]>,
+    /// Signatures needed (k of n).
+    pub threshold: usize,
+}
+
+/// Verifies a topology: k-of-n pinned signatures, freshness at `now_ms`,
+/// an epoch (and revision) not older than `last_seen`, and the document rules.
+pub fn verify_topology(
+    signed: &Signed,
+    trust: &TrustPolicy,
+    now_ms: u64,
+    last_seen: Option<(u64, u64)>,
+) -> Result<TopologyDocument, Error> {
+    if trust.threshold == 0 || trust.threshold > trust.authorities.len() {
+        return Err(Error::InvalidArgument(format!(
+            "threshold {} of {} authorities",
+            trust.threshold,
+            trust.authorities.len()
+        )));
+    }
+    let signers = signed.valid_signers(TOPOLOGY_DOMAIN, &trust.authorities);
+    if signers.len() < trust.threshold {
+        return Err(Error::BadSignature(
+            "topology lacks enough valid signatures from pinned authorities",
+        ));
+    }
+    let doc: TopologyDocument = signed.parse_unverified()?;
+    if now_ms.saturating_add(CLOCK_SKEW_MS) < doc.valid_from_ms
+        || now_ms > doc.valid_until_ms.saturating_add(CLOCK_SKEW_MS)
+    {
+        return Err(Error::Rejected(format!(
+            "topology for epoch {} is not valid now",
+            doc.epoch
+        )));
+    }
+    if let Some((epoch, revision)) = last_seen
+        && (doc.epoch, doc.revision) < (epoch, revision)
+    {
+        return Err(Error::Rejected(format!(
+            "topology epoch {}.{} is older than {epoch}.{revision}",
+            doc.epoch, doc.revision
+        )));
+    }
+    doc.check_rules()?;
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::from_bytes(&[b; 32])
+    }
+
+    fn descriptor(k: &SigningKey, role: Role, port: u16, epoch: u64) -> NodeDescriptor {
+        NodeDescriptor {
+            identity: k.verifying_key().to_bytes(),
+            role,
+            address: format!("127.0.0.1:{port}"),
+            sphinx_keys: vec![EpochPublicKey {
+                epoch,
+                key: [port as u8; 32],
+            }],
+            published_ms: 0,
+        }
+    }
+
+    fn schedule() -> EpochSchedule {
+        EpochSchedule::new(0, 1000).unwrap()
+    }
+
+    #[test]
+    fn descriptor_signature_and_staleness() {
+        let k = key(1);
+        let d = descriptor(&k, Role::Mix, 1000, 5);
+        let s = Signed::sign(&d, DESCRIPTOR_DOMAIN, &k).unwrap();
+        assert_eq!(verify_descriptor(&s, 5).unwrap(), d);
+        assert_eq!(verify_descriptor(&s, 4).unwrap(), d);
+        assert!(matches!(verify_descriptor(&s, 6), Err(Error::Rejected(_))));
+        // signed by someone else
+        let s2 = Signed::sign(&d, DESCRIPTOR_DOMAIN, &key(2)).unwrap();
+        assert!(matches!(verify_descriptor(&s2, 5), Err(Error::BadSignature(_))));
+        // tampered body
+        let mut s3 = s.clone();
+        s3.body = s3.body.replace("1000", "1001");
+        assert!(matches!(verify_descriptor(&s3, 5), Err(Error::BadSignature(_))));
+        // wrong domain
+        let s4 = Signed::sign(&d, TOPOLOGY_DOMAIN, &k).unwrap();
+        assert!(verify_descriptor(&s4, 5).is_err());
+    }
+
+    #[test]
+    fn layers_are_balanced_and_deterministic() {
+        let ids: Vec<NodeId> = (0..10u8).map(|i| [i; 32]).collect();
+        let a = assign_layers(7, &ids);
+        let mut rev = ids.clone();
+        rev.reverse();
+        let mut b = assign_layers(7, &rev);
+        let mut a_sorted = a.clone();
+        a_sorted.sort();
+        b.sort();
+        assert_eq!(a_sorted, b);
+        let counts: Vec<usize> = (1..=3).map(|l| a.iter().filter(|x| x.1 == l).count()).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 10);
+        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
+        // another epoch shuffles
+        let c = assign_layers(8, &ids);
+        assert_ne!(a, c);
+    }
+
+    fn topo(epoch: u64) -> TopologyDocument {
+        let ds: Vec<_> = (1..=7u8)
+            .map(|i| {
+                let role = if i > 6 { Role::Gateway } else { Role::Mix };
+                descriptor(&key(i), role, 1000 + u16::from(i), epoch)
+            })
+            .collect();
+        TopologyDocument::build(epoch, 0, schedule(), NetworkParams::default(), &ds)
+    }
+
+    #[test]
+    fn topology_verification() {
+        let auth = key(100);
+        let trust = TrustPolicy {
+            authorities: vec![auth.verifying_key().to_bytes()],
+            threshold: 1,
+        };
+        let doc = topo(3);
+        assert_eq!(doc.layer(1).count(), 2);
+        assert_eq!(doc.gateways().count(), 1);
+        let s = Signed::sign(&doc, TOPOLOGY_DOMAIN, &auth).unwrap();
+        assert_eq!(verify_topology(&s, &trust, 3500, None).unwrap(), doc);
+        // freshness
+        assert!(verify_topology(&s, &trust, 3500 + 10 * CLOCK_SKEW_MS, None).is_err());
+        // monotonic epoch
+        assert!(verify_topology(&s, &trust, 3500, Some((4, 0))).is_err());
+        assert!(verify_topology(&s, &trust, 3500, Some((3, 0))).is_ok());
+        // untrusted signer
+        let s2 = Signed::sign(&doc, TOPOLOGY_DOMAIN, &key(101)).unwrap();
+        assert!(matches!(
+            verify_topology(&s2, &trust, 3500, None),
+            Err(Error::BadSignature(_))
+        ));
+        // a forged layer assignment, validly signed, is still refused
+        let mut bad = doc.clone();
+        let l = bad.nodes[0].layer;
+        bad.nodes[0].layer = l % 3 + 1;
+        let s3 = Signed::sign(&bad, TOPOLOGY_DOMAIN, &auth).unwrap();
+        assert!(matches!(
+            verify_topology(&s3, &trust, 3500, None),
+            Err(Error::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn k_of_n_counts_distinct_authorities() {
+        let (a, b, c) = (key(100), key(101), key(102));
+        let trust = TrustPolicy {
+            authorities: [&a, &b, &c].map(|k| k.verifying_key().to_bytes()).to_vec(),
+            threshold: 2,
+        };
+        let doc = topo(3);
+        let mut s = Signed::sign(&doc, TOPOLOGY_DOMAIN, &a).unwrap();
+        s.cosign(TOPOLOGY_DOMAIN, &a); // same authority twice counts once
+        assert!(verify_topology(&s, &trust, 3500, None).is_err());
+        s.cosign(TOPOLOGY_DOMAIN, &b);
+        assert!(verify_topology(&s, &trust, 3500, None).is_ok());
+    }
+}
