@@ -1,0 +1,97 @@
+//! Key files on disk: raw 32-byte secrets, hex-encoded, mode 0600.
+
+use crate::Error;
+use ed25519_dalek::SigningKey;
+use rand::Rng;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `secret` as hex to `path`, creating it with mode 0600 (never wider).
+pub fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(hex::encode(secret).as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads a secret written by [`write_secret`]. Refuses files readable by others.
+pub fn read_secret(path: &Path) -> Result<[u8; 32], Error> {
+    let err = |reason: String| Error::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "permissions {mode:o} let others read it; run chmod 600"
+            )));
+        }
+    }
+    let _ = meta;
+    let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|e| err(format!("not 64 hex digits: {e}")))?;
+    Ok(out)
+}
+
+/// Loads the ed25519 identity at `path`, or makes and saves a new one.
+pub fn load_or_create_identity(path: &Path) -> Result<SigningKey, Error> {
+    if path.exists() {
+        return Ok(SigningKey::from_bytes(&read_secret(path)?));
+    }
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    write_secret(path, &seed)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_private_and_round_trip() {
+        let dir = std::env::temp_dir().join(format!("umbra-id-{}", std::process::id()));
+        let p = dir.join("identity.key");
+        let _ = fs::remove_file(&p);
+        let k = load_or_create_identity(&p).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            let k2 = load_or_create_identity(&p).unwrap();
+            assert_eq!(k.to_bytes(), k2.to_bytes());
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(read_secret(&p).is_err());
+        }
+        fs::write(&p, "zz").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(matches!(read_secret(&p), Err(Error::KeyFile { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod link;
+pub mod metrics;
+pub mod tls;
+
+mod error;
+pub use error::Error;
+
+/// Installs the ring crypto provider as rustls' process default (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,322 @@
+//! Long-lived QUIC links carrying fixed-size frames on one unidirectional stream.
+//!
+//! Outbound: one task per peer owns the connection, reconnects with
+//! exponential backoff, and drains a bounded queue; when the queue is full
+//! the frame is dropped and counted, so memory never grows without bound.
+//! Inbound: each stream is cut into frames by the sans-IO decoder; malformed
+//! frames are counted and skipped while the stream goes on.
+
+use crate::{Error, tls};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use protocol::frame::{self, Frame, FrameDecoder};
+use protocol::NodeId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Tunables for links.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Frames queued per outbound peer before new ones are dropped.
+    pub queue_capacity: usize,
+    /// Inbound connections served at once; more are refused.
+    pub max_inbound_connections: usize,
+    /// Distinct outbound peers; frames to further peers are dropped.
+    pub max_peers: usize,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 8192,
+            max_inbound_connections: 1024,
+            max_peers: 4096,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Link counters, registered in the caller's registry.
+#[derive(Clone)]
+pub struct LinkMetrics {
+    /// Well-formed frames received.
+    pub frames_in: IntCounter,
+    /// Frames sent to peers.
+    pub frames_out: IntCounter,
+    /// Frames dropped, by reason (`malformed`, `queue_full`, `link_error`, `too_many_peers`).
+    pub dropped: IntCounterVec,
+    /// Failed connection attempts.
+    pub connect_failures: IntCounter,
+    /// Frames waiting in outbound queues.
+    pub queue_depth: IntGauge,
+    /// Open inbound connections.
+    pub inbound_connections: IntGauge,
+}
+
+impl LinkMetrics {
+    /// Creates the counters and registers them in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let m = Self::unregistered();
+        for c in [
+            Box::new(m.frames_in.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.frames_out.clone()),
+            Box::new(m.dropped.clone()),
+            Box::new(m.connect_failures.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.inbound_connections.clone()),
+        ] {
+            // Registering the same name twice is a programming error caught in tests.
+            let _ = registry.register(c);
+        }
+        m
+    }
+
+    /// Counters not attached to any registry (tests, tools).
+    pub fn unregistered() -> Self {
+        let c = |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|_| unreachable_metric());
+        Self {
+            frames_in: c("umbra_link_frames_in_total", "Well-formed frames received"),
+            frames_out: c("umbra_link_frames_out_total", "Frames written to peers"),
+            dropped: IntCounterVec::new(
+                Opts::new("umbra_link_frames_dropped_total", "Frames dropped at the link layer"),
+                &["reason"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            connect_failures: c("umbra_link_connect_failures_total", "Failed connection attempts"),
+            queue_depth: IntGauge::new("umbra_link_queue_depth", "Frames waiting in outbound queues")
+                .unwrap_or_else(|_| unreachable_metric()),
+            inbound_connections: IntGauge::new(
+                "umbra_link_inbound_connections",
+                "Open inbound connections",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+        }
+    }
+
+    fn drop(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_metric() -> ! {
+    // Metric names above are static and valid; this cannot happen at run time.
+    panic!("invalid static metric definition")
+}
+
+/// Receives inbound frames. Called on the connection's task: keep it cheap
+/// (hand the packet to a worker queue).
+pub trait FrameSink: Send + Sync + 'static {
+    /// One well-formed frame.
+    fn on_frame(&self, frame: Frame<'_>);
+}
+
+impl<F: Fn(Frame<'_>) + Send + Sync + 'static> FrameSink for F {
+    fn on_frame(&self, frame: Frame<'_>) {
+        self(frame)
+    }
+}
+
+/// Binds a QUIC endpoint that serves links and can dial peers.
+pub fn bind(addr: SocketAddr, identity: &ed25519_dalek::SigningKey) -> Result<quinn::Endpoint, Error> {
+    crate::install_crypto_provider();
+    quinn::Endpoint::server(tls::server_config(identity)?, addr).map_err(|source| Error::Bind { addr, source })
+}
+
+/// A client-only endpoint on an ephemeral loopback or wildcard port.
+pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
+    crate::install_crypto_provider();
+    quinn::Endpoint::client(bind_addr).map_err(|source| Error::Bind {
+        addr: bind_addr,
+        source,
+    })
+}
+
+/// Accepts connections on `endpoint` until it is closed, feeding frames to `sink`.
+pub async fn serve(endpoint: quinn::Endpoint, sink: Arc<dyn FrameSink>, metrics: LinkMetrics, cfg: LinkConfig) {
+    let limit = Arc::new(Semaphore::new(cfg.max_inbound_connections));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let sink = sink.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            metrics.inbound_connections.inc();
+            while let Ok(recv) = conn.accept_uni().await {
+                tokio::spawn(read_stream(recv, sink.clone(), metrics.clone()));
+            }
+            metrics.inbound_connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn read_stream(mut recv: quinn::RecvStream, sink: Arc<dyn FrameSink>, metrics: LinkMetrics) {
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(Some(n)) = recv.read(&mut buf).await {
+        dec.push(&buf[..n]);
+        while let Some(body) = dec.next_body() {
+            match frame::decode_body(body) {
+                Ok(f) => {
+                    metrics.frames_in.inc();
+                    sink.on_frame(f);
+                }
+                Err(_) => metrics.drop("malformed"),
+            }
+        }
+    }
+}
+
+struct Peer {
+    addr: SocketAddr,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// Outbound links to many peers, one task and one bounded queue each.
+#[derive(Clone)]
+pub struct Links {
+    endpoint: quinn::Endpoint,
+    peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
+    cfg: LinkConfig,
+    metrics: LinkMetrics,
+}
+
+impl Links {
+    /// Outbound links dialled from `endpoint`.
+    pub fn new(endpoint: quinn::Endpoint, cfg: LinkConfig, metrics: LinkMetrics) -> Self {
+        Self {
+            endpoint,
+            peers: Arc::default(),
+            cfg,
+            metrics,
+        }
+    }
+
+    /// Queues an encoded frame for `peer` at `addr`. Returns false if it was
+    /// dropped (queue full or too many peers); the drop is counted.
+    pub fn send(&self, peer: NodeId, addr: SocketAddr, frame: Vec<u8>) -> bool {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = peers
+            .get(&peer)
+            .is_some_and(|p| p.addr != addr || p.tx.is_closed());
+        if stale {
+            peers.remove(&peer);
+        }
+        if !peers.contains_key(&peer) {
+            if peers.len() >= self.cfg.max_peers {
+                self.metrics.drop("too_many_peers");
+                return false;
+            }
+            let (tx, rx) = mpsc::channel(self.cfg.queue_capacity);
+            tokio::spawn(peer_task(
+                self.endpoint.clone(),
+                peer,
+                addr,
+                rx,
+                self.cfg.clone(),
+                self.metrics.clone(),
+            ));
+            peers.insert(peer, Peer { addr, tx });
+        }
+        let Some(p) = peers.get(&peer) else { return false };
+        match p.tx.try_send(frame) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                true
+            }
+            Err(_) => {
+                self.metrics.drop("queue_full");
+                false
+            }
+        }
+    }
+
+    /// Number of peers with a link task.
+    pub fn peer_count(&self) -> usize {
+        self.peers.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Stops every link task (their queues are dropped).
+    pub fn shutdown(&self) {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Dials `peer` at `addr`, checking it holds the identity key `peer`.
+pub async fn connect(endpoint: &quinn::Endpoint, peer: NodeId, addr: SocketAddr) -> Result<quinn::Connection, Error> {
+    let cfg = tls::client_config(peer)?;
+    endpoint
+        .connect_with(cfg, addr, tls::SERVER_NAME)
+        .map_err(|e| Error::Connect(e.to_string()))?
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))
+}
+
+const BATCH_BYTES: usize = 32 * frame::FRAME_LEN;
+
+async fn peer_task(
+    endpoint: quinn::Endpoint,
+    peer: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    cfg: LinkConfig,
+    metrics: LinkMetrics,
+) {
+    let mut backoff = cfg.backoff_min;
+    loop {
+        let conn = match connect(&endpoint, peer, addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.connect_failures.inc();
+                tracing::debug!(peer = %hex::encode(&peer[..4]), error = %e, "link connect failed");
+                if rx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.backoff_max);
+                continue;
+            }
+        };
+        let Ok(mut send) = conn.open_uni().await else {
+            continue;
+        };
+        backoff = cfg.backoff_min;
+        let mut buf = Vec::with_capacity(BATCH_BYTES);
+        loop {
+            let Some(f) = rx.recv().await else {
+                let _ = send.finish();
+                conn.close(0u8.into(), b"shutdown");
+                return;
+            };
+            let mut n = 1;
+            buf.extend_from_slice(&f);
+            while buf.len() < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(f) => {
+                        buf.extend_from_slice(&f);
+                        n += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            metrics.queue_depth.sub(n);
+            if send.write_all(&buf).await.is_err() {
+                metrics.dropped.with_label_values(&["link_error"]).inc_by(n as u64);
+                break;
+            }
+            metrics.frames_out.inc_by(n as u64);
+            buf.clear();
+        }
+    }
+}
