@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod dirclient;
 pub mod identity;
 pub mod link;
 pub mod metrics;
