@@ -1,0 +1,110 @@
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Configuration of a mix node (`umbra mixnode run --config FILE`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixnodeConfig {
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Address published in the descriptor; defaults to `listen`.
+    pub public_address: Option<SocketAddr>,
+    /// HTTP address of the Prometheus endpoint.
+    pub metrics_listen: SocketAddr,
+    /// Base URL of the directory authority.
+    pub directory_url: String,
+    /// The directory authority's ed25519 public key (hex); topologies not signed by it are refused.
+    pub authority_key: String,
+    /// Identity and Sphinx key files live here.
+    pub data_dir: PathBuf,
+    /// Sphinx worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Longest delay honoured per packet, milliseconds; longer header delays are clamped.
+    pub max_delay_ms: u64,
+    /// Packets waiting for a worker before new ones are dropped.
+    pub worker_queue: usize,
+    /// Packets held for their delay before new ones are dropped.
+    pub delay_queue: usize,
+    /// Frames queued per outbound link before new ones are dropped.
+    pub link_queue: usize,
+    /// Packet rate the replay cache is sized for (packets/s over a key's life).
+    pub replay_max_pps: u64,
+    /// Replay cache false-positive rate when full.
+    pub replay_false_positive_rate: f64,
+    /// How often to refresh the topology, seconds.
+    pub topology_refresh_secs: u64,
+}
+
+impl Default for MixnodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            public_address: None,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            directory_url: "http://127.0.0.1:8000".into(),
+            authority_key: String::new(),
+            data_dir: PathBuf::from("umbra-data/mixnode"),
+            workers: 0,
+            max_delay_ms: 10_000,
+            worker_queue: 16_384,
+            delay_queue: 200_000,
+            link_queue: 8_192,
+            replay_max_pps: 20_000,
+            replay_false_positive_rate: protocol::replay::DEFAULT_FALSE_POSITIVE_RATE,
+            topology_refresh_secs: 30,
+        }
+    }
+}
+
+impl MixnodeConfig {
+    /// A commented example, as `umbra mixnode init` writes it.
+    pub fn example(authority_key: &str) -> String {
+        let d = Self::default();
+        format!(
+            r#"# Umbra mix node configuration.
+# Every key but authority_key is optional; the values shown are the defaults.
+
+# UDP address of the QUIC endpoint that receives and sends packets.
+listen = "{listen}"
+# Address published to the directory, if other nodes must dial another one.
+# public_address = "203.0.113.7:9000"
+# Prometheus metrics at http://<metrics_listen>/metrics
+metrics_listen = "{metrics}"
+# The directory authority, and its public key (hex). Topologies signed by
+# any other key are refused.
+directory_url = "{dir}"
+authority_key = "{authority_key}"
+# Identity key (identity.key) and Sphinx keys (sphinx/), all mode 0600.
+data_dir = "{data}"
+# Sphinx worker threads; 0 = one per core.
+workers = {workers}
+# Header delays longer than this (milliseconds) are clamped.
+max_delay_ms = {max_delay}
+# Bounded queues: packets waiting for a worker, packets being delayed,
+# frames per outbound link. When one is full, packets are dropped and counted.
+worker_queue = {wq}
+delay_queue = {dq}
+link_queue = {lq}
+# The replay cache is sized for this packet rate over a key's lifetime,
+# with this false-positive rate when full.
+replay_max_pps = {rp}
+replay_false_positive_rate = {fp:e}
+# Topology refresh interval, seconds.
+topology_refresh_secs = {tr}
+"#,
+            listen = d.listen,
+            metrics = d.metrics_listen,
+            dir = d.directory_url,
+            data = d.data_dir.display(),
+            workers = d.workers,
+            max_delay = d.max_delay_ms,
+            wq = d.worker_queue,
+            dq = d.delay_queue,
+            lq = d.link_queue,
+            rp = d.replay_max_pps,
+            fp = d.replay_false_positive_rate,
+            tr = d.topology_refresh_secs,
+        )
+    }
+}

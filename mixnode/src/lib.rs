@@ -1,0 +1,354 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod config;
+mod metrics;
+mod pipeline;
+
+pub use config::MixnodeConfig;
+pub use metrics::Metrics;
+
+use ed25519_dalek::SigningKey;
+use net::dirclient::DirectoryClient;
+use net::link::{LinkConfig, LinkMetrics, Links};
+use pipeline::Shared;
+use protocol::NodeId;
+use protocol::epoch::EpochSchedule;
+use protocol::keys::{EpochKey, KeyRing};
+use protocol::replay::ReplayCache;
+use protocol::topology::{self, EpochPublicKey, NodeDescriptor, Role, Signed, TrustPolicy};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::{Notify, watch};
+
+/// Errors of the mix node.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable (operator's fault); names the key.
+    #[error("config key `{key}`: {reason}")]
+    Config {
+        /// The offending key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Networking or key files (see inner error).
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    /// Local I/O.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running mix node.
+pub struct Mixnode {
+    /// Where the QUIC endpoint listens.
+    pub quic_addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    /// The node's identity.
+    pub identity: NodeId,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    shutdown: watch::Sender<bool>,
+    refresh: Arc<Notify>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Control {
+    identity: SigningKey,
+    cfg: MixnodeConfig,
+    public_address: SocketAddr,
+    dir: DirectoryClient,
+    trust: TrustPolicy,
+    shared: Arc<Shared>,
+    last_seen: Mutex<Option<(u64, u64)>>,
+}
+
+impl Mixnode {
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Nodes the node can currently route to.
+    pub fn known_nodes(&self) -> usize {
+        self.shared.routes.read().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Asks the node to refresh its topology now.
+    pub fn refresh_topology(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Stops accepting, stops the workers and link tasks, and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint.close(0u8.into(), b"shutdown");
+        self.shared.close();
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        for w in self.workers {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        self.shared.links.shutdown();
+        tracing::info!("mix node stopped");
+    }
+}
+
+fn sphinx_key(epoch: u64, cfg: &MixnodeConfig, schedule: &EpochSchedule) -> EpochKey {
+    let (secret, _) = protocol::packet::sphinx_keypair(&mut rand::rng());
+    // A key serves its epoch plus the grace period for packets in flight.
+    let lifetime_s = schedule.length_ms / 1000 + 3 * cfg.max_delay_ms / 1000 + 60;
+    let cache = ReplayCache::for_rate(cfg.replay_max_pps, lifetime_s, cfg.replay_false_positive_rate);
+    EpochKey::new(epoch, secret, cache)
+}
+
+impl Control {
+    fn descriptor(&self) -> Result<Signed, Error> {
+        let ring = self.shared.keys.read().unwrap_or_else(|p| p.into_inner());
+        let sphinx_keys = ring
+            .epochs()
+            .into_iter()
+            .rev()
+            .take(topology::MAX_DESCRIPTOR_KEYS)
+            .filter_map(|e| ring.get(e).map(|k| EpochPublicKey { epoch: e, key: k.public() }))
+            .collect();
+        let d = NodeDescriptor {
+            identity: self.identity.verifying_key().to_bytes(),
+            role: Role::Mix,
+            address: self.public_address.to_string(),
+            sphinx_keys,
+            published_ms: now_ms(),
+        };
+        Signed::sign(&d, topology::DESCRIPTOR_DOMAIN, &self.identity).map_err(|e| Error::Config {
+            key: "data_dir",
+            reason: e.to_string(),
+        })
+    }
+
+    async fn register(&self) -> Result<(), net::Error> {
+        let d = self.descriptor().map_err(|e| net::Error::Connect(e.to_string()))?;
+        self.dir.register(&d).await
+    }
+
+    /// Fetches and verifies the current and next topologies; rebuilds the routing table.
+    async fn refresh(&self) -> Result<u64, String> {
+        let current = self.dir.topology(false).await.map_err(|e| e.to_string())?;
+        let last = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let doc = topology::verify_topology(&current, &self.trust, now, last).map_err(|e| e.to_string())?;
+        let mut routes: HashMap<NodeId, SocketAddr> = HashMap::new();
+        if let Ok(next) = self.dir.topology(true).await
+            && let Ok(n) = topology::verify_topology(&next, &self.trust, doc.valid_until_ms, None)
+        {
+            routes.extend(n.nodes.iter().filter_map(|x| Some((x.identity, x.socket_addr().ok()?))));
+        }
+        routes.extend(doc.nodes.iter().filter_map(|x| Some((x.identity, x.socket_addr().ok()?))));
+        let n = routes.len();
+        self.shared.metrics.topology_nodes.set(n as i64);
+        *self.shared.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((doc.epoch, doc.revision));
+        Ok(doc.epoch)
+    }
+}
+
+/// Starts a mix node: binds, makes fresh Sphinx keys, registers with the
+/// directory and starts routing. Returns once the sockets are bound.
+pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
+    let mut authority = [0u8; 32];
+    hex::decode_to_slice(cfg.authority_key.trim(), &mut authority).map_err(|e| Error::Config {
+        key: "authority_key",
+        reason: format!("expected 64 hex digits ({e})"),
+    })?;
+    let dir = DirectoryClient::new(&cfg.directory_url)?;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let identity = net::identity::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
+    let id = identity.verifying_key().to_bytes();
+
+    // The directory's schedule comes with its topology; until we have one we
+    // learn it from the first document. Keys are made fresh on every start:
+    // a key used before a restart lost its replay cache and is never used again.
+    let first = dir.topology(false).await.ok();
+    let schedule = first
+        .as_ref()
+        .and_then(|s| s.parse_unverified::<topology::TopologyDocument>().ok())
+        .map(|d| d.schedule)
+        .ok_or_else(|| Error::Config {
+            key: "directory_url",
+            reason: format!("no topology from {} (is the directory running?)", cfg.directory_url),
+        })?;
+
+    let endpoint = net::link::bind(cfg.listen, &identity)?;
+    let quic_addr = endpoint.local_addr()?;
+    let public_address = cfg.public_address.unwrap_or(quic_addr);
+
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry);
+    let link_metrics = LinkMetrics::new(&registry);
+    let links = Links::new(
+        endpoint.clone(),
+        LinkConfig {
+            queue_capacity: cfg.link_queue,
+            ..LinkConfig::default()
+        },
+        link_metrics.clone(),
+    );
+
+    let epoch = schedule.epoch_at(now_ms());
+    let mut ring = KeyRing::new();
+    ring.insert(sphinx_key(epoch, &cfg, &schedule));
+    ring.insert(sphinx_key(epoch + 1, &cfg, &schedule));
+
+    let refresh = Arc::new(Notify::new());
+    let (shared, job_rx, delay_rx) = Shared::new(
+        ring,
+        links,
+        metrics,
+        Duration::from_millis(cfg.max_delay_ms),
+        cfg.worker_queue,
+        cfg.delay_queue,
+        refresh.clone(),
+    );
+    let workers_n = if cfg.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.workers
+    };
+    let workers = pipeline::spawn_workers(workers_n, shared.clone(), job_rx, tokio::runtime::Handle::current())?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(pipeline::scheduler(shared.clone(), delay_rx)));
+    let sink_shared = shared.clone();
+    tasks.push(tokio::spawn(net::link::serve(
+        endpoint.clone(),
+        Arc::new(move |f: protocol::frame::Frame<'_>| sink_shared.submit(f)),
+        link_metrics,
+        LinkConfig::default(),
+    )));
+
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
+        .await
+        .map_err(|source| net::Error::Bind {
+            addr: cfg.metrics_listen,
+            source,
+        })?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = net::metrics::serve(metrics_listener, registry, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await;
+    }));
+
+    let control = Arc::new(Control {
+        identity,
+        public_address,
+        dir,
+        trust: TrustPolicy {
+            authorities: vec![authority],
+            threshold: 1,
+        },
+        shared: shared.clone(),
+        last_seen: Mutex::new(None),
+        cfg: cfg.clone(),
+    });
+    match control.register().await {
+        Ok(()) => tracing::info!("registered with the directory"),
+        Err(e) => tracing::warn!(error = %e, "registration failed; will retry"),
+    }
+    if let Err(e) = control.refresh().await {
+        tracing::warn!(error = %e, "topology refresh failed; will retry");
+    }
+    tasks.push(tokio::spawn(maintain(control, schedule, refresh.clone())));
+
+    tracing::info!(
+        identity = %hex::encode(&id[..6]),
+        workers = workers_n,
+        epoch,
+        "mix node running"
+    );
+    Ok(Mixnode {
+        quic_addr,
+        metrics_addr,
+        identity: id,
+        shared,
+        endpoint,
+        shutdown,
+        refresh,
+        workers,
+        tasks,
+    })
+}
+
+/// Key rotation, re-registration and topology refresh.
+async fn maintain(control: Arc<Control>, schedule: EpochSchedule, refresh: Arc<Notify>) {
+    let period = Duration::from_secs(control.cfg.topology_refresh_secs.max(1));
+    let grace_ms = 3 * control.cfg.max_delay_ms + 5_000;
+    let mut registered_epoch = schedule.epoch_at(now_ms());
+    let mut last_refresh = tokio::time::Instant::now();
+    loop {
+        let until_epoch = Duration::from_millis(schedule.until_next_ms(now_ms()).max(1));
+        tokio::select! {
+            _ = tokio::time::sleep(period.min(until_epoch)) => {}
+            _ = refresh.notified() => {
+                // Demand refreshes (unknown next hop) at most once a second.
+                if last_refresh.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_secs(1) - last_refresh.elapsed()).await;
+                }
+            }
+        }
+        let now = now_ms();
+        let epoch = schedule.epoch_at(now);
+        {
+            let mut ring = control.shared.keys.write().unwrap_or_else(|p| p.into_inner());
+            if ring.get(epoch + 1).is_none() {
+                ring.insert(sphinx_key(epoch + 1, &control.cfg, &schedule));
+            }
+            // The previous epoch's key lives on for packets still in flight.
+            let floor = if now.saturating_sub(schedule.start_ms(epoch)) > grace_ms { epoch } else { epoch.saturating_sub(1) };
+            for e in ring.retire_before(floor) {
+                tracing::info!(epoch = e, "sphinx key erased");
+            }
+            if let Some(k) = ring.get(epoch) {
+                control.shared.metrics.replay_entries.set(k.replay_stats().0 as i64);
+            }
+        }
+        if epoch != registered_epoch || now % 600_000 < period.as_millis() as u64 {
+            match control.register().await {
+                Ok(()) => registered_epoch = epoch,
+                Err(e) => tracing::warn!(error = %e, "re-registration failed"),
+            }
+        }
+        last_refresh = tokio::time::Instant::now();
+        if let Err(e) = control.refresh().await {
+            tracing::warn!(error = %e, "topology refresh failed");
+        }
+    }
+}
+
+/// Runs a mix node until `shutdown` completes.
+pub async fn run(cfg: MixnodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let node = start(cfg).await?;
+    shutdown.await;
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The mix node's Prometheus series.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Packets handed to the Sphinx workers.
+    pub received: IntCounter,
+    /// Packets sent on to their next hop.
+    pub forwarded: IntCounter,
+    /// Packets dropped, by reason.
+    pub dropped: IntCounterVec,
+    /// Packets waiting, by queue (`workers`, `delay`).
+    pub queue_depth: IntGaugeVec,
+    /// Time to peel one packet.
+    pub processing: Histogram,
+    /// Nodes in the topology the node routes by.
+    pub topology_nodes: IntGauge,
+    /// Fill of the current epoch key's replay cache (entries).
+    pub replay_entries: IntGauge,
+}
+
+fn bug<T>(e: prometheus::Error) -> T {
+    // Static metric definitions: failing here is a programming error.
+    #[allow(clippy::panic)]
+    {
+        panic!("metric definition: {e}")
+    }
+}
+
+impl Metrics {
+    /// Creates and registers the series.
+    pub fn new(registry: &Registry) -> Self {
+        let m = Self {
+            received: IntCounter::new("umbra_mixnode_packets_received_total", "Packets received for processing")
+                .unwrap_or_else(bug),
+            forwarded: IntCounter::new("umbra_mixnode_packets_forwarded_total", "Packets forwarded to the next hop")
+                .unwrap_or_else(bug),
+            dropped: IntCounterVec::new(
+                Opts::new("umbra_mixnode_packets_dropped_total", "Packets dropped, by reason"),
+                &["reason"],
+            )
+            .unwrap_or_else(bug),
+            queue_depth: IntGaugeVec::new(
+                Opts::new("umbra_mixnode_queue_depth", "Packets waiting, by queue"),
+                &["queue"],
+            )
+            .unwrap_or_else(bug),
+            processing: Histogram::with_opts(
+                HistogramOpts::new("umbra_mixnode_processing_seconds", "Time to peel one Sphinx layer")
+                    .buckets(vec![50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3]),
+            )
+            .unwrap_or_else(bug),
+            topology_nodes: IntGauge::new("umbra_mixnode_topology_nodes", "Nodes in the routing topology")
+                .unwrap_or_else(bug),
+            replay_entries: IntGauge::new("umbra_mixnode_replay_cache_entries", "Tags in the current key's replay cache")
+                .unwrap_or_else(bug),
+        };
+        for c in [
+            Box::new(m.received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.forwarded.clone()),
+            Box::new(m.dropped.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.processing.clone()),
+            Box::new(m.topology_nodes.clone()),
+            Box::new(m.replay_entries.clone()),
+        ] {
+            registry.register(c).unwrap_or_else(bug);
+        }
+        // Make every reason visible from the start, at zero.
+        for r in ["malformed", "replay", "unknown_epoch", "unknown_next_hop", "queue_full", "unexpected_final"] {
+            m.dropped.with_label_values(&[r]);
+        }
+        m
+    }
+
+    pub(crate) fn drop(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Dropped packets with `reason`.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.dropped.with_label_values(&[reason]).get()
+    }
+}

@@ -1,0 +1,234 @@
+//! The packet path: link → bounded worker queue → Sphinx workers (one per
+//! core) → zero-delay forward, or the delay scheduler → outbound link.
+
+use crate::metrics::Metrics;
+use net::link::Links;
+use protocol::NodeId;
+use protocol::frame::{self, Frame, FrameKind};
+use protocol::keys::KeyRing;
+use protocol::packet::Peeled;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+
+pub(crate) struct Job {
+    epoch: u64,
+    packet: Vec<u8>,
+}
+
+pub(crate) struct Delayed {
+    due: tokio::time::Instant,
+    seq: u64,
+    epoch: u64,
+    next_hop: NodeId,
+    packet: Vec<u8>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due, self.seq) == (o.due, o.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(o.due, o.seq))
+    }
+}
+
+/// State the packet path shares across threads.
+pub(crate) struct Shared {
+    pub(crate) keys: RwLock<KeyRing>,
+    pub(crate) routes: RwLock<HashMap<NodeId, SocketAddr>>,
+    pub(crate) links: Links,
+    pub(crate) metrics: Metrics,
+    max_delay: Duration,
+    delay_capacity: usize,
+    jobs: crossbeam_channel::Sender<Job>,
+    delayed: mpsc::Sender<Delayed>,
+    refresh: Arc<Notify>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn new(
+        keys: KeyRing,
+        links: Links,
+        metrics: Metrics,
+        max_delay: Duration,
+        worker_queue: usize,
+        delay_queue: usize,
+        refresh: Arc<Notify>,
+    ) -> (Arc<Self>, crossbeam_channel::Receiver<Job>, mpsc::Receiver<Delayed>) {
+        let (jobs, job_rx) = crossbeam_channel::bounded(worker_queue.max(1));
+        let (delayed, delay_rx) = mpsc::channel(1024);
+        let s = Arc::new(Self {
+            keys: RwLock::new(keys),
+            routes: RwLock::new(HashMap::new()),
+            links,
+            metrics,
+            max_delay,
+            delay_capacity: delay_queue.max(1),
+            jobs,
+            delayed,
+            refresh,
+            closed: AtomicBool::new(false),
+        });
+        (s, job_rx, delay_rx)
+    }
+
+    /// Called by the link layer for every well-formed frame.
+    pub(crate) fn submit(&self, f: Frame<'_>) {
+        if f.kind != FrameKind::Sphinx {
+            self.metrics.drop("malformed");
+            return;
+        }
+        self.metrics.received.inc();
+        let job = Job {
+            epoch: f.epoch,
+            packet: f.packet.to_vec(),
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => self.metrics.queue_depth.with_label_values(&["workers"]).inc(),
+            Err(_) => self.metrics.drop("queue_full"),
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn process(&self, job: Job) {
+        let started = Instant::now();
+        let key = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(job.epoch);
+        let Some(key) = key else {
+            self.metrics.drop("unknown_epoch");
+            return;
+        };
+        let result = key.peel(&job.packet);
+        self.metrics.processing.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Peeled::Forward {
+                next_hop,
+                delay,
+                packet,
+            }) => {
+                let delay = delay.min(self.max_delay);
+                if delay.is_zero() {
+                    self.forward(job.epoch, next_hop, &packet);
+                    return;
+                }
+                let d = Delayed {
+                    due: tokio::time::Instant::now() + delay,
+                    seq: 0,
+                    epoch: job.epoch,
+                    next_hop,
+                    packet,
+                };
+                match self.delayed.try_send(d) {
+                    Ok(()) => self.metrics.queue_depth.with_label_values(&["delay"]).inc(),
+                    Err(_) => self.metrics.drop("queue_full"),
+                }
+            }
+            // Mix nodes are never a final hop until they send their own loops.
+            Ok(Peeled::Final { .. }) => self.metrics.drop("unexpected_final"),
+            Err(protocol::Error::Replay) => self.metrics.drop("replay"),
+            Err(protocol::Error::UnknownEpoch(_)) => self.metrics.drop("unknown_epoch"),
+            Err(_) => self.metrics.drop("malformed"),
+        }
+    }
+
+    fn forward(&self, epoch: u64, next_hop: NodeId, packet: &[u8]) {
+        let addr = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&next_hop)
+            .copied();
+        let Some(addr) = addr else {
+            self.metrics.drop("unknown_next_hop");
+            self.refresh.notify_one();
+            return;
+        };
+        let Ok(frame) = frame::encode(FrameKind::Sphinx, epoch, packet) else {
+            self.metrics.drop("malformed");
+            return;
+        };
+        if self.links.send(next_hop, addr, frame) {
+            self.metrics.forwarded.inc();
+        }
+        // A refused send was counted by the link layer (queue_full there).
+    }
+}
+
+/// Starts `n` Sphinx worker threads. They stop when the job queue closes.
+pub(crate) fn spawn_workers(
+    n: usize,
+    shared: Arc<Shared>,
+    rx: crossbeam_channel::Receiver<Job>,
+    rt: tokio::runtime::Handle,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    (0..n.max(1))
+        .map(|i| {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            let rt = rt.clone();
+            std::thread::Builder::new()
+                .name(format!("sphinx-{i}"))
+                .spawn(move || {
+                    // Links spawn their tasks on the node's runtime.
+                    let _guard = rt.enter();
+                    while !shared.closed.load(Ordering::Relaxed) {
+                        match rx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(job) => {
+                                shared.metrics.queue_depth.with_label_values(&["workers"]).dec();
+                                shared.process(job);
+                            }
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                })
+        })
+        .collect()
+}
+
+/// Holds delayed packets in a bounded heap and forwards each when due.
+pub(crate) async fn scheduler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delayed>) {
+    let mut heap: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    loop {
+        let next_due = heap.peek().map(|Reverse(d)| d.due);
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(mut d) = m else { return };
+                if heap.len() >= shared.delay_capacity {
+                    shared.metrics.queue_depth.with_label_values(&["delay"]).dec();
+                    shared.metrics.drop("queue_full");
+                    continue;
+                }
+                seq += 1;
+                d.seq = seq;
+                heap.push(Reverse(d));
+            }
+            _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)).await }, if next_due.is_some() => {
+                let now = tokio::time::Instant::now();
+                while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
+                    let Some(Reverse(d)) = heap.pop() else { break };
+                    shared.metrics.queue_depth.with_label_values(&["delay"]).dec();
+                    shared.forward(d.epoch, d.next_hop, &d.packet);
+                }
+            }
+        }
+    }
+}

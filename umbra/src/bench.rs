@@ -1,0 +1,148 @@
+//! `umbra bench mixnode`: the raw Sphinx unwrap rate on all cores beside the
+//! rate one mix node forwards over QUIC on loopback, measured in one run.
+
+use crate::testnet::{BoxError, FinalMode, Injector, LocalNet};
+use protocol::packet::{Hop, build_packet, sphinx_keypair};
+use protocol::topology::NetworkParams;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Figures from one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct MixnodeBench {
+    /// Sphinx unwraps per second on all cores, no networking.
+    pub raw_unwrap_pps: f64,
+    /// Packets per second one mix node forwarded end to end over QUIC.
+    pub mixnode_pps: f64,
+    /// mixnode_pps / raw_unwrap_pps.
+    pub ratio: f64,
+    /// Cores used.
+    pub cores: usize,
+    /// Packets in each measurement.
+    pub packets: usize,
+    /// Packets the node dropped (any reason) during the forwarding run.
+    pub dropped: u64,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Builds `n` packets on all cores; hop 0 is `first`, the rest are `rest`.
+fn build_all(n: usize, route: &[Hop]) -> Vec<Vec<u8>> {
+    let threads = cores();
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let count = per.min(n.saturating_sub(t * per));
+                s.spawn(move || {
+                    let mut rng = rand::rng();
+                    let zero = vec![Duration::ZERO; route.len()];
+                    (0..count)
+                        .filter_map(|i| {
+                            let msg = format!("bench packet {t}/{i}");
+                            build_packet(&mut rng, route, &[0; 32], [0; 16], &zero, msg.as_bytes()).ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+/// Raw unwrap rate of sphinx-packet on all cores.
+pub fn raw_unwrap_pps(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> f64 {
+    let threads = cores();
+    let chunk = packets.len().div_ceil(threads).max(1);
+    let start = Instant::now();
+    let ok: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = packets
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .filter(|p| {
+                            sphinx_packet::SphinxPacket::from_bytes(p)
+                                .and_then(|sp| sp.process(secret))
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    ok as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs both measurements with `packets` packets each.
+pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, BoxError> {
+    let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
+        c.max_delay_ms = 0;
+        c.worker_queue = packets + 1024;
+    })
+    .await?;
+    let topo = net.topology().await?;
+    let mix = topo.layer(1).next().ok_or("no mix node in the topology")?.clone();
+    let recv = topo.node(&net.receiver.identity).ok_or("receiver missing from topology")?.clone();
+    let route = [mix.hop(), recv.hop()];
+
+    // The raw measurement needs the node's secret; build a twin route with a
+    // local key of the same kind for it.
+    let (secret, public) = sphinx_keypair(&mut rand::rng());
+    let twin = [Hop { id: mix.identity, sphinx_key: public }, recv.hop()];
+    if progress {
+        eprintln!("building {packets} packets twice on {} cores…", cores());
+    }
+    let raw_packets = build_all(packets, &twin);
+    let node_packets = build_all(packets, &route);
+
+    let raw = raw_unwrap_pps(&raw_packets, &secret);
+    if progress {
+        eprintln!("raw unwrap: {raw:.0} packets/s");
+    }
+
+    let node = &net.mixnodes[0];
+    let mut inj = Injector::connect(mix.identity, mix.socket_addr()?).await?;
+    let mut frames = Vec::with_capacity(node_packets.len() * protocol::frame::FRAME_LEN);
+    for p in &node_packets {
+        protocol::frame::encode_into(&mut frames, protocol::frame::FrameKind::Sphinx, topo.epoch, p)?;
+    }
+    let target = node_packets.len() as u64;
+    let start = Instant::now();
+    inj.send_raw(&frames).await?;
+    let mut last = (0u64, Instant::now());
+    loop {
+        let got = net.receiver.frames.load(Ordering::Relaxed);
+        if got >= target {
+            break;
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let got = net.receiver.frames.load(Ordering::Relaxed);
+    let elapsed = if got >= target { start.elapsed() } else { last.1 - start };
+    let pps = got as f64 / elapsed.as_secs_f64();
+    let m = node.metrics();
+    let dropped = ["malformed", "replay", "unknown_epoch", "unknown_next_hop", "queue_full", "unexpected_final"]
+        .iter()
+        .map(|r| m.dropped(r))
+        .sum();
+    inj.close().await;
+    net.stop().await;
+    Ok(MixnodeBench {
+        raw_unwrap_pps: raw,
+        mixnode_pps: pps,
+        ratio: pps / raw,
+        cores: cores(),
+        packets,
+        dropped,
+    })
+}
