@@ -62,6 +62,7 @@ pub struct Mixnode {
     /// The node's identity.
     pub identity: NodeId,
     shared: Arc<Shared>,
+    link_metrics: LinkMetrics,
     endpoint: quinn::Endpoint,
     shutdown: watch::Sender<bool>,
     refresh: Arc<Notify>,
@@ -83,6 +84,11 @@ impl Mixnode {
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The link layer's metrics (malformed frames, link queues).
+    pub fn link_metrics(&self) -> &LinkMetrics {
+        &self.link_metrics
     }
 
     /// Nodes the node can currently route to.
@@ -240,7 +246,7 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
     tasks.push(tokio::spawn(net::link::serve(
         endpoint.clone(),
         Arc::new(move |f: protocol::frame::Frame<'_>| sink_shared.submit(f)),
-        link_metrics,
+        link_metrics.clone(),
         LinkConfig::default(),
     )));
 
@@ -291,6 +297,7 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
         metrics_addr,
         identity: id,
         shared,
+        link_metrics,
         endpoint,
         shutdown,
         refresh,
