@@ -87,15 +87,21 @@ pub struct Directory {
 impl Directory {
     /// Opens (or creates) the authority's key and store under `cfg.data_dir`.
     pub fn open(cfg: DirectoryConfig) -> Result<Self, Error> {
-        let schedule = EpochSchedule::new(cfg.genesis_unix_ms, cfg.epoch_length_secs.saturating_mul(1000))
-            .ok_or_else(|| Error::Config("epoch_length_secs must be above zero".into()))?;
+        let schedule = EpochSchedule::new(
+            cfg.genesis_unix_ms,
+            cfg.epoch_length_secs.saturating_mul(1000),
+        )
+        .ok_or_else(|| Error::Config("epoch_length_secs must be above zero".into()))?;
         std::fs::create_dir_all(&cfg.data_dir)?;
         let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))?;
         let store = Store::open(&cfg.data_dir.join("directory.redb"))?;
         let registry = Registry::new();
         let metrics = Metrics {
             registrations: IntCounterVec::new(
-                Opts::new("umbra_directory_registrations_total", "Descriptor registrations by outcome"),
+                Opts::new(
+                    "umbra_directory_registrations_total",
+                    "Descriptor registrations by outcome",
+                ),
                 &["outcome"],
             )
             .map_err(|e| Error::Config(e.to_string()))?,
@@ -130,11 +136,23 @@ impl Directory {
     }
 
     /// Verifies and stores a descriptor at time `now_ms`.
-    pub fn register(&self, signed: &Signed, now_ms: u64) -> Result<NodeDescriptor, protocol::Error> {
+    pub fn register(
+        &self,
+        signed: &Signed,
+        now_ms: u64,
+    ) -> Result<NodeDescriptor, protocol::Error> {
         let epoch = self.inner.schedule.epoch_at(now_ms);
         let outcome = topology::verify_descriptor(signed, epoch);
-        let label = if outcome.is_ok() { "accepted" } else { "refused" };
-        self.inner.metrics.registrations.with_label_values(&[label]).inc();
+        let label = if outcome.is_ok() {
+            "accepted"
+        } else {
+            "refused"
+        };
+        self.inner
+            .metrics
+            .registrations
+            .with_label_values(&[label])
+            .inc();
         let d = outcome?;
         if self.inner.store.count().unwrap_or(0) >= self.inner.cfg.max_nodes
             && self.inner.store.get(&d.identity).ok().flatten().is_none()
@@ -163,7 +181,11 @@ impl Directory {
             .filter(|d| d.key_for(epoch).is_some())
             .collect();
         nodes.sort_by_key(|d| d.identity);
-        let mut published = self.inner.published.lock().unwrap_or_else(|p| p.into_inner());
+        let mut published = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         published.retain(|e, _| *e + 1 >= now_epoch);
         if let Some(p) = published.get(&epoch)
             && p.node_set == nodes
@@ -171,7 +193,13 @@ impl Directory {
             return Ok(p.signed.clone());
         }
         let revision = published.get(&epoch).map_or(0, |p| p.revision + 1);
-        let doc = TopologyDocument::build(epoch, revision, self.inner.schedule, self.inner.cfg.params, &nodes);
+        let doc = TopologyDocument::build(
+            epoch,
+            revision,
+            self.inner.schedule,
+            self.inner.cfg.params,
+            &nodes,
+        );
         if epoch == now_epoch {
             self.inner.metrics.nodes.set(doc.nodes.len() as i64);
         }
@@ -220,12 +248,18 @@ impl Directory {
 }
 
 /// Binds `cfg.listen` and serves until `shutdown`.
-pub async fn run(cfg: DirectoryConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    cfg: DirectoryConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let listen: SocketAddr = cfg.listen;
     let dir = Directory::open(cfg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| net::Error::Bind { addr: listen, source })?;
+        .map_err(|source| net::Error::Bind {
+            addr: listen,
+            source,
+        })?;
     dir.serve(listener, shutdown).await
 }
 
@@ -236,7 +270,12 @@ fn error_response(status: StatusCode, msg: String) -> Response {
 async fn register_handler(State(dir): State<Directory>, body: axum::body::Bytes) -> Response {
     let signed: Signed = match serde_json::from_slice(&body) {
         Ok(s) => s,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("undecodable descriptor: {e}")),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("undecodable descriptor: {e}"),
+            );
+        }
     };
     match dir.register(&signed, now_ms()) {
         Ok(d) => {
@@ -257,7 +296,10 @@ fn topology_response(dir: &Directory, next: bool) -> Response {
         Ok(s) => Json(&*s).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot build topology");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "topology unavailable".into())
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "topology unavailable".into(),
+            )
         }
     }
 }

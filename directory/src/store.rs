@@ -51,7 +51,9 @@ impl Store {
         let Some(v) = t.get(id).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        serde_json::from_str(v.value()).map(Some).map_err(|e| self.err(e))
+        serde_json::from_str(v.value())
+            .map(Some)
+            .map_err(|e| self.err(e))
     }
 
     pub(crate) fn count(&self) -> Result<u64, Error> {

@@ -122,7 +122,11 @@ fn sphinx_key(epoch: u64, cfg: &MixnodeConfig, schedule: &EpochSchedule) -> Epoc
     let (secret, _) = protocol::packet::sphinx_keypair(&mut rand::rng());
     // A key serves its epoch plus the grace period for packets in flight.
     let lifetime_s = schedule.length_ms / 1000 + 3 * cfg.max_delay_ms / 1000 + 60;
-    let cache = ReplayCache::for_rate(cfg.replay_max_pps, lifetime_s, cfg.replay_false_positive_rate);
+    let cache = ReplayCache::for_rate(
+        cfg.replay_max_pps,
+        lifetime_s,
+        cfg.replay_false_positive_rate,
+    );
     EpochKey::new(epoch, secret, cache)
 }
 
@@ -134,7 +138,12 @@ impl Control {
             .into_iter()
             .rev()
             .take(topology::MAX_DESCRIPTOR_KEYS)
-            .filter_map(|e| ring.get(e).map(|k| EpochPublicKey { epoch: e, key: k.public() }))
+            .filter_map(|e| {
+                ring.get(e).map(|k| EpochPublicKey {
+                    epoch: e,
+                    key: k.public(),
+                })
+            })
             .collect();
         let d = NodeDescriptor {
             identity: self.identity.verifying_key().to_bytes(),
@@ -150,7 +159,9 @@ impl Control {
     }
 
     async fn register(&self) -> Result<(), net::Error> {
-        let d = self.descriptor().map_err(|e| net::Error::Connect(e.to_string()))?;
+        let d = self
+            .descriptor()
+            .map_err(|e| net::Error::Connect(e.to_string()))?;
         self.dir.register(&d).await
     }
 
@@ -159,17 +170,30 @@ impl Control {
         let current = self.dir.topology(false).await.map_err(|e| e.to_string())?;
         let last = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
-        let doc = topology::verify_topology(&current, &self.trust, now, last).map_err(|e| e.to_string())?;
+        let doc = topology::verify_topology(&current, &self.trust, now, last)
+            .map_err(|e| e.to_string())?;
         let mut routes: HashMap<NodeId, SocketAddr> = HashMap::new();
         if let Ok(next) = self.dir.topology(true).await
             && let Ok(n) = topology::verify_topology(&next, &self.trust, doc.valid_until_ms, None)
         {
-            routes.extend(n.nodes.iter().filter_map(|x| Some((x.identity, x.socket_addr().ok()?))));
+            routes.extend(
+                n.nodes
+                    .iter()
+                    .filter_map(|x| Some((x.identity, x.socket_addr().ok()?))),
+            );
         }
-        routes.extend(doc.nodes.iter().filter_map(|x| Some((x.identity, x.socket_addr().ok()?))));
+        routes.extend(
+            doc.nodes
+                .iter()
+                .filter_map(|x| Some((x.identity, x.socket_addr().ok()?))),
+        );
         let n = routes.len();
         self.shared.metrics.topology_nodes.set(n as i64);
-        *self.shared.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+        *self
+            .shared
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = routes;
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((doc.epoch, doc.revision));
         Ok(doc.epoch)
     }
@@ -198,7 +222,10 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
         .map(|d| d.schedule)
         .ok_or_else(|| Error::Config {
             key: "directory_url",
-            reason: format!("no topology from {} (is the directory running?)", cfg.directory_url),
+            reason: format!(
+                "no topology from {} (is the directory running?)",
+                cfg.directory_url
+            ),
         })?;
 
     let endpoint = net::link::bind(cfg.listen, &identity)?;
@@ -237,7 +264,12 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
     } else {
         cfg.workers
     };
-    let workers = pipeline::spawn_workers(workers_n, shared.clone(), job_rx, tokio::runtime::Handle::current())?;
+    let workers = pipeline::spawn_workers(
+        workers_n,
+        shared.clone(),
+        job_rx,
+        tokio::runtime::Handle::current(),
+    )?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -326,17 +358,29 @@ async fn maintain(control: Arc<Control>, schedule: EpochSchedule, refresh: Arc<N
         let now = now_ms();
         let epoch = schedule.epoch_at(now);
         {
-            let mut ring = control.shared.keys.write().unwrap_or_else(|p| p.into_inner());
+            let mut ring = control
+                .shared
+                .keys
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             if ring.get(epoch + 1).is_none() {
                 ring.insert(sphinx_key(epoch + 1, &control.cfg, &schedule));
             }
             // The previous epoch's key lives on for packets still in flight.
-            let floor = if now.saturating_sub(schedule.start_ms(epoch)) > grace_ms { epoch } else { epoch.saturating_sub(1) };
+            let floor = if now.saturating_sub(schedule.start_ms(epoch)) > grace_ms {
+                epoch
+            } else {
+                epoch.saturating_sub(1)
+            };
             for e in ring.retire_before(floor) {
                 tracing::info!(epoch = e, "sphinx key erased");
             }
             if let Some(k) = ring.get(epoch) {
-                control.shared.metrics.replay_entries.set(k.replay_stats().0 as i64);
+                control
+                    .shared
+                    .metrics
+                    .replay_entries
+                    .set(k.replay_stats().0 as i64);
             }
         }
         if epoch != registered_epoch || now % 600_000 < period.as_millis() as u64 {

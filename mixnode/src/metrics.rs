@@ -1,4 +1,6 @@
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The mix node's Prometheus series.
 #[derive(Clone)]
@@ -31,12 +33,21 @@ impl Metrics {
     /// Creates and registers the series.
     pub fn new(registry: &Registry) -> Self {
         let m = Self {
-            received: IntCounter::new("umbra_mixnode_packets_received_total", "Packets received for processing")
-                .unwrap_or_else(bug),
-            forwarded: IntCounter::new("umbra_mixnode_packets_forwarded_total", "Packets forwarded to the next hop")
-                .unwrap_or_else(bug),
+            received: IntCounter::new(
+                "umbra_mixnode_packets_received_total",
+                "Packets received for processing",
+            )
+            .unwrap_or_else(bug),
+            forwarded: IntCounter::new(
+                "umbra_mixnode_packets_forwarded_total",
+                "Packets forwarded to the next hop",
+            )
+            .unwrap_or_else(bug),
             dropped: IntCounterVec::new(
-                Opts::new("umbra_mixnode_packets_dropped_total", "Packets dropped, by reason"),
+                Opts::new(
+                    "umbra_mixnode_packets_dropped_total",
+                    "Packets dropped, by reason",
+                ),
                 &["reason"],
             )
             .unwrap_or_else(bug),
@@ -46,14 +57,25 @@ impl Metrics {
             )
             .unwrap_or_else(bug),
             processing: Histogram::with_opts(
-                HistogramOpts::new("umbra_mixnode_processing_seconds", "Time to peel one Sphinx layer")
-                    .buckets(vec![50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3]),
+                HistogramOpts::new(
+                    "umbra_mixnode_processing_seconds",
+                    "Time to peel one Sphinx layer",
+                )
+                .buckets(vec![
+                    50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3,
+                ]),
             )
             .unwrap_or_else(bug),
-            topology_nodes: IntGauge::new("umbra_mixnode_topology_nodes", "Nodes in the routing topology")
-                .unwrap_or_else(bug),
-            replay_entries: IntGauge::new("umbra_mixnode_replay_cache_entries", "Tags in the current key's replay cache")
-                .unwrap_or_else(bug),
+            topology_nodes: IntGauge::new(
+                "umbra_mixnode_topology_nodes",
+                "Nodes in the routing topology",
+            )
+            .unwrap_or_else(bug),
+            replay_entries: IntGauge::new(
+                "umbra_mixnode_replay_cache_entries",
+                "Tags in the current key's replay cache",
+            )
+            .unwrap_or_else(bug),
         };
         for c in [
             Box::new(m.received.clone()) as Box<dyn prometheus::core::Collector>,
@@ -67,8 +89,18 @@ impl Metrics {
             registry.register(c).unwrap_or_else(bug);
         }
         // Make every reason visible from the start, at zero.
-        for r in ["malformed", "replay", "unknown_epoch", "unknown_next_hop", "queue_full", "unexpected_final"] {
+        for r in [
+            "malformed",
+            "replay",
+            "unknown_epoch",
+            "unknown_next_hop",
+            "queue_full",
+            "unexpected_final",
+        ] {
             m.dropped.with_label_values(&[r]);
+        }
+        for q in ["workers", "delay"] {
+            m.queue_depth.with_label_values(&[q]);
         }
         m
     }

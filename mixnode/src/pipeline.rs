@@ -69,7 +69,11 @@ impl Shared {
         worker_queue: usize,
         delay_queue: usize,
         refresh: Arc<Notify>,
-    ) -> (Arc<Self>, crossbeam_channel::Receiver<Job>, mpsc::Receiver<Delayed>) {
+    ) -> (
+        Arc<Self>,
+        crossbeam_channel::Receiver<Job>,
+        mpsc::Receiver<Delayed>,
+    ) {
         let (jobs, job_rx) = crossbeam_channel::bounded(worker_queue.max(1));
         let (delayed, delay_rx) = mpsc::channel(1024);
         let s = Arc::new(Self {
@@ -99,7 +103,11 @@ impl Shared {
             packet: f.packet.to_vec(),
         };
         match self.jobs.try_send(job) {
-            Ok(()) => self.metrics.queue_depth.with_label_values(&["workers"]).inc(),
+            Ok(()) => self
+                .metrics
+                .queue_depth
+                .with_label_values(&["workers"])
+                .inc(),
             Err(_) => self.metrics.drop("queue_full"),
         }
     }
@@ -110,13 +118,19 @@ impl Shared {
 
     fn process(&self, job: Job) {
         let started = Instant::now();
-        let key = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(job.epoch);
+        let key = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job.epoch);
         let Some(key) = key else {
             self.metrics.drop("unknown_epoch");
             return;
         };
         let result = key.peel(&job.packet);
-        self.metrics.processing.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .processing
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Peeled::Forward {
                 next_hop,
@@ -191,7 +205,11 @@ pub(crate) fn spawn_workers(
                     while !shared.closed.load(Ordering::Relaxed) {
                         match rx.recv_timeout(Duration::from_millis(200)) {
                             Ok(job) => {
-                                shared.metrics.queue_depth.with_label_values(&["workers"]).dec();
+                                shared
+                                    .metrics
+                                    .queue_depth
+                                    .with_label_values(&["workers"])
+                                    .dec();
                                 shared.process(job);
                             }
                             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}

@@ -41,12 +41,18 @@ impl DirectoryClient {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        Err(Error::Connect(format!("directory refused descriptor ({status}): {body}")))
+        Err(Error::Connect(format!(
+            "directory refused descriptor ({status}): {body}"
+        )))
     }
 
     /// Fetches the signed topology of the current epoch (`next = false`) or the next one.
     pub async fn topology(&self, next: bool) -> Result<Signed, Error> {
-        let path = if next { "/v1/topology/next" } else { "/v1/topology" };
+        let path = if next {
+            "/v1/topology/next"
+        } else {
+            "/v1/topology"
+        };
         let resp = self
             .http
             .get(format!("{}{}", self.base, path))
@@ -54,7 +60,10 @@ impl DirectoryClient {
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(Error::Connect(format!("directory answered {}", resp.status())));
+            return Err(Error::Connect(format!(
+                "directory answered {}",
+                resp.status()
+            )));
         }
         resp.json().await.map_err(|e| Error::Connect(e.to_string()))
     }

@@ -79,7 +79,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
             let k2 = load_or_create_identity(&p).unwrap();
             assert_eq!(k.to_bytes(), k2.to_bytes());
             fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();

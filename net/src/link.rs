@@ -8,8 +8,8 @@
 
 use crate::{Error, tls};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use protocol::frame::{self, Frame, FrameDecoder};
 use protocol::NodeId;
+use protocol::frame::{self, Frame, FrameDecoder};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -85,13 +85,22 @@ impl LinkMetrics {
             frames_in: c("umbra_link_frames_in_total", "Well-formed frames received"),
             frames_out: c("umbra_link_frames_out_total", "Frames written to peers"),
             dropped: IntCounterVec::new(
-                Opts::new("umbra_link_frames_dropped_total", "Frames dropped at the link layer"),
+                Opts::new(
+                    "umbra_link_frames_dropped_total",
+                    "Frames dropped at the link layer",
+                ),
                 &["reason"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
-            connect_failures: c("umbra_link_connect_failures_total", "Failed connection attempts"),
-            queue_depth: IntGauge::new("umbra_link_queue_depth", "Frames waiting in outbound queues")
-                .unwrap_or_else(|_| unreachable_metric()),
+            connect_failures: c(
+                "umbra_link_connect_failures_total",
+                "Failed connection attempts",
+            ),
+            queue_depth: IntGauge::new(
+                "umbra_link_queue_depth",
+                "Frames waiting in outbound queues",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             inbound_connections: IntGauge::new(
                 "umbra_link_inbound_connections",
                 "Open inbound connections",
@@ -125,9 +134,13 @@ impl<F: Fn(Frame<'_>) + Send + Sync + 'static> FrameSink for F {
 }
 
 /// Binds a QUIC endpoint that serves links and can dial peers.
-pub fn bind(addr: SocketAddr, identity: &ed25519_dalek::SigningKey) -> Result<quinn::Endpoint, Error> {
+pub fn bind(
+    addr: SocketAddr,
+    identity: &ed25519_dalek::SigningKey,
+) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    quinn::Endpoint::server(tls::server_config(identity)?, addr).map_err(|source| Error::Bind { addr, source })
+    quinn::Endpoint::server(tls::server_config(identity)?, addr)
+        .map_err(|source| Error::Bind { addr, source })
 }
 
 /// A client-only endpoint on an ephemeral loopback or wildcard port.
@@ -140,7 +153,12 @@ pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> 
 }
 
 /// Accepts connections on `endpoint` until it is closed, feeding frames to `sink`.
-pub async fn serve(endpoint: quinn::Endpoint, sink: Arc<dyn FrameSink>, metrics: LinkMetrics, cfg: LinkConfig) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    sink: Arc<dyn FrameSink>,
+    metrics: LinkMetrics,
+    cfg: LinkConfig,
+) {
     let limit = Arc::new(Semaphore::new(cfg.max_inbound_connections));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -229,7 +247,9 @@ impl Links {
             ));
             peers.insert(peer, Peer { addr, tx });
         }
-        let Some(p) = peers.get(&peer) else { return false };
+        let Some(p) = peers.get(&peer) else {
+            return false;
+        };
         match p.tx.try_send(frame) {
             Ok(()) => {
                 self.metrics.queue_depth.inc();
@@ -254,7 +274,11 @@ impl Links {
 }
 
 /// Dials `peer` at `addr`, checking it holds the identity key `peer`.
-pub async fn connect(endpoint: &quinn::Endpoint, peer: NodeId, addr: SocketAddr) -> Result<quinn::Connection, Error> {
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, Error> {
     let cfg = tls::client_config(peer)?;
     endpoint
         .connect_with(cfg, addr, tls::SERVER_NAME)
@@ -312,7 +336,10 @@ async fn peer_task(
             }
             metrics.queue_depth.sub(n);
             if send.write_all(&buf).await.is_err() {
-                metrics.dropped.with_label_values(&["link_error"]).inc_by(n as u64);
+                metrics
+                    .dropped
+                    .with_label_values(&["link_error"])
+                    .inc_by(n as u64);
                 break;
             }
             metrics.frames_out.inc_by(n as u64);

@@ -4,7 +4,11 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use std::future::Future;
 
 /// Serves `registry` at `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Registry, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -13,11 +17,16 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Registry, shutdo
                 let mut out = Vec::new();
                 let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     out,
                 )
             }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -38,9 +41,16 @@ async fn pinned_identity_is_required() {
     let (ep, _, _) = server(&a);
     let addr = ep.local_addr().unwrap();
     let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    assert!(link::connect(&client, a.verifying_key().to_bytes(), addr).await.is_ok());
+    assert!(
+        link::connect(&client, a.verifying_key().to_bytes(), addr)
+            .await
+            .is_ok()
+    );
     let wrong = link::connect(&client, b.verifying_key().to_bytes(), addr).await;
-    assert!(wrong.is_err(), "a server without the pinned key must be refused");
+    assert!(
+        wrong.is_err(),
+        "a server without the pinned key must be refused"
+    );
 }
 
 #[tokio::test]
@@ -48,15 +58,21 @@ async fn junk_frames_are_counted_and_the_stream_goes_on() {
     let a = SigningKey::from_bytes(&[3; 32]);
     let (ep, count, metrics) = server(&a);
     let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = link::connect(&client, a.verifying_key().to_bytes(), ep.local_addr().unwrap())
-        .await
-        .unwrap();
+    let conn = link::connect(
+        &client,
+        a.verifying_key().to_bytes(),
+        ep.local_addr().unwrap(),
+    )
+    .await
+    .unwrap();
     let mut send = conn.open_uni().await.unwrap();
     let good = frame::encode(FrameKind::Sphinx, 1, &vec![0u8; PACKET_SIZE]).unwrap();
     for i in 0..20u16 {
         send.write_all(&good).await.unwrap();
         let junk = vec![0xAB; usize::from(i) * 37];
-        send.write_all(&(junk.len() as u16).to_be_bytes()).await.unwrap();
+        send.write_all(&(junk.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
         send.write_all(&junk).await.unwrap();
     }
     send.write_all(&good).await.unwrap();
@@ -88,7 +104,9 @@ async fn links_deliver_and_bound_their_queues() {
     // A peer nobody listens on: the queue fills to its bound and further frames are dropped.
     let dead: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let ghost = SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes();
-    let accepted = (0..100).filter(|_| links.send(ghost, dead, good.clone())).count();
+    let accepted = (0..100)
+        .filter(|_| links.send(ghost, dead, good.clone()))
+        .count();
     assert!(accepted <= 17, "queue must be bounded, accepted {accepted}");
     assert!(metrics.dropped.with_label_values(&["queue_full"]).get() >= 83);
 }

@@ -11,8 +11,8 @@
 //! rejected here, before any crypto runs. `key_epoch` names the Sphinx key
 //! the packet was built for, so a node never tries more than one key.
 
-use crate::packet::PACKET_SIZE;
 use crate::Error;
+use crate::packet::PACKET_SIZE;
 
 /// Current frame version.
 pub const FRAME_VERSION: u8 = 1;
@@ -51,7 +51,12 @@ pub struct Frame<'a> {
 }
 
 /// Appends one whole frame (prefix included) to `out`.
-pub fn encode_into(out: &mut Vec<u8>, kind: FrameKind, epoch: u64, packet: &[u8]) -> Result<(), Error> {
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    epoch: u64,
+    packet: &[u8],
+) -> Result<(), Error> {
     if packet.len() != PACKET_SIZE {
         return Err(Error::InvalidArgument(format!(
             "packet of {} bytes, frames carry {PACKET_SIZE}",

@@ -3,9 +3,9 @@
 //! A key and its cache live and die together: a cache is never cleared
 //! while its key can still unwrap packets, so no replay slips through.
 
+use crate::Error;
 use crate::packet::{self, Peeled};
 use crate::replay::ReplayCache;
-use crate::Error;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -112,7 +112,7 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{build_packet, sphinx_keypair, Hop};
+    use crate::packet::{Hop, build_packet, sphinx_keypair};
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use std::time::Duration;
@@ -123,9 +123,12 @@ mod tests {
         let (s, p) = sphinx_keypair(&mut rng);
         let mut ring = KeyRing::new();
         ring.insert(EpochKey::new(5, s, ReplayCache::new(1000, 1e-6)));
-        let hop = Hop { id: [1; 32], sphinx_key: p };
-        let pkt = build_packet(&mut rng, &[hop], &[0; 32], [0; 16], &[Duration::ZERO], b"m")
-            .unwrap();
+        let hop = Hop {
+            id: [1; 32],
+            sphinx_key: p,
+        };
+        let pkt =
+            build_packet(&mut rng, &[hop], &[0; 32], [0; 16], &[Duration::ZERO], b"m").unwrap();
         assert!(ring.peel(5, &pkt).is_ok());
         assert_eq!(ring.peel(5, &pkt).unwrap_err(), Error::Replay);
         assert_eq!(ring.peel(6, &pkt).unwrap_err(), Error::UnknownEpoch(6));

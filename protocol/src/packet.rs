@@ -126,7 +126,10 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
         .iter()
         .map(|d| Delay::new_from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
         .collect();
-    let dest = Destination::new(DestinationAddressBytes::from_bytes(*destination), identifier);
+    let dest = Destination::new(
+        DestinationAddressBytes::from_bytes(*destination),
+        identifier,
+    );
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let initial = StaticSecret::from(seed);
@@ -270,24 +273,44 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let (hops, _) = route(&mut rng, 3);
         let (other, _) = sphinx_keypair(&mut rng);
-        let pkt = build_packet(&mut rng, &hops, &[0; 32], [0; 16], &[Duration::ZERO; 3], b"x")
-            .unwrap();
+        let pkt = build_packet(
+            &mut rng,
+            &hops,
+            &[0; 32],
+            [0; 16],
+            &[Duration::ZERO; 3],
+            b"x",
+        )
+        .unwrap();
         let mut consulted = false;
         let r = peel(&pkt, &other, |_| {
             consulted = true;
             true
         });
         assert!(matches!(r, Err(Error::InvalidPacket(_))));
-        assert!(!consulted, "replay cache must not see unauthenticated packets");
+        assert!(
+            !consulted,
+            "replay cache must not see unauthenticated packets"
+        );
     }
 
     #[test]
     fn replay_verdict_is_honoured() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let (hops, secrets) = route(&mut rng, 3);
-        let pkt = build_packet(&mut rng, &hops, &[0; 32], [0; 16], &[Duration::ZERO; 3], b"x")
-            .unwrap();
-        assert!(matches!(peel(&pkt, &secrets[0], |_| false), Err(Error::Replay)));
+        let pkt = build_packet(
+            &mut rng,
+            &hops,
+            &[0; 32],
+            [0; 16],
+            &[Duration::ZERO; 3],
+            b"x",
+        )
+        .unwrap();
+        assert!(matches!(
+            peel(&pkt, &secrets[0], |_| false),
+            Err(Error::Replay)
+        ));
     }
 
     #[test]
@@ -310,7 +333,11 @@ mod tests {
         let d = sample_delays(&mut rng, 20_000, Duration::from_millis(100));
         let mean = d.iter().map(Duration::as_secs_f64).sum::<f64>() / d.len() as f64;
         assert!((mean - 0.1).abs() < 0.005, "mean {mean}");
-        assert!(sample_delays(&mut rng, 3, Duration::ZERO).iter().all(|d| d.is_zero()));
+        assert!(
+            sample_delays(&mut rng, 3, Duration::ZERO)
+                .iter()
+                .all(|d| d.is_zero())
+        );
     }
 
     #[test]

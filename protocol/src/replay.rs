@@ -30,7 +30,9 @@ impl ReplayCache {
         let p = fp_rate.clamp(1e-12, 0.5);
         let ln2 = std::f64::consts::LN_2;
         let m = (-(capacity as f64) * p.ln() / (ln2 * ln2)).ceil().max(64.0) as u64;
-        let k = ((m as f64 / capacity as f64) * ln2).round().clamp(1.0, 32.0) as u32;
+        let k = ((m as f64 / capacity as f64) * ln2)
+            .round()
+            .clamp(1.0, 32.0) as u32;
         let words = m.div_ceil(64);
         Self {
             bits: vec![0; words as usize],

@@ -330,7 +330,8 @@ fn signing_input(domain: &str, body: &str) -> Vec<u8> {
 impl Signed {
     /// Serialises `value` and signs it under `domain`.
     pub fn sign<T: Serialize>(value: &T, domain: &str, key: &SigningKey) -> Result<Self, Error> {
-        let body = serde_json::to_string(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let body =
+            serde_json::to_string(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let sig = key.sign(&signing_input(domain, &body));
         Ok(Self {
             signatures: vec![SignatureEntry {
@@ -365,7 +366,10 @@ impl Signed {
             let Ok(vk) = VerifyingKey::from_bytes(&entry.signer) else {
                 continue;
             };
-            if vk.verify_strict(&input, &Signature::from_bytes(&raw)).is_ok() {
+            if vk
+                .verify_strict(&input, &Signature::from_bytes(&raw))
+                .is_ok()
+            {
                 ok.push(entry.signer);
             }
         }
@@ -382,7 +386,10 @@ impl Signed {
 /// usable address, and a Sphinx key for `now_epoch` or the next one.
 pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescriptor, Error> {
     let d: NodeDescriptor = signed.parse_unverified()?;
-    if signed.valid_signers(DESCRIPTOR_DOMAIN, &[d.identity]).is_empty() {
+    if signed
+        .valid_signers(DESCRIPTOR_DOMAIN, &[d.identity])
+        .is_empty()
+    {
         return Err(Error::BadSignature(
             "descriptor is not signed by the identity it names",
         ));
@@ -494,11 +501,17 @@ mod tests {
         assert!(matches!(verify_descriptor(&s, 6), Err(Error::Rejected(_))));
         // signed by someone else
         let s2 = Signed::sign(&d, DESCRIPTOR_DOMAIN, &key(2)).unwrap();
-        assert!(matches!(verify_descriptor(&s2, 5), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            verify_descriptor(&s2, 5),
+            Err(Error::BadSignature(_))
+        ));
         // tampered body
         let mut s3 = s.clone();
         s3.body = s3.body.replace("1000", "1001");
-        assert!(matches!(verify_descriptor(&s3, 5), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            verify_descriptor(&s3, 5),
+            Err(Error::BadSignature(_))
+        ));
         // wrong domain
         let s4 = Signed::sign(&d, TOPOLOGY_DOMAIN, &k).unwrap();
         assert!(verify_descriptor(&s4, 5).is_err());
@@ -515,7 +528,9 @@ mod tests {
         a_sorted.sort();
         b.sort();
         assert_eq!(a_sorted, b);
-        let counts: Vec<usize> = (1..=3).map(|l| a.iter().filter(|x| x.1 == l).count()).collect();
+        let counts: Vec<usize> = (1..=3)
+            .map(|l| a.iter().filter(|x| x.1 == l).count())
+            .collect();
         assert_eq!(counts.iter().sum::<usize>(), 10);
         assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
         // another epoch shuffles

@@ -3,7 +3,9 @@
 //! payloads are only authenticated end to end, by the Lioness padding check).
 
 use proptest::prelude::*;
-use protocol::packet::{build_packet, peel, recover_plaintext, sphinx_keypair, Hop, Peeled, HEADER_SIZE, PACKET_SIZE};
+use protocol::packet::{
+    HEADER_SIZE, Hop, PACKET_SIZE, Peeled, build_packet, peel, recover_plaintext, sphinx_keypair,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::time::Duration;
@@ -15,10 +17,21 @@ fn fixture() -> (Vec<u8>, Vec<StaticSecret>) {
     let mut secrets = vec![];
     for i in 0..4u8 {
         let (s, p) = sphinx_keypair(&mut rng);
-        hops.push(Hop { id: [i + 1; 32], sphinx_key: p });
+        hops.push(Hop {
+            id: [i + 1; 32],
+            sphinx_key: p,
+        });
         secrets.push(s);
     }
-    let pkt = build_packet(&mut rng, &hops, &[7; 32], [0; 16], &[Duration::ZERO; 4], b"payload").unwrap();
+    let pkt = build_packet(
+        &mut rng,
+        &hops,
+        &[7; 32],
+        [0; 16],
+        &[Duration::ZERO; 4],
+        b"payload",
+    )
+    .unwrap();
     (pkt, secrets)
 }
 

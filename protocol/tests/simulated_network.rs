@@ -5,7 +5,9 @@
 //! forward hop holds its packet for the (clamped) delay in the header.
 
 use protocol::keys::{EpochKey, KeyRing};
-use protocol::packet::{build_packet, sample_delays, sphinx_keypair, recover_plaintext, Hop, Peeled};
+use protocol::packet::{
+    Hop, Peeled, build_packet, recover_plaintext, sample_delays, sphinx_keypair,
+};
 use protocol::replay::ReplayCache;
 use protocol::{Error, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -65,10 +67,23 @@ impl Sim {
         let mut make = |rng: &mut ChaCha20Rng| {
             let (secret, public) = sphinx_keypair(rng);
             let mut ring = KeyRing::new();
-            ring.insert(EpochKey::new(EPOCH, secret, ReplayCache::new(100_000, 1e-6)));
+            ring.insert(EpochKey::new(
+                EPOCH,
+                secret,
+                ReplayCache::new(100_000, 1e-6),
+            ));
             let id = [next_id; 32];
             next_id += 1;
-            (id, SimNode { ring, hop: Hop { id, sphinx_key: public } })
+            (
+                id,
+                SimNode {
+                    ring,
+                    hop: Hop {
+                        id,
+                        sphinx_key: public,
+                    },
+                },
+            )
         };
         let mut layers = vec![];
         for _ in 0..3 {
@@ -112,7 +127,12 @@ impl Sim {
 
     fn inject(&mut self, at_us: u64, to: NodeId, packet: Vec<u8>) {
         self.seq += 1;
-        self.queue.push(Reverse(Arrival { at_us, seq: self.seq, to, packet }));
+        self.queue.push(Reverse(Arrival {
+            at_us,
+            seq: self.seq,
+            to,
+            packet,
+        }));
     }
 
     /// Runs until no event is left; returns the number of events handled.
@@ -124,7 +144,11 @@ impl Sim {
             events += 1;
             let node = &self.nodes[&a.to];
             match node.ring.peel(EPOCH, &a.packet) {
-                Ok(Peeled::Forward { next_hop, delay, packet }) => {
+                Ok(Peeled::Forward {
+                    next_hop,
+                    delay,
+                    packet,
+                }) => {
                     if !self.nodes.contains_key(&next_hop) {
                         *self.dropped.entry("unknown next hop").or_default() += 1;
                         continue;
@@ -132,7 +156,11 @@ impl Sim {
                     let held = delay.min(self.max_delay).as_micros() as u64;
                     self.inject(self.now_us + held + LINK_LATENCY_US, next_hop, packet);
                 }
-                Ok(Peeled::Final { destination, payload, .. }) => {
+                Ok(Peeled::Final {
+                    destination,
+                    payload,
+                    ..
+                }) => {
                     let msg = recover_plaintext(&payload).expect("intact payload");
                     self.delivered.push((self.now_us, destination, msg));
                 }
@@ -160,7 +188,10 @@ fn packets_cross_three_layers_and_honour_their_delays() {
         // (the final hop delivers at once).
         let due = send_at
             + 4 * LINK_LATENCY_US
-            + delays[..3].iter().map(|d| d.min(&max_delay).as_micros() as u64).sum::<u64>();
+            + delays[..3]
+                .iter()
+                .map(|d| d.min(&max_delay).as_micros() as u64)
+                .sum::<u64>();
         let mut dest = [0u8; 32];
         dest[..8].copy_from_slice(&i.to_be_bytes());
         let msg = format!("message {i}").into_bytes();
@@ -182,9 +213,16 @@ fn packets_cross_three_layers_and_honour_their_delays() {
         assert_eq!(at, due, "delivery time honours the header delays");
         assert_eq!(msg, want);
     }
-    assert_eq!(sim.dropped.get("replay").copied().unwrap_or(0), copies.len() as u64);
+    assert_eq!(
+        sim.dropped.get("replay").copied().unwrap_or(0),
+        copies.len() as u64
+    );
     // Some delays were long enough to be clamped: the clamp is exercised.
-    assert!(sim.delivered.iter().all(|(at, _, _)| *at < n * 1_000 + 3 * 400_000 + 10_000));
+    assert!(
+        sim.delivered
+            .iter()
+            .all(|(at, _, _)| *at < n * 1_000 + 3 * 400_000 + 10_000)
+    );
 }
 
 #[test]
@@ -199,12 +237,31 @@ fn junk_and_unknown_next_hops_are_counted_not_fatal() {
     }
     // A route through a node the network does not know.
     let mut route = sim.route(&mut rng);
-    route[1] = Hop { id: [200; 32], sphinx_key: route[1].sphinx_key };
-    let pkt = build_packet(&mut rng, &route, &[0; 32], [0; 16], &[Duration::ZERO; 4], b"x").unwrap();
+    route[1] = Hop {
+        id: [200; 32],
+        sphinx_key: route[1].sphinx_key,
+    };
+    let pkt = build_packet(
+        &mut rng,
+        &route,
+        &[0; 32],
+        [0; 16],
+        &[Duration::ZERO; 4],
+        b"x",
+    )
+    .unwrap();
     sim.inject(100, route[0].id, pkt);
     // And a good one afterwards.
     let route = sim.route(&mut rng);
-    let pkt = build_packet(&mut rng, &route, &[1; 32], [0; 16], &[Duration::ZERO; 4], b"ok").unwrap();
+    let pkt = build_packet(
+        &mut rng,
+        &route,
+        &[1; 32],
+        [0; 16],
+        &[Duration::ZERO; 4],
+        b"ok",
+    )
+    .unwrap();
     sim.inject(200, route[0].id, pkt);
     sim.run();
     assert_eq!(sim.dropped["malformed"], 50);

@@ -43,13 +43,17 @@ fn build_all(n: usize, route: &[Hop]) -> Vec<Vec<u8>> {
                     (0..count)
                         .filter_map(|i| {
                             let msg = format!("bench packet {t}/{i}");
-                            build_packet(&mut rng, route, &[0; 32], [0; 16], &zero, msg.as_bytes()).ok()
+                            build_packet(&mut rng, route, &[0; 32], [0; 16], &zero, msg.as_bytes())
+                                .ok()
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     })
 }
 
@@ -86,14 +90,27 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     })
     .await?;
     let topo = net.topology().await?;
-    let mix = topo.layer(1).next().ok_or("no mix node in the topology")?.clone();
-    let recv = topo.node(&net.receiver.identity).ok_or("receiver missing from topology")?.clone();
+    let mix = topo
+        .layer(1)
+        .next()
+        .ok_or("no mix node in the topology")?
+        .clone();
+    let recv = topo
+        .node(&net.receiver.identity)
+        .ok_or("receiver missing from topology")?
+        .clone();
     let route = [mix.hop(), recv.hop()];
 
     // The raw measurement needs the node's secret; build a twin route with a
     // local key of the same kind for it.
     let (secret, public) = sphinx_keypair(&mut rand::rng());
-    let twin = [Hop { id: mix.identity, sphinx_key: public }, recv.hop()];
+    let twin = [
+        Hop {
+            id: mix.identity,
+            sphinx_key: public,
+        },
+        recv.hop(),
+    ];
     if progress {
         eprintln!("building {packets} packets twice on {} cores…", cores());
     }
@@ -109,7 +126,12 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     let mut inj = Injector::connect(mix.identity, mix.socket_addr()?).await?;
     let mut frames = Vec::with_capacity(node_packets.len() * protocol::frame::FRAME_LEN);
     for p in &node_packets {
-        protocol::frame::encode_into(&mut frames, protocol::frame::FrameKind::Sphinx, topo.epoch, p)?;
+        protocol::frame::encode_into(
+            &mut frames,
+            protocol::frame::FrameKind::Sphinx,
+            topo.epoch,
+            p,
+        )?;
     }
     let target = node_packets.len() as u64;
     let start = Instant::now();
@@ -128,13 +150,24 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let got = net.receiver.frames.load(Ordering::Relaxed);
-    let elapsed = if got >= target { start.elapsed() } else { last.1 - start };
+    let elapsed = if got >= target {
+        start.elapsed()
+    } else {
+        last.1 - start
+    };
     let pps = got as f64 / elapsed.as_secs_f64();
     let m = node.metrics();
-    let dropped = ["malformed", "replay", "unknown_epoch", "unknown_next_hop", "queue_full", "unexpected_final"]
-        .iter()
-        .map(|r| m.dropped(r))
-        .sum();
+    let dropped = [
+        "malformed",
+        "replay",
+        "unknown_epoch",
+        "unknown_next_hop",
+        "queue_full",
+        "unexpected_final",
+    ]
+    .iter()
+    .map(|r| m.dropped(r))
+    .sum();
     inj.close().await;
     net.stop().await;
     Ok(MixnodeBench {

@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn examples_parse_to_the_defaults() {
         let d: DirectoryConfig = parse(Path::new("d.toml"), &DirectoryConfig::example()).unwrap();
-        assert_eq!(d.epoch_length_secs, DirectoryConfig::default().epoch_length_secs);
+        assert_eq!(
+            d.epoch_length_secs,
+            DirectoryConfig::default().epoch_length_secs
+        );
         let m: MixnodeConfig = parse(Path::new("m.toml"), &MixnodeConfig::example("ab")).unwrap();
         assert_eq!(m.authority_key, "ab");
         assert_eq!(m.worker_queue, MixnodeConfig::default().worker_queue);
@@ -63,10 +66,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_file_and_key() {
-        let e = parse::<MixnodeConfig>(Path::new("/etc/umbra/mix.toml"), "listn = \"1.2.3.4:5\"").unwrap_err();
+        let e = parse::<MixnodeConfig>(Path::new("/etc/umbra/mix.toml"), "listn = \"1.2.3.4:5\"")
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("/etc/umbra/mix.toml") && msg.contains("listn"), "{msg}");
-        let e = parse::<DirectoryConfig>(Path::new("dir.toml"), "[params]\nmix_delay_mean_ms = \"x\"").unwrap_err();
+        assert!(
+            msg.contains("/etc/umbra/mix.toml") && msg.contains("listn"),
+            "{msg}"
+        );
+        let e =
+            parse::<DirectoryConfig>(Path::new("dir.toml"), "[params]\nmix_delay_mean_ms = \"x\"")
+                .unwrap_err();
         assert!(e.to_string().contains("mix_delay_mean_ms"), "{e}");
     }
 }

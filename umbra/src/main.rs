@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use umbra::config;
 
 #[derive(Parser)]
-#[command(name = "umbra", version, about = "Umbra: a mix network for metadata-private messaging")]
+#[command(
+    name = "umbra",
+    version,
+    about = "Umbra: a mix network for metadata-private messaging"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,13 +94,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -112,7 +117,10 @@ async fn shutdown_signal() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -121,7 +129,11 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Directory(DirectoryCmd::Init(a)) => {
             config::write_new(&a.config, &DirectoryConfig::example(), a.force)?;
-            println!("wrote {}; start it with: umbra directory run --config {}", a.config.display(), a.config.display());
+            println!(
+                "wrote {}; start it with: umbra directory run --config {}",
+                a.config.display(),
+                a.config.display()
+            );
         }
         Command::Directory(DirectoryCmd::Run(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
@@ -129,7 +141,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("authority key: {}", hex::encode(dir.public_key()));
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
-                .map_err(|e| format!("config file {}: key `listen` = {}: {e}", a.config.display(), cfg.listen))?;
+                .map_err(|e| {
+                    format!(
+                        "config file {}: key `listen` = {}: {e}",
+                        a.config.display(),
+                        cfg.listen
+                    )
+                })?;
             dir.serve(listener, shutdown_signal()).await?;
         }
         Command::Mixnode(MixnodeCmd::Init {
@@ -137,14 +155,22 @@ async fn run(cli: Cli) -> Result<()> {
             authority_key,
             directory_url,
         }) => {
-            let text = MixnodeConfig::example(&authority_key).replace("http://127.0.0.1:8000", &directory_url);
+            let text = MixnodeConfig::example(&authority_key)
+                .replace("http://127.0.0.1:8000", &directory_url);
             // Refuse to write a config that would not load.
             let parsed: MixnodeConfig = config::parse(&init.config, &text)?;
             if hex::decode(&parsed.authority_key).map(|k| k.len()) != Ok(32) {
-                return Err("--authority-key must be 64 hex digits (as `umbra directory run` prints it)".into());
+                return Err(
+                    "--authority-key must be 64 hex digits (as `umbra directory run` prints it)"
+                        .into(),
+                );
             }
             config::write_new(&init.config, &text, init.force)?;
-            println!("wrote {}; start it with: umbra mixnode run --config {}", init.config.display(), init.config.display());
+            println!(
+                "wrote {}; start it with: umbra mixnode run --config {}",
+                init.config.display(),
+                init.config.display()
+            );
         }
         Command::Mixnode(MixnodeCmd::Run(a)) => {
             let cfg: MixnodeConfig = config::load(&a.config)?;
@@ -177,7 +203,10 @@ async fn run(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

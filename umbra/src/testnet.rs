@@ -11,7 +11,10 @@ use protocol::frame::{Frame, FrameKind};
 use protocol::keys::{EpochKey, KeyRing};
 use protocol::packet::Peeled;
 use protocol::replay::ReplayCache;
-use protocol::topology::{self, EpochPublicKey, NetworkParams, NodeDescriptor, Role, Signed, TopologyDocument, TrustPolicy};
+use protocol::topology::{
+    self, EpochPublicKey, NetworkParams, NodeDescriptor, Role, Signed, TopologyDocument,
+    TrustPolicy,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +32,11 @@ fn now_ms() -> u64 {
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
-pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<(), BoxError> {
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), BoxError> {
     let deadline = Instant::now() + timeout;
     while !cond() {
         if Instant::now() > deadline {
@@ -52,7 +59,11 @@ pub struct LocalDirectory {
 
 impl LocalDirectory {
     /// Starts one with epochs of `epoch_length_secs` beginning now.
-    pub async fn start(data_dir: &Path, params: NetworkParams, epoch_length_secs: u64) -> Result<Self, BoxError> {
+    pub async fn start(
+        data_dir: &Path,
+        params: NetworkParams,
+        epoch_length_secs: u64,
+    ) -> Result<Self, BoxError> {
         let cfg = DirectoryConfig {
             listen: "127.0.0.1:0".parse()?,
             data_dir: data_dir.to_owned(),
@@ -73,7 +84,12 @@ impl LocalDirectory {
                 })
                 .await;
         });
-        Ok(Self { url, authority, stop, task })
+        Ok(Self {
+            url,
+            authority,
+            stop,
+            task,
+        })
     }
 
     /// The client for its API.
@@ -101,8 +117,12 @@ impl LocalDirectory {
 /// Config for a loopback mix node registered with `dir`.
 pub fn mixnode_config(dir: &LocalDirectory, data_dir: PathBuf) -> MixnodeConfig {
     MixnodeConfig {
-        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()),
-        metrics_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()),
+        listen: "127.0.0.1:0"
+            .parse()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()),
+        metrics_listen: "127.0.0.1:0"
+            .parse()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()),
         directory_url: dir.url.clone(),
         authority_key: hex::encode(dir.authority),
         data_dir,
@@ -151,7 +171,10 @@ impl FinalHop {
         for e in [epoch, epoch + 1] {
             let (secret, public) = protocol::packet::sphinx_keypair(&mut rand::rng());
             ring.insert(EpochKey::new(e, secret, ReplayCache::new(1_000_000, 1e-6)));
-            keys.push(EpochPublicKey { epoch: e, key: public });
+            keys.push(EpochPublicKey {
+                epoch: e,
+                key: public,
+            });
         }
         let d = NodeDescriptor {
             identity: id,
@@ -160,7 +183,9 @@ impl FinalHop {
             sphinx_keys: keys,
             published_ms: now_ms(),
         };
-        dir.client()?.register(&Signed::sign(&d, topology::DESCRIPTOR_DOMAIN, &identity)?).await?;
+        dir.client()?
+            .register(&Signed::sign(&d, topology::DESCRIPTOR_DOMAIN, &identity)?)
+            .await?;
         let frames = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
         let delivered = Arc::new(Mutex::new(Vec::new()));
@@ -172,12 +197,14 @@ impl FinalHop {
                 return;
             }
             match ring.peel(frame.epoch, frame.packet) {
-                Ok(Peeled::Final { payload, .. }) => match protocol::packet::recover_plaintext(&payload) {
-                    Ok(m) => dl.lock().unwrap_or_else(|p| p.into_inner()).push(m),
-                    Err(_) => {
-                        r.fetch_add(1, Ordering::Relaxed);
+                Ok(Peeled::Final { payload, .. }) => {
+                    match protocol::packet::recover_plaintext(&payload) {
+                        Ok(m) => dl.lock().unwrap_or_else(|p| p.into_inner()).push(m),
+                        Err(_) => {
+                            r.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                },
+                }
                 _ => {
                     r.fetch_add(1, Ordering::Relaxed);
                 }
@@ -218,7 +245,11 @@ impl Injector {
         let endpoint = net::link::client_endpoint("127.0.0.1:0".parse()?)?;
         let conn = net::link::connect(&endpoint, node, addr).await?;
         let stream = conn.open_uni().await?;
-        Ok(Self { endpoint, conn, stream })
+        Ok(Self {
+            endpoint,
+            conn,
+            stream,
+        })
     }
 
     /// Writes one Sphinx packet in a frame for `epoch`.
@@ -276,9 +307,11 @@ impl LocalNet {
         for m in &mixnodes {
             m.refresh_topology();
         }
-        wait_until("mix nodes to learn the topology", Duration::from_secs(20), || {
-            mixnodes.iter().all(|m| m.known_nodes() >= total)
-        })
+        wait_until(
+            "mix nodes to learn the topology",
+            Duration::from_secs(20),
+            || mixnodes.iter().all(|m| m.known_nodes() >= total),
+        )
         .await?;
         Ok(Self {
             tmp,

@@ -1,0 +1,252 @@
+//! The `umbra` binary as operators use it: separate processes, config files,
+//! signals. Everything on loopback; every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn umbra() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_umbra"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    wait_for("process exit", secs, || child.try_wait().ok().flatten())
+}
+
+#[test]
+fn help_describes_the_commands() {
+    for (args, needle) in [
+        (vec!["--help"], "mix network"),
+        (vec!["mixnode", "--help"], "peels one layer"),
+        (vec!["directory", "--help"], "signed topology"),
+        (vec!["mixnode", "run", "--help"], "SIGTERM"),
+    ] {
+        let out = umbra().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(needle),
+            "{args:?} help lacks {needle:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_names_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("mix.toml");
+    std::fs::write(&p, "authority_key = \"00\"\nworker_queu = 5\n").unwrap();
+    let out = umbra()
+        .args(["mixnode", "run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mix.toml") && err.contains("worker_queu"),
+        "{err}"
+    );
+
+    std::fs::write(&p, "authority_key = \"zz\"\n").unwrap();
+    let out = umbra()
+        .args(["mixnode", "run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("authority_key") && err.contains("mix.toml"),
+        "{err}"
+    );
+}
+
+fn edit(path: &Path, pairs: &[(&str, String)]) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (key, value) in pairs {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap()
+            .to_string();
+        text = text.replace(&line, &format!("{key} = {value}"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir_cfg = tmp.path().join("directory.toml");
+    assert!(
+        umbra()
+            .args(["directory", "init", "--config"])
+            .arg(&dir_cfg)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir_port = free_port();
+    edit(
+        &dir_cfg,
+        &[
+            ("listen", format!("\"127.0.0.1:{dir_port}\"")),
+            ("data_dir", format!("{:?}", tmp.path().join("dir"))),
+        ],
+    );
+    let mut dir = Killer(
+        umbra()
+            .args(["directory", "run", "--config"])
+            .arg(&dir_cfg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(dir.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let key = line
+        .trim()
+        .strip_prefix("authority key: ")
+        .expect("authority key line")
+        .to_string();
+    assert_eq!(key.len(), 64);
+    let dir_addr = format!("127.0.0.1:{dir_port}");
+    wait_for("directory", 20, || {
+        http_get(&dir_addr, "/v1/authority").filter(|r| r.contains(&key))
+    });
+
+    let mix_cfg = tmp.path().join("mix.toml");
+    assert!(
+        umbra()
+            .args([
+                "mixnode",
+                "init",
+                "--authority-key",
+                &key,
+                "--directory-url",
+                &format!("http://{dir_addr}"),
+                "--config"
+            ])
+            .arg(&mix_cfg)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let metrics_port = free_port();
+    edit(
+        &mix_cfg,
+        &[
+            ("listen", format!("\"127.0.0.1:{}\"", free_udp_port())),
+            ("metrics_listen", format!("\"127.0.0.1:{metrics_port}\"")),
+            ("data_dir", format!("{:?}", tmp.path().join("mix"))),
+        ],
+    );
+    let mut mix = Killer(
+        umbra()
+            .args(["mixnode", "run", "--config"])
+            .arg(&mix_cfg)
+            .spawn()
+            .unwrap(),
+    );
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let metrics = wait_for("mix node metrics", 30, || {
+        http_get(&metrics_addr, "/metrics").filter(|m| m.contains("umbra_mixnode_topology_nodes 1"))
+    });
+    for series in [
+        "umbra_mixnode_packets_received_total",
+        "umbra_mixnode_packets_forwarded_total",
+        "umbra_mixnode_packets_dropped_total{reason=\"replay\"}",
+        "umbra_mixnode_queue_depth",
+        "umbra_mixnode_processing_seconds",
+    ] {
+        assert!(metrics.contains(series), "metrics lack {series}");
+    }
+    // The mix node appears in the signed topology.
+    let topo = http_get(&dir_addr, "/v1/topology").unwrap();
+    assert!(topo.contains("mix"), "{topo}");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(tmp.path().join("mix/identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(tmp.path().join("dir/authority.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    sigterm(&mix.0);
+    assert!(
+        wait_exit(&mut mix.0, 20).success(),
+        "mix node exits cleanly on SIGTERM"
+    );
+    sigterm(&dir.0);
+    assert!(
+        wait_exit(&mut dir.0, 20).success(),
+        "directory exits cleanly on SIGTERM"
+    );
+}
