@@ -8,6 +8,8 @@ mod pipeline;
 pub use config::MixnodeConfig;
 pub use metrics::Metrics;
 
+use protocol::frame::Frame;
+
 use ed25519_dalek::SigningKey;
 use net::dirclient::DirectoryClient;
 use net::link::{LinkConfig, LinkMetrics, Links};
@@ -53,8 +55,75 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a role adds to the Sphinx node: what to do with packets for which
+/// it is the final hop, and with frames other than Sphinx packets.
+/// Mix nodes use the defaults: both are dropped and counted.
+pub trait Handler: Send + Sync + 'static {
+    /// A packet this node is the final hop of. Runs on a Sphinx worker thread.
+    fn on_final(
+        &self,
+        node: &NodeRef,
+        epoch: u64,
+        destination: [u8; 32],
+        identifier: [u8; 16],
+        payload: Vec<u8>,
+    ) {
+        let _ = (epoch, destination, identifier, payload);
+        node.metrics().drop("unexpected_final");
+    }
+
+    /// A non-Sphinx frame (from a client). Runs on the connection's task.
+    fn on_frame(&self, node: &NodeRef, frame: Frame<'_>, conn: &quinn::Connection) {
+        let _ = (frame, conn);
+        node.metrics().drop("malformed");
+    }
+}
+
+/// The mix role: nothing beyond peeling and forwarding.
+pub struct MixHandler;
+impl Handler for MixHandler {}
+
+/// A handle on a running node's packet path, given to its [`Handler`].
+#[derive(Clone)]
+pub struct NodeRef(Arc<Shared>);
+
+impl NodeRef {
+    /// Sends a Sphinx packet built for `epoch` keys to `next_hop` now.
+    /// False if it was dropped (and counted).
+    pub fn forward(&self, epoch: u64, next_hop: NodeId, packet: &[u8]) -> bool {
+        self.0.forward(epoch, next_hop, packet)
+    }
+
+    /// Queues a Sphinx packet for this node itself to peel.
+    pub fn process(&self, epoch: u64, packet: &[u8]) {
+        self.0.submit_packet(epoch, packet)
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The node's identity.
+    pub fn identity(&self) -> NodeId {
+        self.0.identity
+    }
+
+    /// The latest verified topology.
+    pub fn topology(&self) -> Option<Arc<topology::TopologyDocument>> {
+        self.0
+            .topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// A running mix node.
-pub struct Mixnode {
+pub type Mixnode = Node;
+
+/// A running Sphinx node (mix node, or the packet path of a gateway).
+pub struct Node {
     /// Where the QUIC endpoint listens.
     pub quic_addr: SocketAddr,
     /// Where `/metrics` is served.
@@ -68,6 +137,7 @@ pub struct Mixnode {
     refresh: Arc<Notify>,
     workers: Vec<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    role: Role,
 }
 
 struct Control {
@@ -78,9 +148,15 @@ struct Control {
     trust: TrustPolicy,
     shared: Arc<Shared>,
     last_seen: Mutex<Option<(u64, u64)>>,
+    role: Role,
 }
 
-impl Mixnode {
+impl Node {
+    /// A handle on the packet path.
+    pub fn handle(&self) -> NodeRef {
+        NodeRef(self.shared.clone())
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
@@ -114,7 +190,7 @@ impl Mixnode {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
         self.shared.links.shutdown();
-        tracing::info!("mix node stopped");
+        tracing::info!(role = ?self.role, "node stopped");
     }
 }
 
@@ -147,7 +223,7 @@ impl Control {
             .collect();
         let d = NodeDescriptor {
             identity: self.identity.verifying_key().to_bytes(),
-            role: Role::Mix,
+            role: self.role,
             address: self.public_address.to_string(),
             sphinx_keys,
             published_ms: now_ms(),
@@ -195,13 +271,44 @@ impl Control {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = routes;
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((doc.epoch, doc.revision));
-        Ok(doc.epoch)
+        let epoch = doc.epoch;
+        *self
+            .shared
+            .topology
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(doc));
+        Ok(epoch)
     }
 }
 
 /// Starts a mix node: binds, makes fresh Sphinx keys, registers with the
 /// directory and starts routing. Returns once the sockets are bound.
 pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
+    let registry = prometheus::Registry::new();
+    start_node(
+        cfg,
+        Role::Mix,
+        Arc::new(MixHandler),
+        registry,
+        LinkConfig::default(),
+    )
+    .await
+}
+
+/// Starts a Sphinx node in `role`, with `handler` for final-hop packets and
+/// client frames, metrics in `registry` (served on `metrics_listen`), and
+/// `inbound` limits for connections it accepts.
+pub async fn start_node(
+    cfg: MixnodeConfig,
+    role: Role,
+    handler: Arc<dyn Handler>,
+    registry: prometheus::Registry,
+    inbound: LinkConfig,
+) -> Result<Node, Error> {
+    let role_name = match role {
+        Role::Mix => "mixnode",
+        Role::Gateway => "gateway",
+    };
     let mut authority = [0u8; 32];
     hex::decode_to_slice(cfg.authority_key.trim(), &mut authority).map_err(|e| Error::Config {
         key: "authority_key",
@@ -232,8 +339,7 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
     let quic_addr = endpoint.local_addr()?;
     let public_address = cfg.public_address.unwrap_or(quic_addr);
 
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry);
+    let metrics = Metrics::new(&registry, role_name);
     let link_metrics = LinkMetrics::new(&registry);
     let links = Links::new(
         endpoint.clone(),
@@ -258,6 +364,8 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
         cfg.worker_queue,
         cfg.delay_queue,
         refresh.clone(),
+        handler,
+        id,
     );
     let workers_n = if cfg.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -277,9 +385,9 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
     let sink_shared = shared.clone();
     tasks.push(tokio::spawn(net::link::serve(
         endpoint.clone(),
-        Arc::new(move |f: protocol::frame::Frame<'_>| sink_shared.submit(f)),
+        Arc::new(move |f: Frame<'_>, c: &quinn::Connection| sink_shared.submit(f, c)),
         link_metrics.clone(),
-        LinkConfig::default(),
+        inbound,
     )));
 
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
@@ -308,6 +416,7 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
         shared: shared.clone(),
         last_seen: Mutex::new(None),
         cfg: cfg.clone(),
+        role,
     });
     match control.register().await {
         Ok(()) => tracing::info!("registered with the directory"),
@@ -320,11 +429,12 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
 
     tracing::info!(
         identity = %hex::encode(&id[..6]),
+        role = role_name,
         workers = workers_n,
         epoch,
-        "mix node running"
+        "node running"
     );
-    Ok(Mixnode {
+    Ok(Node {
         quic_addr,
         metrics_addr,
         identity: id,
@@ -335,6 +445,7 @@ pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
         refresh,
         workers,
         tasks,
+        role,
     })
 }
 

@@ -30,49 +30,41 @@ fn bug<T>(e: prometheus::Error) -> T {
 }
 
 impl Metrics {
-    /// Creates and registers the series.
-    pub fn new(registry: &Registry) -> Self {
+    /// Creates the series named `umbra_<role>_*` and registers them.
+    pub fn new(registry: &Registry, role: &str) -> Self {
+        let n = |s: &str| format!("umbra_{role}_{s}");
         let m = Self {
             received: IntCounter::new(
-                "umbra_mixnode_packets_received_total",
+                n("packets_received_total"),
                 "Packets received for processing",
             )
             .unwrap_or_else(bug),
             forwarded: IntCounter::new(
-                "umbra_mixnode_packets_forwarded_total",
+                n("packets_forwarded_total"),
                 "Packets forwarded to the next hop",
             )
             .unwrap_or_else(bug),
             dropped: IntCounterVec::new(
-                Opts::new(
-                    "umbra_mixnode_packets_dropped_total",
-                    "Packets dropped, by reason",
-                ),
+                Opts::new(n("packets_dropped_total"), "Packets dropped, by reason"),
                 &["reason"],
             )
             .unwrap_or_else(bug),
             queue_depth: IntGaugeVec::new(
-                Opts::new("umbra_mixnode_queue_depth", "Packets waiting, by queue"),
+                Opts::new(n("queue_depth"), "Packets waiting, by queue"),
                 &["queue"],
             )
             .unwrap_or_else(bug),
             processing: Histogram::with_opts(
-                HistogramOpts::new(
-                    "umbra_mixnode_processing_seconds",
-                    "Time to peel one Sphinx layer",
-                )
-                .buckets(vec![
-                    50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3,
-                ]),
+                HistogramOpts::new(n("processing_seconds"), "Time to peel one Sphinx layer")
+                    .buckets(vec![
+                        50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3,
+                    ]),
             )
             .unwrap_or_else(bug),
-            topology_nodes: IntGauge::new(
-                "umbra_mixnode_topology_nodes",
-                "Nodes in the routing topology",
-            )
-            .unwrap_or_else(bug),
+            topology_nodes: IntGauge::new(n("topology_nodes"), "Nodes in the routing topology")
+                .unwrap_or_else(bug),
             replay_entries: IntGauge::new(
-                "umbra_mixnode_replay_cache_entries",
+                n("replay_cache_entries"),
                 "Tags in the current key's replay cache",
             )
             .unwrap_or_else(bug),
@@ -105,7 +97,8 @@ impl Metrics {
         m
     }
 
-    pub(crate) fn drop(&self, reason: &str) {
+    /// Counts one dropped packet.
+    pub fn drop(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
     }
 

@@ -2,6 +2,7 @@
 //! core) → zero-delay forward, or the delay scheduler → outbound link.
 
 use crate::metrics::Metrics;
+use crate::{Handler, NodeRef};
 use net::link::Links;
 use protocol::NodeId;
 use protocol::frame::{self, Frame, FrameKind};
@@ -57,6 +58,9 @@ pub(crate) struct Shared {
     delayed: mpsc::Sender<Delayed>,
     refresh: Arc<Notify>,
     closed: AtomicBool,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) topology: RwLock<Option<Arc<protocol::topology::TopologyDocument>>>,
+    pub(crate) identity: NodeId,
 }
 
 impl Shared {
@@ -69,6 +73,8 @@ impl Shared {
         worker_queue: usize,
         delay_queue: usize,
         refresh: Arc<Notify>,
+        handler: Arc<dyn Handler>,
+        identity: NodeId,
     ) -> (
         Arc<Self>,
         crossbeam_channel::Receiver<Job>,
@@ -87,20 +93,28 @@ impl Shared {
             delayed,
             refresh,
             closed: AtomicBool::new(false),
+            handler,
+            topology: RwLock::new(None),
+            identity,
         });
         (s, job_rx, delay_rx)
     }
 
     /// Called by the link layer for every well-formed frame.
-    pub(crate) fn submit(&self, f: Frame<'_>) {
+    pub(crate) fn submit(self: &Arc<Self>, f: Frame<'_>, conn: &quinn::Connection) {
         if f.kind != FrameKind::Sphinx {
-            self.metrics.drop("malformed");
+            self.handler.on_frame(&NodeRef(self.clone()), f, conn);
             return;
         }
+        self.submit_packet(f.epoch, f.data);
+    }
+
+    /// Queues a Sphinx packet for this node to peel.
+    pub(crate) fn submit_packet(&self, epoch: u64, packet: &[u8]) {
         self.metrics.received.inc();
         let job = Job {
-            epoch: f.epoch,
-            packet: f.packet.to_vec(),
+            epoch,
+            packet: packet.to_vec(),
         };
         match self.jobs.try_send(job) {
             Ok(()) => self
@@ -116,7 +130,7 @@ impl Shared {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    fn process(&self, job: Job) {
+    fn process(self: &Arc<Self>, job: Job) {
         let started = Instant::now();
         let key = self
             .keys
@@ -154,15 +168,25 @@ impl Shared {
                     Err(_) => self.metrics.drop("queue_full"),
                 }
             }
-            // Mix nodes are never a final hop until they send their own loops.
-            Ok(Peeled::Final { .. }) => self.metrics.drop("unexpected_final"),
+            Ok(Peeled::Final {
+                destination,
+                identifier,
+                payload,
+            }) => self.handler.on_final(
+                &NodeRef(self.clone()),
+                job.epoch,
+                destination,
+                identifier,
+                payload,
+            ),
             Err(protocol::Error::Replay) => self.metrics.drop("replay"),
             Err(protocol::Error::UnknownEpoch(_)) => self.metrics.drop("unknown_epoch"),
             Err(_) => self.metrics.drop("malformed"),
         }
     }
 
-    fn forward(&self, epoch: u64, next_hop: NodeId, packet: &[u8]) {
+    /// Sends `packet` to `next_hop` now; false if it was dropped (counted).
+    pub(crate) fn forward(&self, epoch: u64, next_hop: NodeId, packet: &[u8]) -> bool {
         let addr = self
             .routes
             .read()
@@ -172,16 +196,18 @@ impl Shared {
         let Some(addr) = addr else {
             self.metrics.drop("unknown_next_hop");
             self.refresh.notify_one();
-            return;
+            return false;
         };
         let Ok(frame) = frame::encode(FrameKind::Sphinx, epoch, packet) else {
             self.metrics.drop("malformed");
-            return;
+            return false;
         };
-        if self.links.send(next_hop, addr, frame) {
+        // A refused send is counted by the link layer (queue_full there).
+        let sent = self.links.send(next_hop, addr, frame);
+        if sent {
             self.metrics.forwarded.inc();
         }
-        // A refused send was counted by the link layer (queue_full there).
+        sent
     }
 }
 

@@ -29,6 +29,10 @@ pub struct LinkConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Inbound frames per second allowed per connection (token bucket); `None` = unlimited.
+    pub inbound_rate: Option<f64>,
+    /// Burst size of the inbound token bucket.
+    pub inbound_burst: f64,
 }
 
 impl Default for LinkConfig {
@@ -39,6 +43,8 @@ impl Default for LinkConfig {
             max_peers: 4096,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            inbound_rate: None,
+            inbound_burst: 0.0,
         }
     }
 }
@@ -50,7 +56,7 @@ pub struct LinkMetrics {
     pub frames_in: IntCounter,
     /// Frames sent to peers.
     pub frames_out: IntCounter,
-    /// Frames dropped, by reason (`malformed`, `queue_full`, `link_error`, `too_many_peers`).
+    /// Frames dropped, by reason (`malformed`, `queue_full`, `link_error`, `too_many_peers`, `rate_limited`).
     pub dropped: IntCounterVec,
     /// Failed connection attempts.
     pub connect_failures: IntCounter,
@@ -123,13 +129,36 @@ fn unreachable_metric() -> ! {
 /// Receives inbound frames. Called on the connection's task: keep it cheap
 /// (hand the packet to a worker queue).
 pub trait FrameSink: Send + Sync + 'static {
-    /// One well-formed frame.
-    fn on_frame(&self, frame: Frame<'_>);
+    /// One well-formed frame, and the connection it came on.
+    fn on_frame(&self, frame: Frame<'_>, conn: &quinn::Connection);
 }
 
-impl<F: Fn(Frame<'_>) + Send + Sync + 'static> FrameSink for F {
-    fn on_frame(&self, frame: Frame<'_>) {
-        self(frame)
+impl<F: Fn(Frame<'_>, &quinn::Connection) + Send + Sync + 'static> FrameSink for F {
+    fn on_frame(&self, frame: Frame<'_>, conn: &quinn::Connection) {
+        self(frame, conn)
+    }
+}
+
+/// A token bucket: `rate` tokens per second up to `burst`.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -167,28 +196,68 @@ pub async fn serve(
         };
         let sink = sink.clone();
         let metrics = metrics.clone();
+        let cfg = cfg.clone();
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
             metrics.inbound_connections.inc();
-            while let Ok(recv) = conn.accept_uni().await {
-                tokio::spawn(read_stream(recv, sink.clone(), metrics.clone()));
-            }
+            serve_connection(conn, sink, metrics.clone(), &cfg).await;
             metrics.inbound_connections.dec();
             drop(permit);
         });
     }
 }
 
-async fn read_stream(mut recv: quinn::RecvStream, sink: Arc<dyn FrameSink>, metrics: LinkMetrics) {
+/// Reads frames from every unidirectional stream the peer opens on `conn`
+/// until the connection closes. Clients use it on their gateway connection.
+pub async fn serve_connection(
+    conn: quinn::Connection,
+    sink: Arc<dyn FrameSink>,
+    metrics: LinkMetrics,
+    cfg: &LinkConfig,
+) {
+    let bucket = cfg.inbound_rate.map(|rate| {
+        Arc::new(Mutex::new(Bucket {
+            rate,
+            burst: cfg.inbound_burst.max(1.0),
+            tokens: cfg.inbound_burst.max(1.0),
+            last: tokio::time::Instant::now(),
+        }))
+    });
+    // A peer may open streams; each gets a reader, and the connection's
+    // stream limit (transport config) bounds how many run at once.
+    while let Ok(recv) = conn.accept_uni().await {
+        tokio::spawn(read_stream(
+            recv,
+            conn.clone(),
+            sink.clone(),
+            metrics.clone(),
+            bucket.clone(),
+        ));
+    }
+}
+
+async fn read_stream(
+    mut recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    sink: Arc<dyn FrameSink>,
+    metrics: LinkMetrics,
+    bucket: Option<Arc<Mutex<Bucket>>>,
+) {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(Some(n)) = recv.read(&mut buf).await {
         dec.push(&buf[..n]);
         while let Some(body) = dec.next_body() {
+            if let Some(b) = &bucket
+                && !b.lock().unwrap_or_else(|p| p.into_inner()).take()
+            {
+                metrics.drop("rate_limited");
+                continue;
+            }
             match frame::decode_body(body) {
                 Ok(f) => {
                     metrics.frames_in.inc();
-                    sink.on_frame(f);
+                    sink.on_frame(f, &conn);
                 }
                 Err(_) => metrics.drop("malformed"),
             }

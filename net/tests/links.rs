@@ -24,8 +24,8 @@ fn server(key: &SigningKey) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
     let metrics = LinkMetrics::unregistered();
     tokio::spawn(link::serve(
         ep.clone(),
-        Arc::new(move |f: frame::Frame<'_>| {
-            assert_eq!(f.packet.len(), PACKET_SIZE);
+        Arc::new(move |f: frame::Frame<'_>, _: &quinn::Connection| {
+            assert_eq!(f.packet().map(<[u8]>::len), Some(PACKET_SIZE));
             c.fetch_add(1, Ordering::SeqCst);
         }),
         metrics.clone(),

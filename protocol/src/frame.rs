@@ -2,23 +2,33 @@
 //!
 //! ```text
 //! frame = length:u16be  body[length]
-//! body  = version:u8=1  kind:u8  key_epoch:u64be  packet[PACKET_SIZE]
+//! body  = version:u8=1  kind:u8  key_epoch:u64be  data[len(kind)]
 //! ```
+//!
+//! | kind | name | data | sent by |
+//! |---|---|---|---|
+//! | 1 | Sphinx | packet (2396) | nodes, to the packet's next hop |
+//! | 2 | Inject | first_hop:32, packet (2396) | a client, to its entry gateway |
+//! | 3 | Subscribe | address:32 | a client, to its entry gateway: deliver replies for `address` here |
+//! | 4 | Deliver | identifier:16, payload (2048) | an entry gateway, to a client: a SURB reply |
 //!
 //! The length prefix keeps a stream in step after a bad frame: the receiver
 //! skips exactly `length` bytes, counts the frame as dropped and goes on.
-//! A body of any other length, an unknown version or an unknown kind is
-//! rejected here, before any crypto runs. `key_epoch` names the Sphinx key
-//! the packet was built for, so a node never tries more than one key.
+//! A body whose length is not the one its kind requires, an unknown version
+//! or an unknown kind is rejected here, before any crypto runs. `key_epoch`
+//! names the Sphinx key the packet was built for, so a node never tries more
+//! than one key.
 
-use crate::Error;
-use crate::packet::PACKET_SIZE;
+use crate::packet::{IDENTIFIER_LEN, PACKET_SIZE, PAYLOAD_SIZE};
+use crate::{Error, NodeId};
 
 /// Current frame version.
 pub const FRAME_VERSION: u8 = 1;
-/// Bytes of a frame body.
-pub const BODY_LEN: usize = 1 + 1 + 8 + PACKET_SIZE;
-/// Bytes of a whole frame on the wire, prefix included.
+/// Bytes before `data` in every body.
+pub const BODY_HEADER_LEN: usize = 1 + 1 + 8;
+/// Bytes of a Sphinx frame body.
+pub const BODY_LEN: usize = BODY_HEADER_LEN + PACKET_SIZE;
+/// Bytes of a whole Sphinx frame on the wire, prefix included.
 pub const FRAME_LEN: usize = 2 + BODY_LEN;
 
 /// What a frame carries.
@@ -28,26 +38,104 @@ pub const FRAME_LEN: usize = 2 + BODY_LEN;
 pub enum FrameKind {
     /// A Sphinx packet for the receiver to peel.
     Sphinx = 1,
+    /// A client's packet for its entry gateway to pass, unpeeled, to `first_hop`.
+    Inject = 2,
+    /// A client asks its entry gateway for the replies addressed to it.
+    Subscribe = 3,
+    /// A SURB reply handed by the entry gateway to its client.
+    Deliver = 4,
 }
 
 impl FrameKind {
     fn from_u8(b: u8) -> Option<Self> {
         match b {
             1 => Some(FrameKind::Sphinx),
+            2 => Some(FrameKind::Inject),
+            3 => Some(FrameKind::Subscribe),
+            4 => Some(FrameKind::Deliver),
             _ => None,
+        }
+    }
+
+    /// Bytes of `data` this kind requires.
+    pub fn data_len(self) -> usize {
+        match self {
+            FrameKind::Sphinx => PACKET_SIZE,
+            FrameKind::Inject => 32 + PACKET_SIZE,
+            FrameKind::Subscribe => 32,
+            FrameKind::Deliver => IDENTIFIER_LEN + PAYLOAD_SIZE,
         }
     }
 }
 
-/// A decoded frame borrowing its packet.
+/// A decoded frame borrowing its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {
-    /// What the packet is.
+    /// What the frame carries.
     pub kind: FrameKind,
-    /// Epoch of the Sphinx key the packet was built for.
+    /// Epoch of the Sphinx key the packet was built for (0 where no packet).
     pub epoch: u64,
-    /// Exactly [`PACKET_SIZE`] bytes.
-    pub packet: &'a [u8],
+    /// Exactly `kind.data_len()` bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// The Sphinx packet of a Sphinx or Inject frame.
+    pub fn packet(&self) -> Option<&'a [u8]> {
+        match self.kind {
+            FrameKind::Sphinx => Some(self.data),
+            FrameKind::Inject => Some(&self.data[32..]),
+            _ => None,
+        }
+    }
+
+    /// The first hop of an Inject frame, or the address of a Subscribe frame.
+    pub fn node_or_address(&self) -> Option<NodeId> {
+        match self.kind {
+            FrameKind::Inject | FrameKind::Subscribe => {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(&self.data[..32]);
+                Some(a)
+            }
+            _ => None,
+        }
+    }
+
+    /// Identifier and payload of a Deliver frame.
+    pub fn delivery(&self) -> Option<([u8; IDENTIFIER_LEN], &'a [u8])> {
+        if self.kind != FrameKind::Deliver {
+            return None;
+        }
+        let mut id = [0u8; IDENTIFIER_LEN];
+        id.copy_from_slice(&self.data[..IDENTIFIER_LEN]);
+        Some((id, &self.data[IDENTIFIER_LEN..]))
+    }
+}
+
+/// Appends one whole frame (prefix included) whose data is the concatenation of `parts`.
+pub fn encode_parts_into(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    epoch: u64,
+    parts: &[&[u8]],
+) -> Result<(), Error> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len != kind.data_len() {
+        return Err(Error::InvalidArgument(format!(
+            "{kind:?} frames carry {} bytes, got {len}",
+            kind.data_len()
+        )));
+    }
+    let body = BODY_HEADER_LEN + len;
+    out.reserve(2 + body);
+    out.extend_from_slice(&(body as u16).to_be_bytes());
+    out.push(FRAME_VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    Ok(())
 }
 
 /// Appends one whole frame (prefix included) to `out`.
@@ -55,45 +143,43 @@ pub fn encode_into(
     out: &mut Vec<u8>,
     kind: FrameKind,
     epoch: u64,
-    packet: &[u8],
+    data: &[u8],
 ) -> Result<(), Error> {
-    if packet.len() != PACKET_SIZE {
-        return Err(Error::InvalidArgument(format!(
-            "packet of {} bytes, frames carry {PACKET_SIZE}",
-            packet.len()
-        )));
-    }
-    out.reserve(FRAME_LEN);
-    out.extend_from_slice(&(BODY_LEN as u16).to_be_bytes());
-    out.push(FRAME_VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&epoch.to_be_bytes());
-    out.extend_from_slice(packet);
-    Ok(())
+    encode_parts_into(out, kind, epoch, &[data])
 }
 
 /// One whole frame, prefix included.
-pub fn encode(kind: FrameKind, epoch: u64, packet: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut v = Vec::with_capacity(FRAME_LEN);
-    encode_into(&mut v, kind, epoch, packet)?;
+pub fn encode(kind: FrameKind, epoch: u64, data: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::with_capacity(2 + BODY_HEADER_LEN + data.len());
+    encode_into(&mut v, kind, epoch, data)?;
+    Ok(v)
+}
+
+/// One whole frame from parts, prefix included.
+pub fn encode_parts(kind: FrameKind, epoch: u64, parts: &[&[u8]]) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::new();
+    encode_parts_into(&mut v, kind, epoch, parts)?;
     Ok(v)
 }
 
 /// Decodes a frame body (the bytes after the length prefix).
 pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, Error> {
-    if body.len() != BODY_LEN {
+    if body.len() < BODY_HEADER_LEN {
         return Err(Error::MalformedFrame("wrong length"));
     }
     if body[0] != FRAME_VERSION {
         return Err(Error::MalformedFrame("unknown version"));
     }
     let kind = FrameKind::from_u8(body[1]).ok_or(Error::MalformedFrame("unknown kind"))?;
+    if body.len() != BODY_HEADER_LEN + kind.data_len() {
+        return Err(Error::MalformedFrame("wrong length"));
+    }
     let mut e = [0u8; 8];
     e.copy_from_slice(&body[2..10]);
     Ok(Frame {
         kind,
         epoch: u64::from_be_bytes(e),
-        packet: &body[10..],
+        data: &body[BODY_HEADER_LEN..],
     })
 }
 
@@ -163,7 +249,7 @@ mod tests {
             let d = decode_body(&f[2..]).unwrap();
             prop_assert_eq!(d.epoch, epoch);
             prop_assert_eq!(d.kind, FrameKind::Sphinx);
-            prop_assert_eq!(d.packet, &p[..]);
+            prop_assert_eq!(d.packet().unwrap(), &p[..]);
         }
 
         #[test]
@@ -182,6 +268,22 @@ mod tests {
             body[bit / 8] ^= 1 << (bit % 8);
             // version and kind bytes: any flip is an unknown value
             prop_assert!(decode_body(&body).is_err());
+        }
+
+        #[test]
+        fn every_kind_round_trips(epoch in any::<u64>(), fill in any::<u8>()) {
+            for kind in [FrameKind::Sphinx, FrameKind::Inject, FrameKind::Subscribe, FrameKind::Deliver] {
+                let data = vec![fill; kind.data_len()];
+                let f = encode(kind, epoch, &data).unwrap();
+                let d = decode_body(&f[2..]).unwrap();
+                prop_assert_eq!(d.kind, kind);
+                prop_assert_eq!(d.data, &data[..]);
+                // one byte short or long is refused for every kind
+                prop_assert!(decode_body(&f[2..f.len() - 1]).is_err());
+                let mut long = f[2..].to_vec();
+                long.push(0);
+                prop_assert!(decode_body(&long).is_err());
+            }
         }
 
         #[test]

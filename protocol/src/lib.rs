@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod dropbox;
 pub mod epoch;
 pub mod frame;
 pub mod keys;
+pub mod messages;
 pub mod packet;
 pub mod replay;
 pub mod topology;

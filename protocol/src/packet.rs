@@ -191,6 +191,83 @@ pub fn peel(
     })
 }
 
+/// Bytes of a serialised single-seed SURB: header, first hop, one payload key seed.
+pub const SURB_LEN: usize = HEADER_SIZE + 32 + 16;
+
+/// What a SURB's creator keeps to read the reply: every hop's payload key seed.
+pub use sphinx_packet::SurbReplyRecovery as ReplyKey;
+
+/// Builds a single-block reply (SURB) for `route`, ending at `destination`
+/// with the non-zero `identifier` the creator looks its [`ReplyKey`] up by.
+pub fn build_surb<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    route: &[Hop],
+    destination: &[u8; DESTINATION_LEN],
+    identifier: [u8; IDENTIFIER_LEN],
+    delays: &[Duration],
+) -> Result<(Vec<u8>, ReplyKey), Error> {
+    if route.is_empty() || route.len() > MAX_HOPS || delays.len() != route.len() {
+        return Err(Error::InvalidArgument(format!(
+            "SURB route of {} hops with {} delays",
+            route.len(),
+            delays.len()
+        )));
+    }
+    let nodes: Vec<Node> = route
+        .iter()
+        .map(|h| {
+            Node::new(
+                NodeAddressBytes::from_bytes(h.id),
+                PublicKey::from(h.sphinx_key),
+            )
+        })
+        .collect();
+    let sphinx_delays: Vec<Delay> = delays
+        .iter()
+        .map(|d| Delay::new_from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        .collect();
+    let dest = Destination::new(
+        DestinationAddressBytes::from_bytes(*destination),
+        identifier,
+    );
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let material = sphinx_packet::SURBMaterial::new(
+        nodes,
+        sphinx_delays,
+        dest,
+        sphinx_packet::version::SINGLE_SEED_SURB_VERSION,
+    );
+    let (surb, key) = sphinx_packet::SURB::new_recoverable(StaticSecret::from(seed), material)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok((surb.to_bytes(), key))
+}
+
+/// Uses a SURB received from a peer: returns the first hop and the reply packet.
+pub fn use_surb(surb: &[u8], message: &[u8]) -> Result<(NodeId, Vec<u8>), Error> {
+    if surb.len() != SURB_LEN {
+        return Err(Error::InvalidPacket(format!(
+            "SURB of {} bytes, expected {SURB_LEN}",
+            surb.len()
+        )));
+    }
+    if message.len() > MAX_MESSAGE_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "reply of {} bytes exceeds {MAX_MESSAGE_LEN}",
+            message.len()
+        )));
+    }
+    let surb = sphinx_packet::SURB::from_bytes(surb).map_err(sphinx_err)?;
+    let (packet, first) = surb.use_surb(message, PAYLOAD_SIZE).map_err(sphinx_err)?;
+    Ok((first.to_bytes(), packet.to_bytes()))
+}
+
+/// Opens a reply payload as delivered by the final hop, with the creator's key.
+pub fn open_reply(key: &ReplyKey, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let p = Payload::from_bytes(payload).map_err(sphinx_err)?;
+    key.recover_plaintext(p).map_err(sphinx_err)
+}
+
 /// Opens the payload of a forward packet at its final hop.
 pub fn recover_plaintext(payload: &[u8]) -> Result<Vec<u8>, Error> {
     Payload::from_bytes(payload)
@@ -325,6 +402,38 @@ mod tests {
         assert!(build_packet(&mut rng, &hops[..3], &[0; 32], [0; 16], &z[..2], b"x").is_err());
         let max = vec![7u8; MAX_MESSAGE_LEN];
         assert!(build_packet(&mut rng, &hops[..4], &[0; 32], [0; 16], &z[..4], &max).is_ok());
+    }
+
+    #[test]
+    fn surb_reply_reaches_its_creator() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let (hops, secrets) = route(&mut rng, 4);
+        let (surb, key) =
+            build_surb(&mut rng, &hops, &[5; 32], [9; 16], &[Duration::ZERO; 4]).unwrap();
+        assert_eq!(surb.len(), SURB_LEN);
+        let (first, mut pkt) = use_surb(&surb, b"reply body").unwrap();
+        assert_eq!(first, hops[0].id);
+        for s in &secrets[..3] {
+            match peel(&pkt, s, |_| true).unwrap() {
+                Peeled::Forward { packet, .. } => pkt = packet,
+                Peeled::Final { .. } => panic!("early final"),
+            }
+        }
+        match peel(&pkt, &secrets[3], |_| true).unwrap() {
+            Peeled::Final {
+                destination,
+                identifier,
+                payload,
+            } => {
+                assert_eq!(destination, [5; 32]);
+                assert_eq!(identifier, [9; 16]);
+                // The final hop cannot read it; the creator can.
+                assert!(recover_plaintext(&payload).is_err());
+                assert_eq!(open_reply(&key, &payload).unwrap(), b"reply body");
+            }
+            Peeled::Forward { .. } => panic!("expected final"),
+        }
+        assert!(use_surb(&surb[..10], b"x").is_err());
     }
 
     #[test]

@@ -191,12 +191,12 @@ impl FinalHop {
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let (f, r, dl) = (frames.clone(), refused.clone(), delivered.clone());
         let ring = Arc::new(ring);
-        let sink = move |frame: Frame<'_>| {
+        let sink = move |frame: Frame<'_>, _: &quinn::Connection| {
             f.fetch_add(1, Ordering::Relaxed);
             if mode == FinalMode::Count {
                 return;
             }
-            match ring.peel(frame.epoch, frame.packet) {
+            match ring.peel(frame.epoch, frame.data) {
                 Ok(Peeled::Final { payload, .. }) => {
                     match protocol::packet::recover_plaintext(&payload) {
                         Ok(m) => dl.lock().unwrap_or_else(|p| p.into_inner()).push(m),

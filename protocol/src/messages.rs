@@ -1,0 +1,373 @@
+//! What travels inside Sphinx payloads to and from a dropbox gateway.
+//!
+//! Requests are the plaintext of a forward packet whose final hop is the
+//! gateway. Replies are the plaintext of a SURB reply, readable only by the
+//! SURB's creator. All integers are big-endian.
+//!
+//! ```text
+//! Store = 0x01 dropbox[32] len:u16 ciphertext[len]                   (len ≤ MAX_STORED_LEN)
+//! Fetch = 0x02 dropbox[32] capability[32] signature[64] after_seq:u64
+//!         timestamp_ms:u64 reply_epoch:u64 n:u8 surb[n][SURB_LEN]    (1 ≤ n ≤ FETCH_SURBS)
+//! Drop  = 0x03 …                                                     (cover; discarded)
+//! Reply = 0x01 count:u8 seq[count]:u64 remaining:u32 has:u8 [seq:u64 len:u16 ciphertext[len]]
+//! ```
+//!
+//! A fetch is answered with exactly `n` replies, one per SURB; reply `i`
+//! carries the `i`-th message if there is one. Every message the gateway
+//! stored with `seq ≤ after_seq` is deleted first: a fetch confirms what
+//! the previous one delivered.
+
+use crate::Error;
+use crate::dropbox::{Dropbox, verify_capability};
+use crate::packet::SURB_LEN;
+use sha2::{Digest, Sha256};
+
+/// Largest stored ciphertext.
+pub const MAX_STORED_LEN: usize = 1980;
+/// SURBs in a fetch request, hence replies per fetch.
+pub const FETCH_SURBS: usize = 4;
+
+const STORE: u8 = 1;
+const FETCH: u8 = 2;
+const DROP: u8 = 3;
+
+/// A request to a dropbox gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Store `ciphertext` in `dropbox`.
+    Store {
+        /// The box.
+        dropbox: [u8; 32],
+        /// End-to-end encrypted message.
+        ciphertext: Vec<u8>,
+    },
+    /// Fetch from a box.
+    Fetch(FetchRequest),
+    /// Drop cover: discard.
+    Drop,
+}
+
+/// An anonymous fetch: a capability and the SURBs to answer through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// The box.
+    pub dropbox: [u8; 32],
+    /// Capability public key; hashes to `dropbox`.
+    pub capability: [u8; 32],
+    /// Signature over [`FetchRequest::signing_input`].
+    pub signature: [u8; 64],
+    /// Messages up to this sequence number were received: delete them.
+    pub after_seq: u64,
+    /// When the client made the request, Unix ms.
+    pub timestamp_ms: u64,
+    /// Epoch of the Sphinx keys the SURBs were built with.
+    pub reply_epoch: u64,
+    /// SURBs, each [`SURB_LEN`] bytes.
+    pub surbs: Vec<Vec<u8>>,
+}
+
+impl FetchRequest {
+    /// Builds and signs a request for `dropbox`.
+    pub fn new_signed(
+        dropbox: &Dropbox,
+        after_seq: u64,
+        timestamp_ms: u64,
+        reply_epoch: u64,
+        surbs: Vec<Vec<u8>>,
+    ) -> Self {
+        let mut r = Self {
+            dropbox: dropbox.id,
+            capability: dropbox.capability.verifying_key().to_bytes(),
+            signature: [0; 64],
+            after_seq,
+            timestamp_ms,
+            reply_epoch,
+            surbs,
+        };
+        r.signature = dropbox.sign(&r.signing_input());
+        r
+    }
+
+    /// `"umbra-fetch-v1" || dropbox || after_seq || timestamp_ms || reply_epoch || SHA-256(surbs)`.
+    pub fn signing_input(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        for s in &self.surbs {
+            h.update(s);
+        }
+        let mut v = b"umbra-fetch-v1".to_vec();
+        v.extend_from_slice(&self.dropbox);
+        v.extend_from_slice(&self.after_seq.to_be_bytes());
+        v.extend_from_slice(&self.timestamp_ms.to_be_bytes());
+        v.extend_from_slice(&self.reply_epoch.to_be_bytes());
+        v.extend_from_slice(&h.finalize());
+        v
+    }
+
+    /// Whether the capability authorises this request.
+    pub fn authorised(&self) -> bool {
+        verify_capability(
+            &self.dropbox,
+            &self.capability,
+            &self.signature,
+            &self.signing_input(),
+        )
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.0.len() < n {
+            return Err(Error::Decode("truncated message".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, Error> {
+        Ok(u16::from_be_bytes(self.arr()?))
+    }
+    fn u32(&mut self) -> Result<u32, Error> {
+        Ok(u32::from_be_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_be_bytes(self.arr()?))
+    }
+}
+
+impl Request {
+    /// Encodes the request.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        let mut v = Vec::new();
+        match self {
+            Request::Store {
+                dropbox,
+                ciphertext,
+            } => {
+                if ciphertext.len() > MAX_STORED_LEN {
+                    return Err(Error::InvalidArgument(format!(
+                        "ciphertext of {} bytes exceeds {MAX_STORED_LEN}",
+                        ciphertext.len()
+                    )));
+                }
+                v.push(STORE);
+                v.extend_from_slice(dropbox);
+                v.extend_from_slice(&(ciphertext.len() as u16).to_be_bytes());
+                v.extend_from_slice(ciphertext);
+            }
+            Request::Fetch(f) => {
+                if f.surbs.is_empty()
+                    || f.surbs.len() > FETCH_SURBS
+                    || f.surbs.iter().any(|s| s.len() != SURB_LEN)
+                {
+                    return Err(Error::InvalidArgument(
+                        "fetch needs 1..=4 SURBs of SURB_LEN bytes".into(),
+                    ));
+                }
+                v.push(FETCH);
+                v.extend_from_slice(&f.dropbox);
+                v.extend_from_slice(&f.capability);
+                v.extend_from_slice(&f.signature);
+                v.extend_from_slice(&f.after_seq.to_be_bytes());
+                v.extend_from_slice(&f.timestamp_ms.to_be_bytes());
+                v.extend_from_slice(&f.reply_epoch.to_be_bytes());
+                v.push(f.surbs.len() as u8);
+                for s in &f.surbs {
+                    v.extend_from_slice(s);
+                }
+            }
+            Request::Drop => v.push(DROP),
+        }
+        Ok(v)
+    }
+
+    /// Decodes a request; any malformation is an error, never a panic.
+    pub fn decode(b: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader(b);
+        match r.u8()? {
+            STORE => {
+                let dropbox = r.arr()?;
+                let len = usize::from(r.u16()?);
+                if len > MAX_STORED_LEN {
+                    return Err(Error::Decode("stored message too long".into()));
+                }
+                Ok(Request::Store {
+                    dropbox,
+                    ciphertext: r.take(len)?.to_vec(),
+                })
+            }
+            FETCH => {
+                let dropbox = r.arr()?;
+                let capability = r.arr()?;
+                let signature = r.arr()?;
+                let after_seq = r.u64()?;
+                let timestamp_ms = r.u64()?;
+                let reply_epoch = r.u64()?;
+                let n = usize::from(r.u8()?);
+                if n == 0 || n > FETCH_SURBS {
+                    return Err(Error::Decode(format!("fetch with {n} SURBs")));
+                }
+                let surbs = (0..n)
+                    .map(|_| r.take(SURB_LEN).map(<[u8]>::to_vec))
+                    .collect::<Result<_, _>>()?;
+                Ok(Request::Fetch(FetchRequest {
+                    dropbox,
+                    capability,
+                    signature,
+                    after_seq,
+                    timestamp_ms,
+                    reply_epoch,
+                    surbs,
+                }))
+            }
+            DROP => Ok(Request::Drop),
+            t => Err(Error::Decode(format!("unknown request type {t}"))),
+        }
+    }
+}
+
+/// One of the replies to a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchReply {
+    /// Sequence numbers of every message this fetch returns, ascending.
+    pub seqs: Vec<u64>,
+    /// Messages still in the box after these.
+    pub remaining: u32,
+    /// This reply's message, if its slot has one.
+    pub message: Option<(u64, Vec<u8>)>,
+}
+
+impl FetchReply {
+    /// Encodes the reply.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        if self.seqs.len() > FETCH_SURBS {
+            return Err(Error::InvalidArgument("too many seqs".into()));
+        }
+        let mut v = vec![1u8, self.seqs.len() as u8];
+        for s in &self.seqs {
+            v.extend_from_slice(&s.to_be_bytes());
+        }
+        v.extend_from_slice(&self.remaining.to_be_bytes());
+        match &self.message {
+            Some((seq, ct)) => {
+                if ct.len() > MAX_STORED_LEN {
+                    return Err(Error::InvalidArgument("stored message too long".into()));
+                }
+                v.push(1);
+                v.extend_from_slice(&seq.to_be_bytes());
+                v.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+                v.extend_from_slice(ct);
+            }
+            None => v.push(0),
+        }
+        Ok(v)
+    }
+
+    /// Decodes a reply.
+    pub fn decode(b: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader(b);
+        if r.u8()? != 1 {
+            return Err(Error::Decode("not a fetch reply".into()));
+        }
+        let n = usize::from(r.u8()?);
+        if n > FETCH_SURBS {
+            return Err(Error::Decode("too many seqs".into()));
+        }
+        let seqs = (0..n).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+        let remaining = r.u32()?;
+        let message = match r.u8()? {
+            0 => None,
+            1 => {
+                let seq = r.u64()?;
+                let len = usize::from(r.u16()?);
+                if len > MAX_STORED_LEN {
+                    return Err(Error::Decode("stored message too long".into()));
+                }
+                Some((seq, r.take(len)?.to_vec()))
+            }
+            _ => return Err(Error::Decode("bad slot flag".into())),
+        };
+        Ok(Self {
+            seqs,
+            remaining,
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dropbox::PairSecret;
+    use crate::packet::MAX_MESSAGE_LEN;
+    use proptest::prelude::*;
+
+    fn fetch() -> FetchRequest {
+        let b = PairSecret::from_bytes([1; 32]).dropbox(&[1; 32], &[2; 32], 3);
+        FetchRequest::new_signed(&b, 5, 1000, 9, vec![vec![7u8; SURB_LEN]; FETCH_SURBS])
+    }
+
+    #[test]
+    fn largest_messages_fit_one_packet() {
+        let store = Request::Store {
+            dropbox: [0; 32],
+            ciphertext: vec![0; MAX_STORED_LEN],
+        }
+        .encode()
+        .unwrap();
+        assert!(store.len() <= MAX_MESSAGE_LEN);
+        assert!(Request::Fetch(fetch()).encode().unwrap().len() <= MAX_MESSAGE_LEN);
+        let reply = FetchReply {
+            seqs: vec![1; 4],
+            remaining: 0,
+            message: Some((1, vec![0; MAX_STORED_LEN])),
+        };
+        assert!(reply.encode().unwrap().len() <= MAX_MESSAGE_LEN);
+    }
+
+    #[test]
+    fn fetch_signature_binds_every_field() {
+        let f = fetch();
+        assert!(f.authorised());
+        let mut g = f.clone();
+        g.after_seq += 1;
+        assert!(!g.authorised());
+        let mut g = f.clone();
+        g.surbs[0][0] ^= 1;
+        assert!(!g.authorised());
+        let mut g = f.clone();
+        g.dropbox[0] ^= 1;
+        assert!(!g.authorised());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(ct in proptest::collection::vec(any::<u8>(), 0..MAX_STORED_LEN), seq in any::<u64>(), rem in any::<u32>()) {
+            let s = Request::Store { dropbox: [3; 32], ciphertext: ct.clone() };
+            prop_assert_eq!(Request::decode(&s.encode().unwrap()).unwrap(), s);
+            let f = Request::Fetch(fetch());
+            prop_assert_eq!(Request::decode(&f.encode().unwrap()).unwrap(), f);
+            let r = FetchReply { seqs: vec![seq], remaining: rem, message: Some((seq, ct)) };
+            prop_assert_eq!(FetchReply::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+
+        #[test]
+        fn truncations_and_garbage_are_errors(cut in 0usize..1700, junk in proptest::collection::vec(any::<u8>(), 0..2100)) {
+            let f = Request::Fetch(fetch()).encode().unwrap();
+            if cut < f.len() {
+                prop_assert!(Request::decode(&f[..cut]).is_err());
+            }
+            let _ = Request::decode(&junk);
+            let _ = FetchReply::decode(&junk);
+        }
+    }
+}
