@@ -13,9 +13,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ed25519_dalek::SigningKey;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use protocol::NodeId;
 use protocol::epoch::EpochSchedule;
-use protocol::topology::{self, NodeDescriptor, Signed, TopologyDocument};
-use std::collections::HashMap;
+use protocol::topology::{self, NodeDescriptor, Signed, TopologyDocument, TopologyNode};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A descriptor was refused (the registering node's fault).
+    #[error(transparent)]
+    Refused(#[from] protocol::Error),
     /// Keys or sockets (see the inner error for whose fault).
     #[error(transparent)]
     Net(#[from] net::Error),
@@ -56,10 +60,15 @@ pub fn now_ms() -> u64 {
 }
 
 struct Published {
-    epoch: u64,
     revision: u64,
     signed: Arc<Signed>,
-    node_set: Vec<NodeDescriptor>,
+    nodes: Vec<TopologyNode>,
+}
+
+#[derive(Default)]
+struct Descriptors {
+    descriptors: BTreeMap<NodeId, (NodeDescriptor, Signed)>,
+    published: HashMap<u64, Published>,
 }
 
 struct Inner {
@@ -67,7 +76,7 @@ struct Inner {
     cfg: DirectoryConfig,
     schedule: EpochSchedule,
     store: Store,
-    published: Mutex<HashMap<u64, Published>>,
+    state: Mutex<Descriptors>,
     metrics: Metrics,
     registry: Registry,
 }
@@ -95,6 +104,14 @@ impl Directory {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))?;
         let store = Store::open(&cfg.data_dir.join("directory.redb"))?;
+        // Load what was registered before a restart; verify it once here.
+        let now_epoch = schedule.epoch_at(now_ms());
+        let mut state = Descriptors::default();
+        for signed in store.all()? {
+            if let Ok(d) = topology::verify_descriptor(&signed, now_epoch) {
+                state.descriptors.insert(d.identity, (d, signed));
+            }
+        }
         let registry = Registry::new();
         let metrics = Metrics {
             registrations: IntCounterVec::new(
@@ -118,7 +135,7 @@ impl Directory {
                 cfg,
                 schedule,
                 store,
-                published: Mutex::new(HashMap::new()),
+                state: Mutex::new(state),
                 metrics,
                 registry,
             }),
@@ -135,71 +152,93 @@ impl Directory {
         self.inner.schedule
     }
 
-    /// Verifies and stores a descriptor at time `now_ms`.
-    pub fn register(
-        &self,
-        signed: &Signed,
-        now_ms: u64,
-    ) -> Result<NodeDescriptor, protocol::Error> {
-        let epoch = self.inner.schedule.epoch_at(now_ms);
-        let outcome = topology::verify_descriptor(signed, epoch);
-        let label = if outcome.is_ok() {
-            "accepted"
-        } else {
-            "refused"
+    /// Verifies and stores a descriptor at time `now_ms`. A descriptor older
+    /// than the one held for the same node is refused, so nobody can roll a
+    /// node back to keys it has erased.
+    pub fn register(&self, signed: &Signed, now_ms: u64) -> Result<NodeDescriptor, Error> {
+        let outcome = self.register_inner(signed, now_ms);
+        let label = match &outcome {
+            Ok(_) => "accepted",
+            Err(Error::Refused(_)) => "refused",
+            Err(_) => "failed",
         };
         self.inner
             .metrics
             .registrations
             .with_label_values(&[label])
             .inc();
-        let d = outcome?;
-        if self.inner.store.count().unwrap_or(0) >= self.inner.cfg.max_nodes
-            && self.inner.store.get(&d.identity).ok().flatten().is_none()
-        {
-            return Err(protocol::Error::Rejected("directory is full".into()));
+        outcome
+    }
+
+    fn register_inner(&self, signed: &Signed, now_ms: u64) -> Result<NodeDescriptor, Error> {
+        let epoch = self.inner.schedule.epoch_at(now_ms);
+        let d = topology::verify_descriptor(signed, epoch)?;
+        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.prune(&mut state, epoch);
+        match state.descriptors.get(&d.identity) {
+            Some((old, _)) if old.published_ms > d.published_ms => {
+                return Err(Error::Refused(protocol::Error::Rejected(
+                    "descriptor is older than the one registered for this node".into(),
+                )));
+            }
+            None if state.descriptors.len() as u64 >= self.inner.cfg.max_nodes => {
+                return Err(Error::Refused(protocol::Error::Rejected(
+                    "directory is full".into(),
+                )));
+            }
+            _ => {}
         }
-        self.inner
-            .store
-            .put(&d.identity, signed)
-            .map_err(|e| protocol::Error::Rejected(format!("could not store descriptor: {e}")))?;
+        self.inner.store.put(&d.identity, signed)?;
+        state
+            .descriptors
+            .insert(d.identity, (d.clone(), signed.clone()));
         Ok(d)
     }
 
-    /// The signed topology for `epoch`, rebuilt (with a higher revision) if
-    /// the set of nodes serving that epoch changed since it was last signed.
+    /// Forgets descriptors with no key for `now_epoch` or the next one.
+    fn prune(&self, state: &mut Descriptors, now_epoch: u64) {
+        let stale: Vec<NodeId> = state
+            .descriptors
+            .iter()
+            .filter(|(_, (d, _))| {
+                d.key_for(now_epoch).is_none() && d.key_for(now_epoch + 1).is_none()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            state.descriptors.remove(&id);
+            if let Err(e) = self.inner.store.delete(&id) {
+                tracing::warn!(error = %e, "cannot delete a stale descriptor");
+            }
+        }
+        state.published.retain(|e, _| *e + 1 >= now_epoch);
+    }
+
+    /// The signed topology for `epoch`. It is re-signed, with a higher
+    /// revision, only when the nodes serving that epoch change.
     pub fn topology(&self, epoch: u64, now_ms: u64) -> Result<Arc<Signed>, Error> {
         let now_epoch = self.inner.schedule.epoch_at(now_ms);
-        let mut nodes: Vec<NodeDescriptor> = self
-            .inner
-            .store
-            .all()?
-            .into_iter()
-            // Re-verify what we load: the store is ours, but a descriptor
-            // verified at registration must still name a key for this epoch.
-            .filter_map(|s| topology::verify_descriptor(&s, now_epoch).ok())
-            .filter(|d| d.key_for(epoch).is_some())
-            .collect();
-        nodes.sort_by_key(|d| d.identity);
-        let mut published = self
-            .inner
-            .published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        published.retain(|e, _| *e + 1 >= now_epoch);
-        if let Some(p) = published.get(&epoch)
-            && p.node_set == nodes
+        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.prune(&mut state, now_epoch);
+        let descriptors: Vec<NodeDescriptor> =
+            state.descriptors.values().map(|(d, _)| d.clone()).collect();
+        let mut doc = TopologyDocument::build(
+            epoch,
+            0,
+            self.inner.schedule,
+            self.inner.cfg.params,
+            &descriptors,
+        );
+        if let Some(p) = state.published.get(&epoch)
+            && p.nodes == doc.nodes
         {
             return Ok(p.signed.clone());
         }
-        let revision = published.get(&epoch).map_or(0, |p| p.revision + 1);
-        let doc = TopologyDocument::build(
-            epoch,
-            revision,
-            self.inner.schedule,
-            self.inner.cfg.params,
-            &nodes,
-        );
+        // Revisions must grow across restarts too: use the clock, never less than last + 1.
+        doc.revision = state
+            .published
+            .get(&epoch)
+            .map_or(now_ms, |p| (p.revision + 1).max(now_ms));
         if epoch == now_epoch {
             self.inner.metrics.nodes.set(doc.nodes.len() as i64);
         }
@@ -207,16 +246,14 @@ impl Directory {
             Signed::sign(&doc, topology::TOPOLOGY_DOMAIN, &self.inner.key)
                 .map_err(|e| Error::Config(e.to_string()))?,
         );
-        published.insert(
+        state.published.insert(
             epoch,
             Published {
-                epoch,
-                revision,
+                revision: doc.revision,
                 signed: signed.clone(),
-                node_set: nodes,
+                nodes: doc.nodes,
             },
         );
-        debug_assert!(published.values().all(|p| p.epoch + 1 >= now_epoch));
         Ok(signed)
     }
 
@@ -282,9 +319,16 @@ async fn register_handler(State(dir): State<Directory>, body: axum::body::Bytes)
             tracing::info!(node = %hex::encode(&d.identity[..6]), role = ?d.role, "descriptor accepted");
             Json(serde_json::json!({ "status": "accepted" })).into_response()
         }
-        Err(e) => {
+        Err(Error::Refused(e)) => {
             tracing::info!(error = %e, "descriptor refused");
             error_response(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store descriptor");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot store descriptor".into(),
+            )
         }
     }
 }
@@ -320,5 +364,12 @@ async fn metrics_handler(State(dir): State<Directory>) -> Response {
     use prometheus::Encoder;
     let mut out = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&dir.inner.registry.gather(), &mut out);
-    out.into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }

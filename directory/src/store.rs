@@ -2,7 +2,7 @@
 
 use crate::Error;
 use protocol::topology::Signed;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const DESCRIPTORS: TableDefinition<&[u8; 32], &str> = TableDefinition::new("descriptors");
@@ -45,21 +45,13 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    pub(crate) fn get(&self, id: &[u8; 32]) -> Result<Option<Signed>, Error> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(DESCRIPTORS).map_err(|e| self.err(e))?;
-        let Some(v) = t.get(id).map_err(|e| self.err(e))? else {
-            return Ok(None);
-        };
-        serde_json::from_str(v.value())
-            .map(Some)
-            .map_err(|e| self.err(e))
-    }
-
-    pub(crate) fn count(&self) -> Result<u64, Error> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(DESCRIPTORS).map_err(|e| self.err(e))?;
-        t.len().map_err(|e| self.err(e))
+    pub(crate) fn delete(&self, id: &[u8; 32]) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(DESCRIPTORS).map_err(|e| self.err(e))?;
+            t.remove(id).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     pub(crate) fn all(&self) -> Result<Vec<Signed>, Error> {

@@ -16,7 +16,7 @@ pub struct MixnodeConfig {
     pub directory_url: String,
     /// The directory authority's ed25519 public key (hex); topologies not signed by it are refused.
     pub authority_key: String,
-    /// Identity and Sphinx key files live here.
+    /// The identity key file lives here (Sphinx keys stay in memory).
     pub data_dir: PathBuf,
     /// Sphinx worker threads; 0 means one per core.
     pub workers: usize,
@@ -75,7 +75,7 @@ metrics_listen = "{metrics}"
 # any other key are refused.
 directory_url = "{dir}"
 authority_key = "{authority_key}"
-# Identity key (identity.key) and Sphinx keys (sphinx/), all mode 0600.
+# The identity key (identity.key, mode 0600). Sphinx keys never touch disk.
 data_dir = "{data}"
 # Sphinx worker threads; 0 = one per core.
 workers = {workers}

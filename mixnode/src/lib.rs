@@ -225,6 +225,7 @@ impl Control {
             identity: self.identity.verifying_key().to_bytes(),
             role: self.role,
             address: self.public_address.to_string(),
+            client_address: None,
             sphinx_keys,
             published_ms: now_ms(),
         };
@@ -322,18 +323,23 @@ pub async fn start_node(
     // The directory's schedule comes with its topology; until we have one we
     // learn it from the first document. Keys are made fresh on every start:
     // a key used before a restart lost its replay cache and is never used again.
-    let first = dir.topology(false).await.ok();
-    let schedule = first
-        .as_ref()
-        .and_then(|s| s.parse_unverified::<topology::TopologyDocument>().ok())
-        .map(|d| d.schedule)
-        .ok_or_else(|| Error::Config {
-            key: "directory_url",
-            reason: format!(
-                "no topology from {} (is the directory running?)",
-                cfg.directory_url
-            ),
-        })?;
+    let trust = TrustPolicy {
+        authorities: vec![authority],
+        threshold: 1,
+    };
+    let first = dir.topology(false).await.map_err(|e| Error::Config {
+        key: "directory_url",
+        reason: format!(
+            "no topology from {} ({e}); is the directory running?",
+            cfg.directory_url
+        ),
+    })?;
+    let schedule = topology::verify_topology(&first, &trust, now_ms(), None)
+        .map_err(|e| Error::Config {
+            key: "authority_key",
+            reason: format!("the directory's topology does not verify under this key: {e}"),
+        })?
+        .schedule;
 
     let endpoint = net::link::bind(cfg.listen, &identity)?;
     let quic_addr = endpoint.local_addr()?;
@@ -409,23 +415,31 @@ pub async fn start_node(
         identity,
         public_address,
         dir,
-        trust: TrustPolicy {
-            authorities: vec![authority],
-            threshold: 1,
-        },
+        trust,
         shared: shared.clone(),
         last_seen: Mutex::new(None),
         cfg: cfg.clone(),
         role,
     });
-    match control.register().await {
-        Ok(()) => tracing::info!("registered with the directory"),
-        Err(e) => tracing::warn!(error = %e, "registration failed; will retry"),
-    }
+    let registered = match control.register().await {
+        Ok(()) => {
+            tracing::info!("registered with the directory");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "registration failed; will retry");
+            false
+        }
+    };
     if let Err(e) = control.refresh().await {
         tracing::warn!(error = %e, "topology refresh failed; will retry");
     }
-    tasks.push(tokio::spawn(maintain(control, schedule, refresh.clone())));
+    tasks.push(tokio::spawn(maintain(
+        control,
+        schedule,
+        refresh.clone(),
+        registered,
+    )));
 
     tracing::info!(
         identity = %hex::encode(&id[..6]),
@@ -450,10 +464,16 @@ pub async fn start_node(
 }
 
 /// Key rotation, re-registration and topology refresh.
-async fn maintain(control: Arc<Control>, schedule: EpochSchedule, refresh: Arc<Notify>) {
+async fn maintain(
+    control: Arc<Control>,
+    schedule: EpochSchedule,
+    refresh: Arc<Notify>,
+    registered: bool,
+) {
     let period = Duration::from_secs(control.cfg.topology_refresh_secs.max(1));
     let grace_ms = 3 * control.cfg.max_delay_ms + 5_000;
-    let mut registered_epoch = schedule.epoch_at(now_ms());
+    // `None` until a registration succeeds: retried every round until then.
+    let mut registered_epoch = registered.then(|| schedule.epoch_at(now_ms()));
     let mut last_refresh = tokio::time::Instant::now();
     loop {
         let until_epoch = Duration::from_millis(schedule.until_next_ms(now_ms()).max(1));
@@ -494,9 +514,9 @@ async fn maintain(control: Arc<Control>, schedule: EpochSchedule, refresh: Arc<N
                     .set(k.replay_stats().0 as i64);
             }
         }
-        if epoch != registered_epoch || now % 600_000 < period.as_millis() as u64 {
+        if registered_epoch != Some(epoch) || now % 600_000 < period.as_millis() as u64 {
             match control.register().await {
-                Ok(()) => registered_epoch = epoch,
+                Ok(()) => registered_epoch = Some(epoch),
                 Err(e) => tracing::warn!(error = %e, "re-registration failed"),
             }
         }

@@ -382,6 +382,9 @@ async fn peer_task(
             }
         };
         let Ok(mut send) = conn.open_uni().await else {
+            metrics.connect_failures.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(cfg.backoff_max);
             continue;
         };
         backoff = cfg.backoff_min;

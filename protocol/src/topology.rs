@@ -75,6 +75,9 @@ pub struct NodeDescriptor {
     pub role: Role,
     /// QUIC listening address, `ip:port`.
     pub address: String,
+    /// Gateways: the QUIC address clients connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
     /// Sphinx keys for the current and coming epochs.
     pub sphinx_keys: Vec<EpochPublicKey>,
     /// When the node made this descriptor, Unix ms.
@@ -93,7 +96,7 @@ impl NodeDescriptor {
 
 /// Network-wide parameters every client and node uses alike.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct NetworkParams {
     /// Mean per-hop delay (the 1/μ of Loopix), milliseconds.
     pub mix_delay_mean_ms: u64,
@@ -130,6 +133,9 @@ pub struct TopologyNode {
     pub role: Role,
     /// QUIC address.
     pub address: String,
+    /// Gateways: the QUIC address clients connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
     /// Sphinx key for this document's epoch.
     #[serde(with = "hex32")]
     pub sphinx_key: [u8; 32],
@@ -144,6 +150,11 @@ impl TopologyNode {
             id: self.identity,
             sphinx_key: self.sphinx_key,
         }
+    }
+
+    /// The address clients connect to (gateways only), parsed.
+    pub fn client_socket_addr(&self) -> Option<SocketAddr> {
+        self.client_address.as_ref()?.parse().ok()
     }
 
     /// The QUIC address, parsed.
@@ -193,6 +204,7 @@ impl TopologyDocument {
                     identity: d.identity,
                     role: d.role,
                     address: d.address.clone(),
+                    client_address: d.client_address.clone(),
                     sphinx_key: d.key_for(epoch)?,
                     layer: 0,
                 })
@@ -394,9 +406,21 @@ pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescript
             "descriptor is not signed by the identity it names",
         ));
     }
-    d.address
-        .parse::<SocketAddr>()
-        .map_err(|_| Error::Rejected(format!("bad address {:?}", d.address)))?;
+    let usable = |a: &str| {
+        a.parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_unspecified() && a.port() != 0)
+    };
+    if !usable(&d.address) {
+        return Err(Error::Rejected(format!(
+            "address {:?} is not a dialable ip:port (set public_address)",
+            d.address
+        )));
+    }
+    if let Some(c) = &d.client_address
+        && (d.role != Role::Gateway || !usable(c))
+    {
+        return Err(Error::Rejected(format!("bad client address {c:?}")));
+    }
     if d.sphinx_keys.is_empty() || d.sphinx_keys.len() > MAX_DESCRIPTOR_KEYS {
         return Err(Error::Rejected(format!(
             "descriptor carries {} sphinx keys; 1..={MAX_DESCRIPTOR_KEYS} allowed",
@@ -479,6 +503,7 @@ mod tests {
             identity: k.verifying_key().to_bytes(),
             role,
             address: format!("127.0.0.1:{port}"),
+            client_address: None,
             sphinx_keys: vec![EpochPublicKey {
                 epoch,
                 key: [port as u8; 32],

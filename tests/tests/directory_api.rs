@@ -12,6 +12,7 @@ fn descriptor(key: &SigningKey, epoch: u64, port: u16) -> NodeDescriptor {
         identity: key.verifying_key().to_bytes(),
         role: Role::Mix,
         address: format!("127.0.0.1:{port}"),
+        client_address: None,
         sphinx_keys: vec![EpochPublicKey {
             epoch,
             key: [7; 32],

@@ -137,7 +137,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Directory(DirectoryCmd::Run(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
-            let dir = directory::Directory::open(cfg.clone())?;
+            let dir = directory::Directory::open(cfg.clone())
+                .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
             println!("authority key: {}", hex::encode(dir.public_key()));
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await

@@ -180,6 +180,7 @@ impl FinalHop {
             identity: id,
             role: Role::Gateway,
             address: addr.to_string(),
+            client_address: None,
             sphinx_keys: keys,
             published_ms: now_ms(),
         };
