@@ -149,6 +149,7 @@ struct Control {
     shared: Arc<Shared>,
     last_seen: Mutex<Option<(u64, u64)>>,
     role: Role,
+    client_address: Option<SocketAddr>,
 }
 
 impl Node {
@@ -225,7 +226,7 @@ impl Control {
             identity: self.identity.verifying_key().to_bytes(),
             role: self.role,
             address: self.public_address.to_string(),
-            client_address: None,
+            client_address: self.client_address.map(|a| a.to_string()),
             sphinx_keys,
             published_ms: now_ms(),
         };
@@ -285,27 +286,45 @@ impl Control {
 /// Starts a mix node: binds, makes fresh Sphinx keys, registers with the
 /// directory and starts routing. Returns once the sockets are bound.
 pub async fn start(cfg: MixnodeConfig) -> Result<Mixnode, Error> {
-    let registry = prometheus::Registry::new();
-    start_node(
-        cfg,
-        Role::Mix,
-        Arc::new(MixHandler),
-        registry,
-        LinkConfig::default(),
-    )
-    .await
+    start_node(cfg, NodeOptions::mix()).await
 }
 
-/// Starts a Sphinx node in `role`, with `handler` for final-hop packets and
-/// client frames, metrics in `registry` (served on `metrics_listen`), and
-/// `inbound` limits for connections it accepts.
-pub async fn start_node(
-    cfg: MixnodeConfig,
-    role: Role,
-    handler: Arc<dyn Handler>,
-    registry: prometheus::Registry,
-    inbound: LinkConfig,
-) -> Result<Node, Error> {
+/// What distinguishes one kind of Sphinx node from another.
+pub struct NodeOptions {
+    /// Published role.
+    pub role: Role,
+    /// Final-hop packets and client frames.
+    pub handler: Arc<dyn Handler>,
+    /// Metrics registry, served on `metrics_listen` (the role may add series).
+    pub registry: prometheus::Registry,
+    /// Limits on connections the node accepts.
+    pub inbound: LinkConfig,
+    /// Gateways: where clients connect, published in the descriptor.
+    pub client_address: Option<SocketAddr>,
+}
+
+impl NodeOptions {
+    /// A plain mix node.
+    pub fn mix() -> Self {
+        Self {
+            role: Role::Mix,
+            handler: Arc::new(MixHandler),
+            registry: prometheus::Registry::new(),
+            inbound: LinkConfig::default(),
+            client_address: None,
+        }
+    }
+}
+
+/// Starts a Sphinx node as `opts` describe.
+pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, Error> {
+    let NodeOptions {
+        role,
+        handler,
+        registry,
+        inbound,
+        client_address,
+    } = opts;
     let role_name = match role {
         Role::Mix => "mixnode",
         Role::Gateway => "gateway",
@@ -420,6 +439,7 @@ pub async fn start_node(
         last_seen: Mutex::new(None),
         cfg: cfg.clone(),
         role,
+        client_address,
     });
     let registered = match control.register().await {
         Ok(()) => {

@@ -1,0 +1,329 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod config;
+mod metrics;
+mod storage;
+
+pub use config::GatewayConfig;
+pub use metrics::GatewayMetrics;
+pub use storage::StorageError;
+
+use mixnode::{Handler, Node, NodeOptions, NodeRef};
+use net::link::{LinkConfig, LinkMetrics};
+use protocol::frame::{self, Frame, FrameKind};
+use protocol::messages::Request;
+use protocol::topology::Role;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use storage::{Limits, Op, Storage};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Errors of the gateway.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Sphinx node part failed to start (see inner error for whose fault).
+    #[error(transparent)]
+    Node(#[from] mixnode::Error),
+    /// Networking or key files.
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    /// The dropbox store (local fault).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Local I/O.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A subscribed client: where its replies go.
+struct Client {
+    generation: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// State shared by the gateway's parts.
+struct Shared {
+    metrics: GatewayMetrics,
+    storage: crossbeam_channel::Sender<Op>,
+    clients: Mutex<HashMap<[u8; 32], Client>>,
+    generation: AtomicU64,
+    max_clients: usize,
+    client_queue: usize,
+}
+
+impl Shared {
+    fn to_storage(&self, node: &NodeRef, op: Op) {
+        match self.storage.try_send(op) {
+            Ok(()) => self.metrics.storage_queue.inc(),
+            Err(_) => node.metrics().drop("queue_full"),
+        }
+    }
+
+    /// A client subscribed `address` on `conn`: its replies go to a stream on that connection.
+    fn subscribe(self: &Arc<Self>, address: [u8; 32], conn: &quinn::Connection, node: &NodeRef) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if !clients.contains_key(&address) && clients.len() >= self.max_clients {
+            node.metrics().drop("too_many_clients");
+            return;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.client_queue);
+        clients.insert(address, Client { generation, tx });
+        self.metrics.clients.set(clients.len() as i64);
+        drop(clients);
+        let shared = self.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            deliver(conn, rx).await;
+            let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if clients
+                .get(&address)
+                .is_some_and(|c| c.generation == generation)
+            {
+                clients.remove(&address);
+            }
+            shared.metrics.clients.set(clients.len() as i64);
+        });
+    }
+}
+
+/// Writes queued Deliver frames to one client until it goes away.
+async fn deliver(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            f = rx.recv() => {
+                let Some(f) = f else { return };
+                if send.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+            _ = conn.closed() => return,
+        }
+    }
+}
+
+struct GatewayHandler(Arc<Shared>);
+
+impl Handler for GatewayHandler {
+    fn on_final(
+        &self,
+        node: &NodeRef,
+        _epoch: u64,
+        destination: [u8; 32],
+        identifier: [u8; 16],
+        payload: Vec<u8>,
+    ) {
+        let shared = &self.0;
+        if identifier != [0; 16] {
+            // A SURB reply for one of our clients: hand it over, still sealed.
+            let frame = frame::encode_parts(FrameKind::Deliver, 0, &[&identifier, &payload]);
+            let clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
+            match (clients.get(&destination), frame) {
+                (Some(c), Ok(f)) => match c.tx.try_send(f) {
+                    Ok(()) => shared.metrics.deliveries.inc(),
+                    Err(_) => node.metrics().drop("queue_full"),
+                },
+                _ => node.metrics().drop("no_client"),
+            }
+            return;
+        }
+        let request =
+            protocol::packet::recover_plaintext(&payload).and_then(|p| Request::decode(&p));
+        match request {
+            Ok(Request::Store {
+                dropbox,
+                ciphertext,
+            }) => shared.to_storage(
+                node,
+                Op::Store {
+                    dropbox,
+                    ciphertext,
+                },
+            ),
+            Ok(Request::Fetch(req)) => shared.to_storage(
+                node,
+                Op::Fetch {
+                    req,
+                    node: node.clone(),
+                },
+            ),
+            Ok(Request::Drop) => shared.metrics.cover.inc(),
+            Err(_) => node.metrics().drop("malformed"),
+        }
+    }
+}
+
+/// Handles frames from clients on the client endpoint.
+fn client_frame(shared: &Arc<Shared>, node: &NodeRef, f: Frame<'_>, conn: &quinn::Connection) {
+    match f.kind {
+        FrameKind::Inject => {
+            let (Some(first_hop), Some(packet)) = (f.node_or_address(), f.packet()) else {
+                node.metrics().drop("malformed");
+                return;
+            };
+            // Clients may only enter at layer 1: skipping layers would shorten their route.
+            let entry_ok = node
+                .topology()
+                .and_then(|t| {
+                    t.node(&first_hop)
+                        .map(|n| n.role == Role::Mix && n.layer == 1)
+                })
+                .unwrap_or(false);
+            if !entry_ok {
+                node.metrics().drop("bad_first_hop");
+                return;
+            }
+            node.forward(f.epoch, first_hop, packet);
+        }
+        FrameKind::Subscribe => {
+            if let Some(address) = f.node_or_address() {
+                shared.subscribe(address, conn, node);
+            }
+        }
+        _ => node.metrics().drop("malformed"),
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    node: Node,
+    /// Where clients connect.
+    pub client_addr: SocketAddr,
+    client_endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    storage_thread: Option<std::thread::JoinHandle<()>>,
+    expiry: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// The Sphinx node under the gateway.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Gateway-specific metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.shared.metrics
+    }
+
+    /// Waits until every storage request queued so far is committed.
+    pub async fn sync_storage(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.shared.storage.send(Op::Sync(tx)).is_ok() {
+            self.shared.metrics.storage_queue.inc();
+            let _ =
+                tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30))).await;
+        }
+    }
+
+    /// Stops the gateway; committed messages stay on disk.
+    pub async fn shutdown(mut self) {
+        self.client_endpoint.close(0u8.into(), b"shutdown");
+        self.expiry.abort();
+        self.node.shutdown().await;
+        // The storage thread commits what it holds, then stops.
+        let _ = self.shared.storage.send(Op::Stop);
+        if let Some(t) = self.storage_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Starts a gateway.
+pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let identity = net::identity::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
+    let client_endpoint = net::link::bind(cfg.client_listen, &identity)?;
+    let client_addr = client_endpoint.local_addr()?;
+
+    let registry = prometheus::Registry::new();
+    let metrics = GatewayMetrics::new(&registry);
+    let storage = Storage::open(
+        &cfg.data_dir.join("dropboxes.redb"),
+        Limits {
+            ttl_ms: cfg.dropbox_ttl_secs.saturating_mul(1000),
+            box_messages: cfg.dropbox_max_messages,
+            total_bytes: cfg.storage_max_bytes,
+            fetch_max_age_ms: cfg.fetch_max_age_secs.saturating_mul(1000),
+        },
+    )?;
+    let (storage_tx, storage_rx) = crossbeam_channel::bounded(cfg.storage_queue.max(1));
+    let m = metrics.clone();
+    let storage_thread = std::thread::Builder::new()
+        .name("dropbox-store".into())
+        .spawn(move || storage::run(storage, storage_rx, m))?;
+    let shared = Arc::new(Shared {
+        metrics,
+        storage: storage_tx,
+        clients: Mutex::new(HashMap::new()),
+        generation: AtomicU64::new(0),
+        max_clients: cfg.max_clients,
+        client_queue: cfg.client_queue.max(1),
+    });
+
+    let node = mixnode::start_node(
+        cfg.node(),
+        NodeOptions {
+            role: Role::Gateway,
+            handler: Arc::new(GatewayHandler(shared.clone())),
+            registry: registry.clone(),
+            inbound: LinkConfig::default(),
+            client_address: Some(cfg.public_client_address.unwrap_or(client_addr)),
+        },
+    )
+    .await?;
+
+    // Clients: their own endpoint, rate limited per connection.
+    let handle = node.handle();
+    let sink_shared = shared.clone();
+    let client_cfg = LinkConfig {
+        inbound_rate: Some(cfg.client_rate_pps),
+        inbound_burst: cfg.client_burst,
+        max_inbound_connections: cfg.max_clients,
+        ..LinkConfig::default()
+    };
+    tokio::spawn(net::link::serve(
+        client_endpoint.clone(),
+        Arc::new(move |f: Frame<'_>, c: &quinn::Connection| {
+            client_frame(&sink_shared, &handle, f, c)
+        }),
+        LinkMetrics::unregistered(),
+        client_cfg,
+    ));
+
+    let expire_tx = shared.storage.clone();
+    let expiry = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let _ = expire_tx.try_send(Op::Expire);
+        }
+    });
+    tracing::info!("gateway running");
+    Ok(Gateway {
+        node,
+        client_addr,
+        client_endpoint,
+        shared,
+        storage_thread: Some(storage_thread),
+        expiry,
+    })
+}
+
+/// Runs a gateway until `shutdown` completes.
+pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let gw = start(cfg).await?;
+    shutdown.await;
+    gw.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,108 @@
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Gateway-specific series (the packet path's are `umbra_gateway_packets_*`).
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    /// Messages durably stored.
+    pub stored: IntCounter,
+    /// Stores refused, by reason (`box_quota`, `gateway_quota`).
+    pub refused: IntCounterVec,
+    /// Fetches, by outcome (`authorised`, `refused`).
+    pub fetches: IntCounterVec,
+    /// Fetch reply packets sent.
+    pub replies: IntCounter,
+    /// Drop-cover packets received.
+    pub cover: IntCounter,
+    /// SURB replies handed to connected clients.
+    pub deliveries: IntCounter,
+    /// Subscribed clients.
+    pub clients: IntGauge,
+    /// Bytes held in dropboxes.
+    pub stored_bytes: IntGauge,
+    /// Requests waiting for the storage thread.
+    pub storage_queue: IntGauge,
+    /// Time to commit one storage batch.
+    pub commit_seconds: Histogram,
+}
+
+#[allow(clippy::panic)]
+fn bug<T>(e: prometheus::Error) -> T {
+    panic!("metric definition: {e}")
+}
+
+impl GatewayMetrics {
+    /// Creates and registers the series.
+    pub fn new(r: &Registry) -> Self {
+        let m = Self {
+            stored: IntCounter::new(
+                "umbra_gateway_dropbox_stored_total",
+                "Messages durably stored",
+            )
+            .unwrap_or_else(bug),
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "umbra_gateway_dropbox_refused_total",
+                    "Stores refused, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(bug),
+            fetches: IntCounterVec::new(
+                Opts::new("umbra_gateway_fetches_total", "Fetches, by outcome"),
+                &["outcome"],
+            )
+            .unwrap_or_else(bug),
+            replies: IntCounter::new(
+                "umbra_gateway_fetch_replies_total",
+                "Fetch reply packets sent",
+            )
+            .unwrap_or_else(bug),
+            cover: IntCounter::new(
+                "umbra_gateway_cover_received_total",
+                "Drop-cover packets received",
+            )
+            .unwrap_or_else(bug),
+            deliveries: IntCounter::new(
+                "umbra_gateway_client_deliveries_total",
+                "Replies handed to clients",
+            )
+            .unwrap_or_else(bug),
+            clients: IntGauge::new("umbra_gateway_clients", "Subscribed clients")
+                .unwrap_or_else(bug),
+            stored_bytes: IntGauge::new("umbra_gateway_dropbox_bytes", "Bytes held in dropboxes")
+                .unwrap_or_else(bug),
+            storage_queue: IntGauge::new(
+                "umbra_gateway_storage_queue",
+                "Requests waiting for storage",
+            )
+            .unwrap_or_else(bug),
+            commit_seconds: Histogram::with_opts(HistogramOpts::new(
+                "umbra_gateway_storage_commit_seconds",
+                "Time to commit one storage batch",
+            ))
+            .unwrap_or_else(bug),
+        };
+        for c in [
+            Box::new(m.stored.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.refused.clone()),
+            Box::new(m.fetches.clone()),
+            Box::new(m.replies.clone()),
+            Box::new(m.cover.clone()),
+            Box::new(m.deliveries.clone()),
+            Box::new(m.clients.clone()),
+            Box::new(m.stored_bytes.clone()),
+            Box::new(m.storage_queue.clone()),
+            Box::new(m.commit_seconds.clone()),
+        ] {
+            // A second gateway in one process (tests) shares nothing: each has its own registry.
+            let _ = r.register(c);
+        }
+        for l in ["box_quota", "gateway_quota"] {
+            m.refused.with_label_values(&[l]);
+        }
+        for l in ["authorised", "refused"] {
+            m.fetches.with_label_values(&[l]);
+        }
+        m
+    }
+}

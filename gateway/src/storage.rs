@@ -1,0 +1,564 @@
+//! Dropboxes in an embedded redb database, served by one storage thread.
+//!
+//! Requests arrive in batches; each batch is one write transaction, and a
+//! stored message counts as stored only once that transaction's commit (which
+//! is durable: redb fsyncs on commit) has returned. Fetch replies are sent
+//! after the commit that deleted the confirmed messages.
+//!
+//! Sequence numbers come from one counter for the whole gateway and are never
+//! reused, so a stale `after_seq` can never delete a newer message.
+
+use crate::metrics::GatewayMetrics;
+use mixnode::NodeRef;
+use protocol::messages::{FetchReply, FetchRequest};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// (dropbox id, seq) → stored_at_ms:u64be || ciphertext
+const MESSAGES: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("messages");
+/// dropbox id → (messages, bytes)
+const BOXES: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("boxes");
+/// "next_seq", "bytes"
+const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+
+/// Limits the storage enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub ttl_ms: u64,
+    pub box_messages: u64,
+    pub total_bytes: u64,
+    pub fetch_max_age_ms: u64,
+}
+
+/// Work for the storage thread.
+pub(crate) enum Op {
+    Store {
+        dropbox: [u8; 32],
+        ciphertext: Vec<u8>,
+    },
+    Fetch {
+        req: FetchRequest,
+        node: NodeRef,
+    },
+    Expire,
+    /// Commit what came before, then end the thread.
+    Stop,
+    /// Test hook: tells when everything before it is committed.
+    #[allow(dead_code)]
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// Why a store was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    BoxQuota,
+    GatewayQuota,
+}
+
+/// A storage error (local fault: disk, corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("dropbox store {path}: {reason}")]
+pub struct StorageError {
+    path: PathBuf,
+    reason: String,
+}
+
+pub(crate) struct Storage {
+    db: Database,
+    path: PathBuf,
+    limits: Limits,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What one fetch yields, before its replies are built.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fetched {
+    pub messages: Vec<(u64, Vec<u8>)>,
+    pub remaining: u64,
+}
+
+impl Storage {
+    pub(crate) fn open(path: &Path, limits: Limits) -> Result<Self, StorageError> {
+        let err = |e: &dyn std::fmt::Display| StorageError {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        }
+        let db = Database::create(path).map_err(|e| err(&e))?;
+        let tx = db.begin_write().map_err(|e| err(&e))?;
+        tx.open_table(MESSAGES).map_err(|e| err(&e))?;
+        tx.open_table(BOXES).map_err(|e| err(&e))?;
+        tx.open_table(TOTALS).map_err(|e| err(&e))?;
+        tx.commit().map_err(|e| err(&e))?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+            limits,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StorageError {
+        StorageError {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Runs one batch of operations in one durable transaction. Returns, per
+    /// op, what to do after the commit.
+    pub(crate) fn apply(
+        &self,
+        ops: Vec<Op>,
+        now_ms: u64,
+        metrics: &GatewayMetrics,
+    ) -> Result<Vec<After>, StorageError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut after = Vec::with_capacity(ops.len());
+        {
+            let mut messages = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+            let mut boxes = tx.open_table(BOXES).map_err(|e| self.err(e))?;
+            let mut totals = tx.open_table(TOTALS).map_err(|e| self.err(e))?;
+            for op in ops {
+                match op {
+                    Op::Store {
+                        dropbox,
+                        ciphertext,
+                    } => {
+                        let r = self.store(
+                            &mut messages,
+                            &mut boxes,
+                            &mut totals,
+                            &dropbox,
+                            &ciphertext,
+                            now_ms,
+                        )?;
+                        after.push(After::Stored(r));
+                    }
+                    Op::Fetch { req, node } => {
+                        let fresh =
+                            req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
+                        let authorised = fresh && req.authorised();
+                        metrics
+                            .fetches
+                            .with_label_values(&[if authorised { "authorised" } else { "refused" }])
+                            .inc();
+                        let fetched = if authorised {
+                            self.fetch(&mut messages, &mut boxes, &mut totals, &req)?
+                        } else {
+                            // Same shape as an empty box, and nothing deleted.
+                            Fetched::default()
+                        };
+                        after.push(After::Reply { req, node, fetched });
+                    }
+                    Op::Expire => {
+                        let n = self.expire(&mut messages, &mut boxes, &mut totals, now_ms)?;
+                        if n > 0 {
+                            tracing::info!(messages = n, "expired unfetched messages");
+                        }
+                    }
+                    Op::Sync(tx) => after.push(After::Sync(tx)),
+                    Op::Stop => {}
+                }
+            }
+            let bytes = totals
+                .get("bytes")
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            metrics.stored_bytes.set(bytes as i64);
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(after)
+    }
+
+    fn store(
+        &self,
+        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
+        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
+        totals: &mut redb::Table<&str, u64>,
+        dropbox: &[u8; 32],
+        ciphertext: &[u8],
+        now_ms: u64,
+    ) -> Result<Result<u64, Refusal>, StorageError> {
+        let (count, bytes) = boxes
+            .get(dropbox)
+            .map_err(|e| self.err(e))?
+            .map_or((0, 0), |v| v.value());
+        let total = totals
+            .get("bytes")
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value());
+        if count >= self.limits.box_messages {
+            return Ok(Err(Refusal::BoxQuota));
+        }
+        let len = ciphertext.len() as u64;
+        if total + len > self.limits.total_bytes {
+            return Ok(Err(Refusal::GatewayQuota));
+        }
+        let seq = totals
+            .get("next_seq")
+            .map_err(|e| self.err(e))?
+            .map_or(1, |v| v.value());
+        let mut value = Vec::with_capacity(8 + ciphertext.len());
+        value.extend_from_slice(&now_ms.to_be_bytes());
+        value.extend_from_slice(ciphertext);
+        messages
+            .insert((dropbox, seq), value.as_slice())
+            .map_err(|e| self.err(e))?;
+        boxes
+            .insert(dropbox, (count + 1, bytes + len))
+            .map_err(|e| self.err(e))?;
+        totals
+            .insert("next_seq", seq + 1)
+            .map_err(|e| self.err(e))?;
+        totals
+            .insert("bytes", total + len)
+            .map_err(|e| self.err(e))?;
+        Ok(Ok(seq))
+    }
+
+    fn remove(
+        &self,
+        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
+        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
+        totals: &mut redb::Table<&str, u64>,
+        dropbox: &[u8; 32],
+        seqs: &[(u64, u64)],
+    ) -> Result<(), StorageError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let freed: u64 = seqs.iter().map(|(_, len)| len).sum();
+        for (seq, _) in seqs {
+            messages.remove((dropbox, *seq)).map_err(|e| self.err(e))?;
+        }
+        let (count, bytes) = boxes
+            .get(dropbox)
+            .map_err(|e| self.err(e))?
+            .map_or((0, 0), |v| v.value());
+        let count = count.saturating_sub(seqs.len() as u64);
+        if count == 0 {
+            boxes.remove(dropbox).map_err(|e| self.err(e))?;
+        } else {
+            boxes
+                .insert(dropbox, (count, bytes.saturating_sub(freed)))
+                .map_err(|e| self.err(e))?;
+        }
+        let total = totals
+            .get("bytes")
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value());
+        totals
+            .insert("bytes", total.saturating_sub(freed))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn fetch(
+        &self,
+        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
+        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
+        totals: &mut redb::Table<&str, u64>,
+        req: &FetchRequest,
+    ) -> Result<Fetched, StorageError> {
+        let id = &req.dropbox;
+        // Delete what the client confirmed.
+        let confirmed: Vec<(u64, u64)> = messages
+            .range((id, 0)..=(id, req.after_seq))
+            .map_err(|e| self.err(e))?
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k.value().1, v.value().len().saturating_sub(8) as u64))
+            .collect();
+        self.remove(messages, boxes, totals, id, &confirmed)?;
+        let mut out = Fetched::default();
+        if req.after_seq == u64::MAX {
+            return Ok(out);
+        }
+        for r in messages
+            .range((id, req.after_seq + 1)..=(id, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = r.map_err(|e| self.err(e))?;
+            if out.messages.len() == req.surbs.len() {
+                out.remaining += 1;
+                continue;
+            }
+            let v = v.value();
+            out.messages
+                .push((k.value().1, v.get(8..).unwrap_or_default().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn expire(
+        &self,
+        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
+        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
+        totals: &mut redb::Table<&str, u64>,
+        now_ms: u64,
+    ) -> Result<usize, StorageError> {
+        let cutoff = now_ms.saturating_sub(self.limits.ttl_ms);
+        let mut old: std::collections::BTreeMap<[u8; 32], Vec<(u64, u64)>> = Default::default();
+        for r in messages.iter().map_err(|e| self.err(e))? {
+            let (k, v) = r.map_err(|e| self.err(e))?;
+            let v = v.value();
+            let mut at = [0u8; 8];
+            at.copy_from_slice(v.get(..8).unwrap_or(&[0; 8]));
+            if u64::from_be_bytes(at) < cutoff {
+                let (id, seq) = k.value();
+                old.entry(*id)
+                    .or_default()
+                    .push((seq, v.len().saturating_sub(8) as u64));
+            }
+        }
+        let n = old.values().map(Vec::len).sum();
+        for (id, seqs) in old {
+            self.remove(messages, boxes, totals, &id, &seqs)?;
+        }
+        Ok(n)
+    }
+
+    /// Messages held in `dropbox` (tests and metrics).
+    #[allow(dead_code)]
+    pub(crate) fn box_len(&self, dropbox: &[u8; 32]) -> u64 {
+        let Ok(tx) = self.db.begin_read() else {
+            return 0;
+        };
+        let Ok(t) = tx.open_table(BOXES) else {
+            return 0;
+        };
+        t.get(dropbox).ok().flatten().map_or(0, |v| v.value().0)
+    }
+}
+
+/// What remains to do once a batch is committed.
+pub(crate) enum After {
+    Stored(Result<u64, Refusal>),
+    Reply {
+        req: FetchRequest,
+        node: NodeRef,
+        fetched: Fetched,
+    },
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// Builds the replies of one fetch: exactly one per SURB.
+pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
+    let seqs: Vec<u64> = fetched.messages.iter().map(|(s, _)| *s).collect();
+    let remaining = u32::try_from(fetched.remaining).unwrap_or(u32::MAX);
+    (0..req.surbs.len())
+        .map(|i| {
+            FetchReply {
+                seqs: seqs.clone(),
+                remaining,
+                message: fetched.messages.get(i).cloned(),
+            }
+            .encode()
+            .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The storage thread: batches ops, commits, then sends replies.
+pub(crate) fn run(storage: Storage, rx: crossbeam_channel::Receiver<Op>, metrics: GatewayMetrics) {
+    const BATCH: usize = 256;
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { return };
+        let mut ops = vec![first];
+        while ops.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        stopping = ops.iter().any(|o| matches!(o, Op::Stop));
+        metrics.storage_queue.sub(ops.len() as i64);
+        let started = Instant::now();
+        let after = match storage.apply(ops, now_ms(), &metrics) {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing in this batch counts as stored: senders retransmit.
+                tracing::error!(error = %e, "dropbox commit failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        for a in after {
+            match a {
+                After::Stored(Ok(_)) => metrics.stored.inc(),
+                After::Stored(Err(Refusal::BoxQuota)) => {
+                    metrics.refused.with_label_values(&["box_quota"]).inc()
+                }
+                After::Stored(Err(Refusal::GatewayQuota)) => {
+                    metrics.refused.with_label_values(&["gateway_quota"]).inc()
+                }
+                After::Reply { req, node, fetched } => {
+                    for (surb, body) in req.surbs.iter().zip(replies(&req, &fetched)) {
+                        match protocol::packet::use_surb(surb, &body) {
+                            Ok((first_hop, packet)) => {
+                                if node.forward(req.reply_epoch, first_hop, &packet) {
+                                    metrics.replies.inc();
+                                }
+                            }
+                            Err(_) => node.metrics().drop("malformed"),
+                        }
+                    }
+                }
+                After::Sync(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::dropbox::PairSecret;
+    use protocol::packet::SURB_LEN;
+
+    fn limits() -> Limits {
+        Limits {
+            ttl_ms: 1000,
+            box_messages: 3,
+            total_bytes: 10_000,
+            fetch_max_age_ms: 600_000,
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Storage {
+        Storage::open(&dir.path().join("d.redb"), limits()).unwrap()
+    }
+
+    fn metrics() -> GatewayMetrics {
+        GatewayMetrics::new(&prometheus::Registry::new())
+    }
+
+    fn store(s: &Storage, id: [u8; 32], ct: &[u8], now: u64) -> Result<u64, Refusal> {
+        let m = metrics();
+        match s
+            .apply(
+                vec![Op::Store {
+                    dropbox: id,
+                    ciphertext: ct.to_vec(),
+                }],
+                now,
+                &m,
+            )
+            .unwrap()
+            .pop()
+        {
+            Some(After::Stored(r)) => r,
+            _ => panic!("no result"),
+        }
+    }
+
+    /// Runs a fetch directly against the tables (no node needed).
+    fn fetch(s: &Storage, req: &FetchRequest) -> Fetched {
+        let tx = s.db.begin_write().unwrap();
+        let f = {
+            let mut m = tx.open_table(MESSAGES).unwrap();
+            let mut b = tx.open_table(BOXES).unwrap();
+            let mut t = tx.open_table(TOTALS).unwrap();
+            let ok = req.authorised();
+            if ok {
+                s.fetch(&mut m, &mut b, &mut t, req).unwrap()
+            } else {
+                Fetched::default()
+            }
+        };
+        tx.commit().unwrap();
+        f
+    }
+
+    fn request(secret: u8, after: u64) -> FetchRequest {
+        let b = PairSecret::from_bytes([secret; 32]).dropbox(&[1; 32], &[2; 32], 0);
+        FetchRequest::new_signed(&b, after, 0, 0, vec![vec![0; SURB_LEN]; 2])
+    }
+
+    #[test]
+    fn store_fetch_confirm_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let req = request(1, 0);
+        let id = req.dropbox;
+        let a = store(&s, id, b"one", 0).unwrap();
+        let b = store(&s, id, b"two", 0).unwrap();
+        let c = store(&s, id, b"three", 0).unwrap();
+        assert!(a < b && b < c);
+        let f = fetch(&s, &req);
+        assert_eq!(f.messages, vec![(a, b"one".to_vec()), (b, b"two".to_vec())]);
+        assert_eq!(f.remaining, 1);
+        // Confirming up to b deletes one and two only.
+        let f = fetch(&s, &request(1, b));
+        assert_eq!(f.messages, vec![(c, b"three".to_vec())]);
+        assert_eq!(s.box_len(&id), 1);
+        let f = fetch(&s, &request(1, c));
+        assert!(f.messages.is_empty());
+        assert_eq!(s.box_len(&id), 0);
+    }
+
+    #[test]
+    fn wrong_capability_looks_empty_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let good = request(1, u64::MAX - 1);
+        store(&s, good.dropbox, b"secret", 0).unwrap();
+        // Right box id, but signed by a key that does not hash to it.
+        let mut forged = request(2, u64::MAX - 1);
+        forged.dropbox = good.dropbox;
+        let f = fetch(&s, &forged);
+        let empty = fetch(&s, &request(3, 0));
+        assert_eq!(f, empty);
+        assert_eq!(replies(&forged, &f), replies(&request(3, 0), &empty));
+        assert_eq!(s.box_len(&good.dropbox), 1, "nothing deleted");
+    }
+
+    #[test]
+    fn quotas_refuse_without_touching_other_boxes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let (x, y) = ([1u8; 32], [2u8; 32]);
+        for _ in 0..3 {
+            store(&s, x, b"m", 0).unwrap();
+        }
+        assert_eq!(store(&s, x, b"m", 0), Err(Refusal::BoxQuota));
+        assert!(store(&s, y, b"m", 0).is_ok(), "another box still accepts");
+        assert_eq!(s.box_len(&x), 3);
+        assert_eq!(
+            store(&s, y, &vec![0; 10_000], 0),
+            Err(Refusal::GatewayQuota)
+        );
+        assert_eq!(s.box_len(&y), 1);
+    }
+
+    #[test]
+    fn messages_expire_after_the_ttl_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(&dir);
+            store(&s, [1; 32], b"old", 0).unwrap();
+            store(&s, [1; 32], b"new", 900).unwrap();
+        }
+        let s = open(&dir);
+        assert_eq!(s.box_len(&[1; 32]), 2, "durable across reopen");
+        s.apply(vec![Op::Expire], 1500, &metrics()).unwrap();
+        assert_eq!(s.box_len(&[1; 32]), 1);
+        // Sequence numbers are never reused.
+        let next = store(&s, [1; 32], b"x", 1500).unwrap();
+        assert!(next > 2);
+    }
+}
