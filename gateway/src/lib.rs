@@ -259,9 +259,10 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
     )?;
     let (storage_tx, storage_rx) = crossbeam_channel::bounded(cfg.storage_queue.max(1));
     let m = metrics.clone();
+    let rt = tokio::runtime::Handle::current();
     let storage_thread = std::thread::Builder::new()
         .name("dropbox-store".into())
-        .spawn(move || storage::run(storage, storage_rx, m))?;
+        .spawn(move || storage::run(storage, storage_rx, m, rt))?;
     let shared = Arc::new(Shared {
         metrics,
         storage: storage_tx,

@@ -368,8 +368,15 @@ pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
 }
 
 /// The storage thread: batches ops, commits, then sends replies.
-pub(crate) fn run(storage: Storage, rx: crossbeam_channel::Receiver<Op>, metrics: GatewayMetrics) {
+pub(crate) fn run(
+    storage: Storage,
+    rx: crossbeam_channel::Receiver<Op>,
+    metrics: GatewayMetrics,
+    rt: tokio::runtime::Handle,
+) {
     const BATCH: usize = 256;
+    // Replies go out on links, whose tasks live on the node's runtime.
+    let _guard = rt.enter();
     let mut stopping = false;
     while !stopping {
         let Ok(first) = rx.recv() else { return };

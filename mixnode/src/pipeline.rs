@@ -64,7 +64,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     pub(crate) fn new(
         keys: KeyRing,
         links: Links,

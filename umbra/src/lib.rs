@@ -3,4 +3,5 @@
 
 pub mod bench;
 pub mod config;
+pub mod demo;
 pub mod testnet;

@@ -28,9 +28,54 @@ enum Command {
     /// replays, holds each packet for its delay and forwards it.
     #[command(subcommand)]
     Mixnode(MixnodeCmd),
+    /// Run a gateway: clients' entry into the mixnet, the final hop that keeps
+    /// dropboxes in an embedded store, and the answerer of anonymous fetches.
+    #[command(subcommand)]
+    Gateway(GatewayCmd),
+    /// Start a whole network on loopback in this process and have two clients,
+    /// Alice and Bob, exchange messages through it. Exits 0 only if every
+    /// message arrived exactly once and intact.
+    Demo {
+        /// Messages to send in all (alternating directions).
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Mean per-hop mixing delay, milliseconds.
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        /// End with one JSON line: {"sent","delivered","lost","p50_ms","p99_ms"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the demo's network (directory, 2 mix nodes per layer, 2 gateways)
+    /// and keep it running until Ctrl-C, printing how to point clients at it.
+    Testnet {
+        /// Mix nodes per layer.
+        #[arg(long, default_value_t = 2)]
+        per_layer: usize,
+        /// Gateways.
+        #[arg(long, default_value_t = 2)]
+        gateways: usize,
+    },
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum GatewayCmd {
+    /// Write a commented example config for a gateway.
+    Init {
+        #[command(flatten)]
+        init: InitArgs,
+        /// The directory authority's public key (hex), as `umbra directory run` prints it.
+        #[arg(long)]
+        authority_key: String,
+        /// The directory authority's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        directory_url: String,
+    },
+    /// Start the gateway until SIGTERM or Ctrl-C.
+    Run(RunArgs),
 }
 
 #[derive(Args)]
@@ -178,6 +223,85 @@ async fn run(cli: Cli) -> Result<()> {
             mixnode::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
+        }
+        Command::Gateway(GatewayCmd::Init {
+            init,
+            authority_key,
+            directory_url,
+        }) => {
+            if hex::decode(&authority_key).map(|k| k.len()) != Ok(32) {
+                return Err(
+                    "--authority-key must be 64 hex digits (as `umbra directory run` prints it)"
+                        .into(),
+                );
+            }
+            let text = gateway::GatewayConfig::example(&authority_key, &directory_url);
+            let _: gateway::GatewayConfig = config::parse(&init.config, &text)?;
+            config::write_new(&init.config, &text, init.force)?;
+            println!(
+                "wrote {}; start it with: umbra gateway run --config {}",
+                init.config.display(),
+                init.config.display()
+            );
+        }
+        Command::Gateway(GatewayCmd::Run(a)) => {
+            let cfg: gateway::GatewayConfig = config::load(&a.config)?;
+            gateway::run(cfg, shutdown_signal())
+                .await
+                .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
+        }
+        Command::Demo {
+            messages,
+            delay_ms,
+            json,
+        } => {
+            let opts = umbra::demo::DemoOptions {
+                messages,
+                delay_mean_ms: delay_ms,
+                ..Default::default()
+            };
+            let r = umbra::demo::run(opts, |line| eprintln!("{line}")).await?;
+            println!(
+                "{} of {} messages delivered exactly once and intact ({} lost, {} duplicates, {} corrupted); latency p50 {} ms, p99 {} ms",
+                r.delivered, r.sent, r.lost, r.duplicates, r.corrupted, r.p50_ms, r.p99_ms
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "sent": r.sent,
+                        "delivered": r.delivered,
+                        "lost": r.lost,
+                        "p50_ms": r.p50_ms,
+                        "p99_ms": r.p99_ms,
+                    })
+                );
+            }
+            if !r.ok() {
+                return Err("not every message arrived exactly once".into());
+            }
+        }
+        Command::Testnet {
+            per_layer,
+            gateways,
+        } => {
+            let net = umbra::testnet::MixNetwork::start(per_layer, gateways, Default::default(), 1)
+                .await?;
+            println!("Umbra testnet running on loopback (Ctrl-C stops it).");
+            println!("  directory_url = {}", net.directory.url);
+            println!("  authority_key = {}", hex::encode(net.directory.authority));
+            for (i, g) in net.gateways.iter().enumerate() {
+                println!(
+                    "  gateway {i}: client address {} identity {}",
+                    g.client_addr,
+                    hex::encode(g.node().identity)
+                );
+            }
+            println!(
+                "Point an SDK client at it with ClientConfig::new(directory_url, authority_key)."
+            );
+            shutdown_signal().await;
+            net.stop().await;
         }
         Command::Bench(BenchCmd::Mixnode { packets, json }) => {
             let r = umbra::bench::mixnode(packets, !json).await?;

@@ -336,3 +336,156 @@ impl LocalNet {
         self.directory.stop().await;
     }
 }
+
+/// A whole network in one process: a directory, `per_layer` mix nodes in each
+/// of the three layers, and `gateways` gateways, on loopback with real QUIC.
+pub struct MixNetwork {
+    /// Temporary data directory (removed on drop).
+    pub tmp: tempfile::TempDir,
+    /// The directory authority.
+    pub directory: LocalDirectory,
+    /// Mix nodes.
+    pub mixnodes: Vec<Mixnode>,
+    /// Gateways.
+    pub gateways: Vec<gateway::Gateway>,
+}
+
+/// A gateway config for loopback, registered with `dir`.
+pub fn gateway_config(dir: &LocalDirectory, data_dir: PathBuf) -> gateway::GatewayConfig {
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    gateway::GatewayConfig {
+        listen: any,
+        client_listen: any,
+        metrics_listen: any,
+        directory_url: dir.url.clone(),
+        authority_key: hex::encode(dir.authority),
+        data_dir,
+        topology_refresh_secs: 5,
+        ..gateway::GatewayConfig::default()
+    }
+}
+
+impl MixNetwork {
+    /// Starts the network and waits until every node can route to every node.
+    pub async fn start(
+        per_layer: usize,
+        gateways: usize,
+        params: NetworkParams,
+        workers: usize,
+    ) -> Result<Self, BoxError> {
+        let tmp = tempfile::tempdir()?;
+        let directory = LocalDirectory::start(&tmp.path().join("directory"), params, 3600).await?;
+        let mut mixnodes = Vec::new();
+        for i in 0..per_layer * 3 {
+            let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")));
+            cfg.workers = workers;
+            mixnodes.push(mixnode::start(cfg).await?);
+        }
+        let mut gws = Vec::new();
+        for i in 0..gateways {
+            let mut cfg = gateway_config(&directory, tmp.path().join(format!("gateway{i}")));
+            cfg.workers = workers;
+            gws.push(gateway::start(cfg).await?);
+        }
+        let net = Self {
+            tmp,
+            directory,
+            mixnodes,
+            gateways: gws,
+        };
+        net.wait_for_routes().await?;
+        Ok(net)
+    }
+
+    /// Every node sees every node.
+    pub async fn wait_for_routes(&self) -> Result<(), BoxError> {
+        let total = self.mixnodes.len() + self.gateways.len();
+        for m in &self.mixnodes {
+            m.refresh_topology();
+        }
+        for g in &self.gateways {
+            g.node().refresh_topology();
+        }
+        wait_until(
+            "every node to learn the topology",
+            Duration::from_secs(30),
+            || {
+                self.mixnodes.iter().all(|m| m.known_nodes() >= total)
+                    && self
+                        .gateways
+                        .iter()
+                        .all(|g| g.node().known_nodes() >= total)
+            },
+        )
+        .await
+    }
+
+    /// A client config for this network.
+    pub fn client_config(&self) -> Result<client_sdk::ClientConfig, BoxError> {
+        Ok(client_sdk::ClientConfig::new(
+            &self.directory.url,
+            &hex::encode(self.directory.authority),
+        )?)
+    }
+
+    /// One line per node with its counters, for when something went wrong.
+    pub fn diagnostics(&self) -> String {
+        const REASONS: [&str; 10] = [
+            "malformed",
+            "replay",
+            "unknown_epoch",
+            "unknown_next_hop",
+            "queue_full",
+            "unexpected_final",
+            "no_client",
+            "bad_first_hop",
+            "too_many_clients",
+            "rate_limited",
+        ];
+        let drops = |m: &mixnode::Metrics| {
+            REASONS
+                .iter()
+                .filter(|r| m.dropped(r) > 0)
+                .map(|r| format!("{r}={}", m.dropped(r)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut out = String::from("diagnostics:");
+        for (i, m) in self.mixnodes.iter().enumerate() {
+            let x = m.metrics();
+            out += &format!(
+                "\n  mix{i}: received={} forwarded={} dropped[{}]",
+                x.received.get(),
+                x.forwarded.get(),
+                drops(x)
+            );
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            let x = g.node().metrics();
+            let gm = g.metrics();
+            out += &format!(
+                "\n  gateway{i}: received={} forwarded={} stored={} fetches_ok={} fetches_refused={} replies={} deliveries={} dropped[{}]",
+                x.received.get(),
+                x.forwarded.get(),
+                gm.stored.get(),
+                gm.fetches.with_label_values(&["authorised"]).get(),
+                gm.fetches.with_label_values(&["refused"]).get(),
+                gm.replies.get(),
+                gm.deliveries.get(),
+                drops(x)
+            );
+        }
+        out
+    }
+
+    /// Stops everything.
+    pub async fn stop(self) {
+        for g in self.gateways {
+            g.shutdown().await;
+        }
+        for m in self.mixnodes {
+            m.shutdown().await;
+        }
+        self.directory.stop().await;
+    }
+}

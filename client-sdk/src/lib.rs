@@ -1,0 +1,818 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod invite;
+
+pub use invite::Invite;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use net::dirclient::DirectoryClient;
+use net::link::{LinkConfig, LinkMetrics};
+use protocol::NodeId;
+use protocol::dropbox::{self, Dropbox, PairSecret};
+use protocol::frame::{self, Frame, FrameKind};
+use protocol::messages::{FETCH_SURBS, FetchReply, FetchRequest, MAX_STORED_LEN, Request};
+use protocol::packet::{self, Hop, ReplyKey};
+use protocol::topology::{self, TopologyDocument, TopologyNode, TrustPolicy};
+use rand::{Rng, RngExt};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// Largest message body [`Client::send`] accepts (one packet; fragmentation comes later).
+pub const MAX_BODY_LEN: usize = MAX_STORED_LEN - NONCE_LEN - TAG_LEN - ENVELOPE_HEADER;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const ENVELOPE_HEADER: usize = 1 + 16;
+const ENVELOPE_VERSION: u8 = 1;
+
+/// Errors of the SDK. Each says whose fault it is.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is unusable (the application's fault).
+    #[error("config: {0}")]
+    Config(String),
+    /// An invite string could not be read (the user pasted something else).
+    #[error("invalid invite: {0}")]
+    InvalidInvite(String),
+    /// The contact is not known (the application's fault).
+    #[error("unknown contact {0}")]
+    UnknownContact(ContactId),
+    /// The message is larger than one packet carries.
+    #[error("message of {len} bytes exceeds {max}")]
+    MessageTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The directory is unreachable or its topology does not verify (network's or directory's fault).
+    #[error("directory: {0}")]
+    Directory(String),
+    /// The topology has no usable route (the network's fault: too few nodes).
+    #[error("no route: {0}")]
+    NoRoute(String),
+    /// The connection to the entry gateway failed.
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    /// The client has shut down.
+    #[error("client is closed")]
+    Closed,
+}
+
+/// Settings of a client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL of the directory authority.
+    pub directory_url: String,
+    /// The authority's key; topologies not signed by it are refused.
+    pub authority_key: [u8; 32],
+    /// The entry gateway to use; `None` picks one at random.
+    pub entry_gateway: Option<NodeId>,
+    /// How often to fetch every dropbox.
+    pub fetch_interval: Duration,
+    /// How often to refresh the topology.
+    pub topology_refresh: Duration,
+    /// Messages buffered for the application.
+    pub inbox_capacity: usize,
+}
+
+impl ClientConfig {
+    /// A config for the directory at `directory_url` whose key is `authority_hex`.
+    pub fn new(directory_url: &str, authority_hex: &str) -> Result<Self, Error> {
+        let mut authority_key = [0u8; 32];
+        hex::decode_to_slice(authority_hex.trim(), &mut authority_key)
+            .map_err(|e| Error::Config(format!("authority key must be 64 hex digits: {e}")))?;
+        Ok(Self {
+            directory_url: directory_url.to_string(),
+            authority_key,
+            entry_gateway: None,
+            fetch_interval: Duration::from_secs(5),
+            topology_refresh: Duration::from_secs(60),
+            inbox_capacity: 1024,
+        })
+    }
+}
+
+/// A user's identity: an x25519 key pair. No phone number, no account.
+#[derive(Clone)]
+pub struct Identity {
+    secret: StaticSecret,
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", ContactId(self.public))
+    }
+}
+
+impl Identity {
+    /// A fresh random identity.
+    pub fn generate() -> Self {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        Self::from_secret(seed)
+    }
+
+    /// The identity with this secret (for applications that store it).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(secret);
+        let public = PublicKey::from(&secret).to_bytes();
+        Self { secret, public }
+    }
+
+    /// The secret, to store (encrypted) and restore later.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.to_bytes()
+    }
+
+    /// The public key contacts know this identity by.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
+}
+
+/// A contact, named by their public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContactId(pub [u8; 32]);
+
+impl std::fmt::Display for ContactId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&self.0[..6]))
+    }
+}
+
+/// A message received from a contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Who sent it.
+    pub from: ContactId,
+    /// What they sent.
+    pub body: Vec<u8>,
+}
+
+struct BoxState {
+    dropbox: Dropbox,
+    /// Every message with seq ≤ this was received; the next fetch confirms it.
+    confirmed: u64,
+    /// Received seqs above `confirmed`.
+    received: BTreeSet<u64>,
+}
+
+struct Contact {
+    name: String,
+    pair: PairSecret,
+    inbound: HashMap<u64, BoxState>,
+}
+
+struct Pending {
+    key: ReplyKey,
+    contact: [u8; 32],
+    period: u64,
+    created: Instant,
+}
+
+/// Bounded memory of message ids already handed to the application.
+struct Seen {
+    set: HashSet<[u8; 16]>,
+    order: VecDeque<[u8; 16]>,
+}
+
+impl Seen {
+    const CAP: usize = 100_000;
+    fn insert(&mut self, id: [u8; 16]) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+const MAX_PENDING: usize = 20_000;
+const PENDING_TTL: Duration = Duration::from_secs(120);
+
+struct Inner {
+    cfg: ClientConfig,
+    identity: Identity,
+    /// Where our entry gateway hands us SURB replies. Random per session.
+    address: [u8; 32],
+    entry: TopologyNode,
+    dir: DirectoryClient,
+    trust: TrustPolicy,
+    topology: RwLock<Arc<TopologyDocument>>,
+    contacts: Mutex<HashMap<[u8; 32], Contact>>,
+    pending: Mutex<HashMap<[u8; 16], Pending>>,
+    seen: Mutex<Seen>,
+    out: mpsc::Sender<Vec<u8>>,
+    inbox: mpsc::Sender<Received>,
+    stop: watch::Sender<bool>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A connected client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// Receives the messages contacts send.
+pub type Inbox = mpsc::Receiver<Received>;
+
+impl Client {
+    /// Fetches and verifies the topology, connects to an entry gateway and
+    /// starts fetching. Returns the client and its inbox.
+    pub async fn connect(cfg: ClientConfig, identity: Identity) -> Result<(Client, Inbox), Error> {
+        net::install_crypto_provider();
+        let dir = DirectoryClient::new(&cfg.directory_url)?;
+        let trust = TrustPolicy {
+            authorities: vec![cfg.authority_key],
+            threshold: 1,
+        };
+        let signed = dir
+            .topology(false)
+            .await
+            .map_err(|e| Error::Directory(e.to_string()))?;
+        let topo = topology::verify_topology(&signed, &trust, now_ms(), None)
+            .map_err(|e| Error::Directory(e.to_string()))?;
+        let gateways: Vec<&TopologyNode> = topo
+            .gateways()
+            .filter(|g| g.client_socket_addr().is_some())
+            .collect();
+        let entry = match cfg.entry_gateway {
+            Some(id) => gateways.iter().find(|g| g.identity == id).copied(),
+            None if gateways.is_empty() => None,
+            None => Some(gateways[rand::rng().random_range(0..gateways.len())]),
+        }
+        .cloned()
+        .ok_or_else(|| Error::NoRoute("no entry gateway in the topology".into()))?;
+
+        let mut address = [0u8; 32];
+        rand::rng().fill_bytes(&mut address);
+        let (out_tx, out_rx) = mpsc::channel(4096);
+        let (inbox_tx, inbox_rx) = mpsc::channel(cfg.inbox_capacity.max(1));
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            cfg,
+            identity,
+            address,
+            entry,
+            dir,
+            trust,
+            topology: RwLock::new(Arc::new(topo)),
+            contacts: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen {
+                set: HashSet::new(),
+                order: VecDeque::new(),
+            }),
+            out: out_tx,
+            inbox: inbox_tx,
+            stop,
+        });
+        // Connect once before returning, so configuration errors surface here.
+        let conn = inner.dial().await?;
+        tokio::spawn(connection_task(inner.clone(), out_rx, conn));
+        tokio::spawn(fetch_task(inner.clone()));
+        tokio::spawn(topology_task(inner.clone()));
+        Ok((Client { inner }, inbox_rx))
+    }
+
+    /// This client's identity's public key.
+    pub fn id(&self) -> ContactId {
+        ContactId(self.inner.identity.public)
+    }
+
+    /// An invite string to give to someone (any channel: it holds only a public key and a name).
+    pub fn invite(&self, name: &str) -> String {
+        Invite {
+            public: self.inner.identity.public,
+            name: name.to_string(),
+        }
+        .to_string()
+    }
+
+    /// Adds a contact from their invite string.
+    pub fn add_contact(&self, invite: &str) -> Result<ContactId, Error> {
+        let inv: Invite = invite.parse()?;
+        if inv.public == self.inner.identity.public {
+            return Err(Error::InvalidInvite("that is your own invite".into()));
+        }
+        let pair = PairSecret::derive(&self.inner.identity.secret, &inv.public);
+        self.inner
+            .contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                inv.public,
+                Contact {
+                    name: inv.name,
+                    pair,
+                    inbound: HashMap::new(),
+                },
+            );
+        Ok(ContactId(inv.public))
+    }
+
+    /// The name a contact gave in their invite.
+    pub fn contact_name(&self, id: &ContactId) -> Option<String> {
+        self.inner
+            .contacts
+            .lock()
+            .ok()?
+            .get(&id.0)
+            .map(|c| c.name.clone())
+    }
+
+    /// Sends `body` to `to`: encrypted for the pair, stored in this period's
+    /// dropbox through the mixnet. Returns once the packet is queued.
+    pub async fn send(&self, to: &ContactId, body: &[u8]) -> Result<(), Error> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(Error::MessageTooLarge {
+                len: body.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        let period = dropbox::period_at(now_ms());
+        let dropbox = {
+            let contacts = self
+                .inner
+                .contacts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let c = contacts.get(&to.0).ok_or(Error::UnknownContact(*to))?;
+            c.pair.dropbox(&self.inner.identity.public, &to.0, period)
+        };
+        let mut msg_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut msg_id);
+        let mut envelope = Vec::with_capacity(ENVELOPE_HEADER + body.len());
+        envelope.push(ENVELOPE_VERSION);
+        envelope.extend_from_slice(&msg_id);
+        envelope.extend_from_slice(body);
+        let ciphertext = seal(&dropbox, &envelope)?;
+        let request = Request::Store {
+            dropbox: dropbox.id,
+            ciphertext,
+        }
+        .encode()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let frame = self.inner.packet_to_box(&dropbox, &request)?;
+        self.inner.out.send(frame).await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops the client's tasks and closes its connection.
+    pub fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+    }
+}
+
+fn seal(dropbox: &Dropbox, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&dropbox.content_key));
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &dropbox.id,
+            },
+        )
+        .map_err(|_| Error::Config("encryption failed".into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn open(dropbox: &Dropbox, ciphertext: &[u8]) -> Option<Vec<u8>> {
+    if ciphertext.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&dropbox.content_key));
+    let (nonce, ct) = ciphertext.split_at(NONCE_LEN);
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: &dropbox.id,
+            },
+        )
+        .ok()
+}
+
+/// One node per mix layer, each uniformly at random.
+fn mix_route(topo: &TopologyDocument) -> Result<Vec<Hop>, Error> {
+    let mut rng = rand::rng();
+    (1..=topology::LAYERS)
+        .map(|l| {
+            let nodes: Vec<&TopologyNode> = topo.layer(l).collect();
+            if nodes.is_empty() {
+                return Err(Error::NoRoute(format!("layer {l} is empty")));
+            }
+            Ok(nodes[rng.random_range(0..nodes.len())].hop())
+        })
+        .collect()
+}
+
+impl Inner {
+    fn topology(&self) -> Arc<TopologyDocument> {
+        self.topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn delay_mean(topo: &TopologyDocument) -> Duration {
+        Duration::from_millis(topo.params.mix_delay_mean_ms)
+    }
+
+    /// An Inject frame carrying `request` to the gateway hosting `dropbox`.
+    fn packet_to_box(&self, dropbox: &Dropbox, request: &[u8]) -> Result<Vec<u8>, Error> {
+        let topo = self.topology();
+        let gateways: Vec<NodeId> = topo.gateways().map(|g| g.identity).collect();
+        let gw = dropbox
+            .gateway(&gateways)
+            .and_then(|id| topo.node(&id))
+            .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
+        let mut route = mix_route(&topo)?;
+        route.push(gw.hop());
+        let mut rng = rand::rng();
+        let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(&topo));
+        let pkt = packet::build_packet(&mut rng, &route, &[0; 32], [0; 16], &delays, request)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// A fetch of `contact`'s box for `period`, with SURBs back to us.
+    fn fetch_frame(&self, contact: &[u8; 32], period: u64) -> Result<Option<Vec<u8>>, Error> {
+        let topo = self.topology();
+        let (request, keys) = {
+            let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(c) = contacts.get_mut(contact) else {
+                return Ok(None);
+            };
+            let pair = c.pair.clone();
+            let me = self.identity.public;
+            let state = c.inbound.entry(period).or_insert_with(|| BoxState {
+                dropbox: pair.dropbox(contact, &me, period),
+                confirmed: 0,
+                received: BTreeSet::new(),
+            });
+            let entry = topo
+                .node(&self.entry.identity)
+                .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+            let mut rng = rand::rng();
+            let mut surbs = Vec::with_capacity(FETCH_SURBS);
+            let mut keys = Vec::with_capacity(FETCH_SURBS);
+            for _ in 0..FETCH_SURBS {
+                let mut route = mix_route(&topo)?;
+                route.push(entry.hop());
+                let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(&topo));
+                let mut identifier = [0u8; 16];
+                rng.fill_bytes(&mut identifier);
+                identifier[0] |= 1; // non-zero: marks a reply at the gateway
+                let (surb, key) =
+                    packet::build_surb(&mut rng, &route, &self.address, identifier, &delays)
+                        .map_err(|e| Error::Config(e.to_string()))?;
+                surbs.push(surb);
+                keys.push((identifier, key));
+            }
+            let req = FetchRequest::new_signed(
+                &state.dropbox,
+                state.confirmed,
+                now_ms(),
+                topo.epoch,
+                surbs,
+            );
+            (Request::Fetch(req), keys)
+        };
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|_, p| p.created.elapsed() < PENDING_TTL);
+            if pending.len() + keys.len() > MAX_PENDING {
+                return Ok(None);
+            }
+            for (id, key) in keys {
+                pending.insert(
+                    id,
+                    Pending {
+                        key,
+                        contact: *contact,
+                        period,
+                        created: Instant::now(),
+                    },
+                );
+            }
+        }
+        let bytes = request.encode().map_err(|e| Error::Config(e.to_string()))?;
+        let dropbox = {
+            let contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+            contacts
+                .get(contact)
+                .map(|c| c.pair.dropbox(contact, &self.identity.public, period))
+        };
+        let Some(dropbox) = dropbox else {
+            return Ok(None);
+        };
+        self.packet_to_box(&dropbox, &bytes).map(Some)
+    }
+
+    /// A reply arrived from our entry gateway.
+    fn on_delivery(&self, identifier: [u8; 16], payload: &[u8]) {
+        let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&identifier)
+        else {
+            return;
+        };
+        let Ok(reply) = packet::open_reply(&p.key, payload).and_then(|b| FetchReply::decode(&b))
+        else {
+            tracing::debug!("undecodable fetch reply");
+            return;
+        };
+        let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = contacts.get_mut(&p.contact) else {
+            return;
+        };
+        let Some(state) = c.inbound.get_mut(&p.period) else {
+            return;
+        };
+        if let Some((seq, ct)) = &reply.message
+            && *seq > state.confirmed
+            && !state.received.contains(seq)
+        {
+            let handed_over = match open(&state.dropbox, ct) {
+                Some(env) if env.len() >= ENVELOPE_HEADER && env[0] == ENVELOPE_VERSION => {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(&env[1..17]);
+                    let fresh = self
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id);
+                    if !fresh {
+                        true
+                    } else {
+                        let r = Received {
+                            from: ContactId(p.contact),
+                            body: env[ENVELOPE_HEADER..].to_vec(),
+                        };
+                        match self.inbox.try_send(r) {
+                            Ok(()) => true,
+                            Err(_) => {
+                                // Application not keeping up: leave it unconfirmed, it comes again.
+                                self.seen
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .set
+                                    .remove(&id);
+                                false
+                            }
+                        }
+                    }
+                }
+                // Not ours to read (someone wrote junk into the box): confirm it away.
+                _ => true,
+            };
+            if handed_over {
+                state.received.insert(*seq);
+            }
+        }
+        // Confirm the longest prefix of this answer we hold.
+        let mut seqs = reply.seqs.clone();
+        seqs.sort_unstable();
+        for s in seqs {
+            if s <= state.confirmed || state.received.contains(&s) {
+                state.confirmed = state.confirmed.max(s);
+            } else {
+                break;
+            }
+        }
+        let confirmed = state.confirmed;
+        state.received.retain(|s| *s > confirmed);
+    }
+
+    async fn dial(self: &Arc<Self>) -> Result<quinn::Connection, Error> {
+        let addr = self
+            .entry
+            .client_socket_addr()
+            .ok_or_else(|| Error::NoRoute("entry gateway has no client address".into()))?;
+        let bind = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let endpoint =
+            net::link::client_endpoint(bind.parse().map_err(|_| Error::Config("bind".into()))?)?;
+        let conn = net::link::connect(&endpoint, self.entry.identity, addr).await?;
+        let me = self.clone();
+        let sink = move |f: Frame<'_>, _: &quinn::Connection| {
+            if let Some((id, payload)) = f.delivery() {
+                me.on_delivery(id, payload);
+            }
+        };
+        let c = conn.clone();
+        tokio::spawn(async move {
+            net::link::serve_connection(
+                c,
+                Arc::new(sink),
+                LinkMetrics::unregistered(),
+                &LinkConfig::default(),
+            )
+            .await;
+        });
+        Ok(conn)
+    }
+}
+
+/// Resolves once the client is told to stop.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Owns the gateway connection: subscribes, writes frames, reconnects with backoff.
+async fn connection_task(
+    inner: Arc<Inner>,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    first: quinn::Connection,
+) {
+    let mut stop = inner.stop.subscribe();
+    let mut conn = Some(first);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match inner.dial().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach entry gateway; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut stop) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            },
+        };
+        let Ok(mut send) = c.open_uni().await else {
+            continue;
+        };
+        let Ok(sub) = frame::encode(FrameKind::Subscribe, 0, &inner.address) else {
+            return;
+        };
+        if send.write_all(&sub).await.is_err() {
+            continue;
+        }
+        backoff = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                f = out.recv() => {
+                    let Some(f) = f else { return };
+                    if send.write_all(&f).await.is_err() {
+                        break;
+                    }
+                }
+                _ = stopped(&mut stop) => {
+                    let _ = send.finish();
+                    c.close(0u8.into(), b"bye");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Fetches every contact's current and previous box each interval.
+async fn fetch_task(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let mut tick = tokio::time::interval(inner.cfg.fetch_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let period = dropbox::period_at(now_ms());
+        let contacts: Vec<[u8; 32]> = inner
+            .contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for c in contacts {
+            for p in [period, period.saturating_sub(1)] {
+                match inner.fetch_frame(&c, p) {
+                    Ok(Some(f)) => {
+                        if inner.out.send(f).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "fetch not sent"),
+                }
+            }
+            // Forget boxes of periods we no longer fetch.
+            if let Some(ct) = inner
+                .contacts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&c)
+            {
+                ct.inbound.retain(|k, _| *k + 1 >= period);
+            }
+        }
+    }
+}
+
+/// Keeps the topology fresh (new epochs bring new Sphinx keys).
+async fn topology_task(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.cfg.topology_refresh) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let last = {
+            let t = inner.topology();
+            Some((t.epoch, t.revision))
+        };
+        match inner.dir.topology(false).await {
+            Ok(s) => match topology::verify_topology(&s, &inner.trust, now_ms(), last) {
+                Ok(doc) => {
+                    *inner.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(doc)
+                }
+                Err(e) => tracing::warn!(error = %e, "topology refused"),
+            },
+            Err(e) => tracing::debug!(error = %e, "topology refresh failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_messages_open_only_with_their_box() {
+        let pair = PairSecret::from_bytes([1; 32]);
+        let a = pair.dropbox(&[1; 32], &[2; 32], 5);
+        let b = pair.dropbox(&[1; 32], &[2; 32], 6);
+        let ct = seal(&a, b"hi").unwrap();
+        assert_eq!(open(&a, &ct).unwrap(), b"hi");
+        assert!(open(&b, &ct).is_none());
+        let mut bad = ct.clone();
+        bad[20] ^= 1;
+        assert!(open(&a, &bad).is_none());
+        assert!(open(&a, &ct[..10]).is_none());
+    }
+
+    #[test]
+    fn the_largest_body_fits_a_stored_message() {
+        let pair = PairSecret::from_bytes([1; 32]);
+        let a = pair.dropbox(&[1; 32], &[2; 32], 5);
+        let env = vec![0u8; ENVELOPE_HEADER + MAX_BODY_LEN];
+        assert_eq!(seal(&a, &env).unwrap().len(), MAX_STORED_LEN);
+    }
+
+    #[test]
+    fn dedupe_memory_is_bounded() {
+        let mut s = Seen {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        };
+        for i in 0..(Seen::CAP as u64 + 10) {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(s.insert(id));
+        }
+        assert_eq!(s.set.len(), Seen::CAP);
+        assert!(!s.insert({
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(Seen::CAP as u64).to_be_bytes());
+            id
+        }));
+    }
+}

@@ -1,0 +1,221 @@
+//! `umbra demo`: a whole network in one process, and two people talking over it.
+
+use crate::testnet::{BoxError, MixNetwork};
+use client_sdk::{Client, Identity, Received};
+use protocol::topology::NetworkParams;
+use rand::Rng;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Messages sent in all (alternating Alice → Bob and Bob → Alice).
+    pub messages: usize,
+    /// Mix nodes per layer.
+    pub per_layer: usize,
+    /// Gateways.
+    pub gateways: usize,
+    /// Mean per-hop delay, milliseconds.
+    pub delay_mean_ms: u64,
+    /// How often clients fetch, milliseconds.
+    pub fetch_interval_ms: u64,
+    /// Time between two sends, milliseconds.
+    pub send_interval_ms: u64,
+    /// Give up waiting after this long.
+    pub timeout: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            messages: 20,
+            per_layer: 2,
+            gateways: 2,
+            delay_mean_ms: 20,
+            fetch_interval_ms: 250,
+            send_interval_ms: 50,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// Messages sent.
+    pub sent: usize,
+    /// Messages that arrived, intact, exactly once.
+    pub delivered: usize,
+    /// Messages that never arrived.
+    pub lost: usize,
+    /// Extra copies handed to an application.
+    pub duplicates: usize,
+    /// Messages that arrived altered or from the wrong contact.
+    pub corrupted: usize,
+    /// Median send-to-receive latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+}
+
+impl DemoReport {
+    /// True if every message arrived exactly once and intact.
+    pub fn ok(&self) -> bool {
+        self.delivered == self.sent && self.duplicates == 0 && self.corrupted == 0
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the demo; `progress` gets one line per event worth showing.
+pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoReport, BoxError> {
+    let params = NetworkParams {
+        mix_delay_mean_ms: opts.delay_mean_ms,
+        ..NetworkParams::default()
+    };
+    progress(&format!(
+        "starting a directory, {} mix nodes ({} per layer) and {} gateways on loopback…",
+        opts.per_layer * 3,
+        opts.per_layer,
+        opts.gateways
+    ));
+    let net = MixNetwork::start(opts.per_layer, opts.gateways, params, 1).await?;
+    let result = talk(&net, &opts, &progress).await;
+    if !result.as_ref().is_ok_and(DemoReport::ok) {
+        progress(&net.diagnostics());
+    }
+    net.stop().await;
+    result
+}
+
+async fn talk(
+    net: &MixNetwork,
+    opts: &DemoOptions,
+    progress: &impl Fn(&str),
+) -> Result<DemoReport, BoxError> {
+    let mut cfg = net.client_config()?;
+    cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms);
+    let gw = |i: usize| {
+        net.gateways
+            .get(i % net.gateways.len())
+            .map(|g| g.node().identity)
+    };
+    let mut a_cfg = cfg.clone();
+    a_cfg.entry_gateway = gw(0);
+    let mut b_cfg = cfg;
+    b_cfg.entry_gateway = gw(1);
+    let (alice, mut alice_inbox) = Client::connect(a_cfg, Identity::generate()).await?;
+    let (bob, mut bob_inbox) = Client::connect(b_cfg, Identity::generate()).await?;
+    let bob_id = alice.add_contact(&bob.invite("bob"))?;
+    let alice_id = bob.add_contact(&alice.invite("alice"))?;
+    progress("alice and bob exchanged invites; each fetches its dropboxes through the mixnet");
+
+    let mut t = Tally::default();
+    let mut rng = rand::rng();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let deadline = started
+        + opts.timeout
+        + Duration::from_millis(opts.send_interval_ms * opts.messages as u64);
+    let mut next_send = Instant::now();
+    loop {
+        if sent == opts.messages && t.got.len() == opts.messages {
+            break;
+        }
+        if Instant::now() > deadline {
+            progress("timed out waiting for the remaining messages");
+            break;
+        }
+        if sent < opts.messages && Instant::now() >= next_send {
+            let from_alice = sent.is_multiple_of(2);
+            let body = format!(
+                "message {} from {}: {:016x}",
+                sent,
+                if from_alice { "alice" } else { "bob" },
+                rng.next_u64()
+            )
+            .into_bytes();
+            if from_alice {
+                t.expected
+                    .insert(body.clone(), (alice.id(), Instant::now()));
+                alice.send(&bob_id, &body).await?;
+            } else {
+                t.expected.insert(body.clone(), (bob.id(), Instant::now()));
+                bob.send(&alice_id, &body).await?;
+            }
+            sent += 1;
+            next_send = Instant::now() + Duration::from_millis(opts.send_interval_ms);
+            continue;
+        }
+        tokio::select! {
+            Some(r) = alice_inbox.recv() => {
+                if t.record(r, alice.id()) { progress(&format!("[{}/{}] delivered to alice", t.got.len(), opts.messages)); }
+            }
+            Some(r) = bob_inbox.recv() => {
+                if t.record(r, bob.id()) { progress(&format!("[{}/{}] delivered to bob", t.got.len(), opts.messages)); }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    // Anything arriving shortly after would be a duplicate: give it a moment.
+    let settle = Instant::now() + Duration::from_millis(opts.fetch_interval_ms * 4);
+    while Instant::now() < settle {
+        tokio::select! {
+            Some(r) = alice_inbox.recv() => { t.record(r, alice.id()); }
+            Some(r) = bob_inbox.recv() => { t.record(r, bob.id()); }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    alice.shutdown();
+    bob.shutdown();
+    t.latencies.sort_by(f64::total_cmp);
+    let delivered = t.got.len();
+    Ok(DemoReport {
+        sent,
+        delivered,
+        lost: sent - delivered,
+        duplicates: t.got.values().map(|n| n - 1).sum(),
+        corrupted: t.corrupted,
+        p50_ms: (percentile(&t.latencies, 0.5) * 10.0).round() / 10.0,
+        p99_ms: (percentile(&t.latencies, 0.99) * 10.0).round() / 10.0,
+    })
+}
+
+/// What arrived, checked against what was sent.
+#[derive(Default)]
+struct Tally {
+    /// body → (sender, sent at)
+    expected: HashMap<Vec<u8>, (client_sdk::ContactId, Instant)>,
+    /// body → copies received
+    got: HashMap<Vec<u8>, usize>,
+    latencies: Vec<f64>,
+    corrupted: usize,
+}
+
+impl Tally {
+    /// Records a message received by `to`; true if it is a first, intact delivery.
+    fn record(&mut self, r: Received, to: client_sdk::ContactId) -> bool {
+        match self.expected.get(&r.body) {
+            Some((from, at)) if *from == r.from && *from != to => {
+                let n = self.got.entry(r.body).or_default();
+                *n += 1;
+                if *n == 1 {
+                    self.latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                }
+                *n == 1
+            }
+            _ => {
+                self.corrupted += 1;
+                false
+            }
+        }
+    }
+}
