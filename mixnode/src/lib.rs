@@ -346,13 +346,29 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         authorities: vec![authority],
         threshold: 1,
     };
-    let first = dir.topology(false).await.map_err(|e| Error::Config {
-        key: "directory_url",
-        reason: format!(
-            "no topology from {} ({e}); is the directory running?",
-            cfg.directory_url
-        ),
-    })?;
+    // The directory may still be starting (same host, same boot): retry for a while.
+    let mut wait = Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let first = loop {
+        match dir.topology(false).await {
+            Ok(t) => break t,
+            Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                return Err(Error::Config {
+                    key: "directory_url",
+                    reason: format!(
+                        "no topology from {} ({e}); is the directory running?",
+                        cfg.directory_url
+                    ),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "directory not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+
     let schedule = topology::verify_topology(&first, &trust, now_ms(), None)
         .map_err(|e| Error::Config {
             key: "authority_key",

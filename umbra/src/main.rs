@@ -101,6 +101,8 @@ enum DirectoryCmd {
     Init(InitArgs),
     /// Start the authority; creates its key (mode 0600) on first run and prints it.
     Run(RunArgs),
+    /// Print the authority's public key (creating the key on first use), for node configs.
+    Key(RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -179,6 +181,14 @@ async fn run(cli: Cli) -> Result<()> {
                 a.config.display(),
                 a.config.display()
             );
+        }
+        Command::Directory(DirectoryCmd::Key(a)) => {
+            let cfg: DirectoryConfig = config::load(&a.config)?;
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| format!("config file {}: key `data_dir`: {e}", a.config.display()))?;
+            let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))
+                .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
         }
         Command::Directory(DirectoryCmd::Run(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
