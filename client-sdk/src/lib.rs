@@ -218,6 +218,7 @@ struct Inner {
     out: mpsc::Sender<Vec<u8>>,
     inbox: mpsc::Sender<Received>,
     stop: watch::Sender<bool>,
+    local_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 fn now_ms() -> u64 {
@@ -286,6 +287,7 @@ impl Client {
             out: out_tx,
             inbox: inbox_tx,
             stop,
+            local_addr: Mutex::new(None),
         });
         // Connect once before returning, so configuration errors surface here.
         let conn = inner.dial().await?;
@@ -375,6 +377,15 @@ impl Client {
         .map_err(|e| Error::Config(e.to_string()))?;
         let frame = self.inner.packet_to_box(&dropbox, &request)?;
         self.inner.out.send(frame).await.map_err(|_| Error::Closed)
+    }
+
+    /// The local UDP address of the connection to the entry gateway.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        *self
+            .inner
+            .local_addr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stops the client's tasks and closes its connection.
@@ -626,6 +637,7 @@ impl Inner {
         let endpoint =
             net::link::client_endpoint(bind.parse().map_err(|_| Error::Config("bind".into()))?)?;
         let conn = net::link::connect(&endpoint, self.entry.identity, addr).await?;
+        *self.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.local_addr().ok();
         let me = self.clone();
         let sink = move |f: Frame<'_>, _: &quinn::Connection| {
             if let Some((id, payload)) = f.delivery() {
