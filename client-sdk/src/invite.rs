@@ -13,7 +13,7 @@ const MAX_NAME: usize = 64;
 pub struct Invite {
     /// The inviter's x25519 public key.
     pub public: [u8; 32],
-    /// A display name the inviter chose (at most 64 bytes, no ':' or newline).
+    /// A display name the inviter chose (at most 64 characters, no ':' or control characters).
     pub name: String,
 }
 
@@ -46,10 +46,14 @@ impl FromStr for Invite {
         if name.len() > MAX_NAME * 4 {
             return Err(Error::InvalidInvite("name too long".into()));
         }
-        Ok(Self {
-            public,
-            name: name.to_string(),
-        })
+        // Names come from strangers: no control characters (terminal
+        // escapes), no separators, bounded length.
+        let name = name
+            .chars()
+            .filter(|c| *c != ':' && !c.is_control())
+            .take(MAX_NAME)
+            .collect();
+        Ok(Self { public, name })
     }
 }
 

@@ -80,6 +80,9 @@ pub struct ClientConfig {
     pub topology_refresh: Duration,
     /// Messages buffered for the application.
     pub inbox_capacity: usize,
+    /// On connecting (and for a newly added contact), fetch the boxes of this
+    /// many past periods (hours), to collect what arrived while offline.
+    pub catch_up_periods: u64,
 }
 
 impl ClientConfig {
@@ -95,6 +98,7 @@ impl ClientConfig {
             fetch_interval: Duration::from_secs(5),
             topology_refresh: Duration::from_secs(60),
             inbox_capacity: 1024,
+            catch_up_periods: 24,
         })
     }
 }
@@ -163,12 +167,16 @@ struct BoxState {
     confirmed: u64,
     /// Received seqs above `confirmed`.
     received: BTreeSet<u64>,
+    /// The box may hold more: keep fetching it (true until a reply says otherwise).
+    more: bool,
 }
 
 struct Contact {
     name: String,
     pair: PairSecret,
     inbound: HashMap<u64, BoxState>,
+    /// Past periods were fetched once since the contact was added or we connected.
+    caught_up: bool,
 }
 
 struct Pending {
@@ -228,10 +236,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A connected client. Cheap to clone.
+/// A connected client. Cheap to clone; when the last clone is dropped the
+/// client shuts down.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    _guard: Arc<StopOnDrop>,
+}
+
+/// Stops the background tasks when the last [`Client`] handle goes away.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// Receives the messages contacts send.
@@ -294,7 +313,14 @@ impl Client {
         tokio::spawn(connection_task(inner.clone(), out_rx, conn));
         tokio::spawn(fetch_task(inner.clone()));
         tokio::spawn(topology_task(inner.clone()));
-        Ok((Client { inner }, inbox_rx))
+        let guard = Arc::new(StopOnDrop(inner.stop.clone()));
+        Ok((
+            Client {
+                inner,
+                _guard: guard,
+            },
+            inbox_rx,
+        ))
     }
 
     /// This client's identity's public key.
@@ -328,6 +354,7 @@ impl Client {
                     name: inv.name,
                     pair,
                     inbound: HashMap::new(),
+                    caught_up: false,
                 },
             );
         Ok(ContactId(inv.public))
@@ -487,6 +514,7 @@ impl Inner {
                 dropbox: pair.dropbox(contact, &me, period),
                 confirmed: 0,
                 received: BTreeSet::new(),
+                more: true,
             });
             let entry = topo
                 .node(&self.entry.identity)
@@ -610,6 +638,7 @@ impl Inner {
                 state.received.insert(*seq);
             }
         }
+        state.more = !reply.seqs.is_empty() || reply.remaining > 0;
         // Confirm the longest prefix of this answer we hold.
         let mut seqs = reply.seqs.clone();
         seqs.sort_unstable();
@@ -734,8 +763,30 @@ async fn fetch_task(inner: Arc<Inner>) {
             .keys()
             .copied()
             .collect();
+        let catch_up = inner.cfg.catch_up_periods.max(2);
         for c in contacts {
-            for p in [period, period.saturating_sub(1)] {
+            // Current and previous period always; older ones once after
+            // connecting, and then while they still hold messages.
+            let periods: Vec<u64> = {
+                let mut cs = inner.contacts.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(ct) = cs.get_mut(&c) else { continue };
+                let oldest = period.saturating_sub(catch_up - 1);
+                let mut ps: Vec<u64> = if ct.caught_up {
+                    ct.inbound
+                        .iter()
+                        .filter(|(k, s)| s.more && **k >= oldest)
+                        .map(|(k, _)| *k)
+                        .collect()
+                } else {
+                    (oldest..=period).collect()
+                };
+                ct.caught_up = true;
+                ps.extend([period, period.saturating_sub(1)]);
+                ps.sort_unstable();
+                ps.dedup();
+                ps
+            };
+            for p in periods {
                 match inner.fetch_frame(&c, p) {
                     Ok(Some(f)) => {
                         if inner.out.send(f).await.is_err() {
@@ -753,7 +804,8 @@ async fn fetch_task(inner: Arc<Inner>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .get_mut(&c)
             {
-                ct.inbound.retain(|k, _| *k + 1 >= period);
+                ct.inbound
+                    .retain(|k, s| *k + 1 >= period || (s.more && *k + catch_up > period));
             }
         }
     }
@@ -763,8 +815,12 @@ async fn fetch_task(inner: Arc<Inner>) {
 async fn topology_task(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     loop {
+        // Refresh periodically, and right after each epoch begins: the new
+        // epoch brings new Sphinx keys and a new layer assignment.
+        let to_epoch =
+            Duration::from_millis(inner.topology().schedule.until_next_ms(now_ms()) + 1_000);
         tokio::select! {
-            _ = tokio::time::sleep(inner.cfg.topology_refresh) => {}
+            _ = tokio::time::sleep(inner.cfg.topology_refresh.min(to_epoch)) => {}
             _ = stopped(&mut stop) => return,
         }
         let last = {

@@ -108,8 +108,16 @@ impl Directory {
         let now_epoch = schedule.epoch_at(now_ms());
         let mut state = Descriptors::default();
         for signed in store.all()? {
-            if let Ok(d) = topology::verify_descriptor(&signed, now_epoch) {
-                state.descriptors.insert(d.identity, (d, signed));
+            match topology::verify_descriptor(&signed, now_epoch) {
+                Ok(d) => {
+                    state.descriptors.insert(d.identity, (d, signed));
+                }
+                // Stale since we last ran: forget it.
+                Err(_) => {
+                    if let Ok(d) = signed.parse_unverified::<NodeDescriptor>() {
+                        let _ = store.delete(&d.identity);
+                    }
+                }
             }
         }
         let registry = Registry::new();

@@ -82,7 +82,7 @@ impl Default for GatewayConfig {
             client_rate_pps: 200.0,
             client_burst: 400.0,
             max_clients: 10_000,
-            client_queue: 1024,
+            client_queue: 64,
             dropbox_ttl_secs: 7 * 24 * 3600,
             dropbox_max_messages: 10_000,
             storage_max_bytes: 1 << 30,

@@ -171,13 +171,12 @@ fn client_frame(shared: &Arc<Shared>, node: &NodeRef, f: Frame<'_>, conn: &quinn
                 node.metrics().drop("malformed");
                 return;
             };
-            // Clients may only enter at layer 1: skipping layers would shorten their route.
+            // Clients enter at a mix node, never straight at a gateway. (Not
+            // "layer 1 only": layers reshuffle each epoch and a client's
+            // topology may be a moment behind ours.)
             let entry_ok = node
                 .topology()
-                .and_then(|t| {
-                    t.node(&first_hop)
-                        .map(|n| n.role == Role::Mix && n.layer == 1)
-                })
+                .and_then(|t| t.node(&first_hop).map(|n| n.role == Role::Mix))
                 .unwrap_or(false);
             if !entry_ok {
                 node.metrics().drop("bad_first_hop");
@@ -232,7 +231,9 @@ impl Gateway {
         self.expiry.abort();
         self.node.shutdown().await;
         // The storage thread commits what it holds, then stops.
-        let _ = self.shared.storage.send(Op::Stop);
+        if self.shared.storage.send(Op::Stop).is_ok() {
+            self.shared.metrics.storage_queue.inc();
+        }
         if let Some(t) = self.storage_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -298,16 +299,19 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
         Arc::new(move |f: Frame<'_>, c: &quinn::Connection| {
             client_frame(&sink_shared, &handle, f, c)
         }),
-        LinkMetrics::unregistered(),
+        LinkMetrics::with_prefix(&registry, "umbra_gateway_client"),
         client_cfg,
     ));
 
     let expire_tx = shared.storage.clone();
+    let expire_metrics = shared.metrics.clone();
     let expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let _ = expire_tx.try_send(Op::Expire);
+            if expire_tx.try_send(Op::Expire).is_ok() {
+                expire_metrics.storage_queue.inc();
+            }
         }
     });
     tracing::info!("gateway running");

@@ -119,6 +119,11 @@ impl NodeRef {
     }
 }
 
+/// How long into a new epoch the previous epoch's key still peels packets
+/// (beyond three maximal delays): clients refresh their topology around the
+/// boundary, and packets already in flight must still get through.
+pub const KEY_GRACE_MS: u64 = 120_000;
+
 /// A running mix node.
 pub type Mixnode = Node;
 
@@ -198,7 +203,7 @@ impl Node {
 fn sphinx_key(epoch: u64, cfg: &MixnodeConfig, schedule: &EpochSchedule) -> EpochKey {
     let (secret, _) = protocol::packet::sphinx_keypair(&mut rand::rng());
     // A key serves its epoch plus the grace period for packets in flight.
-    let lifetime_s = schedule.length_ms / 1000 + 3 * cfg.max_delay_ms / 1000 + 60;
+    let lifetime_s = schedule.length_ms / 1000 + (3 * cfg.max_delay_ms + KEY_GRACE_MS) / 1000;
     let cache = ReplayCache::for_rate(
         cfg.replay_max_pps,
         lifetime_s,
@@ -507,7 +512,7 @@ async fn maintain(
     registered: bool,
 ) {
     let period = Duration::from_secs(control.cfg.topology_refresh_secs.max(1));
-    let grace_ms = 3 * control.cfg.max_delay_ms + 5_000;
+    let grace_ms = 3 * control.cfg.max_delay_ms + KEY_GRACE_MS;
     // `None` until a registration succeeds: retried every round until then.
     let mut registered_epoch = registered.then(|| schedule.epoch_at(now_ms()));
     let mut last_refresh = tokio::time::Instant::now();

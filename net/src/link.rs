@@ -69,7 +69,12 @@ pub struct LinkMetrics {
 impl LinkMetrics {
     /// Creates the counters and registers them in `registry`.
     pub fn new(registry: &Registry) -> Self {
-        let m = Self::unregistered();
+        Self::with_prefix(registry, "umbra_link")
+    }
+
+    /// Creates the counters named `<prefix>_*` and registers them in `registry`.
+    pub fn with_prefix(registry: &Registry, prefix: &str) -> Self {
+        let m = Self::named(prefix);
         for c in [
             Box::new(m.frames_in.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.frames_out.clone()),
@@ -86,33 +91,41 @@ impl LinkMetrics {
 
     /// Counters not attached to any registry (tests, tools).
     pub fn unregistered() -> Self {
-        let c = |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|_| unreachable_metric());
-        Self {
-            frames_in: c("umbra_link_frames_in_total", "Well-formed frames received"),
-            frames_out: c("umbra_link_frames_out_total", "Frames written to peers"),
+        Self::named("umbra_link")
+    }
+
+    fn named(p: &str) -> Self {
+        let c = |n: &str, h: &str| {
+            IntCounter::new(format!("{p}_{n}"), h).unwrap_or_else(|_| unreachable_metric())
+        };
+        let g = |n: &str, h: &str| {
+            IntGauge::new(format!("{p}_{n}"), h).unwrap_or_else(|_| unreachable_metric())
+        };
+        let m = Self {
+            frames_in: c("frames_in_total", "Well-formed frames received"),
+            frames_out: c("frames_out_total", "Frames written to peers"),
             dropped: IntCounterVec::new(
                 Opts::new(
-                    "umbra_link_frames_dropped_total",
+                    format!("{p}_frames_dropped_total"),
                     "Frames dropped at the link layer",
                 ),
                 &["reason"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
-            connect_failures: c(
-                "umbra_link_connect_failures_total",
-                "Failed connection attempts",
-            ),
-            queue_depth: IntGauge::new(
-                "umbra_link_queue_depth",
-                "Frames waiting in outbound queues",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            inbound_connections: IntGauge::new(
-                "umbra_link_inbound_connections",
-                "Open inbound connections",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
+            connect_failures: c("connect_failures_total", "Failed connection attempts"),
+            queue_depth: g("queue_depth", "Frames waiting in outbound queues"),
+            inbound_connections: g("inbound_connections", "Open inbound connections"),
+        };
+        for r in [
+            "malformed",
+            "queue_full",
+            "link_error",
+            "rate_limited",
+            "refused_connection",
+        ] {
+            m.dropped.with_label_values(&[r]);
         }
+        m
     }
 
     fn drop(&self, reason: &str) {
@@ -192,6 +205,7 @@ pub async fn serve(
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             incoming.refuse();
+            metrics.drop("refused_connection");
             continue;
         };
         let sink = sink.clone();

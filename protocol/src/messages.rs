@@ -31,8 +31,8 @@ const STORE: u8 = 1;
 const FETCH: u8 = 2;
 const DROP: u8 = 3;
 
-/// A request to a dropbox gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request to a dropbox gateway. `Debug` shows no box id or capability.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Request {
     /// Store `ciphertext` in `dropbox`.
     Store {
@@ -48,7 +48,8 @@ pub enum Request {
 }
 
 /// An anonymous fetch: a capability and the SURBs to answer through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows no box id or capability.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FetchRequest {
     /// The box.
     pub dropbox: [u8; 32],
@@ -64,6 +65,26 @@ pub struct FetchRequest {
     pub reply_epoch: u64,
     /// SURBs, each [`SURB_LEN`] bytes.
     pub surbs: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FetchRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchRequest")
+            .field("after_seq", &self.after_seq)
+            .field("reply_epoch", &self.reply_epoch)
+            .field("surbs", &self.surbs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Store { ciphertext, .. } => write!(f, "Store({} bytes)", ciphertext.len()),
+            Request::Fetch(r) => r.fmt(f),
+            Request::Drop => f.write_str("Drop"),
+        }
+    }
 }
 
 impl FetchRequest {
@@ -129,6 +150,13 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
+    }
+    fn end(&self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Decode("trailing bytes".into()))
+        }
     }
     fn u8(&mut self) -> Result<u8, Error> {
         Ok(self.take(1)?[0])
@@ -200,9 +228,11 @@ impl Request {
                 if len > MAX_STORED_LEN {
                     return Err(Error::Decode("stored message too long".into()));
                 }
+                let ciphertext = r.take(len)?.to_vec();
+                r.end()?;
                 Ok(Request::Store {
                     dropbox,
-                    ciphertext: r.take(len)?.to_vec(),
+                    ciphertext,
                 })
             }
             FETCH => {
@@ -219,6 +249,7 @@ impl Request {
                 let surbs = (0..n)
                     .map(|_| r.take(SURB_LEN).map(<[u8]>::to_vec))
                     .collect::<Result<_, _>>()?;
+                r.end()?;
                 Ok(Request::Fetch(FetchRequest {
                     dropbox,
                     capability,
