@@ -29,6 +29,10 @@ pub struct LinkConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Under load, how long an outbound link waits to gather more frames
+    /// into one write. Only applies when frames are already queued, so an
+    /// idle link adds no latency.
+    pub coalesce: Duration,
     /// Inbound frames per second allowed per connection (token bucket); `None` = unlimited.
     pub inbound_rate: Option<f64>,
     /// Burst size of the inbound token bucket.
@@ -45,6 +49,7 @@ impl Default for LinkConfig {
             backoff_max: Duration::from_secs(10),
             inbound_rate: None,
             inbound_burst: 0.0,
+            coalesce: Duration::from_millis(1),
         }
     }
 }
@@ -411,11 +416,18 @@ async fn peer_task(
             };
             let mut n = 1;
             buf.extend_from_slice(&f);
+            let mut waited = false;
             while buf.len() < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(f) => {
                         buf.extend_from_slice(&f);
                         n += 1;
+                    }
+                    // Under load, wait a moment for more frames: one write of
+                    // many frames costs far less than many writes of one.
+                    Err(_) if !waited && !cfg.coalesce.is_zero() && n > 1 => {
+                        waited = true;
+                        tokio::time::sleep(cfg.coalesce).await;
                     }
                     Err(_) => break,
                 }

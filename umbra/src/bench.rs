@@ -23,6 +23,8 @@ pub struct MixnodeBench {
     pub packets: usize,
     /// Packets the node dropped (any reason) during the forwarding run.
     pub dropped: u64,
+    /// Frames per second QUIC alone carries sender → receiver (no mix node).
+    pub link_pps: f64,
 }
 
 fn cores() -> usize {
@@ -87,6 +89,12 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
         c.max_delay_ms = 0;
         c.worker_queue = packets + 1024;
+        if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+        {
+            c.workers = w;
+        }
     })
     .await?;
     let topo = net.topology().await?;
@@ -134,27 +142,7 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         )?;
     }
     let target = node_packets.len() as u64;
-    let start = Instant::now();
-    inj.send_raw(&frames).await?;
-    let mut last = (0u64, Instant::now());
-    loop {
-        let got = net.receiver.frames.load(Ordering::Relaxed);
-        if got >= target {
-            break;
-        }
-        if got != last.0 {
-            last = (got, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(5) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let got = net.receiver.frames.load(Ordering::Relaxed);
-    let elapsed = if got >= target {
-        start.elapsed()
-    } else {
-        last.1 - start
-    };
+    let (got, elapsed) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
     let pps = got as f64 / elapsed.as_secs_f64();
     let m = node.metrics();
     let dropped = [
@@ -169,6 +157,14 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     .map(|r| m.dropped(r))
     .sum();
     inj.close().await;
+
+    // The same frames straight to the receiver: what QUIC alone carries here.
+    let mut direct = Injector::connect(recv.identity, recv.socket_addr()?).await?;
+    let base = net.receiver.frames.load(Ordering::Relaxed);
+    let (link_got, link_elapsed) =
+        push(&mut direct, &frames, &net.receiver.frames, base + target).await?;
+    let link_pps = (link_got - base) as f64 / link_elapsed.as_secs_f64();
+    direct.close().await;
     net.stop().await;
     Ok(MixnodeBench {
         raw_unwrap_pps: raw,
@@ -177,5 +173,30 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         cores: cores(),
         packets,
         dropped,
+        link_pps,
     })
+}
+
+/// Writes `frames` and waits until `counter` reaches `target` (or stalls 5 s).
+async fn push(
+    inj: &mut Injector,
+    frames: &[u8],
+    counter: &std::sync::atomic::AtomicU64,
+    target: u64,
+) -> Result<(u64, Duration), BoxError> {
+    let start = Instant::now();
+    inj.send_raw(frames).await?;
+    let mut last = (0u64, Instant::now());
+    loop {
+        let got = counter.load(Ordering::Relaxed);
+        if got >= target {
+            return Ok((got, start.elapsed()));
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(5) {
+            return Ok((got, last.1 - start));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -317,8 +317,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Mixnode { packets, json }) => {
             let r = umbra::bench::mixnode(packets, !json).await?;
             println!(
-                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s\nratio: {:.3}  ({} packets, {} dropped)",
-                r.raw_unwrap_pps, r.cores, r.mixnode_pps, r.ratio, r.packets, r.dropped
+                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s",
+                r.raw_unwrap_pps, r.cores, r.mixnode_pps, r.ratio, r.packets, r.dropped, r.link_pps
             );
             if json {
                 println!(
