@@ -25,6 +25,8 @@ pub struct MixnodeBench {
     pub dropped: u64,
     /// Frames per second QUIC alone carries sender → receiver (no mix node).
     pub link_pps: f64,
+    /// Mean time the node's workers spent peeling one packet, µs.
+    pub peel_us: f64,
 }
 
 fn cores() -> usize {
@@ -145,6 +147,8 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     let (got, elapsed) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
     let pps = got as f64 / elapsed.as_secs_f64();
     let m = node.metrics();
+    let peel_us =
+        m.processing.get_sample_sum() / m.processing.get_sample_count().max(1) as f64 * 1e6;
     let dropped = [
         "malformed",
         "replay",
@@ -174,6 +178,7 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         packets,
         dropped,
         link_pps,
+        peel_us,
     })
 }
 
