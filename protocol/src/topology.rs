@@ -113,7 +113,7 @@ pub struct NetworkParams {
 impl Default for NetworkParams {
     fn default() -> Self {
         Self {
-            mix_delay_mean_ms: 50,
+            mix_delay_mean_ms: 400,
             max_delay_ms: 10_000,
             lambda_payload: 5.0,
             lambda_loop: 1.0,
@@ -284,6 +284,23 @@ impl TopologyDocument {
         }
         Ok(())
     }
+}
+
+/// Picks one mix node per layer, each uniformly at random among its layer.
+pub fn choose_mix_route<'a, R: rand::Rng + ?Sized>(
+    doc: &'a TopologyDocument,
+    rng: &mut R,
+) -> Result<Vec<&'a TopologyNode>, Error> {
+    (1..=LAYERS)
+        .map(|l| {
+            let nodes: Vec<&TopologyNode> = doc.layer(l).collect();
+            if nodes.is_empty() {
+                return Err(Error::Rejected(format!("layer {l} is empty")));
+            }
+            let i = rand::RngExt::random_range(rng, 0..nodes.len());
+            Ok(nodes[i])
+        })
+        .collect()
 }
 
 /// Places mix nodes in layers 1..=3 as a function of the epoch and their ids

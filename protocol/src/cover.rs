@@ -1,0 +1,190 @@
+//! Loopix cover-traffic scheduling, sans-IO: times are arguments (seconds as
+//! `f64` since any origin), randomness comes from the caller's RNG.
+//!
+//! A client emits only at the ticks of a Poisson process of rate λ_P; at each
+//! tick it sends its oldest queued real packet, or else a drop-cover packet.
+//! Loops run as their own Poisson process of rate λ_L. Because the tick times
+//! never depend on whether real packets are queued, an observer of the send
+//! times learns nothing about when the user is active.
+
+use rand::Rng;
+use rand_distr::{Distribution, Exp};
+use std::collections::VecDeque;
+
+/// A Poisson process: exponential gaps of mean 1/rate.
+#[derive(Debug, Clone)]
+pub struct Poisson {
+    exp: Option<Exp<f64>>,
+    next: f64,
+}
+
+impl Poisson {
+    /// A process of `rate` events per second starting at `now`; a rate of zero never fires.
+    pub fn new<R: Rng + ?Sized>(rate: f64, now: f64, rng: &mut R) -> Self {
+        let exp = (rate > 0.0 && rate.is_finite())
+            .then(|| Exp::new(rate).ok())
+            .flatten();
+        let mut p = Self {
+            exp,
+            next: f64::INFINITY,
+        };
+        p.next = p.after(now, rng);
+        p
+    }
+
+    fn after<R: Rng + ?Sized>(&self, t: f64, rng: &mut R) -> f64 {
+        match &self.exp {
+            Some(e) => t + e.sample(rng),
+            None => f64::INFINITY,
+        }
+    }
+
+    /// When the next event is due.
+    pub fn next_at(&self) -> f64 {
+        self.next
+    }
+
+    /// If an event is due at `now`, consumes it and returns its time.
+    pub fn poll<R: Rng + ?Sized>(&mut self, now: f64, rng: &mut R) -> Option<f64> {
+        if self.next > now {
+            return None;
+        }
+        let at = self.next;
+        self.next = self.after(at, rng);
+        Some(at)
+    }
+}
+
+/// What a client sends at a tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emission<T> {
+    /// A queued real packet (message fragment, ack, receipt, fetch).
+    Real(T),
+    /// A drop-cover packet to a random gateway.
+    DropCover,
+    /// A loop-cover packet back to the client itself.
+    Loop,
+}
+
+/// A client's outgoing stream: the payload process (real or drop cover) and
+/// the loop process. With `cover` off (evaluation only) real packets leave
+/// the moment they are queued and nothing else is sent.
+#[derive(Debug, Clone)]
+pub struct ClientStream<T> {
+    payload: Poisson,
+    loops: Poisson,
+    queue: VecDeque<T>,
+    capacity: usize,
+    cover: bool,
+}
+
+impl<T> ClientStream<T> {
+    /// A stream with rates λ_P and λ_L, holding at most `capacity` queued real packets.
+    pub fn new<R: Rng + ?Sized>(
+        lambda_payload: f64,
+        lambda_loop: f64,
+        capacity: usize,
+        cover: bool,
+        now: f64,
+        rng: &mut R,
+    ) -> Self {
+        Self {
+            payload: Poisson::new(lambda_payload, now, rng),
+            loops: Poisson::new(if cover { lambda_loop } else { 0.0 }, now, rng),
+            queue: VecDeque::new(),
+            capacity,
+            cover,
+        }
+    }
+
+    /// Queues a real packet; gives it back if the queue is full.
+    pub fn push(&mut self, packet: T) -> Result<(), T> {
+        if self.queue.len() >= self.capacity {
+            return Err(packet);
+        }
+        self.queue.push_back(packet);
+        Ok(())
+    }
+
+    /// Real packets waiting for a tick.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the next emission is due (for the caller's timer).
+    pub fn next_at(&self) -> f64 {
+        if !self.cover {
+            return if self.queue.is_empty() {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            };
+        }
+        self.payload.next_at().min(self.loops.next_at())
+    }
+
+    /// The next emission due at or before `now`, with its scheduled time.
+    pub fn poll<R: Rng + ?Sized>(&mut self, now: f64, rng: &mut R) -> Option<(f64, Emission<T>)> {
+        if !self.cover {
+            return self.queue.pop_front().map(|p| (now, Emission::Real(p)));
+        }
+        if self.loops.next_at() <= self.payload.next_at()
+            && let Some(at) = self.loops.poll(now, rng)
+        {
+            return Some((at, Emission::Loop));
+        }
+        let at = self.payload.poll(now, rng)?;
+        Some((
+            at,
+            match self.queue.pop_front() {
+                Some(p) => Emission::Real(p),
+                None => Emission::DropCover,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn ticks_do_not_depend_on_real_traffic() {
+        // Same seed, one stream idle, one with a burst: identical send times.
+        let mut r1 = ChaCha20Rng::seed_from_u64(1);
+        let mut r2 = ChaCha20Rng::seed_from_u64(1);
+        let mut idle: ClientStream<u32> = ClientStream::new(5.0, 1.0, 100, true, 0.0, &mut r1);
+        let mut busy: ClientStream<u32> = ClientStream::new(5.0, 1.0, 100, true, 0.0, &mut r2);
+        for i in 0..20 {
+            busy.push(i).unwrap();
+        }
+        let (mut t1, mut t2, mut real) = (vec![], vec![], 0);
+        for step in 0..2000 {
+            let now = step as f64 * 0.01;
+            while let Some((at, _)) = idle.poll(now, &mut r1) {
+                t1.push(at);
+            }
+            while let Some((at, e)) = busy.poll(now, &mut r2) {
+                t2.push(at);
+                real += matches!(e, Emission::Real(_)) as usize;
+            }
+        }
+        assert_eq!(t1, t2);
+        assert_eq!(real, 20);
+        let rate = t1.len() as f64 / 20.0;
+        assert!((rate - 6.0).abs() < 0.8, "rate {rate}");
+    }
+
+    #[test]
+    fn without_cover_only_real_packets_leave() {
+        let mut r = ChaCha20Rng::seed_from_u64(2);
+        let mut s: ClientStream<u32> = ClientStream::new(5.0, 1.0, 2, false, 0.0, &mut r);
+        assert!(s.poll(100.0, &mut r).is_none());
+        s.push(1).unwrap();
+        s.push(2).unwrap();
+        assert_eq!(s.push(3), Err(3), "bounded queue");
+        assert_eq!(s.poll(1.0, &mut r), Some((1.0, Emission::Real(1))));
+    }
+}
