@@ -120,9 +120,19 @@ struct Flight {
     dist: Vec<f64>,
 }
 
-#[derive(Debug, PartialEq, PartialOrd)]
+#[derive(Debug)]
 struct At(f64);
+impl PartialEq for At {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
 impl Eq for At {}
+impl PartialOrd for At {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for At {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0)
