@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dirclient;
+pub mod faults;
 pub mod identity;
 pub mod link;
 pub mod metrics;

@@ -186,14 +186,14 @@ pub fn bind(
     identity: &ed25519_dalek::SigningKey,
 ) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    quinn::Endpoint::server(tls::server_config(identity)?, addr)
+    crate::faults::endpoint(addr, Some(tls::server_config(identity)?))
         .map_err(|source| Error::Bind { addr, source })
 }
 
 /// A client-only endpoint on an ephemeral loopback or wildcard port.
 pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    quinn::Endpoint::client(bind_addr).map_err(|source| Error::Bind {
+    crate::faults::endpoint(bind_addr, None).map_err(|source| Error::Bind {
         addr: bind_addr,
         source,
     })

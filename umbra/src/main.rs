@@ -47,6 +47,10 @@ enum Command {
         /// Mean per-hop mixing delay, milliseconds.
         #[arg(long, default_value_t = 20)]
         delay_ms: u64,
+        /// DANGEROUS, evaluation only: drop this fraction of the datagrams on
+        /// every link of the demo network (QUIC retransmits them).
+        #[arg(long, default_value_t = 0.0)]
+        link_loss: f64,
         /// End with one JSON line: {"sent","delivered","lost","p50_ms","p99_ms"}.
         #[arg(long)]
         json: bool,
@@ -316,8 +320,20 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             messages,
             delay_ms,
+            link_loss,
             json,
         } => {
+            if !(0.0..1.0).contains(&link_loss) {
+                return Err("--link-loss must be in [0, 1)".into());
+            }
+            if link_loss > 0.0 {
+                net::faults::dangerous_set_link_faults(Some(net::faults::LinkFaults {
+                    loss: link_loss,
+                    duplicate: 0.0,
+                    reorder: 0.0,
+                    seed: 1,
+                }));
+            }
             let opts = umbra::demo::DemoOptions {
                 messages,
                 delay_mean_ms: delay_ms,
