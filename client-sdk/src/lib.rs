@@ -10,6 +10,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use net::dirclient::DirectoryClient;
 use net::link::{LinkConfig, LinkMetrics};
 use protocol::NodeId;
+use protocol::cover::{ClientStream, Emission};
 use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::messages::{FETCH_SURBS, FetchReply, FetchRequest, MAX_STORED_LEN, Request};
@@ -17,6 +18,7 @@ use protocol::packet::{self, Hop, ReplyKey};
 use protocol::topology::{self, TopologyDocument, TopologyNode, TrustPolicy};
 use rand::{Rng, RngExt};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -63,6 +65,9 @@ pub enum Error {
     /// The client has shut down.
     #[error("client is closed")]
     Closed,
+    /// The send queue is full: the application sends faster than the payload rate (retry later).
+    #[error("send queue full")]
+    Busy,
 }
 
 /// Settings of a client.
@@ -83,6 +88,11 @@ pub struct ClientConfig {
     /// On connecting (and for a newly added contact), fetch the boxes of this
     /// many past periods (hours), to collect what arrived while offline.
     pub catch_up_periods: u64,
+    /// DANGEROUS, evaluation and tests only: send every packet at once with
+    /// no cover traffic. An observer then sees exactly when you are active.
+    pub dangerous_no_cover: bool,
+    /// Real packets (messages and fetches) waiting for a Poisson tick.
+    pub send_queue: usize,
 }
 
 impl ClientConfig {
@@ -99,6 +109,8 @@ impl ClientConfig {
             topology_refresh: Duration::from_secs(60),
             inbox_capacity: 1024,
             catch_up_periods: 24,
+            dangerous_no_cover: false,
+            send_queue: 4096,
         })
     }
 }
@@ -209,6 +221,35 @@ impl Seen {
 }
 
 const MAX_PENDING: usize = 20_000;
+/// A loop not back after this long counts as lost (a broken route, or an n−1 attack).
+const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct CoverCounters {
+    real: AtomicU64,
+    fetches: AtomicU64,
+    drop_cover: AtomicU64,
+    loops_sent: AtomicU64,
+    loops_returned: AtomicU64,
+    loops_lost: AtomicU64,
+}
+
+/// What the client's Poisson stream has sent so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CoverStats {
+    /// Real packets (messages).
+    pub real: u64,
+    /// Fetch requests (sent in place of drop cover).
+    pub fetches: u64,
+    /// Drop-cover packets.
+    pub drop_cover: u64,
+    /// Loops sent.
+    pub loops_sent: u64,
+    /// Loops that came back.
+    pub loops_returned: u64,
+    /// Loops not back within 30 s: a broken route, or someone holding packets (n−1 attack).
+    pub loops_lost: u64,
+}
 const PENDING_TTL: Duration = Duration::from_secs(120);
 
 struct Inner {
@@ -224,6 +265,14 @@ struct Inner {
     pending: Mutex<HashMap<[u8; 16], Pending>>,
     seen: Mutex<Seen>,
     out: mpsc::Sender<Vec<u8>>,
+    /// The Loopix stream: real packets wait here for a payload tick.
+    stream: Mutex<ClientStream<Vec<u8>>>,
+    /// Fetches due, sent in payload ticks that find no real packet.
+    fetches: Mutex<VecDeque<([u8; 32], u64)>>,
+    /// Loops in flight: identifier → sent at.
+    loops: Mutex<HashMap<[u8; 16], Instant>>,
+    cover: CoverCounters,
+    started: Instant,
     inbox: mpsc::Sender<Received>,
     stop: watch::Sender<bool>,
     local_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -289,7 +338,27 @@ impl Client {
         let (out_tx, out_rx) = mpsc::channel(4096);
         let (inbox_tx, inbox_rx) = mpsc::channel(cfg.inbox_capacity.max(1));
         let (stop, _) = watch::channel(false);
+        let params = topo.params;
+        let cover_on = !cfg.dangerous_no_cover;
+        if !cover_on {
+            tracing::warn!(
+                "dangerous_no_cover: sending without cover traffic; never do this for real users"
+            );
+        }
+        let stream = ClientStream::new(
+            params.lambda_payload,
+            params.lambda_loop,
+            cfg.send_queue.max(1),
+            cover_on,
+            0.0,
+            &mut rand::rng(),
+        );
         let inner = Arc::new(Inner {
+            stream: Mutex::new(stream),
+            fetches: Mutex::new(VecDeque::new()),
+            loops: Mutex::new(HashMap::new()),
+            cover: CoverCounters::default(),
+            started: Instant::now(),
             cfg,
             identity,
             address,
@@ -312,6 +381,7 @@ impl Client {
         let conn = inner.dial().await?;
         tokio::spawn(connection_task(inner.clone(), out_rx, conn));
         tokio::spawn(fetch_task(inner.clone()));
+        tokio::spawn(sender_task(inner.clone()));
         tokio::spawn(topology_task(inner.clone()));
         let guard = Arc::new(StopOnDrop(inner.stop.clone()));
         Ok((
@@ -403,7 +473,27 @@ impl Client {
         .encode()
         .map_err(|e| Error::Config(e.to_string()))?;
         let frame = self.inner.packet_to_box(&dropbox, &request)?;
-        self.inner.out.send(frame).await.map_err(|_| Error::Closed)
+        self.inner.enqueue(frame).await
+    }
+
+    /// Counts of the cover stream: what was sent, and which loops came back.
+    pub fn cover_stats(&self) -> CoverStats {
+        let c = &self.inner.cover;
+        let lost = {
+            let mut loops = self.inner.loops.lock().unwrap_or_else(|p| p.into_inner());
+            let before = loops.len();
+            loops.retain(|_, at| at.elapsed() < LOOP_TIMEOUT);
+            (before - loops.len()) as u64
+        };
+        c.loops_lost.fetch_add(lost, Ordering::Relaxed);
+        CoverStats {
+            real: c.real.load(Ordering::Relaxed),
+            fetches: c.fetches.load(Ordering::Relaxed),
+            drop_cover: c.drop_cover.load(Ordering::Relaxed),
+            loops_sent: c.loops_sent.load(Ordering::Relaxed),
+            loops_returned: c.loops_returned.load(Ordering::Relaxed),
+            loops_lost: c.loops_lost.load(Ordering::Relaxed),
+        }
     }
 
     /// The local UDP address of the connection to the entry gateway.
@@ -575,8 +665,85 @@ impl Inner {
         self.packet_to_box(&dropbox, &bytes).map(Some)
     }
 
+    /// Queues a real packet for the next payload tick (or sends it now without cover).
+    async fn enqueue(&self, frame: Vec<u8>) -> Result<(), Error> {
+        if self.cfg.dangerous_no_cover {
+            return self.out.send(frame).await.map_err(|_| Error::Closed);
+        }
+        self.stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(frame)
+            .map_err(|_| Error::Busy)
+    }
+
+    /// A drop-cover packet: a `Drop` request to a random gateway.
+    fn drop_cover_frame(&self) -> Result<Vec<u8>, Error> {
+        let topo = self.topology();
+        let gateways: Vec<&TopologyNode> = topo.gateways().collect();
+        if gateways.is_empty() {
+            return Err(Error::NoRoute("no gateway".into()));
+        }
+        let gw = gateways[rand::rng().random_range(0..gateways.len())];
+        let body = Request::Drop
+            .encode()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        self.packet_via(&topo, gw.hop(), &[0; 32], [0; 16], &body)
+    }
+
+    /// A loop: through the mixnet back to ourselves via our own entry gateway.
+    fn loop_frame(&self) -> Result<Vec<u8>, Error> {
+        let topo = self.topology();
+        let entry = topo
+            .node(&self.entry.identity)
+            .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        id[0] |= 1;
+        let f = self.packet_via(&topo, entry.hop(), &self.address, id, b"loop")?;
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        let before = loops.len();
+        loops.retain(|_, at| at.elapsed() < LOOP_TIMEOUT);
+        self.cover
+            .loops_lost
+            .fetch_add((before - loops.len()) as u64, Ordering::Relaxed);
+        if loops.len() < MAX_PENDING {
+            loops.insert(id, Instant::now());
+        }
+        Ok(f)
+    }
+
+    /// An Inject frame for a packet through one node per layer to `last`.
+    fn packet_via(
+        &self,
+        topo: &TopologyDocument,
+        last: Hop,
+        dest: &[u8; 32],
+        id: [u8; 16],
+        body: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let mut route = mix_route(topo)?;
+        route.push(last);
+        let mut rng = rand::rng();
+        let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(topo));
+        let pkt = packet::build_packet(&mut rng, &route, dest, id, &delays, body)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
     /// A reply arrived from our entry gateway.
     fn on_delivery(&self, identifier: [u8; 16], payload: &[u8]) {
+        if self
+            .loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&identifier)
+            .is_some()
+        {
+            self.cover.loops_returned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(p) = self
             .pending
             .lock()
@@ -786,15 +953,25 @@ async fn fetch_task(inner: Arc<Inner>) {
                 ps.dedup();
                 ps
             };
-            for p in periods {
-                match inner.fetch_frame(&c, p) {
-                    Ok(Some(f)) => {
-                        if inner.out.send(f).await.is_err() {
-                            return;
-                        }
+            if !inner.cfg.dangerous_no_cover {
+                // Fetches ride the payload stream: queue them for idle ticks.
+                let mut q = inner.fetches.lock().unwrap_or_else(|p| p.into_inner());
+                for p in periods {
+                    if !q.contains(&(c, p)) && q.len() < MAX_PENDING {
+                        q.push_back((c, p));
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(error = %e, "fetch not sent"),
+                }
+            } else {
+                for p in periods {
+                    match inner.fetch_frame(&c, p) {
+                        Ok(Some(f)) => {
+                            if inner.out.send(f).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(error = %e, "fetch not sent"),
+                    }
                 }
             }
             // Forget boxes of periods we no longer fetch.
@@ -807,6 +984,73 @@ async fn fetch_task(inner: Arc<Inner>) {
                 ct.inbound
                     .retain(|k, s| *k + 1 >= period || (s.more && *k + catch_up > period));
             }
+        }
+    }
+}
+
+/// Emits the Loopix stream: at each payload tick a queued real packet, else a
+/// due fetch, else drop cover; loops at their own rate. Nothing bypasses it.
+async fn sender_task(inner: Arc<Inner>) {
+    if inner.cfg.dangerous_no_cover {
+        return;
+    }
+    let mut stop = inner.stop.subscribe();
+    loop {
+        let now = inner.started.elapsed().as_secs_f64();
+        let mut emitted = Vec::new();
+        {
+            let mut st = inner.stream.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rng = rand::rng();
+            while let Some((_, e)) = st.poll(now, &mut rng) {
+                emitted.push(e);
+            }
+        }
+        for e in emitted {
+            let frame = match e {
+                Emission::Real(f) => {
+                    inner.cover.real.fetch_add(1, Ordering::Relaxed);
+                    Ok(f)
+                }
+                Emission::DropCover => {
+                    let due = inner
+                        .fetches
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop_front();
+                    match due.map(|(c, p)| inner.fetch_frame(&c, p)) {
+                        Some(Ok(Some(f))) => {
+                            inner.cover.fetches.fetch_add(1, Ordering::Relaxed);
+                            Ok(f)
+                        }
+                        _ => {
+                            inner.cover.drop_cover.fetch_add(1, Ordering::Relaxed);
+                            inner.drop_cover_frame()
+                        }
+                    }
+                }
+                Emission::Loop => {
+                    inner.cover.loops_sent.fetch_add(1, Ordering::Relaxed);
+                    inner.loop_frame()
+                }
+            };
+            match frame {
+                Ok(f) => {
+                    if inner.out.send(f).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cover packet not built"),
+            }
+        }
+        let next = inner
+            .stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_at();
+        let wait = (next - inner.started.elapsed().as_secs_f64()).clamp(0.0, 1.0);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+            _ = stopped(&mut stop) => return,
         }
     }
 }

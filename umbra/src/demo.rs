@@ -77,8 +77,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the demo; `progress` gets one line per event worth showing.
 pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoReport, BoxError> {
+    // A demo wants answers in well under a second: short delays, and a
+    // payload rate high enough that fetching every 250 ms fits in the stream.
     let params = NetworkParams {
         mix_delay_mean_ms: opts.delay_mean_ms,
+        lambda_payload: 50.0,
         ..NetworkParams::default()
     };
     progress(&format!(
@@ -103,6 +106,8 @@ async fn talk(
 ) -> Result<DemoReport, BoxError> {
     let mut cfg = net.client_config()?;
     cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms);
+    // New identities have no backlog to catch up on.
+    cfg.catch_up_periods = 2;
     let gw = |i: usize| {
         net.gateways
             .get(i % net.gateways.len())
