@@ -83,9 +83,37 @@ pub fn sample_delays<R: Rng + ?Sized>(rng: &mut R, hops: usize, mean: Duration) 
         .collect()
 }
 
+/// The route, delays and destination in sphinx-packet's types.
+fn to_sphinx(
+    route: &[Hop],
+    delays: &[Duration],
+    destination: &[u8; DESTINATION_LEN],
+    identifier: [u8; IDENTIFIER_LEN],
+) -> (Vec<Node>, Vec<Delay>, Destination) {
+    let nodes = route
+        .iter()
+        .map(|h| {
+            Node::new(
+                NodeAddressBytes::from_bytes(h.id),
+                PublicKey::from(h.sphinx_key),
+            )
+        })
+        .collect();
+    let delays = delays
+        .iter()
+        .map(|d| Delay::new_from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        .collect();
+    let dest = Destination::new(
+        DestinationAddressBytes::from_bytes(*destination),
+        identifier,
+    );
+    (nodes, delays, dest)
+}
+
 /// Builds one packet for `route`, ending at `destination` with `identifier`,
-/// asking hop `i` to wait `delays[i]`. Randomness comes only from `rng` and
-/// the crate's own padding.
+/// asking hop `i` to wait `delays[i]` (the final hop delivers at once:
+/// sphinx-packet does not carry its delay). Randomness comes only from `rng`
+/// and the crate's own padding.
 pub fn build_packet<R: CryptoRng + ?Sized>(
     rng: &mut R,
     route: &[Hop],
@@ -113,23 +141,7 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
             message.len()
         )));
     }
-    let nodes: Vec<Node> = route
-        .iter()
-        .map(|h| {
-            Node::new(
-                NodeAddressBytes::from_bytes(h.id),
-                PublicKey::from(h.sphinx_key),
-            )
-        })
-        .collect();
-    let sphinx_delays: Vec<Delay> = delays
-        .iter()
-        .map(|d| Delay::new_from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
-        .collect();
-    let dest = Destination::new(
-        DestinationAddressBytes::from_bytes(*destination),
-        identifier,
-    );
+    let (nodes, sphinx_delays, dest) = to_sphinx(route, delays, destination, identifier);
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let initial = StaticSecret::from(seed);
@@ -213,23 +225,7 @@ pub fn build_surb<R: CryptoRng + ?Sized>(
             delays.len()
         )));
     }
-    let nodes: Vec<Node> = route
-        .iter()
-        .map(|h| {
-            Node::new(
-                NodeAddressBytes::from_bytes(h.id),
-                PublicKey::from(h.sphinx_key),
-            )
-        })
-        .collect();
-    let sphinx_delays: Vec<Delay> = delays
-        .iter()
-        .map(|d| Delay::new_from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
-        .collect();
-    let dest = Destination::new(
-        DestinationAddressBytes::from_bytes(*destination),
-        identifier,
-    );
+    let (nodes, sphinx_delays, dest) = to_sphinx(route, delays, destination, identifier);
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let material = sphinx_packet::SURBMaterial::new(
