@@ -81,14 +81,7 @@ impl Metrics {
             registry.register(c).unwrap_or_else(bug);
         }
         // Make every reason visible from the start, at zero.
-        for r in [
-            "malformed",
-            "replay",
-            "unknown_epoch",
-            "unknown_next_hop",
-            "queue_full",
-            "unexpected_final",
-        ] {
+        for r in Self::DROP_REASONS {
             m.dropped.with_label_values(&[r]);
         }
         for q in ["workers", "delay"] {
@@ -100,6 +93,25 @@ impl Metrics {
     /// Counts one dropped packet.
     pub fn drop(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Every reason a node counts a dropped packet under (the last three
+    /// only on gateways).
+    pub const DROP_REASONS: [&'static str; 9] = [
+        "malformed",
+        "replay",
+        "unknown_epoch",
+        "unknown_next_hop",
+        "queue_full",
+        "unexpected_final",
+        "no_client",
+        "bad_first_hop",
+        "too_many_clients",
+    ];
+
+    /// Packets dropped for any reason.
+    pub fn total_dropped(&self) -> u64 {
+        Self::DROP_REASONS.iter().map(|r| self.dropped(r)).sum()
     }
 
     /// Dropped packets with `reason`.

@@ -149,17 +149,7 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     let m = node.metrics();
     let peel_us =
         m.processing.get_sample_sum() / m.processing.get_sample_count().max(1) as f64 * 1e6;
-    let dropped = [
-        "malformed",
-        "replay",
-        "unknown_epoch",
-        "unknown_next_hop",
-        "queue_full",
-        "unexpected_final",
-    ]
-    .iter()
-    .map(|r| m.dropped(r))
-    .sum();
+    let dropped = m.total_dropped();
     inj.close().await;
 
     // The same frames straight to the receiver: what QUIC alone carries here.

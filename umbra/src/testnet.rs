@@ -430,20 +430,8 @@ impl MixNetwork {
 
     /// One line per node with its counters, for when something went wrong.
     pub fn diagnostics(&self) -> String {
-        const REASONS: [&str; 10] = [
-            "malformed",
-            "replay",
-            "unknown_epoch",
-            "unknown_next_hop",
-            "queue_full",
-            "unexpected_final",
-            "no_client",
-            "bad_first_hop",
-            "too_many_clients",
-            "rate_limited",
-        ];
         let drops = |m: &mixnode::Metrics| {
-            REASONS
+            mixnode::Metrics::DROP_REASONS
                 .iter()
                 .filter(|r| m.dropped(r) > 0)
                 .map(|r| format!("{r}={}", m.dropped(r)))
