@@ -10,7 +10,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use net::dirclient::DirectoryClient;
 use net::link::{LinkConfig, LinkMetrics};
 use protocol::NodeId;
-use protocol::cover::{ClientStream, Emission};
+use protocol::cover::{ClientStream, Emission, LoopOutcome, LoopTracker};
 use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::messages::{FETCH_SURBS, FetchReply, FetchRequest, MAX_STORED_LEN, Request};
@@ -221,8 +221,11 @@ impl Seen {
 }
 
 const MAX_PENDING: usize = 20_000;
-/// A loop not back after this long counts as lost (a broken route, or an n−1 attack).
-const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Transport time allowed beyond a loop's sampled delays before it is late.
+const LOOP_SLACK: Duration = Duration::from_secs(2);
+/// A loop this long past its expected return counts as lost (a broken
+/// route, or an n−1 attack).
+const LOOP_LOST_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct CoverCounters {
@@ -231,6 +234,7 @@ struct CoverCounters {
     drop_cover: AtomicU64,
     loops_sent: AtomicU64,
     loops_returned: AtomicU64,
+    loops_late: AtomicU64,
     loops_lost: AtomicU64,
 }
 
@@ -245,9 +249,12 @@ pub struct CoverStats {
     pub drop_cover: u64,
     /// Loops sent.
     pub loops_sent: u64,
-    /// Loops that came back.
+    /// Loops that came back within their expected time (sampled delays + 2 s).
     pub loops_returned: u64,
-    /// Loops not back within 30 s: a broken route, or someone holding packets (n−1 attack).
+    /// Loops that came back later than that: a hop held them.
+    pub loops_late: u64,
+    /// Loops not back 30 s after their expected time: a broken route, or
+    /// someone dropping packets (n−1 attack).
     pub loops_lost: u64,
 }
 const PENDING_TTL: Duration = Duration::from_secs(120);
@@ -270,7 +277,9 @@ struct Inner {
     /// Fetches due, sent in payload ticks that find no real packet.
     fetches: Mutex<VecDeque<([u8; 32], u64)>>,
     /// Loops in flight: identifier → sent at.
-    loops: Mutex<HashMap<[u8; 16], Instant>>,
+    loops: Mutex<LoopTracker>,
+    /// Origin of the loop tracker's clock.
+    clock: Instant,
     cover: CoverCounters,
     started: Instant,
     inbox: mpsc::Sender<Received>,
@@ -356,7 +365,12 @@ impl Client {
         let inner = Arc::new(Inner {
             stream: Mutex::new(stream),
             fetches: Mutex::new(VecDeque::new()),
-            loops: Mutex::new(HashMap::new()),
+            loops: Mutex::new(LoopTracker::new(
+                MAX_PENDING,
+                LOOP_SLACK.as_secs_f64(),
+                LOOP_LOST_AFTER.as_secs_f64(),
+            )),
+            clock: Instant::now(),
             cover: CoverCounters::default(),
             started: Instant::now(),
             cfg,
@@ -479,19 +493,14 @@ impl Client {
     /// Counts of the cover stream: what was sent, and which loops came back.
     pub fn cover_stats(&self) -> CoverStats {
         let c = &self.inner.cover;
-        let lost = {
-            let mut loops = self.inner.loops.lock().unwrap_or_else(|p| p.into_inner());
-            let before = loops.len();
-            loops.retain(|_, at| at.elapsed() < LOOP_TIMEOUT);
-            (before - loops.len()) as u64
-        };
-        c.loops_lost.fetch_add(lost, Ordering::Relaxed);
+        self.inner.expire_loops();
         CoverStats {
             real: c.real.load(Ordering::Relaxed),
             fetches: c.fetches.load(Ordering::Relaxed),
             drop_cover: c.drop_cover.load(Ordering::Relaxed),
             loops_sent: c.loops_sent.load(Ordering::Relaxed),
             loops_returned: c.loops_returned.load(Ordering::Relaxed),
+            loops_late: c.loops_late.load(Ordering::Relaxed),
             loops_lost: c.loops_lost.load(Ordering::Relaxed),
         }
     }
@@ -700,17 +709,27 @@ impl Inner {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         id[0] |= 1;
-        let f = self.packet_via(&topo, entry.hop(), &self.address, id, b"loop")?;
-        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
-        let before = loops.len();
-        loops.retain(|_, at| at.elapsed() < LOOP_TIMEOUT);
+        let (f, delays) = self.packet_via_timed(&topo, entry.hop(), &self.address, id, b"loop")?;
+        self.expire_loops();
+        let now = self.clock.elapsed().as_secs_f64();
+        self.loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sent(id, now, delays.as_secs_f64());
+        Ok(f)
+    }
+
+    /// Counts loops overdue for good as lost.
+    fn expire_loops(&self) {
+        let now = self.clock.elapsed().as_secs_f64();
+        let lost = self
+            .loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(now);
         self.cover
             .loops_lost
-            .fetch_add((before - loops.len()) as u64, Ordering::Relaxed);
-        if loops.len() < MAX_PENDING {
-            loops.insert(id, Instant::now());
-        }
-        Ok(f)
+            .fetch_add(lost as u64, Ordering::Relaxed);
     }
 
     /// An Inject frame for a packet through one node per layer to `last`.
@@ -722,27 +741,53 @@ impl Inner {
         id: [u8; 16],
         body: &[u8],
     ) -> Result<Vec<u8>, Error> {
+        Ok(self.packet_via_timed(topo, last, dest, id, body)?.0)
+    }
+
+    /// [`Self::packet_via`], also returning the delay its hops will add.
+    fn packet_via_timed(
+        &self,
+        topo: &TopologyDocument,
+        last: Hop,
+        dest: &[u8; 32],
+        id: [u8; 16],
+        body: &[u8],
+    ) -> Result<(Vec<u8>, Duration), Error> {
         let mut route = mix_route(topo)?;
         route.push(last);
         let mut rng = rand::rng();
         let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(topo));
         let pkt = packet::build_packet(&mut rng, &route, dest, id, &delays, body)
             .map_err(|e| Error::Config(e.to_string()))?;
-        frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
-            .map_err(|e| Error::Config(e.to_string()))
+        let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))?;
+        // The final hop delivers at once; hops clamp at the network's maximum.
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let total = delays[..delays.len() - 1]
+            .iter()
+            .map(|d| (*d).min(max))
+            .sum();
+        Ok((f, total))
     }
 
     /// A reply arrived from our entry gateway.
     fn on_delivery(&self, identifier: [u8; 16], payload: &[u8]) {
-        if self
+        let now = self.clock.elapsed().as_secs_f64();
+        let outcome = self
             .loops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&identifier)
-            .is_some()
-        {
-            self.cover.loops_returned.fetch_add(1, Ordering::Relaxed);
-            return;
+            .returned(&identifier, now);
+        match outcome {
+            LoopOutcome::OnTime => {
+                self.cover.loops_returned.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            LoopOutcome::Late => {
+                self.cover.loops_late.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            LoopOutcome::Unknown => {}
         }
         let Some(p) = self
             .pending

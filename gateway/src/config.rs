@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     pub fetch_max_age_secs: u64,
     /// Requests waiting for the storage thread.
     pub storage_queue: usize,
+    /// DANGEROUS, evaluation only: send no loop cover. Logs a warning.
+    pub dangerous_no_cover: bool,
+    /// DANGEROUS, evaluation only: ignore header delays. Logs a warning.
+    pub dangerous_zero_delay: bool,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +83,8 @@ impl Default for GatewayConfig {
             replay_max_pps: m.replay_max_pps,
             replay_false_positive_rate: m.replay_false_positive_rate,
             topology_refresh_secs: m.topology_refresh_secs,
+            dangerous_no_cover: false,
+            dangerous_zero_delay: false,
             client_rate_pps: 200.0,
             client_burst: 400.0,
             max_clients: 10_000,
@@ -110,6 +116,8 @@ impl GatewayConfig {
             replay_max_pps: self.replay_max_pps,
             replay_false_positive_rate: self.replay_false_positive_rate,
             topology_refresh_secs: self.topology_refresh_secs,
+            dangerous_no_cover: self.dangerous_no_cover,
+            dangerous_zero_delay: self.dangerous_zero_delay,
         }
     }
 
@@ -159,6 +167,10 @@ dropbox_max_messages = {maxm}
 storage_max_bytes = {maxb}
 fetch_max_age_secs = {age}
 storage_queue = {sq}
+
+# Evaluation only, never in production: no loop cover, and no mixing delay.
+# dangerous_no_cover = false
+# dangerous_zero_delay = false
 "#,
             listen = d.listen,
             client_listen = d.client_listen,

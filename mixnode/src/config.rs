@@ -34,6 +34,13 @@ pub struct MixnodeConfig {
     pub replay_false_positive_rate: f64,
     /// How often to refresh the topology, seconds.
     pub topology_refresh_secs: u64,
+    /// DANGEROUS, evaluation only: send no loop cover. Without it the node
+    /// cannot notice packets being held or dropped, and its links carry less
+    /// cover. Logs a warning.
+    pub dangerous_no_cover: bool,
+    /// DANGEROUS, evaluation only: forward every packet at once, ignoring the
+    /// delay in its header. This removes the mixing. Logs a warning.
+    pub dangerous_zero_delay: bool,
 }
 
 impl Default for MixnodeConfig {
@@ -53,6 +60,8 @@ impl Default for MixnodeConfig {
             replay_max_pps: 20_000,
             replay_false_positive_rate: protocol::replay::DEFAULT_FALSE_POSITIVE_RATE,
             topology_refresh_secs: 30,
+            dangerous_no_cover: false,
+            dangerous_zero_delay: false,
         }
     }
 }
@@ -92,6 +101,11 @@ replay_max_pps = {rp}
 replay_false_positive_rate = {fp:e}
 # Topology refresh interval, seconds.
 topology_refresh_secs = {tr}
+# Evaluation only, never in production: `dangerous_no_cover = true` stops
+# the node's loop cover; `dangerous_zero_delay = true` forwards packets
+# without their mixing delay. Both weaken everyone's anonymity.
+# dangerous_no_cover = false
+# dangerous_zero_delay = false
 "#,
             listen = d.listen,
             metrics = d.metrics_listen,

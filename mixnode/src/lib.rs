@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod loops;
 mod metrics;
 mod pipeline;
 
@@ -401,12 +402,29 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
     ring.insert(sphinx_key(epoch, &cfg, &schedule));
     ring.insert(sphinx_key(epoch + 1, &cfg, &schedule));
 
+    if cfg.dangerous_zero_delay {
+        tracing::warn!(
+            "DANGEROUS: dangerous_zero_delay is set: packets are forwarded without their \
+             mixing delay, which removes this node's mixing; evaluation only"
+        );
+    }
+    if cfg.dangerous_no_cover {
+        tracing::warn!(
+            "DANGEROUS: dangerous_no_cover is set: this node sends no loop cover and cannot \
+             notice packets being held or dropped; evaluation only"
+        );
+    }
+    let max_delay = if cfg.dangerous_zero_delay {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(cfg.max_delay_ms)
+    };
     let refresh = Arc::new(Notify::new());
     let (shared, job_rx, delay_rx) = Shared::new(
         ring,
         links,
         metrics,
-        Duration::from_millis(cfg.max_delay_ms),
+        max_delay,
         cfg.worker_queue,
         cfg.delay_queue,
         refresh.clone(),
@@ -428,6 +446,9 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(pipeline::scheduler(shared.clone(), delay_rx)));
+    if !cfg.dangerous_no_cover {
+        tasks.push(tokio::spawn(loops::run(shared.clone())));
+    }
     let sink_shared = shared.clone();
     tasks.push(tokio::spawn(net::link::serve(
         endpoint.clone(),

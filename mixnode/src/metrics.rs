@@ -19,6 +19,14 @@ pub struct Metrics {
     pub topology_nodes: IntGauge,
     /// Fill of the current epoch key's replay cache (entries).
     pub replay_entries: IntGauge,
+    /// The node's own loop cover packets sent (rate λ_M).
+    pub loops_sent: IntCounter,
+    /// Loops back within their expected time.
+    pub loops_returned: IntCounter,
+    /// Loops back after their expected time: a hop held them too long.
+    pub loops_late: IntCounter,
+    /// Loops never back: a broken route, or packets dropped on purpose (n−1 attack).
+    pub loops_lost: IntCounter,
 }
 
 fn bug<T>(e: prometheus::Error) -> T {
@@ -68,6 +76,23 @@ impl Metrics {
                 "Tags in the current key's replay cache",
             )
             .unwrap_or_else(bug),
+            loops_sent: IntCounter::new(n("loops_sent_total"), "Own loop cover packets sent")
+                .unwrap_or_else(bug),
+            loops_returned: IntCounter::new(
+                n("loops_returned_total"),
+                "Own loops back within their expected time",
+            )
+            .unwrap_or_else(bug),
+            loops_late: IntCounter::new(
+                n("loops_late_total"),
+                "Own loops back after their expected time (a hop held them)",
+            )
+            .unwrap_or_else(bug),
+            loops_lost: IntCounter::new(
+                n("loops_lost_total"),
+                "Own loops never back (broken route or n-1 attack)",
+            )
+            .unwrap_or_else(bug),
         };
         for c in [
             Box::new(m.received.clone()) as Box<dyn prometheus::core::Collector>,
@@ -77,6 +102,10 @@ impl Metrics {
             Box::new(m.processing.clone()),
             Box::new(m.topology_nodes.clone()),
             Box::new(m.replay_entries.clone()),
+            Box::new(m.loops_sent.clone()),
+            Box::new(m.loops_returned.clone()),
+            Box::new(m.loops_late.clone()),
+            Box::new(m.loops_lost.clone()),
         ] {
             registry.register(c).unwrap_or_else(bug);
         }

@@ -61,6 +61,7 @@ pub(crate) struct Shared {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) topology: RwLock<Option<Arc<protocol::topology::TopologyDocument>>>,
     pub(crate) identity: NodeId,
+    pub(crate) loops: crate::loops::Loops,
 }
 
 impl Shared {
@@ -96,6 +97,7 @@ impl Shared {
             handler,
             topology: RwLock::new(None),
             identity,
+            loops: crate::loops::Loops::new(),
         });
         (s, job_rx, delay_rx)
     }
@@ -168,6 +170,11 @@ impl Shared {
                     Err(_) => self.metrics.drop("queue_full"),
                 }
             }
+            Ok(Peeled::Final {
+                destination,
+                identifier,
+                ..
+            }) if destination == self.identity && self.loops.on_return(self, &identifier) => {}
             Ok(Peeled::Final {
                 destination,
                 identifier,

@@ -144,6 +144,78 @@ impl<T> ClientStream<T> {
     }
 }
 
+/// What became of a loop packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopOutcome {
+    /// Back within its expected time.
+    OnTime,
+    /// Back, but after its expected time: some hop held it longer than its
+    /// header asked (congestion, or a node delaying traffic on purpose).
+    Late,
+    /// Not one of ours (or already counted lost).
+    Unknown,
+}
+
+/// Loops in flight, sans-IO: times are arguments, in seconds.
+///
+/// A loop is expected back by `sent + sum of its hop delays + slack`. One that
+/// returns later is *late*; one not back `lost_after` seconds after that is
+/// *lost*. Rising late or lost counts are how a client or node notices a
+/// broken route or an n−1 attack (an adversary holding or dropping packets).
+/// Bounded: beyond `capacity` loops in flight new ones are not tracked.
+#[derive(Debug, Clone)]
+pub struct LoopTracker {
+    pending: std::collections::HashMap<[u8; 16], f64>,
+    capacity: usize,
+    slack: f64,
+    lost_after: f64,
+}
+
+impl LoopTracker {
+    /// A tracker allowing `slack` seconds of transport time beyond the
+    /// sampled delays, and counting loops lost `lost_after` seconds later.
+    pub fn new(capacity: usize, slack: f64, lost_after: f64) -> Self {
+        Self {
+            pending: std::collections::HashMap::new(),
+            capacity,
+            slack,
+            lost_after,
+        }
+    }
+
+    /// Records a loop sent at `now` whose hops add `delays` seconds; false
+    /// if the tracker is full (the loop is then not tracked).
+    pub fn sent(&mut self, id: [u8; 16], now: f64, delays: f64) -> bool {
+        if self.pending.len() >= self.capacity {
+            return false;
+        }
+        self.pending.insert(id, now + delays + self.slack);
+        true
+    }
+
+    /// A packet with `id` came back at `now`.
+    pub fn returned(&mut self, id: &[u8; 16], now: f64) -> LoopOutcome {
+        match self.pending.remove(id) {
+            Some(due) if now <= due => LoopOutcome::OnTime,
+            Some(_) => LoopOutcome::Late,
+            None => LoopOutcome::Unknown,
+        }
+    }
+
+    /// Forgets loops overdue by more than `lost_after` at `now`; returns how many.
+    pub fn expire(&mut self, now: f64) -> usize {
+        let before = self.pending.len();
+        let lost_after = self.lost_after;
+        self.pending.retain(|_, due| now <= *due + lost_after);
+        before - self.pending.len()
+    }
+
+    /// Loops in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +258,25 @@ mod tests {
         s.push(2).unwrap();
         assert_eq!(s.push(3), Err(3), "bounded queue");
         assert_eq!(s.poll(1.0, &mut r), Some((1.0, Emission::Real(1))));
+    }
+
+    #[test]
+    fn loops_are_on_time_late_or_lost() {
+        let mut t = LoopTracker::new(2, 1.0, 10.0);
+        assert!(t.sent([1; 16], 0.0, 2.0));
+        assert!(t.sent([2; 16], 0.0, 2.0));
+        assert!(!t.sent([3; 16], 0.0, 2.0), "bounded");
+        assert_eq!(t.returned(&[1; 16], 3.0), LoopOutcome::OnTime);
+        assert_eq!(
+            t.returned(&[1; 16], 3.0),
+            LoopOutcome::Unknown,
+            "counted once"
+        );
+        assert!(t.sent([4; 16], 0.0, 2.0));
+        assert_eq!(t.returned(&[4; 16], 3.5), LoopOutcome::Late);
+        assert_eq!(t.expire(12.9), 0);
+        assert_eq!(t.expire(13.1), 1);
+        assert_eq!(t.returned(&[2; 16], 14.0), LoopOutcome::Unknown);
+        assert_eq!(t.in_flight(), 0);
     }
 }

@@ -1,5 +1,6 @@
 //! An idle client sends only cover: drop cover to gateways and loops that come
 //! back to it through the mixnet; gateways count the drop cover they discard.
+//! Mix nodes and gateways send loops of their own, which come back to them.
 
 use client_sdk::{Client, Identity};
 use protocol::topology::NetworkParams;
@@ -40,5 +41,35 @@ async fn an_idle_client_sends_drop_cover_and_loops_that_return() {
     .await
     .unwrap();
     client.shutdown();
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mix_nodes_and_gateways_send_loops_that_return() {
+    let params = NetworkParams {
+        mix_delay_mean_ms: 20,
+        lambda_mix_loop: 10.0,
+        ..Default::default()
+    };
+    let net = MixNetwork::start(1, 1, params, 1).await.unwrap();
+    let nodes: Vec<&mixnode::Metrics> = net
+        .mixnodes
+        .iter()
+        .map(|m| m.metrics())
+        .chain(net.gateways.iter().map(|g| g.node().metrics()))
+        .collect();
+    let r = wait_until(
+        "every node's loops to come back",
+        Duration::from_secs(30),
+        || nodes.iter().all(|m| m.loops_returned.get() >= 5),
+    )
+    .await;
+    assert!(r.is_ok(), "{}", net.diagnostics());
+    for m in &nodes {
+        assert!(m.loops_sent.get() >= m.loops_returned.get());
+        assert_eq!(m.loops_lost.get(), 0, "{}", net.diagnostics());
+        // A loop's packet ends at its sender, and is not dropped as unexpected.
+        assert_eq!(m.dropped("unexpected_final"), 0, "{}", net.diagnostics());
+    }
     net.stop().await;
 }

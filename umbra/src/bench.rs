@@ -90,6 +90,8 @@ pub fn raw_unwrap_pps(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) 
 pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, BoxError> {
     let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
         c.max_delay_ms = 0;
+        // Only the benchmark's packets: no loop cover of the node's own.
+        c.dangerous_no_cover = true;
         c.worker_queue = packets + 1024;
         if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
             .ok()

@@ -131,7 +131,7 @@ enum GatewayCmd {
         directory_url: String,
     },
     /// Start the gateway until SIGTERM or Ctrl-C.
-    Run(RunArgs),
+    Run(NodeRunArgs),
 }
 
 #[derive(Args)]
@@ -149,6 +149,21 @@ struct RunArgs {
     /// The TOML config file (see `init`).
     #[arg(long, short)]
     config: PathBuf,
+}
+
+/// `run` for mix nodes and gateways.
+#[derive(Args)]
+struct NodeRunArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// DANGEROUS, evaluation only: send no loop cover (overrides the config's
+    /// `dangerous_no_cover`). Logs a warning.
+    #[arg(long)]
+    dangerous_no_cover: bool,
+    /// DANGEROUS, evaluation only: forward packets without their mixing delay
+    /// (overrides the config's `dangerous_zero_delay`). Logs a warning.
+    #[arg(long)]
+    dangerous_zero_delay: bool,
 }
 
 #[derive(Subcommand)]
@@ -176,7 +191,7 @@ enum MixnodeCmd {
     },
     /// Start the mix node: generates its identity on first run, registers with the
     /// directory and routes packets until SIGTERM or Ctrl-C.
-    Run(RunArgs),
+    Run(NodeRunArgs),
 }
 
 #[derive(Subcommand)]
@@ -285,8 +300,11 @@ async fn run(cli: Cli) -> Result<()> {
                 init.config.display()
             );
         }
-        Command::Mixnode(MixnodeCmd::Run(a)) => {
-            let cfg: MixnodeConfig = config::load(&a.config)?;
+        Command::Mixnode(MixnodeCmd::Run(n)) => {
+            let a = &n.run;
+            let mut cfg: MixnodeConfig = config::load(&a.config)?;
+            cfg.dangerous_no_cover |= n.dangerous_no_cover;
+            cfg.dangerous_zero_delay |= n.dangerous_zero_delay;
             mixnode::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
@@ -311,8 +329,11 @@ async fn run(cli: Cli) -> Result<()> {
                 init.config.display()
             );
         }
-        Command::Gateway(GatewayCmd::Run(a)) => {
-            let cfg: gateway::GatewayConfig = config::load(&a.config)?;
+        Command::Gateway(GatewayCmd::Run(n)) => {
+            let a = &n.run;
+            let mut cfg: gateway::GatewayConfig = config::load(&a.config)?;
+            cfg.dangerous_no_cover |= n.dangerous_no_cover;
+            cfg.dangerous_zero_delay |= n.dangerous_zero_delay;
             gateway::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| format!("config file {}: {e}", a.config.display()))?;

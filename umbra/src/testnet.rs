@@ -438,21 +438,31 @@ impl MixNetwork {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let loops = |m: &mixnode::Metrics| {
+            format!(
+                "loops sent={} back={} late={} lost={}",
+                m.loops_sent.get(),
+                m.loops_returned.get(),
+                m.loops_late.get(),
+                m.loops_lost.get()
+            )
+        };
         let mut out = String::from("diagnostics:");
         for (i, m) in self.mixnodes.iter().enumerate() {
             let x = m.metrics();
             out += &format!(
-                "\n  mix{i}: received={} forwarded={} dropped[{}]",
+                "\n  mix{i}: received={} forwarded={} dropped[{}] {}",
                 x.received.get(),
                 x.forwarded.get(),
-                drops(x)
+                drops(x),
+                loops(x)
             );
         }
         for (i, g) in self.gateways.iter().enumerate() {
             let x = g.node().metrics();
             let gm = g.metrics();
             out += &format!(
-                "\n  gateway{i}: received={} forwarded={} stored={} fetches_ok={} fetches_refused={} replies={} deliveries={} dropped[{}]",
+                "\n  gateway{i}: received={} forwarded={} stored={} fetches_ok={} fetches_refused={} replies={} deliveries={} dropped[{}] {}",
                 x.received.get(),
                 x.forwarded.get(),
                 gm.stored.get(),
@@ -460,7 +470,8 @@ impl MixNetwork {
                 gm.fetches.with_label_values(&["refused"]).get(),
                 gm.replies.get(),
                 gm.deliveries.get(),
-                drops(x)
+                drops(x),
+                loops(x)
             );
         }
         out
