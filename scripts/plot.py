@@ -45,6 +45,11 @@ if sweep:
     c.axhline(1.0, color="grey", ls=":")
     c.set(xlabel="mean latency to the dropbox (s)", ylabel="top-1 accuracy / chance",
           title="Latency against anonymity")
+    delays = sorted({float(r["delay_ms"]) for r in sweep})
+    for ax in (a, b):
+        ax.set_xticks(delays)
+        ax.set_xticklabels([f"{d:g}" for d in delays])
+        ax.minorticks_off()
     for ax in (a, b, c):
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)

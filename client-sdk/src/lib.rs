@@ -13,24 +13,30 @@ use protocol::NodeId;
 use protocol::cover::{ClientStream, Emission, LoopOutcome, LoopTracker};
 use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, Frame, FrameKind};
-use protocol::messages::{FETCH_SURBS, FetchReply, FetchRequest, MAX_STORED_LEN, Request};
+use protocol::messages::{
+    ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, MAX_ACKED_STORED_LEN, Request,
+};
 use protocol::packet::{self, Hop, ReplyKey};
+use protocol::reliable::{Complete, Fragment, Kind, Outbox, OutboxConfig, Reassembler, Sequencer};
+pub use protocol::reliable::{MessageId, Progress, Status};
 use protocol::topology::{self, TopologyDocument, TopologyNode, TrustPolicy};
 use rand::{Rng, RngExt};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-/// Largest message body [`Client::send`] accepts (one packet; fragmentation comes later).
-pub const MAX_BODY_LEN: usize = MAX_STORED_LEN - NONCE_LEN - TAG_LEN - ENVELOPE_HEADER;
+/// Largest message body [`Client::send`] accepts (16 MiB, sent in fragments).
+pub const MAX_BODY_LEN: usize = protocol::reliable::MAX_MESSAGE_SIZE;
+/// Bytes of a message each fragment carries: one acked stored message less
+/// the encryption and the fragment header.
+pub const CHUNK_LEN: usize =
+    MAX_ACKED_STORED_LEN - NONCE_LEN - TAG_LEN - protocol::reliable::FRAGMENT_HEADER;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-const ENVELOPE_HEADER: usize = 1 + 16;
-const ENVELOPE_VERSION: u8 = 1;
 
 /// Errors of the SDK. Each says whose fault it is.
 #[derive(Debug, Error)]
@@ -45,7 +51,7 @@ pub enum Error {
     /// The contact is not known (the application's fault).
     #[error("unknown contact {0}")]
     UnknownContact(ContactId),
-    /// The message is larger than one packet carries.
+    /// The message is larger than [`MAX_BODY_LEN`].
     #[error("message of {len} bytes exceeds {max}")]
     MessageTooLarge {
         /// Its length.
@@ -65,7 +71,8 @@ pub enum Error {
     /// The client has shut down.
     #[error("client is closed")]
     Closed,
-    /// The send queue is full: the application sends faster than the payload rate (retry later).
+    /// The outbox is full (`max_outbox_bytes` of messages not yet stored):
+    /// the application sends faster than the payload rate (retry later).
     #[error("send queue full")]
     Busy,
 }
@@ -93,6 +100,20 @@ pub struct ClientConfig {
     pub dangerous_no_cover: bool,
     /// Real packets (messages and fetches) waiting for a Poisson tick.
     pub send_queue: usize,
+    /// Transmissions of one fragment before its message is reported failed.
+    pub max_attempts: u32,
+    /// A message not stored within this time is reported failed.
+    pub message_ttl: Duration,
+    /// Bytes of messages not yet stored the client holds; beyond it `send` says `Busy`.
+    pub max_outbox_bytes: usize,
+    /// Time allowed beyond a route's sampled delays for a SURB-ack (links,
+    /// the gateway's commit) before the fragment is sent again.
+    pub ack_slack: Duration,
+    /// A message after a gap in a contact's stream waits this long for the
+    /// gap to fill before it is handed over anyway.
+    pub reorder_hold: Duration,
+    /// Bytes of partly received messages held per contact.
+    pub max_reassembly_bytes: usize,
 }
 
 impl ClientConfig {
@@ -111,6 +132,12 @@ impl ClientConfig {
             catch_up_periods: 24,
             dangerous_no_cover: false,
             send_queue: 4096,
+            max_attempts: 8,
+            message_ttl: Duration::from_secs(3600),
+            max_outbox_bytes: 64 * 1024 * 1024,
+            ack_slack: Duration::from_secs(3),
+            reorder_hold: Duration::from_secs(60),
+            max_reassembly_bytes: 48 * 1024 * 1024,
         })
     }
 }
@@ -169,6 +196,8 @@ impl std::fmt::Display for ContactId {
 pub struct Received {
     /// Who sent it.
     pub from: ContactId,
+    /// The sender's id for it (the same id their status reports use).
+    pub id: MessageId,
     /// What they sent.
     pub body: Vec<u8>,
 }
@@ -198,29 +227,34 @@ struct Pending {
     created: Instant,
 }
 
-/// Bounded memory of message ids already handed to the application.
-struct Seen {
-    set: HashSet<[u8; 16]>,
-    order: VecDeque<[u8; 16]>,
+const MAX_PENDING: usize = 20_000;
+
+/// Latest status per message, for the most recent messages.
+#[derive(Default)]
+struct StatusBoard {
+    map: HashMap<MessageId, Status>,
+    order: VecDeque<MessageId>,
 }
 
-impl Seen {
+impl StatusBoard {
     const CAP: usize = 100_000;
-    fn insert(&mut self, id: [u8; 16]) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > Self::CAP
-            && let Some(old) = self.order.pop_front()
+    fn set(&mut self, id: MessageId, s: Status) {
+        // Read is final; Stored does not go back to Sent.
+        if let Some(old) = self.map.get(&id)
+            && (*old == Status::Read || (*old == Status::Stored && s == Status::Sent))
         {
-            self.set.remove(&old);
+            return;
         }
-        true
+        if self.map.insert(id, s).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
+            }
+        }
     }
 }
-
-const MAX_PENDING: usize = 20_000;
 /// Transport time allowed beyond a loop's sampled delays before it is late.
 const LOOP_SLACK: Duration = Duration::from_secs(2);
 /// A loop this long past its expected return counts as lost (a broken
@@ -270,7 +304,27 @@ struct Inner {
     topology: RwLock<Arc<TopologyDocument>>,
     contacts: Mutex<HashMap<[u8; 32], Contact>>,
     pending: Mutex<HashMap<[u8; 16], Pending>>,
-    seen: Mutex<Seen>,
+    /// Messages being delivered (fragments, acks, retransmission).
+    outbox: Mutex<Outbox<[u8; 32]>>,
+    /// SURB-acks in flight: identifier → (reply key, sent at).
+    acks: Mutex<HashMap<[u8; 16], (ReplyKey, Instant)>>,
+    /// Partly received messages.
+    reassembly: Mutex<Reassembler<[u8; 32]>>,
+    /// Per-contact ordering.
+    sequencer: Mutex<Sequencer<[u8; 32]>>,
+    /// This client run's session number (seqs restart with it).
+    session: u64,
+    /// Next seq per contact.
+    next_seq: Mutex<HashMap<[u8; 32], u64>>,
+    /// Latest status of recent messages.
+    statuses: Mutex<StatusBoard>,
+    status_tx: broadcast::Sender<(MessageId, Status)>,
+    /// Receipts to send, batched per contact.
+    receipts_due: Mutex<HashMap<[u8; 32], Vec<MessageId>>>,
+    /// Messages the inbox had no room for yet.
+    overflow: Mutex<VecDeque<Received>>,
+    /// Wakes the sender when there is something to send (without cover).
+    wake: Notify,
     out: mpsc::Sender<Vec<u8>>,
     /// The Loopix stream: real packets wait here for a payload tick.
     stream: Mutex<ClientStream<Vec<u8>>>,
@@ -362,6 +416,14 @@ impl Client {
             0.0,
             &mut rand::rng(),
         );
+        let outbox = Outbox::new(OutboxConfig {
+            max_attempts: cfg.max_attempts.max(1),
+            ttl: cfg.message_ttl.as_secs_f64(),
+            max_bytes: cfg.max_outbox_bytes,
+            ..OutboxConfig::default()
+        });
+        let reassembly = Reassembler::new(cfg.max_reassembly_bytes, cfg.message_ttl.as_secs_f64());
+        let sequencer = Sequencer::new(cfg.reorder_hold.as_secs_f64(), 10_000);
         let inner = Arc::new(Inner {
             stream: Mutex::new(stream),
             fetches: Mutex::new(VecDeque::new()),
@@ -382,10 +444,17 @@ impl Client {
             topology: RwLock::new(Arc::new(topo)),
             contacts: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            seen: Mutex::new(Seen {
-                set: HashSet::new(),
-                order: VecDeque::new(),
-            }),
+            outbox: Mutex::new(outbox),
+            acks: Mutex::new(HashMap::new()),
+            reassembly: Mutex::new(reassembly),
+            sequencer: Mutex::new(sequencer),
+            session: rand::rng().random(),
+            next_seq: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(StatusBoard::default()),
+            status_tx: broadcast::channel(4096).0,
+            receipts_due: Mutex::new(HashMap::new()),
+            overflow: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
             out: out_tx,
             inbox: inbox_tx,
             stop,
@@ -454,40 +523,102 @@ impl Client {
             .map(|c| c.name.clone())
     }
 
-    /// Sends `body` to `to`: encrypted for the pair, stored in this period's
-    /// dropbox through the mixnet. Returns once the packet is queued.
-    pub async fn send(&self, to: &ContactId, body: &[u8]) -> Result<(), Error> {
+    /// Sends `body` (up to [`MAX_BODY_LEN`]) to `to`. It is split into
+    /// fragments, each end-to-end encrypted for the pair and stored in the
+    /// pair's dropbox through the mixnet, acknowledged by the gateway and
+    /// retransmitted until stored. Returns the message's id at once; follow
+    /// it with [`Client::status`], [`Client::progress`] or
+    /// [`Client::subscribe_status`]. Every message ends `Stored` (then
+    /// `Read`) or failed: none is lost silently.
+    pub async fn send(&self, to: &ContactId, body: &[u8]) -> Result<MessageId, Error> {
         if body.len() > MAX_BODY_LEN {
             return Err(Error::MessageTooLarge {
                 len: body.len(),
                 max: MAX_BODY_LEN,
             });
         }
-        let period = dropbox::period_at(now_ms());
-        let dropbox = {
-            let contacts = self
+        if !self
+            .inner
+            .contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&to.0)
+        {
+            return Err(Error::UnknownContact(*to));
+        }
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let seq = {
+            let mut seqs = self
                 .inner
-                .contacts
+                .next_seq
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let c = contacts.get(&to.0).ok_or(Error::UnknownContact(*to))?;
-            c.pair.dropbox(&self.inner.identity.public, &to.0, period)
+            let n = seqs.entry(to.0).or_insert(1);
+            *n
         };
-        let mut msg_id = [0u8; 16];
-        rand::rng().fill_bytes(&mut msg_id);
-        let mut envelope = Vec::with_capacity(ENVELOPE_HEADER + body.len());
-        envelope.push(ENVELOPE_VERSION);
-        envelope.extend_from_slice(&msg_id);
-        envelope.extend_from_slice(body);
-        let ciphertext = seal(&dropbox, &envelope)?;
-        let request = Request::Store {
-            dropbox: dropbox.id,
-            ciphertext,
-        }
-        .encode()
-        .map_err(|e| Error::Config(e.to_string()))?;
-        let frame = self.inner.packet_to_box(&dropbox, &request)?;
-        self.inner.enqueue(frame).await
+        let now = self.inner.now();
+        self.inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(
+                id,
+                to.0,
+                Kind::Message,
+                self.inner.session,
+                seq,
+                body.to_vec(),
+                CHUNK_LEN,
+                now,
+            )
+            .map_err(|_| Error::Busy)?;
+        // Only a queued message takes its seq, so the receiver sees no gap.
+        *self
+            .inner
+            .next_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(to.0)
+            .or_insert(1) = seq + 1;
+        self.inner.publish_events();
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// The latest status of a recent message sent by this client.
+    pub fn status(&self, id: &MessageId) -> Option<Status> {
+        self.inner.publish_events();
+        self.inner
+            .statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .get(id)
+            .copied()
+    }
+
+    /// Fragments of a message being sent that the dropbox gateway has
+    /// acknowledged (`None` once it is stored or failed).
+    pub fn progress(&self, id: &MessageId) -> Option<Progress> {
+        self.inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .progress(id)
+    }
+
+    /// Every status change from now on: queued → sent → stored → read, or
+    /// failed. A receiver that falls behind loses old events (see
+    /// [`Client::status`] for the latest).
+    pub fn subscribe_status(&self) -> broadcast::Receiver<(MessageId, Status)> {
+        self.inner.status_tx.subscribe()
+    }
+
+    /// Messages not yet stored, and bytes of them held.
+    pub fn outbox_len(&self) -> (usize, usize) {
+        let o = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        (o.pending(), o.bytes())
     }
 
     /// Counts of the cover stream: what was sent, and which loops came back.
@@ -570,6 +701,208 @@ fn mix_route(topo: &TopologyDocument) -> Result<Vec<Hop>, Error> {
 }
 
 impl Inner {
+    /// Seconds on the client's own clock (the reliability state's time).
+    fn now(&self) -> f64 {
+        self.clock.elapsed().as_secs_f64()
+    }
+
+    /// Moves the outbox's status changes to the board and to subscribers.
+    fn publish_events(&self) {
+        let events: Vec<(MessageId, Status)> = {
+            let mut o = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            std::iter::from_fn(|| o.poll_event()).collect()
+        };
+        if events.is_empty() {
+            return;
+        }
+        let mut board = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, st) in events {
+            if st.is_failure() {
+                tracing::warn!(status = ?st, "a message could not be delivered");
+            }
+            board.set(id, st);
+            let _ = self.status_tx.send((id, st));
+        }
+    }
+
+    /// The next fragment due, as a frame with a fresh SURB-ack, or `None`.
+    fn next_fragment_frame(&self) -> Option<Vec<u8>> {
+        let now = self.now();
+        let t = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next(now)?;
+        match self.fragment_frame(&t) {
+            Ok((frame, ack, key, timeout)) => {
+                {
+                    let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+                    if acks.len() >= MAX_PENDING {
+                        let horizon = Duration::from_secs(600);
+                        acks.retain(|_, (_, at)| at.elapsed() < horizon);
+                    }
+                    acks.insert(ack, (key, Instant::now()));
+                }
+                self.outbox.lock().unwrap_or_else(|p| p.into_inner()).sent(
+                    &t,
+                    ack,
+                    now,
+                    timeout.as_secs_f64(),
+                );
+                self.publish_events();
+                Some(frame)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "fragment not built; will retry");
+                self.outbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unsent(&t);
+                None
+            }
+        }
+    }
+
+    /// Builds a fragment's acked store: (frame, ack id, reply key, ack timeout).
+    fn fragment_frame(
+        &self,
+        t: &protocol::reliable::Transmission<[u8; 32]>,
+    ) -> Result<(Vec<u8>, [u8; 16], ReplyKey, Duration), Error> {
+        let topo = self.topology();
+        let period = dropbox::period_at(now_ms());
+        let dropbox = {
+            let contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+            let c = contacts
+                .get(&t.to)
+                .ok_or(Error::UnknownContact(ContactId(t.to)))?;
+            c.pair.dropbox(&self.identity.public, &t.to, period)
+        };
+        let ciphertext = seal(&dropbox, &t.fragment.encode())?;
+        let entry = topo
+            .node(&self.entry.identity)
+            .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let mut rng = rand::rng();
+        let mut back = mix_route(&topo)?;
+        back.push(entry.hop());
+        let back_delays = packet::sample_delays(&mut rng, back.len(), Self::delay_mean(&topo));
+        let mut ack = [0u8; 16];
+        rng.fill_bytes(&mut ack);
+        ack[0] |= 1; // non-zero: marks a reply at the gateway
+        let (surb, key) = packet::build_surb(&mut rng, &back, &self.address, ack, &back_delays)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let request = Request::StoreAcked {
+            dropbox: dropbox.id,
+            ciphertext,
+            reply_epoch: topo.epoch,
+            surb,
+        }
+        .encode()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let (frame, there) = self.packet_to_box_timed(&topo, &dropbox, &request)?;
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let back: Duration = back_delays[..back_delays.len() - 1]
+            .iter()
+            .map(|d| (*d).min(max))
+            .sum();
+        Ok((frame, ack, key, there + back + self.cfg.ack_slack))
+    }
+
+    /// Receipts, timeouts, stale partial messages, held messages, the inbox.
+    fn maintain_reliability(&self) {
+        let now = self.now();
+        let due: Vec<([u8; 32], Vec<MessageId>)> = self
+            .receipts_due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (contact, ids) in due {
+            // One receipt names up to a fragment's worth of messages.
+            for chunk in ids.chunks(CHUNK_LEN / 16) {
+                let body: Vec<u8> = chunk.iter().flatten().copied().collect();
+                let mut id = [0u8; 16];
+                rand::rng().fill_bytes(&mut id);
+                let _ = self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push(
+                    id,
+                    contact,
+                    Kind::Receipt,
+                    self.session,
+                    0,
+                    body,
+                    CHUNK_LEN,
+                    now,
+                );
+            }
+        }
+        let ready = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_ready(now);
+        self.publish_events();
+        if ready {
+            self.wake.notify_one();
+        }
+        self.reassembly
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(now);
+        let released = self
+            .sequencer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(now);
+        for m in released {
+            self.hand_over(m);
+        }
+        self.drain_overflow();
+    }
+
+    /// Gives a complete message to the application, and schedules its receipt.
+    fn hand_over(&self, m: Complete<[u8; 32]>) {
+        self.receipts_due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(m.from)
+            .or_default()
+            .push(m.msg_id);
+        self.overflow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Received {
+                from: ContactId(m.from),
+                id: m.msg_id,
+                body: m.body,
+            });
+        self.drain_overflow();
+    }
+
+    fn drain_overflow(&self) {
+        let mut q = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(r) = q.pop_front() {
+            match self.inbox.try_send(r) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(r)) => {
+                    q.push_front(r);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    q.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the application has room for more messages.
+    fn inbox_has_room(&self) -> bool {
+        self.overflow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && self.inbox.capacity() > 0
+    }
+
     fn topology(&self) -> Arc<TopologyDocument> {
         self.topology
             .read()
@@ -583,20 +916,37 @@ impl Inner {
 
     /// An Inject frame carrying `request` to the gateway hosting `dropbox`.
     fn packet_to_box(&self, dropbox: &Dropbox, request: &[u8]) -> Result<Vec<u8>, Error> {
-        let topo = self.topology();
+        Ok(self
+            .packet_to_box_timed(&self.topology(), dropbox, request)?
+            .0)
+    }
+
+    /// [`Self::packet_to_box`], also returning the delay its hops will add.
+    fn packet_to_box_timed(
+        &self,
+        topo: &TopologyDocument,
+        dropbox: &Dropbox,
+        request: &[u8],
+    ) -> Result<(Vec<u8>, Duration), Error> {
         let gateways: Vec<NodeId> = topo.gateways().map(|g| g.identity).collect();
         let gw = dropbox
             .gateway(&gateways)
             .and_then(|id| topo.node(&id))
             .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
-        let mut route = mix_route(&topo)?;
+        let mut route = mix_route(topo)?;
         route.push(gw.hop());
         let mut rng = rand::rng();
-        let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(&topo));
+        let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(topo));
         let pkt = packet::build_packet(&mut rng, &route, &[0; 32], [0; 16], &delays, request)
             .map_err(|e| Error::Config(e.to_string()))?;
-        frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
-            .map_err(|e| Error::Config(e.to_string()))
+        let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let total = delays[..delays.len() - 1]
+            .iter()
+            .map(|d| (*d).min(max))
+            .sum();
+        Ok((f, total))
     }
 
     /// A fetch of `contact`'s box for `period`, with SURBs back to us.
@@ -672,18 +1022,6 @@ impl Inner {
             return Ok(None);
         };
         self.packet_to_box(&dropbox, &bytes).map(Some)
-    }
-
-    /// Queues a real packet for the next payload tick (or sends it now without cover).
-    async fn enqueue(&self, frame: Vec<u8>) -> Result<(), Error> {
-        if self.cfg.dangerous_no_cover {
-            return self.out.send(frame).await.map_err(|_| Error::Closed);
-        }
-        self.stream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(frame)
-            .map_err(|_| Error::Busy)
     }
 
     /// A drop-cover packet: a `Drop` request to a random gateway.
@@ -789,6 +1127,22 @@ impl Inner {
             }
             LoopOutcome::Unknown => {}
         }
+        let ack = self
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&identifier);
+        if let Some((key, _)) = ack {
+            // Only the SURB's maker can read it: a forged ack does not open.
+            if packet::open_reply(&key, payload).is_ok_and(|b| b == ACK_BODY) {
+                self.outbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_ack(&identifier);
+                self.publish_events();
+            }
+            return;
+        }
         let Some(p) = self
             .pending
             .lock()
@@ -813,34 +1167,14 @@ impl Inner {
             && *seq > state.confirmed
             && !state.received.contains(seq)
         {
-            let handed_over = match open(&state.dropbox, ct) {
-                Some(env) if env.len() >= ENVELOPE_HEADER && env[0] == ENVELOPE_VERSION => {
-                    let mut id = [0u8; 16];
-                    id.copy_from_slice(&env[1..17]);
-                    let fresh = self
-                        .seen
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id);
-                    if !fresh {
-                        true
+            let handed_over = match open(&state.dropbox, ct).map(|b| Fragment::decode(&b)) {
+                Some(Ok(f)) => {
+                    if !self.inbox_has_room() {
+                        // Application not keeping up: leave it unconfirmed, it comes again.
+                        false
                     } else {
-                        let r = Received {
-                            from: ContactId(p.contact),
-                            body: env[ENVELOPE_HEADER..].to_vec(),
-                        };
-                        match self.inbox.try_send(r) {
-                            Ok(()) => true,
-                            Err(_) => {
-                                // Application not keeping up: leave it unconfirmed, it comes again.
-                                self.seen
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .set
-                                    .remove(&id);
-                                false
-                            }
-                        }
+                        self.on_fragment(p.contact, f);
+                        true
                     }
                 }
                 // Not ours to read (someone wrote junk into the box): confirm it away.
@@ -863,6 +1197,46 @@ impl Inner {
         }
         let confirmed = state.confirmed;
         state.received.retain(|s| *s > confirmed);
+    }
+
+    /// A fragment from `contact`, decrypted and authenticated.
+    fn on_fragment(&self, contact: [u8; 32], f: Fragment) {
+        let now = self.now();
+        let done = self
+            .reassembly
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(contact, f, now);
+        let m = match done {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "fragment refused");
+                return;
+            }
+        };
+        match m.kind {
+            Kind::Receipt => {
+                let mut o = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                for id in m.body.chunks_exact(16) {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(id);
+                    o.on_receipt(&a);
+                }
+                drop(o);
+                self.publish_events();
+            }
+            Kind::Message => {
+                let ready = self
+                    .sequencer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(m, now);
+                for m in ready {
+                    self.hand_over(m);
+                }
+            }
+        }
     }
 
     async fn dial(self: &Arc<Self>) -> Result<quinn::Connection, Error> {
@@ -967,6 +1341,7 @@ async fn fetch_task(inner: Arc<Inner>) {
             _ = tick.tick() => {}
             _ = stopped(&mut stop) => return,
         }
+        inner.maintain_reliability();
         let period = dropbox::period_at(now_ms());
         let contacts: Vec<[u8; 32]> = inner
             .contacts
@@ -1036,10 +1411,23 @@ async fn fetch_task(inner: Arc<Inner>) {
 /// Emits the Loopix stream: at each payload tick a queued real packet, else a
 /// due fetch, else drop cover; loops at their own rate. Nothing bypasses it.
 async fn sender_task(inner: Arc<Inner>) {
-    if inner.cfg.dangerous_no_cover {
-        return;
-    }
     let mut stop = inner.stop.subscribe();
+    if inner.cfg.dangerous_no_cover {
+        // Without cover, fragments leave as soon as they are due.
+        loop {
+            while let Some(f) = inner.next_fragment_frame() {
+                inner.cover.real.fetch_add(1, Ordering::Relaxed);
+                if inner.out.send(f).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = inner.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
     loop {
         let now = inner.started.elapsed().as_secs_f64();
         let mut emitted = Vec::new();
@@ -1057,19 +1445,26 @@ async fn sender_task(inner: Arc<Inner>) {
                     Ok(f)
                 }
                 Emission::DropCover => {
-                    let due = inner
-                        .fetches
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop_front();
-                    match due.map(|(c, p)| inner.fetch_frame(&c, p)) {
-                        Some(Ok(Some(f))) => {
-                            inner.cover.fetches.fetch_add(1, Ordering::Relaxed);
-                            Ok(f)
-                        }
-                        _ => {
-                            inner.cover.drop_cover.fetch_add(1, Ordering::Relaxed);
-                            inner.drop_cover_frame()
+                    // A payload tick: a fragment, receipt or retransmission
+                    // if one is due, else a due fetch, else drop cover.
+                    if let Some(f) = inner.next_fragment_frame() {
+                        inner.cover.real.fetch_add(1, Ordering::Relaxed);
+                        Ok(f)
+                    } else {
+                        let due = inner
+                            .fetches
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .pop_front();
+                        match due.map(|(c, p)| inner.fetch_frame(&c, p)) {
+                            Some(Ok(Some(f))) => {
+                                inner.cover.fetches.fetch_add(1, Ordering::Relaxed);
+                                Ok(f)
+                            }
+                            _ => {
+                                inner.cover.drop_cover.fetch_add(1, Ordering::Relaxed);
+                                inner.drop_cover_frame()
+                            }
                         }
                     }
                 }
@@ -1147,29 +1542,27 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_body_fits_a_stored_message() {
+    fn a_full_fragment_fits_an_acked_store() {
         let pair = PairSecret::from_bytes([1; 32]);
         let a = pair.dropbox(&[1; 32], &[2; 32], 5);
-        let env = vec![0u8; ENVELOPE_HEADER + MAX_BODY_LEN];
-        assert_eq!(seal(&a, &env).unwrap().len(), MAX_STORED_LEN);
+        let env = vec![0u8; protocol::reliable::FRAGMENT_HEADER + CHUNK_LEN];
+        assert_eq!(seal(&a, &env).unwrap().len(), MAX_ACKED_STORED_LEN);
     }
 
     #[test]
-    fn dedupe_memory_is_bounded() {
-        let mut s = Seen {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-        };
-        for i in 0..(Seen::CAP as u64 + 10) {
+    fn the_status_board_is_bounded_and_never_goes_back() {
+        let mut b = StatusBoard::default();
+        b.set([1; 16], Status::Stored);
+        b.set([1; 16], Status::Sent);
+        assert_eq!(b.map[&[1; 16]], Status::Stored);
+        b.set([1; 16], Status::Read);
+        b.set([1; 16], Status::Stored);
+        assert_eq!(b.map[&[1; 16]], Status::Read);
+        for i in 0..(StatusBoard::CAP as u64 + 10) {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
-            assert!(s.insert(id));
+            b.set(id, Status::Queued);
         }
-        assert_eq!(s.set.len(), Seen::CAP);
-        assert!(!s.insert({
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(Seen::CAP as u64).to_be_bytes());
-            id
-        }));
+        assert_eq!(b.map.len(), StatusBoard::CAP);
     }
 }

@@ -148,6 +148,24 @@ impl Handler for GatewayHandler {
                 Op::Store {
                     dropbox,
                     ciphertext,
+                    ack: None,
+                },
+            ),
+            Ok(Request::StoreAcked {
+                dropbox,
+                ciphertext,
+                reply_epoch,
+                surb,
+            }) => shared.to_storage(
+                node,
+                Op::Store {
+                    dropbox,
+                    ciphertext,
+                    ack: Some(storage::StoreAck {
+                        reply_epoch,
+                        surb,
+                        node: node.clone(),
+                    }),
                 },
             ),
             Ok(Request::Fetch(req)) => shared.to_storage(

@@ -11,6 +11,8 @@ pub struct GatewayMetrics {
     pub fetches: IntCounterVec,
     /// Fetch reply packets sent.
     pub replies: IntCounter,
+    /// SURB-acks sent for durably stored messages.
+    pub acks: IntCounter,
     /// Drop-cover packets received.
     pub cover: IntCounter,
     /// SURB replies handed to connected clients.
@@ -57,6 +59,11 @@ impl GatewayMetrics {
                 "Fetch reply packets sent",
             )
             .unwrap_or_else(bug),
+            acks: IntCounter::new(
+                "umbra_gateway_store_acks_total",
+                "SURB-acks sent after a store was committed",
+            )
+            .unwrap_or_else(bug),
             cover: IntCounter::new(
                 "umbra_gateway_cover_received_total",
                 "Drop-cover packets received",
@@ -87,6 +94,7 @@ impl GatewayMetrics {
             Box::new(m.refused.clone()),
             Box::new(m.fetches.clone()),
             Box::new(m.replies.clone()),
+            Box::new(m.acks.clone()),
             Box::new(m.cover.clone()),
             Box::new(m.deliveries.clone()),
             Box::new(m.clients.clone()),

@@ -36,6 +36,8 @@ pub(crate) enum Op {
     Store {
         dropbox: [u8; 32],
         ciphertext: Vec<u8>,
+        /// Where to send the SURB-ack once the commit is durable.
+        ack: Option<StoreAck>,
     },
     Fetch {
         req: FetchRequest,
@@ -47,6 +49,13 @@ pub(crate) enum Op {
     /// Test hook: tells when everything before it is committed.
     #[allow(dead_code)]
     Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// A store's SURB-ack: sent only after the commit that holds the message.
+pub(crate) struct StoreAck {
+    pub reply_epoch: u64,
+    pub surb: Vec<u8>,
+    pub node: NodeRef,
 }
 
 /// Why a store was refused.
@@ -132,6 +141,7 @@ impl Storage {
                     Op::Store {
                         dropbox,
                         ciphertext,
+                        ack,
                     } => {
                         let r = self.store(
                             &mut messages,
@@ -141,7 +151,7 @@ impl Storage {
                             &ciphertext,
                             now_ms,
                         )?;
-                        after.push(After::Stored(r));
+                        after.push(After::Stored(r, ack));
                     }
                     Op::Fetch { req, node } => {
                         let fresh =
@@ -341,7 +351,7 @@ impl Storage {
 
 /// What remains to do once a batch is committed.
 pub(crate) enum After {
-    Stored(Result<u64, Refusal>),
+    Stored(Result<u64, Refusal>, Option<StoreAck>),
     Reply {
         req: FetchRequest,
         node: NodeRef,
@@ -404,11 +414,25 @@ pub(crate) fn run(
             .observe(started.elapsed().as_secs_f64());
         for a in after {
             match a {
-                After::Stored(Ok(_)) => metrics.stored.inc(),
-                After::Stored(Err(Refusal::BoxQuota)) => {
+                After::Stored(Ok(_), ack) => {
+                    metrics.stored.inc();
+                    // Durable now: tell the sender, through its SURB.
+                    if let Some(a) = ack {
+                        match protocol::packet::use_surb(&a.surb, protocol::messages::ACK_BODY) {
+                            Ok((first_hop, packet)) => {
+                                if a.node.forward(a.reply_epoch, first_hop, &packet) {
+                                    metrics.acks.inc();
+                                }
+                            }
+                            Err(_) => a.node.metrics().drop("malformed"),
+                        }
+                    }
+                }
+                // Refused: no ack; the sender retries and in the end reports failure.
+                After::Stored(Err(Refusal::BoxQuota), _) => {
                     metrics.refused.with_label_values(&["box_quota"]).inc()
                 }
-                After::Stored(Err(Refusal::GatewayQuota)) => {
+                After::Stored(Err(Refusal::GatewayQuota), _) => {
                     metrics.refused.with_label_values(&["gateway_quota"]).inc()
                 }
                 After::Reply { req, node, fetched } => {
@@ -461,6 +485,7 @@ mod tests {
                 vec![Op::Store {
                     dropbox: id,
                     ciphertext: ct.to_vec(),
+                    ack: None,
                 }],
                 now,
                 &m,
@@ -468,7 +493,7 @@ mod tests {
             .unwrap()
             .pop()
         {
-            Some(After::Stored(r)) => r,
+            Some(After::Stored(r, _)) => r,
             _ => panic!("no result"),
         }
     }

@@ -8,6 +8,7 @@ pub mod frame;
 pub mod keys;
 pub mod messages;
 pub mod packet;
+pub mod reliable;
 pub mod replay;
 pub mod topology;
 

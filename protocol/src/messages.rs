@@ -9,6 +9,9 @@
 //! Fetch = 0x02 dropbox[32] capability[32] signature[64] after_seq:u64
 //!         timestamp_ms:u64 reply_epoch:u64 n:u8 surb[n][SURB_LEN]    (1 ≤ n ≤ FETCH_SURBS)
 //! Drop  = 0x03 …                                                     (cover; discarded)
+//! StoreAcked = 0x04 dropbox[32] reply_epoch:u64 surb[SURB_LEN] len:u16 ciphertext[len]
+//!                                                          (len ≤ MAX_ACKED_STORED_LEN)
+//! Ack   = ACK_BODY, sent through the SURB once the store is durable
 //! Reply = 0x01 count:u8 seq[count]:u64 remaining:u32 has:u8 [seq:u64 len:u16 ciphertext[len]]
 //! ```
 //!
@@ -24,12 +27,17 @@ use sha2::{Digest, Sha256};
 
 /// Largest stored ciphertext.
 pub const MAX_STORED_LEN: usize = 1980;
+/// Largest stored ciphertext of a store that carries a SURB-ack.
+pub const MAX_ACKED_STORED_LEN: usize = MAX_STORED_LEN - 8 - SURB_LEN;
+/// The body a gateway sends through a store's SURB once the message is durable.
+pub const ACK_BODY: &[u8] = b"umbra-stored-v1";
 /// SURBs in a fetch request, hence replies per fetch.
 pub const FETCH_SURBS: usize = 4;
 
 const STORE: u8 = 1;
 const FETCH: u8 = 2;
 const DROP: u8 = 3;
+const STORE_ACKED: u8 = 4;
 
 /// A request to a dropbox gateway. `Debug` shows no box id or capability.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,6 +48,17 @@ pub enum Request {
         dropbox: [u8; 32],
         /// End-to-end encrypted message.
         ciphertext: Vec<u8>,
+    },
+    /// Store `ciphertext` in `dropbox`, then send [`ACK_BODY`] through `surb`.
+    StoreAcked {
+        /// The box.
+        dropbox: [u8; 32],
+        /// End-to-end encrypted message.
+        ciphertext: Vec<u8>,
+        /// Epoch of the Sphinx keys the SURB was built with.
+        reply_epoch: u64,
+        /// The SURB-ack, [`SURB_LEN`] bytes.
+        surb: Vec<u8>,
     },
     /// Fetch from a box.
     Fetch(FetchRequest),
@@ -81,6 +100,9 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Store { ciphertext, .. } => write!(f, "Store({} bytes)", ciphertext.len()),
+            Request::StoreAcked { ciphertext, .. } => {
+                write!(f, "StoreAcked({} bytes)", ciphertext.len())
+            }
             Request::Fetch(r) => r.fmt(f),
             Request::Drop => f.write_str("Drop"),
         }
@@ -192,6 +214,26 @@ impl Request {
                 v.extend_from_slice(&(ciphertext.len() as u16).to_be_bytes());
                 v.extend_from_slice(ciphertext);
             }
+            Request::StoreAcked {
+                dropbox,
+                ciphertext,
+                reply_epoch,
+                surb,
+            } => {
+                if ciphertext.len() > MAX_ACKED_STORED_LEN || surb.len() != SURB_LEN {
+                    return Err(Error::InvalidArgument(format!(
+                        "acked store: ciphertext of {} bytes (max {MAX_ACKED_STORED_LEN}), SURB of {}",
+                        ciphertext.len(),
+                        surb.len()
+                    )));
+                }
+                v.push(STORE_ACKED);
+                v.extend_from_slice(dropbox);
+                v.extend_from_slice(&reply_epoch.to_be_bytes());
+                v.extend_from_slice(surb);
+                v.extend_from_slice(&(ciphertext.len() as u16).to_be_bytes());
+                v.extend_from_slice(ciphertext);
+            }
             Request::Fetch(f) => {
                 if f.surbs.is_empty()
                     || f.surbs.len() > FETCH_SURBS
@@ -233,6 +275,23 @@ impl Request {
                 Ok(Request::Store {
                     dropbox,
                     ciphertext,
+                })
+            }
+            STORE_ACKED => {
+                let dropbox = r.arr()?;
+                let reply_epoch = r.u64()?;
+                let surb = r.take(SURB_LEN)?.to_vec();
+                let len = usize::from(r.u16()?);
+                if len > MAX_ACKED_STORED_LEN {
+                    return Err(Error::Decode("stored message too long".into()));
+                }
+                let ciphertext = r.take(len)?.to_vec();
+                r.end()?;
+                Ok(Request::StoreAcked {
+                    dropbox,
+                    ciphertext,
+                    reply_epoch,
+                    surb,
                 })
             }
             FETCH => {
@@ -356,6 +415,15 @@ mod tests {
         .encode()
         .unwrap();
         assert!(store.len() <= MAX_MESSAGE_LEN);
+        let acked = Request::StoreAcked {
+            dropbox: [0; 32],
+            ciphertext: vec![0; MAX_ACKED_STORED_LEN],
+            reply_epoch: 1,
+            surb: vec![0; SURB_LEN],
+        }
+        .encode()
+        .unwrap();
+        assert!(acked.len() <= MAX_MESSAGE_LEN);
         assert!(Request::Fetch(fetch()).encode().unwrap().len() <= MAX_MESSAGE_LEN);
         let reply = FetchReply {
             seqs: vec![1; 4],
@@ -385,6 +453,13 @@ mod tests {
         fn round_trips(ct in proptest::collection::vec(any::<u8>(), 0..MAX_STORED_LEN), seq in any::<u64>(), rem in any::<u32>()) {
             let s = Request::Store { dropbox: [3; 32], ciphertext: ct.clone() };
             prop_assert_eq!(Request::decode(&s.encode().unwrap()).unwrap(), s);
+            let a = Request::StoreAcked {
+                dropbox: [4; 32],
+                ciphertext: ct[..ct.len().min(MAX_ACKED_STORED_LEN)].to_vec(),
+                reply_epoch: seq,
+                surb: vec![9; SURB_LEN],
+            };
+            prop_assert_eq!(Request::decode(&a.encode().unwrap()).unwrap(), a);
             let f = Request::Fetch(fetch());
             prop_assert_eq!(Request::decode(&f.encode().unwrap()).unwrap(), f);
             let r = FetchReply { seqs: vec![seq], remaining: rem, message: Some((seq, ct)) };

@@ -1,0 +1,937 @@
+//! End-to-end reliability, sans-IO: fragments, acknowledgements,
+//! retransmission, reassembly and per-contact ordering. Times are arguments
+//! (seconds since any origin); nothing here reads a clock or touches a socket.
+//!
+//! A message is split into fragments that each fill one stored message.
+//! Every transmission of a fragment carries a fresh SURB-ack; the dropbox
+//! gateway sends the ack once the fragment is durably stored. A fragment
+//! whose ack has not come back by its deadline is sent again (over a fresh
+//! route, with a fresh SURB) with exponential backoff, up to a cap; when the
+//! cap or the message's TTL is reached the application is told the message
+//! failed. So a message is either stored (and then read) or reported failed,
+//! never lost silently. The receiver reassembles with bounded memory,
+//! de-duplicates, and hands messages of one contact over in send order.
+
+use crate::Error;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Largest message the SDK sends (pictures, voice notes).
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// Fragment envelope header: version, kind, message id, session, seq,
+/// index, count, total length.
+pub const FRAGMENT_HEADER: usize = 1 + 1 + 16 + 8 + 8 + 4 + 4 + 4;
+/// Version byte of the fragment envelope.
+pub const FRAGMENT_VERSION: u8 = 2;
+/// Fewest bytes a fragment other than the last may carry; bounds the
+/// fragment count a peer can claim.
+pub const MIN_CHUNK: usize = 1024;
+/// Most fragments one message may have.
+pub const MAX_FRAGMENTS: u32 = MAX_MESSAGE_SIZE.div_ceil(MIN_CHUNK) as u32;
+
+/// A message id (random, chosen by the sender).
+pub type MessageId = [u8; 16];
+/// The identifier of one SURB-ack.
+pub type AckId = [u8; 16];
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An application message.
+    Message = 0,
+    /// A read receipt: the body is a list of message ids.
+    Receipt = 1,
+}
+
+/// One fragment, as it travels inside the end-to-end encryption.
+///
+/// ```text
+/// version=2 kind:u8 msg_id[16] session:u64 seq:u64 index:u32 count:u32 total_len:u32 chunk[..]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// Message or receipt.
+    pub kind: Kind,
+    /// The message it belongs to.
+    pub msg_id: MessageId,
+    /// The sender's session (random per client start): seqs restart with it.
+    pub session: u64,
+    /// Position of the message in the sender's stream to this contact, from 1
+    /// (0 for receipts, which are not ordered).
+    pub seq: u64,
+    /// Which fragment, from 0.
+    pub index: u32,
+    /// How many fragments the message has.
+    pub count: u32,
+    /// Length of the whole message.
+    pub total_len: u32,
+    /// This fragment's bytes.
+    pub chunk: Vec<u8>,
+}
+
+impl Fragment {
+    /// Encodes the fragment.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(FRAGMENT_HEADER + self.chunk.len());
+        v.push(FRAGMENT_VERSION);
+        v.push(self.kind as u8);
+        v.extend_from_slice(&self.msg_id);
+        v.extend_from_slice(&self.session.to_be_bytes());
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.index.to_be_bytes());
+        v.extend_from_slice(&self.count.to_be_bytes());
+        v.extend_from_slice(&self.total_len.to_be_bytes());
+        v.extend_from_slice(&self.chunk);
+        v
+    }
+
+    /// Decodes and checks a fragment; never panics.
+    pub fn decode(b: &[u8]) -> Result<Self, Error> {
+        if b.len() < FRAGMENT_HEADER || b[0] != FRAGMENT_VERSION {
+            return Err(Error::Decode("not a fragment".into()));
+        }
+        let kind = match b[1] {
+            0 => Kind::Message,
+            1 => Kind::Receipt,
+            k => return Err(Error::Decode(format!("unknown fragment kind {k}"))),
+        };
+        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        let mut msg_id = [0u8; 16];
+        msg_id.copy_from_slice(&b[2..18]);
+        let f = Self {
+            kind,
+            msg_id,
+            session: u64_at(18),
+            seq: u64_at(26),
+            index: u32_at(34),
+            count: u32_at(38),
+            total_len: u32_at(42),
+            chunk: b[FRAGMENT_HEADER..].to_vec(),
+        };
+        if f.count == 0
+            || f.count > MAX_FRAGMENTS
+            || f.index >= f.count
+            || f.total_len as usize > MAX_MESSAGE_SIZE
+            || f.chunk.len() > f.total_len as usize
+        {
+            return Err(Error::Decode("fragment fields out of range".into()));
+        }
+        Ok(f)
+    }
+}
+
+/// Splits `len` bytes into chunks of `chunk` bytes: how many fragments.
+pub fn fragment_count(len: usize, chunk: usize) -> u32 {
+    len.div_ceil(chunk.max(1)).max(1) as u32
+}
+
+/// What happened to an outgoing message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Accepted, waiting for payload ticks.
+    Queued,
+    /// Every fragment has left at least once.
+    Sent,
+    /// Every fragment is durably stored at the dropbox gateway (acked).
+    Stored,
+    /// The recipient's receipt came back.
+    Read,
+    /// Given up: a fragment was not acked after the last attempt.
+    FailedAttempts,
+    /// Given up: the message's time to live passed.
+    FailedExpired,
+}
+
+impl Status {
+    /// Whether the message failed.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Status::FailedAttempts | Status::FailedExpired)
+    }
+}
+
+/// Limits of an [`Outbox`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxConfig {
+    /// Transmissions of one fragment before the message fails.
+    pub max_attempts: u32,
+    /// Seconds after queueing when an unstored message fails.
+    pub ttl: f64,
+    /// Bytes of message bodies held at once.
+    pub max_bytes: usize,
+    /// Longest ack timeout after backoff, seconds.
+    pub max_timeout: f64,
+    /// Stored messages remembered while waiting for their receipt.
+    pub max_awaiting_read: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            ttl: 3600.0,
+            max_bytes: 64 * 1024 * 1024,
+            max_timeout: 120.0,
+            max_awaiting_read: 10_000,
+        }
+    }
+}
+
+struct OutMessage<C> {
+    to: C,
+    kind: Kind,
+    session: u64,
+    seq: u64,
+    body: Vec<u8>,
+    chunk: usize,
+    count: u32,
+    acked: Vec<bool>,
+    n_acked: u32,
+    attempts: Vec<u32>,
+    emitted: u32,
+    created: f64,
+}
+
+/// A fragment to transmit now: build its packet with a fresh SURB-ack, then
+/// call [`Outbox::sent`].
+#[derive(Debug, Clone)]
+pub struct Transmission<C> {
+    /// Recipient.
+    pub to: C,
+    /// The fragment (encode it, encrypt it, store it).
+    pub fragment: Fragment,
+    /// How many times it was sent before.
+    pub attempt: u32,
+}
+
+/// The sender's side: messages being delivered.
+pub struct Outbox<C> {
+    cfg: OutboxConfig,
+    msgs: HashMap<MessageId, OutMessage<C>>,
+    /// Fragments to (re)send, oldest first.
+    ready: VecDeque<(MessageId, u32)>,
+    /// Ack id → (message, fragment, deadline).
+    in_flight: HashMap<AckId, (MessageId, u32, f64)>,
+    events: VecDeque<(MessageId, Status)>,
+    awaiting_read: VecDeque<MessageId>,
+    awaiting_set: HashSet<MessageId>,
+    bytes: usize,
+}
+
+impl<C: Clone> Outbox<C> {
+    /// An empty outbox.
+    pub fn new(cfg: OutboxConfig) -> Self {
+        Self {
+            cfg,
+            msgs: HashMap::new(),
+            ready: VecDeque::new(),
+            in_flight: HashMap::new(),
+            events: VecDeque::new(),
+            awaiting_read: VecDeque::new(),
+            awaiting_set: HashSet::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Queues `body` for `to` in fragments of `chunk` bytes. Receipts
+    /// produce no status events. Errors if the body is too large or the
+    /// outbox is full (nothing is queued then).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        id: MessageId,
+        to: C,
+        kind: Kind,
+        session: u64,
+        seq: u64,
+        body: Vec<u8>,
+        chunk: usize,
+        now: f64,
+    ) -> Result<(), Error> {
+        if body.len() > MAX_MESSAGE_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "message of {} bytes exceeds {MAX_MESSAGE_SIZE}",
+                body.len()
+            )));
+        }
+        if chunk < MIN_CHUNK {
+            return Err(Error::InvalidArgument("chunk below MIN_CHUNK".into()));
+        }
+        if self.bytes + body.len() > self.cfg.max_bytes || self.msgs.contains_key(&id) {
+            return Err(Error::Rejected("outbox full".into()));
+        }
+        let count = fragment_count(body.len(), chunk);
+        self.bytes += body.len();
+        self.ready.extend((0..count).map(|i| (id, i)));
+        self.msgs.insert(
+            id,
+            OutMessage {
+                to,
+                kind,
+                session,
+                seq,
+                body,
+                chunk,
+                count,
+                acked: vec![false; count as usize],
+                n_acked: 0,
+                attempts: vec![0; count as usize],
+                emitted: 0,
+                created: now,
+            },
+        );
+        self.event(id, kind, Status::Queued);
+        Ok(())
+    }
+
+    fn event(&mut self, id: MessageId, kind: Kind, s: Status) {
+        if kind == Kind::Message {
+            self.events.push_back((id, s));
+        }
+    }
+
+    /// Messages not yet stored.
+    pub fn pending(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Bytes of bodies held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Fragments acked so far of a message not yet stored.
+    pub fn progress(&self, id: &MessageId) -> Option<Progress> {
+        self.msgs.get(id).map(|m| Progress {
+            have: m.n_acked,
+            count: m.count,
+        })
+    }
+
+    /// Whether a fragment is waiting to be (re)sent.
+    pub fn has_ready(&mut self, now: f64) -> bool {
+        self.check_timeouts(now);
+        self.ready
+            .iter()
+            .any(|(id, i)| self.msgs.get(id).is_some_and(|m| !m.acked[*i as usize]))
+    }
+
+    /// The next fragment to transmit, retransmissions first, or `None`.
+    pub fn next(&mut self, now: f64) -> Option<Transmission<C>> {
+        self.check_timeouts(now);
+        while let Some((id, i)) = self.ready.pop_front() {
+            let Some(m) = self.msgs.get(&id) else {
+                continue;
+            };
+            if m.acked[i as usize] {
+                continue;
+            }
+            let start = i as usize * m.chunk;
+            let end = (start + m.chunk).min(m.body.len());
+            return Some(Transmission {
+                to: m.to.clone(),
+                attempt: m.attempts[i as usize],
+                fragment: Fragment {
+                    kind: m.kind,
+                    msg_id: id,
+                    session: m.session,
+                    seq: m.seq,
+                    index: i,
+                    count: m.count,
+                    total_len: m.body.len() as u32,
+                    chunk: m.body[start..end].to_vec(),
+                },
+            });
+        }
+        None
+    }
+
+    /// Puts a transmission back unsent (its packet could not be built).
+    pub fn unsent(&mut self, t: &Transmission<C>) {
+        self.ready.push_front((t.fragment.msg_id, t.fragment.index));
+    }
+
+    /// `t` left at `now` with SURB-ack `ack`; its ack is due within
+    /// `timeout` seconds (doubled per earlier attempt, capped).
+    pub fn sent(&mut self, t: &Transmission<C>, ack: AckId, now: f64, timeout: f64) {
+        let id = t.fragment.msg_id;
+        let i = t.fragment.index;
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return;
+        };
+        let attempts = &mut m.attempts[i as usize];
+        let backoff = timeout * 2f64.powi((*attempts).min(16) as i32);
+        *attempts += 1;
+        if *attempts == 1 {
+            m.emitted += 1;
+            if m.emitted == m.count {
+                let kind = m.kind;
+                self.event(id, kind, Status::Sent);
+            }
+        }
+        self.in_flight
+            .insert(ack, (id, i, now + backoff.min(self.cfg.max_timeout)));
+    }
+
+    /// An ack came back; true if it was one of ours.
+    pub fn on_ack(&mut self, ack: &AckId) -> bool {
+        let Some((id, i, _)) = self.in_flight.remove(ack) else {
+            return false;
+        };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return true; // the message completed or failed meanwhile
+        };
+        if !m.acked[i as usize] {
+            m.acked[i as usize] = true;
+            m.n_acked += 1;
+        }
+        if m.n_acked == m.count
+            && let Some(m) = self.msgs.remove(&id)
+        {
+            self.bytes -= m.body.len();
+            self.in_flight.retain(|_, (mid, _, _)| *mid != id);
+            if m.kind == Kind::Message {
+                if m.emitted < m.count {
+                    self.events.push_back((id, Status::Sent));
+                }
+                self.events.push_back((id, Status::Stored));
+                if self.awaiting_set.insert(id) {
+                    self.awaiting_read.push_back(id);
+                    if self.awaiting_read.len() > self.cfg.max_awaiting_read
+                        && let Some(old) = self.awaiting_read.pop_front()
+                    {
+                        self.awaiting_set.remove(&old);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// The recipient read message `id`.
+    pub fn on_receipt(&mut self, id: &MessageId) {
+        if self.awaiting_set.remove(id) {
+            self.awaiting_read.retain(|x| x != id);
+            self.events.push_back((*id, Status::Read));
+        }
+    }
+
+    /// The next status change, oldest first.
+    pub fn poll_event(&mut self) -> Option<(MessageId, Status)> {
+        self.events.pop_front()
+    }
+
+    fn fail(&mut self, id: MessageId, s: Status) {
+        if let Some(m) = self.msgs.remove(&id) {
+            self.bytes -= m.body.len();
+            self.in_flight.retain(|_, (mid, _, _)| *mid != id);
+            self.event(id, m.kind, s);
+        }
+    }
+
+    fn check_timeouts(&mut self, now: f64) {
+        let overdue: Vec<AckId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, _, due))| *due < now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in overdue {
+            let Some((id, i, _)) = self.in_flight.remove(&a) else {
+                continue;
+            };
+            let Some(m) = self.msgs.get(&id) else {
+                continue;
+            };
+            if m.acked[i as usize] {
+                continue;
+            }
+            // Another transmission of the same fragment may still be out.
+            if self
+                .in_flight
+                .values()
+                .any(|(mid, mi, _)| *mid == id && *mi == i)
+            {
+                continue;
+            }
+            if m.attempts[i as usize] >= self.cfg.max_attempts {
+                self.fail(id, Status::FailedAttempts);
+            } else {
+                self.ready.push_front((id, i));
+            }
+        }
+        let ttl = self.cfg.ttl;
+        let expired: Vec<MessageId> = self
+            .msgs
+            .iter()
+            .filter(|(_, m)| now - m.created > ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.fail(id, Status::FailedExpired);
+        }
+    }
+}
+
+/// A whole message, reassembled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Complete<C> {
+    /// Its sender.
+    pub from: C,
+    /// Message or receipt.
+    pub kind: Kind,
+    /// Its id.
+    pub msg_id: MessageId,
+    /// Sender's session.
+    pub session: u64,
+    /// Position in the sender's stream.
+    pub seq: u64,
+    /// The bytes.
+    pub body: Vec<u8>,
+}
+
+struct Partial {
+    kind: Kind,
+    session: u64,
+    seq: u64,
+    count: u32,
+    total_len: u32,
+    chunks: BTreeMap<u32, Vec<u8>>,
+    bytes: usize,
+    last: f64,
+}
+
+/// Progress of a message being received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Fragments held.
+    pub have: u32,
+    /// Fragments in all.
+    pub count: u32,
+}
+
+/// The receiver's side: reassembly with bounded memory per contact,
+/// expiry of stale partial messages, and de-duplication.
+pub struct Reassembler<C> {
+    partial: HashMap<(C, MessageId), Partial>,
+    bytes: HashMap<C, usize>,
+    done: HashSet<MessageId>,
+    done_order: VecDeque<MessageId>,
+    max_bytes_per_contact: usize,
+    expiry: f64,
+}
+
+/// Completed message ids remembered for de-duplication.
+const DONE_CAP: usize = 100_000;
+
+impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
+    /// At most `max_bytes_per_contact` bytes of partial messages per
+    /// contact; partial messages with no new fragment for `expiry` seconds
+    /// are dropped (the sender retransmits or reports failure).
+    pub fn new(max_bytes_per_contact: usize, expiry: f64) -> Self {
+        Self {
+            partial: HashMap::new(),
+            bytes: HashMap::new(),
+            done: HashSet::new(),
+            done_order: VecDeque::new(),
+            max_bytes_per_contact,
+            expiry,
+        }
+    }
+
+    /// Bytes held in partial messages, all contacts together.
+    pub fn bytes(&self) -> usize {
+        self.bytes.values().sum()
+    }
+
+    /// Takes a fragment. `Ok(Some)` when it completes a message, `Ok(None)`
+    /// when more are needed or it is a duplicate, `Err` when the contact's
+    /// memory bound refuses it (not stored; the sender will retry).
+    pub fn insert(&mut self, from: C, f: Fragment, now: f64) -> Result<Option<Complete<C>>, Error> {
+        if self.done.contains(&f.msg_id) {
+            return Ok(None);
+        }
+        let key = (from.clone(), f.msg_id);
+        let used = self.bytes.get(&from).copied().unwrap_or(0);
+        let p = match self.partial.get_mut(&key) {
+            Some(p) => {
+                if (p.count, p.total_len, p.kind, p.seq) != (f.count, f.total_len, f.kind, f.seq) {
+                    return Err(Error::Decode("fragment disagrees with its message".into()));
+                }
+                p
+            }
+            None => {
+                if used + f.total_len as usize > self.max_bytes_per_contact {
+                    return Err(Error::Rejected("reassembly memory for contact full".into()));
+                }
+                // Reserve the whole message up front, so a contact cannot
+                // start more messages than its bound holds.
+                *self.bytes.entry(from.clone()).or_insert(0) += f.total_len as usize;
+                self.partial.entry(key.clone()).or_insert(Partial {
+                    kind: f.kind,
+                    session: f.session,
+                    seq: f.seq,
+                    count: f.count,
+                    total_len: f.total_len,
+                    chunks: BTreeMap::new(),
+                    bytes: 0,
+                    last: now,
+                })
+            }
+        };
+        p.last = now;
+        if p.chunks.contains_key(&f.index) {
+            return Ok(None);
+        }
+        if p.bytes + f.chunk.len() > p.total_len as usize {
+            return Err(Error::Decode("fragments exceed the message length".into()));
+        }
+        p.bytes += f.chunk.len();
+        p.chunks.insert(f.index, f.chunk);
+        if p.chunks.len() as u32 != p.count {
+            return Ok(None);
+        }
+        let Some(p) = self.partial.remove(&key) else {
+            return Ok(None);
+        };
+        self.release(&from, p.total_len as usize);
+        if p.bytes != p.total_len as usize {
+            return Err(Error::Decode("reassembled length mismatch".into()));
+        }
+        let mut body = Vec::with_capacity(p.bytes);
+        for c in p.chunks.into_values() {
+            body.extend_from_slice(&c);
+        }
+        self.mark_done(f.msg_id);
+        Ok(Some(Complete {
+            from,
+            kind: p.kind,
+            msg_id: f.msg_id,
+            session: p.session,
+            seq: p.seq,
+            body,
+        }))
+    }
+
+    /// Progress of a partial message.
+    pub fn progress(&self, from: &C, id: &MessageId) -> Option<Progress> {
+        self.partial.get(&(from.clone(), *id)).map(|p| Progress {
+            have: p.chunks.len() as u32,
+            count: p.count,
+        })
+    }
+
+    /// Forgets that `id` completed (the application could not take it; it
+    /// will be fetched again).
+    pub fn forget(&mut self, id: &MessageId) {
+        self.done.remove(id);
+    }
+
+    fn mark_done(&mut self, id: MessageId) {
+        if self.done.insert(id) {
+            self.done_order.push_back(id);
+            if self.done_order.len() > DONE_CAP
+                && let Some(old) = self.done_order.pop_front()
+            {
+                self.done.remove(&old);
+            }
+        }
+    }
+
+    fn release(&mut self, from: &C, n: usize) {
+        if let Some(b) = self.bytes.get_mut(from) {
+            *b = b.saturating_sub(n);
+            if *b == 0 {
+                self.bytes.remove(from);
+            }
+        }
+    }
+
+    /// Drops partial messages idle for longer than the expiry; returns how many.
+    pub fn expire(&mut self, now: f64) -> usize {
+        let stale: Vec<(C, MessageId)> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| now - p.last > self.expiry)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &stale {
+            if let Some(p) = self.partial.remove(k) {
+                self.release(&k.0, p.total_len as usize);
+            }
+        }
+        stale.len()
+    }
+}
+
+/// Messages of one (contact, session) waiting behind a gap: seq → (since, message).
+type Held<C> = BTreeMap<u64, (f64, Complete<C>)>;
+
+/// Hands messages of one contact over in the order they were sent.
+///
+/// Messages carry `(session, seq)`; seqs count from 1 within a session. A
+/// message after a gap waits until the gap fills or `hold` seconds pass
+/// (the missing message failed at the sender, or was sent before this
+/// receiver's state began), then the gap is skipped.
+pub struct Sequencer<C> {
+    next: HashMap<(C, u64), u64>,
+    held: HashMap<(C, u64), Held<C>>,
+    hold: f64,
+    max_held: usize,
+    n_held: usize,
+}
+
+impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
+    /// Holds out-of-order messages at most `hold` seconds, and at most
+    /// `max_held` at once (beyond that, gaps are skipped at once).
+    pub fn new(hold: f64, max_held: usize) -> Self {
+        Self {
+            next: HashMap::new(),
+            held: HashMap::new(),
+            hold,
+            max_held,
+            n_held: 0,
+        }
+    }
+
+    /// Takes a complete message; returns those now deliverable, in order.
+    pub fn push(&mut self, m: Complete<C>, now: f64) -> Vec<Complete<C>> {
+        let key = (m.from.clone(), m.session);
+        let next = *self.next.get(&key).unwrap_or(&1);
+        if m.seq < next {
+            return vec![m]; // late, after its gap was skipped: still deliver
+        }
+        self.n_held += 1;
+        self.held
+            .entry(key.clone())
+            .or_default()
+            .insert(m.seq, (now, m));
+        let mut out = self.drain(&key, false);
+        if self.n_held > self.max_held {
+            out.extend(self.drain(&key, true));
+        }
+        out
+    }
+
+    fn drain(&mut self, key: &(C, u64), skip: bool) -> Vec<Complete<C>> {
+        let mut out = Vec::new();
+        let Some(h) = self.held.get_mut(key) else {
+            return out;
+        };
+        let mut next = *self.next.get(key).unwrap_or(&1);
+        while let Some(entry) = h.first_entry() {
+            if *entry.key() == next || skip {
+                let seq = *entry.key();
+                let (_, m) = entry.remove();
+                self.n_held -= 1;
+                next = seq + 1;
+                out.push(m);
+                if skip {
+                    break; // skip one gap only, then continue in order
+                }
+            } else {
+                break;
+            }
+        }
+        if skip && let Some(h) = self.held.get_mut(key) {
+            while let Some(entry) = h.first_entry() {
+                if *entry.key() != next {
+                    break;
+                }
+                let (_, m) = entry.remove();
+                self.n_held -= 1;
+                next += 1;
+                out.push(m);
+            }
+        }
+        if self.held.get(key).is_some_and(|h| h.is_empty()) {
+            self.held.remove(key);
+        }
+        self.next.insert(key.clone(), next);
+        out
+    }
+
+    /// Releases messages that waited longer than `hold` behind a gap.
+    pub fn expire(&mut self, now: f64) -> Vec<Complete<C>> {
+        let keys: Vec<(C, u64)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| {
+                h.first_key_value()
+                    .is_some_and(|(_, (t, _))| now - t > self.hold)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in keys {
+            out.extend(self.drain(&k, true));
+        }
+        out
+    }
+
+    /// Messages waiting behind a gap.
+    pub fn held(&self) -> usize {
+        self.n_held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox() -> Outbox<u8> {
+        Outbox::new(OutboxConfig {
+            max_attempts: 3,
+            ttl: 100.0,
+            ..OutboxConfig::default()
+        })
+    }
+
+    fn send_all(o: &mut Outbox<u8>, now: f64, acks: &mut u8) -> Vec<(AckId, Fragment)> {
+        let mut v = Vec::new();
+        while let Some(t) = o.next(now) {
+            *acks += 1;
+            let ack = [*acks; 16];
+            o.sent(&t, ack, now, 1.0);
+            v.push((ack, t.fragment));
+        }
+        v
+    }
+
+    #[test]
+    fn fragments_round_trip_through_encoding() {
+        let f = Fragment {
+            kind: Kind::Message,
+            msg_id: [7; 16],
+            session: 9,
+            seq: 3,
+            index: 1,
+            count: 2,
+            total_len: 2000,
+            chunk: vec![1; 976],
+        };
+        assert_eq!(Fragment::decode(&f.encode()).unwrap(), f);
+        let mut bad = f.encode();
+        bad[34..38].copy_from_slice(&5u32.to_be_bytes()); // index ≥ count
+        assert!(Fragment::decode(&bad).is_err());
+        assert!(Fragment::decode(&bad[..10]).is_err());
+    }
+
+    #[test]
+    fn a_message_is_stored_once_every_fragment_is_acked() {
+        let mut o = outbox();
+        let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        o.push([1; 16], 0, Kind::Message, 1, 1, body.clone(), 2048, 0.0)
+            .unwrap();
+        assert_eq!(o.poll_event(), Some(([1; 16], Status::Queued)));
+        let mut n = 0;
+        let sent = send_all(&mut o, 0.0, &mut n);
+        assert_eq!(sent.len(), 3);
+        assert_eq!(o.poll_event(), Some(([1; 16], Status::Sent)));
+        let mut r = Reassembler::new(1 << 20, 60.0);
+        let mut done = None;
+        for (ack, f) in sent.iter().rev() {
+            assert!(o.on_ack(ack));
+            done = r.insert(5u8, f.clone(), 0.0).unwrap().or(done);
+        }
+        assert_eq!(o.poll_event(), Some(([1; 16], Status::Stored)));
+        assert_eq!(done.unwrap().body, body);
+        assert_eq!(r.bytes(), 0);
+        assert_eq!(o.bytes(), 0);
+        o.on_receipt(&[1; 16]);
+        assert_eq!(o.poll_event(), Some(([1; 16], Status::Read)));
+        // Duplicates after completion are not delivered again.
+        assert_eq!(r.insert(5u8, sent[0].1.clone(), 1.0).unwrap(), None);
+    }
+
+    #[test]
+    fn unacked_fragments_are_retransmitted_with_backoff_then_fail() {
+        let mut o = outbox();
+        o.push([2; 16], 0, Kind::Message, 1, 1, vec![0; 10], 2048, 0.0)
+            .unwrap();
+        let mut n = 0;
+        assert_eq!(send_all(&mut o, 0.0, &mut n).len(), 1);
+        assert!(o.next(0.9).is_none(), "not before its timeout");
+        // Timeout 1 s, then 2 s, then the cap of 3 attempts.
+        assert_eq!(send_all(&mut o, 1.1, &mut n).len(), 1);
+        assert!(o.next(3.0).is_none(), "backoff doubled the timeout");
+        assert_eq!(send_all(&mut o, 3.2, &mut n).len(), 1);
+        assert!(o.next(7.3).is_none());
+        let evs: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
+        assert_eq!(evs, [Status::Queued, Status::Sent, Status::FailedAttempts]);
+        assert_eq!(o.pending(), 0);
+        // A late ack of a failed message changes nothing.
+        assert!(!o.on_ack(&[1; 16]));
+    }
+
+    #[test]
+    fn the_ttl_fails_a_message_and_the_outbox_is_bounded() {
+        let mut o = Outbox::new(OutboxConfig {
+            ttl: 10.0,
+            max_bytes: 3000,
+            ..OutboxConfig::default()
+        });
+        o.push([3; 16], 0u8, Kind::Message, 1, 1, vec![0; 2000], 2048, 0.0)
+            .unwrap();
+        assert!(
+            o.push([4; 16], 0, Kind::Message, 1, 2, vec![0; 2000], 2048, 0.0)
+                .is_err()
+        );
+        assert!(!o.has_ready(11.0));
+        let evs: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
+        assert_eq!(evs, [Status::Queued, Status::FailedExpired]);
+        assert_eq!(o.bytes(), 0);
+    }
+
+    #[test]
+    fn reassembly_memory_is_bounded_per_contact_and_expires() {
+        let mut r: Reassembler<u8> = Reassembler::new(10_000, 30.0);
+        let frag = |id: u8, total: u32| Fragment {
+            kind: Kind::Message,
+            msg_id: [id; 16],
+            session: 1,
+            seq: u64::from(id),
+            index: 0,
+            count: 2,
+            total_len: total,
+            chunk: vec![0; 1024],
+        };
+        assert_eq!(r.insert(1, frag(1, 8000), 0.0).unwrap(), None);
+        assert!(r.insert(1, frag(2, 8000), 0.0).is_err(), "over the bound");
+        assert!(
+            r.insert(2, frag(3, 8000), 0.0).is_ok(),
+            "other contacts unaffected"
+        );
+        assert_eq!(r.expire(20.0), 0);
+        assert_eq!(r.expire(31.0), 2);
+        assert_eq!(r.bytes(), 0);
+        assert!(r.insert(1, frag(2, 8000), 40.0).is_ok());
+    }
+
+    fn complete(seq: u64) -> Complete<u8> {
+        Complete {
+            from: 1,
+            kind: Kind::Message,
+            msg_id: [seq as u8; 16],
+            session: 7,
+            seq,
+            body: vec![],
+        }
+    }
+
+    #[test]
+    fn messages_are_delivered_in_send_order() {
+        let mut s = Sequencer::new(60.0, 100);
+        assert!(s.push(complete(2), 0.0).is_empty());
+        assert!(s.push(complete(3), 0.0).is_empty());
+        let out: Vec<u64> = s.push(complete(1), 1.0).iter().map(|m| m.seq).collect();
+        assert_eq!(out, [1, 2, 3]);
+        // A gap that never fills is skipped after the hold time.
+        assert!(s.push(complete(5), 2.0).is_empty());
+        assert!(s.expire(61.0).is_empty());
+        let out: Vec<u64> = s.expire(62.1).iter().map(|m| m.seq).collect();
+        assert_eq!(out, [5]);
+        // The missing one, if it turns up late, is still delivered.
+        assert_eq!(s.push(complete(4), 70.0).len(), 1);
+        assert_eq!(s.held(), 0);
+    }
+}
