@@ -21,7 +21,7 @@ use protocol::reliable::{Complete, Fragment, Kind, Outbox, OutboxConfig, Reassem
 pub use protocol::reliable::{MessageId, Progress, Status};
 use protocol::topology::{self, TopologyDocument, TopologyNode, TrustPolicy};
 use rand::{Rng, RngExt};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -210,6 +210,9 @@ struct BoxState {
     received: BTreeSet<u64>,
     /// The box may hold more: keep fetching it (true until a reply says otherwise).
     more: bool,
+    /// What replies told us of the box after `confirmed`: position (from 1)
+    /// → seq. Lets pipelined fetches (skip 0, 4, 8, …) confirm in order.
+    slots: BTreeMap<u64, u64>,
 }
 
 struct Contact {
@@ -224,8 +227,15 @@ struct Pending {
     key: ReplyKey,
     contact: [u8; 32],
     period: u64,
+    /// The fetch's `after_seq` and `skip`.
+    after_seq: u64,
+    skip: u16,
     created: Instant,
 }
+
+/// Fetches of one box in flight at once when it holds more (each returns
+/// up to [`FETCH_SURBS`] messages).
+const FETCH_PIPELINE: u16 = 4;
 
 const MAX_PENDING: usize = 20_000;
 
@@ -329,7 +339,8 @@ struct Inner {
     /// The Loopix stream: real packets wait here for a payload tick.
     stream: Mutex<ClientStream<Vec<u8>>>,
     /// Fetches due, sent in payload ticks that find no real packet.
-    fetches: Mutex<VecDeque<([u8; 32], u64)>>,
+    /// (contact, period, skip)
+    fetches: Mutex<VecDeque<([u8; 32], u64, u16)>>,
     /// Loops in flight: identifier → sent at.
     loops: Mutex<LoopTracker>,
     /// Origin of the loop tracker's clock.
@@ -950,9 +961,14 @@ impl Inner {
     }
 
     /// A fetch of `contact`'s box for `period`, with SURBs back to us.
-    fn fetch_frame(&self, contact: &[u8; 32], period: u64) -> Result<Option<Vec<u8>>, Error> {
+    fn fetch_frame(
+        &self,
+        contact: &[u8; 32],
+        period: u64,
+        skip: u16,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let topo = self.topology();
-        let (request, keys) = {
+        let (request, keys, after_seq) = {
             let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(c) = contacts.get_mut(contact) else {
                 return Ok(None);
@@ -964,6 +980,7 @@ impl Inner {
                 confirmed: 0,
                 received: BTreeSet::new(),
                 more: true,
+                slots: BTreeMap::new(),
             });
             let entry = topo
                 .node(&self.entry.identity)
@@ -984,14 +1001,15 @@ impl Inner {
                 surbs.push(surb);
                 keys.push((identifier, key));
             }
-            let req = FetchRequest::new_signed(
+            let req = FetchRequest::new_signed_skip(
                 &state.dropbox,
                 state.confirmed,
+                skip,
                 now_ms(),
                 topo.epoch,
                 surbs,
             );
-            (Request::Fetch(req), keys)
+            (Request::Fetch(req), keys, state.confirmed)
         };
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -1006,6 +1024,8 @@ impl Inner {
                         key,
                         contact: *contact,
                         period,
+                        after_seq,
+                        skip,
                         created: Instant::now(),
                     },
                 );
@@ -1185,18 +1205,47 @@ impl Inner {
             }
         }
         state.more = !reply.seqs.is_empty() || reply.remaining > 0;
-        // Confirm the longest prefix of this answer we hold.
-        let mut seqs = reply.seqs.clone();
-        seqs.sort_unstable();
-        for s in seqs {
-            if s <= state.confirmed || state.received.contains(&s) {
-                state.confirmed = state.confirmed.max(s);
+        // Where this answer's messages sit in the box, if it was asked
+        // relative to what we confirm now (older answers' positions are stale).
+        if p.after_seq == state.confirmed {
+            for (i, s) in reply.seqs.iter().enumerate() {
+                state.slots.insert(u64::from(p.skip) + i as u64 + 1, *s);
+            }
+        }
+        // Confirm the longest run of positions 1, 2, … we hold.
+        let mut n = 0u64;
+        let mut last = None;
+        while let Some(s) = state.slots.get(&(n + 1)) {
+            if *s <= state.confirmed || state.received.contains(s) {
+                n += 1;
+                last = Some(*s);
             } else {
                 break;
             }
         }
+        let advanced = if let Some(s) = last {
+            state.confirmed = state.confirmed.max(s);
+            state.slots = std::mem::take(&mut state.slots)
+                .into_iter()
+                .filter(|(pos, _)| *pos > n)
+                .map(|(pos, s)| (pos - n, s))
+                .collect();
+            true
+        } else {
+            false
+        };
         let confirmed = state.confirmed;
         state.received.retain(|s| *s > confirmed);
+        // A box that holds more is drained by several fetches at once.
+        if advanced && reply.remaining > 0 && !self.cfg.dangerous_no_cover {
+            let mut q = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+            for k in 0..FETCH_PIPELINE {
+                let item = (p.contact, p.period, k * FETCH_SURBS as u16);
+                if !q.contains(&item) && q.len() < MAX_PENDING {
+                    q.push_front(item);
+                }
+            }
+        }
     }
 
     /// A fragment from `contact`, decrypted and authenticated.
@@ -1377,13 +1426,13 @@ async fn fetch_task(inner: Arc<Inner>) {
                 // Fetches ride the payload stream: queue them for idle ticks.
                 let mut q = inner.fetches.lock().unwrap_or_else(|p| p.into_inner());
                 for p in periods {
-                    if !q.contains(&(c, p)) && q.len() < MAX_PENDING {
-                        q.push_back((c, p));
+                    if !q.contains(&(c, p, 0)) && q.len() < MAX_PENDING {
+                        q.push_back((c, p, 0));
                     }
                 }
             } else {
                 for p in periods {
-                    match inner.fetch_frame(&c, p) {
+                    match inner.fetch_frame(&c, p, 0) {
                         Ok(Some(f)) => {
                             if inner.out.send(f).await.is_err() {
                                 return;
@@ -1456,7 +1505,7 @@ async fn sender_task(inner: Arc<Inner>) {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .pop_front();
-                        match due.map(|(c, p)| inner.fetch_frame(&c, p)) {
+                        match due.map(|(c, p, k)| inner.fetch_frame(&c, p, k)) {
                             Some(Ok(Some(f))) => {
                                 inner.cover.fetches.fetch_add(1, Ordering::Relaxed);
                                 Ok(f)

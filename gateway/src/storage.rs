@@ -292,19 +292,24 @@ impl Storage {
         if req.after_seq == u64::MAX {
             return Ok(out);
         }
+        // Everything ≤ after_seq is gone now: the box's count is what follows.
+        let held = boxes
+            .get(id)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value().0);
+        let skip = u64::from(req.skip);
         for r in messages
             .range((id, req.after_seq + 1)..=(id, u64::MAX))
             .map_err(|e| self.err(e))?
+            .skip(req.skip.into())
+            .take(req.surbs.len())
         {
             let (k, v) = r.map_err(|e| self.err(e))?;
-            if out.messages.len() == req.surbs.len() {
-                out.remaining += 1;
-                continue;
-            }
             let v = v.value();
             out.messages
                 .push((k.value().1, v.get(8..).unwrap_or_default().to_vec()));
         }
+        out.remaining = held.saturating_sub(skip + out.messages.len() as u64);
         Ok(out)
     }
 

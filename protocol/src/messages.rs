@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! Store = 0x01 dropbox[32] len:u16 ciphertext[len]                   (len ≤ MAX_STORED_LEN)
-//! Fetch = 0x02 dropbox[32] capability[32] signature[64] after_seq:u64
+//! Fetch = 0x02 dropbox[32] capability[32] signature[64] after_seq:u64 skip:u16
 //!         timestamp_ms:u64 reply_epoch:u64 n:u8 surb[n][SURB_LEN]    (1 ≤ n ≤ FETCH_SURBS)
 //! Drop  = 0x03 …                                                     (cover; discarded)
 //! StoreAcked = 0x04 dropbox[32] reply_epoch:u64 surb[SURB_LEN] len:u16 ciphertext[len]
@@ -18,7 +18,10 @@
 //! A fetch is answered with exactly `n` replies, one per SURB; reply `i`
 //! carries the `i`-th message if there is one. Every message the gateway
 //! stored with `seq ≤ after_seq` is deleted first: a fetch confirms what
-//! the previous one delivered.
+//! the previous one delivered. Replies carry the messages after
+//! `after_seq`, skipping the first `skip` of them: a client pipelines
+//! several fetches of one box (skip 0, 4, 8, …) to drain it faster than one
+//! round trip per four messages.
 
 use crate::Error;
 use crate::dropbox::{Dropbox, verify_capability};
@@ -78,6 +81,8 @@ pub struct FetchRequest {
     pub signature: [u8; 64],
     /// Messages up to this sequence number were received: delete them.
     pub after_seq: u64,
+    /// Messages after `after_seq` to pass over before answering.
+    pub skip: u16,
     /// When the client made the request, Unix ms.
     pub timestamp_ms: u64,
     /// Epoch of the Sphinx keys the SURBs were built with.
@@ -118,11 +123,24 @@ impl FetchRequest {
         reply_epoch: u64,
         surbs: Vec<Vec<u8>>,
     ) -> Self {
+        Self::new_signed_skip(dropbox, after_seq, 0, timestamp_ms, reply_epoch, surbs)
+    }
+
+    /// Builds and signs a request that passes over `skip` messages.
+    pub fn new_signed_skip(
+        dropbox: &Dropbox,
+        after_seq: u64,
+        skip: u16,
+        timestamp_ms: u64,
+        reply_epoch: u64,
+        surbs: Vec<Vec<u8>>,
+    ) -> Self {
         let mut r = Self {
             dropbox: dropbox.id,
             capability: dropbox.capability.verifying_key().to_bytes(),
             signature: [0; 64],
             after_seq,
+            skip,
             timestamp_ms,
             reply_epoch,
             surbs,
@@ -131,15 +149,16 @@ impl FetchRequest {
         r
     }
 
-    /// `"umbra-fetch-v1" || dropbox || after_seq || timestamp_ms || reply_epoch || SHA-256(surbs)`.
+    /// `"umbra-fetch-v2" || dropbox || after_seq || skip || timestamp_ms || reply_epoch || SHA-256(surbs)`.
     pub fn signing_input(&self) -> Vec<u8> {
         let mut h = Sha256::new();
         for s in &self.surbs {
             h.update(s);
         }
-        let mut v = b"umbra-fetch-v1".to_vec();
+        let mut v = b"umbra-fetch-v2".to_vec();
         v.extend_from_slice(&self.dropbox);
         v.extend_from_slice(&self.after_seq.to_be_bytes());
+        v.extend_from_slice(&self.skip.to_be_bytes());
         v.extend_from_slice(&self.timestamp_ms.to_be_bytes());
         v.extend_from_slice(&self.reply_epoch.to_be_bytes());
         v.extend_from_slice(&h.finalize());
@@ -248,6 +267,7 @@ impl Request {
                 v.extend_from_slice(&f.capability);
                 v.extend_from_slice(&f.signature);
                 v.extend_from_slice(&f.after_seq.to_be_bytes());
+                v.extend_from_slice(&f.skip.to_be_bytes());
                 v.extend_from_slice(&f.timestamp_ms.to_be_bytes());
                 v.extend_from_slice(&f.reply_epoch.to_be_bytes());
                 v.push(f.surbs.len() as u8);
@@ -299,6 +319,7 @@ impl Request {
                 let capability = r.arr()?;
                 let signature = r.arr()?;
                 let after_seq = r.u64()?;
+                let skip = r.u16()?;
                 let timestamp_ms = r.u64()?;
                 let reply_epoch = r.u64()?;
                 let n = usize::from(r.u8()?);
@@ -314,6 +335,7 @@ impl Request {
                     capability,
                     signature,
                     after_seq,
+                    skip,
                     timestamp_ms,
                     reply_epoch,
                     surbs,
@@ -439,6 +461,9 @@ mod tests {
         assert!(f.authorised());
         let mut g = f.clone();
         g.after_seq += 1;
+        assert!(!g.authorised());
+        let mut g = f.clone();
+        g.skip += 1;
         assert!(!g.authorised());
         let mut g = f.clone();
         g.surbs[0][0] ^= 1;

@@ -92,6 +92,8 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         c.max_delay_ms = 0;
         // Only the benchmark's packets: no loop cover of the node's own.
         c.dangerous_no_cover = true;
+        // Sized for the full rate, as a production node.
+        c.replay_max_pps = mixnode::MixnodeConfig::default().replay_max_pps;
         c.worker_queue = packets + 1024;
         if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
             .ok()

@@ -23,7 +23,10 @@ pub struct DemoOptions {
     pub fetch_interval_ms: u64,
     /// Time between two sends, milliseconds.
     pub send_interval_ms: u64,
-    /// Give up waiting after this long.
+    /// Size of each message in bytes; `None` sends short text messages.
+    /// Large messages travel in fragments (at most `client_sdk::MAX_BODY_LEN`).
+    pub message_size: Option<usize>,
+    /// Give up waiting after this long (more is added for large messages).
     pub timeout: Duration,
 }
 
@@ -36,6 +39,7 @@ impl Default for DemoOptions {
             delay_mean_ms: 20,
             fetch_interval_ms: 250,
             send_interval_ms: 50,
+            message_size: None,
             timeout: Duration::from_secs(60),
         }
     }
@@ -48,7 +52,9 @@ pub struct DemoReport {
     pub sent: usize,
     /// Messages that arrived, intact, exactly once.
     pub delivered: usize,
-    /// Messages that never arrived.
+    /// Messages the sender's client reported failed (never stored in time).
+    pub failed: usize,
+    /// Messages neither delivered nor reported failed: lost silently.
     pub lost: usize,
     /// Extra copies handed to an application.
     pub duplicates: usize,
@@ -61,9 +67,10 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// True if every message arrived exactly once and intact.
+    /// True if every message arrived exactly once and intact, or was
+    /// reported failed to its sender; none was lost silently.
     pub fn ok(&self) -> bool {
-        self.delivered == self.sent && self.duplicates == 0 && self.corrupted == 0
+        self.lost == 0 && self.duplicates == 0 && self.corrupted == 0 && self.sent > 0
     }
 }
 
@@ -127,13 +134,38 @@ async fn talk(
     let mut rng = rand::rng();
     let started = Instant::now();
     let mut sent = 0usize;
+    // Large messages need one payload tick per fragment (λ_P = 50/s here).
+    let fragments = opts
+        .message_size
+        .map_or(1, |n| n.div_ceil(client_sdk::CHUNK_LEN).max(1))
+        * opts.messages;
     let deadline = started
         + opts.timeout
-        + Duration::from_millis(opts.send_interval_ms * opts.messages as u64);
+        + Duration::from_millis(opts.send_interval_ms * opts.messages as u64)
+        + Duration::from_millis(fragments as u64 * 2 * 1000 / 50);
     let mut next_send = Instant::now();
+    let mut ids: Vec<(Client, client_sdk::MessageId)> = Vec::new();
+    let mut failed = std::collections::HashSet::new();
+    let mut last_progress = Instant::now();
     loop {
-        if sent == opts.messages && t.got.len() == opts.messages {
+        for (c, id) in &ids {
+            if c.status(id).is_some_and(|s| s.is_failure()) && failed.insert(*id) {
+                progress(&format!(
+                    "a message was reported failed: {:?}",
+                    c.status(id)
+                ));
+            }
+        }
+        if sent == opts.messages && t.got.len() + failed.len() >= opts.messages {
             break;
+        }
+        if opts.message_size.is_some() && last_progress.elapsed() > Duration::from_secs(5) {
+            last_progress = Instant::now();
+            for (c, id) in &ids {
+                if let Some(p) = c.progress(id) {
+                    progress(&format!("sending: {}/{} fragments stored", p.have, p.count));
+                }
+            }
         }
         if Instant::now() > deadline {
             progress("timed out waiting for the remaining messages");
@@ -141,21 +173,36 @@ async fn talk(
         }
         if sent < opts.messages && Instant::now() >= next_send {
             let from_alice = sent.is_multiple_of(2);
-            let body = format!(
+            let mut body = format!(
                 "message {} from {}: {:016x}",
                 sent,
                 if from_alice { "alice" } else { "bob" },
                 rng.next_u64()
             )
             .into_bytes();
-            if from_alice {
-                t.expected
-                    .insert(body.clone(), (alice.id(), Instant::now()));
-                alice.send(&bob_id, &body).await?;
-            } else {
-                t.expected.insert(body.clone(), (bob.id(), Instant::now()));
-                bob.send(&alice_id, &body).await?;
+            if let Some(n) = opts.message_size {
+                let head = body.len().min(n);
+                body.truncate(head);
+                let mut rest = vec![0u8; n - head];
+                rng.fill_bytes(&mut rest);
+                body.extend_from_slice(&rest);
             }
+            let (client, to, from) = if from_alice {
+                (&alice, &bob_id, alice.id())
+            } else {
+                (&bob, &alice_id, bob.id())
+            };
+            t.expected.insert(body.clone(), (from, Instant::now()));
+            // Busy: the outbox is full; wait for room, as an application would.
+            let id = loop {
+                match client.send(to, &body).await {
+                    Err(client_sdk::Error::Busy) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    r => break r?,
+                }
+            };
+            ids.push((client.clone(), id));
             sent += 1;
             next_send = Instant::now() + Duration::from_millis(opts.send_interval_ms);
             continue;
@@ -183,10 +230,18 @@ async fn talk(
     bob.shutdown();
     t.latencies.sort_by(f64::total_cmp);
     let delivered = t.got.len();
+    // A message both delivered and reported failed counts as delivered (its
+    // ack was lost after the store): the application got it.
+    let failed = ids
+        .iter()
+        .filter(|(c, id)| c.status(id).is_some_and(|s| s.is_failure()))
+        .count()
+        .min(sent - delivered);
     Ok(DemoReport {
         sent,
         delivered,
-        lost: sent - delivered,
+        failed,
+        lost: sent - delivered - failed,
         duplicates: t.got.values().map(|n| n - 1).sum(),
         corrupted: t.corrupted,
         p50_ms: (percentile(&t.latencies, 0.5) * 10.0).round() / 10.0,

@@ -51,7 +51,12 @@ enum Command {
         /// every link of the demo network (QUIC retransmits them).
         #[arg(long, default_value_t = 0.0)]
         link_loss: f64,
-        /// End with one JSON line: {"sent","delivered","lost","p50_ms","p99_ms"}.
+        /// Size of each message in bytes (up to 16 MiB, sent in fragments);
+        /// by default short text messages.
+        #[arg(long)]
+        message_size: Option<usize>,
+        /// End with one JSON line:
+        /// {"sent","delivered","failed","lost","p50_ms","p99_ms"}.
         #[arg(long)]
         json: bool,
     },
@@ -342,8 +347,16 @@ async fn run(cli: Cli) -> Result<()> {
             messages,
             delay_ms,
             link_loss,
+            message_size,
             json,
         } => {
+            if message_size.is_some_and(|n| n > client_sdk::MAX_BODY_LEN) {
+                return Err(format!(
+                    "--message-size must be at most {} bytes",
+                    client_sdk::MAX_BODY_LEN
+                )
+                .into());
+            }
             if !(0.0..1.0).contains(&link_loss) {
                 return Err("--link-loss must be in [0, 1)".into());
             }
@@ -358,12 +371,20 @@ async fn run(cli: Cli) -> Result<()> {
             let opts = umbra::demo::DemoOptions {
                 messages,
                 delay_mean_ms: delay_ms,
+                message_size,
                 ..Default::default()
             };
             let r = umbra::demo::run(opts, |line| eprintln!("{line}")).await?;
             println!(
-                "{} of {} messages delivered exactly once and intact ({} lost, {} duplicates, {} corrupted); latency p50 {} ms, p99 {} ms",
-                r.delivered, r.sent, r.lost, r.duplicates, r.corrupted, r.p50_ms, r.p99_ms
+                "{} of {} messages delivered exactly once and intact ({} reported failed, {} lost, {} duplicates, {} corrupted); latency p50 {} ms, p99 {} ms",
+                r.delivered,
+                r.sent,
+                r.failed,
+                r.lost,
+                r.duplicates,
+                r.corrupted,
+                r.p50_ms,
+                r.p99_ms
             );
             if json {
                 println!(
@@ -371,6 +392,7 @@ async fn run(cli: Cli) -> Result<()> {
                     serde_json::json!({
                         "sent": r.sent,
                         "delivered": r.delivered,
+                        "failed": r.failed,
                         "lost": r.lost,
                         "p50_ms": r.p50_ms,
                         "p99_ms": r.p99_ms,

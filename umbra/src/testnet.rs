@@ -127,6 +127,9 @@ pub fn mixnode_config(dir: &LocalDirectory, data_dir: PathBuf) -> MixnodeConfig 
         authority_key: hex::encode(dir.authority),
         data_dir,
         topology_refresh_secs: 5,
+        // Many nodes share one machine here: size the replay caches for a
+        // test network's rate (each key's cache is sized for rate × lifetime).
+        replay_max_pps: 2_000,
         ..MixnodeConfig::default()
     }
 }
@@ -361,6 +364,7 @@ pub fn gateway_config(dir: &LocalDirectory, data_dir: PathBuf) -> gateway::Gatew
         authority_key: hex::encode(dir.authority),
         data_dir,
         topology_refresh_secs: 5,
+        replay_max_pps: 2_000,
         ..gateway::GatewayConfig::default()
     }
 }
