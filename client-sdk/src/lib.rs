@@ -213,6 +213,49 @@ struct BoxState {
     /// What replies told us of the box after `confirmed`: position (from 1)
     /// → seq. Lets pipelined fetches (skip 0, 4, 8, …) confirm in order.
     slots: BTreeMap<u64, u64>,
+    /// Window fetches in flight: skip (relative to `confirmed`) → sent at.
+    outstanding: BTreeMap<u64, Instant>,
+    /// Messages known to follow `confirmed` in the box.
+    known_len: u64,
+}
+
+impl BoxState {
+    fn new(dropbox: Dropbox) -> Self {
+        Self {
+            dropbox,
+            confirmed: 0,
+            received: BTreeSet::new(),
+            more: true,
+            slots: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            known_len: 0,
+        }
+    }
+
+    /// The next window fetch's skip: the first group of positions neither
+    /// held nor asked for within `timeout`; records it as asked.
+    fn next_window(&mut self, timeout: Duration) -> Option<u16> {
+        self.outstanding.retain(|_, at| at.elapsed() < timeout);
+        if self.outstanding.len() >= FETCH_WINDOW {
+            return None;
+        }
+        let step = FETCH_SURBS as u64;
+        let mut k = 0;
+        while k < self.known_len {
+            let held = (k + 1..=k + step).all(|pos| {
+                self.slots
+                    .get(&pos)
+                    .is_some_and(|s| self.received.contains(s))
+            });
+            if !held && !self.outstanding.contains_key(&k) {
+                let skip = u16::try_from(k).ok()?;
+                self.outstanding.insert(k, Instant::now());
+                return Some(skip);
+            }
+            k += step;
+        }
+        None
+    }
 }
 
 struct Contact {
@@ -233,9 +276,12 @@ struct Pending {
     created: Instant,
 }
 
-/// Fetches of one box in flight at once when it holds more (each returns
-/// up to [`FETCH_SURBS`] messages).
-const FETCH_PIPELINE: u16 = 4;
+/// Window fetches of one box in flight at once while it holds more (each
+/// returns up to [`FETCH_SURBS`] messages): enough to drain a box at the
+/// payload rate across a round trip of several seconds.
+const FETCH_WINDOW: usize = 32;
+/// `skip` of a queued fetch that picks its window position when it is built.
+const WINDOW: u16 = u16::MAX;
 
 const MAX_PENDING: usize = 20_000;
 
@@ -249,7 +295,9 @@ struct StatusBoard {
 impl StatusBoard {
     const CAP: usize = 100_000;
     fn set(&mut self, id: MessageId, s: Status) {
-        // Read is final; Stored does not go back to Sent.
+        // Read is final (even after a failure report: the message was
+        // stored after all and only its acks were lost); Stored does not go
+        // back to Sent.
         if let Some(old) = self.map.get(&id)
             && (*old == Status::Read || (*old == Status::Stored && s == Status::Sent))
         {
@@ -925,6 +973,12 @@ impl Inner {
         Duration::from_millis(topo.params.mix_delay_mean_ms)
     }
 
+    /// How long a window fetch's replies may take before it is asked again:
+    /// twice the mean mixing delay of a round trip, plus transport.
+    fn fetch_timeout(topo: &TopologyDocument) -> Duration {
+        Self::delay_mean(topo) * 12 + Duration::from_secs(2)
+    }
+
     /// An Inject frame carrying `request` to the gateway hosting `dropbox`.
     fn packet_to_box(&self, dropbox: &Dropbox, request: &[u8]) -> Result<Vec<u8>, Error> {
         Ok(self
@@ -968,20 +1022,25 @@ impl Inner {
         skip: u16,
     ) -> Result<Option<Vec<u8>>, Error> {
         let topo = self.topology();
-        let (request, keys, after_seq) = {
+        let (request, keys, after_seq, skip) = {
             let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(c) = contacts.get_mut(contact) else {
                 return Ok(None);
             };
             let pair = c.pair.clone();
             let me = self.identity.public;
-            let state = c.inbound.entry(period).or_insert_with(|| BoxState {
-                dropbox: pair.dropbox(contact, &me, period),
-                confirmed: 0,
-                received: BTreeSet::new(),
-                more: true,
-                slots: BTreeMap::new(),
-            });
+            let state = c
+                .inbound
+                .entry(period)
+                .or_insert_with(|| BoxState::new(pair.dropbox(contact, &me, period)));
+            let skip = if skip == WINDOW {
+                match state.next_window(Self::fetch_timeout(&topo)) {
+                    Some(k) => k,
+                    None => return Ok(None),
+                }
+            } else {
+                skip
+            };
             let entry = topo
                 .node(&self.entry.identity)
                 .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
@@ -1009,7 +1068,7 @@ impl Inner {
                 topo.epoch,
                 surbs,
             );
-            (Request::Fetch(req), keys, state.confirmed)
+            (Request::Fetch(req), keys, state.confirmed, skip)
         };
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -1211,6 +1270,8 @@ impl Inner {
             for (i, s) in reply.seqs.iter().enumerate() {
                 state.slots.insert(u64::from(p.skip) + i as u64 + 1, *s);
             }
+            let known = u64::from(p.skip) + reply.seqs.len() as u64 + u64::from(reply.remaining);
+            state.known_len = state.known_len.max(known);
         }
         // Confirm the longest run of positions 1, 2, … we hold.
         let mut n = 0u64;
@@ -1223,25 +1284,34 @@ impl Inner {
                 break;
             }
         }
-        let advanced = if let Some(s) = last {
+        if let Some(s) = last {
             state.confirmed = state.confirmed.max(s);
+            // Positions are relative to what is confirmed: shift them.
             state.slots = std::mem::take(&mut state.slots)
                 .into_iter()
                 .filter(|(pos, _)| *pos > n)
                 .map(|(pos, s)| (pos - n, s))
                 .collect();
-            true
-        } else {
-            false
-        };
+            state.outstanding = std::mem::take(&mut state.outstanding)
+                .into_iter()
+                .filter(|(k, _)| *k + FETCH_SURBS as u64 > n)
+                .map(|(k, at)| (k.saturating_sub(n), at))
+                .collect();
+            state.known_len = state.known_len.saturating_sub(n);
+        }
         let confirmed = state.confirmed;
         state.received.retain(|s| *s > confirmed);
-        // A box that holds more is drained by several fetches at once.
-        if advanced && reply.remaining > 0 && !self.cfg.dangerous_no_cover {
+        // A box that holds more is drained by a window of fetches at once.
+        let unread = state.known_len.saturating_sub(state.slots.len() as u64);
+        if unread > 0 && !self.cfg.dangerous_no_cover {
+            let want = (unread.div_ceil(FETCH_SURBS as u64) as usize)
+                .min(FETCH_WINDOW)
+                .saturating_sub(state.outstanding.len());
+            let item = (p.contact, p.period, WINDOW);
             let mut q = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
-            for k in 0..FETCH_PIPELINE {
-                let item = (p.contact, p.period, k * FETCH_SURBS as u16);
-                if !q.contains(&item) && q.len() < MAX_PENDING {
+            let queued = q.iter().filter(|x| **x == item).count();
+            for _ in queued..want {
+                if q.len() < MAX_PENDING {
                     q.push_front(item);
                 }
             }

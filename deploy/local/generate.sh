@@ -28,8 +28,9 @@ set_key() { # file key value
 "$UMBRA" directory init --config "$out/directory.toml" --force >/dev/null
 set_key "$out/directory.toml" listen "\"127.0.0.1:$base\""
 set_key "$out/directory.toml" data_dir "\"$out/directory\""
-# A local network: a payload rate that lets clients fetch every 250 ms.
-set_key "$out/directory.toml" lambda_payload 20.0
+# A local network: a payload rate (ten times the default) that lets clients
+# fetch every 250 ms and move a 5 MiB file in about a minute.
+set_key "$out/directory.toml" lambda_payload 50.0
 key=$("$UMBRA" directory key --config "$out/directory.toml")
 url="http://127.0.0.1:$base"
 echo "directory $out/directory.toml" > "$out/nodes.txt"

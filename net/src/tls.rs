@@ -70,6 +70,10 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(8952);
     t.mtu_discovery_config(Some(mtu));
+    // BBR paces by measured bandwidth and RTT instead of halving its window
+    // at every lost datagram: a link with random loss (radio, a congested
+    // hop, an adversary dropping a share) keeps its throughput.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
 }
 

@@ -394,14 +394,7 @@ impl<C: Clone> Outbox<C> {
                     self.events.push_back((id, Status::Sent));
                 }
                 self.events.push_back((id, Status::Stored));
-                if self.awaiting_set.insert(id) {
-                    self.awaiting_read.push_back(id);
-                    if self.awaiting_read.len() > self.cfg.max_awaiting_read
-                        && let Some(old) = self.awaiting_read.pop_front()
-                    {
-                        self.awaiting_set.remove(&old);
-                    }
-                }
+                self.await_read(id);
             }
         }
         true
@@ -425,6 +418,21 @@ impl<C: Clone> Outbox<C> {
             self.bytes -= m.body.len();
             self.in_flight.retain(|_, (mid, _, _)| *mid != id);
             self.event(id, m.kind, s);
+            // Stored after all (only its acks were lost)? A receipt still says so.
+            if m.kind == Kind::Message {
+                self.await_read(id);
+            }
+        }
+    }
+
+    fn await_read(&mut self, id: MessageId) {
+        if self.awaiting_set.insert(id) {
+            self.awaiting_read.push_back(id);
+            if self.awaiting_read.len() > self.cfg.max_awaiting_read
+                && let Some(old) = self.awaiting_read.pop_front()
+            {
+                self.awaiting_set.remove(&old);
+            }
         }
     }
 
@@ -861,6 +869,9 @@ mod tests {
         assert_eq!(o.pending(), 0);
         // A late ack of a failed message changes nothing.
         assert!(!o.on_ack(&[1; 16]));
+        // It was stored after all (only acks were lost): the receipt says so.
+        o.on_receipt(&[2; 16]);
+        assert_eq!(o.poll_event(), Some(([2; 16], Status::Read)));
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! The network as separate OS processes of the `umbra` binary, configured by
-//! `deploy/local/generate.sh`, on loopback. Two SDK clients exchange 50
-//! messages each way; then the dropbox gateway is stopped and restarted while
-//! it holds stored, unfetched messages, which are still delivered.
+//! `deploy/local/generate.sh`, on loopback. Two SDK clients (in this
+//! process) exchange 50 messages each way; a 5 MiB file arrives byte-identical
+//! and the sender's heap returns to its baseline; a mix node is killed
+//! (SIGKILL) mid-run and no acknowledged message is lost; then the dropbox
+//! gateway is killed (SIGKILL) while it holds acknowledged, unfetched
+//! messages, restarted, and they are still delivered.
 //!
 //! Needs the `umbra` binary: `cargo test --workspace` builds it (as
 //! target/<profile>/umbra); set UMBRA_BIN to use another.
 
-use client_sdk::{Client, ClientConfig, ContactId, Identity, Inbox};
+use client_sdk::{Client, ClientConfig, ContactId, Identity, Inbox, Status};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn umbra_bin() -> PathBuf {
@@ -27,6 +32,37 @@ fn umbra_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Counts live heap bytes: only the clients allocate in this process (the
+/// network runs in other processes), so this is the clients' memory.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` came from `System.alloc` with layout `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: as for `realloc` itself.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_mib() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
 }
 
 fn repo_root() -> PathBuf {
@@ -97,6 +133,14 @@ impl Procs {
         self.0.push((role.to_string(), cfg.to_path_buf(), child));
     }
 
+    /// SIGKILL: no chance to flush or say goodbye.
+    fn kill9(&mut self, cfg: &Path) {
+        let i = self.0.iter().position(|(_, c, _)| c == cfg).unwrap();
+        let (_, _, mut child) = self.0.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     fn stop(&mut self, cfg: &Path) {
         let i = self.0.iter().position(|(_, c, _)| c == cfg).unwrap();
         let (_, _, mut child) = self.0.remove(i);
@@ -139,6 +183,19 @@ async fn receive(inbox: &mut Inbox, want: usize, secs: u64) -> Vec<client_sdk::R
         got.push(m);
     }
     got
+}
+
+/// Everything received was sent, unaltered, once.
+fn check_subset(got: &[client_sdk::Received], sent: &HashMap<Vec<u8>, ContactId>) {
+    let mut seen = std::collections::HashSet::new();
+    for m in got {
+        assert_eq!(
+            sent.get(&m.body),
+            Some(&m.from),
+            "unexpected or altered message"
+        );
+        assert!(seen.insert(m.body.clone()), "duplicate delivery");
+    }
 }
 
 fn check(got: &[client_sdk::Received], sent: &HashMap<Vec<u8>, ContactId>) {
@@ -263,7 +320,79 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     check(&got_a, &to_alice);
     println!("phase 1: 50/50 each way delivered exactly once");
 
-    // Bob goes offline; Alice leaves 5 messages in his dropbox.
+    // A 5 MiB file, in fragments, with the sender's heap measured around it.
+    let baseline = live_mib();
+    let file: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let started = Instant::now();
+    let file_id = alice.send(&bob_id, &file).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(400), bob_inbox.recv())
+        .await
+        .expect("5 MiB file within 400 s")
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(got.id, file_id);
+    assert!(got.body == file, "the file arrives byte-identical");
+    drop(got);
+    drop(file);
+    wait_for("the file to be acknowledged and read", 60, || {
+        alice.status(&file_id) == Some(Status::Read) && alice.outbox_len() == (0, 0)
+    })
+    .await;
+    let after = live_mib();
+    println!(
+        "phase 2: 5 MiB delivered byte-identical in {:.1} s; client heap {baseline:.1} MiB before, {after:.1} MiB after",
+        took.as_secs_f64()
+    );
+    assert!(
+        after - baseline < 2.0,
+        "client memory returns near its baseline: {baseline:.1} → {after:.1} MiB"
+    );
+
+    // A mix node is killed mid-run: its packets are lost, their fragments
+    // are retransmitted over fresh routes. Every acknowledged message arrives.
+    let mut in_flight = HashMap::new();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let m = format!("through a dying mix node {i}").into_bytes();
+        ids.push(alice.send(&bob_id, &m).await.unwrap());
+        in_flight.insert(m, alice.id());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = tmp.path().join("mix0.toml");
+    procs.kill9(&victim);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    procs.spawn("mixnode", &victim);
+    wait_for("every message stored or failed", 180, || {
+        ids.iter().all(|id| {
+            alice
+                .status(id)
+                .is_some_and(|s| s == Status::Stored || s == Status::Read || s.is_failure())
+        })
+    })
+    .await;
+    let acked: Vec<_> = ids
+        .iter()
+        .filter(|id| matches!(alice.status(id), Some(Status::Stored | Status::Read)))
+        .collect();
+    let got = receive(&mut bob_inbox, acked.len(), 90).await;
+    for id in &acked {
+        assert!(
+            got.iter().any(|m| m.id == **id),
+            "an acknowledged message was lost"
+        );
+    }
+    check_subset(&got, &in_flight);
+    println!(
+        "phase 3: mix0 killed (SIGKILL) mid-run: {} of 20 acknowledged, all {} delivered; {} reported failed",
+        acked.len(),
+        got.len(),
+        20 - acked.len()
+    );
+
+    // Bob goes offline; Alice leaves 5 messages in his dropbox and waits
+    // for the gateway's acks: they are durably stored.
     bob.shutdown();
     drop(bob_inbox);
     let stored = |j: u16| {
@@ -275,20 +404,22 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     };
     let before = [stored(0), stored(1)];
     let mut offline = HashMap::new();
+    let mut ids = Vec::new();
     for i in 0..5 {
         let m = format!("while bob was away {i}").into_bytes();
-        alice.send(&bob_id, &m).await.unwrap();
+        ids.push(alice.send(&bob_id, &m).await.unwrap());
         offline.insert(m, alice.id());
     }
-    wait_for("5 messages stored", 30, || {
-        stored(0) + stored(1) - before[0] - before[1] >= 5.0
+    wait_for("5 messages acknowledged", 60, || {
+        ids.iter()
+            .all(|id| alice.status(id) == Some(Status::Stored))
     })
     .await;
     let holder = if stored(0) > before[0] { 0 } else { 1 };
 
-    // Stop and restart the gateway that holds them.
+    // Kill the gateway that holds them (SIGKILL), and start it again.
     let cfg_path = tmp.path().join(format!("gateway{holder}.toml"));
-    procs.stop(&cfg_path);
+    procs.kill9(&cfg_path);
     procs.spawn("gateway", &cfg_path);
     let maddr = format!("127.0.0.1:{}", base + 70 + holder as u16);
     wait_for("restarted gateway routes to all 8", 60, || {
@@ -312,8 +443,14 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     let got = receive(&mut bob2_inbox, 5, 90).await;
     check(&got, &offline);
     println!(
-        "phase 2: 5/5 stored messages delivered after the dropbox gateway restarted (gateway{holder})"
+        "phase 4: 5/5 acknowledged messages delivered after the dropbox gateway was killed (SIGKILL) and restarted (gateway{holder})"
     );
     alice.shutdown();
     bob2.shutdown();
+
+    // Every process stops cleanly on SIGTERM.
+    let cfgs: Vec<PathBuf> = procs.0.iter().map(|(_, c, _)| c.clone()).collect();
+    for c in cfgs {
+        procs.stop(&c);
+    }
 }

@@ -27,7 +27,11 @@ pub struct DemoOptions {
     /// Large messages travel in fragments (at most `client_sdk::MAX_BODY_LEN`).
     pub message_size: Option<usize>,
     /// Give up waiting after this long (more is added for large messages).
+    /// Clients report a message failed if it is not stored within it.
     pub timeout: Duration,
+    /// Client payload rate λ_P, packets/s (the demo's default is 50, ten
+    /// times the network default, so that it answers within seconds).
+    pub lambda_payload: f64,
 }
 
 impl Default for DemoOptions {
@@ -40,6 +44,7 @@ impl Default for DemoOptions {
             fetch_interval_ms: 250,
             send_interval_ms: 50,
             message_size: None,
+            lambda_payload: 50.0,
             timeout: Duration::from_secs(60),
         }
     }
@@ -88,7 +93,7 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoRepor
     // payload rate high enough that fetching every 250 ms fits in the stream.
     let params = NetworkParams {
         mix_delay_mean_ms: opts.delay_mean_ms,
-        lambda_payload: 50.0,
+        lambda_payload: opts.lambda_payload,
         ..NetworkParams::default()
     };
     progress(&format!(
@@ -115,6 +120,14 @@ async fn talk(
     cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms);
     // New identities have no backlog to catch up on.
     cfg.catch_up_periods = 2;
+    // Within the demo's time, every message is stored or reported failed.
+    let fragments_each = opts
+        .message_size
+        .map_or(1, |n| n.div_ceil(client_sdk::CHUNK_LEN).max(1));
+    cfg.message_ttl = opts.timeout
+        + Duration::from_secs_f64(
+            (fragments_each * opts.messages) as f64 * 2.0 / opts.lambda_payload.max(0.1),
+        );
     let gw = |i: usize| {
         net.gateways
             .get(i % net.gateways.len())
@@ -142,7 +155,9 @@ async fn talk(
     let deadline = started
         + opts.timeout
         + Duration::from_millis(opts.send_interval_ms * opts.messages as u64)
-        + Duration::from_millis(fragments as u64 * 2 * 1000 / 50);
+        + Duration::from_secs_f64(fragments as f64 * 2.0 / opts.lambda_payload.max(0.1))
+        // After the TTL, failures are reported at the next payload tick.
+        + Duration::from_secs(10);
     let mut next_send = Instant::now();
     let mut ids: Vec<(Client, client_sdk::MessageId)> = Vec::new();
     let mut failed = std::collections::HashSet::new();

@@ -55,6 +55,9 @@ enum Command {
         /// by default short text messages.
         #[arg(long)]
         message_size: Option<usize>,
+        /// Client payload rate λ_P, packets/s (network default: 5).
+        #[arg(long, default_value_t = 50.0)]
+        lambda_p: f64,
         /// End with one JSON line:
         /// {"sent","delivered","failed","lost","p50_ms","p99_ms"}.
         #[arg(long)]
@@ -348,6 +351,7 @@ async fn run(cli: Cli) -> Result<()> {
             delay_ms,
             link_loss,
             message_size,
+            lambda_p,
             json,
         } => {
             if message_size.is_some_and(|n| n > client_sdk::MAX_BODY_LEN) {
@@ -372,6 +376,7 @@ async fn run(cli: Cli) -> Result<()> {
                 messages,
                 delay_mean_ms: delay_ms,
                 message_size,
+                lambda_payload: lambda_p,
                 ..Default::default()
             };
             let r = umbra::demo::run(opts, |line| eprintln!("{line}")).await?;
