@@ -14,7 +14,8 @@ use protocol::cover::{ClientStream, Emission, LoopOutcome, LoopTracker};
 use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::messages::{
-    ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, MAX_ACKED_STORED_LEN, Request,
+    ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, Listing, MAX_ACKED_STORED_LEN, MAX_LISTING,
+    Request,
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{Complete, Fragment, Kind, Outbox, OutboxConfig, Reassembler, Sequencer};
@@ -210,13 +211,15 @@ struct BoxState {
     received: BTreeSet<u64>,
     /// The box may hold more: keep fetching it (true until a reply says otherwise).
     more: bool,
-    /// What replies told us of the box after `confirmed`: position (from 1)
-    /// → seq. Lets pipelined fetches (skip 0, 4, 8, …) confirm in order.
-    slots: BTreeMap<u64, u64>,
-    /// Window fetches in flight: skip (relative to `confirmed`) → sent at.
+    /// Seqs known to be in the box above `confirmed`: every message with a
+    /// seq in `(confirmed, list_end]` is here (replies and listings name
+    /// the first messages above a cursor, so their seqs are exact).
+    listed: BTreeSet<u64>,
+    list_end: u64,
+    /// The box holds messages beyond `list_end`.
+    beyond: bool,
+    /// Window fetches in flight: cursor → sent at.
     outstanding: BTreeMap<u64, Instant>,
-    /// Messages known to follow `confirmed` in the box.
-    known_len: u64,
 }
 
 impl BoxState {
@@ -226,35 +229,92 @@ impl BoxState {
             confirmed: 0,
             received: BTreeSet::new(),
             more: true,
-            slots: BTreeMap::new(),
+            listed: BTreeSet::new(),
+            list_end: 0,
+            beyond: false,
             outstanding: BTreeMap::new(),
-            known_len: 0,
         }
     }
 
-    /// The next window fetch's skip: the first group of positions neither
-    /// held nor asked for within `timeout`; records it as asked.
-    fn next_window(&mut self, timeout: Duration) -> Option<u16> {
+    /// Where a probe (a fetch with a listing) starts: above what is known.
+    fn probe_cursor(&self) -> u64 {
+        self.list_end.max(self.confirmed)
+    }
+
+    /// The listed seq before `x`, or `confirmed`.
+    fn before(&self, x: u64) -> u64 {
+        self.listed
+            .range(..x)
+            .next_back()
+            .copied()
+            .unwrap_or(self.confirmed)
+            .max(self.confirmed)
+    }
+
+    /// The next window fetch's cursor: just below the first listed message
+    /// neither received nor asked for within `timeout`; records it as asked.
+    fn next_window(&mut self, timeout: Duration) -> Option<u64> {
         self.outstanding.retain(|_, at| at.elapsed() < timeout);
         if self.outstanding.len() >= FETCH_WINDOW {
             return None;
         }
-        let step = FETCH_SURBS as u64;
-        let mut k = 0;
-        while k < self.known_len {
-            let held = (k + 1..=k + step).all(|pos| {
-                self.slots
-                    .get(&pos)
-                    .is_some_and(|s| self.received.contains(s))
-            });
-            if !held && !self.outstanding.contains_key(&k) {
-                let skip = u16::try_from(k).ok()?;
-                self.outstanding.insert(k, Instant::now());
-                return Some(skip);
+        let x = self.listed.iter().copied().find(|x| {
+            if self.received.contains(x) {
+                return false;
             }
-            k += step;
+            // A fetch at cursor c answers the FETCH_SURBS listed seqs above c.
+            let mut c = self.before(*x);
+            for _ in 0..FETCH_SURBS {
+                if self.outstanding.contains_key(&c) {
+                    return false;
+                }
+                if c <= self.confirmed {
+                    break;
+                }
+                c = self.before(c);
+            }
+            true
+        })?;
+        let c = self.before(x);
+        self.outstanding.insert(c, Instant::now());
+        Some(c)
+    }
+
+    /// A reply or listing named `seqs`: the first messages above `cursor`
+    /// (and `remaining` more). Then confirms every message received in a row.
+    fn learn(&mut self, cursor: u64, seqs: &[u64], remaining: u32) {
+        // Only a run that starts within what is known extends it.
+        if cursor <= self.probe_cursor() {
+            for s in seqs.iter().filter(|s| **s > self.confirmed) {
+                self.listed.insert(*s);
+            }
+            if let Some(last) = seqs.last()
+                && *last >= self.list_end
+            {
+                self.list_end = *last;
+                self.beyond = remaining > 0;
+            } else if seqs.is_empty() && cursor >= self.list_end {
+                self.beyond = false;
+            }
         }
-        None
+        while let Some(x) = self.listed.first().copied() {
+            if !self.received.contains(&x) {
+                break;
+            }
+            self.listed.pop_first();
+            self.confirmed = x;
+        }
+        let confirmed = self.confirmed;
+        self.received.retain(|s| *s > confirmed);
+        self.outstanding.retain(|c, _| *c >= confirmed);
+    }
+
+    /// Listed messages not received yet.
+    fn unread(&self) -> usize {
+        self.listed
+            .iter()
+            .filter(|s| !self.received.contains(s))
+            .count()
     }
 }
 
@@ -270,9 +330,8 @@ struct Pending {
     key: ReplyKey,
     contact: [u8; 32],
     period: u64,
-    /// The fetch's `after_seq` and `skip`.
-    after_seq: u64,
-    skip: u16,
+    /// The seq the fetch's answers start above: `max(after_seq, cursor)`.
+    cursor: u64,
     created: Instant,
 }
 
@@ -280,8 +339,10 @@ struct Pending {
 /// returns up to [`FETCH_SURBS`] messages): enough to drain a box at the
 /// payload rate across a round trip of several seconds.
 const FETCH_WINDOW: usize = 32;
-/// `skip` of a queued fetch that picks its window position when it is built.
-const WINDOW: u16 = u16::MAX;
+/// A queued fetch: a probe (answers from above what is known, with a listing).
+const PROBE: u16 = 0;
+/// A queued fetch: a window fetch of listed messages not yet received.
+const WINDOW: u16 = 1;
 
 const MAX_PENDING: usize = 20_000;
 
@@ -1019,10 +1080,10 @@ impl Inner {
         &self,
         contact: &[u8; 32],
         period: u64,
-        skip: u16,
+        kind: u16,
     ) -> Result<Option<Vec<u8>>, Error> {
         let topo = self.topology();
-        let (request, keys, after_seq, skip) = {
+        let (request, keys, cursor) = {
             let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(c) = contacts.get_mut(contact) else {
                 return Ok(None);
@@ -1033,13 +1094,13 @@ impl Inner {
                 .inbound
                 .entry(period)
                 .or_insert_with(|| BoxState::new(pair.dropbox(contact, &me, period)));
-            let skip = if skip == WINDOW {
+            let (cursor, list) = if kind == WINDOW {
                 match state.next_window(Self::fetch_timeout(&topo)) {
-                    Some(k) => k,
+                    Some(c) => (c, false),
                     None => return Ok(None),
                 }
             } else {
-                skip
+                (state.probe_cursor(), true)
             };
             let entry = topo
                 .node(&self.entry.identity)
@@ -1060,15 +1121,16 @@ impl Inner {
                 surbs.push(surb);
                 keys.push((identifier, key));
             }
-            let req = FetchRequest::new_signed_skip(
+            let req = FetchRequest::new_signed_at(
                 &state.dropbox,
                 state.confirmed,
-                skip,
+                cursor,
+                list,
                 now_ms(),
                 topo.epoch,
                 surbs,
             );
-            (Request::Fetch(req), keys, state.confirmed, skip)
+            (Request::Fetch(req), keys, cursor.max(state.confirmed))
         };
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -1083,8 +1145,7 @@ impl Inner {
                         key,
                         contact: *contact,
                         period,
-                        after_seq,
-                        skip,
+                        cursor,
                         created: Instant::now(),
                     },
                 );
@@ -1230,9 +1291,8 @@ impl Inner {
         else {
             return;
         };
-        let Ok(reply) = packet::open_reply(&p.key, payload).and_then(|b| FetchReply::decode(&b))
-        else {
-            tracing::debug!("undecodable fetch reply");
+        let Ok(body) = packet::open_reply(&p.key, payload) else {
+            tracing::debug!("unreadable fetch reply");
             return;
         };
         let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
@@ -1242,79 +1302,59 @@ impl Inner {
         let Some(state) = c.inbound.get_mut(&p.period) else {
             return;
         };
-        if let Some((seq, ct)) = &reply.message
-            && *seq > state.confirmed
-            && !state.received.contains(seq)
-        {
-            let handed_over = match open(&state.dropbox, ct).map(|b| Fragment::decode(&b)) {
-                Some(Ok(f)) => {
-                    if !self.inbox_has_room() {
-                        // Application not keeping up: leave it unconfirmed, it comes again.
-                        false
-                    } else {
-                        self.on_fragment(p.contact, f);
-                        true
-                    }
-                }
-                // Not ours to read (someone wrote junk into the box): confirm it away.
-                _ => true,
+        if let Ok(listing) = Listing::decode(&body) {
+            state.learn(p.cursor, &listing.seqs, listing.remaining);
+        } else {
+            let Ok(reply) = FetchReply::decode(&body) else {
+                tracing::debug!("undecodable fetch reply");
+                return;
             };
-            if handed_over {
-                state.received.insert(*seq);
-            }
-        }
-        state.more = !reply.seqs.is_empty() || reply.remaining > 0;
-        // Where this answer's messages sit in the box, if it was asked
-        // relative to what we confirm now (older answers' positions are stale).
-        if p.after_seq == state.confirmed {
-            for (i, s) in reply.seqs.iter().enumerate() {
-                state.slots.insert(u64::from(p.skip) + i as u64 + 1, *s);
-            }
-            let known = u64::from(p.skip) + reply.seqs.len() as u64 + u64::from(reply.remaining);
-            state.known_len = state.known_len.max(known);
-        }
-        // Confirm the longest run of positions 1, 2, … we hold.
-        let mut n = 0u64;
-        let mut last = None;
-        while let Some(s) = state.slots.get(&(n + 1)) {
-            if *s <= state.confirmed || state.received.contains(s) {
-                n += 1;
-                last = Some(*s);
-            } else {
-                break;
-            }
-        }
-        if let Some(s) = last {
-            state.confirmed = state.confirmed.max(s);
-            // Positions are relative to what is confirmed: shift them.
-            state.slots = std::mem::take(&mut state.slots)
-                .into_iter()
-                .filter(|(pos, _)| *pos > n)
-                .map(|(pos, s)| (pos - n, s))
-                .collect();
-            state.outstanding = std::mem::take(&mut state.outstanding)
-                .into_iter()
-                .filter(|(k, _)| *k + FETCH_SURBS as u64 > n)
-                .map(|(k, at)| (k.saturating_sub(n), at))
-                .collect();
-            state.known_len = state.known_len.saturating_sub(n);
-        }
-        let confirmed = state.confirmed;
-        state.received.retain(|s| *s > confirmed);
-        // A box that holds more is drained by a window of fetches at once.
-        let unread = state.known_len.saturating_sub(state.slots.len() as u64);
-        if unread > 0 && !self.cfg.dangerous_no_cover {
-            let want = (unread.div_ceil(FETCH_SURBS as u64) as usize)
-                .min(FETCH_WINDOW)
-                .saturating_sub(state.outstanding.len());
-            let item = (p.contact, p.period, WINDOW);
-            let mut q = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
-            let queued = q.iter().filter(|x| **x == item).count();
-            for _ in queued..want {
-                if q.len() < MAX_PENDING {
-                    q.push_front(item);
+            if let Some((seq, ct)) = &reply.message
+                && *seq > state.confirmed
+                && !state.received.contains(seq)
+            {
+                let handed_over = match open(&state.dropbox, ct).map(|b| Fragment::decode(&b)) {
+                    Some(Ok(f)) => {
+                        if !self.inbox_has_room() {
+                            // Application not keeping up: leave it unconfirmed, it comes again.
+                            false
+                        } else {
+                            self.on_fragment(p.contact, f);
+                            true
+                        }
+                    }
+                    // Not ours to read (someone wrote junk into the box): confirm it away.
+                    _ => true,
+                };
+                if handed_over {
+                    state.received.insert(*seq);
                 }
             }
+            state.more = !reply.seqs.is_empty() || reply.remaining > 0;
+            state.learn(p.cursor, &reply.seqs, reply.remaining);
+        }
+        if self.cfg.dangerous_no_cover {
+            return;
+        }
+        // A box that holds more is drained by a window of fetches at once,
+        // and probed for more while listings say there is.
+        let want = state
+            .unread()
+            .div_ceil(FETCH_SURBS)
+            .min(FETCH_WINDOW)
+            .saturating_sub(state.outstanding.len());
+        let window = (p.contact, p.period, WINDOW);
+        let probe = (p.contact, p.period, PROBE);
+        let probe_now = state.beyond && state.unread() < MAX_LISTING;
+        let mut q = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = q.iter().filter(|x| **x == window).count();
+        for _ in queued..want {
+            if q.len() < MAX_PENDING {
+                q.push_front(window);
+            }
+        }
+        if probe_now && !q.contains(&probe) && q.len() < MAX_PENDING {
+            q.push_front(probe);
         }
     }
 
@@ -1658,6 +1698,42 @@ mod tests {
         bad[20] ^= 1;
         assert!(open(&a, &bad).is_none());
         assert!(open(&a, &ct[..10]).is_none());
+    }
+
+    #[test]
+    fn window_fetches_ask_for_listed_messages_and_confirm_in_order() {
+        let pair = PairSecret::from_bytes([1; 32]);
+        let mut st = BoxState::new(pair.dropbox(&[1; 32], &[2; 32], 5));
+        let t = Duration::from_secs(60);
+        assert_eq!(st.next_window(t), None, "nothing listed yet");
+        assert_eq!(st.probe_cursor(), 0);
+        // A probe from 0 lists 10..=120 (step 10); its first reply carried 10.
+        let all: Vec<u64> = (1..=12).map(|i| i * 10).collect();
+        st.received.insert(10);
+        st.learn(0, &all, 0);
+        assert_eq!(st.confirmed, 10);
+        assert_eq!((st.list_end, st.beyond), (120, false));
+        // Windows ask just below the first listed messages not yet asked for.
+        assert_eq!(st.next_window(t), Some(10)); // answers 20, 30, 40, 50
+        assert_eq!(st.next_window(t), Some(50)); // answers 60, 70, 80, 90
+        assert_eq!(st.next_window(t), Some(90));
+        assert_eq!(st.next_window(t), None, "everything asked for");
+        // Replies arrive out of order; confirmation waits for 20.
+        for s in [60, 70, 30] {
+            st.received.insert(s);
+        }
+        st.learn(50, &[60, 70, 80, 90], 3);
+        assert_eq!(st.confirmed, 10);
+        st.received.insert(20);
+        st.learn(10, &[20, 30, 40, 50], 7);
+        assert_eq!(st.confirmed, 30, "20 and 30 held, 40 missing");
+        assert_eq!(st.unread(), 7);
+        // A listing from beyond what is known does not extend it.
+        st.learn(500, &[510], 0);
+        assert!(!st.listed.contains(&510));
+        // A probe from the end of the list finds a new message.
+        st.learn(st.probe_cursor(), &[130], 0);
+        assert_eq!(st.list_end, 130);
     }
 
     #[test]

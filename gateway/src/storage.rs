@@ -10,7 +10,7 @@
 
 use crate::metrics::GatewayMetrics;
 use mixnode::NodeRef;
-use protocol::messages::{FetchReply, FetchRequest};
+use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -91,6 +91,8 @@ fn now_ms() -> u64 {
 pub(crate) struct Fetched {
     pub messages: Vec<(u64, Vec<u8>)>,
     pub remaining: u64,
+    /// For `list` fetches: seqs above the cursor, and how many follow them.
+    pub listing: Option<(Vec<u64>, u64)>,
 }
 
 impl Storage {
@@ -297,19 +299,40 @@ impl Storage {
             .get(id)
             .map_err(|e| self.err(e))?
             .map_or(0, |v| v.value().0);
-        let skip = u64::from(req.skip);
+        let start = req.after_seq.max(req.cursor);
+        let below = if start > req.after_seq {
+            messages
+                .range((id, req.after_seq + 1)..=(id, start))
+                .map_err(|e| self.err(e))?
+                .count() as u64
+        } else {
+            0
+        };
+        let above = held.saturating_sub(below);
+        let slots = req.surbs.len() - usize::from(req.list);
+        let mut listing = Vec::new();
         for r in messages
-            .range((id, req.after_seq + 1)..=(id, u64::MAX))
+            .range((id, start.saturating_add(1))..=(id, u64::MAX))
             .map_err(|e| self.err(e))?
-            .skip(req.skip.into())
-            .take(req.surbs.len())
         {
             let (k, v) = r.map_err(|e| self.err(e))?;
-            let v = v.value();
-            out.messages
-                .push((k.value().1, v.get(8..).unwrap_or_default().to_vec()));
+            let seq = k.value().1;
+            if out.messages.len() < slots {
+                out.messages
+                    .push((seq, v.value().get(8..).unwrap_or_default().to_vec()));
+            }
+            if req.list && listing.len() < MAX_LISTING {
+                listing.push(seq);
+            }
+            if out.messages.len() == slots && (!req.list || listing.len() == MAX_LISTING) {
+                break;
+            }
         }
-        out.remaining = held.saturating_sub(skip + out.messages.len() as u64);
+        out.remaining = above.saturating_sub(out.messages.len() as u64);
+        if req.list {
+            let after = above.saturating_sub(listing.len() as u64);
+            out.listing = Some((listing, after));
+        }
         Ok(out)
     }
 
@@ -369,8 +392,19 @@ pub(crate) enum After {
 pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
     let seqs: Vec<u64> = fetched.messages.iter().map(|(s, _)| *s).collect();
     let remaining = u32::try_from(fetched.remaining).unwrap_or(u32::MAX);
+    let last = req.surbs.len().saturating_sub(1);
     (0..req.surbs.len())
         .map(|i| {
+            if i == last
+                && let Some((seqs, after)) = &fetched.listing
+            {
+                return Listing {
+                    seqs: seqs.clone(),
+                    remaining: u32::try_from(*after).unwrap_or(u32::MAX),
+                }
+                .encode()
+                .unwrap_or_default();
+            }
             FetchReply {
                 seqs: seqs.clone(),
                 remaining,
@@ -546,6 +580,57 @@ mod tests {
         let f = fetch(&s, &request(1, c));
         assert!(f.messages.is_empty());
         assert_eq!(s.box_len(&id), 0);
+    }
+
+    #[test]
+    fn cursor_and_listing_name_messages_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(
+            &dir.path().join("d.redb"),
+            Limits {
+                box_messages: 100,
+                ..limits()
+            },
+        )
+        .unwrap();
+        let id = request(1, 0).dropbox;
+        let seqs: Vec<u64> = (0..10)
+            .map(|i| store(&s, id, format!("m{i}").as_bytes(), 0).unwrap())
+            .collect();
+        let b = PairSecret::from_bytes([1; 32]).dropbox(&[1; 32], &[2; 32], 0);
+        let listed = FetchRequest::new_signed_at(
+            &b,
+            seqs[1],
+            seqs[3],
+            true,
+            0,
+            0,
+            vec![vec![0; SURB_LEN]; 2],
+        );
+        let f = fetch(&s, &listed);
+        // Confirmed 0–1 are deleted; answers start above the cursor (m4), one
+        // message and then the listing of everything above the cursor.
+        assert_eq!(f.messages, vec![(seqs[4], b"m4".to_vec())]);
+        assert_eq!(f.remaining, 5);
+        assert_eq!(f.listing, Some((seqs[4..].to_vec(), 0)));
+        assert_eq!(s.box_len(&id), 8);
+        let replies = replies(&listed, &f);
+        assert_eq!(
+            Listing::decode(&replies[1]).unwrap().seqs,
+            seqs[4..].to_vec()
+        );
+        // A fetch confirming less than an earlier one deletes nothing more,
+        // and the cursor still names the same messages.
+        let again = FetchRequest::new_signed_at(
+            &b,
+            seqs[0],
+            seqs[3],
+            false,
+            0,
+            0,
+            vec![vec![0; SURB_LEN]; 1],
+        );
+        assert_eq!(fetch(&s, &again).messages, vec![(seqs[4], b"m4".to_vec())]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! Store = 0x01 dropbox[32] len:u16 ciphertext[len]                   (len ≤ MAX_STORED_LEN)
-//! Fetch = 0x02 dropbox[32] capability[32] signature[64] after_seq:u64 skip:u16
+//! Fetch = 0x02 dropbox[32] capability[32] signature[64] after_seq:u64 cursor:u64 list:u8
 //!         timestamp_ms:u64 reply_epoch:u64 n:u8 surb[n][SURB_LEN]    (1 ≤ n ≤ FETCH_SURBS)
 //! Drop  = 0x03 …                                                     (cover; discarded)
 //! StoreAcked = 0x04 dropbox[32] reply_epoch:u64 surb[SURB_LEN] len:u16 ciphertext[len]
@@ -18,10 +18,17 @@
 //! A fetch is answered with exactly `n` replies, one per SURB; reply `i`
 //! carries the `i`-th message if there is one. Every message the gateway
 //! stored with `seq ≤ after_seq` is deleted first: a fetch confirms what
-//! the previous one delivered. Replies carry the messages after
-//! `after_seq`, skipping the first `skip` of them: a client pipelines
-//! several fetches of one box (skip 0, 4, 8, …) to drain it faster than one
-//! round trip per four messages.
+//! the previous one delivered. Replies carry the messages with seq above
+//! `max(after_seq, cursor)`. With `list = 1` the last reply is instead a
+//! [`Listing`] of up to [`MAX_LISTING`] seqs above that point: knowing them,
+//! a client asks for exactly the messages it lacks (cursor = the seq before
+//! one) with several fetches in flight, and drains a large box at its
+//! payload rate instead of four messages per round trip. Seqs, unlike
+//! positions, do not shift when a fetch deletes what was confirmed.
+//!
+//! ```text
+//! Listing = 0x02 count:u16 seq[count]:u64 remaining:u32
+//! ```
 
 use crate::Error;
 use crate::dropbox::{Dropbox, verify_capability};
@@ -34,6 +41,8 @@ pub const MAX_STORED_LEN: usize = 1980;
 pub const MAX_ACKED_STORED_LEN: usize = MAX_STORED_LEN - 8 - SURB_LEN;
 /// The body a gateway sends through a store's SURB once the message is durable.
 pub const ACK_BODY: &[u8] = b"umbra-stored-v1";
+/// Seqs one listing reply carries at most.
+pub const MAX_LISTING: usize = 250;
 /// SURBs in a fetch request, hence replies per fetch.
 pub const FETCH_SURBS: usize = 4;
 
@@ -81,8 +90,10 @@ pub struct FetchRequest {
     pub signature: [u8; 64],
     /// Messages up to this sequence number were received: delete them.
     pub after_seq: u64,
-    /// Messages after `after_seq` to pass over before answering.
-    pub skip: u16,
+    /// Answer with messages whose seq is above `max(after_seq, cursor)`.
+    pub cursor: u64,
+    /// The last reply is a [`Listing`] instead of a message.
+    pub list: bool,
     /// When the client made the request, Unix ms.
     pub timestamp_ms: u64,
     /// Epoch of the Sphinx keys the SURBs were built with.
@@ -123,14 +134,25 @@ impl FetchRequest {
         reply_epoch: u64,
         surbs: Vec<Vec<u8>>,
     ) -> Self {
-        Self::new_signed_skip(dropbox, after_seq, 0, timestamp_ms, reply_epoch, surbs)
+        Self::new_signed_at(
+            dropbox,
+            after_seq,
+            0,
+            false,
+            timestamp_ms,
+            reply_epoch,
+            surbs,
+        )
     }
 
-    /// Builds and signs a request that passes over `skip` messages.
-    pub fn new_signed_skip(
+    /// Builds and signs a request answered from above `cursor`, with a
+    /// listing if `list`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_signed_at(
         dropbox: &Dropbox,
         after_seq: u64,
-        skip: u16,
+        cursor: u64,
+        list: bool,
         timestamp_ms: u64,
         reply_epoch: u64,
         surbs: Vec<Vec<u8>>,
@@ -140,7 +162,8 @@ impl FetchRequest {
             capability: dropbox.capability.verifying_key().to_bytes(),
             signature: [0; 64],
             after_seq,
-            skip,
+            cursor,
+            list,
             timestamp_ms,
             reply_epoch,
             surbs,
@@ -149,7 +172,7 @@ impl FetchRequest {
         r
     }
 
-    /// `"umbra-fetch-v2" || dropbox || after_seq || skip || timestamp_ms || reply_epoch || SHA-256(surbs)`.
+    /// `"umbra-fetch-v2" || dropbox || after_seq || cursor || list || timestamp_ms || reply_epoch || SHA-256(surbs)`.
     pub fn signing_input(&self) -> Vec<u8> {
         let mut h = Sha256::new();
         for s in &self.surbs {
@@ -158,7 +181,8 @@ impl FetchRequest {
         let mut v = b"umbra-fetch-v2".to_vec();
         v.extend_from_slice(&self.dropbox);
         v.extend_from_slice(&self.after_seq.to_be_bytes());
-        v.extend_from_slice(&self.skip.to_be_bytes());
+        v.extend_from_slice(&self.cursor.to_be_bytes());
+        v.push(u8::from(self.list));
         v.extend_from_slice(&self.timestamp_ms.to_be_bytes());
         v.extend_from_slice(&self.reply_epoch.to_be_bytes());
         v.extend_from_slice(&h.finalize());
@@ -267,7 +291,8 @@ impl Request {
                 v.extend_from_slice(&f.capability);
                 v.extend_from_slice(&f.signature);
                 v.extend_from_slice(&f.after_seq.to_be_bytes());
-                v.extend_from_slice(&f.skip.to_be_bytes());
+                v.extend_from_slice(&f.cursor.to_be_bytes());
+                v.push(u8::from(f.list));
                 v.extend_from_slice(&f.timestamp_ms.to_be_bytes());
                 v.extend_from_slice(&f.reply_epoch.to_be_bytes());
                 v.push(f.surbs.len() as u8);
@@ -319,7 +344,12 @@ impl Request {
                 let capability = r.arr()?;
                 let signature = r.arr()?;
                 let after_seq = r.u64()?;
-                let skip = r.u16()?;
+                let cursor = r.u64()?;
+                let list = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Error::Decode("list flag not 0 or 1".into())),
+                };
                 let timestamp_ms = r.u64()?;
                 let reply_epoch = r.u64()?;
                 let n = usize::from(r.u8()?);
@@ -335,7 +365,8 @@ impl Request {
                     capability,
                     signature,
                     after_seq,
-                    skip,
+                    cursor,
+                    list,
                     timestamp_ms,
                     reply_epoch,
                     surbs,
@@ -356,6 +387,51 @@ pub struct FetchReply {
     pub remaining: u32,
     /// This reply's message, if its slot has one.
     pub message: Option<(u64, Vec<u8>)>,
+}
+
+/// The seqs of a box above a fetch's cursor: the last reply of a fetch
+/// with `list = 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Up to [`MAX_LISTING`] seqs, ascending.
+    pub seqs: Vec<u64>,
+    /// Messages in the box after those.
+    pub remaining: u32,
+}
+
+impl Listing {
+    /// Encodes the listing.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        if self.seqs.len() > MAX_LISTING {
+            return Err(Error::InvalidArgument("listing too long".into()));
+        }
+        let mut v = vec![2u8];
+        v.extend_from_slice(&(self.seqs.len() as u16).to_be_bytes());
+        for s in &self.seqs {
+            v.extend_from_slice(&s.to_be_bytes());
+        }
+        v.extend_from_slice(&self.remaining.to_be_bytes());
+        Ok(v)
+    }
+
+    /// Decodes a listing; seqs must ascend.
+    pub fn decode(b: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader(b);
+        if r.u8()? != 2 {
+            return Err(Error::Decode("not a listing".into()));
+        }
+        let n = usize::from(r.u16()?);
+        if n > MAX_LISTING {
+            return Err(Error::Decode("listing too long".into()));
+        }
+        let seqs = (0..n).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+        if seqs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Decode("listing not ascending".into()));
+        }
+        let remaining = r.u32()?;
+        r.end()?;
+        Ok(Self { seqs, remaining })
+    }
 }
 
 impl FetchReply {
@@ -447,6 +523,18 @@ mod tests {
         .unwrap();
         assert!(acked.len() <= MAX_MESSAGE_LEN);
         assert!(Request::Fetch(fetch()).encode().unwrap().len() <= MAX_MESSAGE_LEN);
+        let listing = Listing {
+            seqs: (1..=MAX_LISTING as u64).collect(),
+            remaining: 9,
+        };
+        assert!(listing.encode().unwrap().len() <= MAX_MESSAGE_LEN);
+        assert_eq!(
+            Listing::decode(&listing.encode().unwrap()).unwrap(),
+            listing
+        );
+        let mut bad = listing.encode().unwrap();
+        bad[3..11].copy_from_slice(&5u64.to_be_bytes()); // 5, 2, 3…: not ascending
+        assert!(Listing::decode(&bad).is_err());
         let reply = FetchReply {
             seqs: vec![1; 4],
             remaining: 0,
@@ -463,7 +551,10 @@ mod tests {
         g.after_seq += 1;
         assert!(!g.authorised());
         let mut g = f.clone();
-        g.skip += 1;
+        g.cursor += 1;
+        assert!(!g.authorised());
+        let mut g = f.clone();
+        g.list = !g.list;
         assert!(!g.authorised());
         let mut g = f.clone();
         g.surbs[0][0] ^= 1;
@@ -487,6 +578,9 @@ mod tests {
             prop_assert_eq!(Request::decode(&a.encode().unwrap()).unwrap(), a);
             let f = Request::Fetch(fetch());
             prop_assert_eq!(Request::decode(&f.encode().unwrap()).unwrap(), f);
+            let b = PairSecret::from_bytes([1; 32]).dropbox(&[1; 32], &[2; 32], 3);
+            let g = Request::Fetch(FetchRequest::new_signed_at(&b, 5, seq, true, 1, 2, vec![vec![7u8; SURB_LEN]; 2]));
+            prop_assert_eq!(Request::decode(&g.encode().unwrap()).unwrap(), g);
             let r = FetchReply { seqs: vec![seq], remaining: rem, message: Some((seq, ct)) };
             prop_assert_eq!(FetchReply::decode(&r.encode().unwrap()).unwrap(), r);
         }
