@@ -169,7 +169,11 @@ impl Storage {
                             // Same shape as an empty box, and nothing deleted.
                             Fetched::default()
                         };
-                        after.push(After::Reply { req, node, fetched });
+                        after.push(After::Reply {
+                            req: Box::new(req),
+                            node,
+                            fetched,
+                        });
                     }
                     Op::Expire => {
                         let n = self.expire(&mut messages, &mut boxes, &mut totals, now_ms)?;
@@ -381,7 +385,7 @@ impl Storage {
 pub(crate) enum After {
     Stored(Result<u64, Refusal>, Option<StoreAck>),
     Reply {
-        req: FetchRequest,
+        req: Box<FetchRequest>,
         node: NodeRef,
         fetched: Fetched,
     },
