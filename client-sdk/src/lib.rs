@@ -285,6 +285,22 @@ impl BoxState {
     fn learn(&mut self, cursor: u64, seqs: &[u64], remaining: u32) {
         // Only a run that starts within what is known extends it.
         if cursor <= self.probe_cursor() {
+            // The answer is exact for (cursor, its last seq]: anything listed
+            // there and missing from it is gone (expired at the gateway).
+            let upto = match seqs.last() {
+                Some(l) => *l,
+                None if remaining == 0 => u64::MAX,
+                None => cursor,
+            };
+            let gone: Vec<u64> = self
+                .listed
+                .range(cursor.saturating_add(1)..=upto)
+                .filter(|x| seqs.binary_search(x).is_err())
+                .copied()
+                .collect();
+            for x in gone {
+                self.listed.remove(&x);
+            }
             for s in seqs.iter().filter(|s| **s > self.confirmed) {
                 self.listed.insert(*s);
             }
@@ -1734,6 +1750,14 @@ mod tests {
         // A probe from the end of the list finds a new message.
         st.learn(st.probe_cursor(), &[130], 0);
         assert_eq!(st.list_end, 130);
+        // An answer that skips a listed seq means it expired: forget it.
+        st.learn(30, &[50, 60, 70, 80], 4);
+        assert!(!st.listed.contains(&40));
+        for s in [50, 80] {
+            st.received.insert(s);
+        }
+        st.learn(30, &[50, 60, 70, 80], 4);
+        assert_eq!(st.confirmed, 80);
     }
 
     #[test]

@@ -405,7 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             if !r.ok() {
-                return Err("not every message arrived exactly once".into());
+                return Err("a message was lost, duplicated or corrupted".into());
             }
         }
         Command::Testnet {
