@@ -1,5 +1,6 @@
 //! Fault injection for tests and evaluation: a wrapper around the QUIC UDP
-//! socket that drops, duplicates and reorders datagrams, driven by a seed.
+//! socket that drops, duplicates, reorders and delays datagrams, driven by a
+//! seed.
 //! (tc/netem is not available on every kernel we run on.)
 //!
 //! Never for production: it makes links worse on purpose. It is enabled
@@ -24,8 +25,12 @@ pub struct LinkFaults {
     pub loss: f64,
     /// Send it twice.
     pub duplicate: f64,
-    /// Hold it back and send it after the next one.
+    /// Send it 1–10 ms late, so that datagrams sent after it overtake it.
     pub reorder: f64,
+    /// Send it `delay_ms` late (it then also arrives out of order).
+    pub delay: f64,
+    /// How late a delayed datagram is sent, milliseconds.
+    pub delay_ms: u64,
     /// Seed of the decisions (each socket derives its own stream from it).
     pub seed: u64,
 }
@@ -41,6 +46,8 @@ pub fn dangerous_set_link_faults(faults: Option<LinkFaults>) {
             loss = f.loss,
             duplicate = f.duplicate,
             reorder = f.reorder,
+            delay = f.delay,
+            delay_ms = f.delay_ms,
             "dangerous: injecting link faults"
         );
     }
@@ -51,19 +58,11 @@ pub(crate) fn current() -> Option<LinkFaults> {
     *GLOBAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Held {
-    destination: SocketAddr,
-    contents: Vec<u8>,
-    ecn: Option<quinn::udp::EcnCodepoint>,
-    segment_size: Option<usize>,
-    src_ip: Option<std::net::IpAddr>,
-}
-
 /// A UDP socket that misbehaves as configured.
 pub struct FaultySocket {
     inner: Arc<dyn AsyncUdpSocket>,
     faults: LinkFaults,
-    state: Mutex<(rand::rngs::StdRng, Option<Held>)>,
+    rng: Mutex<rand::rngs::StdRng>,
     /// Datagrams dropped so far.
     pub dropped: AtomicU64,
 }
@@ -83,11 +82,8 @@ impl FaultySocket {
         Self {
             inner,
             faults,
-            state: Mutex::new((
-                rand::rngs::StdRng::seed_from_u64(
-                    faults.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                ),
-                None,
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(
+                faults.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             )),
             dropped: AtomicU64::new(0),
         }
@@ -104,41 +100,46 @@ impl AsyncUdpSocket for FaultySocket {
     }
 
     fn try_send(&self, t: &Transmit) -> io::Result<()> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (drop, dup, hold) = {
-            let rng = &mut st.0;
-            (
-                uniform(rng) < self.faults.loss,
-                uniform(rng) < self.faults.duplicate,
-                uniform(rng) < self.faults.reorder,
-            )
+        let (drop, dup, late) = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let drop = uniform(&mut rng) < self.faults.loss;
+            let dup = uniform(&mut rng) < self.faults.duplicate;
+            let late = if uniform(&mut rng) < self.faults.reorder {
+                Some(1 + rng.next_u64() % 10)
+            } else if uniform(&mut rng) < self.faults.delay {
+                Some(self.faults.delay_ms)
+            } else {
+                None
+            };
+            (drop, dup, late)
         };
         if drop {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        if hold && st.1.is_none() {
-            st.1 = Some(Held {
-                destination: t.destination,
-                contents: t.contents.to_vec(),
-                ecn: t.ecn,
-                segment_size: t.segment_size,
-                src_ip: t.src_ip,
+        if let Some(ms) = late
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // Sent later from a task: never held waiting for another send.
+            let inner = self.inner.clone();
+            let (destination, ecn, segment_size, src_ip) =
+                (t.destination, t.ecn, t.segment_size, t.src_ip);
+            let contents = t.contents.to_vec();
+            rt.spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                let _ = inner.try_send(&Transmit {
+                    destination,
+                    ecn,
+                    contents: &contents,
+                    segment_size,
+                    src_ip,
+                });
             });
             return Ok(());
         }
         self.inner.try_send(t)?;
         if dup {
             let _ = self.inner.try_send(t);
-        }
-        if let Some(h) = st.1.take() {
-            let _ = self.inner.try_send(&Transmit {
-                destination: h.destination,
-                ecn: h.ecn,
-                contents: &h.contents,
-                segment_size: h.segment_size,
-                src_ip: h.src_ip,
-            });
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ async fn ten_percent_loss_delivers_every_message() {
         loss: 0.10,
         duplicate: 0.0,
         reorder: 0.0,
+        delay: 0.0,
+        delay_ms: 0,
         seed: 10,
     }));
     let r = run(

@@ -12,6 +12,8 @@ async fn thirty_percent_loss_loses_nothing_silently() {
         loss: 0.30,
         duplicate: 0.0,
         reorder: 0.0,
+        delay: 0.0,
+        delay_ms: 0,
         seed: 30,
     }));
     let r = run(

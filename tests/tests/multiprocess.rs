@@ -288,6 +288,9 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     };
     let mut cfg = ClientConfig::new(&url, &key).unwrap();
     cfg.fetch_interval = Duration::from_millis(250);
+    // A restarted node has new Sphinx keys: clients learn them at their next
+    // topology refresh (60 s by default; 5 s keeps this test short).
+    cfg.topology_refresh = Duration::from_secs(5);
     let mut a_cfg = cfg.clone();
     a_cfg.entry_gateway = Some(gateway_id(0));
     let mut b_cfg = cfg.clone();
@@ -376,11 +379,14 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
         .iter()
         .filter(|id| matches!(alice.status(id), Some(Status::Stored | Status::Read)))
         .collect();
-    let got = receive(&mut bob_inbox, acked.len(), 90).await;
+    let got = receive(&mut bob_inbox, acked.len(), 120).await;
     for id in &acked {
         assert!(
             got.iter().any(|m| m.id == **id),
-            "an acknowledged message was lost"
+            "an acknowledged message was lost: {} acknowledged, {} received; statuses {:?}",
+            acked.len(),
+            got.len(),
+            ids.iter().map(|i| alice.status(i)).collect::<Vec<_>>()
         );
     }
     check_subset(&got, &in_flight);

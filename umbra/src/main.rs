@@ -369,6 +369,8 @@ async fn run(cli: Cli) -> Result<()> {
                     loss: link_loss,
                     duplicate: 0.0,
                     reorder: 0.0,
+                    delay: 0.0,
+                    delay_ms: 0,
                     seed: 1,
                 }));
             }
