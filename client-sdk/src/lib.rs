@@ -113,6 +113,9 @@ pub struct ClientConfig {
     /// A message after a gap in a contact's stream waits this long for the
     /// gap to fill before it is handed over anyway.
     pub reorder_hold: Duration,
+    /// A contact's stream met past its start (this client restarted) is
+    /// collected this long before its lowest message is handed over.
+    pub reorder_settle: Duration,
     /// Bytes of partly received messages held per contact.
     pub max_reassembly_bytes: usize,
 }
@@ -138,6 +141,7 @@ impl ClientConfig {
             max_outbox_bytes: 64 * 1024 * 1024,
             ack_slack: Duration::from_secs(3),
             reorder_hold: Duration::from_secs(60),
+            reorder_settle: Duration::from_secs(5),
             max_reassembly_bytes: 48 * 1024 * 1024,
         })
     }
@@ -559,7 +563,11 @@ impl Client {
             ..OutboxConfig::default()
         });
         let reassembly = Reassembler::new(cfg.max_reassembly_bytes, cfg.message_ttl.as_secs_f64());
-        let sequencer = Sequencer::new(cfg.reorder_hold.as_secs_f64(), 10_000);
+        let sequencer = Sequencer::new(
+            cfg.reorder_hold.as_secs_f64(),
+            cfg.reorder_settle.as_secs_f64(),
+            10_000,
+        );
         let inner = Arc::new(Inner {
             stream: Mutex::new(stream),
             fetches: Mutex::new(VecDeque::new()),

@@ -678,12 +678,19 @@ type Held<C> = BTreeMap<u64, (f64, Complete<C>)>;
 ///
 /// Messages carry `(session, seq)`; seqs count from 1 within a session. A
 /// message after a gap waits until the gap fills or `hold` seconds pass
-/// (the missing message failed at the sender, or was sent before this
-/// receiver's state began), then the gap is skipped.
+/// (the missing message failed at the sender), then the gap is skipped.
+///
+/// A receiver that meets a session for the first time past its start (it
+/// restarted and lost its state; the earlier messages were fetched before)
+/// cannot know which seq comes next: it collects for `settle` seconds, then
+/// starts at the lowest seq it holds.
 pub struct Sequencer<C> {
     next: HashMap<(C, u64), u64>,
     held: HashMap<(C, u64), Held<C>>,
+    /// Sessions met past their start: since when.
+    settling: HashMap<(C, u64), f64>,
     hold: f64,
+    settle: f64,
     max_held: usize,
     n_held: usize,
 }
@@ -691,11 +698,13 @@ pub struct Sequencer<C> {
 impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
     /// Holds out-of-order messages at most `hold` seconds, and at most
     /// `max_held` at once (beyond that, gaps are skipped at once).
-    pub fn new(hold: f64, max_held: usize) -> Self {
+    pub fn new(hold: f64, settle: f64, max_held: usize) -> Self {
         Self {
             next: HashMap::new(),
             held: HashMap::new(),
+            settling: HashMap::new(),
             hold,
+            settle,
             max_held,
             n_held: 0,
         }
@@ -704,6 +713,17 @@ impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
     /// Takes a complete message; returns those now deliverable, in order.
     pub fn push(&mut self, m: Complete<C>, now: f64) -> Vec<Complete<C>> {
         let key = (m.from.clone(), m.session);
+        if !self.next.contains_key(&key) {
+            if m.seq <= 1 {
+                self.next.insert(key.clone(), 1);
+                self.settling.remove(&key);
+            } else {
+                self.settling.entry(key.clone()).or_insert(now);
+                self.n_held += 1;
+                self.held.entry(key).or_default().insert(m.seq, (now, m));
+                return Vec::new();
+            }
+        }
         let next = *self.next.get(&key).unwrap_or(&1);
         if m.seq < next {
             return vec![m]; // late, after its gap was skipped: still deliver
@@ -758,8 +778,26 @@ impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
         out
     }
 
-    /// Releases messages that waited longer than `hold` behind a gap.
+    /// Releases messages that waited longer than `hold` behind a gap, and
+    /// starts sessions that settled.
     pub fn expire(&mut self, now: f64) -> Vec<Complete<C>> {
+        let settled: Vec<(C, u64)> = self
+            .settling
+            .iter()
+            .filter(|(_, since)| now - **since > self.settle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in settled {
+            self.settling.remove(&k);
+            let first = self
+                .held
+                .get(&k)
+                .and_then(|h| h.first_key_value().map(|(s, _)| *s))
+                .unwrap_or(1);
+            self.next.insert(k.clone(), first);
+            out.extend(self.drain(&k, false));
+        }
         let keys: Vec<(C, u64)> = self
             .held
             .iter()
@@ -769,9 +807,10 @@ impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        let mut out = Vec::new();
         for k in keys {
-            out.extend(self.drain(&k, true));
+            if !self.settling.contains_key(&k) {
+                out.extend(self.drain(&k, true));
+            }
         }
         out
     }
@@ -931,7 +970,7 @@ mod tests {
 
     #[test]
     fn messages_are_delivered_in_send_order() {
-        let mut s = Sequencer::new(60.0, 100);
+        let mut s = Sequencer::new(60.0, 5.0, 100);
         assert!(s.push(complete(2), 0.0).is_empty());
         assert!(s.push(complete(3), 0.0).is_empty());
         let out: Vec<u64> = s.push(complete(1), 1.0).iter().map(|m| m.seq).collect();
@@ -944,5 +983,21 @@ mod tests {
         // The missing one, if it turns up late, is still delivered.
         assert_eq!(s.push(complete(4), 70.0).len(), 1);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn a_session_met_past_its_start_settles_then_starts_at_its_lowest_seq() {
+        let mut s = Sequencer::new(60.0, 5.0, 100);
+        let later = |seq| Complete {
+            session: 8,
+            ..complete(seq)
+        };
+        assert!(s.push(later(12), 0.0).is_empty());
+        assert!(s.push(later(11), 1.0).is_empty());
+        assert!(s.expire(4.0).is_empty(), "still settling");
+        let out: Vec<u64> = s.expire(5.1).iter().map(|m| m.seq).collect();
+        assert_eq!(out, [11, 12]);
+        let out: Vec<u64> = s.push(later(13), 6.0).iter().map(|m| m.seq).collect();
+        assert_eq!(out, [13]);
     }
 }
