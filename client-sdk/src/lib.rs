@@ -479,6 +479,8 @@ struct Inner {
     inbox: mpsc::Sender<Received>,
     stop: watch::Sender<bool>,
     local_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The current connection to the entry gateway, for its byte counts.
+    conn: Mutex<Option<quinn::Connection>>,
 }
 
 fn now_ms() -> u64 {
@@ -603,6 +605,7 @@ impl Client {
             inbox: inbox_tx,
             stop,
             local_addr: Mutex::new(None),
+            conn: Mutex::new(None),
         });
         // Connect once before returning, so configuration errors surface here.
         let conn = inner.dial().await?;
@@ -778,6 +781,20 @@ impl Client {
             loops_late: c.loops_late.load(Ordering::Relaxed),
             loops_lost: c.loops_lost.load(Ordering::Relaxed),
         }
+    }
+
+    /// UDP bytes sent and received on the current connection to the entry
+    /// gateway (QUIC and TLS overhead included; reset on reconnect).
+    pub fn traffic(&self) -> (u64, u64) {
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or((0, 0), |c| {
+                let s = c.stats();
+                (s.udp_tx.bytes, s.udp_rx.bytes)
+            })
     }
 
     /// The local UDP address of the connection to the entry gateway.
@@ -1361,7 +1378,10 @@ impl Inner {
             return;
         }
         // A box that holds more is drained by a window of fetches at once,
-        // and probed for more while listings say there is.
+        // and probed for more while listings say there is. Window fetches
+        // whose answers did not come in time are asked again.
+        let timeout = Self::fetch_timeout(&self.topology());
+        state.outstanding.retain(|_, at| at.elapsed() < timeout);
         let want = state
             .unread()
             .div_ceil(FETCH_SURBS)
@@ -1436,6 +1456,7 @@ impl Inner {
             net::link::client_endpoint(bind.parse().map_err(|_| Error::Config("bind".into()))?)?;
         let conn = net::link::connect(&endpoint, self.entry.identity, addr).await?;
         *self.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.local_addr().ok();
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         let me = self.clone();
         let sink = move |f: Frame<'_>, _: &quinn::Connection| {
             if let Some((id, payload)) = f.delivery() {

@@ -1,5 +1,6 @@
 //! `umbra bench mixnode`: the raw Sphinx unwrap rate on all cores beside the
 //! rate one mix node forwards over QUIC on loopback, measured in one run.
+//! `umbra bench client`: what an idle client costs, and how long 1 MiB takes.
 
 use crate::testnet::{BoxError, FinalMode, Injector, LocalNet};
 use protocol::packet::{Hop, build_packet, sphinx_keypair};
@@ -197,5 +198,149 @@ async fn push(
             return Ok((got, last.1 - start));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Figures of `umbra bench client`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientBench {
+    /// Seconds the idle clients were measured.
+    pub idle_seconds: f64,
+    /// Share of one core one idle client uses (user + system time).
+    pub idle_cpu_share: f64,
+    /// UDP bytes/s one idle client sends (QUIC overhead included).
+    pub idle_up_bytes_per_s: f64,
+    /// UDP bytes/s one idle client receives.
+    pub idle_down_bytes_per_s: f64,
+    /// Bytes of the message timed.
+    pub message_bytes: usize,
+    /// Seconds from `send` to the recipient's inbox.
+    pub delivery_seconds: f64,
+}
+
+/// CPU time of this process (user + system), seconds, from /proc (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // Clock ticks: 100 per second on Linux.
+    Some((utime + stime) / 100.0)
+}
+
+/// Starts `umbra testnet` (default network parameters) as a separate
+/// process, so that this process runs only the clients and its CPU time is
+/// theirs; measures two idle clients for `idle_seconds`, then the delivery
+/// of one `message_bytes` message.
+pub async fn client(
+    exe: &std::path::Path,
+    idle_seconds: u64,
+    message_bytes: usize,
+    progress: impl Fn(&str),
+) -> Result<ClientBench, BoxError> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(exe)
+        .arg("testnet")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let guard = KillOnDrop(child.id());
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (url, key) = tokio::task::spawn_blocking(move || {
+        let mut url = None;
+        let mut key = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.ok()?;
+            if let Some(v) = line.trim().strip_prefix("directory_url = ") {
+                url = Some(v.to_string());
+            }
+            if let Some(v) = line.trim().strip_prefix("authority_key = ") {
+                key = Some(v.to_string());
+            }
+            if url.is_some() && key.is_some() {
+                return Some((url?, key?));
+            }
+        }
+        None
+    })
+    .await?
+    .ok_or("umbra testnet did not start")?;
+    progress("testnet running in a separate process; connecting two idle clients");
+    let cfg = client_sdk::ClientConfig::new(&url, &key)?;
+    let (alice, _a_inbox) =
+        client_sdk::Client::connect(cfg.clone(), client_sdk::Identity::generate()).await?;
+    let (bob, mut b_inbox) =
+        client_sdk::Client::connect(cfg, client_sdk::Identity::generate()).await?;
+    let bob_id = alice.add_contact(&bob.invite("bob"))?;
+    bob.add_contact(&alice.invite("alice"))?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let traffic = || {
+        let (a, b) = (alice.traffic(), bob.traffic());
+        (a.0 + b.0, a.1 + b.1)
+    };
+    let (cpu0, (tx0, rx0), t0) = (process_cpu_seconds(), traffic(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let (cpu1, (tx1, rx1)) = (process_cpu_seconds(), traffic());
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    progress(&format!(
+        "idle: {:.1} % of a core per client; sending {message_bytes} bytes",
+        100.0 * cpu / wall / 2.0
+    ));
+
+    let body: Vec<u8> = (0..message_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let started = Instant::now();
+    let id = alice.send(&bob_id, &body).await?;
+    let mut last = Instant::now();
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(5), b_inbox.recv()).await {
+            Ok(Some(m)) if m.id == id => break m,
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("inbox closed".into()),
+            Err(_) => {
+                if let Some(p) = alice.progress(&id)
+                    && last.elapsed() > Duration::from_secs(10)
+                {
+                    last = Instant::now();
+                    progress(&format!("{}/{} fragments stored", p.have, p.count));
+                }
+                if alice.status(&id).is_some_and(|s| s.is_failure()) {
+                    return Err("the message failed".into());
+                }
+            }
+        }
+    };
+    let delivery = started.elapsed().as_secs_f64();
+    if got.body != body {
+        return Err("the message arrived altered".into());
+    }
+    alice.shutdown();
+    bob.shutdown();
+    drop(guard);
+    let _ = child.wait();
+    Ok(ClientBench {
+        idle_seconds: wall,
+        idle_cpu_share: cpu / wall / 2.0,
+        idle_up_bytes_per_s: (tx1 - tx0) as f64 / wall / 2.0,
+        idle_down_bytes_per_s: (rx1 - rx0) as f64 / wall / 2.0,
+        message_bytes,
+        delivery_seconds: delivery,
+    })
+}
+
+/// Stops a child process (SIGTERM) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
     }
 }

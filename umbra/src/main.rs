@@ -214,6 +214,20 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What an idle client costs (share of a core, bytes/s) at the default
+    /// cover rates, and how long a message takes to deliver, against
+    /// `umbra testnet` started as a separate process.
+    Client {
+        /// Seconds to measure the idle clients.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Size of the message timed, bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        message_size: usize,
+        /// End with one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn shutdown_signal() {
@@ -505,6 +519,26 @@ async fn run(cli: Cli) -> Result<()> {
                         "chance": r.chance,
                     })
                 );
+            }
+        }
+        Command::Bench(BenchCmd::Client {
+            seconds,
+            message_size,
+            json,
+        }) => {
+            let exe = std::env::current_exe()?;
+            let r = umbra::bench::client(&exe, seconds, message_size, |l| eprintln!("{l}")).await?;
+            println!(
+                "idle client: {:.2} % of one core, up {:.0} B/s, down {:.0} B/s (over {:.0} s)\n{} bytes delivered in {:.1} s",
+                100.0 * r.idle_cpu_share,
+                r.idle_up_bytes_per_s,
+                r.idle_down_bytes_per_s,
+                r.idle_seconds,
+                r.message_bytes,
+                r.delivery_seconds
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
             }
         }
         Command::Bench(BenchCmd::Mixnode { packets, json }) => {
