@@ -28,6 +28,13 @@ pub struct MixnodeBench {
     pub link_pps: f64,
     /// Mean time the node's workers spent peeling one packet, µs.
     pub peel_us: f64,
+    /// Rate of the half-load run (half of `mixnode_pps`), packets/s.
+    pub half_load_pps: f64,
+    /// Latency the node adds at half load, beyond the (zero) sampled delay:
+    /// median and 99th percentile, milliseconds.
+    pub half_load_p50_ms: f64,
+    /// See `half_load_p50_ms`.
+    pub half_load_p99_ms: f64,
 }
 
 fn cores() -> usize {
@@ -155,6 +162,17 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     let peel_us =
         m.processing.get_sample_sum() / m.processing.get_sample_count().max(1) as f64 * 1e6;
     let dropped = m.total_dropped();
+
+    // Half of the measured maximum, paced, with fresh packets (the first
+    // batch is in the replay cache now): what the node adds per packet.
+    let half = pps / 2.0;
+    let n_half = (packets / 2).max(1);
+    if progress {
+        eprintln!("latency at half load: {n_half} packets at {half:.0} packets/s…");
+    }
+    let half_packets = build_all(n_half, &route);
+    let (half_p50, half_p99) =
+        paced_latency(&mut inj, &net, &half_packets, topo.epoch, half).await?;
     inj.close().await;
 
     // The same frames straight to the receiver: what QUIC alone carries here.
@@ -174,7 +192,74 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         dropped,
         link_pps,
         peel_us,
+        half_load_pps: half,
+        half_load_p50_ms: half_p50,
+        half_load_p99_ms: half_p99,
     })
+}
+
+/// Sends `packets` at `rate` per second and matches arrivals to sends in
+/// order (workers may swap neighbours, which shifts a pair by one gap):
+/// median and 99th-percentile latency, milliseconds.
+async fn paced_latency(
+    inj: &mut Injector,
+    net: &LocalNet,
+    packets: &[Vec<u8>],
+    epoch: u64,
+    rate: f64,
+) -> Result<(f64, f64), BoxError> {
+    let rx = &net.receiver;
+    let base = rx.frames.load(Ordering::Relaxed);
+    rx.arrivals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    rx.record_arrivals.store(true, Ordering::Relaxed);
+    let mut sent_at = Vec::with_capacity(packets.len());
+    let start = Instant::now();
+    let mut i = 0;
+    while i < packets.len() {
+        let due = ((start.elapsed().as_secs_f64() * rate) as usize + 1).min(packets.len());
+        let mut buf = Vec::new();
+        while i < due {
+            protocol::frame::encode_into(
+                &mut buf,
+                protocol::frame::FrameKind::Sphinx,
+                epoch,
+                &packets[i],
+            )?;
+            i += 1;
+        }
+        if !buf.is_empty() {
+            let now = Instant::now();
+            inj.send_raw(&buf).await?;
+            sent_at.resize(i, now);
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let target = base + packets.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rx.frames.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rx.record_arrivals.store(false, Ordering::Relaxed);
+    let arrivals = rx
+        .arrivals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut lat: Vec<f64> = arrivals
+        .iter()
+        .zip(&sent_at)
+        .map(|(a, s)| a.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((q(0.5), q(0.99)))
 }
 
 /// Writes `frames` and waits until `counter` reaches `target` (or stalls 5 s).

@@ -544,7 +544,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Mixnode { packets, json }) => {
             let r = umbra::bench::mixnode(packets, !json).await?;
             println!(
-                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s\nmean peel time in the node: {:.0} µs",
+                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s\nmean peel time in the node: {:.0} µs\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
                 r.raw_unwrap_pps,
                 r.cores,
                 r.mixnode_pps,
@@ -552,7 +552,10 @@ async fn run(cli: Cli) -> Result<()> {
                 r.packets,
                 r.dropped,
                 r.link_pps,
-                r.peel_us
+                r.peel_us,
+                r.half_load_pps,
+                r.half_load_p50_ms,
+                r.half_load_p99_ms
             );
             if json {
                 println!(

@@ -155,6 +155,10 @@ pub struct FinalHop {
     pub delivered: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Packets refused at the final hop (replays, malformed).
     pub refused: Arc<AtomicU64>,
+    /// While true, each frame's arrival time is recorded in `arrivals`.
+    pub record_arrivals: Arc<std::sync::atomic::AtomicBool>,
+    /// Arrival times (at most a million), while recording.
+    pub arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
     endpoint: quinn::Endpoint,
 }
 
@@ -194,9 +198,18 @@ impl FinalHop {
         let refused = Arc::new(AtomicU64::new(0));
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let (f, r, dl) = (frames.clone(), refused.clone(), delivered.clone());
+        let record_arrivals = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let (rec, arr) = (record_arrivals.clone(), arrivals.clone());
         let ring = Arc::new(ring);
         let sink = move |frame: Frame<'_>, _: &quinn::Connection| {
             f.fetch_add(1, Ordering::Relaxed);
+            if rec.load(Ordering::Relaxed) {
+                let mut a = arr.lock().unwrap_or_else(|p| p.into_inner());
+                if a.len() < 1_000_000 {
+                    a.push(std::time::Instant::now());
+                }
+            }
             if mode == FinalMode::Count {
                 return;
             }
@@ -226,6 +239,8 @@ impl FinalHop {
             frames,
             delivered,
             refused,
+            record_arrivals,
+            arrivals,
             endpoint,
         })
     }
