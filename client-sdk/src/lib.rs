@@ -18,7 +18,9 @@ use protocol::messages::{
     Request,
 };
 use protocol::packet::{self, Hop, ReplyKey};
-use protocol::reliable::{Complete, Fragment, Kind, Outbox, OutboxConfig, Reassembler, Sequencer};
+use protocol::reliable::{
+    Complete, Fragment, Kind, Outbox, OutboxConfig, Outgoing, Reassembler, Sequencer,
+};
 pub use protocol::reliable::{MessageId, Progress, Status};
 use protocol::topology::{self, TopologyDocument, TopologyNode, TrustPolicy};
 use rand::{Rng, RngExt};
@@ -710,12 +712,14 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(
-                id,
-                to.0,
-                Kind::Message,
-                self.inner.session,
-                seq,
-                body.to_vec(),
+                Outgoing {
+                    id,
+                    to: to.0,
+                    kind: Kind::Message,
+                    session: self.inner.session,
+                    seq,
+                    body: body.to_vec(),
+                },
                 CHUNK_LEN,
                 now,
             )
@@ -961,10 +965,7 @@ impl Inner {
         .map_err(|e| Error::Config(e.to_string()))?;
         let (frame, there) = self.packet_to_box_timed(&topo, &dropbox, &request)?;
         let max = Duration::from_millis(topo.params.max_delay_ms);
-        let back: Duration = back_delays[..back_delays.len() - 1]
-            .iter()
-            .map(|d| (*d).min(max))
-            .sum();
+        let back = packet::applied_delay(&back_delays, max);
         Ok((frame, ack, key, there + back + self.cfg.ack_slack))
     }
 
@@ -983,16 +984,19 @@ impl Inner {
                 let body: Vec<u8> = chunk.iter().flatten().copied().collect();
                 let mut id = [0u8; 16];
                 rand::rng().fill_bytes(&mut id);
-                let _ = self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push(
+                let receipt = Outgoing {
                     id,
-                    contact,
-                    Kind::Receipt,
-                    self.session,
-                    0,
+                    to: contact,
+                    kind: Kind::Receipt,
+                    session: self.session,
+                    seq: 0,
                     body,
-                    CHUNK_LEN,
-                    now,
-                );
+                };
+                let _ = self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(receipt, CHUNK_LEN, now);
             }
         }
         let ready = self
@@ -1100,20 +1104,7 @@ impl Inner {
             .gateway(&gateways)
             .and_then(|id| topo.node(&id))
             .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
-        let mut route = mix_route(topo)?;
-        route.push(gw.hop());
-        let mut rng = rand::rng();
-        let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(topo));
-        let pkt = packet::build_packet(&mut rng, &route, &[0; 32], [0; 16], &delays, request)
-            .map_err(|e| Error::Config(e.to_string()))?;
-        let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
-            .map_err(|e| Error::Config(e.to_string()))?;
-        let max = Duration::from_millis(topo.params.max_delay_ms);
-        let total = delays[..delays.len() - 1]
-            .iter()
-            .map(|d| (*d).min(max))
-            .sum();
-        Ok((f, total))
+        self.packet_via_timed(topo, gw.hop(), &[0; 32], [0; 16], request)
     }
 
     /// A fetch of `contact`'s box for `period`, with SURBs back to us.
@@ -1280,13 +1271,8 @@ impl Inner {
             .map_err(|e| Error::Config(e.to_string()))?;
         let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
             .map_err(|e| Error::Config(e.to_string()))?;
-        // The final hop delivers at once; hops clamp at the network's maximum.
         let max = Duration::from_millis(topo.params.max_delay_ms);
-        let total = delays[..delays.len() - 1]
-            .iter()
-            .map(|d| (*d).min(max))
-            .sum();
-        Ok((f, total))
+        Ok((f, packet::applied_delay(&delays, max)))
     }
 
     /// A reply arrived from our entry gateway.

@@ -116,11 +116,7 @@ fn send_one(
         return;
     };
     let max = Duration::from_millis(doc.params.max_delay_ms);
-    // The final hop delivers at once: its delay is not carried.
-    let total: f64 = delays[..delays.len() - 1]
-        .iter()
-        .map(|d| (*d).min(max).as_secs_f64())
-        .sum();
+    let total = packet::applied_delay(&delays, max).as_secs_f64();
     shared
         .loops
         .tracker

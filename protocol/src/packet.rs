@@ -69,6 +69,14 @@ fn sphinx_err(e: sphinx_packet::Error) -> Error {
     Error::InvalidPacket(e.to_string())
 }
 
+/// The time a route's hops hold a packet built with `delays`: every hop's
+/// but the last (the final hop delivers at once; sphinx-packet carries no
+/// delay for it), each clamped to `max` as nodes clamp it.
+pub fn applied_delay(delays: &[Duration], max: Duration) -> Duration {
+    let n = delays.len().saturating_sub(1);
+    delays[..n].iter().map(|d| (*d).min(max)).sum()
+}
+
 /// Draws one delay per hop from Exp(mean). A zero mean gives zero delays.
 pub fn sample_delays<R: Rng + ?Sized>(rng: &mut R, hops: usize, mean: Duration) -> Vec<Duration> {
     let mean_s = mean.as_secs_f64();

@@ -176,6 +176,23 @@ impl Default for OutboxConfig {
     }
 }
 
+/// A message to queue in an [`Outbox`].
+#[derive(Debug, Clone)]
+pub struct Outgoing<C> {
+    /// Its id.
+    pub id: MessageId,
+    /// Recipient.
+    pub to: C,
+    /// Message or receipt.
+    pub kind: Kind,
+    /// The sender's session.
+    pub session: u64,
+    /// Its place in the stream to `to` (0 for receipts).
+    pub seq: u64,
+    /// The bytes.
+    pub body: Vec<u8>,
+}
+
 struct OutMessage<C> {
     to: C,
     kind: Kind,
@@ -232,21 +249,18 @@ impl<C: Clone> Outbox<C> {
         }
     }
 
-    /// Queues `body` for `to` in fragments of `chunk` bytes. Receipts
-    /// produce no status events. Errors if the body is too large or the
-    /// outbox is full (nothing is queued then).
-    #[allow(clippy::too_many_arguments)]
-    pub fn push(
-        &mut self,
-        id: MessageId,
-        to: C,
-        kind: Kind,
-        session: u64,
-        seq: u64,
-        body: Vec<u8>,
-        chunk: usize,
-        now: f64,
-    ) -> Result<(), Error> {
+    /// Queues a message in fragments of `chunk` bytes. Receipts produce no
+    /// status events. Errors if the body is too large or the outbox is full
+    /// (nothing is queued then).
+    pub fn push(&mut self, m: Outgoing<C>, chunk: usize, now: f64) -> Result<(), Error> {
+        let Outgoing {
+            id,
+            to,
+            kind,
+            session,
+            seq,
+            body,
+        } = m;
         if body.len() > MAX_MESSAGE_SIZE {
             return Err(Error::InvalidArgument(format!(
                 "message of {} bytes exceeds {MAX_MESSAGE_SIZE}",
@@ -825,6 +839,17 @@ impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
 mod tests {
     use super::*;
 
+    fn msg(id: u8, seq: u64, body: Vec<u8>) -> Outgoing<u8> {
+        Outgoing {
+            id: [id; 16],
+            to: 0,
+            kind: Kind::Message,
+            session: 1,
+            seq,
+            body,
+        }
+    }
+
     fn outbox() -> Outbox<u8> {
         Outbox::new(OutboxConfig {
             max_attempts: 3,
@@ -867,8 +892,7 @@ mod tests {
     fn a_message_is_stored_once_every_fragment_is_acked() {
         let mut o = outbox();
         let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-        o.push([1; 16], 0, Kind::Message, 1, 1, body.clone(), 2048, 0.0)
-            .unwrap();
+        o.push(msg(1, 1, body.clone()), 2048, 0.0).unwrap();
         assert_eq!(o.poll_event(), Some(([1; 16], Status::Queued)));
         let mut n = 0;
         let sent = send_all(&mut o, 0.0, &mut n);
@@ -893,8 +917,7 @@ mod tests {
     #[test]
     fn unacked_fragments_are_retransmitted_with_backoff_then_fail() {
         let mut o = outbox();
-        o.push([2; 16], 0, Kind::Message, 1, 1, vec![0; 10], 2048, 0.0)
-            .unwrap();
+        o.push(msg(2, 1, vec![0; 10]), 2048, 0.0).unwrap();
         let mut n = 0;
         assert_eq!(send_all(&mut o, 0.0, &mut n).len(), 1);
         assert!(o.next(0.9).is_none(), "not before its timeout");
@@ -920,12 +943,8 @@ mod tests {
             max_bytes: 3000,
             ..OutboxConfig::default()
         });
-        o.push([3; 16], 0u8, Kind::Message, 1, 1, vec![0; 2000], 2048, 0.0)
-            .unwrap();
-        assert!(
-            o.push([4; 16], 0, Kind::Message, 1, 2, vec![0; 2000], 2048, 0.0)
-                .is_err()
-        );
+        o.push(msg(3, 1, vec![0; 2000]), 2048, 0.0).unwrap();
+        assert!(o.push(msg(4, 2, vec![0; 2000]), 2048, 0.0).is_err());
         assert!(!o.has_ready(11.0));
         let evs: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
         assert_eq!(evs, [Status::Queued, Status::FailedExpired]);
