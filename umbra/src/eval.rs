@@ -46,6 +46,9 @@ pub struct EvalOptions {
     pub real_rate: f64,
     /// Target messages to attack.
     pub targets: usize,
+    /// Simulated seconds after the warm-up, at most; `None`: long enough
+    /// for `targets`.
+    pub duration_s: Option<f64>,
     /// Seed of every random choice.
     pub seed: u64,
     /// Evaluation only: no cover traffic (clients send only real messages).
@@ -63,6 +66,7 @@ impl Default for EvalOptions {
             params: NetworkParams::default(),
             real_rate: 0.5,
             targets: 5000,
+            duration_s: None,
             seed: 1,
             dangerous_no_cover: false,
             dangerous_zero_delay: false,
@@ -314,9 +318,11 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
     };
     // Generous: the run stops as soon as `targets` have arrived.
     let duration = warmup
-        + 1.5 * opts.targets as f64 / (n as f64 * opts.real_rate)
-        + 20.0 * mean.as_secs_f64()
-        + 10.0;
+        + opts.duration_s.unwrap_or(
+            1.5 * opts.targets as f64 / (n as f64 * opts.real_rate)
+                + 20.0 * mean.as_secs_f64()
+                + 10.0,
+        );
     let burst_client = 0usize;
 
     let mut streams: Vec<ClientStream<(u64, bool)>> = (0..n)

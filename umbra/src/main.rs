@@ -110,6 +110,10 @@ enum EvalCmd {
         /// Real messages per client per second.
         #[arg(long, default_value_t = 0.5)]
         real_rate: f64,
+        /// Simulated seconds after the warm-up, at most (by default: long
+        /// enough for --targets target messages).
+        #[arg(long)]
+        duration_s: Option<f64>,
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -455,6 +459,7 @@ async fn run(cli: Cli) -> Result<()> {
             lambda_m,
             delay_ms,
             real_rate,
+            duration_s,
             seed,
             dangerous_no_cover,
             dangerous_zero_delay,
@@ -478,6 +483,7 @@ async fn run(cli: Cli) -> Result<()> {
                 targets,
                 params,
                 real_rate,
+                duration_s,
                 seed,
                 dangerous_no_cover,
                 dangerous_zero_delay,
