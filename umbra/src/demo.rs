@@ -156,8 +156,11 @@ async fn talk(
         + opts.timeout
         + Duration::from_millis(opts.send_interval_ms * opts.messages as u64)
         + Duration::from_secs_f64(fragments as f64 * 2.0 / opts.lambda_payload.max(0.1))
-        // After the TTL, failures are reported at the next payload tick.
-        + Duration::from_secs(10);
+        // After the TTL a message is reported failed at the next payload
+        // tick; one stored just before it still has to be fetched, and may
+        // wait behind a gap in its contact's order (60 s at most). The run
+        // ends as soon as every message is delivered or failed.
+        + Duration::from_secs(75);
     let mut next_send = Instant::now();
     let mut ids: Vec<(Client, client_sdk::MessageId)> = Vec::new();
     let mut failed = std::collections::HashSet::new();
