@@ -101,8 +101,6 @@ pub struct ClientConfig {
     /// DANGEROUS, evaluation and tests only: send every packet at once with
     /// no cover traffic. An observer then sees exactly when you are active.
     pub dangerous_no_cover: bool,
-    /// Real packets (messages and fetches) waiting for a Poisson tick.
-    pub send_queue: usize,
     /// Transmissions of one fragment before its message is reported failed.
     pub max_attempts: u32,
     /// A message not stored within this time is reported failed.
@@ -137,7 +135,6 @@ impl ClientConfig {
             inbox_capacity: 1024,
             catch_up_periods: 24,
             dangerous_no_cover: false,
-            send_queue: 4096,
             max_attempts: 8,
             message_ttl: Duration::from_secs(3600),
             max_outbox_bytes: 64 * 1024 * 1024,
@@ -467,17 +464,16 @@ struct Inner {
     /// Wakes the sender when there is something to send (without cover).
     wake: Notify,
     out: mpsc::Sender<Vec<u8>>,
-    /// The Loopix stream: real packets wait here for a payload tick.
-    stream: Mutex<ClientStream<Vec<u8>>>,
+    /// The Loopix stream's clocks: payload ticks and loop ticks.
+    stream: Mutex<ClientStream<()>>,
     /// Fetches due, sent in payload ticks that find no real packet.
     /// (contact, period, skip)
     fetches: Mutex<VecDeque<([u8; 32], u64, u16)>>,
     /// Loops in flight: identifier → sent at.
     loops: Mutex<LoopTracker>,
-    /// Origin of the loop tracker's clock.
+    /// Origin of the client's clock (Poisson stream, loops, reliability).
     clock: Instant,
     cover: CoverCounters,
-    started: Instant,
     inbox: mpsc::Sender<Received>,
     stop: watch::Sender<bool>,
     local_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -555,7 +551,9 @@ impl Client {
         let stream = ClientStream::new(
             params.lambda_payload,
             params.lambda_loop,
-            cfg.send_queue.max(1),
+            // Nothing is queued in the stream: each payload tick asks the
+            // outbox, then the fetch queue, for a real packet.
+            1,
             cover_on,
             0.0,
             &mut rand::rng(),
@@ -582,7 +580,6 @@ impl Client {
             )),
             clock: Instant::now(),
             cover: CoverCounters::default(),
-            started: Instant::now(),
             cfg,
             identity,
             address,
@@ -866,7 +863,7 @@ fn mix_route(topo: &TopologyDocument) -> Result<Vec<Hop>, Error> {
 }
 
 impl Inner {
-    /// Seconds on the client's own clock (the reliability state's time).
+    /// Seconds on the client's clock (Poisson stream, loops, reliability).
     fn now(&self) -> f64 {
         self.clock.elapsed().as_secs_f64()
     }
@@ -1221,7 +1218,7 @@ impl Inner {
         id[0] |= 1;
         let (f, delays) = self.packet_via_timed(&topo, entry.hop(), &self.address, id, b"loop")?;
         self.expire_loops();
-        let now = self.clock.elapsed().as_secs_f64();
+        let now = self.now();
         self.loops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1231,7 +1228,7 @@ impl Inner {
 
     /// Counts loops overdue for good as lost.
     fn expire_loops(&self) {
-        let now = self.clock.elapsed().as_secs_f64();
+        let now = self.now();
         let lost = self
             .loops
             .lock()
@@ -1277,7 +1274,7 @@ impl Inner {
 
     /// A reply arrived from our entry gateway.
     fn on_delivery(&self, identifier: [u8; 16], payload: &[u8]) {
-        let now = self.clock.elapsed().as_secs_f64();
+        let now = self.now();
         let outcome = self
             .loops
             .lock()
@@ -1619,7 +1616,7 @@ async fn sender_task(inner: Arc<Inner>) {
         }
     }
     loop {
-        let now = inner.started.elapsed().as_secs_f64();
+        let now = inner.now();
         let mut emitted = Vec::new();
         {
             let mut st = inner.stream.lock().unwrap_or_else(|p| p.into_inner());
@@ -1630,11 +1627,7 @@ async fn sender_task(inner: Arc<Inner>) {
         }
         for e in emitted {
             let frame = match e {
-                Emission::Real(f) => {
-                    inner.cover.real.fetch_add(1, Ordering::Relaxed);
-                    Ok(f)
-                }
-                Emission::DropCover => {
+                Emission::Real(()) | Emission::DropCover => {
                     // A payload tick: a fragment, receipt or retransmission
                     // if one is due, else a due fetch, else drop cover.
                     if let Some(f) = inner.next_fragment_frame() {
@@ -1677,7 +1670,7 @@ async fn sender_task(inner: Arc<Inner>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .next_at();
-        let wait = (next - inner.started.elapsed().as_secs_f64()).clamp(0.0, 1.0);
+        let wait = (next - inner.now()).clamp(0.0, 1.0);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
             _ = stopped(&mut stop) => return,
