@@ -393,11 +393,6 @@ impl StatusBoard {
         }
     }
 }
-/// Transport time allowed beyond a loop's sampled delays before it is late.
-const LOOP_SLACK: Duration = Duration::from_secs(2);
-/// A loop this long past its expected return counts as lost (a broken
-/// route, or an n−1 attack).
-const LOOP_LOST_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct CoverCounters {
@@ -573,11 +568,7 @@ impl Client {
         let inner = Arc::new(Inner {
             stream: Mutex::new(stream),
             fetches: Mutex::new(VecDeque::new()),
-            loops: Mutex::new(LoopTracker::new(
-                MAX_PENDING,
-                LOOP_SLACK.as_secs_f64(),
-                LOOP_LOST_AFTER.as_secs_f64(),
-            )),
+            loops: Mutex::new(LoopTracker::standard(MAX_PENDING)),
             clock: Instant::now(),
             cover: CoverCounters::default(),
             cfg,

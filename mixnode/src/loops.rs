@@ -10,10 +10,6 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Transport time allowed beyond the sampled delays before a loop is late.
-pub const LOOP_SLACK: Duration = Duration::from_secs(2);
-/// A loop this long past its expected return counts as lost.
-pub const LOOP_LOST_AFTER: Duration = Duration::from_secs(30);
 /// Loops tracked at once.
 const MAX_LOOPS: usize = 4096;
 /// What the loop carries; the identifier alone names it.
@@ -28,11 +24,7 @@ pub(crate) struct Loops {
 impl Loops {
     pub(crate) fn new() -> Self {
         Self {
-            tracker: std::sync::Mutex::new(LoopTracker::new(
-                MAX_LOOPS,
-                LOOP_SLACK.as_secs_f64(),
-                LOOP_LOST_AFTER.as_secs_f64(),
-            )),
+            tracker: std::sync::Mutex::new(LoopTracker::standard(MAX_LOOPS)),
             origin: Instant::now(),
         }
     }

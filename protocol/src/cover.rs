@@ -171,7 +171,18 @@ pub struct LoopTracker {
     lost_after: f64,
 }
 
+/// Transport time allowed beyond a loop's sampled delays before it is late, s.
+pub const LOOP_SLACK_S: f64 = 2.0;
+/// A loop this long past its expected return counts as lost, s.
+pub const LOOP_LOST_AFTER_S: f64 = 30.0;
+
 impl LoopTracker {
+    /// A tracker of at most `capacity` loops with the network's rules:
+    /// [`LOOP_SLACK_S`] and [`LOOP_LOST_AFTER_S`]. Clients and nodes alike use it.
+    pub fn standard(capacity: usize) -> Self {
+        Self::new(capacity, LOOP_SLACK_S, LOOP_LOST_AFTER_S)
+    }
+
     /// A tracker allowing `slack` seconds of transport time beyond the
     /// sampled delays, and counting loops lost `lost_after` seconds later.
     pub fn new(capacity: usize, slack: f64, lost_after: f64) -> Self {
