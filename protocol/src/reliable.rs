@@ -120,6 +120,48 @@ impl Fragment {
     }
 }
 
+/// A set of message ids that remembers only its newest `cap` insertions:
+/// bounded memory for "seen" and "waiting for" sets.
+struct RecentSet {
+    set: HashSet<MessageId>,
+    /// Insertion order; removed ids stay until they reach the front.
+    order: VecDeque<MessageId>,
+    cap: usize,
+}
+
+impl RecentSet {
+    fn new(cap: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// False if it was there already.
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn contains(&self, id: &MessageId) -> bool {
+        self.set.contains(id)
+    }
+
+    /// True if it was there.
+    fn remove(&mut self, id: &MessageId) -> bool {
+        self.set.remove(id)
+    }
+}
+
 /// Splits `len` bytes into chunks of `chunk` bytes: how many fragments.
 pub fn fragment_count(len: usize, chunk: usize) -> u32 {
     len.div_ceil(chunk.max(1)).max(1) as u32
@@ -229,8 +271,8 @@ pub struct Outbox<C> {
     /// Ack id → (message, fragment, deadline).
     in_flight: HashMap<AckId, (MessageId, u32, f64)>,
     events: VecDeque<(MessageId, Status)>,
-    awaiting_read: VecDeque<MessageId>,
-    awaiting_set: HashSet<MessageId>,
+    /// Stored (or failed) messages whose receipt may still come.
+    awaiting_read: RecentSet,
     bytes: usize,
 }
 
@@ -243,8 +285,7 @@ impl<C: Clone> Outbox<C> {
             ready: VecDeque::new(),
             in_flight: HashMap::new(),
             events: VecDeque::new(),
-            awaiting_read: VecDeque::new(),
-            awaiting_set: HashSet::new(),
+            awaiting_read: RecentSet::new(cfg.max_awaiting_read),
             bytes: 0,
         }
     }
@@ -408,7 +449,7 @@ impl<C: Clone> Outbox<C> {
                     self.events.push_back((id, Status::Sent));
                 }
                 self.events.push_back((id, Status::Stored));
-                self.await_read(id);
+                self.awaiting_read.insert(id);
             }
         }
         true
@@ -416,8 +457,7 @@ impl<C: Clone> Outbox<C> {
 
     /// The recipient read message `id`.
     pub fn on_receipt(&mut self, id: &MessageId) {
-        if self.awaiting_set.remove(id) {
-            self.awaiting_read.retain(|x| x != id);
+        if self.awaiting_read.remove(id) {
             self.events.push_back((*id, Status::Read));
         }
     }
@@ -434,18 +474,7 @@ impl<C: Clone> Outbox<C> {
             self.event(id, m.kind, s);
             // Stored after all (only its acks were lost)? A receipt still says so.
             if m.kind == Kind::Message {
-                self.await_read(id);
-            }
-        }
-    }
-
-    fn await_read(&mut self, id: MessageId) {
-        if self.awaiting_set.insert(id) {
-            self.awaiting_read.push_back(id);
-            if self.awaiting_read.len() > self.cfg.max_awaiting_read
-                && let Some(old) = self.awaiting_read.pop_front()
-            {
-                self.awaiting_set.remove(&old);
+                self.awaiting_read.insert(id);
             }
         }
     }
@@ -536,8 +565,8 @@ pub struct Progress {
 pub struct Reassembler<C> {
     partial: HashMap<(C, MessageId), Partial>,
     bytes: HashMap<C, usize>,
-    done: HashSet<MessageId>,
-    done_order: VecDeque<MessageId>,
+    /// Completed message ids, for de-duplication.
+    done: RecentSet,
     max_bytes_per_contact: usize,
     expiry: f64,
 }
@@ -553,8 +582,7 @@ impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
         Self {
             partial: HashMap::new(),
             bytes: HashMap::new(),
-            done: HashSet::new(),
-            done_order: VecDeque::new(),
+            done: RecentSet::new(DONE_CAP),
             max_bytes_per_contact,
             expiry,
         }
@@ -623,7 +651,7 @@ impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
         for c in p.chunks.into_values() {
             body.extend_from_slice(&c);
         }
-        self.mark_done(f.msg_id);
+        self.done.insert(f.msg_id);
         Ok(Some(Complete {
             from,
             kind: p.kind,
@@ -640,23 +668,6 @@ impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
             have: p.chunks.len() as u32,
             count: p.count,
         })
-    }
-
-    /// Forgets that `id` completed (the application could not take it; it
-    /// will be fetched again).
-    pub fn forget(&mut self, id: &MessageId) {
-        self.done.remove(id);
-    }
-
-    fn mark_done(&mut self, id: MessageId) {
-        if self.done.insert(id) {
-            self.done_order.push_back(id);
-            if self.done_order.len() > DONE_CAP
-                && let Some(old) = self.done_order.pop_front()
-            {
-                self.done.remove(&old);
-            }
-        }
     }
 
     fn release(&mut self, from: &C, n: usize) {
@@ -867,6 +878,18 @@ mod tests {
             v.push((ack, t.fragment));
         }
         v
+    }
+
+    #[test]
+    fn recent_sets_remember_only_their_newest_entries() {
+        let mut r = RecentSet::new(3);
+        for i in 0..5u8 {
+            assert!(r.insert([i; 16]));
+        }
+        assert!(!r.insert([4; 16]), "already there");
+        assert!(!r.contains(&[1; 16]) && r.contains(&[2; 16]));
+        assert!(r.remove(&[3; 16]) && !r.contains(&[3; 16]));
+        assert_eq!(r.set.len(), 2);
     }
 
     #[test]
