@@ -1184,6 +1184,25 @@ impl Inner {
         self.packet_to_box(&dropbox, &bytes).map(Some)
     }
 
+    /// The next queued fetch that has something to ask, built, or `None`.
+    fn next_fetch_frame(&self) -> Option<Vec<u8>> {
+        loop {
+            let due = self
+                .fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()?;
+            match self.fetch_frame(&due.0, due.1, due.2) {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {} // a window with nothing left to ask
+                Err(e) => {
+                    tracing::debug!(error = %e, "fetch not built");
+                    return None;
+                }
+            }
+        }
+    }
+
     /// A drop-cover packet: a `Drop` request to a random gateway.
     fn drop_cover_frame(&self) -> Result<Vec<u8>, Error> {
         let topo = self.topology();
@@ -1590,6 +1609,7 @@ async fn fetch_task(inner: Arc<Inner>) {
 /// due fetch, else drop cover; loops at their own rate. Nothing bypasses it.
 async fn sender_task(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
+    let mut fetch_turn = false;
     if inner.cfg.dangerous_no_cover {
         // Without cover, fragments leave as soon as they are due.
         loop {
@@ -1619,26 +1639,34 @@ async fn sender_task(inner: Arc<Inner>) {
         for e in emitted {
             let frame = match e {
                 Emission::Real(()) | Emission::DropCover => {
-                    // A payload tick: a fragment, receipt or retransmission
-                    // if one is due, else a due fetch, else drop cover.
-                    if let Some(f) = inner.next_fragment_frame() {
-                        inner.cover.real.fetch_add(1, Ordering::Relaxed);
-                        Ok(f)
+                    // A payload tick: a fragment (receipt, retransmission) or a
+                    // due fetch, taking turns when both wait, so that a large
+                    // upload never starves the client's own fetches; else
+                    // drop cover.
+                    fetch_turn = !fetch_turn;
+                    let real = if fetch_turn {
+                        inner
+                            .next_fetch_frame()
+                            .map(|f| (f, true))
+                            .or_else(|| inner.next_fragment_frame().map(|f| (f, false)))
                     } else {
-                        let due = inner
-                            .fetches
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .pop_front();
-                        match due.map(|(c, p, k)| inner.fetch_frame(&c, p, k)) {
-                            Some(Ok(Some(f))) => {
-                                inner.cover.fetches.fetch_add(1, Ordering::Relaxed);
-                                Ok(f)
-                            }
-                            _ => {
-                                inner.cover.drop_cover.fetch_add(1, Ordering::Relaxed);
-                                inner.drop_cover_frame()
-                            }
+                        inner
+                            .next_fragment_frame()
+                            .map(|f| (f, false))
+                            .or_else(|| inner.next_fetch_frame().map(|f| (f, true)))
+                    };
+                    match real {
+                        Some((f, true)) => {
+                            inner.cover.fetches.fetch_add(1, Ordering::Relaxed);
+                            Ok(f)
+                        }
+                        Some((f, false)) => {
+                            inner.cover.real.fetch_add(1, Ordering::Relaxed);
+                            Ok(f)
+                        }
+                        None => {
+                            inner.cover.drop_cover.fetch_add(1, Ordering::Relaxed);
+                            inner.drop_cover_frame()
                         }
                     }
                 }
