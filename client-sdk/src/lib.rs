@@ -284,23 +284,35 @@ impl BoxState {
     }
 
     /// A reply or listing named `seqs`: the first messages above `cursor`
-    /// (and `remaining` more). Then confirms every message received in a row.
-    fn learn(&mut self, cursor: u64, seqs: &[u64], remaining: u32) {
+    /// (and `remaining` more), answering a fetch sent when the box was known
+    /// up to `known` (its [`probe_cursor`](Self::probe_cursor) then). Then
+    /// confirms every message received in a row.
+    fn learn(&mut self, cursor: u64, known: u64, seqs: &[u64], remaining: u32) {
         // Only a run that starts within what is known extends it.
         if cursor <= self.probe_cursor() {
             // The answer is exact for (cursor, its last seq]: anything listed
             // there and missing from it is gone (expired at the gateway).
+            // An empty answer proves only that what was known when the fetch
+            // left is gone: replies overtake each other in the mixnet, and a
+            // message listed since may have been stored after the gateway
+            // answered. (Forgetting it would let a later confirmation delete
+            // it unread.) Seqs grow, so a non-empty answer has no such gap.
             let upto = match seqs.last() {
                 Some(l) => *l,
-                None if remaining == 0 => u64::MAX,
+                None if remaining == 0 => known,
                 None => cursor,
             };
-            let gone: Vec<u64> = self
-                .listed
-                .range(cursor.saturating_add(1)..=upto)
-                .filter(|x| seqs.binary_search(x).is_err())
-                .copied()
-                .collect();
+            let from = cursor.saturating_add(1);
+            // (A bad gateway may name seqs at or below the cursor: no range.)
+            let gone: Vec<u64> = if upto >= from {
+                self.listed
+                    .range(from..=upto)
+                    .filter(|x| seqs.binary_search(x).is_err())
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             for x in gone {
                 self.listed.remove(&x);
             }
@@ -312,7 +324,7 @@ impl BoxState {
             {
                 self.list_end = *last;
                 self.beyond = remaining > 0;
-            } else if seqs.is_empty() && cursor >= self.list_end {
+            } else if seqs.is_empty() && cursor >= self.list_end && known >= self.list_end {
                 self.beyond = false;
             }
         }
@@ -351,6 +363,8 @@ struct Pending {
     period: u64,
     /// The seq the fetch's answers start above: `max(after_seq, cursor)`.
     cursor: u64,
+    /// How far the box was known when the fetch left.
+    known: u64,
     created: Instant,
 }
 
@@ -685,15 +699,16 @@ impl Client {
         }
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
-        let seq = {
-            let mut seqs = self
-                .inner
-                .next_seq
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let n = seqs.entry(to.0).or_insert(1);
-            *n
-        };
+        // The seq lock is held until the message is queued: concurrent sends
+        // to one contact must not share a seq, and only a queued message
+        // takes one, so the receiver sees no gap.
+        let mut seqs = self
+            .inner
+            .next_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let next = seqs.entry(to.0).or_insert(1);
+        let seq = *next;
         let now = self.inner.now();
         self.inner
             .outbox
@@ -712,14 +727,8 @@ impl Client {
                 now,
             )
             .map_err(|_| Error::Busy)?;
-        // Only a queued message takes its seq, so the receiver sees no gap.
-        *self
-            .inner
-            .next_seq
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(to.0)
-            .or_insert(1) = seq + 1;
+        *next = seq + 1;
+        drop(seqs);
         self.inner.publish_events();
         self.inner.wake.notify_one();
         Ok(id)
@@ -1103,7 +1112,7 @@ impl Inner {
         kind: u16,
     ) -> Result<Option<Vec<u8>>, Error> {
         let topo = self.topology();
-        let (request, keys, cursor) = {
+        let (request, keys, cursor, known) = {
             let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(c) = contacts.get_mut(contact) else {
                 return Ok(None);
@@ -1150,7 +1159,13 @@ impl Inner {
                 topo.epoch,
                 surbs,
             );
-            (Request::Fetch(req), keys, cursor.max(state.confirmed))
+            let known = state.probe_cursor();
+            (
+                Request::Fetch(req),
+                keys,
+                cursor.max(state.confirmed),
+                known,
+            )
         };
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -1166,6 +1181,7 @@ impl Inner {
                         contact: *contact,
                         period,
                         cursor,
+                        known,
                         created: Instant::now(),
                     },
                 );
@@ -1337,7 +1353,7 @@ impl Inner {
             return;
         };
         if let Ok(listing) = Listing::decode(&body) {
-            state.learn(p.cursor, &listing.seqs, listing.remaining);
+            state.learn(p.cursor, p.known, &listing.seqs, listing.remaining);
         } else {
             let Ok(reply) = FetchReply::decode(&body) else {
                 tracing::debug!("undecodable fetch reply");
@@ -1365,7 +1381,7 @@ impl Inner {
                 }
             }
             state.more = !reply.seqs.is_empty() || reply.remaining > 0;
-            state.learn(p.cursor, &reply.seqs, reply.remaining);
+            state.learn(p.cursor, p.known, &reply.seqs, reply.remaining);
         }
         if self.cfg.dangerous_no_cover {
             return;
@@ -1753,7 +1769,7 @@ mod tests {
         // A probe from 0 lists 10..=120 (step 10); its first reply carried 10.
         let all: Vec<u64> = (1..=12).map(|i| i * 10).collect();
         st.received.insert(10);
-        st.learn(0, &all, 0);
+        st.learn(0, 0, &all, 0);
         assert_eq!(st.confirmed, 10);
         assert_eq!((st.list_end, st.beyond), (120, false));
         // Windows ask just below the first listed messages not yet asked for.
@@ -1765,26 +1781,51 @@ mod tests {
         for s in [60, 70, 30] {
             st.received.insert(s);
         }
-        st.learn(50, &[60, 70, 80, 90], 3);
+        st.learn(50, 120, &[60, 70, 80, 90], 3);
         assert_eq!(st.confirmed, 10);
         st.received.insert(20);
-        st.learn(10, &[20, 30, 40, 50], 7);
+        st.learn(10, 120, &[20, 30, 40, 50], 7);
         assert_eq!(st.confirmed, 30, "20 and 30 held, 40 missing");
         assert_eq!(st.unread(), 7);
         // A listing from beyond what is known does not extend it.
-        st.learn(500, &[510], 0);
+        st.learn(500, 120, &[510], 0);
         assert!(!st.listed.contains(&510));
         // A probe from the end of the list finds a new message.
-        st.learn(st.probe_cursor(), &[130], 0);
+        st.learn(st.probe_cursor(), 120, &[130], 0);
         assert_eq!(st.list_end, 130);
         // An answer that skips a listed seq means it expired: forget it.
-        st.learn(30, &[50, 60, 70, 80], 4);
+        st.learn(30, 120, &[50, 60, 70, 80], 4);
         assert!(!st.listed.contains(&40));
         for s in [50, 80] {
             st.received.insert(s);
         }
-        st.learn(30, &[50, 60, 70, 80], 4);
+        st.learn(30, 120, &[50, 60, 70, 80], 4);
         assert_eq!(st.confirmed, 80);
+    }
+
+    #[test]
+    fn a_late_empty_answer_forgets_only_what_was_known_when_it_left() {
+        let pair = PairSecret::from_bytes([1; 32]);
+        let mut st = BoxState::new(pair.dropbox(&[1; 32], &[2; 32], 5));
+        // Probe A leaves knowing nothing; the box is empty when it arrives.
+        // Then 10 and 20 are stored, and probe B lists them first.
+        st.learn(0, 0, &[10, 20], 0);
+        assert_eq!(st.list_end, 20);
+        // A's empty answer comes last: it says nothing about 10 and 20.
+        st.learn(0, 0, &[], 0);
+        assert!(st.listed.contains(&10) && st.listed.contains(&20));
+        // So receiving 20 cannot confirm (delete) 10 unread.
+        st.received.insert(20);
+        st.learn(0, 20, &[10, 20], 0);
+        assert_eq!(st.confirmed, 0);
+        assert_eq!(st.next_window(Duration::from_secs(60)), Some(0));
+        // An empty answer to a fetch that left knowing 10: it expired.
+        st.learn(0, 20, &[], 0);
+        assert!(st.listed.is_empty());
+        assert_eq!(st.next_window(Duration::from_secs(0)), None);
+        // Answers a bad gateway might give do not panic the client.
+        st.learn(30, 30, &[], 5);
+        st.learn(30, 30, &[7, 3], 0);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::time::Duration;
 use umbra::demo::{DemoOptions, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 4: intermittent stall (stored messages not handed over in time) in 3 of 4 fresh-clone CI runs; run with --ignored, see docs/reliability.md"]
 async fn thirty_percent_loss_loses_nothing_silently() {
     net::faults::dangerous_set_link_faults(Some(net::faults::LinkFaults {
         loss: 0.30,
