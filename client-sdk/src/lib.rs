@@ -340,6 +340,11 @@ impl BoxState {
         self.outstanding.retain(|c, _| *c >= confirmed);
     }
 
+    /// Whether a fetched message with this seq is new to us.
+    fn wants(&self, seq: u64) -> bool {
+        seq > self.confirmed && !self.received.contains(&seq)
+    }
+
     /// Listed messages not received yet.
     fn unread(&self) -> usize {
         self.listed
@@ -1360,8 +1365,7 @@ impl Inner {
                 return;
             };
             if let Some((seq, ct)) = &reply.message
-                && *seq > state.confirmed
-                && !state.received.contains(seq)
+                && state.wants(*seq)
             {
                 let handed_over = match open(&state.dropbox, ct).map(|b| Fragment::decode(&b)) {
                     Some(Ok(f)) => {
@@ -1851,5 +1855,208 @@ mod tests {
             b.set(id, Status::Queued);
         }
         assert_eq!(b.map.len(), StatusBoard::CAP);
+    }
+
+    /// The fetch protocol against a model of the gateway's box (the rules of
+    /// `gateway::storage`): requests and replies overtake each other and
+    /// replies get lost; no message is ever deleted before it was received,
+    /// and once the network settles every message is received.
+    mod fetch_model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Default)]
+        struct Gateway {
+            held: BTreeSet<u64>,
+            next: u64,
+        }
+
+        struct Req {
+            after: u64,
+            cursor: u64,
+            known: u64,
+            list: bool,
+        }
+
+        enum Reply {
+            Message(Option<u64>, Vec<u64>, u32),
+            Listing(Vec<u64>, u32),
+        }
+
+        impl Gateway {
+            /// Answers a fetch as `storage.rs` does; `Err` names a message
+            /// deleted before the client received it.
+            fn fetch(&mut self, r: &Req, ever: &BTreeSet<u64>) -> Result<Vec<Reply>, u64> {
+                let gone: Vec<u64> = self.held.range(..=r.after).copied().collect();
+                for s in gone {
+                    if !ever.contains(&s) {
+                        return Err(s);
+                    }
+                    self.held.remove(&s);
+                }
+                let start = r.after.max(r.cursor);
+                let above: Vec<u64> = self.held.range(start + 1..).copied().collect();
+                let slots = FETCH_SURBS - usize::from(r.list);
+                let msgs: Vec<u64> = above.iter().take(slots).copied().collect();
+                let remaining = (above.len() - msgs.len()) as u32;
+                let mut out: Vec<Reply> = (0..slots)
+                    .map(|i| Reply::Message(msgs.get(i).copied(), msgs.clone(), remaining))
+                    .collect();
+                if r.list {
+                    let l: Vec<u64> = above.iter().take(MAX_LISTING).copied().collect();
+                    let after = (above.len() - l.len()) as u32;
+                    out.push(Reply::Listing(l, after));
+                }
+                Ok(out)
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Store(u8),
+            Probe,
+            Window(bool),
+            ArriveRequest(usize),
+            ArriveReply(usize),
+            LoseReply(usize),
+            /// The gateway expires a message (its TTL passed).
+            Expire(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (1u8..4).prop_map(Op::Store),
+                Just(Op::Probe),
+                any::<bool>().prop_map(Op::Window),
+                any::<usize>().prop_map(Op::ArriveRequest),
+                any::<usize>().prop_map(Op::ArriveReply),
+                any::<usize>().prop_map(Op::ArriveReply),
+                any::<usize>().prop_map(Op::LoseReply),
+                any::<usize>().prop_map(Op::Expire),
+            ]
+        }
+
+        struct World {
+            gw: Gateway,
+            st: BoxState,
+            ever: BTreeSet<u64>,
+            requests: Vec<Req>,
+            replies: Vec<(u64, u64, Reply)>,
+        }
+
+        impl World {
+            fn send(&mut self, cursor: u64, list: bool) {
+                let known = self.st.probe_cursor();
+                let after = self.st.confirmed;
+                self.requests.push(Req {
+                    after,
+                    cursor,
+                    known,
+                    list,
+                });
+            }
+            fn arrive_request(&mut self, i: usize) -> Result<(), u64> {
+                let r = self.requests.remove(i);
+                for reply in self.gw.fetch(&r, &self.ever)? {
+                    self.replies.push((r.cursor.max(r.after), r.known, reply));
+                }
+                Ok(())
+            }
+            fn arrive_reply(&mut self, i: usize) {
+                let (cursor, known, reply) = self.replies.remove(i);
+                match reply {
+                    Reply::Listing(seqs, rem) => self.st.learn(cursor, known, &seqs, rem),
+                    Reply::Message(m, seqs, rem) => {
+                        if let Some(s) = m
+                            && self.st.wants(s)
+                        {
+                            self.st.received.insert(s);
+                            self.ever.insert(s);
+                        }
+                        self.st.learn(cursor, known, &seqs, rem);
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn nothing_is_deleted_unread_and_everything_arrives(
+                ops in proptest::collection::vec(op(), 1..120)
+            ) {
+                let pair = PairSecret::from_bytes([1; 32]);
+                let mut w = World {
+                    gw: Gateway { next: 1, ..Gateway::default() },
+                    st: BoxState::new(pair.dropbox(&[1; 32], &[2; 32], 5)),
+                    ever: BTreeSet::new(),
+                    requests: Vec::new(),
+                    replies: Vec::new(),
+                };
+                let mut expired = BTreeSet::new();
+                for op in ops {
+                    match op {
+                        Op::Store(n) => for _ in 0..n {
+                            w.gw.held.insert(w.gw.next);
+                            w.gw.next += 1;
+                        },
+                        Op::Probe => { let c = w.st.probe_cursor(); w.send(c, true) }
+                        Op::Window(expired) => {
+                            let t = if expired { Duration::ZERO } else { Duration::from_secs(3600) };
+                            if let Some(c) = w.st.next_window(t) { w.send(c, false) }
+                        }
+                        Op::ArriveRequest(i) if !w.requests.is_empty() => {
+                            let i = i % w.requests.len();
+                            if let Err(s) = w.arrive_request(i) {
+                                prop_assert!(false, "message {s} deleted unread");
+                            }
+                        }
+                        Op::ArriveReply(i) if !w.replies.is_empty() => {
+                            let i = i % w.replies.len();
+                            w.arrive_reply(i);
+                        }
+                        Op::LoseReply(i) if !w.replies.is_empty() => {
+                            let i = i % w.replies.len();
+                            w.replies.remove(i);
+                        }
+                        Op::Expire(i) if !w.gw.held.is_empty() => {
+                            let s = *w.gw.held.iter().nth(i % w.gw.held.len()).unwrap();
+                            w.gw.held.remove(&s);
+                            expired.insert(s);
+                        }
+                        _ => {}
+                    }
+                }
+                // The network settles: everything in flight arrives, then
+                // the client fetches (probe and windows) until done.
+                for _ in 0..200 {
+                    while !w.requests.is_empty() {
+                        if let Err(s) = w.arrive_request(0) {
+                            prop_assert!(false, "message {s} deleted unread");
+                        }
+                    }
+                    while !w.replies.is_empty() {
+                        w.arrive_reply(0);
+                    }
+                    if w.ever.union(&expired).count() as u64 == w.gw.next - 1
+                        && w.st.unread() == 0
+                    {
+                        break;
+                    }
+                    let c = w.st.probe_cursor();
+                    w.send(c, true);
+                    while let Some(c) = w.st.next_window(Duration::ZERO) {
+                        w.send(c, false);
+                        if w.requests.len() > FETCH_WINDOW { break; }
+                    }
+                }
+                let all: BTreeSet<u64> = (1..w.gw.next).collect();
+                let got: BTreeSet<u64> = w.ever.union(&expired).copied().collect();
+                prop_assert_eq!(&got, &all, "not every stored message was received");
+                // Nothing is left to ask for: no window fetch loops on a
+                // message that is gone.
+                prop_assert_eq!(w.st.next_window(Duration::ZERO), None);
+            }
+        }
     }
 }
