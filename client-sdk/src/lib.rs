@@ -1117,6 +1117,14 @@ impl Inner {
         kind: u16,
     ) -> Result<Option<Vec<u8>>, Error> {
         let topo = self.topology();
+        // Check for room before a window fetch is recorded as asked.
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|_, p| p.created.elapsed() < PENDING_TTL);
+            if pending.len() + FETCH_SURBS > MAX_PENDING {
+                return Ok(None);
+            }
+        }
         let (request, keys, cursor, known) = {
             let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(c) = contacts.get_mut(contact) else {
@@ -1174,10 +1182,6 @@ impl Inner {
         };
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.retain(|_, p| p.created.elapsed() < PENDING_TTL);
-            if pending.len() + keys.len() > MAX_PENDING {
-                return Ok(None);
-            }
             for (id, key) in keys {
                 pending.insert(
                     id,
@@ -1384,8 +1388,10 @@ impl Inner {
                     state.received.insert(*seq);
                 }
             }
-            state.more = !reply.seqs.is_empty() || reply.remaining > 0;
             state.learn(p.cursor, p.known, &reply.seqs, reply.remaining);
+            // Listed messages still unread keep an old period's box alive
+            // even when this answer (above its cursor) was empty.
+            state.more = !reply.seqs.is_empty() || reply.remaining > 0 || state.unread() > 0;
         }
         if self.cfg.dangerous_no_cover {
             return;
@@ -1625,8 +1631,9 @@ async fn fetch_task(inner: Arc<Inner>) {
     }
 }
 
-/// Emits the Loopix stream: at each payload tick a queued real packet, else a
-/// due fetch, else drop cover; loops at their own rate. Nothing bypasses it.
+/// Emits the Loopix stream: at each payload tick a due fragment or a due
+/// fetch (taking turns when both wait), else drop cover; loops at their own
+/// rate. Nothing bypasses it.
 async fn sender_task(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let mut fetch_turn = false;

@@ -315,10 +315,16 @@ impl Storage {
         let above = held.saturating_sub(below);
         let slots = req.surbs.len() - usize::from(req.list);
         let mut listing = Vec::new();
-        for r in messages
-            .range((id, start.saturating_add(1))..=(id, u64::MAX))
-            .map_err(|e| self.err(e))?
-        {
+        // (Nothing lies above seq 2^64 − 1.)
+        let above_start = match start.checked_add(1) {
+            Some(from) => Some(
+                messages
+                    .range((id, from)..=(id, u64::MAX))
+                    .map_err(|e| self.err(e))?,
+            ),
+            None => None,
+        };
+        for r in above_start.into_iter().flatten() {
             let (k, v) = r.map_err(|e| self.err(e))?;
             let seq = k.value().1;
             if out.messages.len() < slots {
