@@ -171,22 +171,41 @@ impl AsyncUdpSocket for FaultySocket {
     }
 }
 
+/// Socket buffer size asked for, bytes.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Binds an endpoint at `addr`, through a [`FaultySocket`] if faults are set.
 pub(crate) fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
-    let sock = std::net::UdpSocket::bind(addr)?;
-    let inner = runtime.wrap_udp_socket(sock)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // A node takes bursts from many peers: the default socket buffers
+    // (~200 kB) overflow at a few thousand packets/s and every overflow is a
+    // lost datagram to QUIC's congestion control. The kernel caps these at
+    // net.core.{r,w}mem_max (see the operator guide); asking is harmless.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    if addr.is_ipv6() {
+        let _ = sock.set_only_v6(false);
+    }
+    sock.bind(&addr.into())?;
+    let inner = runtime.wrap_udp_socket(sock.into())?;
     let socket: Arc<dyn AsyncUdpSocket> = match current() {
         Some(f) => Arc::new(FaultySocket::new(inner, f)),
         None => inner,
     };
-    quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        runtime,
-    )
+    let mut cfg = quinn::EndpointConfig::default();
+    // Up to jumbo frames where the path allows (loopback, data-centre
+    // links): path-MTU discovery (`tls::transport`) then fits three Sphinx
+    // frames in a datagram instead of needing two datagrams for one. The
+    // default (1472) caps discovery below one frame.
+    cfg.max_udp_payload_size(crate::tls::MAX_UDP_PAYLOAD)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    quinn::Endpoint::new_with_abstract_socket(cfg, server, socket, runtime)
 }

@@ -53,6 +53,9 @@ pub fn ed25519_spki(id: &NodeId) -> Vec<u8> {
     v
 }
 
+/// Largest UDP payload a link uses where the path allows it (jumbo frames).
+pub(crate) const MAX_UDP_PAYLOAD: u16 = 8952;
+
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(0u8.into());
@@ -68,7 +71,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     // (data-centre links, loopback) a packet then costs one datagram instead
     // of two, halving per-datagram work. Internet paths stay at ~1500.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8952);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     // BBR paces by measured bandwidth and RTT instead of halving its window
     // at every lost datagram: a link with random loss (radio, a congested

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 pub struct MixnodeBench {
     /// Sphinx unwraps per second on all cores, no networking.
     pub raw_unwrap_pps: f64,
-    /// Packets per second one mix node forwarded end to end over QUIC.
+    /// Packets per second one mix node forwarded end to end over QUIC, in
+    /// the steady middle of the run (10th to 90th percentile arrival).
     pub mixnode_pps: f64,
+    /// The same over the whole run, from the first write to the last arrival.
+    pub mixnode_pps_whole_run: f64,
     /// mixnode_pps / raw_unwrap_pps.
     pub ratio: f64,
     /// Cores used.
@@ -28,6 +31,15 @@ pub struct MixnodeBench {
     pub link_pps: f64,
     /// Mean time the node's workers spent peeling one packet, µs.
     pub peel_us: f64,
+    /// CPU time one raw unwrap took (cores / raw rate), µs.
+    pub raw_us_per_packet: f64,
+    /// On-CPU time of the node's Sphinx workers per forwarded packet, µs.
+    pub worker_us_per_packet: f64,
+    /// Share of all cores the node's Sphinx workers had while forwarding.
+    pub worker_cpu_share: f64,
+    /// Share of all cores everything else in the process had then (QUIC of
+    /// sender, node and receiver, tokio); the rest was idle.
+    pub other_cpu_share: f64,
     /// Rate of the half-load run (half of `mixnode_pps`), packets/s.
     pub half_load_pps: f64,
     /// Latency the node adds at half load, beyond the (zero) sampled delay:
@@ -146,6 +158,21 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
 
     let node = &net.mixnodes[0];
     let mut inj = Injector::connect(mix.identity, mix.socket_addr()?).await?;
+    // Warm up first, untimed: a running node has its links open, their
+    // path MTU found and their congestion window grown; a fresh one spends
+    // its first fraction of a second on that.
+    let warm = build_all((packets / 10).clamp(100, 1000), &route);
+    let mut warm_frames = Vec::new();
+    for p in &warm {
+        protocol::frame::encode_into(
+            &mut warm_frames,
+            protocol::frame::FrameKind::Sphinx,
+            topo.epoch,
+            p,
+        )?;
+    }
+    let warm_target = net.receiver.frames.load(Ordering::Relaxed) + warm.len() as u64;
+    push(&mut inj, &warm_frames, &net.receiver.frames, warm_target).await?;
     let mut frames = Vec::with_capacity(node_packets.len() * protocol::frame::FRAME_LEN);
     for p in &node_packets {
         protocol::frame::encode_into(
@@ -155,9 +182,49 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
             p,
         )?;
     }
-    let target = node_packets.len() as u64;
-    let (got, elapsed) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
-    let pps = got as f64 / elapsed.as_secs_f64();
+    let n = node_packets.len() as u64;
+    let target = net.receiver.frames.load(Ordering::Relaxed) + n;
+    let cpu0 = thread_cpu_seconds("sphinx-");
+    let (got, elapsed, steady) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
+    let got = got - (target - n);
+    let cpu1 = thread_cpu_seconds("sphinx-");
+    let whole_pps = got as f64 / elapsed.as_secs_f64();
+    // The node's forwarding rate is the steady middle of the run (10th to
+    // 90th percentile arrival): the first packets wait for the sender's
+    // burst to get going, the last for the queue to drain.
+    let pps = steady.map_or(whole_pps, |s| s.arrived as f64 / s.secs);
+    // Raw again, right after: the machine's speed drifts (shared, noisy),
+    // so the ratio uses the mean of the raw rate before and after.
+    let raw_after = raw_unwrap_pps(&raw_packets, &secret);
+    if progress {
+        eprintln!("raw unwrap again: {raw_after:.0} packets/s");
+    }
+    let raw = (raw + raw_after) / 2.0;
+    // Where the cores went while the node forwarded (the steady middle):
+    // its Sphinx workers, everything else (QUIC of sender, node and
+    // receiver; tokio), idle.
+    let window = match steady {
+        Some(Steady {
+            arrived,
+            secs,
+            cpu: Some((a, b)),
+        }) => Some((a, b, secs, arrived)),
+        _ => cpu0
+            .zip(cpu1)
+            .map(|(a, b)| (a, b, elapsed.as_secs_f64(), got)),
+    };
+    let (worker_cpu_share, other_cpu_share, worker_us_per_packet) = match window {
+        Some((a, b, secs, arrived)) => {
+            let avail = secs * cores() as f64;
+            let w = b.0 - a.0;
+            (
+                w / avail,
+                (b.1 - a.1) / avail,
+                w / arrived.max(1) as f64 * 1e6,
+            )
+        }
+        None => (f64::NAN, f64::NAN, f64::NAN),
+    };
     let m = node.metrics();
     let peel_us =
         m.processing.get_sample_sum() / m.processing.get_sample_count().max(1) as f64 * 1e6;
@@ -178,20 +245,25 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     // The same frames straight to the receiver: what QUIC alone carries here.
     let mut direct = Injector::connect(recv.identity, recv.socket_addr()?).await?;
     let base = net.receiver.frames.load(Ordering::Relaxed);
-    let (link_got, link_elapsed) =
-        push(&mut direct, &frames, &net.receiver.frames, base + target).await?;
+    let (link_got, link_elapsed, _) =
+        push(&mut direct, &frames, &net.receiver.frames, base + n).await?;
     let link_pps = (link_got - base) as f64 / link_elapsed.as_secs_f64();
     direct.close().await;
     net.stop().await;
     Ok(MixnodeBench {
         raw_unwrap_pps: raw,
         mixnode_pps: pps,
+        mixnode_pps_whole_run: whole_pps,
         ratio: pps / raw,
         cores: cores(),
         packets,
         dropped,
         link_pps,
         peel_us,
+        raw_us_per_packet: cores() as f64 / raw * 1e6,
+        worker_us_per_packet,
+        worker_cpu_share,
+        other_cpu_share,
         half_load_pps: half,
         half_load_p50_ms: half_p50,
         half_load_p99_ms: half_p99,
@@ -262,28 +334,61 @@ async fn paced_latency(
     Ok((q(0.5), q(0.99)))
 }
 
-/// Writes `frames` and waits until `counter` reaches `target` (or stalls 5 s).
+/// The middle of a run: from the 10th to the 90th percentile arrival.
+#[derive(Debug, Clone, Copy)]
+struct Steady {
+    arrived: u64,
+    secs: f64,
+    /// Worker and other thread CPU seconds at both ends, if readable.
+    cpu: Option<((f64, f64), (f64, f64))>,
+}
+
+/// Writes `frames` and waits until `counter` reaches `target` (or stalls
+/// 5 s): arrivals and time, and the steady middle of the run.
 async fn push(
     inj: &mut Injector,
     frames: &[u8],
     counter: &std::sync::atomic::AtomicU64,
     target: u64,
-) -> Result<(u64, Duration), BoxError> {
+) -> Result<(u64, Duration, Option<Steady>), BoxError> {
     let start = Instant::now();
-    inj.send_raw(frames).await?;
-    let mut last = (0u64, Instant::now());
-    loop {
-        let got = counter.load(Ordering::Relaxed);
-        if got >= target {
-            return Ok((got, start.elapsed()));
+    let base = counter.load(Ordering::Relaxed);
+    let n = target.saturating_sub(base);
+    let (lo, hi) = (base + n / 10, base + n - n / 10);
+    let watch = async {
+        let mut last = (0u64, Instant::now());
+        let mut at_lo: Option<(u64, Instant, Option<(f64, f64)>)> = None;
+        let mut steady = None;
+        loop {
+            let got = counter.load(Ordering::Relaxed);
+            if at_lo.is_none() && got >= lo {
+                at_lo = Some((got, Instant::now(), thread_cpu_seconds("sphinx-")));
+            }
+            if steady.is_none()
+                && got >= hi
+                && let Some((g0, t0, c0)) = at_lo
+            {
+                let c1 = thread_cpu_seconds("sphinx-");
+                steady = Some(Steady {
+                    arrived: got - g0,
+                    secs: t0.elapsed().as_secs_f64(),
+                    cpu: c0.zip(c1),
+                });
+            }
+            if got >= target {
+                return (got, start.elapsed(), steady);
+            }
+            if got != last.0 {
+                last = (got, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(5) {
+                return (got, last.1 - start, steady);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if got != last.0 {
-            last = (got, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(5) {
-            return Ok((got, last.1 - start));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    };
+    let (written, watched) = tokio::join!(inj.send_raw(frames), watch);
+    written?;
+    Ok(watched)
 }
 
 /// Figures of `umbra bench client`.
@@ -301,6 +406,28 @@ pub struct ClientBench {
     pub message_bytes: usize,
     /// Seconds from `send` to the recipient's inbox.
     pub delivery_seconds: f64,
+}
+
+/// On-CPU time of this process's threads, seconds, split into threads
+/// whose name starts with `prefix` and the rest (Linux schedstat, ns).
+fn thread_cpu_seconds(prefix: &str) -> Option<(f64, f64)> {
+    let (mut mine, mut rest) = (0u64, 0u64);
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = t.ok()?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended
+        };
+        let Ok(sched) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
+        if comm.starts_with(prefix) {
+            mine += ns;
+        } else {
+            rest += ns;
+        }
+    }
+    Some((mine as f64 / 1e9, rest as f64 / 1e9))
 }
 
 /// CPU time of this process (user + system), seconds, from /proc (Linux).

@@ -550,15 +550,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Mixnode { packets, json }) => {
             let r = umbra::bench::mixnode(packets, !json).await?;
             println!(
-                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s\nmean peel time in the node: {:.0} µs\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
+                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs, raw unwrap {:.0} µs\nwhile forwarding: node workers {:.0} % of the cores, everything else {:.0} %, idle {:.0} %\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
                 r.raw_unwrap_pps,
                 r.cores,
                 r.mixnode_pps,
+                r.mixnode_pps_whole_run,
                 r.ratio,
                 r.packets,
                 r.dropped,
                 r.link_pps,
                 r.peel_us,
+                r.worker_us_per_packet,
+                r.raw_us_per_packet,
+                r.worker_cpu_share * 100.0,
+                r.other_cpu_share * 100.0,
+                (1.0 - r.worker_cpu_share - r.other_cpu_share) * 100.0,
                 r.half_load_pps,
                 r.half_load_p50_ms,
                 r.half_load_p99_ms
