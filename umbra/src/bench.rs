@@ -340,7 +340,7 @@ struct Steady {
     arrived: u64,
     secs: f64,
     /// Worker and other thread CPU seconds at both ends, if readable.
-    cpu: Option<((f64, f64), (f64, f64))>,
+    cpu: Option<(ThreadCpu, ThreadCpu)>,
 }
 
 /// Writes `frames` and waits until `counter` reaches `target` (or stalls
@@ -357,7 +357,7 @@ async fn push(
     let (lo, hi) = (base + n / 10, base + n - n / 10);
     let watch = async {
         let mut last = (0u64, Instant::now());
-        let mut at_lo: Option<(u64, Instant, Option<(f64, f64)>)> = None;
+        let mut at_lo: Option<(u64, Instant, Option<ThreadCpu>)> = None;
         let mut steady = None;
         loop {
             let got = counter.load(Ordering::Relaxed);
@@ -408,9 +408,12 @@ pub struct ClientBench {
     pub delivery_seconds: f64,
 }
 
+/// Seconds on CPU: (threads with a name prefix, the others).
+type ThreadCpu = (f64, f64);
+
 /// On-CPU time of this process's threads, seconds, split into threads
 /// whose name starts with `prefix` and the rest (Linux schedstat, ns).
-fn thread_cpu_seconds(prefix: &str) -> Option<(f64, f64)> {
+fn thread_cpu_seconds(prefix: &str) -> Option<ThreadCpu> {
     let (mut mine, mut rest) = (0u64, 0u64);
     for t in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = t.ok()?.path();
