@@ -118,6 +118,7 @@ impl GatewayConfig {
             topology_refresh_secs: self.topology_refresh_secs,
             dangerous_no_cover: self.dangerous_no_cover,
             dangerous_zero_delay: self.dangerous_zero_delay,
+            dangerous_accept_replays: false,
         }
     }
 

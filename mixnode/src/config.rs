@@ -41,6 +41,11 @@ pub struct MixnodeConfig {
     /// DANGEROUS, evaluation only: forward every packet at once, ignoring the
     /// delay in its header. This removes the mixing. Logs a warning.
     pub dangerous_zero_delay: bool,
+    /// DANGEROUS, benchmarks only, not settable from a config file: accept
+    /// replayed packets (the replay cache still records every tag), so a
+    /// soak can cycle a fixed set of packets. Logs a warning.
+    #[serde(skip)]
+    pub dangerous_accept_replays: bool,
 }
 
 impl Default for MixnodeConfig {
@@ -62,6 +67,7 @@ impl Default for MixnodeConfig {
             topology_refresh_secs: 30,
             dangerous_no_cover: false,
             dangerous_zero_delay: false,
+            dangerous_accept_replays: false,
         }
     }
 }

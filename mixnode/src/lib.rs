@@ -210,6 +210,11 @@ fn sphinx_key(epoch: u64, cfg: &MixnodeConfig, schedule: &EpochSchedule) -> Epoc
         lifetime_s,
         cfg.replay_false_positive_rate,
     );
+    let cache = if cfg.dangerous_accept_replays {
+        cache.dangerous_accept_replays()
+    } else {
+        cache
+    };
     EpochKey::new(epoch, secret, cache)
 }
 
@@ -402,6 +407,12 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
     ring.insert(sphinx_key(epoch, &cfg, &schedule));
     ring.insert(sphinx_key(epoch + 1, &cfg, &schedule));
 
+    if cfg.dangerous_accept_replays {
+        tracing::warn!(
+            "DANGEROUS: dangerous_accept_replays is set: replayed packets are forwarded; \
+             benchmarks only"
+        );
+    }
     if cfg.dangerous_zero_delay {
         tracing::warn!(
             "DANGEROUS: dangerous_zero_delay is set: packets are forwarded without their \

@@ -178,6 +178,7 @@ const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 pub(crate) fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    jumbo: bool,
 ) -> io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
     let sock = socket2::Socket::new(
@@ -201,11 +202,14 @@ pub(crate) fn endpoint(
         None => inner,
     };
     let mut cfg = quinn::EndpointConfig::default();
-    // Up to jumbo frames where the path allows (loopback, data-centre
+    // Nodes: up to jumbo frames where the path allows (loopback, data-centre
     // links): path-MTU discovery (`tls::transport`) then fits three Sphinx
     // frames in a datagram instead of needing two datagrams for one. The
-    // default (1472) caps discovery below one frame.
-    cfg.max_udp_payload_size(crate::tls::MAX_UDP_PAYLOAD)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    // default (1472) caps discovery below one frame, but keeps receive
+    // buffers small, which is what a client wants.
+    if jumbo {
+        cfg.max_udp_payload_size(crate::tls::MAX_UDP_PAYLOAD)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    }
     quinn::Endpoint::new_with_abstract_socket(cfg, server, socket, runtime)
 }

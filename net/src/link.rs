@@ -186,14 +186,26 @@ pub fn bind(
     identity: &ed25519_dalek::SigningKey,
 ) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(addr, Some(tls::server_config(identity)?))
+    crate::faults::endpoint(addr, Some(tls::server_config(identity)?), true)
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// A client-only endpoint on an ephemeral loopback or wildcard port.
+/// A client-only endpoint on an ephemeral loopback or wildcard port, for an
+/// SDK client: datagrams of at most 1472 bytes, so its receive buffers stay
+/// small (a phone's path to its gateway is no jumbo path anyway).
 pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(bind_addr, None).map_err(|source| Error::Bind {
+    crate::faults::endpoint(bind_addr, None, false).map_err(|source| Error::Bind {
+        addr: bind_addr,
+        source,
+    })
+}
+
+/// A client-only endpoint that, like a node's, may use jumbo datagrams where
+/// the path allows (load generators, benchmarks).
+pub fn bulk_client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
+    crate::install_crypto_provider();
+    crate::faults::endpoint(bind_addr, None, true).map_err(|source| Error::Bind {
         addr: bind_addr,
         source,
     })

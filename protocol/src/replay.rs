@@ -20,6 +20,8 @@ pub struct ReplayCache {
     k: u32,
     inserted: u64,
     capacity: u64,
+    /// Benchmark soak only: record tags, refuse none.
+    accept_replays: bool,
 }
 
 impl ReplayCache {
@@ -40,6 +42,7 @@ impl ReplayCache {
             k,
             inserted: 0,
             capacity,
+            accept_replays: false,
         }
     }
 
@@ -62,6 +65,14 @@ impl ReplayCache {
         (0..u64::from(self.k)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % m)
     }
 
+    /// DANGEROUS, benchmarks only: the cache still records every tag (the
+    /// same memory and work) but refuses none, so a soak can replay a fixed
+    /// set of packets for minutes. A node with this accepts replays.
+    pub fn dangerous_accept_replays(mut self) -> Self {
+        self.accept_replays = true;
+        self
+    }
+
     /// Records `tag`; true if it was not seen before (the packet is fresh).
     pub fn check_and_insert(&mut self, tag: &ReplayTag) -> bool {
         let mut fresh = false;
@@ -76,7 +87,7 @@ impl ReplayCache {
         if fresh {
             self.inserted = self.inserted.saturating_add(1);
         }
-        fresh
+        fresh || self.accept_replays
     }
 
     /// Whether `tag` would be reported as a replay.

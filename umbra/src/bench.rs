@@ -47,6 +47,8 @@ pub struct MixnodeBench {
     pub half_load_p50_ms: f64,
     /// See `half_load_p50_ms`.
     pub half_load_p99_ms: f64,
+    /// The soak at 80 % of `mixnode_pps`, if asked for.
+    pub soak: Option<Soak>,
 }
 
 fn cores() -> usize {
@@ -107,7 +109,11 @@ pub fn raw_unwrap_pps(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) 
 }
 
 /// Runs both measurements with `packets` packets each.
-pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, BoxError> {
+pub async fn mixnode(
+    packets: usize,
+    soak_secs: u64,
+    progress: bool,
+) -> Result<MixnodeBench, BoxError> {
     let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
         c.max_delay_ms = 0;
         // Only the benchmark's packets: no loop cover of the node's own.
@@ -115,6 +121,10 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         // Sized for the full rate, as a production node.
         c.replay_max_pps = mixnode::MixnodeConfig::default().replay_max_pps;
         c.worker_queue = packets + 1024;
+        // The soak cycles one set of packets for minutes: the replay cache
+        // records them all (its memory and work are those of a real node)
+        // but lets them through. Only when a soak is asked for.
+        c.dangerous_accept_replays = soak_secs > 0;
         if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
             .ok()
             .and_then(|w| w.parse().ok())
@@ -240,6 +250,16 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
     let half_packets = build_all(n_half, &route);
     let (half_p50, half_p99) =
         paced_latency(&mut inj, &net, &half_packets, topo.epoch, half).await?;
+    let soak = if soak_secs > 0 {
+        if progress {
+            eprintln!(
+                "soak: {soak_secs} s at 80 % of {pps:.0} packets/s, packets cycled (replays let through)…"
+            );
+        }
+        Some(soak_run(&mut inj, &net, &frames, 0.8 * pps, soak_secs, progress).await?)
+    } else {
+        None
+    };
     inj.close().await;
 
     // The same frames straight to the receiver: what QUIC alone carries here.
@@ -267,6 +287,87 @@ pub async fn mixnode(packets: usize, progress: bool) -> Result<MixnodeBench, Box
         half_load_pps: half,
         half_load_p50_ms: half_p50,
         half_load_p99_ms: half_p99,
+        soak,
+    })
+}
+
+/// A long run at a fixed rate: resident memory at its start and end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Soak {
+    /// Seconds run.
+    pub secs: f64,
+    /// Packets per second sent.
+    pub rate_pps: f64,
+    /// Packets forwarded to the receiver per second.
+    pub forwarded_pps: f64,
+    /// Process resident set size at the start, MiB.
+    pub rss_start_mib: f64,
+    /// At the end, MiB.
+    pub rss_end_mib: f64,
+    /// Largest sample (every 10 s), MiB.
+    pub rss_max_mib: f64,
+}
+
+/// Resident set size of this process, MiB (Linux).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Sends `frames` (cycled) at `rate` for `secs`, sampling RSS every 10 s.
+async fn soak_run(
+    inj: &mut Injector,
+    net: &LocalNet,
+    frames: &[u8],
+    rate: f64,
+    secs: u64,
+    progress: bool,
+) -> Result<Soak, BoxError> {
+    let len = protocol::frame::FRAME_LEN;
+    let n = frames.len() / len;
+    let base = net.receiver.frames.load(Ordering::Relaxed);
+    let rss_start = rss_mib();
+    let mut rss_max = rss_start;
+    let start = Instant::now();
+    let mut next_sample = 10.0;
+    let (mut sent, mut at) = (0usize, 0usize);
+    while start.elapsed().as_secs() < secs {
+        let t = start.elapsed().as_secs_f64();
+        let due = (t * rate) as usize;
+        while sent < due {
+            // Up to the end of the set, then wrap.
+            let k = (due - sent).min(n - at);
+            inj.send_raw(&frames[at * len..(at + k) * len]).await?;
+            sent += k;
+            at = (at + k) % n;
+        }
+        if t >= next_sample {
+            let r = rss_mib();
+            rss_max = rss_max.max(r);
+            if progress {
+                let fwd = net.receiver.frames.load(Ordering::Relaxed) - base;
+                eprintln!("soak {t:.0} s: RSS {r:.1} MiB, sent {sent}, forwarded {fwd}");
+            }
+            next_sample += 10.0;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let forwarded = net.receiver.frames.load(Ordering::Relaxed) - base;
+    let rss_end = rss_mib();
+    Ok(Soak {
+        secs,
+        rate_pps: sent as f64 / secs,
+        forwarded_pps: forwarded as f64 / secs,
+        rss_start_mib: rss_start,
+        rss_end_mib: rss_end,
+        rss_max_mib: rss_max.max(rss_end),
     })
 }
 

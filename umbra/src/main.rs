@@ -214,6 +214,11 @@ enum BenchCmd {
         /// Packets in each measurement.
         #[arg(long, default_value_t = 10_000)]
         packets: usize,
+        /// Then run this many seconds at 80 % of the measured rate and report
+        /// resident memory at the start and end (packets are cycled: the node
+        /// is told to let replays through, benchmarks only).
+        #[arg(long, default_value_t = 0)]
+        soak_secs: u64,
         /// End with one JSON line.
         #[arg(long)]
         json: bool,
@@ -547,8 +552,23 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
-        Command::Bench(BenchCmd::Mixnode { packets, json }) => {
-            let r = umbra::bench::mixnode(packets, !json).await?;
+        Command::Bench(BenchCmd::Mixnode {
+            packets,
+            soak_secs,
+            json,
+        }) => {
+            let r = umbra::bench::mixnode(packets, soak_secs, !json).await?;
+            if let Some(s) = &r.soak {
+                println!(
+                    "soak: {:.0} s at {:.0} packets/s sent, {:.0} forwarded; RSS {:.1} MiB at the start, {:.1} MiB at the end (max {:.1})",
+                    s.secs,
+                    s.rate_pps,
+                    s.forwarded_pps,
+                    s.rss_start_mib,
+                    s.rss_end_mib,
+                    s.rss_max_mib
+                );
+            }
             println!(
                 "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs, raw unwrap {:.0} µs\nwhile forwarding: node workers {:.0} % of the cores, everything else {:.0} %, idle {:.0} %\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
                 r.raw_unwrap_pps,

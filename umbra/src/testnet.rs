@@ -261,7 +261,7 @@ pub struct Injector {
 impl Injector {
     /// Connects to `node` at `addr`, checking its identity.
     pub async fn connect(node: NodeId, addr: std::net::SocketAddr) -> Result<Self, BoxError> {
-        let endpoint = net::link::client_endpoint("127.0.0.1:0".parse()?)?;
+        let endpoint = net::link::bulk_client_endpoint("127.0.0.1:0".parse()?)?;
         let conn = net::link::connect(&endpoint, node, addr).await?;
         let stream = conn.open_uni().await?;
         Ok(Self {
