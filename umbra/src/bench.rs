@@ -253,10 +253,24 @@ pub async fn mixnode(
     let soak = if soak_secs > 0 {
         if progress {
             eprintln!(
-                "soak: {soak_secs} s at 80 % of {pps:.0} packets/s, packets cycled (replays let through)…"
+                "soak: {soak_secs} s at 80 % of {whole_pps:.0} packets/s, packets cycled (replays let through)…"
             );
         }
-        Some(soak_run(&mut inj, &net, &frames, 0.8 * pps, soak_secs, progress).await?)
+        // 80 % of the whole-run rate: during a soak the sender writes all
+        // the time, as during the whole run (the steady middle comes after
+        // the sender has finished writing).
+        let dropped_before = node.metrics().total_dropped();
+        let mut s = soak_run(
+            &mut inj,
+            &net,
+            &frames,
+            0.8 * whole_pps,
+            soak_secs,
+            progress,
+        )
+        .await?;
+        s.dropped = node.metrics().total_dropped() - dropped_before;
+        Some(s)
     } else {
         None
     };
@@ -306,6 +320,8 @@ pub struct Soak {
     pub rss_end_mib: f64,
     /// Largest sample (every 10 s), MiB.
     pub rss_max_mib: f64,
+    /// Packets the node dropped during the soak (full queues: it is bounded).
+    pub dropped: u64,
 }
 
 /// Resident set size of this process, MiB (Linux).
@@ -368,6 +384,7 @@ async fn soak_run(
         rss_start_mib: rss_start,
         rss_end_mib: rss_end,
         rss_max_mib: rss_max.max(rss_end),
+        dropped: 0,
     })
 }
 

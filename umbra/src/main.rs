@@ -560,10 +560,11 @@ async fn run(cli: Cli) -> Result<()> {
             let r = umbra::bench::mixnode(packets, soak_secs, !json).await?;
             if let Some(s) = &r.soak {
                 println!(
-                    "soak: {:.0} s at {:.0} packets/s sent, {:.0} forwarded; RSS {:.1} MiB at the start, {:.1} MiB at the end (max {:.1})",
+                    "soak: {:.0} s at {:.0} packets/s sent, {:.0} forwarded, {} dropped by the node; RSS {:.1} MiB at the start, {:.1} MiB at the end (max {:.1})",
                     s.secs,
                     s.rate_pps,
                     s.forwarded_pps,
+                    s.dropped,
                     s.rss_start_mib,
                     s.rss_end_mib,
                     s.rss_max_mib
