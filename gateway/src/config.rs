@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     pub fetch_max_age_secs: u64,
     /// Requests waiting for the storage thread.
     pub storage_queue: usize,
+    /// Let links use UDP payloads up to 8952 bytes where the path carries
+    /// them (data-centre links with jumbo frames). Off by default: on lossy
+    /// paths large datagrams cost more than they save.
+    pub jumbo_frames: bool,
     /// DANGEROUS, evaluation only: send no loop cover. Logs a warning.
     pub dangerous_no_cover: bool,
     /// DANGEROUS, evaluation only: ignore header delays. Logs a warning.
@@ -84,6 +88,7 @@ impl Default for GatewayConfig {
             replay_false_positive_rate: m.replay_false_positive_rate,
             topology_refresh_secs: m.topology_refresh_secs,
             dangerous_no_cover: false,
+            jumbo_frames: false,
             dangerous_zero_delay: false,
             client_rate_pps: 200.0,
             client_burst: 400.0,
@@ -118,6 +123,7 @@ impl GatewayConfig {
             topology_refresh_secs: self.topology_refresh_secs,
             dangerous_no_cover: self.dangerous_no_cover,
             dangerous_zero_delay: self.dangerous_zero_delay,
+            jumbo_frames: self.jumbo_frames,
             dangerous_accept_replays: false,
         }
     }
@@ -168,6 +174,10 @@ dropbox_max_messages = {maxm}
 storage_max_bytes = {maxb}
 fetch_max_age_secs = {age}
 storage_queue = {sq}
+
+# UDP payloads up to 8952 bytes where the path carries jumbo frames
+# (data-centre links). Leave off on ordinary internet paths.
+jumbo_frames = false
 
 # Evaluation only, never in production: no loop cover, and no mixing delay.
 # dangerous_no_cover = false

@@ -34,6 +34,10 @@ pub struct MixnodeConfig {
     pub replay_false_positive_rate: f64,
     /// How often to refresh the topology, seconds.
     pub topology_refresh_secs: u64,
+    /// Let links use UDP payloads up to 8952 bytes where the path carries
+    /// them (data-centre links with jumbo frames). Off by default: on lossy
+    /// paths large datagrams cost more than they save.
+    pub jumbo_frames: bool,
     /// DANGEROUS, evaluation only: send no loop cover. Without it the node
     /// cannot notice packets being held or dropped, and its links carry less
     /// cover. Logs a warning.
@@ -66,6 +70,7 @@ impl Default for MixnodeConfig {
             replay_false_positive_rate: protocol::replay::DEFAULT_FALSE_POSITIVE_RATE,
             topology_refresh_secs: 30,
             dangerous_no_cover: false,
+            jumbo_frames: false,
             dangerous_zero_delay: false,
             dangerous_accept_replays: false,
         }
@@ -107,6 +112,9 @@ replay_max_pps = {rp}
 replay_false_positive_rate = {fp:e}
 # Topology refresh interval, seconds.
 topology_refresh_secs = {tr}
+# UDP payloads up to 8952 bytes where the path carries jumbo frames
+# (data-centre links). Leave off on ordinary internet paths.
+jumbo_frames = false
 # Evaluation only, never in production: `dangerous_no_cover = true` stops
 # the node's loop cover; `dangerous_zero_delay = true` forwards packets
 # without their mixing delay. Both weaken everyone's anonymity.

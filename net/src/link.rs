@@ -186,8 +186,25 @@ pub fn bind(
     identity: &ed25519_dalek::SigningKey,
 ) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(addr, Some(tls::server_config(identity)?), true)
+    crate::faults::endpoint(addr, Some(tls::server_config(identity)?), jumbo())
         .map_err(|source| Error::Bind { addr, source })
+}
+
+static JUMBO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets endpoints bound from now on in this process (nodes, load
+/// generators; not SDK clients) use UDP payloads up to 8952 bytes where the
+/// path allows: on jumbo-frame paths (data-centre links, loopback) three
+/// Sphinx frames then share a datagram instead of one frame taking two.
+/// Off by default: on a lossy path, quinn's black-hole detection takes lost
+/// large datagrams for an MTU limit and falls back to 1200 bytes, three
+/// datagrams per frame (measured: 30 % loss, p50 7.9 s → 21.8 s).
+pub fn enable_jumbo_frames(on: bool) {
+    JUMBO.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn jumbo() -> bool {
+    JUMBO.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A client-only endpoint on an ephemeral loopback or wildcard port, for an
@@ -202,10 +219,11 @@ pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> 
 }
 
 /// A client-only endpoint that, like a node's, may use jumbo datagrams where
-/// the path allows (load generators, benchmarks).
+/// the path allows and [`enable_jumbo_frames`] is on (load generators,
+/// benchmarks).
 pub fn bulk_client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(bind_addr, None, true).map_err(|source| Error::Bind {
+    crate::faults::endpoint(bind_addr, None, jumbo()).map_err(|source| Error::Bind {
         addr: bind_addr,
         source,
     })

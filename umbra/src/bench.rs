@@ -114,6 +114,8 @@ pub async fn mixnode(
     soak_secs: u64,
     progress: bool,
 ) -> Result<MixnodeBench, BoxError> {
+    // Loopback carries jumbo frames, as data-centre links do.
+    net::link::enable_jumbo_frames(true);
     let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
         c.max_delay_ms = 0;
         // Only the benchmark's packets: no loop cover of the node's own.
