@@ -388,7 +388,7 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         .schedule;
 
     if cfg.jumbo_frames {
-        net::link::enable_jumbo_frames(true);
+        net::link::enable_jumbo_frames();
     }
     let endpoint = net::link::bind(cfg.listen, &identity)?;
     let quic_addr = endpoint.local_addr()?;

@@ -199,8 +199,8 @@ static JUMBO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new
 /// Off by default: on a lossy path, quinn's black-hole detection takes lost
 /// large datagrams for an MTU limit and falls back to 1200 bytes, three
 /// datagrams per frame (measured: 30 % loss, p50 7.9 s → 21.8 s).
-pub fn enable_jumbo_frames(on: bool) {
-    JUMBO.store(on, std::sync::atomic::Ordering::Relaxed);
+pub fn enable_jumbo_frames() {
+    JUMBO.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn jumbo() -> bool {
@@ -219,7 +219,7 @@ pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> 
 }
 
 /// A client-only endpoint that, like a node's, may use jumbo datagrams where
-/// the path allows and [`enable_jumbo_frames`] is on (load generators,
+/// the path allows, once [`enable_jumbo_frames`] was called (load generators,
 /// benchmarks).
 pub fn bulk_client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();

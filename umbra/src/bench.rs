@@ -83,6 +83,15 @@ fn build_all(n: usize, route: &[Hop]) -> Vec<Vec<u8>> {
     })
 }
 
+/// `packets` in Sphinx frames for `epoch`, back to back.
+fn sphinx_frames(packets: &[Vec<u8>], epoch: u64) -> Result<Vec<u8>, BoxError> {
+    let mut frames = Vec::with_capacity(packets.len() * protocol::frame::FRAME_LEN);
+    for p in packets {
+        protocol::frame::encode_into(&mut frames, protocol::frame::FrameKind::Sphinx, epoch, p)?;
+    }
+    Ok(frames)
+}
+
 /// Raw unwrap rate of sphinx-packet on all cores.
 pub fn raw_unwrap_pps(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> f64 {
     let threads = cores();
@@ -115,7 +124,7 @@ pub async fn mixnode(
     progress: bool,
 ) -> Result<MixnodeBench, BoxError> {
     // Loopback carries jumbo frames, as data-centre links do.
-    net::link::enable_jumbo_frames(true);
+    net::link::enable_jumbo_frames();
     let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
         c.max_delay_ms = 0;
         // Only the benchmark's packets: no loop cover of the node's own.
@@ -174,26 +183,10 @@ pub async fn mixnode(
     // path MTU found and their congestion window grown; a fresh one spends
     // its first fraction of a second on that.
     let warm = build_all((packets / 10).clamp(100, 1000), &route);
-    let mut warm_frames = Vec::new();
-    for p in &warm {
-        protocol::frame::encode_into(
-            &mut warm_frames,
-            protocol::frame::FrameKind::Sphinx,
-            topo.epoch,
-            p,
-        )?;
-    }
+    let warm_frames = sphinx_frames(&warm, topo.epoch)?;
     let warm_target = net.receiver.frames.load(Ordering::Relaxed) + warm.len() as u64;
     push(&mut inj, &warm_frames, &net.receiver.frames, warm_target).await?;
-    let mut frames = Vec::with_capacity(node_packets.len() * protocol::frame::FRAME_LEN);
-    for p in &node_packets {
-        protocol::frame::encode_into(
-            &mut frames,
-            protocol::frame::FrameKind::Sphinx,
-            topo.epoch,
-            p,
-        )?;
-    }
+    let frames = sphinx_frames(&node_packets, topo.epoch)?;
     let n = node_packets.len() as u64;
     let target = net.receiver.frames.load(Ordering::Relaxed) + n;
     let cpu0 = thread_cpu_seconds("sphinx-");
