@@ -29,17 +29,22 @@ pub struct MixnodeBench {
     pub dropped: u64,
     /// Frames per second QUIC alone carries sender → receiver (no mix node).
     pub link_pps: f64,
+    /// CPU (all threads, sender and receiver) per frame QUIC alone carries, µs.
+    pub link_us_per_frame: f64,
     /// Mean time the node's workers spent peeling one packet, µs.
     pub peel_us: f64,
     /// CPU time one raw unwrap took (cores / raw rate), µs.
     pub raw_us_per_packet: f64,
-    /// On-CPU time of the node's Sphinx workers per forwarded packet, µs.
-    pub worker_us_per_packet: f64,
-    /// Share of all cores the node's Sphinx workers had while forwarding.
-    pub worker_cpu_share: f64,
-    /// Share of all cores everything else in the process had then (QUIC of
-    /// sender, node and receiver, tokio); the rest was idle.
-    pub other_cpu_share: f64,
+    /// On-CPU time per forwarded packet in the steady middle, µs: the
+    /// node's Sphinx workers, the node's other threads (QUIC, tokio), the
+    /// benchmark's sender and receiver.
+    pub cpu_us_per_packet: ThreadCpu,
+    /// Share of all cores each had then; the rest was idle.
+    pub cpu_share: ThreadCpu,
+    /// Raw unwrap CPU per packet / the node's CPU per forwarded packet
+    /// (workers + its QUIC): how close the node is to the crypto, whatever
+    /// the sender and receiver beside it cost.
+    pub node_efficiency: f64,
     /// Rate of the half-load run (half of `mixnode_pps`), packets/s.
     pub half_load_pps: f64,
     /// Latency the node adds at half load, beyond the (zero) sampled delay:
@@ -125,24 +130,50 @@ pub async fn mixnode(
 ) -> Result<MixnodeBench, BoxError> {
     // Loopback carries jumbo frames, as data-centre links do.
     net::link::enable_jumbo_frames();
-    let net = LocalNet::start(1, NetworkParams::default(), FinalMode::Count, |c| {
-        c.max_delay_ms = 0;
-        // Only the benchmark's packets: no loop cover of the node's own.
-        c.dangerous_no_cover = true;
-        // Sized for the full rate, as a production node.
-        c.replay_max_pps = mixnode::MixnodeConfig::default().replay_max_pps;
-        c.worker_queue = packets + 1024;
-        // The soak cycles one set of packets for minutes: the replay cache
-        // records them all (its memory and work are those of a real node)
-        // but lets them through. Only when a soak is asked for.
-        c.dangerous_accept_replays = soak_secs > 0;
-        if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
-            .ok()
-            .and_then(|w| w.parse().ok())
-        {
-            c.workers = w;
-        }
-    })
+    // The node gets its own runtime, as in its own process: its threads
+    // ("node-io", and its "sphinx-" workers) are then told apart from the
+    // benchmark's sender and receiver when the CPU is counted.
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores())
+        .thread_name("node-io")
+        .enable_all()
+        .build()?;
+    let result = mixnode_on(node_rt.handle(), packets, soak_secs, progress).await;
+    // A runtime may not be dropped from async code; its tasks are done.
+    node_rt.shutdown_background();
+    result
+}
+
+async fn mixnode_on(
+    node_rt: &tokio::runtime::Handle,
+    packets: usize,
+    soak_secs: u64,
+    progress: bool,
+) -> Result<MixnodeBench, BoxError> {
+    let net = LocalNet::start_on(
+        Some(node_rt),
+        1,
+        NetworkParams::default(),
+        FinalMode::Count,
+        |c| {
+            c.max_delay_ms = 0;
+            // Only the benchmark's packets: no loop cover of the node's own.
+            c.dangerous_no_cover = true;
+            // Sized for the full rate, as a production node.
+            c.replay_max_pps = mixnode::MixnodeConfig::default().replay_max_pps;
+            c.worker_queue = packets + 1024;
+            // The soak cycles one set of packets for minutes: the replay cache
+            // records them all (its memory and work are those of a real node)
+            // but lets them through. Only when a soak is asked for.
+            c.dangerous_accept_replays = soak_secs > 0;
+            if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
+                .ok()
+                .and_then(|w| w.parse().ok())
+            {
+                c.workers = w;
+            }
+        },
+    )
     .await?;
     let topo = net.topology().await?;
     let mix = topo
@@ -189,10 +220,10 @@ pub async fn mixnode(
     let frames = sphinx_frames(&node_packets, topo.epoch)?;
     let n = node_packets.len() as u64;
     let target = net.receiver.frames.load(Ordering::Relaxed) + n;
-    let cpu0 = thread_cpu_seconds("sphinx-");
+    let cpu0 = thread_cpu_seconds();
     let (got, elapsed, steady) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
     let got = got - (target - n);
-    let cpu1 = thread_cpu_seconds("sphinx-");
+    let cpu1 = thread_cpu_seconds();
     let whole_pps = got as f64 / elapsed.as_secs_f64();
     // The node's forwarding rate is the steady middle of the run (10th to
     // 90th percentile arrival): the first packets wait for the sender's
@@ -206,8 +237,8 @@ pub async fn mixnode(
     }
     let raw = (raw + raw_after) / 2.0;
     // Where the cores went while the node forwarded (the steady middle):
-    // its Sphinx workers, everything else (QUIC of sender, node and
-    // receiver; tokio), idle.
+    // its Sphinx workers, its QUIC and tokio threads, the benchmark's
+    // sender and receiver, idle.
     let window = match steady {
         Some(Steady {
             arrived,
@@ -218,17 +249,15 @@ pub async fn mixnode(
             .zip(cpu1)
             .map(|(a, b)| (a, b, elapsed.as_secs_f64(), got)),
     };
-    let (worker_cpu_share, other_cpu_share, worker_us_per_packet) = match window {
+    let (share, us_per_packet) = match window {
         Some((a, b, secs, arrived)) => {
-            let avail = secs * cores() as f64;
-            let w = b.0 - a.0;
+            let d = b.minus(&a);
             (
-                w / avail,
-                (b.1 - a.1) / avail,
-                w / arrived.max(1) as f64 * 1e6,
+                d.scaled(1.0 / (secs * cores() as f64)),
+                d.scaled(1e6 / arrived.max(1) as f64),
             )
         }
-        None => (f64::NAN, f64::NAN, f64::NAN),
+        None => (ThreadCpu::NAN, ThreadCpu::NAN),
     };
     let m = node.metrics();
     let peel_us =
@@ -274,9 +303,14 @@ pub async fn mixnode(
     // The same frames straight to the receiver: what QUIC alone carries here.
     let mut direct = Injector::connect(recv.identity, recv.socket_addr()?).await?;
     let base = net.receiver.frames.load(Ordering::Relaxed);
+    let c0 = thread_cpu_seconds();
     let (link_got, link_elapsed, _) =
         push(&mut direct, &frames, &net.receiver.frames, base + n).await?;
+    let c1 = thread_cpu_seconds();
     let link_pps = (link_got - base) as f64 / link_elapsed.as_secs_f64();
+    let link_us_per_frame = c0.zip(c1).map_or(f64::NAN, |(a, b)| {
+        b.minus(&a).bench / (link_got - base).max(1) as f64 * 1e6
+    });
     direct.close().await;
     net.stop().await;
     Ok(MixnodeBench {
@@ -288,11 +322,13 @@ pub async fn mixnode(
         packets,
         dropped,
         link_pps,
+        link_us_per_frame,
         peel_us,
         raw_us_per_packet: cores() as f64 / raw * 1e6,
-        worker_us_per_packet,
-        worker_cpu_share,
-        other_cpu_share,
+        cpu_us_per_packet: us_per_packet,
+        cpu_share: share,
+        node_efficiency: cores() as f64 / raw * 1e6
+            / (us_per_packet.workers + us_per_packet.node_io),
         half_load_pps: half,
         half_load_p50_ms: half_p50,
         half_load_p99_ms: half_p99,
@@ -475,13 +511,13 @@ async fn push(
         loop {
             let got = counter.load(Ordering::Relaxed);
             if at_lo.is_none() && got >= lo {
-                at_lo = Some((got, Instant::now(), thread_cpu_seconds("sphinx-")));
+                at_lo = Some((got, Instant::now(), thread_cpu_seconds()));
             }
             if steady.is_none()
                 && got >= hi
                 && let Some((g0, t0, c0)) = at_lo
             {
-                let c1 = thread_cpu_seconds("sphinx-");
+                let c1 = thread_cpu_seconds();
                 steady = Some(Steady {
                     arrived: got - g0,
                     secs: t0.elapsed().as_secs_f64(),
@@ -521,13 +557,45 @@ pub struct ClientBench {
     pub delivery_seconds: f64,
 }
 
-/// Seconds on CPU: (threads with a name prefix, the others).
-type ThreadCpu = (f64, f64);
+/// CPU time split by who spent it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ThreadCpu {
+    /// The node's Sphinx worker threads ("sphinx-").
+    pub workers: f64,
+    /// The node's runtime ("node-io"): its QUIC links, tokio.
+    pub node_io: f64,
+    /// Every other thread: the benchmark's sender and receiver.
+    pub bench: f64,
+}
 
-/// On-CPU time of this process's threads, seconds, split into threads
-/// whose name starts with `prefix` and the rest (Linux schedstat, ns).
-fn thread_cpu_seconds(prefix: &str) -> Option<ThreadCpu> {
-    let (mut mine, mut rest) = (0u64, 0u64);
+impl ThreadCpu {
+    const NAN: Self = Self {
+        workers: f64::NAN,
+        node_io: f64::NAN,
+        bench: f64::NAN,
+    };
+
+    fn minus(&self, o: &Self) -> Self {
+        Self {
+            workers: self.workers - o.workers,
+            node_io: self.node_io - o.node_io,
+            bench: self.bench - o.bench,
+        }
+    }
+
+    fn scaled(&self, k: f64) -> Self {
+        Self {
+            workers: self.workers * k,
+            node_io: self.node_io * k,
+            bench: self.bench * k,
+        }
+    }
+}
+
+/// On-CPU time of this process's threads, seconds, split by thread name
+/// (Linux schedstat, ns).
+fn thread_cpu_seconds() -> Option<ThreadCpu> {
+    let (mut workers, mut node_io, mut rest) = (0u64, 0u64, 0u64);
     for t in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = t.ok()?.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
@@ -537,13 +605,19 @@ fn thread_cpu_seconds(prefix: &str) -> Option<ThreadCpu> {
             continue;
         };
         let ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
-        if comm.starts_with(prefix) {
-            mine += ns;
+        if comm.starts_with("sphinx-") {
+            workers += ns;
+        } else if comm.starts_with("node-io") {
+            node_io += ns;
         } else {
             rest += ns;
         }
     }
-    Some((mine as f64 / 1e9, rest as f64 / 1e9))
+    Some(ThreadCpu {
+        workers: workers as f64 / 1e9,
+        node_io: node_io as f64 / 1e9,
+        bench: rest as f64 / 1e9,
+    })
 }
 
 /// CPU time of this process (user + system), seconds, from /proc (Linux).

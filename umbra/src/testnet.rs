@@ -313,13 +313,29 @@ impl LocalNet {
         receiver_mode: FinalMode,
         tweak: impl Fn(&mut MixnodeConfig),
     ) -> Result<Self, BoxError> {
+        Self::start_on(None, mix_count, params, receiver_mode, tweak).await
+    }
+
+    /// As `start`, with the mix nodes (their tasks and I/O) on `node_rt`
+    /// when given, so their threads can be told apart from the rest.
+    pub async fn start_on(
+        node_rt: Option<&tokio::runtime::Handle>,
+        mix_count: usize,
+        params: NetworkParams,
+        receiver_mode: FinalMode,
+        tweak: impl Fn(&mut MixnodeConfig),
+    ) -> Result<Self, BoxError> {
         let tmp = tempfile::tempdir()?;
         let directory = LocalDirectory::start(&tmp.path().join("directory"), params, 3600).await?;
         let mut mixnodes = Vec::new();
         for i in 0..mix_count {
             let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")));
             tweak(&mut cfg);
-            mixnodes.push(mixnode::start(cfg).await?);
+            let node = match node_rt {
+                Some(rt) => rt.spawn(mixnode::start(cfg)).await??,
+                None => mixnode::start(cfg).await?,
+            };
+            mixnodes.push(node);
         }
         let receiver = FinalHop::start(&directory, receiver_mode).await?;
         let total = mix_count + 1;
