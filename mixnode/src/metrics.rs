@@ -13,6 +13,10 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Packets waiting, by queue (`workers`, `delay`).
     pub queue_depth: IntGaugeVec,
+    /// `queue_depth{queue="workers"}`, looked up once (not per packet).
+    pub workers_queue: IntGauge,
+    /// `queue_depth{queue="delay"}`.
+    pub delay_queue: IntGauge,
     /// Time to peel one packet.
     pub processing: Histogram,
     /// Nodes in the topology the node routes by.
@@ -41,6 +45,11 @@ impl Metrics {
     /// Creates the series named `umbra_<role>_*` and registers them.
     pub fn new(registry: &Registry, role: &str) -> Self {
         let n = |s: &str| format!("umbra_{role}_{s}");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(n("queue_depth"), "Packets waiting, by queue"),
+            &["queue"],
+        )
+        .unwrap_or_else(bug);
         let m = Self {
             received: IntCounter::new(
                 n("packets_received_total"),
@@ -57,11 +66,9 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap_or_else(bug),
-            queue_depth: IntGaugeVec::new(
-                Opts::new(n("queue_depth"), "Packets waiting, by queue"),
-                &["queue"],
-            )
-            .unwrap_or_else(bug),
+            workers_queue: queue_depth.with_label_values(&["workers"]),
+            delay_queue: queue_depth.with_label_values(&["delay"]),
+            queue_depth,
             processing: Histogram::with_opts(
                 HistogramOpts::new(n("processing_seconds"), "Time to peel one Sphinx layer")
                     .buckets(vec![
@@ -112,9 +119,6 @@ impl Metrics {
         // Make every reason visible from the start, at zero.
         for r in Self::DROP_REASONS {
             m.dropped.with_label_values(&[r]);
-        }
-        for q in ["workers", "delay"] {
-            m.queue_depth.with_label_values(&[q]);
         }
         m
     }

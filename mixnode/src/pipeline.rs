@@ -119,11 +119,7 @@ impl Shared {
             packet: packet.to_vec(),
         };
         match self.jobs.try_send(job) {
-            Ok(()) => self
-                .metrics
-                .queue_depth
-                .with_label_values(&["workers"])
-                .inc(),
+            Ok(()) => self.metrics.workers_queue.inc(),
             Err(_) => self.metrics.drop("queue_full"),
         }
     }
@@ -166,7 +162,7 @@ impl Shared {
                     packet,
                 };
                 match self.delayed.try_send(d) {
-                    Ok(()) => self.metrics.queue_depth.with_label_values(&["delay"]).inc(),
+                    Ok(()) => self.metrics.delay_queue.inc(),
                     Err(_) => self.metrics.drop("queue_full"),
                 }
             }
@@ -238,11 +234,7 @@ pub(crate) fn spawn_workers(
                     while !shared.closed.load(Ordering::Relaxed) {
                         match rx.recv_timeout(Duration::from_millis(200)) {
                             Ok(job) => {
-                                shared
-                                    .metrics
-                                    .queue_depth
-                                    .with_label_values(&["workers"])
-                                    .dec();
+                                shared.metrics.workers_queue.dec();
                                 shared.process(job);
                             }
                             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -264,7 +256,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delaye
             m = rx.recv() => {
                 let Some(mut d) = m else { return };
                 if heap.len() >= shared.delay_capacity {
-                    shared.metrics.queue_depth.with_label_values(&["delay"]).dec();
+                    shared.metrics.delay_queue.dec();
                     shared.metrics.drop("queue_full");
                     continue;
                 }
@@ -276,7 +268,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delaye
                 let now = tokio::time::Instant::now();
                 while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
                     let Some(Reverse(d)) = heap.pop() else { break };
-                    shared.metrics.queue_depth.with_label_values(&["delay"]).dec();
+                    shared.metrics.delay_queue.dec();
                     shared.forward(d.epoch, d.next_hop, &d.packet);
                 }
             }

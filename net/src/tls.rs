@@ -77,16 +77,6 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     // at every lost datagram: a link with random loss (radio, a congested
     // hop, an adversary dropping a share) keeps its throughput.
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    if let Ok(v) = std::env::var("UMBRA_EXP_ACK") {
-        let n: u32 = v.parse().unwrap_or(10);
-        let mut a = quinn::AckFrequencyConfig::default();
-        a.ack_eliciting_threshold(n.into());
-        a.max_ack_delay(Some(Duration::from_millis(5)));
-        t.ack_frequency_config(Some(a));
-    }
-    if std::env::var("UMBRA_EXP_CUBIC").is_ok() {
-        t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
-    }
     Arc::new(t)
 }
 

@@ -571,7 +571,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!(
-                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs), node QUIC/tokio {:.1} µs, bench sender+receiver {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench sender+receiver {:.0} %, idle {:.0} %\nnode efficiency (raw unwrap CPU / node CPU per packet): {:.3}\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
+                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets, {} dropped)\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench sender+receiver {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench sender+receiver {:.0} %, idle {:.0} %\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
                 r.raw_unwrap_pps,
                 r.cores,
                 r.mixnode_pps,
@@ -583,6 +583,7 @@ async fn run(cli: Cli) -> Result<()> {
                 r.link_us_per_frame,
                 r.peel_us,
                 r.cpu_us_per_packet.workers,
+                r.raw_cpu_us_per_packet,
                 r.raw_us_per_packet,
                 r.cpu_us_per_packet.node_io,
                 r.cpu_us_per_packet.bench,
@@ -614,14 +615,10 @@ async fn run(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("UMBRA_EXP_RT")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
     {
-        b.worker_threads(n);
-    }
-    let rt = match b.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
