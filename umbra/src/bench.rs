@@ -529,6 +529,8 @@ const CHUNK: u64 = 100;
 /// look wakes a thread that preempts a Sphinx worker, so not more often
 /// than the figures need (5 ms is under 0.5 % of a run).
 const POLL: Duration = Duration::from_millis(5);
+/// No arrival for this long: report what arrived and stop waiting.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Writes `frames` (each one frame of the same length) and waits until
 /// `counter` reaches `target` (or stalls 5 s): arrivals and time, and the
@@ -568,7 +570,7 @@ async fn push(
             }
             if got != last.0 {
                 last = (got, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(5) {
+            } else if last.1.elapsed() > STALL {
                 return (got, last.1 - start, steady);
             }
             tokio::time::sleep(POLL).await;
@@ -580,15 +582,25 @@ async fn push(
     // by the 10th percentile, leaving the node's intake out of the steady
     // middle), and is never idle.
     let send = async {
-        let per = frames.len() / (n.max(1) as usize);
+        let per = protocol::frame::FRAME_LEN;
+        let total = (frames.len() / per) as u64;
         let mut sent = 0u64;
-        while sent < n {
+        let mut progress = (0u64, Instant::now());
+        while sent < total {
             let arrived = counter.load(Ordering::Relaxed).saturating_sub(base);
+            if arrived != progress.0 {
+                progress = (arrived, Instant::now());
+            }
             if sent.saturating_sub(arrived) >= BACKLOG {
+                // Packets lost or the node stalled: the watcher gives up
+                // after 5 s without an arrival, and so does the sender.
+                if progress.1.elapsed() > STALL {
+                    break;
+                }
                 tokio::time::sleep(POLL).await;
                 continue;
             }
-            let k = CHUNK.min(n - sent);
+            let k = CHUNK.min(total - sent);
             let at = sent as usize * per;
             inj.send_raw(&frames[at..at + k as usize * per]).await?;
             sent += k;
