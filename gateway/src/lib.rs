@@ -262,10 +262,7 @@ impl Gateway {
 pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let identity = net::identity::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
-    if cfg.jumbo_frames {
-        net::link::enable_jumbo_frames();
-    }
-    let client_endpoint = net::link::bind(cfg.client_listen, &identity)?;
+    let client_endpoint = net::link::bind(cfg.client_listen, &identity, cfg.jumbo_frames)?;
     let client_addr = client_endpoint.local_addr()?;
 
     let registry = prometheus::Registry::new();

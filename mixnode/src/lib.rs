@@ -387,10 +387,7 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         })?
         .schedule;
 
-    if cfg.jumbo_frames {
-        net::link::enable_jumbo_frames();
-    }
-    let endpoint = net::link::bind(cfg.listen, &identity)?;
+    let endpoint = net::link::bind(cfg.listen, &identity, cfg.jumbo_frames)?;
     let quic_addr = endpoint.local_addr()?;
     let public_address = cfg.public_address.unwrap_or(quic_addr);
 

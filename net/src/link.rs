@@ -181,30 +181,22 @@ impl Bucket {
 }
 
 /// Binds a QUIC endpoint that serves links and can dial peers.
+///
+/// With `jumbo`, it uses UDP payloads up to 8952 bytes where the path
+/// allows: on jumbo-frame paths (data-centre links, loopback) three Sphinx
+/// frames then share a datagram instead of one frame taking two. Off by
+/// default (the `jumbo_frames` config key): on a lossy path, quinn's
+/// black-hole detection takes lost large datagrams for an MTU limit and
+/// falls back to 1200 bytes, three datagrams per frame (measured: 30 %
+/// loss, p50 7.9 s → 21.8 s).
 pub fn bind(
     addr: SocketAddr,
     identity: &ed25519_dalek::SigningKey,
+    jumbo: bool,
 ) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(addr, Some(tls::server_config(identity)?), jumbo())
+    crate::faults::endpoint(addr, Some(tls::server_config(identity)?), jumbo)
         .map_err(|source| Error::Bind { addr, source })
-}
-
-static JUMBO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Lets endpoints bound from now on in this process (nodes, load
-/// generators; not SDK clients) use UDP payloads up to 8952 bytes where the
-/// path allows: on jumbo-frame paths (data-centre links, loopback) three
-/// Sphinx frames then share a datagram instead of one frame taking two.
-/// Off by default: on a lossy path, quinn's black-hole detection takes lost
-/// large datagrams for an MTU limit and falls back to 1200 bytes, three
-/// datagrams per frame (measured: 30 % loss, p50 7.9 s → 21.8 s).
-pub fn enable_jumbo_frames() {
-    JUMBO.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn jumbo() -> bool {
-    JUMBO.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A client-only endpoint on an ephemeral loopback or wildcard port, for an
@@ -218,12 +210,12 @@ pub fn client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> 
     })
 }
 
-/// A client-only endpoint that, like a node's, may use jumbo datagrams where
-/// the path allows, once [`enable_jumbo_frames`] was called (load generators,
-/// benchmarks).
+/// A client-only endpoint that may use jumbo datagrams where the path and
+/// the peer allow (load generators, benchmarks): a peer bound without
+/// `jumbo` still caps its links at 1472 bytes.
 pub fn bulk_client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(bind_addr, None, jumbo()).map_err(|source| Error::Bind {
+    crate::faults::endpoint(bind_addr, None, true).map_err(|source| Error::Bind {
         addr: bind_addr,
         source,
     })

@@ -22,7 +22,7 @@ async fn quic_recovers_from_injected_faults() {
         seed: 1,
     }));
     let key = SigningKey::from_bytes(&[9; 32]);
-    let server = link::bind("127.0.0.1:0".parse().unwrap(), &key).unwrap();
+    let server = link::bind("127.0.0.1:0".parse().unwrap(), &key, false).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     tokio::spawn(link::serve(

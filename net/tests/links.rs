@@ -18,7 +18,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn server(key: &SigningKey) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
-    let ep = link::bind("127.0.0.1:0".parse().unwrap(), key).unwrap();
+    let ep = link::bind("127.0.0.1:0".parse().unwrap(), key, false).unwrap();
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let metrics = LinkMetrics::unregistered();

@@ -1,7 +1,6 @@
 //! `umbra bench mixnode` on a small run: every packet arrives, every
 //! figure is a real measurement (positive, finite, shares of the cores that
-//! add up). Its own test binary: the benchmark turns jumbo frames on for
-//! the whole process.
+//! add up).
 
 use umbra::bench;
 

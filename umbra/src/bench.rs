@@ -154,8 +154,6 @@ pub async fn mixnode(
     soak_secs: u64,
     progress: bool,
 ) -> Result<MixnodeBench, BoxError> {
-    // Loopback carries jumbo frames, as data-centre links do.
-    net::link::enable_jumbo_frames();
     // The node gets its own runtime, as in its own process: its threads
     // ("node-io", and its "sphinx-" workers) are then told apart from the
     // benchmark's sender and receiver when the CPU is counted.
@@ -183,6 +181,8 @@ async fn mixnode_on(
         FinalMode::Count,
         |c| {
             c.max_delay_ms = 0;
+            // Loopback carries jumbo frames, as data-centre links do.
+            c.jumbo_frames = true;
             // Only the benchmark's packets: no loop cover of the node's own.
             c.dangerous_no_cover = true;
             // Sized for the full rate, as a production node.

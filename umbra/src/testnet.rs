@@ -163,13 +163,19 @@ pub struct FinalHop {
 }
 
 impl FinalHop {
-    /// Binds, makes Sphinx keys for the current and next epoch, registers with `dir`.
-    pub async fn start(dir: &LocalDirectory, mode: FinalMode) -> Result<Self, BoxError> {
+    /// Binds, makes Sphinx keys for the current and next epoch, registers
+    /// with `dir`. With `jumbo`, its endpoint takes jumbo datagrams (as the
+    /// nodes that send to it may, see `net::link::bind`).
+    pub async fn start(
+        dir: &LocalDirectory,
+        mode: FinalMode,
+        jumbo: bool,
+    ) -> Result<Self, BoxError> {
         let mut seed = [0u8; 32];
         rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
         let identity = SigningKey::from_bytes(&seed);
         let id = identity.verifying_key().to_bytes();
-        let endpoint = net::link::bind("127.0.0.1:0".parse()?, &identity)?;
+        let endpoint = net::link::bind("127.0.0.1:0".parse()?, &identity, jumbo)?;
         let addr = endpoint.local_addr()?;
         let schedule = dir.topology().await?.schedule;
         let epoch = schedule.epoch_at(now_ms());
@@ -328,16 +334,18 @@ impl LocalNet {
         let tmp = tempfile::tempdir()?;
         let directory = LocalDirectory::start(&tmp.path().join("directory"), params, 3600).await?;
         let mut mixnodes = Vec::new();
+        let mut jumbo = false;
         for i in 0..mix_count {
             let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")));
             tweak(&mut cfg);
+            jumbo |= cfg.jumbo_frames;
             let node = match node_rt {
                 Some(rt) => rt.spawn(mixnode::start(cfg)).await??,
                 None => mixnode::start(cfg).await?,
             };
             mixnodes.push(node);
         }
-        let receiver = FinalHop::start(&directory, receiver_mode).await?;
+        let receiver = FinalHop::start(&directory, receiver_mode, jumbo).await?;
         let total = mix_count + 1;
         for m in &mixnodes {
             m.refresh_topology();
