@@ -100,14 +100,9 @@ fn sphinx_frames(packets: &[Vec<u8>], epoch: u64) -> Result<Vec<u8>, BoxError> {
     Ok(frames)
 }
 
-/// Raw unwrap rate of sphinx-packet on all cores.
-pub fn raw_unwrap_pps(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> f64 {
-    raw_unwrap(packets, secret).0
-}
-
-/// As `raw_unwrap_pps`, with the on-CPU time per unwrap (µs) of the
-/// threads that did it: compared with the node's on-CPU time per packet it
-/// is not skewed by time the machine gave to others.
+/// Raw unwrap rate of sphinx-packet on all cores, and the on-CPU time per
+/// unwrap (µs) of the threads that did it: compared with the node's on-CPU
+/// time per packet it is not skewed by time the machine gave to others.
 fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64, f64) {
     let threads = cores();
     let chunk = packets.len().div_ceil(threads).max(1);
@@ -144,8 +139,12 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64,
 /// On-CPU seconds of the calling thread (Linux schedstat).
 fn own_cpu_seconds() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns as f64 / 1e9)
+    Some(on_cpu_ns(&s)? as f64 / 1e9)
+}
+
+/// The on-CPU nanoseconds in a schedstat file's text (its first field).
+fn on_cpu_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
 }
 
 /// Runs both measurements with `packets` packets each.
@@ -676,7 +675,7 @@ fn thread_cpu_seconds() -> Option<ThreadCpu> {
         let Ok(sched) = std::fs::read_to_string(dir.join("schedstat")) else {
             continue;
         };
-        let ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
+        let ns = on_cpu_ns(&sched)?;
         if comm.starts_with("sphinx-") {
             workers += ns;
         } else if comm.starts_with("node-io") {
