@@ -196,7 +196,15 @@ pub(crate) fn endpoint(
         let _ = sock.set_only_v6(false);
     }
     sock.bind(&addr.into())?;
-    let inner = runtime.wrap_udp_socket(sock.into())?;
+    let max_payload = if jumbo {
+        usize::from(crate::tls::MAX_UDP_PAYLOAD)
+    } else {
+        1472
+    };
+    let inner: Arc<dyn AsyncUdpSocket> = Arc::new(crate::udp::GsoCapped::new(
+        runtime.wrap_udp_socket(sock.into())?,
+        max_payload,
+    ));
     let socket: Arc<dyn AsyncUdpSocket> = match current() {
         Some(f) => Arc::new(FaultySocket::new(inner, f)),
         None => inner,

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod tls;
 
 mod error;
+mod udp;
 pub use error::Error;
 
 /// Installs the ring crypto provider as rustls' process default (idempotent).

@@ -18,7 +18,11 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn server(key: &SigningKey) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
-    let ep = link::bind("127.0.0.1:0".parse().unwrap(), key, false).unwrap();
+    server_with(key, false)
+}
+
+fn server_with(key: &SigningKey, jumbo: bool) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
+    let ep = link::bind("127.0.0.1:0".parse().unwrap(), key, jumbo).unwrap();
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let metrics = LinkMetrics::unregistered();
@@ -50,6 +54,43 @@ async fn pinned_identity_is_required() {
     assert!(
         wrong.is_err(),
         "a server without the pinned key must be refused"
+    );
+}
+
+/// A burst over a jumbo link is sent in full-size datagrams and none is
+/// lost. quinn batches up to 10 datagrams per GSO send; 10 jumbo datagrams
+/// exceed what one send may hold, and the kernel's refusal was silent: every
+/// full batch was lost and the link fell back to 1200-byte datagrams.
+#[tokio::test]
+async fn jumbo_bursts_arrive_whole_in_full_datagrams() {
+    let a = SigningKey::from_bytes(&[4; 32]);
+    let (ep, count, _) = server_with(&a, true);
+    let client = link::bulk_client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = link::connect(
+        &client,
+        a.verifying_key().to_bytes(),
+        ep.local_addr().unwrap(),
+    )
+    .await
+    .unwrap();
+    // Path-MTU discovery first reaches the jumbo size.
+    wait_for("a jumbo path MTU", || conn.stats().path.current_mtu >= 8000).await;
+    let mut send = conn.open_uni().await.unwrap();
+    let good = frame::encode(FrameKind::Sphinx, 1, &vec![0u8; PACKET_SIZE]).unwrap();
+    let frames = 600;
+    send.write_all(&good.repeat(frames)).await.unwrap();
+    wait_for("every frame", || {
+        count.load(Ordering::SeqCst) == frames as u64
+    })
+    .await;
+    let stats = conn.stats();
+    assert_eq!(stats.path.lost_packets, 0, "{:?}", stats.path);
+    assert_eq!(stats.path.black_holes_detected, 0, "{:?}", stats.path);
+    // Three frames per datagram; 1200-byte datagrams would need two per frame.
+    assert!(
+        stats.udp_tx.datagrams < frames as u64 / 2,
+        "{} datagrams for {frames} frames",
+        stats.udp_tx.datagrams
     );
 }
 

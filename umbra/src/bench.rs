@@ -27,6 +27,12 @@ pub struct MixnodeBench {
     pub packets: usize,
     /// Packets the node dropped (any reason) during the forwarding run.
     pub dropped: u64,
+    /// UDP datagrams the sender sent per packet in the forwarding run, ACKs
+    /// and retransmissions included: about a third with jumbo datagrams
+    /// (three frames each), 2 or more if they fell back to 1200 bytes.
+    pub datagrams_per_packet: f64,
+    /// The sender's path MTU to the node at the end of that run, bytes.
+    pub path_mtu: u16,
     /// Frames per second QUIC alone carries sender → receiver (no mix node).
     pub link_pps: f64,
     /// CPU (all threads, sender and receiver) per frame QUIC alone carries, µs.
@@ -41,6 +47,10 @@ pub struct MixnodeBench {
     pub cpu_us_per_packet: ThreadCpu,
     /// Share of all cores each had then; the rest was idle.
     pub cpu_share: ThreadCpu,
+    /// Times each group's threads were put on a CPU per forwarded packet
+    /// then: every one is a context switch, which on two cores preempts a
+    /// Sphinx worker.
+    pub runs_per_packet: ThreadCpu,
     /// On-CPU time of the raw unwrap threads per unwrap, µs (below
     /// `raw_us_per_packet` by what the machine gave to others meanwhile).
     pub raw_cpu_us_per_packet: f64,
@@ -104,23 +114,34 @@ fn sphinx_frames(packets: &[Vec<u8>], epoch: u64) -> Result<Vec<u8>, BoxError> {
 /// unwrap (µs) of the threads that did it: compared with the node's on-CPU
 /// time per packet it is not skewed by time the machine gave to others.
 fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64, f64) {
-    let threads = cores();
-    let chunk = packets.len().div_ceil(threads).max(1);
+    // Threads take packets from a shared index, as the node's workers take
+    // them from a shared queue: a fixed split would leave a thread idle
+    // once it finished its share if its core ran slower (shared machine),
+    // understating what the cores can do.
+    const TAKE: usize = 16;
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let start = Instant::now();
     let (ok, cpu): (usize, f64) = std::thread::scope(|s| {
-        let hs: Vec<_> = packets
-            .chunks(chunk)
-            .map(|c| {
+        let hs: Vec<_> = (0..cores())
+            .map(|_| {
+                let next = &next;
                 s.spawn(move || {
                     let cpu0 = own_cpu_seconds();
-                    let ok = c
-                        .iter()
-                        .filter(|p| {
-                            sphinx_packet::SphinxPacket::from_bytes(p)
-                                .and_then(|sp| sp.process(secret))
-                                .is_ok()
-                        })
-                        .count();
+                    let mut ok = 0;
+                    loop {
+                        let at = next.fetch_add(TAKE, Ordering::Relaxed);
+                        let Some(batch) = packets.get(at..(at + TAKE).min(packets.len())) else {
+                            break;
+                        };
+                        ok += batch
+                            .iter()
+                            .filter(|p| {
+                                sphinx_packet::SphinxPacket::from_bytes(p)
+                                    .and_then(|sp| sp.process(secret))
+                                    .is_ok()
+                            })
+                            .count();
+                    }
                     let cpu = own_cpu_seconds().zip(cpu0).map_or(f64::NAN, |(b, a)| b - a);
                     (ok, cpu)
                 })
@@ -245,10 +266,13 @@ async fn mixnode_on(
     let frames = sphinx_frames(&node_packets, topo.epoch)?;
     let n = node_packets.len() as u64;
     let target = net.receiver.frames.load(Ordering::Relaxed) + n;
-    let cpu0 = thread_cpu_seconds();
+    let dgrams0 = inj.datagrams_sent();
+    let cpu0 = sched_snapshot();
     let (got, elapsed, steady) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
     let got = got - (target - n);
-    let cpu1 = thread_cpu_seconds();
+    let cpu1 = sched_snapshot();
+    let datagrams_per_packet = (inj.datagrams_sent() - dgrams0) as f64 / n.max(1) as f64;
+    let path_mtu = inj.path_mtu();
     let whole_pps = got as f64 / elapsed.as_secs_f64();
     // The node's forwarding rate is the steady middle of the run (10th to
     // 90th percentile arrival): the first packets wait for the sender's
@@ -275,15 +299,16 @@ async fn mixnode_on(
             .zip(cpu1)
             .map(|(a, b)| (a, b, elapsed.as_secs_f64(), got)),
     };
-    let (share, us_per_packet) = match window {
-        Some((a, b, secs, arrived)) => {
+    let (share, us_per_packet, runs_per_packet) = match window {
+        Some(((a, ra), (b, rb), secs, arrived)) => {
             let d = b.minus(&a);
             (
                 d.scaled(1.0 / (secs * cores() as f64)),
                 d.scaled(1e6 / arrived.max(1) as f64),
+                rb.minus(&ra).scaled(1.0 / arrived.max(1) as f64),
             )
         }
-        None => (ThreadCpu::NAN, ThreadCpu::NAN),
+        None => (ThreadCpu::NAN, ThreadCpu::NAN, ThreadCpu::NAN),
     };
     let m = node.metrics();
     let peel_us =
@@ -347,12 +372,15 @@ async fn mixnode_on(
         cores: cores(),
         packets,
         dropped,
+        datagrams_per_packet,
+        path_mtu,
         link_pps,
         link_us_per_frame,
         peel_us,
         raw_us_per_packet: cores() as f64 / raw * 1e6,
         cpu_us_per_packet: us_per_packet,
         cpu_share: share,
+        runs_per_packet,
         raw_cpu_us_per_packet: raw_cpu_us,
         node_efficiency: raw_cpu_us / (us_per_packet.workers + us_per_packet.node_io),
         half_load_pps: half,
@@ -514,8 +542,8 @@ async fn paced_latency(
 struct Steady {
     arrived: u64,
     secs: f64,
-    /// Worker and other thread CPU seconds at both ends, if readable.
-    cpu: Option<(ThreadCpu, ThreadCpu)>,
+    /// Thread CPU seconds and runs at both ends, if readable.
+    cpu: Option<(Sched, Sched)>,
 }
 
 /// Frames the benchmark's sender keeps ahead of the arrivals: enough that
@@ -546,18 +574,18 @@ async fn push(
     let (lo, hi) = (base + n / 10, base + n - n / 10);
     let watch = async {
         let mut last = (0u64, Instant::now());
-        let mut at_lo: Option<(u64, Instant, Option<ThreadCpu>)> = None;
+        let mut at_lo: Option<(u64, Instant, Option<Sched>)> = None;
         let mut steady = None;
         loop {
             let got = counter.load(Ordering::Relaxed);
             if at_lo.is_none() && got >= lo {
-                at_lo = Some((got, Instant::now(), thread_cpu_seconds()));
+                at_lo = Some((got, Instant::now(), sched_snapshot()));
             }
             if steady.is_none()
                 && got >= hi
                 && let Some((g0, t0, c0)) = at_lo
             {
-                let c1 = thread_cpu_seconds();
+                let c1 = sched_snapshot();
                 steady = Some(Steady {
                     arrived: got - g0,
                     secs: t0.elapsed().as_secs_f64(),
@@ -666,7 +694,18 @@ impl ThreadCpu {
 /// On-CPU time of this process's threads, seconds, split by thread name
 /// (Linux schedstat, ns).
 fn thread_cpu_seconds() -> Option<ThreadCpu> {
-    let (mut workers, mut node_io, mut rest) = (0u64, 0u64, 0u64);
+    sched_snapshot().map(|(cpu, _)| cpu)
+}
+
+/// Per thread group: on-CPU seconds, and how many times its threads were
+/// put on a CPU (schedstat's third field; each is a wake-up or a return
+/// after preemption, and each costs a context switch).
+type Sched = (ThreadCpu, ThreadCpu);
+
+/// A [`Sched`] of this process's threads now (Linux schedstat).
+fn sched_snapshot() -> Option<Sched> {
+    let mut ns = [0u64; 3];
+    let mut runs = [0u64; 3];
     for t in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = t.ok()?.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
@@ -675,20 +714,26 @@ fn thread_cpu_seconds() -> Option<ThreadCpu> {
         let Ok(sched) = std::fs::read_to_string(dir.join("schedstat")) else {
             continue;
         };
-        let ns = on_cpu_ns(&sched)?;
-        if comm.starts_with("sphinx-") {
-            workers += ns;
+        let i = if comm.starts_with("sphinx-") {
+            0
         } else if comm.starts_with("node-io") {
-            node_io += ns;
+            1
         } else {
-            rest += ns;
-        }
+            2
+        };
+        ns[i] += on_cpu_ns(&sched)?;
+        runs[i] += sched
+            .split_whitespace()
+            .nth(2)
+            .and_then(|r| r.parse::<u64>().ok())
+            .unwrap_or(0);
     }
-    Some(ThreadCpu {
-        workers: workers as f64 / 1e9,
-        node_io: node_io as f64 / 1e9,
-        bench: rest as f64 / 1e9,
-    })
+    let group = |v: [u64; 3], k: f64| ThreadCpu {
+        workers: v[0] as f64 * k,
+        node_io: v[1] as f64 * k,
+        bench: v[2] as f64 * k,
+    };
+    Some((group(ns, 1e-9), group(runs, 1.0)))
 }
 
 /// CPU time of this process (user + system), seconds, from /proc (Linux).

@@ -284,6 +284,16 @@ impl Injector {
         Ok(())
     }
 
+    /// The connection's current path MTU (UDP payload bytes).
+    pub fn path_mtu(&self) -> u16 {
+        self.conn.stats().path.current_mtu
+    }
+
+    /// UDP datagrams sent on the connection so far.
+    pub fn datagrams_sent(&self) -> u64 {
+        self.conn.stats().udp_tx.datagrams
+    }
+
     /// Writes raw bytes (junk included) to the stream.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
         self.stream.write_all(bytes).await?;
