@@ -397,7 +397,8 @@ pub async fn connect(
         .map_err(|e| Error::Connect(e.to_string()))
 }
 
-const BATCH_BYTES: usize = 32 * frame::FRAME_LEN;
+/// Frames per write at most.
+const BATCH_FRAMES: usize = 32;
 
 async fn peer_task(
     endpoint: quinn::Endpoint,
@@ -429,7 +430,9 @@ async fn peer_task(
             continue;
         };
         backoff = cfg.backoff_min;
-        let mut buf = Vec::with_capacity(BATCH_BYTES);
+        // Frames go to quinn as they are (`Bytes` owns each frame's buffer):
+        // no copy into a batch buffer, none into quinn's send buffer.
+        let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(BATCH_FRAMES);
         let mut last_write: Option<tokio::time::Instant> = None;
         loop {
             let Some(f) = rx.recv().await else {
@@ -437,8 +440,7 @@ async fn peer_task(
                 conn.close(0u8.into(), b"shutdown");
                 return;
             };
-            let mut n = 1;
-            buf.extend_from_slice(&f);
+            batch.push(f.into());
             let mut waited = false;
             // Frames arriving faster than one per `coalesce` (a busy node:
             // each worker hands over one frame per peel) are gathered into
@@ -446,23 +448,23 @@ async fn peer_task(
             // ACK and a wake-up at both ends (measured: half the node's
             // non-Sphinx CPU at full load).
             let busy = last_write.is_some_and(|t| t.elapsed() < cfg.coalesce);
-            while buf.len() < BATCH_BYTES {
+            while batch.len() < BATCH_FRAMES {
                 match rx.try_recv() {
-                    Ok(f) => {
-                        buf.extend_from_slice(&f);
-                        n += 1;
-                    }
+                    Ok(f) => batch.push(f.into()),
                     // Under load, wait a moment for more frames: one write of
                     // many frames costs far less than many writes of one.
-                    Err(_) if !waited && !cfg.coalesce.is_zero() && (n > 1 || busy) => {
+                    Err(_) if !waited && !cfg.coalesce.is_zero() && (batch.len() > 1 || busy) => {
                         waited = true;
                         tokio::time::sleep(cfg.coalesce).await;
                     }
                     Err(_) => break,
                 }
             }
-            metrics.queue_depth.sub(n);
-            if send.write_all(&buf).await.is_err() {
+            let n = batch.len();
+            metrics.queue_depth.sub(n as i64);
+            let written = send.write_all_chunks(&mut batch).await;
+            batch.clear();
+            if written.is_err() {
                 metrics
                     .dropped
                     .with_label_values(&["link_error"])
@@ -470,7 +472,6 @@ async fn peer_task(
                 break;
             }
             metrics.frames_out.inc_by(n as u64);
-            buf.clear();
             last_write = Some(tokio::time::Instant::now());
         }
     }
