@@ -28,6 +28,19 @@ async fn small_run_reports_consistent_figures() {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
     assert!((r.ratio - r.mixnode_pps / r.raw_unwrap_pps).abs() < 1e-9);
+    // Interleaved rounds; the one reported is their median by ratio.
+    assert_eq!(r.rounds.len(), 3, "{:?}", r.rounds);
+    let below = r.rounds.iter().filter(|x| x.ratio < r.ratio).count();
+    let above = r.rounds.iter().filter(|x| x.ratio > r.ratio).count();
+    assert!(below <= 1 && above <= 1, "{:?}", r.rounds);
+    assert!(r.rounds.iter().any(|x| x.ratio == r.ratio));
+    // Jumbo datagrams carry about three frames each; a fall back to 1200
+    // bytes would take two datagrams per frame.
+    assert!(
+        r.datagrams_per_packet > 0.0 && r.datagrams_per_packet < 1.0,
+        "{} datagrams per packet",
+        r.datagrams_per_packet
+    );
     assert!(r.half_load_p50_ms.is_finite() && r.half_load_p50_ms >= 0.0);
     assert!(r.half_load_p99_ms >= r.half_load_p50_ms);
     // The node forwarded, so its workers and its runtime had CPU time, and

@@ -19,13 +19,17 @@ pub struct MixnodeBench {
     pub mixnode_pps: f64,
     /// The same over the whole run, from the first write to the last arrival.
     pub mixnode_pps_whole_run: f64,
-    /// mixnode_pps / raw_unwrap_pps.
+    /// mixnode_pps / raw_unwrap_pps: the median of the rounds. The other
+    /// figures above and below are that round's.
     pub ratio: f64,
+    /// Every round: the node's rate beside the mean raw rate just before
+    /// and just after it.
+    pub rounds: Vec<Round>,
     /// Cores used.
     pub cores: usize,
-    /// Packets in each measurement.
+    /// Packets in each measurement (each round, each raw run).
     pub packets: usize,
-    /// Packets the node dropped (any reason) during the forwarding run.
+    /// Packets the node dropped (any reason) during the forwarding rounds.
     pub dropped: u64,
     /// UDP datagrams the sender sent per packet in the forwarding run, ACKs
     /// and retransmissions included: about a third with jumbo datagrams
@@ -244,15 +248,14 @@ async fn mixnode_on(
         recv.hop(),
     ];
     if progress {
-        eprintln!("building {packets} packets twice on {} cores…", cores());
+        eprintln!(
+            "building {} packets on {} cores…",
+            packets * (ROUNDS + 1),
+            cores()
+        );
     }
     let raw_packets = build_all(packets, &twin);
-    let node_packets = build_all(packets, &route);
-
-    let (raw, raw_cpu_us) = raw_unwrap(&raw_packets, &secret);
-    if progress {
-        eprintln!("raw unwrap: {raw:.0} packets/s");
-    }
+    let node_packets = build_all(packets * ROUNDS, &route);
 
     let node = &net.mixnodes[0];
     let mut inj = Injector::connect(mix.identity, mix.socket_addr()?).await?;
@@ -263,53 +266,56 @@ async fn mixnode_on(
     let warm_frames = sphinx_frames(&warm, topo.epoch)?;
     let warm_target = net.receiver.frames.load(Ordering::Relaxed) + warm.len() as u64;
     push(&mut inj, &warm_frames, &net.receiver.frames, warm_target).await?;
-    let frames = sphinx_frames(&node_packets, topo.epoch)?;
-    let n = node_packets.len() as u64;
-    let target = net.receiver.frames.load(Ordering::Relaxed) + n;
-    let dgrams0 = inj.datagrams_sent();
-    let cpu0 = sched_snapshot();
-    let (got, elapsed, steady) = push(&mut inj, &frames, &net.receiver.frames, target).await?;
-    let got = got - (target - n);
-    let cpu1 = sched_snapshot();
-    let datagrams_per_packet = (inj.datagrams_sent() - dgrams0) as f64 / n.max(1) as f64;
-    let path_mtu = inj.path_mtu();
-    let whole_pps = got as f64 / elapsed.as_secs_f64();
-    // The node's forwarding rate is the steady middle of the run (10th to
-    // 90th percentile arrival): the first packets wait for the sender's
-    // burst to get going, the last for the queue to drain.
-    let pps = steady.map_or(whole_pps, |s| s.arrived as f64 / s.secs);
-    // Raw again, right after: the machine's speed drifts (shared, noisy),
-    // so the ratio uses the mean of the raw rate before and after.
-    let (raw_after, raw_cpu_us_after) = raw_unwrap(&raw_packets, &secret);
+
+    // Raw, node, raw, node, …, raw: the machine's speed drifts (shared,
+    // noisy), so each node round is set beside the mean of the raw rates
+    // measured just before and just after it, and the run reports the
+    // median round.
+    let mut raws = vec![raw_unwrap(&raw_packets, &secret)];
     if progress {
-        eprintln!("raw unwrap again: {raw_after:.0} packets/s");
+        eprintln!("raw unwrap: {:.0} packets/s", raws[0].0);
     }
-    let raw = (raw + raw_after) / 2.0;
-    let raw_cpu_us = (raw_cpu_us + raw_cpu_us_after) / 2.0;
-    // Where the cores went while the node forwarded (the steady middle):
-    // its Sphinx workers, its QUIC and tokio threads, the benchmark's
-    // sender and receiver, idle.
-    let window = match steady {
-        Some(Steady {
-            arrived,
-            secs,
-            cpu: Some((a, b)),
-        }) => Some((a, b, secs, arrived)),
-        _ => cpu0
-            .zip(cpu1)
-            .map(|(a, b)| (a, b, elapsed.as_secs_f64(), got)),
-    };
-    let (share, us_per_packet, runs_per_packet) = match window {
-        Some(((a, ra), (b, rb), secs, arrived)) => {
-            let d = b.minus(&a);
-            (
-                d.scaled(1.0 / (secs * cores() as f64)),
-                d.scaled(1e6 / arrived.max(1) as f64),
-                rb.minus(&ra).scaled(1.0 / arrived.max(1) as f64),
-            )
+    let mut rounds: Vec<(Round, NodeRound)> = Vec::with_capacity(ROUNDS);
+    let mut frames = Vec::new();
+    for (i, chunk) in node_packets.chunks(packets.max(1)).enumerate() {
+        frames = sphinx_frames(chunk, topo.epoch)?;
+        let r = node_round(&mut inj, &net.receiver.frames, &frames, chunk.len() as u64).await?;
+        raws.push(raw_unwrap(&raw_packets, &secret));
+        let raw = (raws[i].0 + raws[i + 1].0) / 2.0;
+        let raw_cpu_us = (raws[i].1 + raws[i + 1].1) / 2.0;
+        if progress {
+            eprintln!(
+                "round {}: mix node {:.0} packets/s, raw unwrap after it {:.0} packets/s, ratio {:.3}",
+                i + 1,
+                r.pps,
+                raws[i + 1].0,
+                r.pps / raw
+            );
         }
-        None => (ThreadCpu::NAN, ThreadCpu::NAN, ThreadCpu::NAN),
+        rounds.push((
+            Round {
+                raw_unwrap_pps: raw,
+                mixnode_pps: r.pps,
+                mixnode_pps_whole_run: r.whole_pps,
+                ratio: r.pps / raw,
+                raw_cpu_us_per_packet: raw_cpu_us,
+            },
+            r,
+        ));
+    }
+    let mut by_ratio: Vec<&(Round, NodeRound)> = rounds.iter().collect();
+    by_ratio.sort_by(|a, b| a.0.ratio.total_cmp(&b.0.ratio));
+    let Some(&(median, m_node)) = by_ratio.get(by_ratio.len() / 2) else {
+        return Err("no round measured".into());
     };
+    let (raw, raw_cpu_us, pps, whole_pps) = (
+        median.raw_unwrap_pps,
+        median.raw_cpu_us_per_packet,
+        median.mixnode_pps,
+        median.mixnode_pps_whole_run,
+    );
+    let (share, us_per_packet, runs_per_packet) = (m_node.share, m_node.us, m_node.runs);
+    let (datagrams_per_packet, path_mtu) = (m_node.datagrams_per_packet, m_node.path_mtu);
     let m = node.metrics();
     let peel_us =
         m.processing.get_sample_sum() / m.processing.get_sample_count().max(1) as f64 * 1e6;
@@ -354,6 +360,7 @@ async fn mixnode_on(
     // The same frames straight to the receiver: what QUIC alone carries here.
     let mut direct = Injector::connect(recv.identity, recv.socket_addr()?).await?;
     let base = net.receiver.frames.load(Ordering::Relaxed);
+    let n = (frames.len() / protocol::frame::FRAME_LEN) as u64;
     let c0 = thread_cpu_seconds();
     let (link_got, link_elapsed, _) =
         push(&mut direct, &frames, &net.receiver.frames, base + n).await?;
@@ -369,6 +376,7 @@ async fn mixnode_on(
         mixnode_pps: pps,
         mixnode_pps_whole_run: whole_pps,
         ratio: pps / raw,
+        rounds: rounds.into_iter().map(|(r, _)| r).collect(),
         cores: cores(),
         packets,
         dropped,
@@ -387,6 +395,90 @@ async fn mixnode_on(
         half_load_p50_ms: half_p50,
         half_load_p99_ms: half_p99,
         soak,
+    })
+}
+
+/// Node rounds in one run, each between two raw measurements.
+const ROUNDS: usize = 3;
+
+/// One node round beside the raw rate around it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    /// Mean of the raw unwrap rates just before and just after the round.
+    pub raw_unwrap_pps: f64,
+    /// The node's rate in the steady middle of the round.
+    pub mixnode_pps: f64,
+    /// The node's rate over the whole round.
+    pub mixnode_pps_whole_run: f64,
+    /// mixnode_pps / raw_unwrap_pps.
+    pub ratio: f64,
+    /// Mean on-CPU time per raw unwrap of the two raw runs, µs.
+    pub raw_cpu_us_per_packet: f64,
+}
+
+/// What one node round measured.
+struct NodeRound {
+    pps: f64,
+    whole_pps: f64,
+    share: ThreadCpu,
+    us: ThreadCpu,
+    runs: ThreadCpu,
+    datagrams_per_packet: f64,
+    path_mtu: u16,
+}
+
+/// Sends `frames` (`n` packets) through the node as a sustained load and
+/// measures its rate and where the cores went.
+async fn node_round(
+    inj: &mut Injector,
+    counter: &std::sync::atomic::AtomicU64,
+    frames: &[u8],
+    n: u64,
+) -> Result<NodeRound, BoxError> {
+    let target = counter.load(Ordering::Relaxed) + n;
+    let dgrams0 = inj.datagrams_sent();
+    let cpu0 = sched_snapshot();
+    let (got, elapsed, steady) = push(inj, frames, counter, target).await?;
+    let got = got - (target - n);
+    let cpu1 = sched_snapshot();
+    let datagrams_per_packet = (inj.datagrams_sent() - dgrams0) as f64 / n.max(1) as f64;
+    let whole_pps = got as f64 / elapsed.as_secs_f64();
+    // The node's forwarding rate is the steady middle of the run (10th to
+    // 90th percentile arrival): the first packets wait for the sender to
+    // get going, the last for the queue to drain.
+    let pps = steady.map_or(whole_pps, |s| s.arrived as f64 / s.secs);
+    // Where the cores went while the node forwarded (the steady middle):
+    // its Sphinx workers, its QUIC and tokio threads, the benchmark's
+    // sender and receiver, idle.
+    let window = match steady {
+        Some(Steady {
+            arrived,
+            secs,
+            cpu: Some((a, b)),
+        }) => Some((a, b, secs, arrived)),
+        _ => cpu0
+            .zip(cpu1)
+            .map(|(a, b)| (a, b, elapsed.as_secs_f64(), got)),
+    };
+    let (share, us, runs) = match window {
+        Some(((a, ra), (b, rb), secs, arrived)) => {
+            let d = b.minus(&a);
+            (
+                d.scaled(1.0 / (secs * cores() as f64)),
+                d.scaled(1e6 / arrived.max(1) as f64),
+                rb.minus(&ra).scaled(1.0 / arrived.max(1) as f64),
+            )
+        }
+        None => (ThreadCpu::NAN, ThreadCpu::NAN, ThreadCpu::NAN),
+    };
+    Ok(NodeRound {
+        pps,
+        whole_pps,
+        share,
+        us,
+        runs,
+        datagrams_per_packet,
+        path_mtu: inj.path_mtu(),
     })
 }
 

@@ -570,8 +570,13 @@ async fn run(cli: Cli) -> Result<()> {
                     s.rss_max_mib
                 );
             }
+            let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{:.3}", x.ratio)).collect();
             println!(
-                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets, {} dropped)\nsender → node: {:.2} datagrams per packet, path MTU {} bytes\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench sender+receiver {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench sender+receiver {:.0} %, idle {:.0} %\nthreads put on a CPU per packet: node workers {:.2}, node QUIC/tokio {:.2}, bench sender+receiver {:.2}\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
+                "ratio by round: {} (the median round follows)",
+                rounds.join(", ")
+            );
+            println!(
+                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets per round, {} dropped)\nsender → node: {:.2} datagrams per packet, path MTU {} bytes\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench sender+receiver {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench sender+receiver {:.0} %, idle {:.0} %\nthreads put on a CPU per packet: node workers {:.2}, node QUIC/tokio {:.2}, bench sender+receiver {:.2}\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
                 r.raw_unwrap_pps,
                 r.cores,
                 r.mixnode_pps,
