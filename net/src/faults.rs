@@ -199,7 +199,7 @@ pub(crate) fn endpoint(
     let max_payload = if jumbo {
         usize::from(crate::tls::MAX_UDP_PAYLOAD)
     } else {
-        1472
+        crate::udp::DEFAULT_UDP_PAYLOAD
     };
     let inner: Arc<dyn AsyncUdpSocket> = Arc::new(crate::udp::GsoCapped::new(
         runtime.wrap_udp_socket(sock.into())?,

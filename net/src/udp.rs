@@ -22,6 +22,11 @@ use std::task::{Context, Poll};
 /// at most 65,535 bytes, less 20 of IP header and 8 of UDP header.
 const MAX_GSO_BYTES: usize = 65_535 - 20 - 8;
 
+/// The UDP payload limit of an endpoint without jumbo datagrams: quinn's
+/// default `max_udp_payload_size` (a 1500-byte Ethernet MTU less IP and
+/// UDP headers).
+pub(crate) const DEFAULT_UDP_PAYLOAD: usize = 1472;
+
 /// Datagrams of up to `max_payload` bytes that fit in one GSO send.
 pub(crate) fn max_segments(max_payload: usize) -> usize {
     (MAX_GSO_BYTES / max_payload.max(1)).max(1)
@@ -85,7 +90,12 @@ mod tests {
 
     #[test]
     fn batches_fit_in_one_ip_packet() {
-        for payload in [usize::from(crate::tls::MAX_UDP_PAYLOAD), 1472, 1200, 65_507] {
+        for payload in [
+            usize::from(crate::tls::MAX_UDP_PAYLOAD),
+            DEFAULT_UDP_PAYLOAD,
+            1200,
+            65_507,
+        ] {
             let n = max_segments(payload);
             assert!(n * payload <= MAX_GSO_BYTES, "{n} × {payload}");
             assert!((n + 1) * payload > MAX_GSO_BYTES, "{n} × {payload}");

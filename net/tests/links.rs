@@ -38,6 +38,21 @@ fn server_with(key: &SigningKey, jumbo: bool) -> (quinn::Endpoint, Arc<AtomicU64
     (ep, count, metrics)
 }
 
+/// Connects from `client` to the server `ep` holding the identity `key`.
+async fn dial(
+    client: &quinn::Endpoint,
+    key: &SigningKey,
+    ep: &quinn::Endpoint,
+) -> quinn::Connection {
+    link::connect(
+        client,
+        key.verifying_key().to_bytes(),
+        ep.local_addr().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn pinned_identity_is_required() {
     let a = SigningKey::from_bytes(&[1; 32]);
@@ -66,13 +81,7 @@ async fn jumbo_bursts_arrive_whole_in_full_datagrams() {
     let a = SigningKey::from_bytes(&[4; 32]);
     let (ep, count, _) = server_with(&a, true);
     let client = link::bulk_client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = link::connect(
-        &client,
-        a.verifying_key().to_bytes(),
-        ep.local_addr().unwrap(),
-    )
-    .await
-    .unwrap();
+    let conn = dial(&client, &a, &ep).await;
     // Path-MTU discovery first reaches the jumbo size.
     wait_for("a jumbo path MTU", || conn.stats().path.current_mtu >= 8000).await;
     let mut send = conn.open_uni().await.unwrap();
@@ -99,13 +108,7 @@ async fn junk_frames_are_counted_and_the_stream_goes_on() {
     let a = SigningKey::from_bytes(&[3; 32]);
     let (ep, count, metrics) = server(&a);
     let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = link::connect(
-        &client,
-        a.verifying_key().to_bytes(),
-        ep.local_addr().unwrap(),
-    )
-    .await
-    .unwrap();
+    let conn = dial(&client, &a, &ep).await;
     let mut send = conn.open_uni().await.unwrap();
     let good = frame::encode(FrameKind::Sphinx, 1, &vec![0u8; PACKET_SIZE]).unwrap();
     for i in 0..20u16 {

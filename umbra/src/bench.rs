@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 /// Figures from one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct MixnodeBench {
-    /// Sphinx unwraps per second on all cores, no networking.
+    /// Sphinx unwraps per second on all cores, no networking: the mean of
+    /// the raw runs before and after the median round.
     pub raw_unwrap_pps: f64,
-    /// Packets per second one mix node forwarded end to end over QUIC, in
-    /// the steady middle of the run (10th to 90th percentile arrival).
+    /// Packets per second one mix node forwarded end to end over QUIC in
+    /// the median round, in its steady middle (10th to 90th percentile
+    /// arrival).
     pub mixnode_pps: f64,
-    /// The same over the whole run, from the first write to the last arrival.
+    /// The same over that whole round, from the first write to the last
+    /// arrival.
     pub mixnode_pps_whole_run: f64,
     /// mixnode_pps / raw_unwrap_pps: the median of the rounds. The other
     /// figures above and below are that round's.
