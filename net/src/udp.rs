@@ -1,5 +1,5 @@
-//! The UDP socket under a node's QUIC endpoint, with its GSO batches kept
-//! within what the kernel sends.
+//! The UDP socket under every QUIC endpoint we bind (nodes, gateways,
+//! clients), with its GSO batches kept within what the kernel sends.
 //!
 //! quinn hands the socket up to 10 datagrams at a time in one
 //! segmentation-offload (GSO) send. With jumbo datagrams (8952 bytes) that

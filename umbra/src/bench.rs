@@ -167,12 +167,17 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64,
 /// On-CPU seconds of the calling thread (Linux schedstat).
 fn own_cpu_seconds() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(on_cpu_ns(&s)? as f64 / 1e9)
+    Some(schedstat_field(&s, ON_CPU_NS)? as f64 / 1e9)
 }
 
-/// The on-CPU nanoseconds in a schedstat file's text (its first field).
-fn on_cpu_ns(schedstat: &str) -> Option<u64> {
-    schedstat.split_whitespace().next()?.parse().ok()
+/// Fields of a schedstat file: on-CPU nanoseconds, and the times the
+/// thread was put on a CPU.
+const ON_CPU_NS: usize = 0;
+const RUNS: usize = 2;
+
+/// Field `n` of a schedstat file's text.
+fn schedstat_field(schedstat: &str, n: usize) -> Option<u64> {
+    schedstat.split_whitespace().nth(n)?.parse().ok()
 }
 
 /// Runs both measurements with `packets` packets each.
@@ -816,12 +821,8 @@ fn sched_snapshot() -> Option<Sched> {
         } else {
             2
         };
-        ns[i] += on_cpu_ns(&sched)?;
-        runs[i] += sched
-            .split_whitespace()
-            .nth(2)
-            .and_then(|r| r.parse::<u64>().ok())
-            .unwrap_or(0);
+        ns[i] += schedstat_field(&sched, ON_CPU_NS)?;
+        runs[i] += schedstat_field(&sched, RUNS).unwrap_or(0);
     }
     let group = |v: [u64; 3], k: f64| ThreadCpu {
         workers: v[0] as f64 * k,
