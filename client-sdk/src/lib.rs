@@ -7,10 +7,13 @@ pub use invite::Invite;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use net::dirclient::DirectoryClient;
+use net::dirclient::Authorities;
+pub use net::dirclient::AuthorityRef;
 use net::link::{LinkConfig, LinkMetrics};
 use protocol::NodeId;
-use protocol::cover::{ClientStream, Emission, LoopOutcome, LoopTracker};
+use protocol::cover::{
+    ClientStream, DownlinkBudget, Emission, FETCH_COST, LoopOutcome, LoopTracker,
+};
 use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::messages::{
@@ -22,7 +25,7 @@ use protocol::reliable::{
     Complete, Fragment, Kind, Outbox, OutboxConfig, Outgoing, Reassembler, Sequencer,
 };
 pub use protocol::reliable::{MessageId, Progress, Status};
-use protocol::topology::{self, TopologyDocument, TopologyNode, TrustPolicy};
+use protocol::topology::{self, TopologyDocument, TopologyNode};
 use rand::{Rng, RngExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,10 +86,10 @@ pub enum Error {
 /// Settings of a client.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Base URL of the directory authority.
-    pub directory_url: String,
-    /// The authority's key; topologies not signed by it are refused.
-    pub authority_key: [u8; 32],
+    /// The network's directory authorities (URL and public key of each).
+    pub authorities: Vec<AuthorityRef>,
+    /// Signatures of `authorities` a topology needs (k of n); fewer are refused.
+    pub authority_threshold: usize,
     /// The entry gateway to use; `None` picks one at random.
     pub entry_gateway: Option<NodeId>,
     /// How often to fetch every dropbox.
@@ -121,14 +124,28 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A config for the directory at `directory_url` whose key is `authority_hex`.
+    /// A config for a network of one directory authority at `directory_url`
+    /// whose key is `authority_hex`.
     pub fn new(directory_url: &str, authority_hex: &str) -> Result<Self, Error> {
-        let mut authority_key = [0u8; 32];
-        hex::decode_to_slice(authority_hex.trim(), &mut authority_key)
-            .map_err(|e| Error::Config(format!("authority key must be 64 hex digits: {e}")))?;
+        Self::with_authorities(
+            vec![AuthorityRef {
+                url: directory_url.to_string(),
+                key: authority_hex.trim().to_string(),
+            }],
+            1,
+        )
+    }
+
+    /// A config for a network of several authorities, of which `threshold`
+    /// must sign a topology.
+    pub fn with_authorities(
+        authorities: Vec<AuthorityRef>,
+        threshold: usize,
+    ) -> Result<Self, Error> {
+        Authorities::new(&authorities, threshold).map_err(Error::Config)?;
         Ok(Self {
-            directory_url: directory_url.to_string(),
-            authority_key,
+            authorities,
+            authority_threshold: threshold,
             entry_gateway: None,
             fetch_interval: Duration::from_secs(5),
             topology_refresh: Duration::from_secs(60),
@@ -415,6 +432,7 @@ impl StatusBoard {
 
 #[derive(Default)]
 struct CoverCounters {
+    downlink_dummies: AtomicU64,
     real: AtomicU64,
     fetches: AtomicU64,
     drop_cover: AtomicU64,
@@ -439,6 +457,9 @@ pub struct CoverStats {
     pub loops_returned: u64,
     /// Loops that came back later than that: a hop held them.
     pub loops_late: u64,
+    /// Dummy frames of the constant-rate downlink received (the gateway
+    /// sends them when it holds nothing for this client).
+    pub downlink_dummies: u64,
     /// Loops not back 30 s after their expected time: a broken route, or
     /// someone dropping packets (n−1 attack).
     pub loops_lost: u64,
@@ -451,8 +472,9 @@ struct Inner {
     /// Where our entry gateway hands us SURB replies. Random per session.
     address: [u8; 32],
     entry: TopologyNode,
-    dir: DirectoryClient,
-    trust: TrustPolicy,
+    dir: Authorities,
+    /// What the constant-rate downlink can carry: fetches wait for it.
+    downlink: Mutex<DownlinkBudget>,
     topology: RwLock<Arc<TopologyDocument>>,
     contacts: Mutex<HashMap<[u8; 32], Contact>>,
     pending: Mutex<HashMap<[u8; 16], Pending>>,
@@ -527,16 +549,11 @@ impl Client {
     /// starts fetching. Returns the client and its inbox.
     pub async fn connect(cfg: ClientConfig, identity: Identity) -> Result<(Client, Inbox), Error> {
         net::install_crypto_provider();
-        let dir = DirectoryClient::new(&cfg.directory_url)?;
-        let trust = TrustPolicy {
-            authorities: vec![cfg.authority_key],
-            threshold: 1,
-        };
-        let signed = dir
-            .topology(false)
+        let dir =
+            Authorities::new(&cfg.authorities, cfg.authority_threshold).map_err(Error::Config)?;
+        let topo = dir
+            .topology(false, now_ms(), None)
             .await
-            .map_err(|e| Error::Directory(e.to_string()))?;
-        let topo = topology::verify_topology(&signed, &trust, now_ms(), None)
             .map_err(|e| Error::Directory(e.to_string()))?;
         let gateways: Vec<&TopologyNode> = topo
             .gateways()
@@ -595,7 +612,11 @@ impl Client {
             address,
             entry,
             dir,
-            trust,
+            downlink: Mutex::new(DownlinkBudget::new(
+                params.lambda_downlink,
+                if cover_on { params.lambda_loop } else { 0.0 },
+                0.0,
+            )),
             topology: RwLock::new(Arc::new(topo)),
             contacts: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -652,7 +673,9 @@ impl Client {
         if inv.public == self.inner.identity.public {
             return Err(Error::InvalidInvite("that is your own invite".into()));
         }
-        let pair = PairSecret::derive(&self.inner.identity.secret, &inv.public);
+        // A key of small order would make the pair secret follow from public keys.
+        let pair = PairSecret::derive(&self.inner.identity.secret, &inv.public)
+            .map_err(|e| Error::InvalidInvite(format!("unusable contact key: {e}")))?;
         self.inner
             .contacts
             .lock()
@@ -786,6 +809,7 @@ impl Client {
             loops_returned: c.loops_returned.load(Ordering::Relaxed),
             loops_late: c.loops_late.load(Ordering::Relaxed),
             loops_lost: c.loops_lost.load(Ordering::Relaxed),
+            downlink_dummies: c.downlink_dummies.load(Ordering::Relaxed),
         }
     }
 
@@ -916,6 +940,11 @@ impl Inner {
                     now,
                     timeout.as_secs_f64(),
                 );
+                // Its ack takes one downlink frame.
+                self.downlink
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(1.0, now);
                 self.publish_events();
                 Some(frame)
             }
@@ -1209,6 +1238,27 @@ impl Inner {
         self.packet_to_box(&dropbox, &bytes).map(Some)
     }
 
+    /// The next queued fetch, if the downlink has room for its replies
+    /// (otherwise it waits: replies beyond λ_D would only pile up at the
+    /// gateway).
+    fn paced_fetch_frame(&self) -> Option<Vec<u8>> {
+        let now = self.now();
+        if !self
+            .downlink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .can_take(FETCH_COST, now)
+        {
+            return None;
+        }
+        let f = self.next_fetch_frame()?;
+        self.downlink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(FETCH_COST, now);
+        Some(f)
+    }
+
     /// The next queued fetch that has something to ask, built, or `None`.
     fn next_fetch_frame(&self) -> Option<Vec<u8>> {
         loop {
@@ -1309,6 +1359,11 @@ impl Inner {
 
     /// A reply arrived from our entry gateway.
     fn on_delivery(&self, identifier: [u8; 16], payload: &[u8]) {
+        if identifier == [0; 16] {
+            // A dummy of the constant-rate downlink: nothing was queued for us.
+            self.cover.downlink_dummies.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let now = self.now();
         let outcome = self
             .loops
@@ -1673,14 +1728,14 @@ async fn sender_task(inner: Arc<Inner>) {
                     fetch_turn = !fetch_turn;
                     let real = if fetch_turn {
                         inner
-                            .next_fetch_frame()
+                            .paced_fetch_frame()
                             .map(|f| (f, true))
                             .or_else(|| inner.next_fragment_frame().map(|f| (f, false)))
                     } else {
                         inner
                             .next_fragment_frame()
                             .map(|f| (f, false))
-                            .or_else(|| inner.next_fetch_frame().map(|f| (f, true)))
+                            .or_else(|| inner.paced_fetch_frame().map(|f| (f, true)))
                     };
                     match real {
                         Some((f, true)) => {
@@ -1740,14 +1795,9 @@ async fn topology_task(inner: Arc<Inner>) {
             let t = inner.topology();
             Some((t.epoch, t.revision))
         };
-        match inner.dir.topology(false).await {
-            Ok(s) => match topology::verify_topology(&s, &inner.trust, now_ms(), last) {
-                Ok(doc) => {
-                    *inner.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(doc)
-                }
-                Err(e) => tracing::warn!(error = %e, "topology refused"),
-            },
-            Err(e) => tracing::debug!(error = %e, "topology refresh failed"),
+        match inner.dir.topology(false, now_ms(), last).await {
+            Ok(doc) => *inner.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(doc),
+            Err(e) => tracing::warn!(error = %e, "topology refresh failed; keeping the old one"),
         }
     }
 }

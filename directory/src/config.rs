@@ -1,3 +1,4 @@
+use net::dirclient::AuthorityRef;
 use protocol::topology::NetworkParams;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -19,6 +20,23 @@ pub struct DirectoryConfig {
     pub max_nodes: u64,
     /// Network parameters published in every topology.
     pub params: NetworkParams,
+    /// Every authority of the network, this one included (its URL and key).
+    /// Empty: this authority alone (`threshold` must then be 1).
+    pub authorities: Vec<AuthorityRef>,
+    /// Signatures a topology needs (k of the n authorities). Every
+    /// authority, node and client of a network uses the same value.
+    pub threshold: usize,
+    /// How often the authority fetches the others' votes and signatures,
+    /// milliseconds.
+    pub vote_interval_ms: u64,
+    /// An explicit test network: descriptors may carry loopback and private
+    /// addresses. Off in production, where only public unicast addresses
+    /// are accepted.
+    pub test_network: bool,
+    /// The allowlist of admitted node identities; by default
+    /// `<data_dir>/admitted.toml`. Edit it with `umbra directory admit` and
+    /// `revoke`.
+    pub admission_file: Option<PathBuf>,
 }
 
 impl Default for DirectoryConfig {
@@ -30,11 +48,23 @@ impl Default for DirectoryConfig {
             genesis_unix_ms: 0,
             max_nodes: 10_000,
             params: NetworkParams::default(),
+            authorities: Vec::new(),
+            threshold: 1,
+            vote_interval_ms: 5_000,
+            test_network: false,
+            admission_file: None,
         }
     }
 }
 
 impl DirectoryConfig {
+    /// Where the allowlist lives.
+    pub fn admission_path(&self) -> PathBuf {
+        self.admission_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admitted.toml"))
+    }
+
     /// A commented example, as `umbra directory init` writes it.
     pub fn example() -> String {
         let d = Self::default();
@@ -52,6 +82,17 @@ epoch_length_secs = {epoch}
 genesis_unix_ms = {genesis}
 # Most nodes the authority keeps descriptors for.
 max_nodes = {max_nodes}
+# Signatures a topology needs: k of the n authorities listed below. Every
+# authority, node and client of the network uses the same k.
+threshold = {threshold}
+# How often to fetch the other authorities' votes and signatures (ms).
+vote_interval_ms = {vote_interval}
+# Only nodes on this allowlist are admitted; edit it with
+# `umbra directory admit KEY --role mix|gateway` and `umbra directory revoke KEY`.
+# admission_file = "{data_dir}/admitted.toml"
+# A test network accepts loopback and private node addresses; production
+# authorities accept public unicast addresses only.
+test_network = false
 
 # Network parameters published in every topology; all clients use the same.
 [params]
@@ -65,6 +106,15 @@ lambda_payload = {lp:?}
 lambda_loop = {ll:?}
 # Mix node loop cover rate, packets/s.
 lambda_mix_loop = {lm:?}
+# Rate of the constant downlink each gateway sends its clients, Deliver
+# frames/s (dummies when nothing is queued).
+lambda_downlink = {ld:?}
+
+# Every authority of the network, this one included, with its public key
+# (`umbra directory key`). Leave empty for a network of one authority.
+# [[authorities]]
+# url = "http://198.51.100.4:8000"
+# key = "<64 hex digits>"
 "#,
             listen = d.listen,
             data_dir = d.data_dir.display(),
@@ -76,6 +126,9 @@ lambda_mix_loop = {lm:?}
             lp = d.params.lambda_payload,
             ll = d.params.lambda_loop,
             lm = d.params.lambda_mix_loop,
+            ld = d.params.lambda_downlink,
+            threshold = d.threshold,
+            vote_interval = d.vote_interval_ms,
         )
     }
 }

@@ -1,29 +1,35 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod admission;
 mod config;
 mod store;
 
+pub use admission::{Admission, parse_identity};
 pub use config::DirectoryConfig;
 
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ed25519_dalek::SigningKey;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use net::dirclient::DirectoryClient;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use protocol::NodeId;
 use protocol::epoch::EpochSchedule;
-use protocol::topology::{self, NodeDescriptor, Signed, TopologyDocument, TopologyNode};
-use std::collections::{BTreeMap, HashMap};
+use protocol::topology::{
+    self, AddressPolicy, NodeDescriptor, Role, Signed, TOPOLOGY_DOMAIN, VOTE_DOMAIN, Vote, VoteNode,
+};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::Store;
 use thiserror::Error;
+use tokio::sync::Notify;
 
 /// Errors of the directory authority.
 #[derive(Debug, Error)]
@@ -59,24 +65,41 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-struct Published {
-    revision: u64,
+/// This authority's vote for one epoch.
+struct OwnVote {
+    vote: Vote,
     signed: Arc<Signed>,
-    nodes: Vec<TopologyNode>,
 }
 
-#[derive(Default)]
-struct Descriptors {
+/// Everything that changes while the authority runs.
+struct Held {
     descriptors: BTreeMap<NodeId, (NodeDescriptor, Signed)>,
-    published: HashMap<u64, Published>,
+    admission: Admission,
+    /// This authority's votes, by epoch.
+    votes: BTreeMap<u64, OwnVote>,
+    /// The other authorities' latest verified votes, by epoch and authority.
+    peer_votes: BTreeMap<u64, BTreeMap<[u8; 32], Vote>>,
+    /// The consensus this authority computed, by epoch, with its own
+    /// signature first and every matching signature collected since.
+    candidates: BTreeMap<u64, Signed>,
+    /// The newest consensus with at least `threshold` signatures, by epoch.
+    published: BTreeMap<u64, Arc<Signed>>,
 }
 
 struct Inner {
     key: SigningKey,
     cfg: DirectoryConfig,
     schedule: EpochSchedule,
+    policy: AddressPolicy,
+    /// Every authority's key (this one's included) and k.
+    keys: Vec<[u8; 32]>,
+    threshold: usize,
+    /// The other authorities.
+    peers: Vec<([u8; 32], DirectoryClient)>,
     store: Store,
-    state: Mutex<Descriptors>,
+    state: Mutex<Held>,
+    /// Wakes the vote round early (a registration changed the vote).
+    round: Notify,
     metrics: Metrics,
     registry: Registry,
 }
@@ -85,6 +108,8 @@ struct Inner {
 struct Metrics {
     registrations: IntCounterVec,
     nodes: IntGauge,
+    signatures: IntGauge,
+    peer_failures: IntCounter,
 }
 
 /// A running directory authority's shared state.
@@ -93,24 +118,132 @@ pub struct Directory {
     inner: Arc<Inner>,
 }
 
+fn metric_err(e: prometheus::Error) -> Error {
+    Error::Config(e.to_string())
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Result<Self, Error> {
+        let m = Self {
+            registrations: IntCounterVec::new(
+                Opts::new(
+                    "umbra_directory_registrations_total",
+                    "Descriptor registrations by outcome",
+                ),
+                &["outcome"],
+            )
+            .map_err(metric_err)?,
+            nodes: IntGauge::new(
+                "umbra_directory_nodes",
+                "Nodes in the published topology of the current epoch",
+            )
+            .map_err(metric_err)?,
+            signatures: IntGauge::new(
+                "umbra_directory_consensus_signatures",
+                "Authority signatures on the published topology of the current epoch",
+            )
+            .map_err(metric_err)?,
+            peer_failures: IntCounter::new(
+                "umbra_directory_peer_fetch_failures_total",
+                "Votes or signatures another authority did not give",
+            )
+            .map_err(metric_err)?,
+        };
+        for c in [
+            Box::new(m.registrations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.nodes.clone()),
+            Box::new(m.signatures.clone()),
+            Box::new(m.peer_failures.clone()),
+        ] {
+            registry.register(c).map_err(metric_err)?;
+        }
+        Ok(m)
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Mix => "mix",
+        Role::Gateway => "gateway",
+    }
+}
+
 impl Directory {
-    /// Opens (or creates) the authority's key and store under `cfg.data_dir`.
+    /// Opens (or creates) the authority's key and store under `cfg.data_dir`,
+    /// and checks the authority set it is configured with.
     pub fn open(cfg: DirectoryConfig) -> Result<Self, Error> {
         let schedule = EpochSchedule::new(
             cfg.genesis_unix_ms,
             cfg.epoch_length_secs.saturating_mul(1000),
         )
         .ok_or_else(|| Error::Config("epoch_length_secs must be above zero".into()))?;
-        std::fs::create_dir_all(&cfg.data_dir)?;
+        net::identity::create_private_dir(&cfg.data_dir)?;
         let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))?;
+        let me = key.verifying_key().to_bytes();
+        let mut keys = Vec::new();
+        let mut peers = Vec::new();
+        let timeout = Duration::from_millis(cfg.vote_interval_ms.clamp(500, 5_000));
+        for a in &cfg.authorities {
+            let k = a
+                .key_bytes()
+                .map_err(|e| Error::Config(format!("key `authorities`: {e}")))?;
+            if keys.contains(&k) {
+                return Err(Error::Config(format!(
+                    "key `authorities`: {} is listed twice",
+                    a.key
+                )));
+            }
+            keys.push(k);
+            if k != me {
+                peers.push((k, DirectoryClient::with_timeout(&a.url, timeout)?));
+            }
+        }
+        if keys.is_empty() {
+            keys.push(me);
+        } else if !keys.contains(&me) {
+            return Err(Error::Config(format!(
+                "key `authorities`: this authority's own key {} is not listed",
+                hex::encode(me)
+            )));
+        }
+        if cfg.threshold == 0 || cfg.threshold > keys.len() {
+            return Err(Error::Config(format!(
+                "key `threshold`: {} must be between 1 and the {} authorities listed",
+                cfg.threshold,
+                keys.len()
+            )));
+        }
+        if 2 * cfg.threshold <= keys.len() {
+            tracing::warn!(
+                threshold = cfg.threshold,
+                authorities = keys.len(),
+                "threshold is at most half the authorities: two halves could each publish \
+                 a different topology"
+            );
+        }
+        if cfg.vote_interval_ms == 0 {
+            return Err(Error::Config(
+                "key `vote_interval_ms` must be above zero".into(),
+            ));
+        }
+        let policy = if cfg.test_network {
+            tracing::warn!(
+                "test_network is set: nodes may register loopback and private addresses; \
+                 never on a public network"
+            );
+            AddressPolicy::TestNetwork
+        } else {
+            AddressPolicy::PublicOnly
+        };
+        let admission = Admission::load(&cfg.admission_path())?;
         let store = Store::open(&cfg.data_dir.join("directory.redb"))?;
         // Load what was registered before a restart; verify it once here.
         let now_epoch = schedule.epoch_at(now_ms());
-        let mut state = Descriptors::default();
+        let mut descriptors = BTreeMap::new();
         for signed in store.all()? {
-            match topology::verify_descriptor(&signed, now_epoch) {
+            match topology::verify_descriptor(&signed, now_epoch, policy) {
                 Ok(d) => {
-                    state.descriptors.insert(d.identity, (d, signed));
+                    descriptors.insert(d.identity, (d, signed));
                 }
                 // Stale since we last ran: forget it.
                 Err(_) => {
@@ -121,33 +254,32 @@ impl Directory {
             }
         }
         let registry = Registry::new();
-        let metrics = Metrics {
-            registrations: IntCounterVec::new(
-                Opts::new(
-                    "umbra_directory_registrations_total",
-                    "Descriptor registrations by outcome",
-                ),
-                &["outcome"],
-            )
-            .map_err(|e| Error::Config(e.to_string()))?,
-            nodes: IntGauge::new("umbra_directory_nodes", "Nodes in the current topology")
-                .map_err(|e| Error::Config(e.to_string()))?,
-        };
-        registry
-            .register(Box::new(metrics.registrations.clone()))
-            .and_then(|_| registry.register(Box::new(metrics.nodes.clone())))
-            .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Self {
+        let metrics = Metrics::new(&registry)?;
+        let dir = Self {
             inner: Arc::new(Inner {
                 key,
-                cfg,
                 schedule,
+                policy,
+                keys,
+                threshold: cfg.threshold,
+                peers,
+                cfg,
                 store,
-                state: Mutex::new(state),
+                state: Mutex::new(Held {
+                    descriptors,
+                    admission,
+                    votes: BTreeMap::new(),
+                    peer_votes: BTreeMap::new(),
+                    candidates: BTreeMap::new(),
+                    published: BTreeMap::new(),
+                }),
+                round: Notify::new(),
                 metrics,
                 registry,
             }),
-        })
+        };
+        dir.update(now_ms());
+        Ok(dir)
     }
 
     /// The authority's public key, which clients and nodes pin.
@@ -160,9 +292,29 @@ impl Directory {
         self.inner.schedule
     }
 
-    /// Verifies and stores a descriptor at time `now_ms`. A descriptor older
-    /// than the one held for the same node is refused, so nobody can roll a
-    /// node back to keys it has erased.
+    fn state(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits `id` for `role` (saved to the allowlist file) and re-votes.
+    pub fn admit(&self, id: NodeId, role: Role) -> Result<(), Error> {
+        self.state().admission.admit(id, role)?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Revokes `id` (saved to the allowlist file) and re-votes; false if it
+    /// was not admitted.
+    pub fn revoke(&self, id: &NodeId) -> Result<bool, Error> {
+        let was = self.state().admission.revoke(id)?;
+        self.changed();
+        Ok(was)
+    }
+
+    /// Verifies and stores a descriptor at time `now_ms`. Refused unless the
+    /// node is admitted for its role. A descriptor older than the one held
+    /// for the same node is refused, so nobody can roll a node back to keys
+    /// it has erased.
     pub fn register(&self, signed: &Signed, now_ms: u64) -> Result<NodeDescriptor, Error> {
         let outcome = self.register_inner(signed, now_ms);
         let label = match &outcome {
@@ -175,13 +327,35 @@ impl Directory {
             .registrations
             .with_label_values(&[label])
             .inc();
+        if outcome.is_ok() {
+            self.changed();
+        }
         outcome
     }
 
     fn register_inner(&self, signed: &Signed, now_ms: u64) -> Result<NodeDescriptor, Error> {
         let epoch = self.inner.schedule.epoch_at(now_ms);
-        let d = topology::verify_descriptor(signed, epoch)?;
-        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let d = topology::verify_descriptor(signed, epoch, self.inner.policy)?;
+        let mut state = self.state();
+        state.admission.refresh();
+        let id = hex::encode(d.identity);
+        match state.admission.role(&d.identity) {
+            None => {
+                return Err(Error::Refused(protocol::Error::Rejected(format!(
+                    "node {id} is not admitted by this authority (its operator admits it \
+                     with `umbra directory admit {id} --role {}`)",
+                    role_name(d.role)
+                ))));
+            }
+            Some(r) if r != d.role => {
+                return Err(Error::Refused(protocol::Error::Rejected(format!(
+                    "node {id} is admitted as a {} node, not as a {}",
+                    role_name(r),
+                    role_name(d.role)
+                ))));
+            }
+            Some(_) => {}
+        }
         self.prune(&mut state, epoch);
         match state.descriptors.get(&d.identity) {
             Some((old, _)) if old.published_ms > d.published_ms => {
@@ -203,8 +377,16 @@ impl Directory {
         Ok(d)
     }
 
-    /// Forgets descriptors with no key for `now_epoch` or the next one.
-    fn prune(&self, state: &mut Descriptors, now_epoch: u64) {
+    /// Something this authority votes on changed: re-vote now and let the
+    /// round collect the others' signatures.
+    fn changed(&self) {
+        self.update(now_ms());
+        self.inner.round.notify_one();
+    }
+
+    /// Forgets descriptors with no key for `now_epoch` or the next one, and
+    /// votes and documents of epochs before the previous one.
+    fn prune(&self, state: &mut Held, now_epoch: u64) {
         let stale: Vec<NodeId> = state
             .descriptors
             .iter()
@@ -219,50 +401,237 @@ impl Directory {
                 tracing::warn!(error = %e, "cannot delete a stale descriptor");
             }
         }
-        state.published.retain(|e, _| *e + 1 >= now_epoch);
+        let floor = now_epoch.saturating_sub(1);
+        state.votes.retain(|e, _| *e >= floor);
+        state.peer_votes.retain(|e, _| *e >= floor);
+        state.candidates.retain(|e, _| *e >= floor);
+        state.published.retain(|e, _| *e >= floor);
     }
 
-    /// The signed topology for `epoch`. It is re-signed, with a higher
-    /// revision, only when the nodes serving that epoch change.
-    pub fn topology(&self, epoch: u64, now_ms: u64) -> Result<Arc<Signed>, Error> {
-        let now_epoch = self.inner.schedule.epoch_at(now_ms);
-        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.prune(&mut state, now_epoch);
-        let descriptors: Vec<NodeDescriptor> =
-            state.descriptors.values().map(|(d, _)| d.clone()).collect();
-        let mut doc = TopologyDocument::build(
-            epoch,
-            0,
-            self.inner.schedule,
-            self.inner.cfg.params,
-            &descriptors,
-        );
-        if let Some(p) = state.published.get(&epoch)
-            && p.nodes == doc.nodes
+    /// This authority's vote for `epoch`: the admitted nodes it holds a key
+    /// for. Re-signed, with a higher revision, only when they change.
+    fn own_vote(&self, state: &mut Held, epoch: u64, now_ms: u64) -> Arc<Signed> {
+        let nodes: Vec<VoteNode> = state
+            .descriptors
+            .values()
+            .filter(|(d, _)| state.admission.role(&d.identity) == Some(d.role))
+            .filter_map(|(d, _)| VoteNode::from_descriptor(d, epoch))
+            .collect();
+        if let Some(v) = state.votes.get(&epoch)
+            && v.vote.nodes == nodes
         {
-            return Ok(p.signed.clone());
+            return v.signed.clone();
         }
-        // Revisions must grow across restarts too: use the clock, never less than last + 1.
-        doc.revision = state
-            .published
+        // Revisions grow across restarts too: the clock, never less than last + 1.
+        let revision = state
+            .votes
             .get(&epoch)
-            .map_or(now_ms, |p| (p.revision + 1).max(now_ms));
-        if epoch == now_epoch {
-            self.inner.metrics.nodes.set(doc.nodes.len() as i64);
-        }
-        let signed = Arc::new(
-            Signed::sign(&doc, topology::TOPOLOGY_DOMAIN, &self.inner.key)
-                .map_err(|e| Error::Config(e.to_string()))?,
-        );
-        state.published.insert(
+            .map_or(now_ms, |v| (v.vote.revision + 1).max(now_ms));
+        let vote = Vote {
+            authority: self.public_key(),
             epoch,
-            Published {
-                revision: doc.revision,
+            revision,
+            schedule: self.inner.schedule,
+            params: self.inner.cfg.params,
+            nodes,
+        };
+        // Serialising a vote of plain fields cannot fail; an empty body
+        // (refused by every verifier) stands in if it ever did.
+        let signed = Arc::new(
+            Signed::sign(&vote, VOTE_DOMAIN, &self.inner.key).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot sign a vote");
+                Signed {
+                    body: String::new(),
+                    signatures: Vec::new(),
+                }
+            }),
+        );
+        state.votes.insert(
+            epoch,
+            OwnVote {
+                vote,
                 signed: signed.clone(),
-                nodes: doc.nodes,
             },
         );
-        Ok(signed)
+        signed
+    }
+
+    /// Recomputes this authority's vote and consensus candidate for `epoch`
+    /// from what it holds, and publishes the candidate if it has enough
+    /// signatures.
+    fn recompute(&self, state: &mut Held, epoch: u64, now_ms: u64) {
+        self.own_vote(state, epoch, now_ms);
+        let mut votes: Vec<Vote> = state
+            .votes
+            .get(&epoch)
+            .map(|v| v.vote.clone())
+            .into_iter()
+            .collect();
+        if let Some(p) = state.peer_votes.get(&epoch) {
+            votes.extend(p.values().cloned());
+        }
+        let Some(doc) = topology::consensus(
+            epoch,
+            self.inner.schedule,
+            self.inner.cfg.params,
+            &votes,
+            self.inner.threshold,
+        ) else {
+            return;
+        };
+        let body = match serde_json::to_string(&doc) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise the consensus");
+                return;
+            }
+        };
+        if state.candidates.get(&epoch).map(|c| &c.body) != Some(&body) {
+            let mut signed = Signed {
+                body,
+                signatures: Vec::new(),
+            };
+            signed.cosign(TOPOLOGY_DOMAIN, &self.inner.key);
+            state.candidates.insert(epoch, signed);
+        }
+        self.publish(state, epoch);
+    }
+
+    /// Publishes the candidate for `epoch` if `threshold` authorities signed it.
+    fn publish(&self, state: &mut Held, epoch: u64) {
+        let Some(c) = state.candidates.get(&epoch) else {
+            return;
+        };
+        let signers = c.valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys).len();
+        if signers < self.inner.threshold {
+            return;
+        }
+        if state.published.get(&epoch).is_some_and(|p| **p == *c) {
+            return;
+        }
+        state.published.insert(epoch, Arc::new(c.clone()));
+        if epoch == self.inner.schedule.epoch_at(now_ms()) {
+            if let Ok(doc) = c.parse_unverified::<topology::TopologyDocument>() {
+                self.inner.metrics.nodes.set(doc.nodes.len() as i64);
+            }
+            self.inner.metrics.signatures.set(signers as i64);
+        }
+    }
+
+    /// Re-reads the allowlist, prunes, and recomputes the current and next epoch.
+    fn update(&self, now_ms: u64) {
+        let epoch = self.inner.schedule.epoch_at(now_ms);
+        let mut state = self.state();
+        state.admission.refresh();
+        self.prune(&mut state, epoch);
+        for e in [epoch, epoch + 1] {
+            self.recompute(&mut state, e, now_ms);
+        }
+    }
+
+    /// One vote round: fetch the other authorities' votes for the current
+    /// and next epoch, recompute the consensus, collect their signatures on
+    /// it, and publish it once `threshold` authorities signed the same bytes.
+    pub async fn round(&self) {
+        self.update(now_ms());
+        if self.inner.peers.is_empty() {
+            return;
+        }
+        let epoch = self.inner.schedule.epoch_at(now_ms());
+        for e in [epoch, epoch + 1] {
+            let mut fresh = Vec::new();
+            for (key, c) in &self.inner.peers {
+                match c.get_signed(&format!("/v1/vote/{e}")).await {
+                    Ok(s) => match topology::verify_vote(&s, &self.inner.keys) {
+                        Ok(v) if v.authority == *key && v.epoch == e => fresh.push(v),
+                        Ok(_) => tracing::warn!(
+                            authority = %hex::encode(&key[..4]),
+                            "an authority served a vote for another authority or epoch"
+                        ),
+                        Err(err) => tracing::warn!(
+                            authority = %hex::encode(&key[..4]),
+                            error = %err,
+                            "vote refused"
+                        ),
+                    },
+                    Err(err) => {
+                        self.inner.metrics.peer_failures.inc();
+                        tracing::debug!(authority = %hex::encode(&key[..4]), error = %err, "no vote");
+                    }
+                }
+            }
+            {
+                let mut state = self.state();
+                let held = state.peer_votes.entry(e).or_default();
+                for v in fresh {
+                    if held
+                        .get(&v.authority)
+                        .is_none_or(|o| o.revision <= v.revision)
+                    {
+                        held.insert(v.authority, v);
+                    }
+                }
+                self.recompute(&mut state, e, now_ms());
+            }
+            for (key, c) in &self.inner.peers {
+                let theirs = match c.get_signed(&format!("/v1/candidate/{e}")).await {
+                    Ok(s) => s,
+                    Err(err) => {
+                        self.inner.metrics.peer_failures.inc();
+                        tracing::debug!(authority = %hex::encode(&key[..4]), error = %err, "no signature");
+                        continue;
+                    }
+                };
+                let mut state = self.state();
+                let Some(ours) = state.candidates.get_mut(&e) else {
+                    continue;
+                };
+                if theirs.body != ours.body {
+                    continue;
+                }
+                // Keep every valid signature of a known authority on the same bytes.
+                let have = ours.valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys);
+                for sig in theirs.signatures {
+                    if have.contains(&sig.signer) || !self.inner.keys.contains(&sig.signer) {
+                        continue;
+                    }
+                    let probe = Signed {
+                        body: ours.body.clone(),
+                        signatures: vec![sig.clone()],
+                    };
+                    if !probe
+                        .valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys)
+                        .is_empty()
+                    {
+                        ours.signatures.push(sig);
+                    }
+                }
+                self.publish(&mut state, e);
+            }
+        }
+    }
+
+    /// The published topology for `epoch`: the newest consensus with at
+    /// least `threshold` signatures, if there is one yet.
+    pub fn topology(&self, epoch: u64, now_ms: u64) -> Option<Arc<Signed>> {
+        let now_epoch = self.inner.schedule.epoch_at(now_ms);
+        if epoch + 1 < now_epoch || epoch > now_epoch + 1 {
+            return None;
+        }
+        self.state().published.get(&epoch).cloned()
+    }
+
+    fn vote(&self, epoch: u64, now_ms: u64) -> Option<Arc<Signed>> {
+        let now_epoch = self.inner.schedule.epoch_at(now_ms);
+        if epoch != now_epoch && epoch != now_epoch + 1 {
+            return None;
+        }
+        let mut state = self.state();
+        Some(self.own_vote(&mut state, epoch, now_ms))
+    }
+
+    fn candidate(&self, epoch: u64) -> Option<Signed> {
+        self.state().candidates.get(&epoch).cloned()
     }
 
     /// The HTTP API.
@@ -271,23 +640,49 @@ impl Directory {
             .route("/v1/descriptors", post(register_handler))
             .route("/v1/topology", get(current_handler))
             .route("/v1/topology/next", get(next_handler))
+            .route("/v1/vote/{epoch}", get(vote_handler))
+            .route("/v1/candidate/{epoch}", get(candidate_handler))
             .route("/v1/authority", get(authority_handler))
             .route("/metrics", get(metrics_handler))
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
             .with_state(self.clone())
     }
 
-    /// Serves the API on `listener` until `shutdown` completes.
+    /// Serves the API on `listener` until `shutdown` completes, and runs the
+    /// vote rounds with the other authorities meanwhile.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, epoch_length_s = self.inner.cfg.epoch_length_secs, "directory authority serving");
-        axum::serve(listener, self.router())
+        tracing::info!(
+            %addr,
+            epoch_length_s = self.inner.cfg.epoch_length_secs,
+            authorities = self.inner.keys.len(),
+            threshold = self.inner.threshold,
+            admitted = self.state().admission.len(),
+            "directory authority serving"
+        );
+        let me = self.clone();
+        let rounds = tokio::spawn(async move {
+            let every = Duration::from_millis(me.inner.cfg.vote_interval_ms);
+            loop {
+                me.round().await;
+                let until_epoch = Duration::from_millis(
+                    me.inner.schedule.until_next_ms(now_ms()).saturating_add(50),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(every.min(until_epoch)) => {}
+                    _ = me.inner.round.notified() => {}
+                }
+            }
+        });
+        let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        rounds.abort();
+        served?;
         Ok(())
     }
 }
@@ -322,17 +717,27 @@ async fn register_handler(State(dir): State<Directory>, body: axum::body::Bytes)
             );
         }
     };
-    match dir.register(&signed, now_ms()) {
-        Ok(d) => {
+    // Verification and the store's fsync stay off the async threads.
+    let d2 = dir.clone();
+    let outcome = tokio::task::spawn_blocking(move || d2.register(&signed, now_ms())).await;
+    match outcome {
+        Ok(Ok(d)) => {
             tracing::info!(node = %hex::encode(&d.identity[..6]), role = ?d.role, "descriptor accepted");
             Json(serde_json::json!({ "status": "accepted" })).into_response()
         }
-        Err(Error::Refused(e)) => {
+        Ok(Err(Error::Refused(e))) => {
             tracing::info!(error = %e, "descriptor refused");
             error_response(StatusCode::BAD_REQUEST, e.to_string())
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot store descriptor");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot store descriptor".into(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "registration task failed");
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot store descriptor".into(),
@@ -345,14 +750,14 @@ fn topology_response(dir: &Directory, next: bool) -> Response {
     let now = now_ms();
     let epoch = dir.inner.schedule.epoch_at(now) + u64::from(next);
     match dir.topology(epoch, now) {
-        Ok(s) => Json(&*s).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build topology");
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "topology unavailable".into(),
-            )
-        }
+        Some(s) => Json(&*s).into_response(),
+        None => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no topology for epoch {epoch} yet: fewer than {} authorities signed one",
+                dir.inner.threshold
+            ),
+        ),
     }
 }
 
@@ -362,6 +767,26 @@ async fn current_handler(State(dir): State<Directory>) -> Response {
 
 async fn next_handler(State(dir): State<Directory>) -> Response {
     topology_response(&dir, true)
+}
+
+async fn vote_handler(State(dir): State<Directory>, UrlPath(epoch): UrlPath<u64>) -> Response {
+    match dir.vote(epoch, now_ms()) {
+        Some(v) => Json(&*v).into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            format!("no vote for epoch {epoch}: only the current and next epoch are voted on"),
+        ),
+    }
+}
+
+async fn candidate_handler(State(dir): State<Directory>, UrlPath(epoch): UrlPath<u64>) -> Response {
+    match dir.candidate(epoch) {
+        Some(c) => Json(&c).into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            format!("no consensus computed for epoch {epoch}"),
+        ),
+    }
 }
 
 async fn authority_handler(State(dir): State<Directory>) -> String {

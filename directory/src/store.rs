@@ -18,6 +18,7 @@ impl Store {
             path: path.to_owned(),
             reason: e.to_string(),
         };
+        net::identity::create_private_file(path).map_err(|e| err(&e))?;
         let db = Database::create(path).map_err(|e| err(&e))?;
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(DESCRIPTORS).map_err(|e| err(&e))?;

@@ -1,4 +1,5 @@
 use mixnode::MixnodeConfig;
+use net::dirclient::AuthorityRef;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +18,10 @@ pub struct GatewayConfig {
     pub public_client_address: Option<SocketAddr>,
     /// HTTP address of the Prometheus endpoint.
     pub metrics_listen: SocketAddr,
-    /// Base URL of the directory authority.
-    pub directory_url: String,
-    /// The directory authority's ed25519 public key (hex).
-    pub authority_key: String,
+    /// The network's directory authorities (URL and public key of each).
+    pub authorities: Vec<AuthorityRef>,
+    /// Signatures of `authorities` a topology needs (k of n).
+    pub authority_threshold: usize,
     /// Identity key and the dropbox database live here.
     pub data_dir: PathBuf,
     /// Sphinx worker threads; 0 means one per core.
@@ -76,8 +77,8 @@ impl Default for GatewayConfig {
             client_listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
             public_client_address: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
-            directory_url: m.directory_url,
-            authority_key: String::new(),
+            authorities: Vec::new(),
+            authority_threshold: 1,
             data_dir: PathBuf::from("umbra-data/gateway"),
             workers: m.workers,
             max_delay_ms: m.max_delay_ms,
@@ -110,8 +111,8 @@ impl GatewayConfig {
             listen: self.listen,
             public_address: self.public_address,
             metrics_listen: self.metrics_listen,
-            directory_url: self.directory_url.clone(),
-            authority_key: self.authority_key.clone(),
+            authorities: self.authorities.clone(),
+            authority_threshold: self.authority_threshold,
             data_dir: self.data_dir.clone(),
             workers: self.workers,
             max_delay_ms: self.max_delay_ms,
@@ -129,11 +130,11 @@ impl GatewayConfig {
     }
 
     /// A commented example, as `umbra gateway init` writes it.
-    pub fn example(authority_key: &str, directory_url: &str) -> String {
+    pub fn example(authorities: &[AuthorityRef], threshold: usize) -> String {
         let d = Self::default();
         format!(
             r#"# Umbra gateway configuration.
-# Every key but authority_key is optional; the values shown are the defaults.
+# Every key but the authorities is optional; the values shown are the defaults.
 
 # QUIC endpoint for links with mix nodes.
 listen = "{listen}"
@@ -143,9 +144,8 @@ client_listen = "{client_listen}"
 # public_client_address = "203.0.113.7:9600"
 # Prometheus metrics at http://<metrics_listen>/metrics
 metrics_listen = "{metrics}"
-# The directory authority and its public key (hex).
-directory_url = "{directory_url}"
-authority_key = "{authority_key}"
+# Signatures a topology needs: k of the authorities listed at the end.
+authority_threshold = {threshold}
 # Identity key (identity.key, mode 0600) and dropboxes (dropboxes.redb).
 data_dir = "{data}"
 
@@ -182,7 +182,8 @@ jumbo_frames = false
 # Evaluation only, never in production: no loop cover, and no mixing delay.
 # dangerous_no_cover = false
 # dangerous_zero_delay = false
-"#,
+
+{authorities}"#,
             listen = d.listen,
             client_listen = d.client_listen,
             metrics = d.metrics_listen,
@@ -204,6 +205,7 @@ jumbo_frames = false
             maxb = d.storage_max_bytes,
             age = d.fetch_max_age_secs,
             sq = d.storage_queue,
+            authorities = mixnode::authorities_example(authorities),
         )
     }
 }

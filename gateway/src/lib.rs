@@ -11,9 +11,11 @@ pub use storage::StorageError;
 
 use mixnode::{Handler, Node, NodeOptions, NodeRef};
 use net::link::{LinkConfig, LinkMetrics};
+use protocol::cover::Poisson;
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::messages::Request;
-use protocol::topology::Role;
+use protocol::topology::{NetworkParams, Role};
+use rand::SeedableRng;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,7 +68,8 @@ impl Shared {
         }
     }
 
-    /// A client subscribed `address` on `conn`: its replies go to a stream on that connection.
+    /// A client subscribed `address` on `conn`: its replies go to a stream on
+    /// that connection, as part of the constant-rate downlink.
     fn subscribe(self: &Arc<Self>, address: [u8; 32], conn: &quinn::Connection, node: &NodeRef) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if !clients.contains_key(&address) && clients.len() >= self.max_clients {
@@ -80,8 +83,9 @@ impl Shared {
         drop(clients);
         let shared = self.clone();
         let conn = conn.clone();
+        let node = node.clone();
         tokio::spawn(async move {
-            deliver(conn, rx).await;
+            deliver(conn, rx, node, shared.metrics.clone()).await;
             let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
             if clients
                 .get(&address)
@@ -94,20 +98,80 @@ impl Shared {
     }
 }
 
-/// Writes queued Deliver frames to one client until it goes away.
-async fn deliver(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// The client's downlink: Deliver frames as a Poisson stream at the
+/// topology's λ_D, a queued reply when there is one and a dummy (identifier
+/// zero, zero payload) when there is none, until the client goes away. An
+/// observer of the link (the client's network, or anyone who sees its
+/// traffic) sees the same stream whether the client is idle, sending or
+/// fetching; replies wait in the bounded queue for their tick.
+async fn deliver(
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    node: NodeRef,
+    metrics: GatewayMetrics,
+) {
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
+    let Ok(dummy) = frame::encode_parts(
+        FrameKind::Deliver,
+        0,
+        &[&[0u8; 16], &[0u8; protocol::packet::PAYLOAD_SIZE]],
+    ) else {
+        return;
+    };
+    let (real, dummies) = (
+        metrics.downlink.with_label_values(&["real"]),
+        metrics.downlink.with_label_values(&["dummy"]),
+    );
+    let rate_now = || {
+        node.topology()
+            .map_or(NetworkParams::default().lambda_downlink, |t| {
+                t.params.lambda_downlink
+            })
+    };
+    let origin = tokio::time::Instant::now();
+    let secs = |t: tokio::time::Instant| t.duration_since(origin).as_secs_f64();
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    let mut rate = rate_now();
+    let mut ticks = Poisson::new(rate, 0.0, &mut rng);
     loop {
+        // Wake at the next tick, or within a second to follow a new rate.
+        let wait = (ticks.next_at() - secs(tokio::time::Instant::now())).clamp(0.0, 1.0);
         tokio::select! {
-            f = rx.recv() => {
-                let Some(f) = f else { return };
-                if send.write_all(&f).await.is_err() {
-                    return;
-                }
-            }
+            _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
             _ = conn.closed() => return,
+        }
+        let now = tokio::time::Instant::now();
+        if ticks.poll(secs(now), &mut rng).is_none() {
+            let want = rate_now();
+            if want != rate {
+                rate = want;
+                ticks = Poisson::new(rate, secs(now), &mut rng);
+            }
+            continue;
+        }
+        let f = match rx.try_recv() {
+            Ok(f) => {
+                real.inc();
+                f
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {
+                dummies.inc();
+                dummy.clone()
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+        };
+        if send.write_all(&f).await.is_err() {
+            return;
+        }
+        // The rate follows the topology; after a stall (a slow client's flow
+        // control) the stream restarts from now instead of bursting.
+        let after = tokio::time::Instant::now();
+        let want = rate_now();
+        if want != rate || ticks.next_at() + 1.0 < secs(after) {
+            rate = want;
+            ticks = Poisson::new(rate, secs(after), &mut rng);
         }
     }
 }
@@ -189,14 +253,10 @@ fn client_frame(shared: &Arc<Shared>, node: &NodeRef, f: Frame<'_>, conn: &quinn
                 node.metrics().drop("malformed");
                 return;
             };
-            // Clients enter at a mix node, never straight at a gateway. (Not
-            // "layer 1 only": layers reshuffle each epoch and a client's
-            // topology may be a moment behind ours.)
-            let entry_ok = node
-                .topology()
-                .and_then(|t| t.node(&first_hop).map(|n| n.role == Role::Mix))
-                .unwrap_or(false);
-            if !entry_ok {
+            // Clients enter at layer 1 of the epoch their packet was built
+            // for (layers reshuffle each epoch; the node holds the previous,
+            // current and next epoch's topology), never deeper or at a gateway.
+            if !node.is_first_layer(f.epoch, &first_hop) {
                 node.metrics().drop("bad_first_hop");
                 return;
             }
@@ -260,9 +320,10 @@ impl Gateway {
 
 /// Starts a gateway.
 pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    net::identity::create_private_dir(&cfg.data_dir)?;
     let identity = net::identity::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
-    let client_endpoint = net::link::bind(cfg.client_listen, &identity, cfg.jumbo_frames)?;
+    let creds = net::tls::Credentials::new(&identity)?;
+    let client_endpoint = net::link::bind_for_clients(cfg.client_listen, &creds, cfg.jumbo_frames)?;
     let client_addr = client_endpoint.local_addr()?;
 
     let registry = prometheus::Registry::new();
@@ -319,6 +380,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
         }),
         LinkMetrics::with_prefix(&registry, "umbra_gateway_client"),
         client_cfg,
+        None,
     ));
 
     let expire_tx = shared.storage.clone();

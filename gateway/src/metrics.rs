@@ -17,6 +17,9 @@ pub struct GatewayMetrics {
     pub cover: IntCounter,
     /// SURB replies handed to connected clients.
     pub deliveries: IntCounter,
+    /// Deliver frames written on clients' constant-rate downlinks, by kind
+    /// (`real`: a reply or loop; `dummy`: nothing was queued).
+    pub downlink: IntCounterVec,
     /// Subscribed clients.
     pub clients: IntGauge,
     /// Bytes held in dropboxes.
@@ -74,6 +77,14 @@ impl GatewayMetrics {
                 "Replies handed to clients",
             )
             .unwrap_or_else(bug),
+            downlink: IntCounterVec::new(
+                Opts::new(
+                    "umbra_gateway_downlink_frames_total",
+                    "Deliver frames on clients' constant-rate downlinks, by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap_or_else(bug),
             clients: IntGauge::new("umbra_gateway_clients", "Subscribed clients")
                 .unwrap_or_else(bug),
             stored_bytes: IntGauge::new("umbra_gateway_dropbox_bytes", "Bytes held in dropboxes")
@@ -97,6 +108,7 @@ impl GatewayMetrics {
             Box::new(m.acks.clone()),
             Box::new(m.cover.clone()),
             Box::new(m.deliveries.clone()),
+            Box::new(m.downlink.clone()),
             Box::new(m.clients.clone()),
             Box::new(m.stored_bytes.clone()),
             Box::new(m.storage_queue.clone()),
@@ -110,6 +122,9 @@ impl GatewayMetrics {
         }
         for l in ["authorised", "refused"] {
             m.fetches.with_label_values(&[l]);
+        }
+        for l in ["real", "dummy"] {
+            m.downlink.with_label_values(&[l]);
         }
         m
     }

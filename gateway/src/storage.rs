@@ -101,9 +101,11 @@ impl Storage {
             path: path.to_owned(),
             reason: e.to_string(),
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            net::identity::create_private_dir(dir).map_err(|e| err(&e))?;
         }
+        // Readable by the gateway's user only: it holds everyone's ciphertexts.
+        net::identity::create_private_file(path).map_err(|e| err(&e))?;
         let db = Database::create(path).map_err(|e| err(&e))?;
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(MESSAGES).map_err(|e| err(&e))?;
@@ -466,15 +468,15 @@ pub(crate) fn run(
                 After::Stored(Ok(_), ack) => {
                     metrics.stored.inc();
                     // Durable now: tell the sender, through its SURB.
-                    if let Some(a) = ack {
-                        match protocol::packet::use_surb(&a.surb, protocol::messages::ACK_BODY) {
-                            Ok((first_hop, packet)) => {
-                                if a.node.forward(a.reply_epoch, first_hop, &packet) {
-                                    metrics.acks.inc();
-                                }
-                            }
-                            Err(_) => a.node.metrics().drop("malformed"),
-                        }
+                    if let Some(a) = ack
+                        && reply(
+                            &a.node,
+                            a.reply_epoch,
+                            &a.surb,
+                            protocol::messages::ACK_BODY,
+                        )
+                    {
+                        metrics.acks.inc();
                     }
                 }
                 // Refused: no ack; the sender retries and in the end reports failure.
@@ -486,13 +488,8 @@ pub(crate) fn run(
                 }
                 After::Reply { req, node, fetched } => {
                     for (surb, body) in req.surbs.iter().zip(replies(&req, &fetched)) {
-                        match protocol::packet::use_surb(surb, &body) {
-                            Ok((first_hop, packet)) => {
-                                if node.forward(req.reply_epoch, first_hop, &packet) {
-                                    metrics.replies.inc();
-                                }
-                            }
-                            Err(_) => node.metrics().drop("malformed"),
+                        if reply(&node, req.reply_epoch, surb, &body) {
+                            metrics.replies.inc();
                         }
                     }
                 }
@@ -500,6 +497,26 @@ pub(crate) fn run(
                     let _ = tx.send(());
                 }
             }
+        }
+    }
+}
+
+/// Sends `body` through `surb` (built for `epoch`'s keys): only to a
+/// layer-1 mix node of that epoch, like every packet entering the mixnet, so
+/// that a fetch cannot aim the gateway's replies at any other node. False if
+/// it was not sent (counted).
+fn reply(node: &NodeRef, epoch: u64, surb: &[u8], body: &[u8]) -> bool {
+    match protocol::packet::use_surb(surb, body) {
+        Ok((first_hop, packet)) if node.is_first_layer(epoch, &first_hop) => {
+            node.forward(epoch, first_hop, &packet)
+        }
+        Ok(_) => {
+            node.metrics().drop("bad_first_hop");
+            false
+        }
+        Err(_) => {
+            node.metrics().drop("malformed");
+            false
         }
     }
 }

@@ -1,3 +1,4 @@
+use net::dirclient::AuthorityRef;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,10 +13,10 @@ pub struct MixnodeConfig {
     pub public_address: Option<SocketAddr>,
     /// HTTP address of the Prometheus endpoint.
     pub metrics_listen: SocketAddr,
-    /// Base URL of the directory authority.
-    pub directory_url: String,
-    /// The directory authority's ed25519 public key (hex); topologies not signed by it are refused.
-    pub authority_key: String,
+    /// The network's directory authorities (URL and public key of each).
+    pub authorities: Vec<AuthorityRef>,
+    /// Signatures of `authorities` a topology needs (k of n); fewer are refused.
+    pub authority_threshold: usize,
     /// The identity key file lives here (Sphinx keys stay in memory).
     pub data_dir: PathBuf,
     /// Sphinx worker threads; 0 means one per core.
@@ -58,8 +59,8 @@ impl Default for MixnodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             public_address: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
-            directory_url: "http://127.0.0.1:8000".into(),
-            authority_key: String::new(),
+            authorities: Vec::new(),
+            authority_threshold: 1,
             data_dir: PathBuf::from("umbra-data/mixnode"),
             workers: 0,
             max_delay_ms: 10_000,
@@ -77,13 +78,29 @@ impl Default for MixnodeConfig {
     }
 }
 
+/// The `authorities` part of a node's example config, for `init`.
+pub fn authorities_example(authorities: &[AuthorityRef]) -> String {
+    let mut out = String::from(
+        "# The network's directory authorities: the URL and public key of each\n\
+         # (`umbra directory key` prints a key). Topologies need signatures from\n\
+         # `authority_threshold` of them; fewer are refused.\n",
+    );
+    for a in authorities {
+        out += &format!(
+            "[[authorities]]\nurl = \"{}\"\nkey = \"{}\"\n",
+            a.url, a.key
+        );
+    }
+    out
+}
+
 impl MixnodeConfig {
     /// A commented example, as `umbra mixnode init` writes it.
-    pub fn example(authority_key: &str) -> String {
+    pub fn example(authorities: &[AuthorityRef], threshold: usize) -> String {
         let d = Self::default();
         format!(
             r#"# Umbra mix node configuration.
-# Every key but authority_key is optional; the values shown are the defaults.
+# Every key but the authorities is optional; the values shown are the defaults.
 
 # UDP address of the QUIC endpoint that receives and sends packets.
 listen = "{listen}"
@@ -91,10 +108,8 @@ listen = "{listen}"
 # public_address = "203.0.113.7:9000"
 # Prometheus metrics at http://<metrics_listen>/metrics
 metrics_listen = "{metrics}"
-# The directory authority, and its public key (hex). Topologies signed by
-# any other key are refused.
-directory_url = "{dir}"
-authority_key = "{authority_key}"
+# Signatures a topology needs: k of the authorities listed at the end.
+authority_threshold = {threshold}
 # The identity key (identity.key, mode 0600). Sphinx keys never touch disk.
 data_dir = "{data}"
 # Sphinx worker threads; 0 = one per core.
@@ -120,10 +135,10 @@ jumbo_frames = false
 # without their mixing delay. Both weaken everyone's anonymity.
 # dangerous_no_cover = false
 # dangerous_zero_delay = false
-"#,
+
+{authorities}"#,
             listen = d.listen,
             metrics = d.metrics_listen,
-            dir = d.directory_url,
             data = d.data_dir.display(),
             workers = d.workers,
             max_delay = d.max_delay_ms,
@@ -133,6 +148,7 @@ jumbo_frames = false
             rp = d.replay_max_pps,
             fp = d.replay_false_positive_rate,
             tr = d.topology_refresh_secs,
+            authorities = authorities_example(authorities),
         )
     }
 }

@@ -6,20 +6,20 @@ mod loops;
 mod metrics;
 mod pipeline;
 
-pub use config::MixnodeConfig;
+pub use config::{MixnodeConfig, authorities_example};
 pub use metrics::Metrics;
 
 use protocol::frame::Frame;
 
 use ed25519_dalek::SigningKey;
-use net::dirclient::DirectoryClient;
-use net::link::{LinkConfig, LinkMetrics, Links};
+use net::dirclient::Authorities;
+use net::link::{LinkConfig, LinkMetrics, Links, PeerFilter};
 use pipeline::Shared;
 use protocol::NodeId;
 use protocol::epoch::EpochSchedule;
 use protocol::keys::{EpochKey, KeyRing};
 use protocol::replay::ReplayCache;
-use protocol::topology::{self, EpochPublicKey, NodeDescriptor, Role, Signed, TrustPolicy};
+use protocol::topology::{self, EpochPublicKey, NodeDescriptor, Role, Signed};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -113,10 +113,31 @@ impl NodeRef {
     /// The latest verified topology.
     pub fn topology(&self) -> Option<Arc<topology::TopologyDocument>> {
         self.0
-            .topology
+            .topologies
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .current
             .clone()
+    }
+
+    /// The verified topology of `epoch`, if the node holds it (the previous,
+    /// current and next epoch's).
+    pub fn topology_for(&self, epoch: u64) -> Option<Arc<topology::TopologyDocument>> {
+        self.0
+            .topologies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_epoch
+            .get(&epoch)
+            .cloned()
+    }
+
+    /// Whether `id` is a layer-1 mix node in the topology of `epoch`: the
+    /// only hop a client's packet or a SURB reply may enter the mixnet at.
+    pub fn is_first_layer(&self, epoch: u64, id: &NodeId) -> bool {
+        self.topology_for(epoch)
+            .and_then(|t| t.node(id).map(|n| n.role == Role::Mix && n.layer == 1))
+            .unwrap_or(false)
     }
 }
 
@@ -150,8 +171,7 @@ struct Control {
     identity: SigningKey,
     cfg: MixnodeConfig,
     public_address: SocketAddr,
-    dir: DirectoryClient,
-    trust: TrustPolicy,
+    dir: Authorities,
     shared: Arc<Shared>,
     last_seen: Mutex<Option<(u64, u64)>>,
     role: Role,
@@ -247,24 +267,41 @@ impl Control {
         })
     }
 
-    async fn register(&self) -> Result<(), net::Error> {
-        let d = self
-            .descriptor()
-            .map_err(|e| net::Error::Connect(e.to_string()))?;
-        self.dir.register(&d).await
+    /// Registers with every authority. Fine if at least `threshold` accepted
+    /// (a node appears only if that many admit it); the refusals are logged.
+    async fn register(&self) -> Result<(), String> {
+        let d = self.descriptor().map_err(|e| e.to_string())?;
+        let (accepted, refused) = self.dir.register(&d).await;
+        for r in &refused {
+            tracing::warn!(reason = %r, "an authority did not take the descriptor");
+        }
+        if accepted >= self.dir.trust().threshold {
+            Ok(())
+        } else {
+            Err(format!(
+                "{accepted} authorities accepted the descriptor, {} needed",
+                self.dir.trust().threshold
+            ))
+        }
     }
 
     /// Fetches and verifies the current and next topologies; rebuilds the routing table.
     async fn refresh(&self) -> Result<u64, String> {
-        let current = self.dir.topology(false).await.map_err(|e| e.to_string())?;
         let last = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
-        let doc = topology::verify_topology(&current, &self.trust, now, last)
+        let doc = self
+            .dir
+            .topology(false, now, last)
+            .await
             .map_err(|e| e.to_string())?;
         let mut routes: HashMap<NodeId, SocketAddr> = HashMap::new();
-        if let Ok(next) = self.dir.topology(true).await
-            && let Ok(n) = topology::verify_topology(&next, &self.trust, doc.valid_until_ms, None)
-        {
+        let next = self
+            .dir
+            .topology(true, doc.valid_until_ms, None)
+            .await
+            .ok()
+            .map(Arc::new);
+        if let Some(n) = &next {
             routes.extend(
                 n.nodes
                     .iter()
@@ -285,11 +322,11 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner()) = routes;
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((doc.epoch, doc.revision));
         let epoch = doc.epoch;
-        *self
-            .shared
-            .topology
+        self.shared
+            .topologies
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(doc));
+            .unwrap_or_else(|p| p.into_inner())
+            .update(Arc::new(doc), next);
         Ok(epoch)
     }
 }
@@ -340,54 +377,45 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         Role::Mix => "mixnode",
         Role::Gateway => "gateway",
     };
-    let mut authority = [0u8; 32];
-    hex::decode_to_slice(cfg.authority_key.trim(), &mut authority).map_err(|e| Error::Config {
-        key: "authority_key",
-        reason: format!("expected 64 hex digits ({e})"),
+    let dir = Authorities::new(&cfg.authorities, cfg.authority_threshold).map_err(|reason| {
+        Error::Config {
+            key: "authorities",
+            reason,
+        }
     })?;
-    let dir = DirectoryClient::new(&cfg.directory_url)?;
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    net::identity::create_private_dir(&cfg.data_dir)?;
     let identity = net::identity::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
     let id = identity.verifying_key().to_bytes();
+    let creds = net::tls::Credentials::new(&identity)?;
 
     // The directory's schedule comes with its topology; until we have one we
     // learn it from the first document. Keys are made fresh on every start:
     // a key used before a restart lost its replay cache and is never used again.
-    let trust = TrustPolicy {
-        authorities: vec![authority],
-        threshold: 1,
-    };
-    // The directory may still be starting (same host, same boot): retry for a while.
+    // The authorities may still be starting (same host, same boot): retry for a while.
     let mut wait = Duration::from_millis(100);
     let started = std::time::Instant::now();
-    let first = loop {
-        match dir.topology(false).await {
-            Ok(t) => break t,
+    let schedule = loop {
+        match dir.topology(false, now_ms(), None).await {
+            Ok(t) => break t.schedule,
             Err(e) if started.elapsed() > Duration::from_secs(30) => {
                 return Err(Error::Config {
-                    key: "directory_url",
+                    key: "authorities",
                     reason: format!(
-                        "no topology from {} ({e}); is the directory running?",
-                        cfg.directory_url
+                        "no valid topology from {} ({e}); are the authorities running, and \
+                         are their keys and authority_threshold right?",
+                        dir.urls().collect::<Vec<_>>().join(", ")
                     ),
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "directory not reachable yet; retrying");
+                tracing::warn!(error = %e, "no topology from the authorities yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     };
 
-    let schedule = topology::verify_topology(&first, &trust, now_ms(), None)
-        .map_err(|e| Error::Config {
-            key: "authority_key",
-            reason: format!("the directory's topology does not verify under this key: {e}"),
-        })?
-        .schedule;
-
-    let endpoint = net::link::bind(cfg.listen, &identity, cfg.jumbo_frames)?;
+    let endpoint = net::link::bind(cfg.listen, &creds, cfg.jumbo_frames)?;
     let quic_addr = endpoint.local_addr()?;
     let public_address = cfg.public_address.unwrap_or(quic_addr);
 
@@ -395,6 +423,7 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
     let link_metrics = LinkMetrics::new(&registry);
     let links = Links::new(
         endpoint.clone(),
+        creds,
         LinkConfig {
             queue_capacity: cfg.link_queue,
             ..LinkConfig::default()
@@ -461,11 +490,27 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         tasks.push(tokio::spawn(loops::run(shared.clone())));
     }
     let sink_shared = shared.clone();
+    // Node links only from nodes of the topology (current or next epoch). An
+    // unknown dialler may be a node that just joined: refresh (at most once
+    // a second) so that its retry finds it known.
+    let filter_shared = shared.clone();
+    let peers: PeerFilter = Arc::new(move |id: &NodeId| {
+        let known = filter_shared
+            .routes
+            .read()
+            .map(|r| r.contains_key(id))
+            .unwrap_or(false);
+        if !known {
+            filter_shared.request_refresh();
+        }
+        known
+    });
     tasks.push(tokio::spawn(net::link::serve(
         endpoint.clone(),
         Arc::new(move |f: Frame<'_>, c: &quinn::Connection| sink_shared.submit(f, c)),
         link_metrics.clone(),
         inbound,
+        Some(peers),
     )));
 
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
@@ -487,7 +532,6 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         identity,
         public_address,
         dir,
-        trust,
         shared: shared.clone(),
         last_seen: Mutex::new(None),
         cfg: cfg.clone(),

@@ -66,9 +66,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             .expire(now);
         shared.metrics.loops_lost.inc_by(lost as u64);
         let doc = shared
-            .topology
+            .topologies
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .current
             .clone();
         let want = doc.as_ref().map_or(0.0, |d| d.params.lambda_mix_loop);
         if want != rate {

@@ -46,6 +46,33 @@ impl Ord for Delayed {
     }
 }
 
+/// The verified topologies a node holds: the current one, and those of the
+/// previous, current and next epochs (packets built for each are in flight
+/// around a boundary, and layers differ between epochs).
+#[derive(Default)]
+pub(crate) struct Topologies {
+    pub(crate) current: Option<Arc<protocol::topology::TopologyDocument>>,
+    pub(crate) by_epoch: std::collections::BTreeMap<u64, Arc<protocol::topology::TopologyDocument>>,
+}
+
+impl Topologies {
+    /// Takes the newly verified current document and (when one verified) the next.
+    pub(crate) fn update(
+        &mut self,
+        current: Arc<protocol::topology::TopologyDocument>,
+        next: Option<Arc<protocol::topology::TopologyDocument>>,
+    ) {
+        let epoch = current.epoch;
+        self.by_epoch.insert(epoch, current.clone());
+        if let Some(n) = next {
+            self.by_epoch.insert(n.epoch, n);
+        }
+        self.by_epoch
+            .retain(|e, _| *e + 1 >= epoch && *e <= epoch + 1);
+        self.current = Some(current);
+    }
+}
+
 /// State the packet path shares across threads.
 pub(crate) struct Shared {
     pub(crate) keys: RwLock<KeyRing>,
@@ -59,7 +86,7 @@ pub(crate) struct Shared {
     refresh: Arc<Notify>,
     closed: AtomicBool,
     pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) topology: RwLock<Option<Arc<protocol::topology::TopologyDocument>>>,
+    pub(crate) topologies: RwLock<Topologies>,
     pub(crate) identity: NodeId,
     pub(crate) loops: crate::loops::Loops,
 }
@@ -95,7 +122,7 @@ impl Shared {
             refresh,
             closed: AtomicBool::new(false),
             handler,
-            topology: RwLock::new(None),
+            topologies: RwLock::new(Topologies::default()),
             identity,
             loops: crate::loops::Loops::new(),
         });
@@ -122,6 +149,11 @@ impl Shared {
             Ok(()) => self.metrics.workers_queue.inc(),
             Err(_) => self.metrics.drop("queue_full"),
         }
+    }
+
+    /// Asks the control task to refresh the topology (it does so at most once a second).
+    pub(crate) fn request_refresh(&self) {
+        self.refresh.notify_one();
     }
 
     pub(crate) fn close(&self) {

@@ -1,10 +1,59 @@
-//! HTTP client for the directory authority's API.
+//! HTTP client for the directory authorities' API.
 //!
-//! Plain HTTP is enough: every document is signed, and what it carries is public.
+//! Plain HTTP is enough: every document is signed, and what it carries is
+//! public. A network has `n` authorities; a topology counts only with
+//! signatures from `k` of them ([`Authorities`]), so a client may fetch it
+//! from any one that answers.
 
 use crate::Error;
-use protocol::topology::Signed;
+use protocol::topology::{self, Signed, TopologyDocument, TrustPolicy};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// Largest topology, vote or candidate document read from an authority
+/// (10,000 nodes take about 3.5 MB).
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest answer to a registration read from an authority.
+const MAX_SMALL_BYTES: usize = 64 * 1024;
+
+/// One directory authority as a node or client is configured with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityRef {
+    /// Base URL of its HTTP API, e.g. `http://198.51.100.4:8000`.
+    pub url: String,
+    /// Its ed25519 public key, 64 hex digits (`umbra directory key`).
+    pub key: String,
+}
+
+impl AuthorityRef {
+    /// The key as bytes, or why not.
+    pub fn key_bytes(&self) -> Result<[u8; 32], String> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(self.key.trim(), &mut out)
+            .map_err(|e| format!("key {:?} is not 64 hex digits ({e})", self.key))?;
+        Ok(out)
+    }
+}
+
+/// Reads at most `max` bytes of a response body.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(Error::Connect(format!("answer larger than {max} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(Error::Connect(format!("answer larger than {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 /// Talks to one directory authority.
 #[derive(Clone, Debug)]
@@ -16,8 +65,14 @@ pub struct DirectoryClient {
 impl DirectoryClient {
     /// A client for the authority at `base` (e.g. `http://127.0.0.1:8000`).
     pub fn new(base: &str) -> Result<Self, Error> {
+        Self::with_timeout(base, Duration::from_secs(10))
+    }
+
+    /// As [`Self::new`], with every request bounded by `timeout`.
+    pub fn with_timeout(base: &str, timeout: Duration) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
             .no_proxy()
             .build()
             .map_err(|e| Error::Connect(e.to_string()))?;
@@ -25,6 +80,11 @@ impl DirectoryClient {
             base: base.trim_end_matches('/').to_string(),
             http,
         })
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        &self.base
     }
 
     /// Registers a signed node descriptor. The error carries the authority's reason.
@@ -40,19 +100,16 @@ impl DirectoryClient {
             return Ok(());
         }
         let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
+        let body = read_capped(resp, MAX_SMALL_BYTES).await.unwrap_or_default();
         Err(Error::Connect(format!(
-            "directory refused descriptor ({status}): {body}"
+            "directory {} refused descriptor ({status}): {}",
+            self.base,
+            String::from_utf8_lossy(&body)
         )))
     }
 
-    /// Fetches the signed topology of the current epoch (`next = false`) or the next one.
-    pub async fn topology(&self, next: bool) -> Result<Signed, Error> {
-        let path = if next {
-            "/v1/topology/next"
-        } else {
-            "/v1/topology"
-        };
+    /// GETs `path` and parses a signed envelope from it.
+    pub async fn get_signed(&self, path: &str) -> Result<Signed, Error> {
         let resp = self
             .http
             .get(format!("{}{}", self.base, path))
@@ -61,26 +118,141 @@ impl DirectoryClient {
             .map_err(|e| Error::Connect(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(Error::Connect(format!(
-                "directory answered {}",
+                "directory {} answered {} for {path}",
+                self.base,
                 resp.status()
             )));
         }
-        resp.json().await.map_err(|e| Error::Connect(e.to_string()))
+        let body = read_capped(resp, MAX_DOCUMENT_BYTES).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Connect(e.to_string()))
+    }
+
+    /// Fetches the signed topology of the current epoch (`next = false`) or the next one.
+    pub async fn topology(&self, next: bool) -> Result<Signed, Error> {
+        self.get_signed(if next {
+            "/v1/topology/next"
+        } else {
+            "/v1/topology"
+        })
+        .await
     }
 
     /// The authority's public key, for testnets that do not pin it in advance.
     pub async fn authority_key(&self) -> Result<[u8; 32], Error> {
-        let text = self
+        let resp = self
             .http
             .get(format!("{}/v1/authority", self.base))
             .send()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?
-            .text()
-            .await
             .map_err(|e| Error::Connect(e.to_string()))?;
+        let text = read_capped(resp, MAX_SMALL_BYTES).await?;
         let mut out = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut out).map_err(|e| Error::Connect(e.to_string()))?;
+        hex::decode_to_slice(String::from_utf8_lossy(&text).trim(), &mut out)
+            .map_err(|e| Error::Connect(e.to_string()))?;
         Ok(out)
+    }
+}
+
+/// The authorities of a network and how many must sign: what nodes and
+/// clients trust. Topologies are fetched from any authority that gives one
+/// with `threshold` valid signatures; descriptors go to all of them.
+#[derive(Clone, Debug)]
+pub struct Authorities {
+    clients: Vec<DirectoryClient>,
+    trust: TrustPolicy,
+}
+
+impl Authorities {
+    /// From configured references: keys must be distinct 64-hex-digit keys,
+    /// and `1 ≤ threshold ≤ n`. The error says which of those fails.
+    pub fn new(refs: &[AuthorityRef], threshold: usize) -> Result<Self, String> {
+        if refs.is_empty() {
+            return Err("no directory authority configured".into());
+        }
+        let mut keys = Vec::new();
+        let mut clients = Vec::new();
+        for r in refs {
+            let k = r.key_bytes()?;
+            if keys.contains(&k) {
+                return Err(format!("authority key {} is listed twice", r.key));
+            }
+            keys.push(k);
+            clients.push(DirectoryClient::new(&r.url).map_err(|e| e.to_string())?);
+        }
+        if threshold == 0 || threshold > keys.len() {
+            return Err(format!(
+                "threshold {threshold} must be between 1 and the {} authorities listed",
+                keys.len()
+            ));
+        }
+        Ok(Self {
+            clients,
+            trust: TrustPolicy {
+                authorities: keys,
+                threshold,
+            },
+        })
+    }
+
+    /// Whom topologies must be signed by.
+    pub fn trust(&self) -> &TrustPolicy {
+        &self.trust
+    }
+
+    /// The authorities' URLs, in configured order.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.clients.iter().map(DirectoryClient::url)
+    }
+
+    /// The first topology (current epoch, or the next with `next`) that
+    /// verifies, asking the authorities in a random order; `now_ms` and
+    /// `last_seen` as for [`topology::verify_topology`]. A verification
+    /// error is preferred to a connection error in the result, since it
+    /// names what is wrong.
+    pub async fn topology(
+        &self,
+        next: bool,
+        now_ms: u64,
+        last_seen: Option<(u64, u64)>,
+    ) -> Result<TopologyDocument, Error> {
+        let n = self.clients.len();
+        let start = rand::random_range(0..n);
+        let mut errors = Vec::new();
+        for i in 0..n {
+            let c = &self.clients[(start + i) % n];
+            let doc = match c.topology(next).await {
+                Ok(signed) => topology::verify_topology(&signed, &self.trust, now_ms, last_seen)
+                    .map_err(|e| format!("{}: {e}", c.url())),
+                Err(e) => Err(e.to_string()),
+            };
+            match doc {
+                Ok(d) => return Ok(d),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(Error::Connect(format!(
+            "no authority gave a valid topology: {}",
+            errors.join("; ")
+        )))
+    }
+
+    /// Registers `descriptor` with every authority at once; how many accepted,
+    /// and the refusals.
+    pub async fn register(&self, descriptor: &Signed) -> (usize, Vec<String>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in &self.clients {
+            let (c, d) = (c.clone(), descriptor.clone());
+            tasks.spawn(async move { c.register(&d).await });
+        }
+        let mut ok = 0;
+        let mut refused = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(())) => ok += 1,
+                Ok(Err(e)) => refused.push(e.to_string()),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        (ok, refused)
     }
 }

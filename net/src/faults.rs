@@ -171,6 +171,122 @@ impl AsyncUdpSocket for FaultySocket {
     }
 }
 
+/// One transmit a socket made: what an observer of the wire sees of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed {
+    /// When it left.
+    pub at: std::time::Instant,
+    /// The sending socket's address.
+    pub from: SocketAddr,
+    /// Where it went.
+    pub to: SocketAddr,
+    /// UDP payload bytes in all.
+    pub bytes: usize,
+    /// Datagrams (a segmentation-offload send carries several).
+    pub datagrams: usize,
+}
+
+/// Records what every socket bound while it is installed sends: the view of
+/// a network observer who sees sizes, times and endpoints (never contents,
+/// which QUIC encrypts). For tests and evaluations of traffic analysis.
+#[derive(Debug, Default)]
+pub struct LinkObserver {
+    seen: Mutex<Vec<Observed>>,
+}
+
+/// Transmits an observer keeps at most.
+const MAX_OBSERVED: usize = 4_000_000;
+
+impl LinkObserver {
+    /// The transmits from `from` to `to`, in order.
+    pub fn between(&self, from: SocketAddr, to: SocketAddr) -> Vec<Observed> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|o| o.from == from && o.to == to)
+            .copied()
+            .collect()
+    }
+
+    /// Transmits recorded so far.
+    pub fn len(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// True if nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn record(&self, o: Observed) {
+        let mut s = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() < MAX_OBSERVED {
+            s.push(o);
+        }
+    }
+}
+
+static OBSERVER: Mutex<Option<Arc<LinkObserver>>> = Mutex::new(None);
+
+/// Watches every endpoint bound from now on in this process (`None` stops
+/// watching new ones). Tests and evaluations only.
+pub fn observe_links(observer: Option<Arc<LinkObserver>>) {
+    *OBSERVER.lock().unwrap_or_else(|p| p.into_inner()) = observer;
+}
+
+/// A socket whose transmits an observer records.
+#[derive(Debug)]
+struct ObservedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    local: SocketAddr,
+    observer: Arc<LinkObserver>,
+}
+
+impl AsyncUdpSocket for ObservedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, t: &Transmit) -> io::Result<()> {
+        self.inner.try_send(t)?;
+        let bytes = t.contents.len();
+        self.observer.record(Observed {
+            at: std::time::Instant::now(),
+            from: self.local,
+            to: t.destination,
+            bytes,
+            datagrams: t.segment_size.map_or(1, |s| bytes.div_ceil(s.max(1))),
+        });
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
 /// Socket buffer size asked for, bytes.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -208,6 +324,15 @@ pub(crate) fn endpoint(
     let socket: Arc<dyn AsyncUdpSocket> = match current() {
         Some(f) => Arc::new(FaultySocket::new(inner, f)),
         None => inner,
+    };
+    let observer = OBSERVER.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let socket: Arc<dyn AsyncUdpSocket> = match observer {
+        Some(observer) => Arc::new(ObservedSocket {
+            local: socket.local_addr()?,
+            inner: socket,
+            observer,
+        }),
+        None => socket,
     };
     let mut cfg = quinn::EndpointConfig::default();
     // Nodes: up to jumbo frames where the path allows (loopback, data-centre

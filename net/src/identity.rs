@@ -9,8 +9,8 @@ use std::path::Path;
 
 /// Writes `secret` as hex to `path`, creating it with mode 0600 (never wider).
 pub fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     {
@@ -22,12 +22,41 @@ pub fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
             opts.mode(0o600);
         }
         let mut f = opts.open(&tmp)?;
-        f.write_all(hex::encode(secret).as_bytes())?;
+        f.write_all(zeroize::Zeroizing::new(hex::encode(secret)).as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// Creates `dir` (and its parents) and makes `dir` itself readable by its
+/// owner only (0700): it holds keys and databases.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` empty, readable by its owner only (0600), if it does not
+/// exist: for database files, before the database library opens them.
+pub fn create_private_file(path: &Path) -> Result<(), Error> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads a secret written by [`write_secret`]. Refuses files readable by others.
@@ -48,7 +77,7 @@ pub fn read_secret(path: &Path) -> Result<[u8; 32], Error> {
         }
     }
     let _ = meta;
-    let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out)
         .map_err(|e| err(format!("not 64 hex digits: {e}")))?;
@@ -58,10 +87,11 @@ pub fn read_secret(path: &Path) -> Result<[u8; 32], Error> {
 /// Loads the ed25519 identity at `path`, or makes and saves a new one.
 pub fn load_or_create_identity(path: &Path) -> Result<SigningKey, Error> {
     if path.exists() {
-        return Ok(SigningKey::from_bytes(&read_secret(path)?));
+        let secret = zeroize::Zeroizing::new(read_secret(path)?);
+        return Ok(SigningKey::from_bytes(&secret));
     }
-    let mut seed = [0u8; 32];
-    rand::rng().fill_bytes(&mut seed);
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(seed.as_mut());
     write_secret(path, &seed)?;
     Ok(SigningKey::from_bytes(&seed))
 }

@@ -16,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
+/// Decides whether a dialler that proved `identity` may use a node link
+/// (the node's topology, current and next epoch).
+pub type PeerFilter = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
+
 /// Tunables for links.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -69,6 +73,11 @@ pub struct LinkMetrics {
     pub queue_depth: IntGauge,
     /// Open inbound connections.
     pub inbound_connections: IntGauge,
+    /// Inbound connections refused, by reason (`limit`: too many open;
+    /// `handshake`: the TLS handshake failed, e.g. no or a bad client
+    /// certificate on a node link; `unknown_peer`: a proven identity that is
+    /// not in the topology).
+    pub connections_refused: IntCounterVec,
 }
 
 impl LinkMetrics {
@@ -87,6 +96,7 @@ impl LinkMetrics {
             Box::new(m.connect_failures.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.inbound_connections.clone()),
+            Box::new(m.connections_refused.clone()),
         ] {
             // Registering the same name twice is a programming error caught in tests.
             let _ = registry.register(c);
@@ -120,21 +130,30 @@ impl LinkMetrics {
             connect_failures: c("connect_failures_total", "Failed connection attempts"),
             queue_depth: g("queue_depth", "Frames waiting in outbound queues"),
             inbound_connections: g("inbound_connections", "Open inbound connections"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    format!("{p}_connections_refused_total"),
+                    "Inbound connections refused",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
         };
-        for r in [
-            "malformed",
-            "queue_full",
-            "link_error",
-            "rate_limited",
-            "refused_connection",
-        ] {
+        for r in ["malformed", "queue_full", "link_error", "rate_limited"] {
             m.dropped.with_label_values(&[r]);
+        }
+        for r in ["limit", "handshake", "unknown_peer"] {
+            m.connections_refused.with_label_values(&[r]);
         }
         m
     }
 
     fn drop(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    fn refuse(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 }
 
@@ -180,7 +199,9 @@ impl Bucket {
     }
 }
 
-/// Binds a QUIC endpoint that serves links and can dial peers.
+/// Binds a QUIC endpoint that serves node links and can dial peers. Every
+/// dialler must prove an identity key (mutual TLS); [`serve`] then admits
+/// only the identities its [`PeerFilter`] accepts.
 ///
 /// With `jumbo`, it uses UDP payloads up to 8952 bytes where the path
 /// allows: on jumbo-frame paths (data-centre links, loopback) three Sphinx
@@ -191,11 +212,30 @@ impl Bucket {
 /// loss, p50 7.9 s → 21.8 s).
 pub fn bind(
     addr: SocketAddr,
-    identity: &ed25519_dalek::SigningKey,
+    creds: &tls::Credentials,
     jumbo: bool,
 ) -> Result<quinn::Endpoint, Error> {
+    bind_as(addr, creds, jumbo, tls::Diallers::Nodes)
+}
+
+/// Binds a gateway's client endpoint: anyone may dial it without a
+/// certificate (clients are anonymous to their gateway's TLS).
+pub fn bind_for_clients(
+    addr: SocketAddr,
+    creds: &tls::Credentials,
+    jumbo: bool,
+) -> Result<quinn::Endpoint, Error> {
+    bind_as(addr, creds, jumbo, tls::Diallers::Anyone)
+}
+
+fn bind_as(
+    addr: SocketAddr,
+    creds: &tls::Credentials,
+    jumbo: bool,
+    diallers: tls::Diallers,
+) -> Result<quinn::Endpoint, Error> {
     crate::install_crypto_provider();
-    crate::faults::endpoint(addr, Some(tls::server_config(identity)?), jumbo)
+    crate::faults::endpoint(addr, Some(tls::server_config(creds, diallers)?), jumbo)
         .map_err(|source| Error::Bind { addr, source })
 }
 
@@ -222,24 +262,41 @@ pub fn bulk_client_endpoint(bind_addr: SocketAddr) -> Result<quinn::Endpoint, Er
 }
 
 /// Accepts connections on `endpoint` until it is closed, feeding frames to `sink`.
+///
+/// With `peers`, the endpoint serves node links: a connection whose
+/// dialler proved no identity, or one `peers` refuses, is closed at once
+/// (application error 1, reason `not in topology`) and counted.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     sink: Arc<dyn FrameSink>,
     metrics: LinkMetrics,
     cfg: LinkConfig,
+    peers: Option<PeerFilter>,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_inbound_connections));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             incoming.refuse();
-            metrics.drop("refused_connection");
+            metrics.refuse("limit");
             continue;
         };
         let sink = sink.clone();
         let metrics = metrics.clone();
         let cfg = cfg.clone();
+        let peers = peers.clone();
         tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
+            let Ok(conn) = incoming.await else {
+                metrics.refuse("handshake");
+                return;
+            };
+            if let Some(admit) = &peers {
+                let known = tls::peer_identity(&conn).is_some_and(|id| admit(&id));
+                if !known {
+                    metrics.refuse("unknown_peer");
+                    conn.close(1u8.into(), b"not in topology");
+                    return;
+                }
+            }
             metrics.inbound_connections.inc();
             serve_connection(conn, sink, metrics.clone(), &cfg).await;
             metrics.inbound_connections.dec();
@@ -315,16 +372,23 @@ struct Peer {
 #[derive(Clone)]
 pub struct Links {
     endpoint: quinn::Endpoint,
+    creds: tls::Credentials,
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     cfg: LinkConfig,
     metrics: LinkMetrics,
 }
 
 impl Links {
-    /// Outbound links dialled from `endpoint`.
-    pub fn new(endpoint: quinn::Endpoint, cfg: LinkConfig, metrics: LinkMetrics) -> Self {
+    /// Outbound links dialled from `endpoint`, proving `creds` to each peer.
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        creds: tls::Credentials,
+        cfg: LinkConfig,
+        metrics: LinkMetrics,
+    ) -> Self {
         Self {
             endpoint,
+            creds,
             peers: Arc::default(),
             cfg,
             metrics,
@@ -349,6 +413,7 @@ impl Links {
             let (tx, rx) = mpsc::channel(self.cfg.queue_capacity);
             tokio::spawn(peer_task(
                 self.endpoint.clone(),
+                self.creds.clone(),
                 peer,
                 addr,
                 rx,
@@ -383,13 +448,34 @@ impl Links {
     }
 }
 
-/// Dials `peer` at `addr`, checking it holds the identity key `peer`.
+/// Dials `peer` at `addr` anonymously (a client to its gateway), checking
+/// it holds the identity key `peer`.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     peer: NodeId,
     addr: SocketAddr,
 ) -> Result<quinn::Connection, Error> {
-    let cfg = tls::client_config(peer)?;
+    dial(endpoint, peer, addr, None).await
+}
+
+/// Dials `peer` at `addr` as the node `me` (node links are mutually
+/// authenticated), checking it holds the identity key `peer`.
+pub async fn connect_as(
+    endpoint: &quinn::Endpoint,
+    me: &tls::Credentials,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, Error> {
+    dial(endpoint, peer, addr, Some(me)).await
+}
+
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    peer: NodeId,
+    addr: SocketAddr,
+    me: Option<&tls::Credentials>,
+) -> Result<quinn::Connection, Error> {
+    let cfg = tls::client_config(peer, me)?;
     endpoint
         .connect_with(cfg, addr, tls::SERVER_NAME)
         .map_err(|e| Error::Connect(e.to_string()))?
@@ -402,6 +488,7 @@ const BATCH_FRAMES: usize = 32;
 
 async fn peer_task(
     endpoint: quinn::Endpoint,
+    creds: tls::Credentials,
     peer: NodeId,
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
@@ -410,7 +497,7 @@ async fn peer_task(
 ) {
     let mut backoff = cfg.backoff_min;
     loop {
-        let conn = match connect(&endpoint, peer, addr).await {
+        let conn = match connect_as(&endpoint, &creds, peer, addr).await {
             Ok(c) => c,
             Err(e) => {
                 metrics.connect_failures.inc();

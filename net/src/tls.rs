@@ -1,10 +1,17 @@
 //! TLS 1.3 for QUIC with no CA: a node's certificate is self-signed with its
-//! ed25519 identity key, and a client accepts a server only if the handshake
+//! ed25519 identity key, and a dialler accepts a server only if the handshake
 //! signature verifies under the identity key the signed topology names.
 //!
 //! The certificate's contents are not trusted at all: the server proves it
 //! holds the expected key by signing the TLS transcript, and we verify that
 //! signature with the *expected* key, never the one the certificate claims.
+//!
+//! Node links are mutually authenticated: a node dialling another presents
+//! its own self-signed certificate, the listener verifies the client's
+//! transcript signature under the key that certificate names, and then
+//! admits the connection only if that key is in its topology
+//! ([`peer_identity`] gives it to the link layer). Clients of a gateway
+//! present no certificate and reach only the gateway's client endpoint.
 
 use crate::Error;
 use ed25519_dalek::SigningKey;
@@ -15,7 +22,8 @@ use rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
     UnixTime,
 };
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,25 +88,89 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// QUIC server config presenting a certificate self-signed by `identity`.
-pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, Error> {
-    let der = pkcs8(identity);
-    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
-        &PrivatePkcs8KeyDer::from(der.clone()),
-        &rcgen::PKCS_ED25519,
-    )
-    .map_err(tls_err)?;
-    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
-        .map_err(tls_err)?
-        .self_signed(&key_pair)
+/// A node's TLS credentials: a certificate self-signed with its identity
+/// key, made once and presented as server and, on node links, as client.
+pub struct Credentials {
+    id: NodeId,
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("id", &hex::encode(&self.id[..4]))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Self-signs a certificate for `identity`.
+    pub fn new(identity: &SigningKey) -> Result<Self, Error> {
+        let der = zeroize::Zeroizing::new(pkcs8(identity));
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(der.as_slice()),
+            &rcgen::PKCS_ED25519,
+        )
         .map_err(tls_err)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .map_err(tls_err)?
+            .self_signed(&key_pair)
+            .map_err(tls_err)?;
+        Ok(Self {
+            id: identity.verifying_key().to_bytes(),
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(der.to_vec()),
+        })
+    }
+
+    /// The identity these credentials prove.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+/// Who may dial an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Diallers {
+    /// Node links: the dialler must prove an identity key (its certificate
+    /// and transcript signature); the link layer then checks it against the
+    /// topology.
+    Nodes,
+    /// A gateway's client endpoint: anyone, anonymously.
+    Anyone,
+}
+
+/// QUIC server config presenting `creds`, with client authentication as
+/// `diallers` says.
+pub fn server_config(
+    creds: &Credentials,
+    diallers: Diallers,
+) -> Result<quinn::ServerConfig, Error> {
+    let prov = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(prov.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_no_client_auth()
+        .map_err(tls_err)?;
+    let builder = match diallers {
+        Diallers::Nodes => builder.with_client_cert_verifier(Arc::new(AnyIdentity {
+            algs: prov.signature_verification_algorithms,
+        })),
+        Diallers::Anyone => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
+            vec![creds.cert.clone()],
+            PrivateKeyDer::Pkcs8(creds.key.clone_key()),
         )
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -108,24 +180,116 @@ pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, Error
     Ok(cfg)
 }
 
-/// QUIC client config that accepts only a server holding `expected`'s key.
-pub fn client_config(expected: NodeId) -> Result<quinn::ClientConfig, Error> {
+/// QUIC client config that accepts only a server holding `expected`'s key,
+/// presenting `me` as a client certificate when given (node links).
+pub fn client_config(
+    expected: NodeId,
+    me: Option<&Credentials>,
+) -> Result<quinn::ClientConfig, Error> {
     let prov = provider();
     let verifier = PinnedKey {
         spki: ed25519_spki(&expected),
         algs: prov.signature_verification_algorithms,
     };
-    let mut tls = rustls::ClientConfig::builder_with_provider(prov)
+    let builder = rustls::ClientConfig::builder_with_provider(prov)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut tls = match me {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![c.cert.clone()],
+                PrivateKeyDer::Pkcs8(c.key.clone_key()),
+            )
+            .map_err(tls_err)?,
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport(Duration::from_secs(30)));
     Ok(cfg)
+}
+
+/// The ed25519 key a certificate names: the 32 bytes after the first RFC 8410
+/// SubjectPublicKeyInfo prefix in its DER. The same function picks the key
+/// the dialler's transcript signature is checked under and the identity the
+/// link layer admits, so a certificate naming someone else's key first
+/// cannot pass: its holder cannot sign under that key.
+pub fn certificate_key(cert: &[u8]) -> Option<NodeId> {
+    let at = cert
+        .windows(SPKI_ED25519_PREFIX.len())
+        .position(|w| w == SPKI_ED25519_PREFIX)?;
+    let start = at + SPKI_ED25519_PREFIX.len();
+    cert.get(start..start + 32)?.try_into().ok()
+}
+
+/// The identity a dialler proved on `conn` (node links), if any.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<NodeId> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast_ref::<Vec<CertificateDer<'static>>>()?;
+    certificate_key(certs.first()?.as_ref())
+}
+
+/// Accepts a client certificate naming any ed25519 key, provided the client
+/// signs the handshake under that key. Whether the key may use the link is
+/// decided after the handshake, against the topology.
+#[derive(Debug)]
+struct AnyIdentity {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyIdentity {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match certificate_key(end_entity.as_ref()) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let key = certificate_key(cert.as_ref()).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(ed25519_spki(&key)),
+            dss,
+            &self.algs,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
 }
 
 #[derive(Debug)]

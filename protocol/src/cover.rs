@@ -144,6 +144,84 @@ impl<T> ClientStream<T> {
     }
 }
 
+/// How much a client may ask of its constant-rate downlink (λ_D Deliver
+/// frames/s from its entry gateway). Every reply the client provokes takes
+/// one frame: a fetch [`FETCH_COST`] (one per SURB), an acked fragment one,
+/// a loop one. The budget refills at a safe share of λ_D less the loop rate,
+/// so that replies never pile up at the gateway faster than the downlink
+/// drains them; a fetch waits for budget, a fragment may overdraw it (its
+/// ack is what keeps delivery reliable).
+#[derive(Debug, Clone)]
+pub struct DownlinkBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: f64,
+}
+
+/// Downlink frames one fetch provokes (its SURBs).
+pub const FETCH_COST: f64 = crate::messages::FETCH_SURBS as f64;
+/// Share of λ_D a client plans to use: the rest absorbs the bursts of
+/// replies that mixing delays bring together.
+pub const DOWNLINK_HEADROOM: f64 = 0.8;
+
+impl DownlinkBudget {
+    /// The budget for a downlink of `lambda_downlink` frames/s to a client
+    /// sending loops at `lambda_loop`, full at `now`. A non-positive or
+    /// unknown downlink rate gives an unlimited budget.
+    pub fn new(lambda_downlink: f64, lambda_loop: f64, now: f64) -> Self {
+        let rate = if lambda_downlink > 0.0 && lambda_downlink.is_finite() {
+            (DOWNLINK_HEADROOM * lambda_downlink - lambda_loop.max(0.0)).max(0.0)
+        } else {
+            f64::INFINITY
+        };
+        // Room for two fetches' worth of replies at once.
+        let burst = 2.0 * FETCH_COST;
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Frames per second the client may provoke.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    fn refill(&mut self, now: f64) {
+        if now > self.last {
+            self.tokens = (self.tokens + (now - self.last) * self.rate).min(self.burst);
+            self.last = now;
+        }
+    }
+
+    /// Whether the budget holds `cost` frames at `now`.
+    pub fn can_take(&mut self, cost: f64, now: f64) -> bool {
+        self.refill(now);
+        self.rate.is_infinite() || self.tokens >= cost
+    }
+
+    /// Takes `cost` frames if the budget holds them.
+    pub fn try_take(&mut self, cost: f64, now: f64) -> bool {
+        if !self.can_take(cost, now) {
+            return false;
+        }
+        self.take(cost, now);
+        true
+    }
+
+    /// Takes `cost` frames even if that overdraws the budget (bounded at one
+    /// burst of debt, so an upload cannot lock fetches out for long).
+    pub fn take(&mut self, cost: f64, now: f64) {
+        self.refill(now);
+        if self.rate.is_finite() {
+            self.tokens = (self.tokens - cost).max(-self.burst);
+        }
+    }
+}
+
 /// What became of a loop packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoopOutcome {
@@ -289,5 +367,36 @@ mod tests {
         assert_eq!(t.expire(13.1), 1);
         assert_eq!(t.returned(&[2; 16], 14.0), LoopOutcome::Unknown);
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn downlink_budget_paces_fetches_to_the_downlink() {
+        // λ_D = 12, λ_L = 1: 0.8 × 12 − 1 = 8.6 frames/s for replies.
+        let mut b = DownlinkBudget::new(12.0, 1.0, 0.0);
+        assert!((b.rate() - 8.6).abs() < 1e-9);
+        // A client that would fetch at every tick of a 50/s stream for 100 s.
+        let mut fetches = 0u32;
+        let mut t = 0.0;
+        while t < 100.0 {
+            if b.try_take(FETCH_COST, t) {
+                fetches += 1;
+            }
+            t += 0.02;
+        }
+        let frames = f64::from(fetches) * FETCH_COST;
+        assert!(
+            frames <= 8.6 * 100.0 + 2.0 * FETCH_COST && frames > 8.0 * 100.0,
+            "{frames} reply frames in 100 s"
+        );
+        // Fragments overdraw it, boundedly, and fetches wait until it refills.
+        let mut b = DownlinkBudget::new(12.0, 1.0, 0.0);
+        for _ in 0..100 {
+            b.take(1.0, 0.0);
+        }
+        assert!(!b.try_take(FETCH_COST, 0.5));
+        assert!(b.try_take(FETCH_COST, 2.0));
+        // No downlink rate published: no pacing.
+        let mut free = DownlinkBudget::new(0.0, 1.0, 0.0);
+        assert!((0..1000).all(|_| free.try_take(FETCH_COST, 0.0)));
     }
 }

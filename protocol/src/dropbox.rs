@@ -11,10 +11,13 @@
 //! id       = SHA-256("umbra-dropbox-id-v1" || capability public key)
 //! ```
 //!
+//! A contact key of small order makes `X25519(a, B)` all-zero, so the pair
+//! secret would follow from public keys; [`PairSecret::derive`] refuses it.
+//!
 //! The id names the box; it does not authorise. Fetching needs a signature
 //! by the capability key, whose public half hashes to the id.
 
-use crate::NodeId;
+use crate::{Error, NodeId};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
@@ -41,9 +44,18 @@ impl std::fmt::Debug for PairSecret {
 impl PairSecret {
     /// Derives the pair secret from my x25519 secret and their public key.
     /// Both sides get the same value.
-    pub fn derive(mine: &StaticSecret, theirs: &[u8; 32]) -> Self {
+    ///
+    /// Refuses ([`Error::Rejected`], the peer's fault) a key of small order:
+    /// the DH would be all-zero and the pair secret would follow from the
+    /// two public keys alone.
+    pub fn derive(mine: &StaticSecret, theirs: &[u8; 32]) -> Result<Self, Error> {
         let my_pub = PublicKey::from(mine).to_bytes();
         let dh = mine.diffie_hellman(&PublicKey::from(*theirs));
+        if !dh.was_contributory() {
+            return Err(Error::Rejected(
+                "contact key is of small order (non-contributory X25519)".into(),
+            ));
+        }
         let (lo, hi) = if my_pub <= *theirs {
             (my_pub, *theirs)
         } else {
@@ -55,7 +67,7 @@ impl PairSecret {
         let mut out = [0u8; 32];
         // 32 bytes is always a valid HKDF-SHA256 output length.
         let _ = Hkdf::<Sha256>::new(Some(b"umbra-pair-v1"), dh.as_bytes()).expand(&info, &mut out);
-        Self(out)
+        Ok(Self(out))
     }
 
     /// A pair secret from raw bytes (a group secret, or tests).
@@ -171,8 +183,8 @@ mod tests {
     fn both_sides_derive_the_same_boxes() {
         let (a, ap) = keys(1);
         let (b, bp) = keys(2);
-        let ab = PairSecret::derive(&a, &bp);
-        let ba = PairSecret::derive(&b, &ap);
+        let ab = PairSecret::derive(&a, &bp).unwrap();
+        let ba = PairSecret::derive(&b, &ap).unwrap();
         let x = ab.dropbox(&ap, &bp, 7);
         let y = ba.dropbox(&ap, &bp, 7);
         assert_eq!(x.id, y.id);
@@ -182,7 +194,31 @@ mod tests {
         assert_ne!(x.id, ab.dropbox(&ap, &bp, 8).id);
         // a third party gets another secret
         let (c, _) = keys(3);
-        assert_ne!(PairSecret::derive(&c, &bp).dropbox(&ap, &bp, 7).id, x.id);
+        assert_ne!(
+            PairSecret::derive(&c, &bp).unwrap().dropbox(&ap, &bp, 7).id,
+            x.id
+        );
+    }
+
+    #[test]
+    fn small_order_contact_keys_are_refused() {
+        let (a, _) = keys(1);
+        let mut p = [0xff; 32]; // p = 2^255 − 19, little-endian
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let mut order8 = [0u8; 32];
+        order8.copy_from_slice(
+            &hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap(),
+        );
+        for bad in [[0u8; 32], one, order8, p] {
+            let err = PairSecret::derive(&a, &bad).unwrap_err();
+            assert!(matches!(err, Error::Rejected(_)), "{err:?}");
+            assert_eq!(err.fault(), crate::Fault::Peer);
+            assert!(!crate::keys::is_contributory_key(&bad));
+        }
     }
 
     #[test]

@@ -10,6 +10,22 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+/// Whether the x25519 public key `public` is not of small order.
+///
+/// A small-order key (one of the points of order 1, 2, 4 or 8 on
+/// Curve25519 or its twist, in any of its encodings) makes every
+/// Diffie-Hellman with it all-zero, whatever the other side's secret: the
+/// "shared" secret then follows from public values. Any clamped scalar is
+/// a multiple of 8 smaller than 8·ℓ, so X25519 with a fixed clamped scalar
+/// is all-zero exactly for these keys.
+pub fn is_contributory_key(public: &[u8; 32]) -> bool {
+    // Not a secret: a fixed probe scalar (clamped on use).
+    let probe = StaticSecret::from([0x55; 32]);
+    probe
+        .diffie_hellman(&PublicKey::from(*public))
+        .was_contributory()
+}
+
 /// One epoch's Sphinx secret and the replay tags seen under it.
 pub struct EpochKey {
     epoch: u64,
@@ -116,6 +132,71 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use std::time::Duration;
+
+    /// The small-order u-coordinates (RFC 7748 §7; libsodium's blocklist):
+    /// 0, 1, the two of order 8, p−1, p and p+1, little-endian.
+    fn small_order_points() -> Vec<[u8; 32]> {
+        fn hex32(h: &str) -> [u8; 32] {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&hex::decode(h).unwrap());
+            out
+        }
+        // p = 2^255 − 19
+        let mut p = [0xff; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut p_minus_1 = p;
+        p_minus_1[0] = 0xec;
+        let mut p_plus_1 = p;
+        p_plus_1[0] = 0xee;
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        vec![
+            [0u8; 32],
+            one,
+            hex32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+            hex32("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+            p_minus_1,
+            p,
+            p_plus_1,
+        ]
+    }
+
+    #[test]
+    fn small_order_keys_are_not_contributory() {
+        let points = small_order_points();
+        assert_eq!(points.len(), 7);
+        for (i, point) in points.iter().enumerate() {
+            assert!(!is_contributory_key(point), "point {i}");
+            // X25519 ignores bit 255: the same points with it set.
+            let mut high = *point;
+            high[31] |= 0x80;
+            assert!(!is_contributory_key(&high), "point {i} with bit 255 set");
+            // And the property the helper promises: a DH with any secret is all-zero.
+            let mut rng = ChaCha20Rng::seed_from_u64(i as u64);
+            let (s, _) = sphinx_keypair(&mut rng);
+            assert_eq!(
+                s.diffie_hellman(&PublicKey::from(*point)).as_bytes(),
+                &[0u8; 32]
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_keys_are_contributory() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        for _ in 0..64 {
+            let (_, p) = sphinx_keypair(&mut rng);
+            assert!(is_contributory_key(&p));
+        }
+        // The base point (u = 9) and u = 2 (a twist point of large order).
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        assert!(is_contributory_key(&nine));
+        let mut two = [0u8; 32];
+        two[0] = 2;
+        assert!(is_contributory_key(&two));
+    }
 
     #[test]
     fn replay_is_rejected_per_key_and_retiring_drops_both() {

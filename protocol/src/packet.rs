@@ -7,11 +7,13 @@ use crate::{Error, NodeId};
 use rand::{CryptoRng, Rng};
 use rand_distr::{Distribution, Exp};
 use sphinx_packet::header::delays::Delay;
+use sphinx_packet::payload::key::{PayloadKey, derive_payload_key};
 use sphinx_packet::payload::{PAYLOAD_OVERHEAD_SIZE, Payload};
 use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
 use sphinx_packet::{ProcessedPacketData, SphinxPacket, SphinxPacketBuilder};
 use std::time::Duration;
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Sphinx payload size. 2048 bytes carries a useful fragment of a picture or
 /// voice note in one packet while keeping a packet under two QUIC stream frames.
@@ -150,9 +152,9 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
         )));
     }
     let (nodes, sphinx_delays, dest) = to_sphinx(route, delays, destination, identifier);
-    let mut seed = [0u8; 32];
-    rng.fill_bytes(&mut seed);
-    let initial = StaticSecret::from(seed);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(seed.as_mut());
+    let initial = StaticSecret::from(*seed);
     let packet = SphinxPacketBuilder::new()
         .with_payload_size(PAYLOAD_SIZE)
         .with_initial_secret(&initial)
@@ -211,14 +213,104 @@ pub fn peel(
     })
 }
 
-/// Bytes of a serialised single-seed SURB: header, first hop, one payload key seed.
-pub const SURB_LEN: usize = HEADER_SIZE + 32 + 16;
+/// Bytes of a payload key seed (`K_i[32..48]`, §2.3 of `docs/protocol.md`)
+/// and of a SURB's reply seed.
+pub const SEED_LEN: usize = 16;
 
-/// What a SURB's creator keeps to read the reply: every hop's payload key seed.
-pub use sphinx_packet::SurbReplyRecovery as ReplyKey;
+/// Bytes of a serialised SURB: header, first hop, reply seed.
+pub const SURB_LEN: usize = HEADER_SIZE + 32 + SEED_LEN;
+
+/// What a SURB's creator keeps to read the reply: the SURB's identifier,
+/// the reply seed `k̃` carried in the SURB, and every hop's payload key seed
+/// in route order.
+///
+/// Nobody else holds all of it: the replier knows only `k̃`, each hop only
+/// its own seed. Zeroized on drop; `Debug` shows only the number of hops.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct ReplyKey {
+    identifier: [u8; IDENTIFIER_LEN],
+    reply_seed: [u8; SEED_LEN],
+    hop_seeds: Vec<[u8; SEED_LEN]>,
+}
+
+impl std::fmt::Debug for ReplyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The identifier is no key, but it links the reply to its Deliver
+        // frame: it is left out too.
+        f.debug_struct("ReplyKey")
+            .field("hops", &self.hop_seeds.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplyKey {
+    /// The identifier the reply arrives under (delivered to the final hop
+    /// in the clear); the creator files this key under it.
+    pub fn identifier(&self) -> &[u8; IDENTIFIER_LEN] {
+        &self.identifier
+    }
+
+    /// Hops of the SURB's route.
+    pub fn num_hops(&self) -> usize {
+        self.hop_seeds.len()
+    }
+
+    /// Length of [`Self::to_bytes`] for a route of `hops` hops.
+    pub const fn serialized_len(hops: usize) -> usize {
+        IDENTIFIER_LEN + SEED_LEN + hops * SEED_LEN
+    }
+
+    /// `identifier[16] || k̃[16] || seed_0[16] || … || seed_{n-1}[16]`,
+    /// seeds in route order. Secret: the buffer is zeroized on drop.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(Self::serialized_len(
+            self.hop_seeds.len(),
+        )));
+        out.extend_from_slice(&self.identifier);
+        out.extend_from_slice(&self.reply_seed);
+        for seed in &self.hop_seeds {
+            out.extend_from_slice(seed);
+        }
+        out
+    }
+
+    /// Parses [`Self::to_bytes`]: 1..=[`MAX_HOPS`] seeds, nothing left over.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let fixed = IDENTIFIER_LEN + SEED_LEN;
+        let body = bytes.len().saturating_sub(fixed);
+        let hops = body / SEED_LEN;
+        if bytes.len() < Self::serialized_len(1)
+            || !body.is_multiple_of(SEED_LEN)
+            || hops > MAX_HOPS
+        {
+            return Err(Error::InvalidArgument(format!(
+                "reply key of {} bytes; expected {} + 16·n with 1 ≤ n ≤ {MAX_HOPS}",
+                bytes.len(),
+                fixed
+            )));
+        }
+        let mut key = Self {
+            identifier: [0; IDENTIFIER_LEN],
+            reply_seed: [0; SEED_LEN],
+            hop_seeds: Vec::with_capacity(hops),
+        };
+        key.identifier.copy_from_slice(&bytes[..IDENTIFIER_LEN]);
+        key.reply_seed
+            .copy_from_slice(&bytes[IDENTIFIER_LEN..fixed]);
+        let (seeds, _) = bytes[fixed..].as_chunks::<SEED_LEN>();
+        key.hop_seeds.extend_from_slice(seeds);
+        Ok(key)
+    }
+}
 
 /// Builds a single-block reply (SURB) for `route`, ending at `destination`
 /// with the non-zero `identifier` the creator looks its [`ReplyKey`] up by.
+///
+/// The SURB carries a fresh reply seed `k̃` drawn from `rng`, not any hop's
+/// payload key seed: the replier encrypts with `k̃` only, every hop (the
+/// final one included) removes a layer with its own key, and only the
+/// creator, holding every seed, can undo both. See §2.9 of
+/// `docs/protocol.md`.
 pub fn build_surb<R: CryptoRng + ?Sized>(
     rng: &mut R,
     route: &[Hop],
@@ -234,17 +326,40 @@ pub fn build_surb<R: CryptoRng + ?Sized>(
         )));
     }
     let (nodes, sphinx_delays, dest) = to_sphinx(route, delays, destination, identifier);
-    let mut seed = [0u8; 32];
-    rng.fill_bytes(&mut seed);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(seed.as_mut());
+    let mut reply_seed = Zeroizing::new([0u8; SEED_LEN]);
+    rng.fill_bytes(reply_seed.as_mut());
+    // The crate's single-seed SURB gives the header (version 260) and, in
+    // its recovery material, every hop's seed. Its own seed slot holds the
+    // last hop's seed; that is overwritten with k̃ below.
     let material = sphinx_packet::SURBMaterial::new(
         nodes,
         sphinx_delays,
         dest,
         sphinx_packet::version::SINGLE_SEED_SURB_VERSION,
     );
-    let (surb, key) = sphinx_packet::SURB::new_recoverable(StaticSecret::from(seed), material)
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    Ok((surb.to_bytes(), key))
+    let (surb, recovery) =
+        sphinx_packet::SURB::new_recoverable(StaticSecret::from(*seed), material)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let mut bytes = surb.to_bytes();
+    let recovery = Zeroizing::new(recovery.to_bytes());
+    // `identifier[16] || seed_0[16] || … || seed_{n-1}[16]`
+    let seeds = recovery.get(IDENTIFIER_LEN..).unwrap_or_default();
+    if bytes.len() != SURB_LEN || seeds.len() != route.len() * SEED_LEN {
+        bytes.zeroize();
+        return Err(Error::InvalidArgument(
+            "sphinx-packet built a SURB of unexpected shape".into(),
+        ));
+    }
+    bytes[HEADER_SIZE + 32..].copy_from_slice(reply_seed.as_ref());
+    let (hop_seeds, _) = seeds.as_chunks::<SEED_LEN>();
+    let key = ReplyKey {
+        identifier,
+        reply_seed: *reply_seed,
+        hop_seeds: hop_seeds.to_vec(),
+    };
+    Ok((bytes, key))
 }
 
 /// Uses a SURB received from a peer: returns the first hop and the reply packet.
@@ -267,9 +382,31 @@ pub fn use_surb(surb: &[u8], message: &[u8]) -> Result<(NodeId, Vec<u8>), Error>
 }
 
 /// Opens a reply payload as delivered by the final hop, with the creator's key.
+///
+/// Every hop removed one layer with its own payload key, first hop first;
+/// this re-adds them last hop first, which leaves the replier's single
+/// layer under `k̃`, removes that, and checks the padding. A payload made
+/// for another key fails the padding check.
 pub fn open_reply(key: &ReplyKey, payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let p = Payload::from_bytes(payload).map_err(sphinx_err)?;
-    key.recover_plaintext(p).map_err(sphinx_err)
+    if payload.len() != PAYLOAD_SIZE {
+        return Err(Error::InvalidPacket(format!(
+            "reply payload of {} bytes, expected {PAYLOAD_SIZE}",
+            payload.len()
+        )));
+    }
+    // The derived keys are passed by reference, so that the only copy is
+    // the one zeroized on drop.
+    let mut p = Payload::from_bytes(payload).map_err(sphinx_err)?;
+    for seed in key.hop_seeds.iter().rev() {
+        let hop_key = Zeroizing::new(derive_payload_key(seed));
+        let hop_key: &PayloadKey = &hop_key;
+        p = p.add_encryption_layer(hop_key).map_err(sphinx_err)?;
+    }
+    let reply_key = Zeroizing::new(derive_payload_key(&key.reply_seed));
+    let reply_key: &PayloadKey = &reply_key;
+    p.unwrap(reply_key)
+        .and_then(Payload::recover_plaintext)
+        .map_err(sphinx_err)
 }
 
 /// Opens the payload of a forward packet at its final hop.
@@ -281,9 +418,9 @@ pub fn recover_plaintext(payload: &[u8]) -> Result<Vec<u8>, Error> {
 
 /// A fresh x25519 Sphinx key pair from `rng`.
 pub fn sphinx_keypair<R: CryptoRng + ?Sized>(rng: &mut R) -> (StaticSecret, [u8; 32]) {
-    let mut seed = [0u8; 32];
-    rng.fill_bytes(&mut seed);
-    let secret = StaticSecret::from(seed);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(seed.as_mut());
+    let secret = StaticSecret::from(*seed);
     let public = PublicKey::from(&secret).to_bytes();
     (secret, public)
 }
@@ -438,6 +575,118 @@ mod tests {
             Peeled::Forward { .. } => panic!("expected final"),
         }
         assert!(use_surb(&surb[..10], b"x").is_err());
+    }
+
+    #[test]
+    fn surb_carries_the_reply_seed_not_a_hop_seed() {
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        let (hops, secrets) = route(&mut rng, 4);
+        let (surb, key) =
+            build_surb(&mut rng, &hops, &[5; 32], [9; 16], &[Duration::ZERO; 4]).unwrap();
+        assert_eq!(key.num_hops(), 4);
+        assert_eq!(key.identifier(), &[9; 16]);
+        assert_eq!(&surb[HEADER_SIZE + 32..], &key.reply_seed);
+        // The recorded seeds are the hops' own: each hop derives its seed
+        // from its DH with the header it receives.
+        let mut pkt = use_surb(&surb, b"r").unwrap().1;
+        for (i, s) in secrets.iter().enumerate() {
+            let parsed = SphinxPacket::from_bytes(&pkt).unwrap();
+            let seed = *parsed
+                .header
+                .compute_expanded_shared_secret(s)
+                .payload_key_seed();
+            assert_eq!(seed, key.hop_seeds[i], "hop {i}");
+            assert_ne!(seed, key.reply_seed, "hop {i}");
+            if let Peeled::Forward { packet, .. } = peel(&pkt, s, |_| true).unwrap() {
+                pkt = packet;
+            }
+        }
+    }
+
+    #[test]
+    fn reply_seed_comes_from_the_callers_rng() {
+        let mut rng = ChaCha20Rng::seed_from_u64(14);
+        let (hops, _) = route(&mut rng, 4);
+        let z = [Duration::ZERO; 4];
+        let build = |seed| {
+            let mut r = ChaCha20Rng::seed_from_u64(seed);
+            build_surb(&mut r, &hops, &[5; 32], [9; 16], &z).unwrap()
+        };
+        let (s1, k1) = build(1);
+        let (s2, k2) = build(1);
+        let (s3, k3) = build(2);
+        // Same rng, same secrets (the header's random padding comes from
+        // sphinx-packet's own RNG, so compare alpha and the seed slot).
+        assert_eq!(s1[..32], s2[..32]);
+        assert_eq!(s1[HEADER_SIZE + 32..], s2[HEADER_SIZE + 32..]);
+        assert_eq!(k1.to_bytes(), k2.to_bytes());
+        assert_ne!(s1[HEADER_SIZE + 32..], s3[HEADER_SIZE + 32..]);
+        assert_ne!(k1.reply_seed, k3.reply_seed);
+    }
+
+    #[test]
+    fn reply_key_round_trips_and_redacts() {
+        let mut rng = ChaCha20Rng::seed_from_u64(15);
+        let (hops, secrets) = route(&mut rng, 4);
+        let (surb, key) =
+            build_surb(&mut rng, &hops, &[5; 32], [9; 16], &[Duration::ZERO; 4]).unwrap();
+        let bytes = key.to_bytes();
+        assert_eq!(bytes.len(), ReplyKey::serialized_len(4));
+        assert_eq!(bytes.len(), 16 + 16 + 4 * 16);
+        assert_eq!(&bytes[..16], &[9; 16]);
+        assert_eq!(&bytes[16..32], &surb[HEADER_SIZE + 32..]);
+        let back = ReplyKey::from_bytes(&bytes).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+
+        // The restored key opens the reply.
+        let mut pkt = use_surb(&surb, b"persisted").unwrap().1;
+        let mut payload = None;
+        for s in &secrets {
+            match peel(&pkt, s, |_| true).unwrap() {
+                Peeled::Forward { packet, .. } => pkt = packet,
+                Peeled::Final { payload: p, .. } => payload = Some(p),
+            }
+        }
+        let payload = payload.unwrap();
+        assert_eq!(open_reply(&back, &payload).unwrap(), b"persisted");
+        // Any changed byte of the key fails the padding check.
+        for i in 16..bytes.len() {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= 1;
+            let bad = ReplyKey::from_bytes(&bad).unwrap();
+            assert!(open_reply(&bad, &payload).is_err(), "byte {i}");
+        }
+        assert!(open_reply(&back, &payload[..PAYLOAD_SIZE - 1]).is_err());
+
+        for len in [0, 16, 32, 47, 48 + 1, 32 + 16 * (MAX_HOPS + 1)] {
+            assert!(ReplyKey::from_bytes(&vec![1; len]).is_err(), "len {len}");
+        }
+        for hops in 1..=MAX_HOPS {
+            assert!(ReplyKey::from_bytes(&vec![1; ReplyKey::serialized_len(hops)]).is_ok());
+        }
+
+        let debug = format!("{key:?}");
+        assert!(
+            debug.contains("ReplyKey") && debug.contains("hops: 4"),
+            "{debug}"
+        );
+        assert!(!debug.contains(&hex::encode([9u8; 16])), "{debug}");
+        assert!(!debug.contains("9, 9, 9"), "{debug}");
+        for secret in std::iter::once(&key.reply_seed).chain(&key.hop_seeds) {
+            assert!(!debug.contains(&hex::encode(secret)), "{debug}");
+            assert!(
+                !debug.contains(&format!("{}, {}", secret[0], secret[1])),
+                "{debug}"
+            );
+        }
+    }
+
+    #[test]
+    fn surb_needs_a_non_zero_identifier() {
+        let mut rng = ChaCha20Rng::seed_from_u64(16);
+        let (hops, _) = route(&mut rng, 4);
+        let r = build_surb(&mut rng, &hops, &[5; 32], [0; 16], &[Duration::ZERO; 4]);
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
     }
 
     #[test]

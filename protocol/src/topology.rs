@@ -11,8 +11,8 @@ use crate::{Error, NodeId};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
 /// Number of mix layers.
 pub const LAYERS: u8 = 3;
@@ -20,6 +20,8 @@ pub const LAYERS: u8 = 3;
 pub const DESCRIPTOR_DOMAIN: &str = "umbra-descriptor-v1";
 /// Signature domain of topology documents.
 pub const TOPOLOGY_DOMAIN: &str = "umbra-topology-v1";
+/// Signature domain of an authority's vote.
+pub const VOTE_DOMAIN: &str = "umbra-vote-v1";
 /// Most Sphinx keys a descriptor may carry.
 pub const MAX_DESCRIPTOR_KEYS: usize = 4;
 /// Clock skew tolerated when checking validity windows.
@@ -44,7 +46,7 @@ pub mod hex32 {
 }
 
 /// What a node does in the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A mix node, placed in one of the layers.
@@ -108,6 +110,10 @@ pub struct NetworkParams {
     pub lambda_loop: f64,
     /// Mix node loop cover rate λ_M, packets/s.
     pub lambda_mix_loop: f64,
+    /// Rate of the constant downlink an entry gateway sends each client,
+    /// λ_D, Deliver frames/s: a Poisson stream of real replies when queued
+    /// and dummies otherwise. Clients pace their fetches to fit it.
+    pub lambda_downlink: f64,
 }
 
 impl Default for NetworkParams {
@@ -118,6 +124,7 @@ impl Default for NetworkParams {
             lambda_payload: 5.0,
             lambda_loop: 1.0,
             lambda_mix_loop: 1.0,
+            lambda_downlink: 12.0,
         }
     }
 }
@@ -195,19 +202,33 @@ impl TopologyDocument {
         params: NetworkParams,
         descriptors: &[NodeDescriptor],
     ) -> Self {
-        let mut seen = HashSet::new();
-        let mut nodes: Vec<TopologyNode> = descriptors
+        let nodes = descriptors
             .iter()
-            .filter(|d| seen.insert(d.identity))
-            .filter_map(|d| {
-                Some(TopologyNode {
-                    identity: d.identity,
-                    role: d.role,
-                    address: d.address.clone(),
-                    client_address: d.client_address.clone(),
-                    sphinx_key: d.key_for(epoch)?,
-                    layer: 0,
-                })
+            .filter_map(|d| VoteNode::from_descriptor(d, epoch))
+            .collect();
+        Self::from_nodes(epoch, revision, schedule, params, nodes)
+    }
+
+    /// The document for `epoch` listing `nodes` (the first entry of an
+    /// identity wins), sorted by identity, with mix layers from [`assign_layers`].
+    pub fn from_nodes(
+        epoch: u64,
+        revision: u64,
+        schedule: EpochSchedule,
+        params: NetworkParams,
+        nodes: Vec<VoteNode>,
+    ) -> Self {
+        let mut seen = HashSet::new();
+        let mut nodes: Vec<TopologyNode> = nodes
+            .into_iter()
+            .filter(|n| seen.insert(n.identity))
+            .map(|n| TopologyNode {
+                identity: n.identity,
+                role: n.role,
+                address: n.address,
+                client_address: n.client_address,
+                sphinx_key: n.sphinx_key,
+                layer: 0,
             })
             .collect();
         nodes.sort_by_key(|n| n.identity);
@@ -216,12 +237,9 @@ impl TopologyDocument {
             .filter(|n| n.role == Role::Mix)
             .map(|n| n.identity)
             .collect();
-        let layers = assign_layers(epoch, &mix_ids);
+        let layers: BTreeMap<NodeId, u8> = assign_layers(epoch, &mix_ids).into_iter().collect();
         for n in nodes.iter_mut().filter(|n| n.role == Role::Mix) {
-            n.layer = layers
-                .iter()
-                .find(|(id, _)| *id == n.identity)
-                .map_or(0, |(_, l)| *l);
+            n.layer = layers.get(&n.identity).copied().unwrap_or(0);
         }
         Self {
             epoch,
@@ -264,6 +282,12 @@ impl TopologyDocument {
             n.socket_addr()?;
             if n.role == Role::Gateway && n.layer != 0 {
                 return Err(Error::Rejected("gateway placed in a mix layer".into()));
+            }
+            if !crate::keys::is_contributory_key(&n.sphinx_key) {
+                return Err(Error::Rejected(format!(
+                    "node {} has a small-order sphinx key",
+                    hex::encode(&n.identity[..4])
+                )));
             }
         }
         let mix_ids: Vec<NodeId> = self
@@ -411,9 +435,60 @@ impl Signed {
     }
 }
 
+/// Which node addresses an authority accepts in descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressPolicy {
+    /// Public unicast addresses only (production).
+    PublicOnly,
+    /// Any dialable address, loopback and private ranges included: an
+    /// explicit test network.
+    TestNetwork,
+}
+
+/// Whether `ip` is a public unicast address: not unspecified, loopback,
+/// private, shared (CGNAT), link-local, multicast, broadcast, documentation,
+/// benchmarking or reserved; IPv4-mapped IPv6 addresses are judged as IPv4.
+pub fn is_public_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (18..20).contains(&o[1]))
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_unicast(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
+                || seg[0] & 0xe000 != 0x2000)
+        }
+    }
+}
+
 /// Verifies a node's descriptor: signed by the identity it names, with a
-/// usable address, and a Sphinx key for `now_epoch` or the next one.
-pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescriptor, Error> {
+/// usable address (public unless `policy` says this is a test network),
+/// contributory Sphinx keys, and one for `now_epoch` or the next one.
+pub fn verify_descriptor(
+    signed: &Signed,
+    now_epoch: u64,
+    policy: AddressPolicy,
+) -> Result<NodeDescriptor, Error> {
     let d: NodeDescriptor = signed.parse_unverified()?;
     if signed
         .valid_signers(DESCRIPTOR_DOMAIN, &[d.identity])
@@ -427,14 +502,26 @@ pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescript
         a.parse::<SocketAddr>()
             .is_ok_and(|a| !a.ip().is_unspecified() && a.port() != 0)
     };
+    let public = |a: &str| {
+        policy == AddressPolicy::TestNetwork
+            || a.parse::<SocketAddr>()
+                .is_ok_and(|a| is_public_unicast(a.ip()))
+    };
     if !usable(&d.address) {
         return Err(Error::Rejected(format!(
             "address {:?} is not a dialable ip:port (set public_address)",
             d.address
         )));
     }
+    if !public(&d.address) {
+        return Err(Error::Rejected(format!(
+            "address {:?} is not a public unicast address (set public_address; \
+             private and loopback addresses need an authority with test_network = true)",
+            d.address
+        )));
+    }
     if let Some(c) = &d.client_address
-        && (d.role != Role::Gateway || !usable(c))
+        && (d.role != Role::Gateway || !usable(c) || !public(c))
     {
         return Err(Error::Rejected(format!("bad client address {c:?}")));
     }
@@ -443,6 +530,12 @@ pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescript
             "descriptor carries {} sphinx keys; 1..={MAX_DESCRIPTOR_KEYS} allowed",
             d.sphinx_keys.len()
         )));
+    }
+    if d.sphinx_keys
+        .iter()
+        .any(|k| !crate::keys::is_contributory_key(&k.key))
+    {
+        return Err(Error::Rejected("small-order sphinx key".into()));
     }
     if d.key_for(now_epoch).is_none() && d.key_for(now_epoch + 1).is_none() {
         return Err(Error::Rejected(format!(
@@ -454,6 +547,145 @@ pub fn verify_descriptor(signed: &Signed, now_epoch: u64) -> Result<NodeDescript
         return Err(Error::Rejected("sphinx key for a far-future epoch".into()));
     }
     Ok(d)
+}
+
+/// One node as an authority votes for it in one epoch: what the topology
+/// will say of it, but its layer (the consensus assigns layers).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteNode {
+    /// ed25519 identity.
+    #[serde(with = "hex32")]
+    pub identity: NodeId,
+    /// Mix node or gateway.
+    pub role: Role,
+    /// QUIC address.
+    pub address: String,
+    /// Gateways: the QUIC address clients connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    /// Sphinx key for the vote's epoch.
+    #[serde(with = "hex32")]
+    pub sphinx_key: [u8; 32],
+}
+
+impl VoteNode {
+    /// What `d` says of itself for `epoch`, if it has a key for it.
+    pub fn from_descriptor(d: &NodeDescriptor, epoch: u64) -> Option<Self> {
+        Some(Self {
+            identity: d.identity,
+            role: d.role,
+            address: d.address.clone(),
+            client_address: d.client_address.clone(),
+            sphinx_key: d.key_for(epoch)?,
+        })
+    }
+}
+
+/// One authority's vote for one epoch: the nodes it admitted and holds a
+/// key for, signed by it under [`VOTE_DOMAIN`]. Authorities exchange votes
+/// and each computes the same [`consensus`] from them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vote {
+    /// The voting authority's key.
+    #[serde(with = "hex32")]
+    pub authority: [u8; 32],
+    /// The epoch voted on.
+    pub epoch: u64,
+    /// Grows each time this authority's vote for the epoch changes
+    /// (a Unix ms timestamp in practice).
+    pub revision: u64,
+    /// The epoch schedule the authority is configured with.
+    pub schedule: EpochSchedule,
+    /// The network parameters the authority is configured with.
+    pub params: NetworkParams,
+    /// The nodes, strictly ascending by identity.
+    pub nodes: Vec<VoteNode>,
+}
+
+/// Verifies a vote: it parses, names an authority of `authorities` and is
+/// signed by it, and its nodes are sorted and unique with parseable
+/// addresses and contributory Sphinx keys.
+pub fn verify_vote(signed: &Signed, authorities: &[[u8; 32]]) -> Result<Vote, Error> {
+    let v: Vote = signed.parse_unverified()?;
+    if !authorities.contains(&v.authority) {
+        return Err(Error::BadSignature("vote from an unknown authority"));
+    }
+    if signed.valid_signers(VOTE_DOMAIN, &[v.authority]).is_empty() {
+        return Err(Error::BadSignature(
+            "vote is not signed by the authority it names",
+        ));
+    }
+    if !v.nodes.windows(2).all(|w| w[0].identity < w[1].identity) {
+        return Err(Error::Rejected(
+            "vote nodes not sorted or not unique".into(),
+        ));
+    }
+    for n in &v.nodes {
+        n.address
+            .parse::<SocketAddr>()
+            .map_err(|_| Error::Rejected(format!("bad node address {:?}", n.address)))?;
+        if !crate::keys::is_contributory_key(&n.sphinx_key) {
+            return Err(Error::Rejected("small-order sphinx key in a vote".into()));
+        }
+    }
+    Ok(v)
+}
+
+/// The topology `threshold` authorities agree on for `epoch`: the
+/// deterministic result of their votes, so that every authority that holds
+/// the same votes signs the same bytes.
+///
+/// - Only votes for `epoch` with exactly this `schedule` and `params` (the
+///   computing authority's own) count, one per authority (the first).
+/// - A node is listed if at least `threshold` counted votes list it with
+///   identical entries (role, addresses, Sphinx key). Should several entries
+///   of one identity each reach the threshold, the one with the most votes
+///   wins, then the smallest.
+/// - The revision is the `threshold`-th highest revision among the counted
+///   votes, so fewer than `threshold` authorities cannot push it up.
+///
+/// `None` if fewer than `threshold` votes count.
+pub fn consensus(
+    epoch: u64,
+    schedule: EpochSchedule,
+    params: NetworkParams,
+    votes: &[Vote],
+    threshold: usize,
+) -> Option<TopologyDocument> {
+    let mut seen = HashSet::new();
+    let counted: Vec<&Vote> = votes
+        .iter()
+        .filter(|v| v.epoch == epoch && v.schedule == schedule && v.params == params)
+        .filter(|v| seen.insert(v.authority))
+        .collect();
+    if threshold == 0 || counted.len() < threshold {
+        return None;
+    }
+    let mut tally: BTreeMap<&VoteNode, usize> = BTreeMap::new();
+    for v in &counted {
+        let mut ids = HashSet::new();
+        for n in v.nodes.iter().filter(|n| ids.insert(n.identity)) {
+            *tally.entry(n).or_default() += 1;
+        }
+    }
+    let mut best: BTreeMap<NodeId, (&VoteNode, usize)> = BTreeMap::new();
+    for (n, c) in tally.into_iter().filter(|(_, c)| *c >= threshold) {
+        // The tally iterates in ascending entry order, so on a tie the
+        // smaller entry, met first, stays.
+        let e = best.entry(n.identity).or_insert((n, c));
+        if c > e.1 {
+            *e = (n, c);
+        }
+    }
+    let mut revisions: Vec<u64> = counted.iter().map(|v| v.revision).collect();
+    revisions.sort_unstable_by(|a, b| b.cmp(a));
+    let revision = revisions[threshold - 1];
+    let nodes = best.into_values().map(|(n, _)| n.clone()).collect();
+    Some(TopologyDocument::from_nodes(
+        epoch, revision, schedule, params, nodes,
+    ))
 }
 
 /// Whom a client or node trusts to sign topologies.
@@ -538,25 +770,96 @@ mod tests {
         let k = key(1);
         let d = descriptor(&k, Role::Mix, 1000, 5);
         let s = Signed::sign(&d, DESCRIPTOR_DOMAIN, &k).unwrap();
-        assert_eq!(verify_descriptor(&s, 5).unwrap(), d);
-        assert_eq!(verify_descriptor(&s, 4).unwrap(), d);
-        assert!(matches!(verify_descriptor(&s, 6), Err(Error::Rejected(_))));
+        assert_eq!(
+            verify_descriptor(&s, 5, AddressPolicy::TestNetwork).unwrap(),
+            d
+        );
+        assert_eq!(
+            verify_descriptor(&s, 4, AddressPolicy::TestNetwork).unwrap(),
+            d
+        );
+        assert!(matches!(
+            verify_descriptor(&s, 6, AddressPolicy::TestNetwork),
+            Err(Error::Rejected(_))
+        ));
         // signed by someone else
         let s2 = Signed::sign(&d, DESCRIPTOR_DOMAIN, &key(2)).unwrap();
         assert!(matches!(
-            verify_descriptor(&s2, 5),
+            verify_descriptor(&s2, 5, AddressPolicy::TestNetwork),
             Err(Error::BadSignature(_))
         ));
         // tampered body
         let mut s3 = s.clone();
         s3.body = s3.body.replace("1000", "1001");
         assert!(matches!(
-            verify_descriptor(&s3, 5),
+            verify_descriptor(&s3, 5, AddressPolicy::TestNetwork),
             Err(Error::BadSignature(_))
         ));
         // wrong domain
         let s4 = Signed::sign(&d, TOPOLOGY_DOMAIN, &k).unwrap();
-        assert!(verify_descriptor(&s4, 5).is_err());
+        assert!(verify_descriptor(&s4, 5, AddressPolicy::TestNetwork).is_err());
+    }
+
+    #[test]
+    fn production_authorities_take_public_addresses_only() {
+        let k = key(1);
+        let mut d = descriptor(&k, Role::Mix, 1000, 5);
+        let s = Signed::sign(&d, DESCRIPTOR_DOMAIN, &k).unwrap();
+        let e = verify_descriptor(&s, 5, AddressPolicy::PublicOnly).unwrap_err();
+        assert!(
+            e.to_string().contains("not a public unicast address"),
+            "{e}"
+        );
+        d.address = "198.51.100.9:9000".into(); // documentation range
+        let s = Signed::sign(&d, DESCRIPTOR_DOMAIN, &k).unwrap();
+        assert!(verify_descriptor(&s, 5, AddressPolicy::PublicOnly).is_err());
+        d.address = "84.17.33.2:9000".into();
+        let s = Signed::sign(&d, DESCRIPTOR_DOMAIN, &k).unwrap();
+        assert!(verify_descriptor(&s, 5, AddressPolicy::PublicOnly).is_ok());
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "127.0.0.1",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::1",
+            "fc00::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "::",
+        ] {
+            assert!(!is_public_unicast(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["84.17.33.2", "2a01:4f8::1", "::ffff:84.17.33.2"] {
+            assert!(is_public_unicast(ip.parse().unwrap()), "{ip}");
+        }
+        // A gateway's client address obeys the same rule.
+        let mut g = descriptor(&k, Role::Gateway, 1000, 5);
+        g.address = "84.17.33.2:9000".into();
+        g.client_address = Some("192.168.0.4:9600".into());
+        let s = Signed::sign(&g, DESCRIPTOR_DOMAIN, &k).unwrap();
+        assert!(verify_descriptor(&s, 5, AddressPolicy::PublicOnly).is_err());
+        assert!(verify_descriptor(&s, 5, AddressPolicy::TestNetwork).is_ok());
+    }
+
+    #[test]
+    fn small_order_sphinx_keys_are_refused() {
+        let k = key(1);
+        let mut d = descriptor(&k, Role::Mix, 1000, 5);
+        d.sphinx_keys[0].key = [0; 32];
+        let s = Signed::sign(&d, DESCRIPTOR_DOMAIN, &k).unwrap();
+        let e = verify_descriptor(&s, 5, AddressPolicy::TestNetwork).unwrap_err();
+        assert!(e.to_string().contains("small-order"), "{e}");
+        let mut doc = topo(3);
+        doc.nodes[0].sphinx_key = [0; 32];
+        assert!(doc.check_rules().is_err());
     }
 
     #[test]
@@ -637,5 +940,122 @@ mod tests {
         assert!(verify_topology(&s, &trust, 3500, None).is_err());
         s.cosign(TOPOLOGY_DOMAIN, &b);
         assert!(verify_topology(&s, &trust, 3500, None).is_ok());
+    }
+
+    fn vote(auth: &SigningKey, epoch: u64, revision: u64, nodes: &[VoteNode]) -> Vote {
+        let mut nodes = nodes.to_vec();
+        nodes.sort();
+        Vote {
+            authority: auth.verifying_key().to_bytes(),
+            epoch,
+            revision,
+            schedule: schedule(),
+            params: NetworkParams::default(),
+            nodes,
+        }
+    }
+
+    fn vote_nodes(first: u8, n: u8, epoch: u64) -> Vec<VoteNode> {
+        (first..first + n)
+            .map(|i| {
+                let role = if i % 4 == 0 { Role::Gateway } else { Role::Mix };
+                VoteNode::from_descriptor(
+                    &descriptor(&key(i), role, 1000 + u16::from(i), epoch),
+                    epoch,
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consensus_lists_nodes_admitted_by_k_and_is_the_same_for_everyone() {
+        let (a, b, c) = (key(100), key(101), key(102));
+        let honest = vote_nodes(1, 8, 3);
+        let rogue_extra = vote_nodes(50, 5, 3);
+        let mut rogue_nodes = honest.clone();
+        rogue_nodes.extend(rogue_extra.iter().cloned());
+        let votes = vec![
+            vote(&a, 3, 10, &honest),
+            vote(&b, 3, 30, &honest),
+            vote(&c, 3, u64::MAX, &rogue_nodes),
+        ];
+        let p = NetworkParams::default();
+        let doc = consensus(3, schedule(), p, &votes, 2).unwrap();
+        assert_eq!(doc.nodes.len(), honest.len());
+        for r in &rogue_extra {
+            assert!(
+                doc.node(&r.identity).is_none(),
+                "a node one authority admits is listed"
+            );
+        }
+        doc.check_rules().unwrap();
+        // The rogue's huge revision does not carry: the 2nd highest does.
+        assert_eq!(doc.revision, 30);
+        // The order votes arrive in does not matter: same bytes to sign.
+        let mut rev = votes.clone();
+        rev.reverse();
+        let doc2 = consensus(3, schedule(), p, &rev, 2).unwrap();
+        assert_eq!(
+            serde_json::to_string(&doc).unwrap(),
+            serde_json::to_string(&doc2).unwrap()
+        );
+        // Fewer than k votes: no consensus. A vote for another epoch or with
+        // other params does not count.
+        assert!(consensus(3, schedule(), p, &votes[..1], 2).is_none());
+        let mut other = votes[1].clone();
+        other.params.mix_delay_mean_ms += 1;
+        assert!(consensus(3, schedule(), p, &[votes[0].clone(), other], 2).is_none());
+        let mut dup = votes[0].clone();
+        dup.revision = 99;
+        assert!(
+            consensus(3, schedule(), p, &[votes[0].clone(), dup], 2).is_none(),
+            "one authority's two votes count once"
+        );
+    }
+
+    #[test]
+    fn consensus_needs_identical_entries() {
+        let (a, b, c) = (key(100), key(101), key(102));
+        let nodes = vote_nodes(1, 6, 3);
+        let mut moved = nodes.clone();
+        moved[0].address = "127.0.0.1:4444".into();
+        let votes = vec![
+            vote(&a, 3, 1, &nodes),
+            vote(&b, 3, 1, &moved),
+            vote(&c, 3, 1, &moved),
+        ];
+        let doc = consensus(3, schedule(), NetworkParams::default(), &votes, 2).unwrap();
+        assert_eq!(
+            doc.node(&nodes[0].identity).unwrap().address,
+            "127.0.0.1:4444"
+        );
+        let doc3 = consensus(3, schedule(), NetworkParams::default(), &votes, 3).unwrap();
+        assert!(
+            doc3.node(&nodes[0].identity).is_none(),
+            "no 3 votes agree on it"
+        );
+        assert_eq!(doc3.nodes.len(), nodes.len() - 1);
+    }
+
+    #[test]
+    fn votes_verify_only_under_their_authority() {
+        let (a, b) = (key(100), key(101));
+        let v = vote(&a, 3, 1, &vote_nodes(1, 3, 3));
+        let s = Signed::sign(&v, VOTE_DOMAIN, &a).unwrap();
+        let set = [a.verifying_key().to_bytes(), b.verifying_key().to_bytes()];
+        assert_eq!(verify_vote(&s, &set).unwrap(), v);
+        assert!(verify_vote(&s, &set[1..]).is_err(), "unknown authority");
+        let forged = Signed::sign(&v, VOTE_DOMAIN, &b).unwrap();
+        assert!(
+            verify_vote(&forged, &set).is_err(),
+            "signed by another authority"
+        );
+        let wrong_domain = Signed::sign(&v, TOPOLOGY_DOMAIN, &a).unwrap();
+        assert!(verify_vote(&wrong_domain, &set).is_err());
+        let mut unsorted = v.clone();
+        unsorted.nodes.reverse();
+        let s = Signed::sign(&unsorted, VOTE_DOMAIN, &a).unwrap();
+        assert!(verify_vote(&s, &set).is_err());
     }
 }

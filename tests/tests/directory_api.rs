@@ -1,5 +1,6 @@
 //! The directory authority over HTTP: what it accepts, what it refuses and
-//! why, and that its key and descriptors survive a restart.
+//! why (admission included), and that its key, allowlist and descriptors
+//! survive a restart.
 
 use ed25519_dalek::SigningKey;
 use protocol::topology::{
@@ -32,6 +33,28 @@ async fn refuses_bad_descriptors_with_a_reason_and_persists_good_ones() {
     let node = SigningKey::from_bytes(&[1; 32]);
     let other = SigningKey::from_bytes(&[2; 32]);
 
+    // Not on the allowlist: refused, and the refusal says how to admit it.
+    let stranger = Signed::sign(
+        &descriptor(&node, 0, 4000),
+        topology::DESCRIPTOR_DOMAIN,
+        &node,
+    )
+    .unwrap();
+    let e = client.register(&stranger).await.unwrap_err().to_string();
+    assert!(
+        e.contains("400") && e.contains("not admitted") && e.contains("umbra directory admit"),
+        "{e}"
+    );
+    // Admitted as a gateway, registering as a mix node: refused too.
+    dir.admit(node.verifying_key().to_bytes(), Role::Gateway)
+        .unwrap();
+    let e = client.register(&stranger).await.unwrap_err().to_string();
+    assert!(e.contains("admitted as a gateway"), "{e}");
+    dir.admit(node.verifying_key().to_bytes(), Role::Mix)
+        .unwrap();
+    dir.admit(other.verifying_key().to_bytes(), Role::Mix)
+        .unwrap();
+
     let good = Signed::sign(
         &descriptor(&node, 0, 4000),
         topology::DESCRIPTOR_DOMAIN,
@@ -61,7 +84,7 @@ async fn refuses_bad_descriptors_with_a_reason_and_persists_good_ones() {
     // epoch 2 has begun. Use the protocol rule directly with epoch 2.
     let stale = Signed::sign(&stale_d, topology::DESCRIPTOR_DOMAIN, &other).unwrap();
     assert!(
-        topology::verify_descriptor(&stale, 2)
+        topology::verify_descriptor(&stale, 2, topology::AddressPolicy::TestNetwork)
             .unwrap_err()
             .to_string()
             .contains("stale")
@@ -93,7 +116,7 @@ async fn refuses_bad_descriptors_with_a_reason_and_persists_good_ones() {
     };
     assert!(topology::verify_topology(&signed, &wrong, doc.valid_from_ms, None).is_err());
 
-    // Restart on the same data: same authority key, descriptor still there.
+    // Restart on the same data: same authority key, allowlist and descriptor.
     let key_before = dir.authority;
     dir.stop().await;
     let dir = LocalDirectory::start(&data, NetworkParams::default(), 3600)
@@ -105,6 +128,18 @@ async fn refuses_bad_descriptors_with_a_reason_and_persists_good_ones() {
         doc.nodes.len(),
         1,
         "descriptors persist in the embedded store"
+    );
+    // Revoking the node takes it out of the next document at once.
+    assert!(
+        dir.members[0]
+            .directory
+            .revoke(&node.verifying_key().to_bytes())
+            .unwrap()
+    );
+    let doc = dir.topology().await.unwrap();
+    assert!(
+        doc.nodes.is_empty(),
+        "a revoked node is no longer published"
     );
     dir.stop().await;
 }

@@ -45,9 +45,13 @@ async fn thousand_packets_replays_and_junk() {
         frames.push(frame::encode(FrameKind::Sphinx, topo.epoch, &p).unwrap());
         sent.insert(msg);
     }
-    let mut inj = Injector::connect(l[0].identity, l[0].socket_addr().unwrap())
-        .await
-        .unwrap();
+    let mut inj = Injector::connect(
+        &net.receiver.creds,
+        l[0].identity,
+        l[0].socket_addr().unwrap(),
+    )
+    .await
+    .unwrap();
     for f in &frames {
         inj.send_raw(f).await.unwrap();
     }

@@ -107,7 +107,8 @@ async fn no_server_logs_or_stores_who_talks_to_whom() {
     let pair = PairSecret::derive(
         &x25519_dalek::StaticSecret::from(a_id.secret_bytes()),
         &b_id.public(),
-    );
+    )
+    .unwrap();
     let period = dropbox::period_at(now);
     let mut ids = vec![];
     for p in [period, period - 1] {

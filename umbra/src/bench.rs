@@ -266,7 +266,7 @@ async fn mixnode_on(
     let node_packets = build_all(packets * ROUNDS, &route);
 
     let node = &net.mixnodes[0];
-    let mut inj = Injector::connect(mix.identity, mix.socket_addr()?).await?;
+    let mut inj = Injector::connect(&net.receiver.creds, mix.identity, mix.socket_addr()?).await?;
     // Warm up first, untimed: a running node has its links open, their
     // path MTU found and their congestion window grown; a fresh one spends
     // its first fraction of a second on that.
@@ -366,7 +366,8 @@ async fn mixnode_on(
     inj.close().await;
 
     // The same frames straight to the receiver: what QUIC alone carries here.
-    let mut direct = Injector::connect(recv.identity, recv.socket_addr()?).await?;
+    let mut direct =
+        Injector::connect(&net.receiver.creds, recv.identity, recv.socket_addr()?).await?;
     let base = net.receiver.frames.load(Ordering::Relaxed);
     let n = (frames.len() / protocol::frame::FRAME_LEN) as u64;
     let c0 = thread_cpu_seconds();

@@ -1,6 +1,6 @@
 //! `umbra demo`: a whole network in one process, and two people talking over it.
 
-use crate::testnet::{BoxError, MixNetwork};
+use crate::testnet::{BoxError, MixNetwork, NetworkOptions};
 use client_sdk::{Client, Identity, Received};
 use protocol::topology::NetworkParams;
 use rand::Rng;
@@ -32,6 +32,12 @@ pub struct DemoOptions {
     /// Client payload rate λ_P, packets/s (the demo's default is 50, ten
     /// times the network default, so that it answers within seconds).
     pub lambda_payload: f64,
+    /// Directory authorities.
+    pub authorities: usize,
+    /// Signatures a topology needs.
+    pub threshold: usize,
+    /// Authorities stopped once the network runs, before the clients start.
+    pub authorities_down: usize,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +52,9 @@ impl Default for DemoOptions {
             message_size: None,
             lambda_payload: 50.0,
             timeout: Duration::from_secs(60),
+            authorities: 1,
+            threshold: 1,
+            authorities_down: 0,
         }
     }
 }
@@ -91,18 +100,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoReport, BoxError> {
     // A demo wants answers in well under a second: short delays, and a
     // payload rate high enough that fetching every 250 ms fits in the stream.
+    let defaults = NetworkParams::default();
     let params = NetworkParams {
         mix_delay_mean_ms: opts.delay_mean_ms,
         lambda_payload: opts.lambda_payload,
-        ..NetworkParams::default()
+        // The downlink keeps its default ratio to the payload rate.
+        lambda_downlink: defaults.lambda_downlink * opts.lambda_payload / defaults.lambda_payload,
+        ..defaults
     };
     progress(&format!(
-        "starting a directory, {} mix nodes ({} per layer) and {} gateways on loopback…",
+        "starting {} directory authorities (topologies need {} signatures), {} mix nodes ({} per layer) and {} gateways on loopback…",
+        opts.authorities,
+        opts.threshold,
         opts.per_layer * 3,
         opts.per_layer,
         opts.gateways
     ));
-    let net = MixNetwork::start(opts.per_layer, opts.gateways, params, 1).await?;
+    let mut net = MixNetwork::start_with(NetworkOptions {
+        per_layer: opts.per_layer,
+        gateways: opts.gateways,
+        params,
+        workers: 1,
+        authorities: opts.authorities,
+        threshold: opts.threshold,
+        ..NetworkOptions::default()
+    })
+    .await?;
+    for _ in 0..opts
+        .authorities_down
+        .min(opts.authorities.saturating_sub(1))
+    {
+        net.directory.stop_member(0).await;
+        progress("stopped an authority before the clients start");
+    }
     let result = talk(&net, &opts, &progress).await;
     if !result.as_ref().is_ok_and(DemoReport::ok) {
         progress(&net.diagnostics());

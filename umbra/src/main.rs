@@ -58,6 +58,16 @@ enum Command {
         /// Client payload rate λ_P, packets/s (network default: 5).
         #[arg(long, default_value_t = 50.0)]
         lambda_p: f64,
+        /// Directory authorities.
+        #[arg(long, default_value_t = 1)]
+        authorities: usize,
+        /// Signatures of the authorities a topology needs (k of n).
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// Stop this many authorities once the network runs, before the
+        /// clients start (the others must still serve a valid topology).
+        #[arg(long, default_value_t = 0)]
+        authorities_down: usize,
         /// End with one JSON line:
         /// {"sent","delivered","failed","lost","p50_ms","p99_ms"}.
         #[arg(long)]
@@ -72,6 +82,12 @@ enum Command {
         /// Gateways.
         #[arg(long, default_value_t = 2)]
         gateways: usize,
+        /// Directory authorities.
+        #[arg(long, default_value_t = 1)]
+        authorities: usize,
+        /// Signatures of the authorities a topology needs (k of n).
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
     },
     /// Measure performance.
     #[command(subcommand)]
@@ -135,13 +151,12 @@ enum GatewayCmd {
     Init {
         #[command(flatten)]
         init: InitArgs,
-        /// The directory authority's public key (hex), as `umbra directory run` prints it.
-        #[arg(long)]
-        authority_key: String,
-        /// The directory authority's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8000")]
-        directory_url: String,
+        #[command(flatten)]
+        authorities: AuthorityArgs,
     },
+    /// Print the gateway's identity key (creating it on first use), for the
+    /// authorities' operators to admit.
+    Key(RunArgs),
     /// Start the gateway until SIGTERM or Ctrl-C.
     Run(NodeRunArgs),
 }
@@ -186,6 +201,85 @@ enum DirectoryCmd {
     Run(RunArgs),
     /// Print the authority's public key (creating the key on first use), for node configs.
     Key(RunArgs),
+    /// Admit a node: only nodes on the allowlist can register. The running
+    /// authority picks the change up by itself.
+    Admit {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The node's identity key, 64 hex digits (`umbra mixnode key` or
+        /// `umbra gateway key` on the node's host prints it).
+        identity: String,
+        /// The role the node is admitted for.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Revoke a node's admission: it leaves this authority's vote at once.
+    Revoke {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The node's identity key, 64 hex digits.
+        identity: String,
+    },
+    /// List the admitted nodes.
+    Admitted(RunArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    /// A mix node.
+    Mix,
+    /// A gateway.
+    Gateway,
+}
+
+impl From<RoleArg> for protocol::topology::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Mix => Self::Mix,
+            RoleArg::Gateway => Self::Gateway,
+        }
+    }
+}
+
+/// The directory authorities a node's `init` writes into its config.
+#[derive(Args)]
+struct AuthorityArgs {
+    /// A directory authority's public key (hex), as `umbra directory key`
+    /// prints it. Repeat it for each authority of the network.
+    #[arg(long = "authority-key", required = true)]
+    keys: Vec<String>,
+    /// The base URL of each authority, in the same order as the keys.
+    #[arg(long = "directory-url", default_values_t = ["http://127.0.0.1:8000".to_string()])]
+    urls: Vec<String>,
+    /// Signatures a topology needs (k of the authorities given).
+    #[arg(long, default_value_t = 1)]
+    threshold: usize,
+}
+
+impl AuthorityArgs {
+    fn refs(&self) -> Result<Vec<net::dirclient::AuthorityRef>> {
+        if self.keys.len() != self.urls.len() {
+            return Err(format!(
+                "{} --authority-key but {} --directory-url: give one URL per key",
+                self.keys.len(),
+                self.urls.len()
+            )
+            .into());
+        }
+        let refs: Vec<net::dirclient::AuthorityRef> = self
+            .keys
+            .iter()
+            .zip(&self.urls)
+            .map(|(k, u)| net::dirclient::AuthorityRef {
+                url: u.clone(),
+                key: k.trim().to_string(),
+            })
+            .collect();
+        net::dirclient::Authorities::new(&refs, self.threshold).map_err(|e| {
+            format!("--authority-key/--threshold: {e} (keys as `umbra directory key` prints them)")
+        })?;
+        Ok(refs)
+    }
 }
 
 #[derive(Subcommand)]
@@ -194,13 +288,12 @@ enum MixnodeCmd {
     Init {
         #[command(flatten)]
         init: InitArgs,
-        /// The directory authority's public key (hex), as `umbra directory run` prints it.
-        #[arg(long)]
-        authority_key: String,
-        /// The directory authority's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8000")]
-        directory_url: String,
+        #[command(flatten)]
+        authorities: AuthorityArgs,
     },
+    /// Print the mix node's identity key (creating it on first use), for the
+    /// authorities' operators to admit.
+    Key(RunArgs),
     /// Start the mix node: generates its identity on first run, registers with the
     /// directory and routes packets until SIGTERM or Ctrl-C.
     Run(NodeRunArgs),
@@ -275,6 +368,16 @@ fn init_logging() {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The public half of the key `file` in `data_dir` (created on first use),
+/// hex; errors name the config file.
+fn identity_of(config: &std::path::Path, data_dir: &std::path::Path, file: &str) -> Result<String> {
+    net::identity::create_private_dir(data_dir)
+        .map_err(|e| format!("config file {}: key `data_dir`: {e}", config.display()))?;
+    let key = net::identity::load_or_create_identity(&data_dir.join(file))
+        .map_err(|e| format!("config file {}: {e}", config.display()))?;
+    Ok(hex::encode(key.verifying_key().to_bytes()))
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Directory(DirectoryCmd::Init(a)) => {
@@ -287,11 +390,45 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Directory(DirectoryCmd::Key(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
-            std::fs::create_dir_all(&cfg.data_dir)
-                .map_err(|e| format!("config file {}: key `data_dir`: {e}", a.config.display()))?;
-            let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))
-                .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
-            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            println!(
+                "{}",
+                identity_of(&a.config, &cfg.data_dir, "authority.key")?
+            );
+        }
+        Command::Directory(DirectoryCmd::Admit {
+            run,
+            identity,
+            role,
+        }) => {
+            let cfg: DirectoryConfig = config::load(&run.config)?;
+            let id = directory::parse_identity(&identity)?;
+            directory::Admission::load(&cfg.admission_path())?.admit(id, role.into())?;
+            println!(
+                "admitted {} as a {} node (in {})",
+                hex::encode(id),
+                match role {
+                    RoleArg::Mix => "mix",
+                    RoleArg::Gateway => "gateway",
+                },
+                cfg.admission_path().display()
+            );
+        }
+        Command::Directory(DirectoryCmd::Revoke { run, identity }) => {
+            let cfg: DirectoryConfig = config::load(&run.config)?;
+            let id = directory::parse_identity(&identity)?;
+            if directory::Admission::load(&cfg.admission_path())?.revoke(&id)? {
+                println!("revoked {}", hex::encode(id));
+            } else {
+                return Err(format!("{} was not admitted", hex::encode(id)).into());
+            }
+        }
+        Command::Directory(DirectoryCmd::Admitted(a)) => {
+            let cfg: DirectoryConfig = config::load(&a.config)?;
+            let list = directory::Admission::load(&cfg.admission_path())?;
+            for (id, role) in list.entries() {
+                println!("{} {:?}", hex::encode(id), role);
+            }
+            eprintln!("{} admitted", list.len());
         }
         Command::Directory(DirectoryCmd::Run(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
@@ -309,27 +446,20 @@ async fn run(cli: Cli) -> Result<()> {
                 })?;
             dir.serve(listener, shutdown_signal()).await?;
         }
-        Command::Mixnode(MixnodeCmd::Init {
-            init,
-            authority_key,
-            directory_url,
-        }) => {
-            let text = MixnodeConfig::example(&authority_key)
-                .replace("http://127.0.0.1:8000", &directory_url);
+        Command::Mixnode(MixnodeCmd::Init { init, authorities }) => {
+            let text = MixnodeConfig::example(&authorities.refs()?, authorities.threshold);
             // Refuse to write a config that would not load.
-            let parsed: MixnodeConfig = config::parse(&init.config, &text)?;
-            if hex::decode(&parsed.authority_key).map(|k| k.len()) != Ok(32) {
-                return Err(
-                    "--authority-key must be 64 hex digits (as `umbra directory run` prints it)"
-                        .into(),
-                );
-            }
+            let _: MixnodeConfig = config::parse(&init.config, &text)?;
             config::write_new(&init.config, &text, init.force)?;
             println!(
                 "wrote {}; start it with: umbra mixnode run --config {}",
                 init.config.display(),
                 init.config.display()
             );
+        }
+        Command::Mixnode(MixnodeCmd::Key(a)) => {
+            let cfg: MixnodeConfig = config::load(&a.config)?;
+            println!("{}", identity_of(&a.config, &cfg.data_dir, "identity.key")?);
         }
         Command::Mixnode(MixnodeCmd::Run(n)) => {
             let a = &n.run;
@@ -340,18 +470,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
         }
-        Command::Gateway(GatewayCmd::Init {
-            init,
-            authority_key,
-            directory_url,
-        }) => {
-            if hex::decode(&authority_key).map(|k| k.len()) != Ok(32) {
-                return Err(
-                    "--authority-key must be 64 hex digits (as `umbra directory run` prints it)"
-                        .into(),
-                );
-            }
-            let text = gateway::GatewayConfig::example(&authority_key, &directory_url);
+        Command::Gateway(GatewayCmd::Init { init, authorities }) => {
+            let text = gateway::GatewayConfig::example(&authorities.refs()?, authorities.threshold);
             let _: gateway::GatewayConfig = config::parse(&init.config, &text)?;
             config::write_new(&init.config, &text, init.force)?;
             println!(
@@ -359,6 +479,10 @@ async fn run(cli: Cli) -> Result<()> {
                 init.config.display(),
                 init.config.display()
             );
+        }
+        Command::Gateway(GatewayCmd::Key(a)) => {
+            let cfg: gateway::GatewayConfig = config::load(&a.config)?;
+            println!("{}", identity_of(&a.config, &cfg.data_dir, "identity.key")?);
         }
         Command::Gateway(GatewayCmd::Run(n)) => {
             let a = &n.run;
@@ -375,6 +499,9 @@ async fn run(cli: Cli) -> Result<()> {
             link_loss,
             message_size,
             lambda_p,
+            authorities,
+            threshold,
+            authorities_down,
             json,
         } => {
             if message_size.is_some_and(|n| n > client_sdk::MAX_BODY_LEN) {
@@ -397,11 +524,17 @@ async fn run(cli: Cli) -> Result<()> {
                     seed: 1,
                 }));
             }
+            if authorities_down >= authorities {
+                return Err("--authorities-down must leave at least one authority running".into());
+            }
             let opts = umbra::demo::DemoOptions {
                 messages,
                 delay_mean_ms: delay_ms,
                 message_size,
                 lambda_payload: lambda_p,
+                authorities,
+                threshold,
+                authorities_down,
                 ..Default::default()
             };
             let r = umbra::demo::run(opts, |line| eprintln!("{line}")).await?;
@@ -436,12 +569,26 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Testnet {
             per_layer,
             gateways,
+            authorities,
+            threshold,
         } => {
-            let net = umbra::testnet::MixNetwork::start(per_layer, gateways, Default::default(), 1)
-                .await?;
+            let net = umbra::testnet::MixNetwork::start_with(umbra::testnet::NetworkOptions {
+                per_layer,
+                gateways,
+                authorities,
+                threshold,
+                ..Default::default()
+            })
+            .await?;
             println!("Umbra testnet running on loopback (Ctrl-C stops it).");
-            println!("  directory_url = {}", net.directory.url);
-            println!("  authority_key = {}", hex::encode(net.directory.authority));
+            println!(
+                "  {} directory authorities; a topology needs {} signatures:",
+                net.directory.refs.len(),
+                net.directory.threshold
+            );
+            for a in &net.directory.refs {
+                println!("  authority {} key {}", a.url, a.key);
+            }
             for (i, g) in net.gateways.iter().enumerate() {
                 println!(
                     "  gateway {i}: client address {} identity {}",
@@ -450,7 +597,8 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!(
-                "Point an SDK client at it with ClientConfig::new(directory_url, authority_key)."
+                "Point an SDK client at it with ClientConfig::with_authorities(the urls and keys above, {}).",
+                net.directory.threshold
             );
             shutdown_signal().await;
             net.stop().await;

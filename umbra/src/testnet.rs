@@ -4,8 +4,9 @@
 use directory::{Directory, DirectoryConfig};
 use ed25519_dalek::SigningKey;
 use mixnode::{Mixnode, MixnodeConfig};
-use net::dirclient::DirectoryClient;
+use net::dirclient::{Authorities, AuthorityRef, DirectoryClient};
 use net::link::{LinkConfig, LinkMetrics};
+pub use net::tls::Credentials;
 use protocol::NodeId;
 use protocol::frame::{Frame, FrameKind};
 use protocol::keys::{EpochKey, KeyRing};
@@ -47,66 +48,19 @@ pub async fn wait_until(
     Ok(())
 }
 
-/// A directory authority serving on an ephemeral loopback port.
-pub struct LocalDirectory {
+/// One directory authority serving on an ephemeral loopback port.
+pub struct LocalAuthority {
     /// Base URL of its API.
     pub url: String,
     /// Its public key.
-    pub authority: [u8; 32],
+    pub key: [u8; 32],
+    /// The authority itself (admission, rounds).
+    pub directory: Directory,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl LocalDirectory {
-    /// Starts one with epochs of `epoch_length_secs` beginning now.
-    pub async fn start(
-        data_dir: &Path,
-        params: NetworkParams,
-        epoch_length_secs: u64,
-    ) -> Result<Self, BoxError> {
-        let cfg = DirectoryConfig {
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: data_dir.to_owned(),
-            epoch_length_secs,
-            genesis_unix_ms: now_ms(),
-            params,
-            ..DirectoryConfig::default()
-        };
-        let dir = Directory::open(cfg)?;
-        let authority = dir.public_key();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop, mut rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let _ = dir
-                .serve(listener, async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        Ok(Self {
-            url,
-            authority,
-            stop,
-            task,
-        })
-    }
-
-    /// The client for its API.
-    pub fn client(&self) -> Result<DirectoryClient, BoxError> {
-        Ok(DirectoryClient::new(&self.url)?)
-    }
-
-    /// Fetches and verifies the current topology.
-    pub async fn topology(&self) -> Result<TopologyDocument, BoxError> {
-        let signed = self.client()?.topology(false).await?;
-        let trust = TrustPolicy {
-            authorities: vec![self.authority],
-            threshold: 1,
-        };
-        Ok(topology::verify_topology(&signed, &trust, now_ms(), None)?)
-    }
-
+impl LocalAuthority {
     /// Stops serving.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -114,24 +68,192 @@ impl LocalDirectory {
     }
 }
 
-/// Config for a loopback mix node registered with `dir`.
-pub fn mixnode_config(dir: &LocalDirectory, data_dir: PathBuf) -> MixnodeConfig {
-    MixnodeConfig {
+/// The directory authorities of a loopback network: `n` of them, of which
+/// `threshold` must sign a topology. A test network: loopback addresses are
+/// accepted, and votes are exchanged every 200 ms.
+pub struct LocalDirectory {
+    /// Base URL of the first authority's API.
+    pub url: String,
+    /// The first authority's key.
+    pub authority: [u8; 32],
+    /// Every authority still running, in start order.
+    pub members: Vec<LocalAuthority>,
+    /// Every authority's URL and key (stopped ones included): what nodes and
+    /// clients are configured with.
+    pub refs: Vec<AuthorityRef>,
+    /// Signatures a topology needs.
+    pub threshold: usize,
+}
+
+/// How often a local network's authorities exchange votes.
+const LOCAL_VOTE_INTERVAL_MS: u64 = 200;
+
+impl LocalDirectory {
+    /// Starts one authority with epochs of `epoch_length_secs` beginning now.
+    pub async fn start(
+        data_dir: &Path,
+        params: NetworkParams,
+        epoch_length_secs: u64,
+    ) -> Result<Self, BoxError> {
+        Self::start_many(data_dir, params, epoch_length_secs, 1, 1).await
+    }
+
+    /// Starts `n` authorities of which `threshold` must sign, with epochs of
+    /// `epoch_length_secs` beginning now. Their data lives in `data_dir/a<i>`
+    /// (a single authority: `data_dir` itself, so it restarts on the same data).
+    pub async fn start_many(
+        data_dir: &Path,
+        params: NetworkParams,
+        epoch_length_secs: u64,
+        n: usize,
+        threshold: usize,
+    ) -> Result<Self, BoxError> {
+        if n == 0 {
+            return Err("a network needs at least one authority".into());
+        }
+        let genesis = now_ms();
+        // Bind first: every authority's config lists every URL and key.
+        let mut listeners = Vec::new();
+        let mut refs = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..n {
+            let dir = if n == 1 {
+                data_dir.to_owned()
+            } else {
+                data_dir.join(format!("a{i}"))
+            };
+            net::identity::create_private_dir(&dir)?;
+            let key = net::identity::load_or_create_identity(&dir.join("authority.key"))?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            refs.push(AuthorityRef {
+                url: format!("http://{}", listener.local_addr()?),
+                key: hex::encode(key.verifying_key().to_bytes()),
+            });
+            listeners.push(listener);
+            dirs.push(dir);
+        }
+        let mut members = Vec::new();
+        for (listener, dir) in listeners.into_iter().zip(dirs) {
+            let cfg = DirectoryConfig {
+                listen: listener.local_addr()?,
+                data_dir: dir,
+                epoch_length_secs,
+                genesis_unix_ms: genesis,
+                params,
+                authorities: if n == 1 { Vec::new() } else { refs.clone() },
+                threshold,
+                vote_interval_ms: LOCAL_VOTE_INTERVAL_MS,
+                test_network: true,
+                ..DirectoryConfig::default()
+            };
+            let directory = Directory::open(cfg)?;
+            let key = directory.public_key();
+            let url = format!("http://{}", listener.local_addr()?);
+            let (stop, mut rx) = watch::channel(false);
+            let d = directory.clone();
+            let task = tokio::spawn(async move {
+                let _ = d
+                    .serve(listener, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+            });
+            members.push(LocalAuthority {
+                url,
+                key,
+                directory,
+                stop,
+                task,
+            });
+        }
+        Ok(Self {
+            url: members[0].url.clone(),
+            authority: members[0].key,
+            members,
+            refs,
+            threshold,
+        })
+    }
+
+    /// What nodes and clients trust.
+    pub fn trust(&self) -> TrustPolicy {
+        TrustPolicy {
+            authorities: self
+                .refs
+                .iter()
+                .filter_map(|r| r.key_bytes().ok())
+                .collect(),
+            threshold: self.threshold,
+        }
+    }
+
+    /// Admits `id` for `role` on every running authority.
+    pub fn admit(&self, id: NodeId, role: Role) -> Result<(), BoxError> {
+        for m in &self.members {
+            m.directory.admit(id, role)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the identity of a node that will keep its data in `data_dir`
+    /// and admits it for `role` on every running authority.
+    pub fn admit_node(&self, data_dir: &Path, role: Role) -> Result<NodeId, BoxError> {
+        let key = net::identity::load_or_create_identity(&data_dir.join("identity.key"))?;
+        let id = key.verifying_key().to_bytes();
+        self.admit(id, role)?;
+        Ok(id)
+    }
+
+    /// The client for the first authority's API.
+    pub fn client(&self) -> Result<DirectoryClient, BoxError> {
+        Ok(DirectoryClient::new(&self.url)?)
+    }
+
+    /// The client for all authorities, trusting `threshold` of them.
+    pub fn authorities(&self) -> Result<Authorities, BoxError> {
+        Ok(Authorities::new(&self.refs, self.threshold)?)
+    }
+
+    /// Fetches and verifies the current topology (from any authority).
+    pub async fn topology(&self) -> Result<TopologyDocument, BoxError> {
+        Ok(self.authorities()?.topology(false, now_ms(), None).await?)
+    }
+
+    /// Stops the authority at `index` of `members`, leaving the others.
+    pub async fn stop_member(&mut self, index: usize) {
+        if index < self.members.len() {
+            self.members.remove(index).stop().await;
+        }
+    }
+
+    /// Stops serving.
+    pub async fn stop(self) {
+        for m in self.members {
+            m.stop().await;
+        }
+    }
+}
+
+/// Config for a loopback mix node registered with `dir` (its identity is
+/// created in `data_dir` and admitted by every authority).
+pub fn mixnode_config(dir: &LocalDirectory, data_dir: PathBuf) -> Result<MixnodeConfig, BoxError> {
+    dir.admit_node(&data_dir, Role::Mix)?;
+    Ok(MixnodeConfig {
         listen: "127.0.0.1:0"
             .parse()
             .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()),
         metrics_listen: "127.0.0.1:0"
             .parse()
             .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()),
-        directory_url: dir.url.clone(),
-        authority_key: hex::encode(dir.authority),
+        authorities: dir.refs.clone(),
+        authority_threshold: dir.threshold,
         data_dir,
         topology_refresh_secs: 5,
         // Many nodes share one machine here: size the replay caches for a
         // test network's rate (each key's cache is sized for rate × lifetime).
         replay_max_pps: 2_000,
         ..MixnodeConfig::default()
-    }
+    })
 }
 
 /// What a [`FinalHop`] does with arriving packets.
@@ -159,6 +281,9 @@ pub struct FinalHop {
     pub record_arrivals: Arc<std::sync::atomic::AtomicBool>,
     /// Arrival times (at most a million), while recording.
     pub arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// Its TLS credentials: a registered node's, so an [`Injector`] may dial
+    /// mix nodes with them.
+    pub creds: Credentials,
     endpoint: quinn::Endpoint,
 }
 
@@ -175,7 +300,9 @@ impl FinalHop {
         rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
         let identity = SigningKey::from_bytes(&seed);
         let id = identity.verifying_key().to_bytes();
-        let endpoint = net::link::bind("127.0.0.1:0".parse()?, &identity, jumbo)?;
+        dir.admit(id, Role::Gateway)?;
+        let creds = Credentials::new(&identity)?;
+        let endpoint = net::link::bind("127.0.0.1:0".parse()?, &creds, jumbo)?;
         let addr = endpoint.local_addr()?;
         let schedule = dir.topology().await?.schedule;
         let epoch = schedule.epoch_at(now_ms());
@@ -197,9 +324,13 @@ impl FinalHop {
             sphinx_keys: keys,
             published_ms: now_ms(),
         };
-        dir.client()?
+        let (accepted, refused) = dir
+            .authorities()?
             .register(&Signed::sign(&d, topology::DESCRIPTOR_DOMAIN, &identity)?)
-            .await?;
+            .await;
+        if accepted < dir.threshold {
+            return Err(format!("final hop not registered: {refused:?}").into());
+        }
         let frames = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
         let delivered = Arc::new(Mutex::new(Vec::new()));
@@ -238,8 +369,10 @@ impl FinalHop {
             Arc::new(sink),
             LinkMetrics::unregistered(),
             LinkConfig::default(),
+            None,
         ));
         Ok(Self {
+            creds,
             identity: id,
             addr,
             frames,
@@ -257,7 +390,9 @@ impl FinalHop {
     }
 }
 
-/// A sender that writes frames straight to a node, as an entry gateway would.
+/// A sender that writes frames straight to a node, as an entry gateway
+/// would, proving a registered node's identity (node links are mutually
+/// authenticated).
 pub struct Injector {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
@@ -265,10 +400,14 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// Connects to `node` at `addr`, checking its identity.
-    pub async fn connect(node: NodeId, addr: std::net::SocketAddr) -> Result<Self, BoxError> {
+    /// Connects to `node` at `addr` as `me`, checking its identity.
+    pub async fn connect(
+        me: &Credentials,
+        node: NodeId,
+        addr: std::net::SocketAddr,
+    ) -> Result<Self, BoxError> {
         let endpoint = net::link::bulk_client_endpoint("127.0.0.1:0".parse()?)?;
-        let conn = net::link::connect(&endpoint, node, addr).await?;
+        let conn = net::link::connect_as(&endpoint, me, node, addr).await?;
         let stream = conn.open_uni().await?;
         Ok(Self {
             endpoint,
@@ -346,7 +485,7 @@ impl LocalNet {
         let mut mixnodes = Vec::new();
         let mut jumbo = false;
         for i in 0..mix_count {
-            let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")));
+            let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")))?;
             tweak(&mut cfg);
             jumbo |= cfg.jumbo_frames;
             let node = match node_rt {
@@ -402,19 +541,61 @@ pub struct MixNetwork {
     pub gateways: Vec<gateway::Gateway>,
 }
 
-/// A gateway config for loopback, registered with `dir`.
-pub fn gateway_config(dir: &LocalDirectory, data_dir: PathBuf) -> gateway::GatewayConfig {
+/// A gateway config for loopback, registered with `dir` (its identity is
+/// created in `data_dir` and admitted by every authority).
+pub fn gateway_config(
+    dir: &LocalDirectory,
+    data_dir: PathBuf,
+) -> Result<gateway::GatewayConfig, BoxError> {
+    dir.admit_node(&data_dir, Role::Gateway)?;
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-    gateway::GatewayConfig {
+    Ok(gateway::GatewayConfig {
         listen: any,
         client_listen: any,
         metrics_listen: any,
-        directory_url: dir.url.clone(),
-        authority_key: hex::encode(dir.authority),
+        authorities: dir.refs.clone(),
+        authority_threshold: dir.threshold,
         data_dir,
         topology_refresh_secs: 5,
         replay_max_pps: 2_000,
         ..gateway::GatewayConfig::default()
+    })
+}
+
+/// The shape of a [`MixNetwork`].
+#[derive(Debug, Clone)]
+pub struct NetworkOptions {
+    /// Mix nodes per layer.
+    pub per_layer: usize,
+    /// Gateways.
+    pub gateways: usize,
+    /// Network parameters the authorities publish.
+    pub params: NetworkParams,
+    /// Sphinx workers per node.
+    pub workers: usize,
+    /// Directory authorities.
+    pub authorities: usize,
+    /// Signatures a topology needs.
+    pub threshold: usize,
+    /// Epoch length, seconds.
+    pub epoch_secs: u64,
+    /// DANGEROUS, tests only: nodes send no loop cover (so that a test can
+    /// count exactly the packets it sent).
+    pub dangerous_no_cover: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        Self {
+            per_layer: 2,
+            gateways: 2,
+            params: NetworkParams::default(),
+            workers: 1,
+            authorities: 1,
+            threshold: 1,
+            epoch_secs: 3600,
+            dangerous_no_cover: false,
+        }
     }
 }
 
@@ -426,18 +607,40 @@ impl MixNetwork {
         params: NetworkParams,
         workers: usize,
     ) -> Result<Self, BoxError> {
+        Self::start_with(NetworkOptions {
+            per_layer,
+            gateways,
+            params,
+            workers,
+            ..NetworkOptions::default()
+        })
+        .await
+    }
+
+    /// Starts the network `opts` describes and waits until every node can
+    /// route to every node.
+    pub async fn start_with(opts: NetworkOptions) -> Result<Self, BoxError> {
         let tmp = tempfile::tempdir()?;
-        let directory = LocalDirectory::start(&tmp.path().join("directory"), params, 3600).await?;
+        let directory = LocalDirectory::start_many(
+            &tmp.path().join("directory"),
+            opts.params,
+            opts.epoch_secs,
+            opts.authorities,
+            opts.threshold,
+        )
+        .await?;
         let mut mixnodes = Vec::new();
-        for i in 0..per_layer * 3 {
-            let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")));
-            cfg.workers = workers;
+        for i in 0..opts.per_layer * 3 {
+            let mut cfg = mixnode_config(&directory, tmp.path().join(format!("mix{i}")))?;
+            cfg.workers = opts.workers;
+            cfg.dangerous_no_cover = opts.dangerous_no_cover;
             mixnodes.push(mixnode::start(cfg).await?);
         }
         let mut gws = Vec::new();
-        for i in 0..gateways {
-            let mut cfg = gateway_config(&directory, tmp.path().join(format!("gateway{i}")));
-            cfg.workers = workers;
+        for i in 0..opts.gateways {
+            let mut cfg = gateway_config(&directory, tmp.path().join(format!("gateway{i}")))?;
+            cfg.workers = opts.workers;
+            cfg.dangerous_no_cover = opts.dangerous_no_cover;
             gws.push(gateway::start(cfg).await?);
         }
         let net = Self {
@@ -475,9 +678,9 @@ impl MixNetwork {
 
     /// A client config for this network.
     pub fn client_config(&self) -> Result<client_sdk::ClientConfig, BoxError> {
-        Ok(client_sdk::ClientConfig::new(
-            &self.directory.url,
-            &hex::encode(self.directory.authority),
+        Ok(client_sdk::ClientConfig::with_authorities(
+            self.directory.refs.clone(),
+            self.directory.threshold,
         )?)
     }
 
