@@ -350,3 +350,120 @@ impl ServerCertVerifier for PinnedKey {
         vec![SignatureScheme::ED25519]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_names_the_identity() {
+        let k = SigningKey::from_bytes(&[3; 32]);
+        let c = Credentials::new(&k).unwrap();
+        assert_eq!(certificate_key(c.cert.as_ref()), Some(c.id()));
+        assert_eq!(c.id(), k.verifying_key().to_bytes());
+        assert_eq!(certificate_key(b"no key here"), None);
+    }
+
+    #[derive(Debug)]
+    struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::client::ResolvesClientCert for Fixed {
+        fn resolve(
+            &self,
+            _hints: &[&[u8]],
+            _schemes: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    async fn dial_with_forged(
+        client: &quinn::Endpoint,
+        forged: &Credentials,
+        expected: NodeId,
+        addr: std::net::SocketAddr,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
+        let prov = provider();
+        let signer = prov
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(forged.key.clone_key()))
+            .unwrap();
+        let ck = rustls::sign::CertifiedKey::new(vec![forged.cert.clone()], signer);
+        let verifier = PinnedKey {
+            spki: ed25519_spki(&expected),
+            algs: prov.signature_verification_algorithms,
+        };
+        let mut tls = rustls::ClientConfig::builder_with_provider(prov)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(Fixed(Arc::new(ck))));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let cfg = quinn::ClientConfig::new(Arc::new(quic));
+        client.connect_with(cfg, addr, SERVER_NAME).unwrap().await
+    }
+
+    /// A dialler whose certificate names someone else's key (a node of the
+    /// topology) but who holds only its own key cannot complete the
+    /// handshake: the listener checks the transcript signature under the key
+    /// the certificate names.
+    #[tokio::test]
+    async fn a_certificate_naming_another_key_is_refused() {
+        crate::install_crypto_provider();
+        let node = Credentials::new(&SigningKey::from_bytes(&[1; 32])).unwrap();
+        let victim = SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes();
+        let attacker = Credentials::new(&SigningKey::from_bytes(&[3; 32])).unwrap();
+        let mut cert = attacker.cert.as_ref().to_vec();
+        let at = cert
+            .windows(SPKI_ED25519_PREFIX.len())
+            .position(|w| w == SPKI_ED25519_PREFIX)
+            .unwrap()
+            + SPKI_ED25519_PREFIX.len();
+        cert[at..at + 32].copy_from_slice(&victim);
+        let forged = Credentials {
+            id: victim,
+            cert: CertificateDer::from(cert),
+            key: attacker.key.clone_key(),
+        };
+        assert_eq!(certificate_key(forged.cert.as_ref()), Some(victim));
+
+        let server = crate::link::bind("127.0.0.1:0".parse().unwrap(), &node, false).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accepted = tokio::spawn(async move {
+            let mut ok = Vec::new();
+            for _ in 0..2 {
+                let Some(incoming) = server.accept().await else {
+                    break;
+                };
+                ok.push(match incoming.await {
+                    Ok(c) => peer_identity(&c),
+                    Err(_) => None,
+                });
+            }
+            ok
+        });
+        let client = crate::link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        // rustls refuses to build a client config whose key does not match
+        // its certificate; an attacker's own TLS stack would not, so hand
+        // the pair over through a resolver.
+        let f = dial_with_forged(&client, &forged, node.id(), addr).await;
+        if let Ok(c) = &f {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.closed()).await;
+        }
+        let honest = crate::link::connect_as(&client, &attacker, node.id(), addr)
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), accepted)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, vec![None, Some(attacker.id())]);
+        drop(honest);
+    }
+}

@@ -22,7 +22,8 @@ async fn quic_recovers_from_injected_faults() {
         seed: 1,
     }));
     let key = SigningKey::from_bytes(&[9; 32]);
-    let server = link::bind("127.0.0.1:0".parse().unwrap(), &key, false).unwrap();
+    let creds = net::tls::Credentials::new(&key).unwrap();
+    let server = link::bind_for_clients("127.0.0.1:0".parse().unwrap(), &creds, false).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     tokio::spawn(link::serve(
@@ -30,6 +31,7 @@ async fn quic_recovers_from_injected_faults() {
         Arc::new(move |f: frame::Frame<'_>, _: &quinn::Connection| g.lock().unwrap().push(f.epoch)),
         LinkMetrics::unregistered(),
         LinkConfig::default(),
+        None,
     ));
     let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = link::connect(

@@ -1,5 +1,6 @@
 use ed25519_dalek::SigningKey;
-use net::link::{self, LinkConfig, LinkMetrics, Links};
+use net::link::{self, LinkConfig, LinkMetrics, Links, PeerFilter};
+use net::tls::Credentials;
 use protocol::frame::{self, FrameKind};
 use protocol::packet::PACKET_SIZE;
 use std::sync::Arc;
@@ -21,8 +22,18 @@ fn server(key: &SigningKey) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
     server_with(key, false)
 }
 
+/// A client endpoint's server (anonymous diallers), counting Sphinx frames.
 fn server_with(key: &SigningKey, jumbo: bool) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
-    let ep = link::bind("127.0.0.1:0".parse().unwrap(), key, jumbo).unwrap();
+    let creds = Credentials::new(key).unwrap();
+    let ep = link::bind_for_clients("127.0.0.1:0".parse().unwrap(), &creds, jumbo).unwrap();
+    serve_counting(ep, None)
+}
+
+/// Serves `ep`, counting Sphinx frames; node links when `peers` is given.
+fn serve_counting(
+    ep: quinn::Endpoint,
+    peers: Option<PeerFilter>,
+) -> (quinn::Endpoint, Arc<AtomicU64>, LinkMetrics) {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let metrics = LinkMetrics::unregistered();
@@ -34,6 +45,7 @@ fn server_with(key: &SigningKey, jumbo: bool) -> (quinn::Endpoint, Arc<AtomicU64
         }),
         metrics.clone(),
         LinkConfig::default(),
+        peers,
     ));
     (ep, count, metrics)
 }
@@ -137,7 +149,8 @@ async fn links_deliver_and_bound_their_queues() {
         queue_capacity: 16,
         ..LinkConfig::default()
     };
-    let links = Links::new(client, cfg, metrics.clone());
+    let me = Credentials::new(&SigningKey::from_bytes(&[6; 32])).unwrap();
+    let links = Links::new(client, me, cfg, metrics.clone());
     let id = a.verifying_key().to_bytes();
     let good = frame::encode(FrameKind::Sphinx, 1, &vec![0u8; PACKET_SIZE]).unwrap();
     for _ in 0..10 {
@@ -153,4 +166,60 @@ async fn links_deliver_and_bound_their_queues() {
         .count();
     assert!(accepted <= 17, "queue must be bounded, accepted {accepted}");
     assert!(metrics.dropped.with_label_values(&["queue_full"]).get() >= 83);
+}
+
+/// Node links are mutually authenticated: a dialler must prove an identity
+/// key, and only identities the node's topology lists may use the link.
+#[tokio::test]
+async fn node_links_admit_only_proven_identities_in_the_topology() {
+    let node = SigningKey::from_bytes(&[7; 32]);
+    let member = Credentials::new(&SigningKey::from_bytes(&[8; 32])).unwrap();
+    let stranger = Credentials::new(&SigningKey::from_bytes(&[9; 32])).unwrap();
+    let allowed = member.id();
+    let ep = link::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &Credentials::new(&node).unwrap(),
+        false,
+    )
+    .unwrap();
+    let filter: PeerFilter = Arc::new(move |id: &[u8; 32]| *id == allowed);
+    let (ep, count, metrics) = serve_counting(ep, Some(filter));
+    let addr = ep.local_addr().unwrap();
+    let id = node.verifying_key().to_bytes();
+    let refused = |r: &str| metrics.connections_refused.with_label_values(&[r]).get();
+    let good = frame::encode(FrameKind::Sphinx, 1, &vec![0u8; PACKET_SIZE]).unwrap();
+
+    // Anonymous (as an SDK client dials its gateway): the handshake fails.
+    let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let anon = link::connect(&client, id, addr).await;
+    if let Ok(c) = &anon {
+        // TLS 1.3 may report the refusal only after the client's finish.
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.closed()).await;
+    }
+    wait_for("a refused handshake", || refused("handshake") == 1).await;
+
+    // A proven identity that is not in the topology: closed at once,
+    // nothing it sends is taken.
+    let c = link::connect_as(&client, &stranger, id, addr)
+        .await
+        .unwrap();
+    if let Ok(mut s) = c.open_uni().await {
+        let _ = s.write_all(&good).await;
+    }
+    let why = tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .expect("the node closes the connection");
+    assert!(
+        matches!(&why, quinn::ConnectionError::ApplicationClosed(a) if a.reason.as_ref() == b"not in topology"),
+        "{why:?}"
+    );
+    assert_eq!(refused("unknown_peer"), 1);
+
+    // A node of the topology: its frames arrive.
+    let c = link::connect_as(&client, &member, id, addr).await.unwrap();
+    let mut s = c.open_uni().await.unwrap();
+    s.write_all(&good).await.unwrap();
+    wait_for("the member's frame", || count.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(refused("unknown_peer"), 1);
+    assert_eq!(refused("handshake"), 1);
 }

@@ -59,8 +59,26 @@ mod tests {
             d.epoch_length_secs,
             DirectoryConfig::default().epoch_length_secs
         );
-        let m: MixnodeConfig = parse(Path::new("m.toml"), &MixnodeConfig::example("ab")).unwrap();
-        assert_eq!(m.authority_key, "ab");
+        let refs = [
+            net::dirclient::AuthorityRef {
+                url: "http://198.51.100.4:8000".into(),
+                key: "ab".repeat(32),
+            },
+            net::dirclient::AuthorityRef {
+                url: "http://198.51.100.5:8000".into(),
+                key: "cd".repeat(32),
+            },
+        ];
+        let m: MixnodeConfig =
+            parse(Path::new("m.toml"), &MixnodeConfig::example(&refs, 2)).unwrap();
+        assert_eq!(m.authorities, refs);
+        assert_eq!(m.authority_threshold, 2);
+        let g: gateway::GatewayConfig = parse(
+            Path::new("g.toml"),
+            &gateway::GatewayConfig::example(&refs, 1),
+        )
+        .unwrap();
+        assert_eq!(g.authorities, refs);
         assert_eq!(m.worker_queue, MixnodeConfig::default().worker_queue);
     }
 
