@@ -179,9 +179,9 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// A fresh random identity.
     pub fn generate() -> Self {
-        let mut seed = [0u8; 32];
-        rand::rng().fill_bytes(&mut seed);
-        Self::from_secret(seed)
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(seed.as_mut());
+        Self::from_secret(*seed)
     }
 
     /// The identity with this secret (for applications that store it).
@@ -651,6 +651,12 @@ impl Client {
             },
             inbox_rx,
         ))
+    }
+
+    /// The verified topology the client routes by (refreshed every
+    /// `topology_refresh` and at each epoch).
+    pub fn topology(&self) -> Arc<TopologyDocument> {
+        self.inner.topology()
     }
 
     /// This client's identity's public key.

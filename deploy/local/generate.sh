@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Writes the configs of a local Umbra network of separate processes:
-# one directory, 2 mix nodes per layer (6), 2 gateways, all on loopback.
+# one directory, 2 mix nodes per layer (6), 2 gateways, all on loopback,
+# every node admitted by the directory.
 #
 #   deploy/local/generate.sh OUT_DIR [BASE_PORT]
 #
@@ -29,8 +30,12 @@ set_key() { # file key value
 set_key "$out/directory.toml" listen "\"127.0.0.1:$base\""
 set_key "$out/directory.toml" data_dir "\"$out/directory\""
 # A local network: a payload rate (ten times the default) that lets clients
-# fetch every 250 ms and move a 5 MiB file in about a minute.
+# fetch every 250 ms and move a 5 MiB file in about a minute, and a downlink
+# in the same ratio to it as the defaults'.
 set_key "$out/directory.toml" lambda_payload 50.0
+set_key "$out/directory.toml" lambda_downlink 120.0
+# Loopback addresses: an explicit test network.
+set_key "$out/directory.toml" test_network true
 key=$("$UMBRA" directory key --config "$out/directory.toml")
 url="http://127.0.0.1:$base"
 echo "directory $out/directory.toml" > "$out/nodes.txt"
@@ -43,6 +48,9 @@ for i in 0 1 2 3 4 5; do
   set_key "$f" data_dir "\"$out/mix$i\""
   set_key "$f" workers 1
   set_key "$f" topology_refresh_secs 2
+  # The authority admits only nodes its operator approved.
+  "$UMBRA" directory admit --config "$out/directory.toml" --role mix \
+    "$("$UMBRA" mixnode key --config "$f")" >/dev/null
   echo "mixnode $f" >> "$out/nodes.txt"
 done
 
@@ -55,6 +63,8 @@ for j in 0 1; do
   set_key "$f" data_dir "\"$out/gateway$j\""
   set_key "$f" workers 1
   set_key "$f" topology_refresh_secs 2
+  "$UMBRA" directory admit --config "$out/directory.toml" --role gateway \
+    "$("$UMBRA" gateway key --config "$f")" >/dev/null
   echo "gateway $f" >> "$out/nodes.txt"
 done
 

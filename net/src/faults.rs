@@ -198,13 +198,13 @@ pub struct LinkObserver {
 const MAX_OBSERVED: usize = 4_000_000;
 
 impl LinkObserver {
-    /// The transmits from `from` to `to`, in order.
-    pub fn between(&self, from: SocketAddr, to: SocketAddr) -> Vec<Observed> {
+    /// The transmits of the socket at `from`, in order.
+    pub fn sent_by(&self, from: SocketAddr) -> Vec<Observed> {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|o| o.from == from && o.to == to)
+            .filter(|o| o.from == from)
             .copied()
             .collect()
     }

@@ -31,8 +31,8 @@ pub fn period_at(now_ms: u64) -> u64 {
     now_ms / PERIOD_MS
 }
 
-/// The secret two contacts share. Never logged.
-#[derive(Clone)]
+/// The secret two contacts share. Never logged; wiped when dropped.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct PairSecret([u8; 32]);
 
 impl std::fmt::Debug for PairSecret {
@@ -65,7 +65,8 @@ impl PairSecret {
         info.extend_from_slice(&lo);
         info.extend_from_slice(&hi);
         let mut out = [0u8; 32];
-        // 32 bytes is always a valid HKDF-SHA256 output length.
+        // 32 bytes is always a valid HKDF-SHA256 output length. (`dh` wipes
+        // itself when dropped.)
         let _ = Hkdf::<Sha256>::new(Some(b"umbra-pair-v1"), dh.as_bytes()).expand(&info, &mut out);
         Ok(Self(out))
     }
@@ -81,9 +82,9 @@ impl PairSecret {
         info.extend_from_slice(sender);
         info.extend_from_slice(recipient);
         info.extend_from_slice(&period.to_be_bytes());
-        let mut okm = [0u8; 96];
-        let _ = Hkdf::<Sha256>::new(Some(b"umbra-dropbox-v1"), &self.0).expand(&info, &mut okm);
-        let mut cap = [0u8; 32];
+        let mut okm = zeroize::Zeroizing::new([0u8; 96]);
+        let _ = Hkdf::<Sha256>::new(Some(b"umbra-dropbox-v1"), &self.0).expand(&info, okm.as_mut());
+        let mut cap = zeroize::Zeroizing::new([0u8; 32]);
         let mut content_key = [0u8; 32];
         let mut gateway_seed = [0u8; 32];
         cap.copy_from_slice(&okm[..32]);
@@ -121,6 +122,14 @@ pub struct Dropbox {
     pub content_key: [u8; 32],
     /// Chooses the hosting gateway.
     pub gateway_seed: [u8; 32],
+}
+
+impl Drop for Dropbox {
+    fn drop(&mut self) {
+        // The capability wipes itself (ed25519-dalek's zeroize feature).
+        zeroize::Zeroize::zeroize(&mut self.content_key);
+        zeroize::Zeroize::zeroize(&mut self.gateway_seed);
+    }
 }
 
 impl std::fmt::Debug for Dropbox {

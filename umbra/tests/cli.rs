@@ -91,7 +91,7 @@ fn help_describes_the_commands() {
 fn bad_config_names_file_and_key() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("mix.toml");
-    std::fs::write(&p, "authority_key = \"00\"\nworker_queu = 5\n").unwrap();
+    std::fs::write(&p, "authority_threshold = 1\nworker_queu = 5\n").unwrap();
     let out = umbra()
         .args(["mixnode", "run", "--config"])
         .arg(&p)
@@ -104,7 +104,11 @@ fn bad_config_names_file_and_key() {
         "{err}"
     );
 
-    std::fs::write(&p, "authority_key = \"zz\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[[authorities]]\nurl = \"http://127.0.0.1:1\"\nkey = \"zz\"\n",
+    )
+    .unwrap();
     let out = umbra()
         .args(["mixnode", "run", "--config"])
         .arg(&p)
@@ -113,9 +117,26 @@ fn bad_config_names_file_and_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("authority_key") && err.contains("mix.toml"),
+        err.contains("authorities") && err.contains("mix.toml") && err.contains("\"zz\""),
         "{err}"
     );
+    // A threshold above the authorities listed is refused by name.
+    std::fs::write(
+        &p,
+        format!(
+            "authority_threshold = 2\n[[authorities]]\nurl = \"http://127.0.0.1:1\"\nkey = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let out = umbra()
+        .args(["mixnode", "run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("threshold 2"), "{err}");
 }
 
 fn edit(path: &Path, pairs: &[(&str, String)]) {
@@ -149,6 +170,7 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
         &[
             ("listen", format!("\"127.0.0.1:{dir_port}\"")),
             ("data_dir", format!("{:?}", tmp.path().join("dir"))),
+            ("test_network", "true".into()),
         ],
     );
     let mut dir = Killer(
@@ -200,6 +222,39 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
             ("data_dir", format!("{:?}", tmp.path().join("mix"))),
         ],
     );
+    // The operator admits the node: its key from `mixnode key`, the
+    // allowlist edited while the authority runs.
+    let out = umbra()
+        .args(["mixnode", "key", "--config"])
+        .arg(&mix_cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mix_key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(mix_key.len(), 64);
+    let out = umbra()
+        .args(["directory", "admit", "--role", "mix", "--config"])
+        .arg(&dir_cfg)
+        .arg("not-a-key")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+    assert!(
+        umbra()
+            .args(["directory", "admit", "--role", "mix", "--config"])
+            .arg(&dir_cfg)
+            .arg(&mix_key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = umbra()
+        .args(["directory", "admitted", "--config"])
+        .arg(&dir_cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&mix_key));
     let mut mix = Killer(
         umbra()
             .args(["mixnode", "run", "--config"])
@@ -237,6 +292,17 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        for (path, want) in [
+            ("dir", 0o700),
+            ("mix", 0o700),
+            ("dir/directory.redb", 0o600),
+        ] {
+            let mode = std::fs::metadata(tmp.path().join(path))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, want, "{path}");
+        }
     }
 
     sigterm(&mix.0);
