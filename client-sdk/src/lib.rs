@@ -465,6 +465,8 @@ pub struct CoverStats {
     pub loops_lost: u64,
 }
 const PENDING_TTL: Duration = Duration::from_secs(120);
+/// What a loop carries (sealed: only its identifier names it).
+const LOOP_BODY: &[u8] = b"loop";
 
 struct Inner {
     cfg: ClientConfig,
@@ -1299,15 +1301,32 @@ impl Inner {
     }
 
     /// A loop: through the mixnet back to ourselves via our own entry gateway.
+    ///
+    /// The loop is built as a reply through a SURB of our own, so that at
+    /// our entry gateway (its final hop) it looks exactly like the replies
+    /// it delivers to us: a sealed payload under a random identifier. A
+    /// forward packet would arrive there readable, and a gateway that tells
+    /// loops from replies could drop replies and pass loops unnoticed.
     fn loop_frame(&self) -> Result<Vec<u8>, Error> {
         let topo = self.topology();
         let entry = topo
             .node(&self.entry.identity)
             .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let mut rng = rand::rng();
         let mut id = [0u8; 16];
-        rand::rng().fill_bytes(&mut id);
-        id[0] |= 1;
-        let (f, delays) = self.packet_via_timed(&topo, entry.hop(), &self.address, id, b"loop")?;
+        rng.fill_bytes(&mut id);
+        id[0] |= 1; // non-zero: a reply at the gateway
+        let mut route = mix_route(&topo)?;
+        route.push(entry.hop());
+        let delays = packet::sample_delays(&mut rng, route.len(), Self::delay_mean(&topo));
+        let (surb, _key) = packet::build_surb(&mut rng, &route, &self.address, id, &delays)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let (first, pkt) =
+            packet::use_surb(&surb, LOOP_BODY).map_err(|e| Error::Config(e.to_string()))?;
+        let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&first, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let delays = packet::applied_delay(&delays, max);
         self.expire_loops();
         let now = self.now();
         self.loops
@@ -1802,7 +1821,20 @@ async fn topology_task(inner: Arc<Inner>) {
             Some((t.epoch, t.revision))
         };
         match inner.dir.topology(false, now_ms(), last).await {
-            Ok(doc) => *inner.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(doc),
+            Ok(doc) => {
+                // The downlink's rate follows the network's parameters.
+                let loops = if inner.cfg.dangerous_no_cover {
+                    0.0
+                } else {
+                    doc.params.lambda_loop
+                };
+                inner
+                    .downlink
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retune(doc.params.lambda_downlink, loops, inner.now());
+                *inner.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(doc)
+            }
             Err(e) => tracing::warn!(error = %e, "topology refresh failed; keeping the old one"),
         }
     }

@@ -32,7 +32,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct Admission {
     path: PathBuf,
-    nodes: BTreeMap<NodeId, Role>,
+    /// Role and the operator's note, by identity.
+    nodes: BTreeMap<NodeId, (Role, String)>,
     stamp: Option<(SystemTime, u64)>,
 }
 
@@ -56,7 +57,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-fn read(path: &Path) -> Result<BTreeMap<NodeId, Role>, Error> {
+fn read(path: &Path) -> Result<BTreeMap<NodeId, (Role, String)>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -65,19 +66,19 @@ fn read(path: &Path) -> Result<BTreeMap<NodeId, Role>, Error> {
     let f: File = toml::from_str(&text).map_err(|e| err(path, e.to_string().trim_end()))?;
     let mut nodes = BTreeMap::new();
     for e in f.node {
-        nodes.insert(parse_id(path, &e.identity)?, e.role);
+        nodes.insert(parse_id(path, &e.identity)?, (e.role, e.note));
     }
     Ok(nodes)
 }
 
-fn write(path: &Path, nodes: &BTreeMap<NodeId, Role>) -> Result<(), Error> {
+fn write(path: &Path, nodes: &BTreeMap<NodeId, (Role, String)>) -> Result<(), Error> {
     let f = File {
         node: nodes
             .iter()
-            .map(|(id, role)| Entry {
+            .map(|(id, (role, note))| Entry {
                 identity: hex::encode(id),
                 role: *role,
-                note: String::new(),
+                note: note.clone(),
             })
             .collect(),
     };
@@ -123,7 +124,7 @@ impl Admission {
 
     /// The role `id` is admitted for, if any.
     pub fn role(&self, id: &NodeId) -> Option<Role> {
-        self.nodes.get(id).copied()
+        self.nodes.get(id).map(|(r, _)| *r)
     }
 
     /// Admitted nodes.
@@ -136,11 +137,13 @@ impl Admission {
         self.nodes.is_empty()
     }
 
-    /// Admits `id` for `role` (replacing an earlier role) and saves the file.
+    /// Admits `id` for `role` (replacing an earlier role, keeping its note)
+    /// and saves the file.
     pub fn admit(&mut self, id: NodeId, role: Role) -> Result<(), Error> {
         self.refresh();
         let mut nodes = self.nodes.clone();
-        nodes.insert(id, role);
+        let note = nodes.remove(&id).map(|(_, n)| n).unwrap_or_default();
+        nodes.insert(id, (role, note));
         write(&self.path, &nodes)?;
         self.nodes = nodes;
         self.stamp = stamp(&self.path);
@@ -160,9 +163,9 @@ impl Admission {
         Ok(true)
     }
 
-    /// Every admitted node.
-    pub fn entries(&self) -> impl Iterator<Item = (&NodeId, &Role)> {
-        self.nodes.iter()
+    /// Every admitted node: identity, role and the operator's note.
+    pub fn entries(&self) -> impl Iterator<Item = (&NodeId, Role, &str)> {
+        self.nodes.iter().map(|(id, (r, n))| (id, *r, n.as_str()))
     }
 }
 
@@ -201,6 +204,17 @@ mod tests {
         a.refresh();
         assert_eq!(a.role(&[1; 32]), None);
         assert_eq!(a.role(&[2; 32]), Some(Role::Gateway));
+        // An operator's note survives the tools' rewrites.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("role = \"gateway\"", "role = \"gateway\"\nnote = \"eu-1\""),
+        )
+        .unwrap();
+        let mut b = Admission::load(&path).unwrap();
+        b.admit([3; 32], Role::Mix).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("eu-1"));
+        let f = std::fs::File::options().append(true).open(&path).unwrap();
         // A broken file keeps the last good list.
         std::fs::write(&path, "node = 3").unwrap();
         f.set_modified(SystemTime::now() + std::time::Duration::from_secs(10))

@@ -221,6 +221,19 @@ impl Directory {
                  a different topology"
             );
         }
+        cfg.params
+            .check()
+            .map_err(|e| Error::Config(format!("key `params`: {e}")))?;
+        let p = cfg.params;
+        let keep_up = (p.lambda_payload + p.lambda_loop) / protocol::cover::DOWNLINK_HEADROOM;
+        if p.lambda_downlink < keep_up {
+            tracing::warn!(
+                lambda_downlink = p.lambda_downlink,
+                needed = keep_up,
+                "params.lambda_downlink is below (lambda_payload + lambda_loop) / 0.8: a client \
+                 uploading at full speed gets its acks late or loses them"
+            );
+        }
         if cfg.vote_interval_ms == 0 {
             return Err(Error::Config(
                 "key `vote_interval_ms` must be above zero".into(),
@@ -540,10 +553,10 @@ impl Directory {
         let epoch = self.inner.schedule.epoch_at(now_ms());
         for e in [epoch, epoch + 1] {
             let mut fresh = Vec::new();
-            for (key, c) in &self.inner.peers {
-                match c.get_signed(&format!("/v1/vote/{e}")).await {
+            for (key, got) in self.ask_peers(format!("/v1/vote/{e}")).await {
+                match got {
                     Ok(s) => match topology::verify_vote(&s, &self.inner.keys) {
-                        Ok(v) if v.authority == *key && v.epoch == e => fresh.push(v),
+                        Ok(v) if v.authority == key && v.epoch == e => fresh.push(v),
                         Ok(_) => tracing::warn!(
                             authority = %hex::encode(&key[..4]),
                             "an authority served a vote for another authority or epoch"
@@ -573,8 +586,8 @@ impl Directory {
                 }
                 self.recompute(&mut state, e, now_ms());
             }
-            for (key, c) in &self.inner.peers {
-                let theirs = match c.get_signed(&format!("/v1/candidate/{e}")).await {
+            for (key, got) in self.ask_peers(format!("/v1/candidate/{e}")).await {
+                let theirs = match got {
                     Ok(s) => s,
                     Err(err) => {
                         self.inner.metrics.peer_failures.inc();
@@ -590,7 +603,7 @@ impl Directory {
                     continue;
                 }
                 // Keep every valid signature of a known authority on the same bytes.
-                let have = ours.valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys);
+                let mut have = ours.valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys);
                 for sig in theirs.signatures {
                     if have.contains(&sig.signer) || !self.inner.keys.contains(&sig.signer) {
                         continue;
@@ -603,12 +616,30 @@ impl Directory {
                         .valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys)
                         .is_empty()
                     {
+                        have.push(sig.signer);
                         ours.signatures.push(sig);
                     }
                 }
                 self.publish(&mut state, e);
             }
         }
+    }
+
+    /// GETs `path` from every other authority at once (each bounded by the
+    /// client's timeout and body cap).
+    async fn ask_peers(&self, path: String) -> Vec<([u8; 32], Result<Signed, net::Error>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (key, c) in &self.inner.peers {
+            let (key, c, path) = (*key, c.clone(), path.clone());
+            set.spawn(async move { (key, c.get_signed(&path).await) });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// The published topology for `epoch`: the newest consensus with at

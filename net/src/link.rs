@@ -516,7 +516,10 @@ async fn peer_task(
             backoff = (backoff * 2).min(cfg.backoff_max);
             continue;
         };
-        backoff = cfg.backoff_min;
+        // The backoff resets only once frames went through: a peer that
+        // completes the handshake and then closes (a node that does not
+        // know us yet) is not dialled again in a tight loop.
+        let mut delivered = false;
         // Frames go to quinn as they are (`Bytes` owns each frame's buffer):
         // no copy into a batch buffer, none into quinn's send buffer.
         let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(BATCH_FRAMES);
@@ -560,6 +563,15 @@ async fn peer_task(
             }
             metrics.frames_out.inc_by(n as u64);
             last_write = Some(tokio::time::Instant::now());
+            if !delivered {
+                delivered = true;
+                backoff = cfg.backoff_min;
+            }
+        }
+        if !delivered {
+            metrics.connect_failures.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(cfg.backoff_max);
         }
     }
 }

@@ -170,11 +170,7 @@ impl DownlinkBudget {
     /// sending loops at `lambda_loop`, full at `now`. A non-positive or
     /// unknown downlink rate gives an unlimited budget.
     pub fn new(lambda_downlink: f64, lambda_loop: f64, now: f64) -> Self {
-        let rate = if lambda_downlink > 0.0 && lambda_downlink.is_finite() {
-            (DOWNLINK_HEADROOM * lambda_downlink - lambda_loop.max(0.0)).max(0.0)
-        } else {
-            f64::INFINITY
-        };
+        let rate = Self::rate_for(lambda_downlink, lambda_loop);
         // Room for two fetches' worth of replies at once.
         let burst = 2.0 * FETCH_COST;
         Self {
@@ -185,9 +181,23 @@ impl DownlinkBudget {
         }
     }
 
+    fn rate_for(lambda_downlink: f64, lambda_loop: f64) -> f64 {
+        if lambda_downlink > 0.0 && lambda_downlink.is_finite() {
+            (DOWNLINK_HEADROOM * lambda_downlink - lambda_loop.max(0.0)).max(0.0)
+        } else {
+            f64::INFINITY
+        }
+    }
+
     /// Frames per second the client may provoke.
     pub fn rate(&self) -> f64 {
         self.rate
+    }
+
+    /// Follows new rates (a new topology), keeping what is left of the budget.
+    pub fn retune(&mut self, lambda_downlink: f64, lambda_loop: f64, now: f64) {
+        self.refill(now);
+        self.rate = Self::rate_for(lambda_downlink, lambda_loop);
     }
 
     fn refill(&mut self, now: f64) {

@@ -306,6 +306,31 @@ impl TopologyDocument {
         if self.params.max_delay_ms < self.params.mix_delay_mean_ms {
             return Err(Error::Rejected("max delay below mean delay".into()));
         }
+        self.params.check()
+    }
+}
+
+impl NetworkParams {
+    /// Rates must be finite and not negative, and the payload stream and
+    /// the downlink must run: with λ_P = 0 a client sends nothing, with
+    /// λ_D = 0 it never receives a reply.
+    pub fn check(&self) -> Result<(), Error> {
+        let p = self;
+        for (name, v) in [
+            ("lambda_payload", p.lambda_payload),
+            ("lambda_loop", p.lambda_loop),
+            ("lambda_mix_loop", p.lambda_mix_loop),
+            ("lambda_downlink", p.lambda_downlink),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::Rejected(format!("{name} = {v} is not a rate")));
+            }
+        }
+        if p.lambda_downlink <= 0.0 || p.lambda_payload <= 0.0 {
+            return Err(Error::Rejected(
+                "lambda_payload and lambda_downlink must be above zero".into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use umbra::testnet::{MixNetwork, NetworkOptions, wait_until};
 
-/// Transmits of at least this many bytes carry a Deliver frame (2078 bytes
+/// Transmits of at least this many bytes carry a Deliver frame (2076 bytes
 /// on the stream); ACK-only packets and keep-alives are far smaller.
 const FRAME_BYTES: usize = 1000;
 /// λ_D of the test network, frames/s.

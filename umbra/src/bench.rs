@@ -863,19 +863,28 @@ pub async fn client(
         .spawn()?;
     let guard = KillOnDrop(child.id());
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (url, key) = tokio::task::spawn_blocking(move || {
-        let mut url = None;
-        let mut key = None;
+    // `umbra testnet` prints `threshold = K` and one `authority = URL KEY`
+    // line per authority, then how to point a client at it.
+    let (refs, threshold) = tokio::task::spawn_blocking(move || {
+        let mut refs = Vec::new();
+        let mut threshold = None;
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line.ok()?;
-            if let Some(v) = line.trim().strip_prefix("directory_url = ") {
-                url = Some(v.to_string());
+            let line = line.trim();
+            if let Some(v) = line.strip_prefix("threshold = ") {
+                threshold = v.parse().ok();
             }
-            if let Some(v) = line.trim().strip_prefix("authority_key = ") {
-                key = Some(v.to_string());
+            if let Some((url, key)) = line
+                .strip_prefix("authority = ")
+                .and_then(|v| v.split_once(' '))
+            {
+                refs.push(client_sdk::AuthorityRef {
+                    url: url.to_string(),
+                    key: key.to_string(),
+                });
             }
-            if url.is_some() && key.is_some() {
-                return Some((url?, key?));
+            if line.starts_with("Point an SDK client") {
+                return Some((refs, threshold?));
             }
         }
         None
@@ -883,7 +892,7 @@ pub async fn client(
     .await?
     .ok_or("umbra testnet did not start")?;
     progress("testnet running in a separate process; connecting two idle clients");
-    let cfg = client_sdk::ClientConfig::new(&url, &key)?;
+    let cfg = client_sdk::ClientConfig::with_authorities(refs, threshold)?;
     let (alice, _a_inbox) =
         client_sdk::Client::connect(cfg.clone(), client_sdk::Identity::generate()).await?;
     let (bob, mut b_inbox) =

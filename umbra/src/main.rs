@@ -425,8 +425,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Directory(DirectoryCmd::Admitted(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
             let list = directory::Admission::load(&cfg.admission_path())?;
-            for (id, role) in list.entries() {
-                println!("{} {:?}", hex::encode(id), role);
+            for (id, role, note) in list.entries() {
+                println!("{} {:?} {}", hex::encode(id), role, note);
             }
             eprintln!("{} admitted", list.len());
         }
@@ -582,12 +582,12 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!("Umbra testnet running on loopback (Ctrl-C stops it).");
             println!(
-                "  {} directory authorities; a topology needs {} signatures:",
-                net.directory.refs.len(),
-                net.directory.threshold
+                "  {} directory authorities; a topology needs threshold of their signatures:",
+                net.directory.refs.len()
             );
+            println!("  threshold = {}", net.directory.threshold);
             for a in &net.directory.refs {
-                println!("  authority {} key {}", a.url, a.key);
+                println!("  authority = {} {}", a.url, a.key);
             }
             for (i, g) in net.gateways.iter().enumerate() {
                 println!(
