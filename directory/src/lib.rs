@@ -523,12 +523,23 @@ impl Directory {
             return;
         }
         state.published.insert(epoch, Arc::new(c.clone()));
-        if epoch == self.inner.schedule.epoch_at(now_ms()) {
-            if let Ok(doc) = c.parse_unverified::<topology::TopologyDocument>() {
-                self.inner.metrics.nodes.set(doc.nodes.len() as i64);
-            }
-            self.inner.metrics.signatures.set(signers as i64);
-        }
+        self.gauges(state);
+    }
+
+    /// The gauges describe the published document of the current epoch.
+    fn gauges(&self, state: &Held) {
+        let epoch = self.inner.schedule.epoch_at(now_ms());
+        let (nodes, signers) = state.published.get(&epoch).map_or((0, 0), |p| {
+            let nodes = p
+                .parse_unverified::<topology::TopologyDocument>()
+                .map_or(0, |d| d.nodes.len());
+            (
+                nodes,
+                p.valid_signers(TOPOLOGY_DOMAIN, &self.inner.keys).len(),
+            )
+        });
+        self.inner.metrics.nodes.set(nodes as i64);
+        self.inner.metrics.signatures.set(signers as i64);
     }
 
     /// Re-reads the allowlist, prunes, and recomputes the current and next epoch.
@@ -540,6 +551,7 @@ impl Directory {
         for e in [epoch, epoch + 1] {
             self.recompute(&mut state, e, now_ms);
         }
+        self.gauges(&state);
     }
 
     /// One vote round: fetch the other authorities' votes for the current

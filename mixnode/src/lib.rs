@@ -397,6 +397,12 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
     let schedule = loop {
         match dir.topology(false, now_ms(), None).await {
             Ok(t) => break t.schedule,
+            Err(e @ net::Error::Untrusted(_)) => {
+                return Err(Error::Config {
+                    key: "authorities",
+                    reason: format!("{e}; check the authorities' keys and authority_threshold"),
+                });
+            }
             Err(e) if started.elapsed() > Duration::from_secs(30) => {
                 return Err(Error::Config {
                     key: "authorities",

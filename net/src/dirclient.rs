@@ -218,11 +218,15 @@ impl Authorities {
         let n = self.clients.len();
         let start = rand::random_range(0..n);
         let mut errors = Vec::new();
+        let mut untrusted = 0;
         for i in 0..n {
             let c = &self.clients[(start + i) % n];
             let doc = match c.topology(next).await {
                 Ok(signed) => topology::verify_topology(&signed, &self.trust, now_ms, last_seen)
-                    .map_err(|e| format!("{}: {e}", c.url())),
+                    .map_err(|e| {
+                        untrusted += usize::from(matches!(e, protocol::Error::BadSignature(_)));
+                        format!("{}: {e}", c.url())
+                    }),
                 Err(e) => Err(e.to_string()),
             };
             match doc {
@@ -230,10 +234,15 @@ impl Authorities {
                 Err(e) => errors.push(e),
             }
         }
-        Err(Error::Connect(format!(
-            "no authority gave a valid topology: {}",
-            errors.join("; ")
-        )))
+        let why = format!("no authority gave a valid topology: {}", errors.join("; "));
+        // Authorities serve only documents with `threshold` of their own
+        // signatures: if every one of them fails our signature check, our
+        // keys or threshold are wrong, not the network.
+        Err(if untrusted == n {
+            Error::Untrusted(why)
+        } else {
+            Error::Connect(why)
+        })
     }
 
     /// Registers `descriptor` with every authority at once; how many accepted,

@@ -18,6 +18,11 @@ pub enum Error {
     /// Connecting to a peer failed (peer's or the network's fault).
     #[error("connection to peer failed: {0}")]
     Connect(String),
+    /// Every authority answered with a document whose signatures do not
+    /// satisfy the configured authority keys and threshold: almost surely
+    /// our configuration's fault (wrong keys or threshold).
+    #[error("untrusted topology: {0}")]
+    Untrusted(String),
     /// A key file is unreadable or malformed (config fault).
     #[error("key file {path}: {reason}")]
     KeyFile {

@@ -30,15 +30,33 @@ pub fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Creates `dir` (and its parents) and makes `dir` itself readable by its
-/// owner only (0700): it holds keys and databases.
+/// Creates `dir` (and its parents) readable by its owner only (0700): it
+/// holds keys and databases. An existing directory keeps its mode (it may
+/// be shared on purpose); one that others can read is reported.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    fs::create_dir_all(dir)?;
+    if dir.is_dir() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "data directory is readable by other users; chmod 700 it"
+                );
+            }
+        }
+        return Ok(());
+    }
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
     }
+    b.create(dir)?;
     Ok(())
 }
 

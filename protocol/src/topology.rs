@@ -303,19 +303,19 @@ impl TopologyDocument {
                 ));
             }
         }
-        if self.params.max_delay_ms < self.params.mix_delay_mean_ms {
-            return Err(Error::Rejected("max delay below mean delay".into()));
-        }
         self.params.check()
     }
 }
 
 impl NetworkParams {
-    /// Rates must be finite and not negative, and the payload stream and
-    /// the downlink must run: with λ_P = 0 a client sends nothing, with
-    /// λ_D = 0 it never receives a reply.
+    /// The largest delay is at least the mean; rates are finite and not
+    /// negative; the payload stream and the downlink run (with λ_P = 0 a
+    /// client sends nothing, with λ_D = 0 it never receives a reply).
     pub fn check(&self) -> Result<(), Error> {
         let p = self;
+        if p.max_delay_ms < p.mix_delay_mean_ms {
+            return Err(Error::Rejected("max delay below mean delay".into()));
+        }
         for (name, v) in [
             ("lambda_payload", p.lambda_payload),
             ("lambda_loop", p.lambda_loop),

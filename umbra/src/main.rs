@@ -213,7 +213,8 @@ enum DirectoryCmd {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
-    /// Revoke a node's admission: it leaves this authority's vote at once.
+    /// Revoke a node's admission: it leaves this authority's vote at its
+    /// next round.
     Revoke {
         #[command(flatten)]
         run: RunArgs,
@@ -401,8 +402,11 @@ async fn run(cli: Cli) -> Result<()> {
             role,
         }) => {
             let cfg: DirectoryConfig = config::load(&run.config)?;
-            let id = directory::parse_identity(&identity)?;
-            directory::Admission::load(&cfg.admission_path())?.admit(id, role.into())?;
+            let file = |e: directory::Error| format!("config file {}: {e}", run.config.display());
+            let id = directory::parse_identity(&identity).map_err(file)?;
+            directory::Admission::load(&cfg.admission_path())
+                .and_then(|mut a| a.admit(id, role.into()))
+                .map_err(file)?;
             println!(
                 "admitted {} as a {} node (in {})",
                 hex::encode(id),
@@ -415,8 +419,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Directory(DirectoryCmd::Revoke { run, identity }) => {
             let cfg: DirectoryConfig = config::load(&run.config)?;
-            let id = directory::parse_identity(&identity)?;
-            if directory::Admission::load(&cfg.admission_path())?.revoke(&id)? {
+            let file = |e: directory::Error| format!("config file {}: {e}", run.config.display());
+            let id = directory::parse_identity(&identity).map_err(file)?;
+            if directory::Admission::load(&cfg.admission_path())
+                .and_then(|mut a| a.revoke(&id))
+                .map_err(file)?
+            {
                 println!("revoked {}", hex::encode(id));
             } else {
                 return Err(format!("{} was not admitted", hex::encode(id)).into());
@@ -424,9 +432,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Directory(DirectoryCmd::Admitted(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
-            let list = directory::Admission::load(&cfg.admission_path())?;
+            let list = directory::Admission::load(&cfg.admission_path())
+                .map_err(|e| format!("config file {}: {e}", a.config.display()))?;
             for (id, role, note) in list.entries() {
-                println!("{} {:?} {}", hex::encode(id), role, note);
+                let role = match role {
+                    protocol::topology::Role::Mix => "mix",
+                    protocol::topology::Role::Gateway => "gateway",
+                };
+                println!("{} {role} {note}", hex::encode(id));
             }
             eprintln!("{} admitted", list.len());
         }
@@ -582,7 +595,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!("Umbra testnet running on loopback (Ctrl-C stops it).");
             println!(
-                "  {} directory authorities; a topology needs threshold of their signatures:",
+                "  directory authorities: {}; a topology needs `threshold` of their signatures:",
                 net.directory.refs.len()
             );
             println!("  threshold = {}", net.directory.threshold);

@@ -255,6 +255,35 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&mix_key));
+    // A node configured with a wrong authority key fails at once, naming
+    // the key, instead of waiting for a topology it can never accept.
+    let wrong_cfg = tmp.path().join("wrong.toml");
+    std::fs::write(
+        &wrong_cfg,
+        std::fs::read_to_string(&mix_cfg)
+            .unwrap()
+            .replace(&key, &"ab".repeat(32)),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = umbra()
+        .args(["mixnode", "run", "--config"])
+        .arg(&wrong_cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("untrusted topology")
+            && err.contains("authorities")
+            && err.contains("wrong.toml"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     let mut mix = Killer(
         umbra()
             .args(["mixnode", "run", "--config"])
