@@ -151,18 +151,18 @@ async fn deliver(
             }
             continue;
         }
-        let f = match rx.try_recv() {
+        let written = match rx.try_recv() {
             Ok(f) => {
                 real.inc();
-                f
+                send.write_all(&f).await
             }
             Err(mpsc::error::TryRecvError::Empty) => {
                 dummies.inc();
-                dummy.clone()
+                send.write_all(&dummy).await
             }
             Err(mpsc::error::TryRecvError::Disconnected) => return,
         };
-        if send.write_all(&f).await.is_err() {
+        if written.is_err() {
             return;
         }
         // The rate follows the topology; after a stall (a slow client's flow

@@ -232,6 +232,28 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<NodeId> {
     certificate_key(certs.first()?.as_ref())
 }
 
+/// Both ends speak TLS 1.3 only.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
+/// Checks a TLS 1.3 handshake signature under the ed25519 key `spki`.
+fn verify_under(
+    spki: &[u8],
+    message: &[u8],
+    dss: &DigitallySignedStruct,
+    algs: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(spki),
+        dss,
+        algs,
+    )
+}
+
 /// Accepts a client certificate naming any ed25519 key, provided the client
 /// signs the handshake under that key. Whether the key may use the link is
 /// decided after the handshake, against the topology.
@@ -265,9 +287,7 @@ impl ClientCertVerifier for AnyIdentity {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -279,12 +299,7 @@ impl ClientCertVerifier for AnyIdentity {
         let key = certificate_key(cert.as_ref()).ok_or(rustls::Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
-        rustls::crypto::verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(ed25519_spki(&key)),
-            dss,
-            &self.algs,
-        )
+        verify_under(&ed25519_spki(&key), message, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -327,9 +342,7 @@ impl ServerCertVerifier for PinnedKey {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -338,12 +351,7 @@ impl ServerCertVerifier for PinnedKey {
         _cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(self.spki.as_slice()),
-            dss,
-            &self.algs,
-        )
+        verify_under(&self.spki, message, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
