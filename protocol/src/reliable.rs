@@ -362,6 +362,19 @@ impl<C: Clone> Outbox<C> {
         })
     }
 
+    /// When the outbox next has work, on the caller's clock: at once
+    /// (−∞) if a fragment waits to be sent, else the earliest ack deadline
+    /// or message expiry, a moment after it (the checks are strict);
+    /// `None` if it holds nothing.
+    pub fn next_deadline(&self) -> Option<f64> {
+        if !self.ready.is_empty() {
+            return Some(f64::NEG_INFINITY);
+        }
+        let acks = self.in_flight.values().map(|(_, _, due)| *due);
+        let expiries = self.msgs.values().map(|m| m.created + self.cfg.ttl);
+        acks.chain(expiries).reduce(f64::min).map(|d| d + 1e-3)
+    }
+
     /// Whether a fragment is waiting to be (re)sent.
     pub fn has_ready(&mut self, now: f64) -> bool {
         self.check_timeouts(now);

@@ -1,0 +1,199 @@
+//! The client's settings: built with [`ClientConfig::builder`] (or
+//! [`ClientConfig::new`] for a network of one authority), adjusted field by
+//! field, and checked when the client starts.
+
+use crate::Error;
+use net::dirclient::{Authorities, AuthorityRef};
+use protocol::NodeId;
+use std::time::Duration;
+
+/// Settings of a client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The network's directory authorities (URL and public key of each).
+    pub authorities: Vec<AuthorityRef>,
+    /// Signatures of `authorities` a topology needs (k of n); fewer are refused.
+    pub authority_threshold: usize,
+    /// The entry gateway to use; `None` picks one at random.
+    pub entry_gateway: Option<NodeId>,
+    /// How often to fetch every dropbox.
+    pub fetch_interval: Duration,
+    /// How often to refresh the topology.
+    pub topology_refresh: Duration,
+    /// Messages buffered for the application.
+    pub inbox_capacity: usize,
+    /// On connecting (and for a newly added contact), fetch the boxes of this
+    /// many past periods (hours), to collect what arrived while offline.
+    pub catch_up_periods: u64,
+    /// Transmissions of one fragment before its message is reported failed.
+    pub max_attempts: u32,
+    /// A message not stored within this time is reported failed.
+    pub message_ttl: Duration,
+    /// Bytes of messages not yet stored the client holds; beyond it `send` says `Busy`.
+    pub max_outbox_bytes: usize,
+    /// Time allowed beyond a route's sampled delays for a SURB-ack (links,
+    /// the gateway's commit) before the fragment is sent again.
+    pub ack_slack: Duration,
+    /// A message after a gap in a contact's stream waits this long for the
+    /// gap to fill before it is handed over anyway.
+    pub reorder_hold: Duration,
+    /// A contact's stream met past its start (this client restarted) is
+    /// collected this long before its lowest message is handed over.
+    pub reorder_settle: Duration,
+    /// Bytes of partly received messages held per contact.
+    pub max_reassembly_bytes: usize,
+    pub(crate) dangerous: Dangerous,
+}
+
+/// Settings that weaken anonymity, for evaluations and tests only: reached
+/// through [`ClientConfig::dangerous`] so that no one sets them by accident.
+#[derive(Debug, Clone, Default)]
+pub struct Dangerous {
+    pub(crate) no_cover: bool,
+}
+
+impl Dangerous {
+    /// DANGEROUS, evaluation and tests only: send every packet at once with
+    /// no cover traffic. An observer then sees exactly when you are active.
+    pub fn set_no_cover(&mut self, on: bool) -> &mut Self {
+        self.no_cover = on;
+        self
+    }
+
+    /// Whether cover traffic is off.
+    pub fn no_cover(&self) -> bool {
+        self.no_cover
+    }
+}
+
+impl ClientConfig {
+    /// A config for a network of one directory authority at `directory_url`
+    /// whose key is `authority_hex`.
+    pub fn new(directory_url: &str, authority_hex: &str) -> Result<Self, Error> {
+        Self::with_authorities(
+            vec![AuthorityRef {
+                url: directory_url.to_string(),
+                key: authority_hex.trim().to_string(),
+            }],
+            1,
+        )
+    }
+
+    /// A config for a network of several authorities, of which `threshold`
+    /// must sign a topology.
+    pub fn with_authorities(
+        authorities: Vec<AuthorityRef>,
+        threshold: usize,
+    ) -> Result<Self, Error> {
+        Self::builder(authorities, threshold).build()
+    }
+
+    /// A builder for a network with these authorities and threshold.
+    pub fn builder(authorities: Vec<AuthorityRef>, threshold: usize) -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            cfg: Self {
+                authorities,
+                authority_threshold: threshold,
+                entry_gateway: None,
+                fetch_interval: Duration::from_secs(5),
+                topology_refresh: Duration::from_secs(60),
+                inbox_capacity: 1024,
+                catch_up_periods: 24,
+                max_attempts: 8,
+                message_ttl: Duration::from_secs(3600),
+                max_outbox_bytes: 64 * 1024 * 1024,
+                ack_slack: Duration::from_secs(3),
+                reorder_hold: Duration::from_secs(60),
+                reorder_settle: Duration::from_secs(5),
+                max_reassembly_bytes: 48 * 1024 * 1024,
+                dangerous: Dangerous::default(),
+            },
+        }
+    }
+
+    /// Settings that weaken anonymity (evaluations and tests only).
+    pub fn dangerous(&mut self) -> &mut Dangerous {
+        &mut self.dangerous
+    }
+
+    /// Whether the settings can work: the authorities and threshold, and
+    /// intervals and capacities above zero.
+    pub fn check(&self) -> Result<(), Error> {
+        Authorities::new(&self.authorities, self.authority_threshold).map_err(|reason| {
+            Error::Config(format!("authorities/authority_threshold: {reason}"))
+        })?;
+        for (name, d) in [
+            ("fetch_interval", self.fetch_interval),
+            ("topology_refresh", self.topology_refresh),
+            ("message_ttl", self.message_ttl),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be above zero")));
+            }
+        }
+        if self.inbox_capacity == 0 || self.max_attempts == 0 {
+            return Err(Error::Config(
+                "inbox_capacity and max_attempts must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`ClientConfig`]; every setting has a default.
+#[derive(Debug, Clone)]
+pub struct ClientConfigBuilder {
+    cfg: ClientConfig,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.cfg.$name = v;
+            self
+        }
+    };
+}
+
+impl ClientConfigBuilder {
+    setter!(
+        /// The entry gateway to use (default: one at random).
+        entry_gateway: Option<NodeId>
+    );
+    setter!(
+        /// How often to fetch every dropbox (default 5 s).
+        fetch_interval: Duration
+    );
+    setter!(
+        /// How often to refresh the topology (default 60 s).
+        topology_refresh: Duration
+    );
+    setter!(
+        /// Messages buffered for the application (default 1024).
+        inbox_capacity: usize
+    );
+    setter!(
+        /// Past periods (hours) fetched on connecting (default 24).
+        catch_up_periods: u64
+    );
+    setter!(
+        /// Transmissions of one fragment before failure (default 8).
+        max_attempts: u32
+    );
+    setter!(
+        /// Time to live of an unstored message (default 1 h).
+        message_ttl: Duration
+    );
+    setter!(
+        /// Bytes of unstored messages held (default 64 MiB).
+        max_outbox_bytes: usize
+    );
+
+    /// The config, checked.
+    pub fn build(self) -> Result<ClientConfig, Error> {
+        self.cfg.check()?;
+        Ok(self.cfg)
+    }
+}

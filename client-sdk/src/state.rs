@@ -1,0 +1,1201 @@
+//! The client as a sans-IO state machine, in the way of quinn-proto: no
+//! sockets, no tasks, no clock reads. Time comes in as a [`Now`] on every
+//! call, randomness as an RNG, frames from the entry gateway through
+//! [`ClientState::handle_delivery`]; frames to send come out of
+//! [`ClientState::poll_transmit`], things the application should know out of
+//! [`ClientState::poll_event`] and [`ClientState::poll_received`], and
+//! [`ClientState::poll_timeout`] says when to call
+//! [`ClientState::handle_timeout`] next. The async [`crate::Client`] drives
+//! it over QUIC in real time; tests drive many of them on a virtual clock.
+//!
+//! One state hosts any number of identities: they share one Loopix stream
+//! (payload ticks at λ_P, loops at λ_L) and one entry gateway, so an
+//! identity costs no bandwidth.
+
+use crate::boxes::{self, BoxState, FETCH_WINDOW};
+use crate::config::ClientConfig;
+use crate::invite::Invite;
+use crate::{ContactId, Error, Received};
+use protocol::NodeId;
+use protocol::cover::{
+    ClientStream, DownlinkBudget, Emission, FETCH_COST, LoopOutcome, LoopTracker,
+};
+use protocol::dropbox::{self, Dropbox, PairSecret};
+use protocol::frame::{self, FrameKind};
+use protocol::messages::{
+    ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, Listing, MAX_ACKED_STORED_LEN, MAX_LISTING,
+    Request,
+};
+use protocol::packet::{self, Hop, ReplyKey};
+use protocol::reliable::{
+    Complete, Fragment, Kind, MessageId, Outbox, OutboxConfig, Outgoing, Progress, Reassembler,
+    Sequencer, Status, Transmission,
+};
+use protocol::topology::{self, TopologyDocument, TopologyNode};
+use rand::{CryptoRng, Rng, RngExt, SeedableRng};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// Largest message body [`ClientState::send`] accepts (16 MiB, sent in fragments).
+pub const MAX_BODY_LEN: usize = protocol::reliable::MAX_MESSAGE_SIZE;
+/// Bytes of a message each fragment carries: one acked stored message less
+/// the encryption and the fragment header.
+pub const CHUNK_LEN: usize =
+    MAX_ACKED_STORED_LEN - boxes::NONCE_LEN - boxes::TAG_LEN - protocol::reliable::FRAGMENT_HEADER;
+
+/// How long a fetch's reply keys are kept for its replies.
+const PENDING_TTL: f64 = 120.0;
+/// Reply keys and loops held at once.
+const MAX_PENDING: usize = 20_000;
+/// What a loop carries (sealed: only its identifier names it).
+const LOOP_BODY: &[u8] = b"loop";
+
+/// A moment on the client's clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time: every timer of the client runs on it.
+    pub at: Instant,
+    /// Wall-clock time, Unix milliseconds: dropbox periods and the
+    /// timestamps of fetch requests need it.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// `d` later on both clocks.
+    pub fn after(self, d: Duration) -> Self {
+        Self {
+            at: self.at + d,
+            unix_ms: self.unix_ms + d.as_millis() as u64,
+        }
+    }
+}
+
+/// What the application is told, besides received messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message this client sent moved on: queued → sent → stored → read,
+    /// or failed.
+    Status {
+        /// The message.
+        id: MessageId,
+        /// Its new status.
+        status: Status,
+    },
+}
+
+/// What the client's Poisson stream has sent so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CoverStats {
+    /// Real packets (messages).
+    pub real: u64,
+    /// Fetch requests (sent in place of drop cover).
+    pub fetches: u64,
+    /// Drop-cover packets.
+    pub drop_cover: u64,
+    /// Loops sent.
+    pub loops_sent: u64,
+    /// Loops that came back within their expected time (sampled delays + 2 s).
+    pub loops_returned: u64,
+    /// Loops that came back later than that: a hop held them.
+    pub loops_late: u64,
+    /// Dummy frames of the constant-rate downlink received (the gateway
+    /// sends them when it holds nothing for this client).
+    pub downlink_dummies: u64,
+    /// Loops not back 30 s after their expected time: a broken route, or
+    /// someone dropping packets (n−1 attack).
+    pub loops_lost: u64,
+}
+
+/// One of my identities and one of its contacts: who a message is between.
+/// (mine, theirs), both x25519 public keys.
+type Peer = ([u8; 32], [u8; 32]);
+
+/// A fetch waiting for a payload tick: a probe of a box, or a window fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fetch {
+    peer: Peer,
+    period: u64,
+    kind: FetchKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FetchKind {
+    /// Answers from above what is known, with a listing.
+    Probe,
+    /// Listed messages not yet received.
+    Window,
+}
+
+struct Contact {
+    name: String,
+    pair: PairSecret,
+    /// The boxes the contact writes to me, by period.
+    inbound: HashMap<u64, BoxState>,
+    /// Past periods were fetched once since the contact was added or we started.
+    caught_up: bool,
+}
+
+/// One identity this client hosts.
+struct Me {
+    secret: StaticSecret,
+    contacts: BTreeMap<[u8; 32], Contact>,
+    /// Next seq per contact (seqs restart with each session).
+    next_seq: HashMap<[u8; 32], u64>,
+}
+
+/// A fetch's reply key and what its replies answer.
+struct Pending {
+    key: ReplyKey,
+    peer: Peer,
+    period: u64,
+    /// The seq the fetch's answers start above: `max(after_seq, cursor)`.
+    cursor: u64,
+    /// How far the box was known when the fetch left.
+    known: u64,
+    created: f64,
+}
+
+/// Latest status per message, for the most recent messages.
+#[derive(Default)]
+struct StatusBoard {
+    map: HashMap<MessageId, Status>,
+    order: VecDeque<MessageId>,
+}
+
+impl StatusBoard {
+    const CAP: usize = 100_000;
+
+    fn set(&mut self, id: MessageId, s: Status) {
+        // Read is final (even after a failure report: the message was
+        // stored after all and only its acks were lost); Stored does not go
+        // back to Sent.
+        if let Some(old) = self.map.get(&id)
+            && (*old == Status::Read || (*old == Status::Stored && s == Status::Sent))
+        {
+            return;
+        }
+        if self.map.insert(id, s).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// The whole client, without I/O.
+pub struct ClientState {
+    cfg: ClientConfig,
+    /// Zero of the client's seconds (the `f64` times of the protocol's
+    /// sans-IO pieces).
+    origin: Instant,
+    topology: Arc<TopologyDocument>,
+    entry: TopologyNode,
+    /// Where our entry gateway hands us replies. Random per state.
+    address: [u8; 32],
+    /// This run's session number: seqs restart with it.
+    session: u64,
+    identities: BTreeMap<[u8; 32], Me>,
+    stream: ClientStream<()>,
+    downlink: DownlinkBudget,
+    loops: LoopTracker,
+    outbox: Outbox<Peer>,
+    /// SURB-acks in flight: identifier → (reply key, sent at).
+    acks: HashMap<[u8; 16], (ReplyKey, f64)>,
+    pending: HashMap<[u8; 16], Pending>,
+    fetches: VecDeque<Fetch>,
+    reassembly: Reassembler<Peer>,
+    sequencer: Sequencer<Peer>,
+    statuses: StatusBoard,
+    receipts_due: HashMap<Peer, Vec<MessageId>>,
+    received: VecDeque<Received>,
+    events: VecDeque<Event>,
+    stats: CoverStats,
+    /// Payload ticks alternate between a fragment and a fetch when both wait.
+    fetch_turn: bool,
+    /// When the next periodic fetch round (and upkeep) is due.
+    next_round: f64,
+    /// For what timers decide (receipt ids), seeded by the caller's RNG.
+    rng: rand::rngs::StdRng,
+}
+
+impl std::fmt::Debug for ClientState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientState")
+            .field("identities", &self.identities.len())
+            .field("epoch", &self.topology.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One node per mix layer, each uniformly at random.
+fn mix_route<R: Rng + ?Sized>(topo: &TopologyDocument, rng: &mut R) -> Result<Vec<Hop>, Error> {
+    (1..=topology::LAYERS)
+        .map(|l| {
+            let nodes: Vec<&TopologyNode> = topo.layer(l).collect();
+            if nodes.is_empty() {
+                return Err(Error::NoRoute(format!("layer {l} is empty")));
+            }
+            Ok(nodes[rng.random_range(0..nodes.len())].hop())
+        })
+        .collect()
+}
+
+fn delay_mean(topo: &TopologyDocument) -> Duration {
+    Duration::from_millis(topo.params.mix_delay_mean_ms)
+}
+
+/// How long a window fetch's replies may take before it is asked again:
+/// twice the mean mixing delay of a round trip, plus transport.
+fn fetch_timeout(topo: &TopologyDocument) -> f64 {
+    (delay_mean(topo) * 12 + Duration::from_secs(2)).as_secs_f64()
+}
+
+/// The public key of an x25519 secret.
+fn public_of(secret: &StaticSecret) -> [u8; 32] {
+    PublicKey::from(secret).to_bytes()
+}
+
+impl ClientState {
+    /// A client routing by `topology` (verified by the caller), with no
+    /// identity yet. Picks the entry gateway (`cfg.entry_gateway`, or one at
+    /// random among those with a client address) and a subscribe address.
+    pub fn new<R: CryptoRng + ?Sized>(
+        cfg: ClientConfig,
+        topology: TopologyDocument,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<Self, Error> {
+        cfg.check()?;
+        let gateways: Vec<&TopologyNode> = topology
+            .gateways()
+            .filter(|g| g.client_socket_addr().is_some())
+            .collect();
+        let entry = match cfg.entry_gateway {
+            Some(id) => gateways.iter().find(|g| g.identity == id).copied(),
+            None if gateways.is_empty() => None,
+            None => Some(gateways[rng.random_range(0..gateways.len())]),
+        }
+        .cloned()
+        .ok_or_else(|| Error::NoRoute("no entry gateway in the topology".into()))?;
+        let mut address = [0u8; 32];
+        rng.fill_bytes(&mut address);
+        let params = topology.params;
+        let cover = !cfg.dangerous.no_cover;
+        let stream = ClientStream::new(
+            params.lambda_payload,
+            params.lambda_loop,
+            // Nothing is queued in the stream: each payload tick asks the
+            // outbox, then the fetch queue, for a real packet.
+            1,
+            cover,
+            0.0,
+            rng,
+        );
+        let downlink = DownlinkBudget::new(
+            params.lambda_downlink,
+            if cover { params.lambda_loop } else { 0.0 },
+            0.0,
+        );
+        let outbox = Outbox::new(OutboxConfig {
+            max_attempts: cfg.max_attempts.max(1),
+            ttl: cfg.message_ttl.as_secs_f64(),
+            max_bytes: cfg.max_outbox_bytes,
+            ..OutboxConfig::default()
+        });
+        let reassembly = Reassembler::new(cfg.max_reassembly_bytes, cfg.message_ttl.as_secs_f64());
+        let sequencer = Sequencer::new(
+            cfg.reorder_hold.as_secs_f64(),
+            cfg.reorder_settle.as_secs_f64(),
+            10_000,
+        );
+        Ok(Self {
+            origin: now.at,
+            topology: Arc::new(topology),
+            entry,
+            address,
+            session: rng.random(),
+            identities: BTreeMap::new(),
+            stream,
+            downlink,
+            loops: LoopTracker::standard(MAX_PENDING),
+            outbox,
+            acks: HashMap::new(),
+            pending: HashMap::new(),
+            fetches: VecDeque::new(),
+            reassembly,
+            sequencer,
+            statuses: StatusBoard::default(),
+            receipts_due: HashMap::new(),
+            received: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: CoverStats::default(),
+            fetch_turn: false,
+            // The first round (catching up on past periods) at once.
+            next_round: 0.0,
+            rng: rand::rngs::StdRng::from_rng(rng),
+            cfg,
+        })
+    }
+
+    /// Seconds on the client's clock.
+    fn secs(&self, now: Now) -> f64 {
+        now.at.saturating_duration_since(self.origin).as_secs_f64()
+    }
+
+    fn instant(&self, secs: f64) -> Instant {
+        self.origin + Duration::from_secs_f64(secs.clamp(0.0, 1.0e9))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// The entry gateway this client uses for its whole life.
+    pub fn entry(&self) -> &TopologyNode {
+        &self.entry
+    }
+
+    /// The address our entry gateway delivers our replies to (sent in the
+    /// Subscribe frame).
+    pub fn address(&self) -> [u8; 32] {
+        self.address
+    }
+
+    /// The topology the client routes by.
+    pub fn topology(&self) -> Arc<TopologyDocument> {
+        self.topology.clone()
+    }
+
+    /// Takes a newer verified topology (the caller checked its signatures,
+    /// freshness and (epoch, revision)). The downlink budget follows its λ_D.
+    pub fn set_topology(&mut self, doc: TopologyDocument, now: Now) {
+        let loops = if self.cfg.dangerous.no_cover {
+            0.0
+        } else {
+            doc.params.lambda_loop
+        };
+        let t = self.secs(now);
+        self.downlink.retune(doc.params.lambda_downlink, loops, t);
+        self.topology = Arc::new(doc);
+    }
+
+    // ---- identities and contacts ----
+
+    /// Hosts the identity with this x25519 secret; its public key names it.
+    /// Adding one already hosted changes nothing.
+    pub fn add_identity(&mut self, secret: StaticSecret) -> ContactId {
+        let public = public_of(&secret);
+        self.identities.entry(public).or_insert_with(|| Me {
+            secret,
+            contacts: BTreeMap::new(),
+            next_seq: HashMap::new(),
+        });
+        ContactId(public)
+    }
+
+    /// The identities hosted.
+    pub fn identities(&self) -> Vec<ContactId> {
+        self.identities.keys().map(|k| ContactId(*k)).collect()
+    }
+
+    fn me(&self, me: &ContactId) -> Result<&Me, Error> {
+        self.identities
+            .get(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))
+    }
+
+    /// Adds a contact of identity `me` from their invite string.
+    pub fn add_contact(&mut self, me: &ContactId, invite: &str) -> Result<ContactId, Error> {
+        let inv: Invite = invite.parse()?;
+        let mine = self
+            .identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?;
+        if inv.public == me.0 {
+            return Err(Error::InvalidInvite("that is your own invite".into()));
+        }
+        // A key of small order would make the pair secret follow from public keys.
+        let pair = PairSecret::derive(&mine.secret, &inv.public)
+            .map_err(|e| Error::InvalidInvite(format!("unusable contact key: {e}")))?;
+        mine.contacts.insert(
+            inv.public,
+            Contact {
+                name: inv.name,
+                pair,
+                inbound: HashMap::new(),
+                caught_up: false,
+            },
+        );
+        // Catch up on the new contact's boxes at the next round.
+        Ok(ContactId(inv.public))
+    }
+
+    /// The name a contact of `me` gave in their invite.
+    pub fn contact_name(&self, me: &ContactId, contact: &ContactId) -> Option<String> {
+        self.identities
+            .get(&me.0)?
+            .contacts
+            .get(&contact.0)
+            .map(|c| c.name.clone())
+    }
+
+    // ---- sending ----
+
+    /// Queues `body` (up to [`MAX_BODY_LEN`]) from identity `me` to `to`: it
+    /// leaves in fragments at payload ticks, each end-to-end encrypted and
+    /// acknowledged by the dropbox gateway. Follow it with
+    /// [`Self::status`] or the [`Event::Status`] events.
+    pub fn send<R: Rng + ?Sized>(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        to: &ContactId,
+        body: &[u8],
+        rng: &mut R,
+    ) -> Result<MessageId, Error> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(Error::MessageTooLarge {
+                len: body.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        let mine = self
+            .identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?;
+        if !mine.contacts.contains_key(&to.0) {
+            return Err(Error::UnknownContact(*to));
+        }
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let seq = *mine.next_seq.get(&to.0).unwrap_or(&1);
+        let t = now.at.saturating_duration_since(self.origin).as_secs_f64();
+        self.outbox
+            .push(
+                Outgoing {
+                    id,
+                    to: (me.0, to.0),
+                    kind: Kind::Message,
+                    session: self.session,
+                    seq,
+                    body: body.to_vec(),
+                },
+                CHUNK_LEN,
+                t,
+            )
+            .map_err(|_| Error::Busy)?;
+        // Only a queued message takes a seq, so the receiver sees no gap.
+        mine.next_seq.insert(to.0, seq + 1);
+        self.publish_statuses();
+        Ok(id)
+    }
+
+    /// The latest status of a recent message sent by this client.
+    pub fn status(&self, id: &MessageId) -> Option<Status> {
+        self.statuses.map.get(id).copied()
+    }
+
+    /// Fragments of a message being sent that the dropbox gateway has
+    /// acknowledged (`None` once it is stored or failed).
+    pub fn progress(&self, id: &MessageId) -> Option<Progress> {
+        self.outbox.progress(id)
+    }
+
+    /// Messages not yet stored, and bytes of them held.
+    pub fn outbox_len(&self) -> (usize, usize) {
+        (self.outbox.pending(), self.outbox.bytes())
+    }
+
+    /// Counts of the cover stream.
+    pub fn cover_stats(&self) -> CoverStats {
+        self.stats
+    }
+
+    // ---- the application's side ----
+
+    /// The next status change (or other event), if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next message for the application, if any. Messages wait here (at
+    /// most `inbox_capacity`; beyond that fetched fragments are left at the
+    /// gateway and fetched again) until the application takes them.
+    pub fn poll_received(&mut self) -> Option<Received> {
+        self.received.pop_front()
+    }
+
+    fn inbox_has_room(&self) -> bool {
+        self.received.len() < self.cfg.inbox_capacity
+    }
+
+    /// Moves the outbox's status changes to the board and the events.
+    fn publish_statuses(&mut self) {
+        while let Some((id, status)) = self.outbox.poll_event() {
+            self.statuses.set(id, status);
+            self.events.push_back(Event::Status { id, status });
+        }
+    }
+
+    // ---- time ----
+
+    /// When [`Self::handle_timeout`] or [`Self::poll_transmit`] has work next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.next_round;
+        if self.cfg.dangerous.no_cover {
+            // Without cover, fragments and fetches leave as soon as due.
+            if !self.fetches.is_empty() {
+                next = f64::NEG_INFINITY;
+            }
+            if let Some(d) = self.outbox.next_deadline() {
+                next = next.min(d);
+            }
+        } else {
+            next = next.min(self.stream.next_at());
+        }
+        self.instant(next)
+    }
+
+    /// Runs what is due at `now`: the periodic fetch round (every
+    /// `fetch_interval`: receipts, expiry of partial and held messages,
+    /// probes of every contact's current and recent boxes) and loop expiry.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let t = self.secs(now);
+        let lost = self.loops.expire(t);
+        self.stats.loops_lost += lost as u64;
+        if t < self.next_round {
+            return;
+        }
+        self.next_round = t + self.cfg.fetch_interval.as_secs_f64();
+        self.maintain_reliability(now);
+        self.queue_fetch_round(now);
+    }
+
+    /// Receipts, stale partial messages, held messages.
+    fn maintain_reliability(&mut self, now: Now) {
+        let t = self.secs(now);
+        let session = self.session;
+        for (peer, ids) in std::mem::take(&mut self.receipts_due) {
+            // One receipt names up to a fragment's worth of messages.
+            for chunk in ids.chunks(CHUNK_LEN / 16) {
+                let body: Vec<u8> = chunk.iter().flatten().copied().collect();
+                let mut id = [0u8; 16];
+                self.rng.fill_bytes(&mut id);
+                let receipt = Outgoing {
+                    id,
+                    to: peer,
+                    kind: Kind::Receipt,
+                    session,
+                    seq: 0,
+                    body,
+                };
+                let _ = self.outbox.push(receipt, CHUNK_LEN, t);
+            }
+        }
+        self.publish_statuses();
+        self.reassembly.expire(t);
+        for m in self.sequencer.expire(t) {
+            self.hand_over(m);
+        }
+    }
+
+    /// Queues a probe of every contact's current and previous box (and of
+    /// older ones once after start and while they hold messages).
+    fn queue_fetch_round(&mut self, now: Now) {
+        let period = dropbox::period_at(now.unix_ms);
+        let catch_up = self.cfg.catch_up_periods.max(2);
+        let oldest = period.saturating_sub(catch_up - 1);
+        let mut due = Vec::new();
+        for (me, mine) in &mut self.identities {
+            for (them, c) in &mut mine.contacts {
+                let mut ps: Vec<u64> = if c.caught_up {
+                    c.inbound
+                        .iter()
+                        .filter(|(k, s)| s.more && **k >= oldest)
+                        .map(|(k, _)| *k)
+                        .collect()
+                } else {
+                    (oldest..=period).collect()
+                };
+                c.caught_up = true;
+                ps.extend([period, period.saturating_sub(1)]);
+                ps.sort_unstable();
+                ps.dedup();
+                // Forget boxes of periods we no longer fetch.
+                c.inbound
+                    .retain(|k, s| *k + 1 >= period || (s.more && *k + catch_up > period));
+                for p in ps {
+                    due.push(Fetch {
+                        peer: (*me, *them),
+                        period: p,
+                        kind: FetchKind::Probe,
+                    });
+                }
+            }
+        }
+        for f in due {
+            if !self.fetches.contains(&f) && self.fetches.len() < MAX_PENDING {
+                self.fetches.push_back(f);
+            }
+        }
+    }
+
+    // ---- the wire ----
+
+    /// The next Inject frame to send to the entry gateway, if one is due at
+    /// `now`. With cover (always, but in evaluations), a frame leaves only at
+    /// a tick of the Poisson stream: at a payload tick a due fragment or
+    /// fetch (taking turns when both wait; fetches only as the downlink
+    /// allows), else drop cover; at a loop tick a loop. Call it until it
+    /// gives `None`.
+    pub fn poll_transmit<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Now,
+        rng: &mut R,
+    ) -> Option<Vec<u8>> {
+        let t = self.secs(now);
+        if self.cfg.dangerous.no_cover {
+            // Without cover: fragments and fetches leave as soon as due.
+            if let Some(f) = self.next_fragment_frame(now, rng) {
+                self.stats.real += 1;
+                return Some(f);
+            }
+            let f = self.next_fetch_frame(now, rng)?;
+            self.stats.fetches += 1;
+            return Some(f);
+        }
+        while let Some((_, e)) = self.stream.poll(t, rng) {
+            let frame = match e {
+                Emission::Real(()) | Emission::DropCover => {
+                    self.fetch_turn = !self.fetch_turn;
+                    let real = if self.fetch_turn {
+                        self.paced_fetch_frame(now, rng)
+                            .map(|f| (f, true))
+                            .or_else(|| self.next_fragment_frame(now, rng).map(|f| (f, false)))
+                    } else {
+                        self.next_fragment_frame(now, rng)
+                            .map(|f| (f, false))
+                            .or_else(|| self.paced_fetch_frame(now, rng).map(|f| (f, true)))
+                    };
+                    match real {
+                        Some((f, true)) => {
+                            self.stats.fetches += 1;
+                            Ok(f)
+                        }
+                        Some((f, false)) => {
+                            self.stats.real += 1;
+                            Ok(f)
+                        }
+                        None => {
+                            self.stats.drop_cover += 1;
+                            self.drop_cover_frame(rng)
+                        }
+                    }
+                }
+                Emission::Loop => {
+                    self.stats.loops_sent += 1;
+                    self.loop_frame(now, rng)
+                }
+            };
+            match frame {
+                Ok(f) => return Some(f),
+                Err(e) => tracing::debug!(error = %e, "cover packet not built"),
+            }
+        }
+        None
+    }
+
+    /// The next fragment due, as a frame with a fresh SURB-ack, or `None`.
+    fn next_fragment_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Now,
+        rng: &mut R,
+    ) -> Option<Vec<u8>> {
+        let t = self.secs(now);
+        let tx = self.outbox.next(t)?;
+        match self.fragment_frame(&tx, now, rng) {
+            Ok((frame, ack, key, timeout)) => {
+                if self.acks.len() >= MAX_PENDING {
+                    let horizon = 600.0;
+                    self.acks.retain(|_, (_, at)| t - *at < horizon);
+                }
+                if self.acks.len() < MAX_PENDING {
+                    self.acks.insert(ack, (key, t));
+                }
+                self.outbox.sent(&tx, ack, t, timeout.as_secs_f64());
+                // Its ack takes one downlink frame.
+                self.downlink.take(1.0, t);
+                self.publish_statuses();
+                Some(frame)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "fragment not built; will retry");
+                self.outbox.unsent(&tx);
+                None
+            }
+        }
+    }
+
+    /// Builds a fragment's acked store: (frame, ack id, reply key, ack timeout).
+    fn fragment_frame<R: CryptoRng + ?Sized>(
+        &self,
+        tx: &Transmission<Peer>,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, [u8; 16], ReplyKey, Duration), Error> {
+        let topo = self.topology.clone();
+        let (me, them) = tx.to;
+        let period = dropbox::period_at(now.unix_ms);
+        let dropbox = self
+            .identities
+            .get(&me)
+            .and_then(|m| m.contacts.get(&them))
+            .ok_or(Error::UnknownContact(ContactId(them)))?
+            .pair
+            .dropbox(&me, &them, period);
+        let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
+            .ok_or_else(|| Error::Config("encryption failed".into()))?;
+        let entry = topo
+            .node(&self.entry.identity)
+            .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let mut back = mix_route(&topo, rng)?;
+        back.push(entry.hop());
+        let back_delays = packet::sample_delays(rng, back.len(), delay_mean(&topo));
+        let mut ack = [0u8; 16];
+        rng.fill_bytes(&mut ack);
+        ack[0] |= 1; // non-zero: marks a reply at the gateway
+        let (surb, key) = packet::build_surb(rng, &back, &self.address, ack, &back_delays)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let request = Request::StoreAcked {
+            dropbox: dropbox.id,
+            ciphertext,
+            reply_epoch: topo.epoch,
+            surb,
+        }
+        .encode()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let (frame, there) = self.packet_to_box(&topo, &dropbox, &request, rng)?;
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let back = packet::applied_delay(&back_delays, max);
+        Ok((frame, ack, key, there + back + self.cfg.ack_slack))
+    }
+
+    /// An Inject frame carrying `request` to the gateway hosting `dropbox`,
+    /// and the delay its hops will add.
+    fn packet_to_box<R: CryptoRng + ?Sized>(
+        &self,
+        topo: &TopologyDocument,
+        dropbox: &Dropbox,
+        request: &[u8],
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, Duration), Error> {
+        let gateways: Vec<NodeId> = topo.gateways().map(|g| g.identity).collect();
+        let gw = dropbox
+            .gateway(&gateways)
+            .and_then(|id| topo.node(&id))
+            .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
+        self.packet_via(topo, gw.hop(), request, rng)
+    }
+
+    /// An Inject frame for a forward packet through one node per layer to
+    /// `last`, and the delay its hops will add.
+    fn packet_via<R: CryptoRng + ?Sized>(
+        &self,
+        topo: &TopologyDocument,
+        last: Hop,
+        body: &[u8],
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, Duration), Error> {
+        let mut route = mix_route(topo, rng)?;
+        route.push(last);
+        let delays = packet::sample_delays(rng, route.len(), delay_mean(topo));
+        let pkt = packet::build_packet(rng, &route, &[0; 32], [0; 16], &delays, body)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        Ok((f, packet::applied_delay(&delays, max)))
+    }
+
+    /// The next queued fetch, if the downlink has room for its replies
+    /// (otherwise it waits: replies beyond λ_D would only pile up at the
+    /// gateway).
+    fn paced_fetch_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Now,
+        rng: &mut R,
+    ) -> Option<Vec<u8>> {
+        let t = self.secs(now);
+        if !self.downlink.can_take(FETCH_COST, t) {
+            return None;
+        }
+        let f = self.next_fetch_frame(now, rng)?;
+        self.downlink.take(FETCH_COST, t);
+        Some(f)
+    }
+
+    /// The next queued fetch that has something to ask, built, or `None`.
+    fn next_fetch_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Now,
+        rng: &mut R,
+    ) -> Option<Vec<u8>> {
+        loop {
+            let due = self.fetches.pop_front()?;
+            match self.fetch_frame(due, now, rng) {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {} // a window with nothing left to ask
+                Err(e) => {
+                    tracing::debug!(error = %e, "fetch not built");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// A fetch of a box, with SURBs back to us.
+    fn fetch_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        due: Fetch,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let t = self.secs(now);
+        let topo = self.topology.clone();
+        // Check for room before a window fetch is recorded as asked.
+        self.pending.retain(|_, p| t - p.created < PENDING_TTL);
+        if self.pending.len() + FETCH_SURBS > MAX_PENDING {
+            return Ok(None);
+        }
+        let (me, them) = due.peer;
+        let timeout = fetch_timeout(&topo);
+        let Some(c) = self
+            .identities
+            .get_mut(&me)
+            .and_then(|m| m.contacts.get_mut(&them))
+        else {
+            return Ok(None);
+        };
+        let pair = c.pair.clone();
+        let state = c
+            .inbound
+            .entry(due.period)
+            .or_insert_with(|| BoxState::new(pair.dropbox(&them, &me, due.period)));
+        let (cursor, list) = match due.kind {
+            FetchKind::Window => match state.next_window(t, timeout) {
+                Some(c) => (c, false),
+                None => return Ok(None),
+            },
+            FetchKind::Probe => (state.probe_cursor(), true),
+        };
+        let entry = topo
+            .node(&self.entry.identity)
+            .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let mut surbs = Vec::with_capacity(FETCH_SURBS);
+        let mut keys = Vec::with_capacity(FETCH_SURBS);
+        for _ in 0..FETCH_SURBS {
+            let mut route = mix_route(&topo, rng)?;
+            route.push(entry.hop());
+            let delays = packet::sample_delays(rng, route.len(), delay_mean(&topo));
+            let mut identifier = [0u8; 16];
+            rng.fill_bytes(&mut identifier);
+            identifier[0] |= 1; // non-zero: marks a reply at the gateway
+            let (surb, key) = packet::build_surb(rng, &route, &self.address, identifier, &delays)
+                .map_err(|e| Error::Config(e.to_string()))?;
+            surbs.push(surb);
+            keys.push((identifier, key));
+        }
+        let req = FetchRequest::new_signed_at(
+            &state.dropbox,
+            state.confirmed,
+            cursor,
+            list,
+            now.unix_ms,
+            topo.epoch,
+            surbs,
+        );
+        let known = state.probe_cursor();
+        let answers_from = cursor.max(state.confirmed);
+        let bytes = Request::Fetch(req)
+            .encode()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let dropbox = pair.dropbox(&them, &me, due.period);
+        let (frame, _) = self.packet_to_box(&topo, &dropbox, &bytes, rng)?;
+        for (id, key) in keys {
+            self.pending.insert(
+                id,
+                Pending {
+                    key,
+                    peer: due.peer,
+                    period: due.period,
+                    cursor: answers_from,
+                    known,
+                    created: t,
+                },
+            );
+        }
+        Ok(Some(frame))
+    }
+
+    /// A drop-cover packet: a `Drop` request to a random gateway.
+    fn drop_cover_frame<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<Vec<u8>, Error> {
+        let topo = self.topology.clone();
+        let gateways: Vec<&TopologyNode> = topo.gateways().collect();
+        if gateways.is_empty() {
+            return Err(Error::NoRoute("no gateway".into()));
+        }
+        let gw = gateways[rng.random_range(0..gateways.len())].hop();
+        let body = Request::Drop
+            .encode()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(self.packet_via(&topo, gw, &body, rng)?.0)
+    }
+
+    /// A loop: through the mixnet back to ourselves via our own entry gateway.
+    ///
+    /// The loop is built as a reply through a SURB of our own, so that at
+    /// our entry gateway (its final hop) it looks exactly like the replies
+    /// it delivers to us: a sealed payload under a random identifier. A
+    /// forward packet would arrive there readable, and a gateway that tells
+    /// loops from replies could drop replies and pass loops unnoticed.
+    fn loop_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, Error> {
+        let topo = self.topology.clone();
+        let entry = topo
+            .node(&self.entry.identity)
+            .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        id[0] |= 1; // non-zero: a reply at the gateway
+        let mut route = mix_route(&topo, rng)?;
+        route.push(entry.hop());
+        let delays = packet::sample_delays(rng, route.len(), delay_mean(&topo));
+        let (surb, _key) = packet::build_surb(rng, &route, &self.address, id, &delays)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let (first, pkt) =
+            packet::use_surb(&surb, LOOP_BODY).map_err(|e| Error::Config(e.to_string()))?;
+        let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&first, &pkt])
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let expected = packet::applied_delay(&delays, max).as_secs_f64();
+        let t = self.secs(now);
+        let lost = self.loops.expire(t);
+        self.stats.loops_lost += lost as u64;
+        self.loops.sent(id, t, expected);
+        Ok(f)
+    }
+
+    /// A Deliver frame from our entry gateway: a reply (fetch reply,
+    /// store-ack or loop) under its identifier, or a dummy of the
+    /// constant-rate downlink (identifier zero).
+    pub fn handle_delivery(&mut self, now: Now, identifier: [u8; 16], payload: &[u8]) {
+        if identifier == [0; 16] {
+            self.stats.downlink_dummies += 1;
+            return;
+        }
+        let t = self.secs(now);
+        match self.loops.returned(&identifier, t) {
+            LoopOutcome::OnTime => {
+                self.stats.loops_returned += 1;
+                return;
+            }
+            LoopOutcome::Late => {
+                self.stats.loops_late += 1;
+                return;
+            }
+            LoopOutcome::Unknown => {}
+        }
+        if let Some((key, _)) = self.acks.remove(&identifier) {
+            // Only the SURB's maker can read it: a forged ack does not open.
+            if packet::open_reply(&key, payload).is_ok_and(|b| b == ACK_BODY) {
+                self.outbox.on_ack(&identifier);
+                self.publish_statuses();
+            }
+            return;
+        }
+        let Some(p) = self.pending.remove(&identifier) else {
+            return;
+        };
+        let Ok(body) = packet::open_reply(&p.key, payload) else {
+            tracing::debug!("unreadable fetch reply");
+            return;
+        };
+        self.on_fetch_reply(p, &body, t);
+    }
+
+    fn on_fetch_reply(&mut self, p: Pending, body: &[u8], t: f64) {
+        let (me, them) = p.peer;
+        let room = self.inbox_has_room();
+        let mut fragment = None;
+        {
+            let Some(state) = self
+                .identities
+                .get_mut(&me)
+                .and_then(|m| m.contacts.get_mut(&them))
+                .and_then(|c| c.inbound.get_mut(&p.period))
+            else {
+                return;
+            };
+            if let Ok(listing) = Listing::decode(body) {
+                state.learn(p.cursor, p.known, &listing.seqs, listing.remaining);
+            } else {
+                let Ok(reply) = FetchReply::decode(body) else {
+                    tracing::debug!("undecodable fetch reply");
+                    return;
+                };
+                if let Some((seq, ct)) = &reply.message
+                    && state.wants(*seq)
+                {
+                    let handed_over =
+                        match boxes::open(&state.dropbox, ct).map(|b| Fragment::decode(&b)) {
+                            // Application not keeping up: leave it unconfirmed, it comes again.
+                            Some(Ok(_)) if !room => false,
+                            Some(Ok(f)) => {
+                                fragment = Some(f);
+                                true
+                            }
+                            // Not ours to read (someone wrote junk into the box): confirm it away.
+                            _ => true,
+                        };
+                    if handed_over {
+                        state.received.insert(*seq);
+                    }
+                }
+                state.learn(p.cursor, p.known, &reply.seqs, reply.remaining);
+                // Listed messages still unread keep an old period's box alive
+                // even when this answer (above its cursor) was empty.
+                state.more = !reply.seqs.is_empty() || reply.remaining > 0 || state.unread() > 0;
+            }
+        }
+        if let Some(f) = fragment {
+            self.on_fragment(p.peer, f, t);
+        }
+        if self.cfg.dangerous.no_cover {
+            return;
+        }
+        // A box that holds more is drained by a window of fetches at once,
+        // and probed for more while listings say there is. Window fetches
+        // whose answers did not come in time are asked again.
+        let timeout = fetch_timeout(&self.topology);
+        let Some(state) = self
+            .identities
+            .get_mut(&me)
+            .and_then(|m| m.contacts.get_mut(&them))
+            .and_then(|c| c.inbound.get_mut(&p.period))
+        else {
+            return;
+        };
+        state.forget_outstanding(t, timeout);
+        let want = state
+            .unread()
+            .div_ceil(FETCH_SURBS)
+            .min(FETCH_WINDOW)
+            .saturating_sub(state.outstanding.len());
+        let probe_now = state.beyond && state.unread() < MAX_LISTING;
+        let window = Fetch {
+            peer: p.peer,
+            period: p.period,
+            kind: FetchKind::Window,
+        };
+        let probe = Fetch {
+            kind: FetchKind::Probe,
+            ..window
+        };
+        let queued = self.fetches.iter().filter(|x| **x == window).count();
+        for _ in queued..want {
+            if self.fetches.len() < MAX_PENDING {
+                self.fetches.push_front(window);
+            }
+        }
+        if probe_now && !self.fetches.contains(&probe) && self.fetches.len() < MAX_PENDING {
+            self.fetches.push_front(probe);
+        }
+    }
+
+    /// A fragment from `peer.1` to my identity `peer.0`, decrypted and authenticated.
+    fn on_fragment(&mut self, peer: Peer, f: Fragment, t: f64) {
+        let m = match self.reassembly.insert(peer, f, t) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "fragment refused");
+                return;
+            }
+        };
+        match m.kind {
+            Kind::Receipt => {
+                for id in m.body.chunks_exact(16) {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(id);
+                    self.outbox.on_receipt(&a);
+                }
+                self.publish_statuses();
+            }
+            Kind::Message => {
+                for m in self.sequencer.push(m, t) {
+                    self.hand_over(m);
+                }
+            }
+        }
+    }
+
+    /// Gives a complete message to the application, and schedules its receipt.
+    fn hand_over(&mut self, m: Complete<Peer>) {
+        self.receipts_due.entry(m.from).or_default().push(m.msg_id);
+        self.received.push_back(Received {
+            to: ContactId(m.from.0),
+            from: ContactId(m.from.1),
+            id: m.msg_id,
+            body: m.body,
+        });
+    }
+
+    /// Checks that `me` is hosted (for callers that take an identity).
+    pub fn has_identity(&self, me: &ContactId) -> bool {
+        self.me(me).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_board_is_bounded_and_never_goes_back() {
+        let mut b = StatusBoard::default();
+        b.set([1; 16], Status::Stored);
+        b.set([1; 16], Status::Sent);
+        assert_eq!(b.map[&[1; 16]], Status::Stored);
+        b.set([1; 16], Status::Read);
+        b.set([1; 16], Status::Stored);
+        assert_eq!(b.map[&[1; 16]], Status::Read);
+        for i in 0..(StatusBoard::CAP as u64 + 10) {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            b.set(id, Status::Queued);
+        }
+        assert!(b.map.len() <= StatusBoard::CAP);
+        assert_eq!(b.map.len(), b.order.len());
+    }
+
+    #[test]
+    fn a_full_fragment_fits_an_acked_store() {
+        let pair = PairSecret::from_bytes([1; 32]);
+        let a = pair.dropbox(&[1; 32], &[2; 32], 5);
+        let env = vec![0u8; protocol::reliable::FRAGMENT_HEADER + CHUNK_LEN];
+        assert_eq!(
+            boxes::seal(&a, &env, &mut rand::rng()).unwrap().len(),
+            MAX_ACKED_STORED_LEN
+        );
+    }
+}
