@@ -43,6 +43,15 @@ pub struct ClientConfig {
     pub reorder_settle: Duration,
     /// Bytes of partly received messages held per contact.
     pub max_reassembly_bytes: usize,
+    /// Cost of deriving the store's key from the passphrase (Argon2id) when
+    /// a store is created ([`crate::Client::open`]); an existing store keeps
+    /// the cost it was made with.
+    pub store_kdf: crate::store::KdfParams,
+    /// How often a client with a store writes what changed, at the latest.
+    /// (It writes at once when it must: before a message is handed to the
+    /// application, before `send` returns, and before a fetch confirms what
+    /// it received.)
+    pub persist_interval: Duration,
     pub(crate) dangerous: Dangerous,
 }
 
@@ -107,6 +116,8 @@ impl ClientConfig {
                 reorder_hold: Duration::from_secs(60),
                 reorder_settle: Duration::from_secs(5),
                 max_reassembly_bytes: 48 * 1024 * 1024,
+                store_kdf: crate::store::KdfParams::default(),
+                persist_interval: Duration::from_secs(1),
                 dangerous: Dangerous::default(),
             },
         }

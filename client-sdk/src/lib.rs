@@ -5,6 +5,7 @@ mod boxes;
 mod config;
 mod invite;
 pub mod state;
+pub mod store;
 pub mod verify;
 
 pub use config::{ClientConfig, ClientConfigBuilder, Dangerous};
@@ -61,6 +62,14 @@ pub enum Error {
     /// The client has shut down.
     #[error("client is closed")]
     Closed,
+    /// The client's store cannot be read or written (local fault: disk,
+    /// permissions, a damaged file).
+    #[error("client store: {0}")]
+    Store(String),
+    /// The passphrase does not open the client's store (the user's fault).
+    /// Nothing was changed.
+    #[error("wrong passphrase for the client store")]
+    WrongPassphrase,
     /// The outbox is full (`max_outbox_bytes` of messages not yet stored):
     /// the application sends faster than the payload rate (retry later).
     #[error("send queue full")]
@@ -144,21 +153,51 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// The messages contacts send, in the order each contact sent them.
-#[derive(Debug)]
+/// The messages contacts send, in the order each contact sent them. With a
+/// store ([`Client::open`]), a message is handed over once: taking it is
+/// written to the store before it is returned.
 pub struct Inbox {
-    rx: mpsc::Receiver<Received>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
 }
 
 impl Inbox {
-    /// The next message; `None` once the client has stopped.
+    /// The next message; `None` once the client has stopped and no message waits.
     pub async fn recv(&mut self) -> Option<Received> {
-        self.rx.recv().await
+        let mut stop = self.shared.stop.subscribe();
+        loop {
+            let arrived = self.shared.received.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let m = self.shared.state().poll_received();
+            if let Some(m) = m {
+                if let Err(e) = persist(&self.shared).await {
+                    tracing::error!(error = %e, "cannot write the client store");
+                }
+                return Some(m);
+            }
+            if *stop.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = &mut arrived => {}
+                _ = stopped(&mut stop) => {}
+            }
+        }
     }
 
     /// The next message if one is waiting.
     pub fn try_recv(&mut self) -> Option<Received> {
-        self.rx.try_recv().ok()
+        let m = self.shared.state().poll_received()?;
+        if let Err(e) = persist_blocking(&self.shared) {
+            tracing::error!(error = %e, "cannot write the client store");
+        }
+        Some(m)
     }
 }
 
@@ -191,6 +230,10 @@ struct Shared {
     me: ContactId,
     /// Wakes the driver (a message was queued, a contact added).
     wake: Notify,
+    /// Wakes the inbox (messages arrived).
+    received: Notify,
+    /// The encrypted store of a persistent client; its lock orders writes.
+    store: Option<Arc<Mutex<store::Store>>>,
     status_tx: broadcast::Sender<(MessageId, Status)>,
     stop: watch::Sender<bool>,
     conn: Mutex<Option<quinn::Connection>>,
@@ -201,6 +244,35 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, ClientState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Writes what changed to the store, in one transaction, and returns once
+/// it is durable. A client without a store has nothing to write.
+fn persist_blocking(shared: &Shared) -> Result<(), Error> {
+    let Some(store) = &shared.store else {
+        return Ok(());
+    };
+    // The store's lock first: changes are taken and written in order.
+    let store = store.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(changes) = shared.state().take_changes(now()) else {
+        return Ok(());
+    };
+    let written = store.commit(&changes);
+    if written.is_err() {
+        shared.state().persist_failed();
+    }
+    written
+}
+
+/// [`persist_blocking`] off the async threads.
+async fn persist(shared: &Arc<Shared>) -> Result<(), Error> {
+    if shared.store.is_none() {
+        return Ok(());
+    }
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || persist_blocking(&s))
+        .await
+        .map_err(|e| Error::Store(e.to_string()))?
 }
 
 /// The one clock the client reads.
@@ -231,57 +303,101 @@ impl Drop for StopOnDrop {
 impl Client {
     /// Fetches and verifies the topology, connects to an entry gateway and
     /// starts the client's stream, hosting `identity`. Returns the client
-    /// and its inbox.
+    /// and its inbox. Nothing is stored: a restart loses what is in flight
+    /// (see [`Client::open`] for a client that goes on after a restart).
     pub async fn connect(cfg: ClientConfig, identity: Identity) -> Result<(Client, Inbox), Error> {
+        let (dir, topo) = Self::first_topology(&cfg).await?;
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let mut state = ClientState::new(cfg, topo, now(), &mut rng)?;
+        state.add_identity(identity.secret.clone());
+        Self::start(state, dir, None, rng).await
+    }
+
+    /// Opens the encrypted store at `path` with `passphrase` (creating it,
+    /// with a new identity, if there is none) and starts the client where
+    /// it stopped: messages not yet stored are sent again, boxes fetched
+    /// from where they were confirmed, received messages the application
+    /// had not taken are handed over. A wrong passphrase gives
+    /// [`Error::WrongPassphrase`] and changes nothing.
+    pub async fn open(
+        cfg: ClientConfig,
+        path: impl AsRef<std::path::Path>,
+        passphrase: &[u8],
+    ) -> Result<(Client, Inbox), Error> {
+        let path = path.as_ref().to_owned();
+        let pass = zeroize::Zeroizing::new(passphrase.to_vec());
+        let kdf = cfg.store_kdf;
+        let (store, records) =
+            tokio::task::spawn_blocking(move || store::Store::open(&path, &pass, kdf))
+                .await
+                .map_err(|e| Error::Store(e.to_string()))??;
+        let (dir, topo) = Self::first_topology(&cfg).await?;
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let mut state = ClientState::restore(cfg, topo, records, now(), &mut rng)?;
+        if state.primary().is_none() {
+            state.add_identity(Identity::generate().secret);
+        }
+        Self::start(state, dir, Some(store), rng).await
+    }
+
+    async fn first_topology(cfg: &ClientConfig) -> Result<(Authorities, TopologyDocument), Error> {
         net::install_crypto_provider();
+        cfg.check()?;
         let dir = Authorities::new(&cfg.authorities, cfg.authority_threshold)
             .map_err(|e| Error::Config(format!("authorities/authority_threshold: {e}")))?;
         let topo = dir
             .topology(false, net::now_ms(), None)
             .await
             .map_err(|e| Error::Directory(e.to_string()))?;
-        if cfg.dangerous.no_cover() {
+        Ok((dir, topo))
+    }
+
+    async fn start(
+        state: ClientState,
+        dir: Authorities,
+        store: Option<store::Store>,
+        rng: rand::rngs::StdRng,
+    ) -> Result<(Client, Inbox), Error> {
+        if state.config().dangerous.no_cover() {
             tracing::warn!(
                 "dangerous no_cover: sending without cover traffic; never do this for real users"
             );
         }
-        let inbox_capacity = cfg.inbox_capacity;
-        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-        let mut state = ClientState::new(cfg, topo, now(), &mut rng)?;
-        let me = state.add_identity(identity.secret.clone());
+        let me = state
+            .primary()
+            .ok_or_else(|| Error::Config("no identity".into()))?;
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             me,
             wake: Notify::new(),
+            received: Notify::new(),
+            store: store.map(|s| Arc::new(Mutex::new(s))),
             status_tx: broadcast::channel(4096).0,
             stop,
             conn: Mutex::new(None),
             local_addr: Mutex::new(None),
         });
+        // What the restore changed, and a new store's first records.
+        persist(&shared).await?;
         let (out_tx, out_rx) = mpsc::channel(4096);
         let (deliver_tx, deliver_rx) = mpsc::channel(4096);
-        let (inbox_tx, inbox_rx) = mpsc::channel(inbox_capacity.max(1));
         let (topo_tx, topo_rx) = mpsc::channel(4);
         // Connect once before returning, so configuration errors surface here.
         let conn = dial(&shared, deliver_tx.clone()).await?;
         tokio::spawn(connection_task(shared.clone(), out_rx, conn, deliver_tx));
         tokio::spawn(topology_task(shared.clone(), dir, topo_tx));
-        tokio::spawn(drive(
-            shared.clone(),
-            rng,
-            out_tx,
-            deliver_rx,
-            inbox_tx,
-            topo_rx,
-        ));
+        tokio::spawn(drive(shared.clone(), rng, out_tx, deliver_rx, topo_rx));
         let guard = Arc::new(StopOnDrop(shared.stop.clone()));
+        let inbox = Inbox {
+            shared: shared.clone(),
+        };
         Ok((
             Client {
                 inner: shared,
                 _guard: guard,
             },
-            Inbox { rx: inbox_rx },
+            inbox,
         ))
     }
 
@@ -356,6 +472,8 @@ impl Client {
             .inner
             .state()
             .send(now(), me, to, body, &mut rand::rng())?;
+        // Queued means on disk: the message survives a restart from here.
+        persist(&self.inner).await?;
         self.inner.wake.notify_one();
         Ok(id)
     }
@@ -430,20 +548,21 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// The driver: the one task that moves the state machine. It hands frames
-/// to the connection, deliveries and new topologies to the state, messages
-/// and status changes to the application, and sleeps until the state's
-/// next deadline or the next thing that arrives.
+/// to the connection, deliveries and new topologies to the state, status
+/// changes to the application, writes the store when it must, and sleeps
+/// until the state's next deadline or the next thing that arrives.
 async fn drive(
     shared: Arc<Shared>,
     mut rng: rand::rngs::StdRng,
     out: mpsc::Sender<Vec<u8>>,
     mut deliveries: mpsc::Receiver<([u8; 16], Vec<u8>)>,
-    inbox: mpsc::Sender<Received>,
     mut topologies: mpsc::Receiver<TopologyDocument>,
 ) {
     let mut stop = shared.stop.subscribe();
+    let interval = shared.state().config().persist_interval;
+    let mut last_persist = Instant::now();
     loop {
-        let (frames, deadline, waiting) = {
+        let (frames, deadline, must_persist) = {
             let mut st = shared.state();
             let t = now();
             st.handle_timeout(t);
@@ -461,35 +580,32 @@ async fn drive(
                     }
                 }
             }
-            // Messages move to the application as its inbox has room; the
-            // rest wait in the state, which stops taking more when full.
-            let mut waiting = false;
-            while inbox.capacity() > 0 {
-                match st.poll_received() {
-                    Some(m) => {
-                        let _ = inbox.try_send(m);
-                    }
-                    None => break,
+            if st.has_received() {
+                shared.received.notify_waiters();
+            }
+            (frames, st.poll_timeout(), st.must_persist_before_sending())
+        };
+        // A fetch that confirms (deletes at the gateway) what we received
+        // leaves only once that is on disk; the rest is written at least
+        // every `persist_interval`.
+        if shared.store.is_some() && (must_persist || last_persist.elapsed() >= interval) {
+            if let Err(e) = persist(&shared).await {
+                tracing::error!(error = %e, "cannot write the client store");
+                if must_persist {
+                    // Not sending a confirmation that is not on disk: the
+                    // fetch goes again later, when the store works.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
             }
-            if inbox.capacity() == 0 {
-                waiting = true;
-            }
-            (frames, st.poll_timeout(), waiting)
-        };
+            last_persist = Instant::now();
+        }
         for f in frames {
             if out.send(f).await.is_err() {
                 return;
             }
         }
-        // Without a deadline sooner, look again within a second (a full
-        // inbox: soon), so that nothing waits on a missed wake-up.
-        let cap = Instant::now()
-            + if waiting {
-                Duration::from_millis(50)
-            } else {
-                Duration::from_secs(1)
-            };
+        let cap = Instant::now() + interval.min(Duration::from_secs(1));
         let until = tokio::time::Instant::from_std(deadline.min(cap));
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
@@ -508,7 +624,14 @@ async fn drive(
                 }
             }
             _ = shared.wake.notified() => {}
-            _ = stopped(&mut stop) => return,
+            _ = stopped(&mut stop) => {
+                // What changed since the last write.
+                if let Err(e) = persist(&shared).await {
+                    tracing::error!(error = %e, "cannot write the client store");
+                }
+                shared.received.notify_waiters();
+                return;
+            }
         }
     }
 }

@@ -28,12 +28,14 @@ use protocol::messages::{
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{
-    Complete, Fragment, Kind, MessageId, Outbox, OutboxConfig, Outgoing, Progress, Reassembler,
-    Sequencer, Status, Transmission,
+    Complete, Fragment, Kind, MessageId, OutRecord, Outbox, OutboxConfig, Outgoing, PartialRecord,
+    Progress, Reassembler, Sequencer, SequencerRecord, Status, Transmission,
 };
 use protocol::topology::{self, TopologyDocument, TopologyNode};
 use rand::{CryptoRng, Rng, RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -201,6 +203,8 @@ pub struct ClientState {
     /// This run's session number: seqs restart with it.
     session: u64,
     identities: BTreeMap<[u8; 32], Me>,
+    /// The first identity added: the default one of a client.
+    primary: Option<[u8; 32]>,
     stream: ClientStream<()>,
     downlink: DownlinkBudget,
     loops: LoopTracker,
@@ -222,6 +226,23 @@ pub struct ClientState {
     next_round: f64,
     /// For what timers decide (receipt ids), seeded by the caller's RNG.
     rng: rand::rngs::StdRng,
+    /// What was last handed out for persisting (see [`Self::take_changes`]).
+    persisted: Persisted,
+    /// Something may have changed since the last [`Self::take_changes`].
+    dirty: bool,
+    /// A fetch left that confirms (deletes at the gateway) more than was
+    /// persisted: persist before sending it.
+    confirm_unpersisted: bool,
+}
+
+/// What a store holds of this state, to send it only what changed.
+#[derive(Default)]
+struct Persisted {
+    snapshot: Vec<u8>,
+    blobs: HashSet<Vec<u8>>,
+    done: HashSet<MessageId>,
+    /// Per box: the confirmed seq persisted.
+    confirmed: HashMap<(Peer, u64), u64>,
 }
 
 impl std::fmt::Debug for ClientState {
@@ -321,6 +342,7 @@ impl ClientState {
             address,
             session: rng.random(),
             identities: BTreeMap::new(),
+            primary: None,
             stream,
             downlink,
             loops: LoopTracker::standard(MAX_PENDING),
@@ -339,6 +361,9 @@ impl ClientState {
             // The first round (catching up on past periods) at once.
             next_round: 0.0,
             rng: rand::rngs::StdRng::from_rng(rng),
+            persisted: Persisted::default(),
+            dirty: true,
+            confirm_unpersisted: false,
             cfg,
         })
     }
@@ -391,7 +416,9 @@ impl ClientState {
     /// Hosts the identity with this x25519 secret; its public key names it.
     /// Adding one already hosted changes nothing.
     pub fn add_identity(&mut self, secret: StaticSecret) -> ContactId {
+        self.dirty = true;
         let public = public_of(&secret);
+        self.primary.get_or_insert(public);
         self.identities.entry(public).or_insert_with(|| Me {
             secret,
             contacts: BTreeMap::new(),
@@ -405,6 +432,16 @@ impl ClientState {
         self.identities.keys().map(|k| ContactId(*k)).collect()
     }
 
+    /// The first identity added (kept across restores): a client's default.
+    pub fn primary(&self) -> Option<ContactId> {
+        self.primary.map(ContactId)
+    }
+
+    /// Whether messages wait for the application.
+    pub fn has_received(&self) -> bool {
+        !self.received.is_empty()
+    }
+
     fn me(&self, me: &ContactId) -> Result<&Me, Error> {
         self.identities
             .get(&me.0)
@@ -413,6 +450,7 @@ impl ClientState {
 
     /// Adds a contact of identity `me` from their invite string.
     pub fn add_contact(&mut self, me: &ContactId, invite: &str) -> Result<ContactId, Error> {
+        self.dirty = true;
         let inv: Invite = invite.parse()?;
         let mine = self
             .identities
@@ -466,6 +504,7 @@ impl ClientState {
                 max: MAX_BODY_LEN,
             });
         }
+        self.dirty = true;
         let mine = self
             .identities
             .get_mut(&me.0)
@@ -529,7 +568,9 @@ impl ClientState {
     /// most `inbox_capacity`; beyond that fetched fragments are left at the
     /// gateway and fetched again) until the application takes them.
     pub fn poll_received(&mut self) -> Option<Received> {
-        self.received.pop_front()
+        let m = self.received.pop_front()?;
+        self.dirty = true;
+        Some(m)
     }
 
     fn inbox_has_room(&self) -> bool {
@@ -567,6 +608,7 @@ impl ClientState {
     /// `fetch_interval`: receipts, expiry of partial and held messages,
     /// probes of every contact's current and recent boxes) and loop expiry.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.dirty = true;
         let t = self.secs(now);
         let lost = self.loops.expire(t);
         self.stats.loops_lost += lost as u64;
@@ -661,6 +703,7 @@ impl ClientState {
         rng: &mut R,
     ) -> Option<Vec<u8>> {
         let t = self.secs(now);
+        self.dirty = true;
         if self.cfg.dangerous.no_cover {
             // Without cover: fragments and fetches leave as soon as due.
             if let Some(f) = self.next_fragment_frame(now, rng) {
@@ -923,6 +966,18 @@ impl ClientState {
         );
         let known = state.probe_cursor();
         let answers_from = cursor.max(state.confirmed);
+        // This fetch deletes at the gateway what it confirms: the receipt of
+        // those messages must be on disk before it leaves.
+        if state.confirmed
+            > self
+                .persisted
+                .confirmed
+                .get(&(due.peer, due.period))
+                .copied()
+                .unwrap_or(0)
+        {
+            self.confirm_unpersisted = true;
+        }
         let bytes = Request::Fetch(req)
             .encode()
             .map_err(|e| Error::Config(e.to_string()))?;
@@ -1003,6 +1058,7 @@ impl ClientState {
             self.stats.downlink_dummies += 1;
             return;
         }
+        self.dirty = true;
         let t = self.secs(now);
         match self.loops.returned(&identifier, t) {
             LoopOutcome::OnTime => {
@@ -1163,6 +1219,410 @@ impl ClientState {
     /// Checks that `me` is hosted (for callers that take an identity).
     pub fn has_identity(&self, me: &ContactId) -> bool {
         self.me(me).is_ok()
+    }
+}
+
+// ---- persistence ----
+
+/// Version of the snapshot format.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Record keys: the snapshot, and the byte strings kept apart from it.
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const PREFIX_OUT: &[u8] = b"out/";
+const PREFIX_CHUNK: &[u8] = b"chunk/";
+const PREFIX_MSG: &[u8] = b"msg/";
+const PREFIX_DONE: &[u8] = b"done/";
+
+fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The durable part of a [`ClientState`], without its large byte strings.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    /// The state's clock and the wall clock when it was taken.
+    saved_at: f64,
+    saved_unix_ms: u64,
+    session: u64,
+    primary: Option<[u8; 32]>,
+    identities: Vec<IdentityRecord>,
+    outbox: Vec<OutRecord<Peer>>,
+    awaiting_read: Vec<MessageId>,
+    partials: Vec<PartialRecord<Peer>>,
+    sequencer: SequencerRecord<Peer>,
+    /// Messages handed over, not yet taken by the application (bodies apart).
+    inbox: Vec<(Peer, MessageId)>,
+    receipts_due: Vec<(Peer, Vec<MessageId>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdentityRecord {
+    secret: [u8; 32],
+    contacts: Vec<ContactRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ContactRecord {
+    public: [u8; 32],
+    name: String,
+    next_seq: u64,
+    caught_up: bool,
+    boxes: Vec<BoxRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BoxRecord {
+    period: u64,
+    confirmed: u64,
+    received: BTreeSet<u64>,
+    more: bool,
+    listed: BTreeSet<u64>,
+    list_end: u64,
+    beyond: bool,
+}
+
+/// What changed since the last [`ClientState::take_changes`]: records to
+/// write (key, value) and keys to delete, to be applied together, atomically.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Records to write.
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Records to delete.
+    pub deletes: Vec<Vec<u8>>,
+}
+
+impl Changes {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+
+    /// Bytes of record values to write.
+    pub fn bytes(&self) -> usize {
+        self.puts.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+impl ClientState {
+    /// The last [`Self::take_changes`] was not written (the store failed):
+    /// the next one hands out everything again.
+    pub fn persist_failed(&mut self) {
+        self.persisted = Persisted::default();
+        self.dirty = true;
+    }
+
+    /// Whether a fetch about to leave confirms messages whose receipt is not
+    /// persisted yet: a persistent driver writes [`Self::take_changes`]
+    /// before it sends anything more.
+    pub fn must_persist_before_sending(&self) -> bool {
+        self.confirm_unpersisted
+    }
+
+    /// What changed since the last call, as records for a store (`None` if
+    /// nothing did): a snapshot of the small state, and the byte strings
+    /// kept apart from it (message bodies, fragments, held and received
+    /// messages, ids of completed messages). Apply them in one transaction;
+    /// then the state counts them as persisted.
+    pub fn take_changes(&mut self, now: Now) -> Option<Changes> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        self.confirm_unpersisted = false;
+        let mut ch = Changes::default();
+        // Byte strings kept apart: what the components hold now.
+        let mut blobs: HashMap<Vec<u8>, &[u8]> = HashMap::new();
+        for id in self.outbox.ids() {
+            if let Some(b) = self.outbox.body(&id) {
+                blobs.insert(key(PREFIX_OUT, &[&id]), b);
+            }
+        }
+        for ((me, them), id, i, c) in self.reassembly.chunks() {
+            blobs.insert(key(PREFIX_CHUNK, &[me, them, id, &i.to_be_bytes()]), c);
+        }
+        for (id, b) in self.sequencer.held_bodies() {
+            blobs.insert(key(PREFIX_MSG, &[id]), b);
+        }
+        for m in &self.received {
+            blobs.insert(key(PREFIX_MSG, &[&m.id]), &m.body);
+        }
+        for (k, v) in &blobs {
+            if !self.persisted.blobs.contains(k) {
+                ch.puts.push((k.clone(), v.to_vec()));
+            }
+        }
+        for k in &self.persisted.blobs {
+            if !blobs.contains_key(k) {
+                ch.deletes.push(k.clone());
+            }
+        }
+        let blob_keys: HashSet<Vec<u8>> = blobs.into_keys().collect();
+        let (partials, done) = self.reassembly.export();
+        let done_now: HashSet<MessageId> = done.iter().copied().collect();
+        for (n, id) in done.iter().enumerate() {
+            if !self.persisted.done.contains(id) {
+                ch.puts
+                    .push((key(PREFIX_DONE, &[id]), (n as u64).to_be_bytes().to_vec()));
+            }
+        }
+        for id in &self.persisted.done {
+            if !done_now.contains(id) {
+                ch.deletes.push(key(PREFIX_DONE, &[id]));
+            }
+        }
+        let snapshot = self.snapshot(now, partials);
+        let bytes = postcard::to_stdvec(&snapshot).unwrap_or_default();
+        if bytes != self.persisted.snapshot {
+            ch.puts.push((KEY_SNAPSHOT.to_vec(), bytes.clone()));
+        }
+        self.persisted.snapshot = bytes;
+        self.persisted.blobs = blob_keys;
+        self.persisted.done = done_now;
+        self.persisted.confirmed = self
+            .identities
+            .iter()
+            .flat_map(|(me, m)| {
+                m.contacts.iter().flat_map(move |(them, c)| {
+                    c.inbound
+                        .iter()
+                        .map(move |(p, b)| (((*me, *them), *p), b.confirmed))
+                })
+            })
+            .collect();
+        (!ch.is_empty()).then_some(ch)
+    }
+
+    fn snapshot(&self, now: Now, partials: Vec<PartialRecord<Peer>>) -> Snapshot {
+        let (outbox, awaiting_read) = self.outbox.export();
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            saved_at: self.secs(now),
+            saved_unix_ms: now.unix_ms,
+            session: self.session,
+            primary: self.primary,
+            identities: self
+                .identities
+                .values()
+                .map(|m| IdentityRecord {
+                    secret: m.secret.to_bytes(),
+                    contacts: m
+                        .contacts
+                        .iter()
+                        .map(|(them, c)| ContactRecord {
+                            public: *them,
+                            name: c.name.clone(),
+                            next_seq: *m.next_seq.get(them).unwrap_or(&1),
+                            caught_up: c.caught_up,
+                            boxes: c
+                                .inbound
+                                .iter()
+                                .map(|(period, b)| BoxRecord {
+                                    period: *period,
+                                    confirmed: b.confirmed,
+                                    received: b.received.clone(),
+                                    more: b.more,
+                                    listed: b.listed.clone(),
+                                    list_end: b.list_end,
+                                    beyond: b.beyond,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            outbox,
+            awaiting_read,
+            partials,
+            sequencer: self.sequencer.export(),
+            inbox: self
+                .received
+                .iter()
+                .map(|m| ((m.to.0, m.from.0), m.id))
+                .collect(),
+            receipts_due: self
+                .receipts_due
+                .iter()
+                .map(|(p, ids)| (*p, ids.clone()))
+                .collect(),
+        }
+    }
+
+    /// A client restored from the records a store holds (everything
+    /// [`Self::take_changes`] ever handed out, applied in order), routing
+    /// by `topology`. It goes on where the saved state stopped: messages
+    /// not stored are sent again (their unacknowledged fragments), boxes
+    /// are fetched from their confirmed seqs, partial messages complete,
+    /// received messages not taken by the application wait for it. An
+    /// empty set of records gives a fresh state.
+    pub fn restore<R: CryptoRng + ?Sized>(
+        cfg: ClientConfig,
+        topology: TopologyDocument,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<Self, Error> {
+        let mut st = Self::new(cfg, topology, now, rng)?;
+        let mut snapshot = None;
+        let mut out_bodies = HashMap::new();
+        let mut chunks: HashMap<(Peer, MessageId), BTreeMap<u32, Vec<u8>>> = HashMap::new();
+        let mut bodies: HashMap<MessageId, Vec<u8>> = HashMap::new();
+        let mut done: Vec<(u64, MessageId)> = Vec::new();
+        let mut blob_keys = HashSet::new();
+        let corrupt = |what: &str| Error::Store(format!("unreadable {what} record"));
+        for (k, v) in records {
+            if k == KEY_SNAPSHOT {
+                let s: Snapshot = postcard::from_bytes(&v).map_err(|_| corrupt("snapshot"))?;
+                if s.version != SNAPSHOT_VERSION {
+                    return Err(Error::Store(format!(
+                        "snapshot version {} (this SDK reads {SNAPSHOT_VERSION})",
+                        s.version
+                    )));
+                }
+                snapshot = Some((s, v));
+            } else if let Some(rest) = k.strip_prefix(PREFIX_OUT) {
+                let id: MessageId = rest.try_into().map_err(|_| corrupt("outbox"))?;
+                blob_keys.insert(k.clone());
+                out_bodies.insert(id, v);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_CHUNK) {
+                if rest.len() != 32 + 32 + 16 + 4 {
+                    return Err(corrupt("fragment"));
+                }
+                let me: [u8; 32] = rest[..32].try_into().map_err(|_| corrupt("fragment"))?;
+                let them: [u8; 32] = rest[32..64].try_into().map_err(|_| corrupt("fragment"))?;
+                let id: MessageId = rest[64..80].try_into().map_err(|_| corrupt("fragment"))?;
+                let i = u32::from_be_bytes(rest[80..].try_into().map_err(|_| corrupt("fragment"))?);
+                blob_keys.insert(k.clone());
+                chunks.entry(((me, them), id)).or_default().insert(i, v);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_MSG) {
+                let id: MessageId = rest.try_into().map_err(|_| corrupt("message"))?;
+                blob_keys.insert(k.clone());
+                bodies.insert(id, v);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_DONE) {
+                let id: MessageId = rest.try_into().map_err(|_| corrupt("done"))?;
+                let n = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt("done"))?);
+                done.push((n, id));
+            }
+        }
+        let Some((s, snapshot_bytes)) = snapshot else {
+            return Ok(st);
+        };
+        // Times of the saved state, moved onto this state's clock: the wall
+        // clock says how long it was away.
+        let t = st.secs(now);
+        let away = (now.unix_ms as f64 - s.saved_unix_ms as f64) / 1000.0;
+        let shift = t - away - s.saved_at;
+        st.session = s.session;
+        st.primary = s.primary;
+        for idr in s.identities {
+            let secret = StaticSecret::from(idr.secret);
+            let me = public_of(&secret);
+            let mut mine = Me {
+                secret,
+                contacts: BTreeMap::new(),
+                next_seq: HashMap::new(),
+            };
+            for c in idr.contacts {
+                let pair =
+                    PairSecret::derive(&mine.secret, &c.public).map_err(|_| corrupt("contact"))?;
+                let mut inbound = HashMap::new();
+                for b in c.boxes {
+                    let mut bs = BoxState::new(pair.dropbox(&c.public, &me, b.period));
+                    bs.confirmed = b.confirmed;
+                    bs.received = b.received;
+                    bs.more = b.more;
+                    bs.listed = b.listed;
+                    bs.list_end = b.list_end;
+                    bs.beyond = b.beyond;
+                    st.persisted
+                        .confirmed
+                        .insert(((me, c.public), b.period), b.confirmed);
+                    inbound.insert(b.period, bs);
+                }
+                mine.next_seq.insert(c.public, c.next_seq);
+                mine.contacts.insert(
+                    c.public,
+                    Contact {
+                        name: c.name,
+                        pair,
+                        inbound,
+                        caught_up: c.caught_up,
+                    },
+                );
+            }
+            st.identities.insert(me, mine);
+        }
+        let records = s
+            .outbox
+            .into_iter()
+            .filter_map(|r| Some((r.clone(), out_bodies.remove(&r.id)?)))
+            .collect();
+        let outbox_cfg = OutboxConfig {
+            max_attempts: st.cfg.max_attempts.max(1),
+            ttl: st.cfg.message_ttl.as_secs_f64(),
+            max_bytes: st.cfg.max_outbox_bytes,
+            ..OutboxConfig::default()
+        };
+        st.outbox = Outbox::restore(outbox_cfg, records, s.awaiting_read.clone(), shift)
+            .map_err(|_| corrupt("outbox"))?;
+        // The board shows what the outbox knows: queued or sent, or stored
+        // and waiting to be read.
+        for id in &s.awaiting_read {
+            st.statuses.set(*id, Status::Stored);
+        }
+        let partials = s
+            .partials
+            .into_iter()
+            .map(|p| {
+                let c = chunks.remove(&(p.from, p.msg_id)).unwrap_or_default();
+                (p, c)
+            })
+            .collect();
+        done.sort_unstable();
+        let done_ids: Vec<MessageId> = done.into_iter().map(|(_, id)| id).collect();
+        st.persisted.done = done_ids.iter().copied().collect();
+        st.reassembly = Reassembler::restore(
+            st.cfg.max_reassembly_bytes,
+            st.cfg.message_ttl.as_secs_f64(),
+            partials,
+            done_ids,
+            shift,
+        );
+        let held_ids: HashSet<MessageId> = s.sequencer.held.iter().map(|h| h.msg_id).collect();
+        let held_bodies = bodies
+            .iter()
+            .filter(|(id, _)| held_ids.contains(*id))
+            .map(|(id, b)| (*id, b.clone()))
+            .collect();
+        st.sequencer = Sequencer::restore(
+            st.cfg.reorder_hold.as_secs_f64(),
+            st.cfg.reorder_settle.as_secs_f64(),
+            10_000,
+            s.sequencer,
+            held_bodies,
+            shift,
+        );
+        for ((me, them), id) in s.inbox {
+            if let Some(body) = bodies.remove(&id) {
+                st.received.push_back(Received {
+                    to: ContactId(me),
+                    from: ContactId(them),
+                    id,
+                    body,
+                });
+            }
+        }
+        st.receipts_due = s.receipts_due.into_iter().collect();
+        st.persisted.snapshot = snapshot_bytes;
+        st.persisted.blobs = blob_keys;
+        // The next take writes whatever the restore dropped.
+        st.dirty = true;
+        Ok(st)
     }
 }
 

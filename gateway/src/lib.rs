@@ -7,7 +7,7 @@ mod storage;
 
 pub use config::GatewayConfig;
 pub use metrics::GatewayMetrics;
-pub use storage::StorageError;
+pub use storage::{Dropboxes, Refusal, StorageError};
 
 use mixnode::{Handler, Node, NodeOptions, NodeRef};
 use net::link::{LinkConfig, LinkMetrics};
@@ -330,12 +330,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
     let metrics = GatewayMetrics::new(&registry);
     let storage = Storage::open(
         &cfg.data_dir.join("dropboxes.redb"),
-        Limits {
-            ttl_ms: cfg.dropbox_ttl_secs.saturating_mul(1000),
-            box_messages: cfg.dropbox_max_messages,
-            total_bytes: cfg.storage_max_bytes,
-            fetch_max_age_ms: cfg.fetch_max_age_secs.saturating_mul(1000),
-        },
+        Limits::from_config(&cfg),
     )?;
     let (storage_tx, storage_rx) = crossbeam_channel::bounded(cfg.storage_queue.max(1));
     let m = metrics.clone();

@@ -7,7 +7,15 @@
 //!
 //! Sequence numbers come from one counter for the whole gateway and are never
 //! reused, so a stale `after_seq` can never delete a newer message.
+//!
+//! The rules (quotas, the seq counter, the fetch window, authorisation,
+//! deletes, expiry) live in [`Storage::apply`], which takes the time as an
+//! argument and does no I/O besides the database. The storage thread
+//! ([`run`]) drives it on a file with the wall clock and sends the replies;
+//! [`Dropboxes`] drives the same code on an in-memory database with the
+//! caller's clock, for simulations.
 
+use crate::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use mixnode::NodeRef;
 use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING};
@@ -31,17 +39,31 @@ pub(crate) struct Limits {
     pub fetch_max_age_ms: u64,
 }
 
-/// Work for the storage thread.
-pub(crate) enum Op {
+impl Limits {
+    /// The limits a gateway with `cfg` enforces.
+    pub(crate) fn from_config(cfg: &GatewayConfig) -> Self {
+        Self {
+            ttl_ms: cfg.dropbox_ttl_secs.saturating_mul(1000),
+            box_messages: cfg.dropbox_max_messages,
+            total_bytes: cfg.storage_max_bytes,
+            fetch_max_age_ms: cfg.fetch_max_age_secs.saturating_mul(1000),
+        }
+    }
+}
+
+/// Work for the storage thread. `C` is what a reply needs once the batch is
+/// committed: the node to send it from (the thread), or nothing
+/// ([`Dropboxes`], whose caller sends the replies).
+pub(crate) enum Op<C = NodeRef> {
     Store {
         dropbox: [u8; 32],
         ciphertext: Vec<u8>,
         /// Where to send the SURB-ack once the commit is durable.
-        ack: Option<StoreAck>,
+        ack: Option<StoreAck<C>>,
     },
     Fetch {
         req: FetchRequest,
-        node: NodeRef,
+        node: C,
     },
     Expire,
     /// Commit what came before, then end the thread.
@@ -52,16 +74,19 @@ pub(crate) enum Op {
 }
 
 /// A store's SURB-ack: sent only after the commit that holds the message.
-pub(crate) struct StoreAck {
+pub(crate) struct StoreAck<C = NodeRef> {
     pub reply_epoch: u64,
     pub surb: Vec<u8>,
-    pub node: NodeRef,
+    pub node: C,
 }
 
 /// Why a store was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+#[non_exhaustive]
+pub enum Refusal {
+    /// The dropbox holds `dropbox_max_messages` already.
     BoxQuota,
+    /// All dropboxes together would exceed `storage_max_bytes`.
     GatewayQuota,
 }
 
@@ -96,6 +121,7 @@ pub(crate) struct Fetched {
 }
 
 impl Storage {
+    /// The database file at `path` (created, private to the gateway's user).
     pub(crate) fn open(path: &Path, limits: Limits) -> Result<Self, StorageError> {
         let err = |e: &dyn std::fmt::Display| StorageError {
             path: path.to_owned(),
@@ -107,16 +133,31 @@ impl Storage {
         // Readable by the gateway's user only: it holds everyone's ciphertexts.
         net::identity::create_private_file(path).map_err(|e| err(&e))?;
         let db = Database::create(path).map_err(|e| err(&e))?;
-        let tx = db.begin_write().map_err(|e| err(&e))?;
-        tx.open_table(MESSAGES).map_err(|e| err(&e))?;
-        tx.open_table(BOXES).map_err(|e| err(&e))?;
-        tx.open_table(TOTALS).map_err(|e| err(&e))?;
-        tx.commit().map_err(|e| err(&e))?;
-        Ok(Self {
-            db,
-            path: path.to_owned(),
-            limits,
-        })
+        Self::with_database(db, path.to_owned(), limits)
+    }
+
+    /// A database in memory: the same tables and rules, nothing on disk
+    /// (simulations and tests).
+    pub(crate) fn in_memory(limits: Limits) -> Result<Self, StorageError> {
+        let path = PathBuf::from(":memory:");
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StorageError {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        Self::with_database(db, path, limits)
+    }
+
+    /// Creates the tables if missing.
+    fn with_database(db: Database, path: PathBuf, limits: Limits) -> Result<Self, StorageError> {
+        let s = Self { db, path, limits };
+        let tx = s.db.begin_write().map_err(|e| s.err(e))?;
+        tx.open_table(MESSAGES).map_err(|e| s.err(e))?;
+        tx.open_table(BOXES).map_err(|e| s.err(e))?;
+        tx.open_table(TOTALS).map_err(|e| s.err(e))?;
+        tx.commit().map_err(|e| s.err(e))?;
+        Ok(s)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StorageError {
@@ -126,14 +167,15 @@ impl Storage {
         }
     }
 
-    /// Runs one batch of operations in one durable transaction. Returns, per
-    /// op, what to do after the commit.
-    pub(crate) fn apply(
+    /// Runs one batch of operations in one durable transaction, at `now_ms`
+    /// (Unix ms: fetch freshness, stored-at times, expiry). Returns, per op,
+    /// what to do after the commit.
+    pub(crate) fn apply<C>(
         &self,
-        ops: Vec<Op>,
+        ops: Vec<Op<C>>,
         now_ms: u64,
         metrics: &GatewayMetrics,
-    ) -> Result<Vec<After>, StorageError> {
+    ) -> Result<Vec<After<C>>, StorageError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut after = Vec::with_capacity(ops.len());
         {
@@ -182,6 +224,7 @@ impl Storage {
                         if n > 0 {
                             tracing::info!(messages = n, "expired unfetched messages");
                         }
+                        after.push(After::Expired(n));
                     }
                     Op::Sync(tx) => after.push(After::Sync(tx)),
                     Op::Stop => {}
@@ -376,8 +419,7 @@ impl Storage {
         Ok(n)
     }
 
-    /// Messages held in `dropbox` (tests and metrics).
-    #[allow(dead_code)]
+    /// Messages held in `dropbox` (tests, [`Dropboxes`]).
     pub(crate) fn box_len(&self, dropbox: &[u8; 32]) -> u64 {
         let Ok(tx) = self.db.begin_read() else {
             return 0;
@@ -390,14 +432,25 @@ impl Storage {
 }
 
 /// What remains to do once a batch is committed.
-pub(crate) enum After {
-    Stored(Result<u64, Refusal>, Option<StoreAck>),
+pub(crate) enum After<C = NodeRef> {
+    Stored(Result<u64, Refusal>, Option<StoreAck<C>>),
     Reply {
         req: Box<FetchRequest>,
-        node: NodeRef,
+        node: C,
         fetched: Fetched,
     },
+    /// Messages an `Expire` deleted.
+    Expired(usize),
     Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// Counts a store's outcome once its batch is committed.
+fn count_store(metrics: &GatewayMetrics, r: &Result<u64, Refusal>) {
+    match r {
+        Ok(_) => metrics.stored.inc(),
+        Err(Refusal::BoxQuota) => metrics.refused.with_label_values(&["box_quota"]).inc(),
+        Err(Refusal::GatewayQuota) => metrics.refused.with_label_values(&["gateway_quota"]).inc(),
+    }
 }
 
 /// Builds the replies of one fetch: exactly one per SURB.
@@ -426,6 +479,100 @@ pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
             .unwrap_or_default()
         })
         .collect()
+}
+
+/// A gateway's dropboxes without the gateway around them: the same
+/// [`Storage`] rules (quotas, the seq counter, the fetch window with cursor
+/// and listing, the capability and `fetch_max_age_secs` check, deletes by
+/// `after_seq`, the TTL) on an in-memory redb, one transaction per call,
+/// with the time passed in. Nothing is sent: [`Dropboxes::fetch`] returns
+/// the reply bodies, and the caller sends each through its SURB (to a
+/// layer-1 first hop only) as the storage thread does. It exists so that a
+/// simulation on a virtual clock runs the gateway's own storage code.
+pub struct Dropboxes {
+    storage: Storage,
+    metrics: GatewayMetrics,
+}
+
+impl std::fmt::Debug for Dropboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dropboxes")
+            .field("limits", &self.storage.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dropboxes {
+    /// Empty dropboxes with the limits of a gateway configured with `cfg`
+    /// (`dropbox_ttl_secs`, `dropbox_max_messages`, `storage_max_bytes`,
+    /// `fetch_max_age_secs`; the rest is ignored).
+    pub fn new(cfg: &GatewayConfig) -> Result<Self, StorageError> {
+        Ok(Self {
+            storage: Storage::in_memory(Limits::from_config(cfg))?,
+            metrics: GatewayMetrics::new(&prometheus::Registry::new()),
+        })
+    }
+
+    /// Stores `ciphertext` in `dropbox` at `now_ms`: its seq, or why not.
+    /// The outer error is the database's (memory only: a bug, not a
+    /// condition).
+    pub fn store(
+        &self,
+        dropbox: &[u8; 32],
+        ciphertext: &[u8],
+        now_ms: u64,
+    ) -> Result<Result<u64, Refusal>, StorageError> {
+        let op = Op::<()>::Store {
+            dropbox: *dropbox,
+            ciphertext: ciphertext.to_vec(),
+            ack: None,
+        };
+        let r = match self.storage.apply(vec![op], now_ms, &self.metrics)?.pop() {
+            Some(After::Stored(r, _)) => r,
+            _ => return Err(self.storage.err("store gave no result")),
+        };
+        count_store(&self.metrics, &r);
+        Ok(r)
+    }
+
+    /// Answers `req` at `now_ms` (the gateway's clock, against which the
+    /// request's timestamp must be within `fetch_max_age_secs`): deletes what
+    /// it confirms, and returns exactly one reply body per SURB, in SURB
+    /// order, as the gateway sends them. A refused fetch gets the same
+    /// bodies as an empty box.
+    pub fn fetch(&self, req: &FetchRequest, now_ms: u64) -> Result<Vec<Vec<u8>>, StorageError> {
+        let op = Op::Fetch {
+            req: req.clone(),
+            node: (),
+        };
+        match self.storage.apply(vec![op], now_ms, &self.metrics)?.pop() {
+            Some(After::Reply { req, fetched, .. }) => Ok(replies(&req, &fetched)),
+            _ => Err(self.storage.err("fetch gave no result")),
+        }
+    }
+
+    /// Deletes every message stored before `now_ms` − TTL; returns how many.
+    pub fn expire(&self, now_ms: u64) -> Result<usize, StorageError> {
+        match self
+            .storage
+            .apply(vec![Op::<()>::Expire], now_ms, &self.metrics)?
+            .pop()
+        {
+            Some(After::Expired(n)) => Ok(n),
+            _ => Err(self.storage.err("expire gave no result")),
+        }
+    }
+
+    /// Messages held in `dropbox`.
+    pub fn box_len(&self, dropbox: &[u8; 32]) -> u64 {
+        self.storage.box_len(dropbox)
+    }
+
+    /// The gateway's storage series as the storage thread counts them
+    /// (`stored`, `refused`, `fetches{outcome}`, `stored_bytes`).
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
 }
 
 /// The storage thread: batches ops, commits, then sends replies.
@@ -465,10 +612,12 @@ pub(crate) fn run(
             .observe(started.elapsed().as_secs_f64());
         for a in after {
             match a {
-                After::Stored(Ok(_), ack) => {
-                    metrics.stored.inc();
-                    // Durable now: tell the sender, through its SURB.
-                    if let Some(a) = ack
+                After::Stored(r, ack) => {
+                    count_store(&metrics, &r);
+                    // Durable now: tell the sender, through its SURB. Refused:
+                    // no ack; the sender retries and in the end reports failure.
+                    if r.is_ok()
+                        && let Some(a) = ack
                         && reply(
                             &a.node,
                             a.reply_epoch,
@@ -479,13 +628,6 @@ pub(crate) fn run(
                         metrics.acks.inc();
                     }
                 }
-                // Refused: no ack; the sender retries and in the end reports failure.
-                After::Stored(Err(Refusal::BoxQuota), _) => {
-                    metrics.refused.with_label_values(&["box_quota"]).inc()
-                }
-                After::Stored(Err(Refusal::GatewayQuota), _) => {
-                    metrics.refused.with_label_values(&["gateway_quota"]).inc()
-                }
                 After::Reply { req, node, fetched } => {
                     for (surb, body) in req.surbs.iter().zip(replies(&req, &fetched)) {
                         if reply(&node, req.reply_epoch, surb, &body) {
@@ -493,6 +635,7 @@ pub(crate) fn run(
                         }
                     }
                 }
+                After::Expired(_) => {}
                 After::Sync(tx) => {
                     let _ = tx.send(());
                 }
@@ -548,7 +691,7 @@ mod tests {
         let m = metrics();
         match s
             .apply(
-                vec![Op::Store {
+                vec![Op::<()>::Store {
                     dropbox: id,
                     ciphertext: ct.to_vec(),
                     ack: None,
@@ -694,6 +837,49 @@ mod tests {
         assert_eq!(s.box_len(&y), 1);
     }
 
+    /// The in-memory `Dropboxes` run the same rules, with the freshness
+    /// check against the caller's clock.
+    #[test]
+    fn dropboxes_in_memory_apply_the_same_rules() {
+        let cfg = GatewayConfig {
+            dropbox_max_messages: 2,
+            dropbox_ttl_secs: 60,
+            fetch_max_age_secs: 600,
+            ..GatewayConfig::default()
+        };
+        let d = Dropboxes::new(&cfg).unwrap();
+        let b = PairSecret::from_bytes([1; 32]).dropbox(&[1; 32], &[2; 32], 0);
+        let now = 1_000_000_000;
+        let a = d.store(&b.id, b"one", now).unwrap().unwrap();
+        let c = d.store(&b.id, b"two", now + 1).unwrap().unwrap();
+        assert!(a < c);
+        assert_eq!(
+            d.store(&b.id, b"three", now).unwrap(),
+            Err(Refusal::BoxQuota)
+        );
+        let surbs = vec![vec![0; SURB_LEN]; 2];
+        // 600 s behind the gateway's clock: still fresh. One ms more: refused,
+        // answered as an empty box, nothing deleted.
+        let edge = FetchRequest::new_signed_at(&b, a, 0, false, now - 600_000, 0, surbs.clone());
+        let stale = FetchRequest::new_signed_at(&b, c, 0, false, now - 600_001, 0, surbs.clone());
+        assert_eq!(
+            d.fetch(&stale, now).unwrap(),
+            replies(&stale, &Fetched::default())
+        );
+        assert_eq!(d.box_len(&b.id), 2);
+        let r = d.fetch(&edge, now).unwrap();
+        assert_eq!(r.len(), 2);
+        let first = FetchReply::decode(&r[0]).unwrap();
+        assert_eq!(first.seqs, vec![c]);
+        assert_eq!(first.message, Some((c, b"two".to_vec())));
+        assert_eq!(d.box_len(&b.id), 1, "after_seq = a deleted one");
+        assert_eq!(d.metrics().fetches.with_label_values(&["refused"]).get(), 1);
+        assert_eq!(d.metrics().stored.get(), 2);
+        assert_eq!(d.expire(now + 60_000).unwrap(), 0);
+        assert_eq!(d.expire(now + 60_002).unwrap(), 1);
+        assert_eq!(d.box_len(&b.id), 0);
+    }
+
     #[test]
     fn messages_expire_after_the_ttl_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -704,7 +890,7 @@ mod tests {
         }
         let s = open(&dir);
         assert_eq!(s.box_len(&[1; 32]), 2, "durable across reopen");
-        s.apply(vec![Op::Expire], 1500, &metrics()).unwrap();
+        s.apply(vec![Op::<()>::Expire], 1500, &metrics()).unwrap();
         assert_eq!(s.box_len(&[1; 32]), 1);
         // Sequence numbers are never reused.
         let next = store(&s, [1; 32], b"x", 1500).unwrap();

@@ -13,6 +13,7 @@
 //! de-duplicates, and hands messages of one contact over in send order.
 
 use crate::Error;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Largest message the SDK sends (pictures, voice notes).
@@ -34,7 +35,7 @@ pub type MessageId = [u8; 16];
 pub type AckId = [u8; 16];
 
 /// What a message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// An application message.
     Message = 0,
@@ -159,6 +160,15 @@ impl RecentSet {
     /// True if it was there.
     fn remove(&mut self, id: &MessageId) -> bool {
         self.set.remove(id)
+    }
+
+    /// The ids held, oldest first.
+    fn in_order(&self) -> Vec<MessageId> {
+        self.order
+            .iter()
+            .filter(|id| self.set.contains(*id))
+            .copied()
+            .collect()
     }
 }
 
@@ -859,6 +869,343 @@ impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
     }
 }
 
+// ---- persistence ----
+//
+// A client that must go on after a crash persists these components. Their
+// state is exported as plain records (serde), without the large byte
+// strings (message bodies, fragment chunks), which the caller stores apart,
+// once, and hands back on restore. Times are the caller's seconds as the
+// components hold them; `shift` on restore moves them onto a new clock.
+// What is in flight (ack deadlines, queued status events) is not exported:
+// after a restore every unacknowledged fragment is sent again.
+
+/// An outgoing message as a caller persists it; its body is kept apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutRecord<C> {
+    /// Its id.
+    pub id: MessageId,
+    /// Recipient.
+    pub to: C,
+    /// Message or receipt.
+    pub kind: Kind,
+    /// Sender's session.
+    pub session: u64,
+    /// Position in the sender's stream.
+    pub seq: u64,
+    /// Bytes per fragment.
+    pub chunk: usize,
+    /// Fragments.
+    pub count: u32,
+    /// Which fragments are stored.
+    pub acked: Vec<bool>,
+    /// Transmissions of each fragment so far.
+    pub attempts: Vec<u32>,
+    /// Fragments sent at least once.
+    pub emitted: u32,
+    /// When it was queued.
+    pub created: f64,
+}
+
+impl<C: Clone> Outbox<C> {
+    /// The messages held (without bodies), and the ids of stored messages
+    /// still waiting for their read receipt, oldest first.
+    pub fn export(&self) -> (Vec<OutRecord<C>>, Vec<MessageId>) {
+        let records = self
+            .msgs
+            .iter()
+            .map(|(id, m)| OutRecord {
+                id: *id,
+                to: m.to.clone(),
+                kind: m.kind,
+                session: m.session,
+                seq: m.seq,
+                chunk: m.chunk,
+                count: m.count,
+                acked: m.acked.clone(),
+                attempts: m.attempts.clone(),
+                emitted: m.emitted,
+                created: m.created,
+            })
+            .collect();
+        (records, self.awaiting_read.in_order())
+    }
+
+    /// The body of a message held.
+    pub fn body(&self, id: &MessageId) -> Option<&[u8]> {
+        self.msgs.get(id).map(|m| m.body.as_slice())
+    }
+
+    /// The ids of the messages held.
+    pub fn ids(&self) -> Vec<MessageId> {
+        self.msgs.keys().copied().collect()
+    }
+
+    /// An outbox holding what [`Self::export`] gave (with each body), its
+    /// times moved by `shift`. Every fragment not stored is ready to be sent
+    /// again. Records that do not add up are refused.
+    pub fn restore(
+        cfg: OutboxConfig,
+        records: Vec<(OutRecord<C>, Vec<u8>)>,
+        awaiting_read: Vec<MessageId>,
+        shift: f64,
+    ) -> Result<Self, Error> {
+        let mut o = Self::new(cfg);
+        for (r, body) in records {
+            let n = r.count as usize;
+            if r.count == 0
+                || r.acked.len() != n
+                || r.attempts.len() != n
+                || r.chunk < MIN_CHUNK
+                || fragment_count(body.len(), r.chunk) != r.count
+            {
+                return Err(Error::Decode(
+                    "outgoing message record does not add up".into(),
+                ));
+            }
+            let n_acked = r.acked.iter().filter(|a| **a).count() as u32;
+            o.ready.extend(
+                (0..r.count)
+                    .filter(|i| !r.acked[*i as usize])
+                    .map(|i| (r.id, i)),
+            );
+            o.bytes += body.len();
+            o.msgs.insert(
+                r.id,
+                OutMessage {
+                    to: r.to,
+                    kind: r.kind,
+                    session: r.session,
+                    seq: r.seq,
+                    body,
+                    chunk: r.chunk,
+                    count: r.count,
+                    acked: r.acked,
+                    n_acked,
+                    attempts: r.attempts,
+                    emitted: r.emitted,
+                    created: r.created + shift,
+                },
+            );
+        }
+        for id in awaiting_read {
+            o.awaiting_read.insert(id);
+        }
+        Ok(o)
+    }
+}
+
+/// Chunks of one partial message, by fragment index.
+pub type Chunks = BTreeMap<u32, Vec<u8>>;
+
+/// A partly received message as a caller persists it; its chunks are kept
+/// apart, one each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialRecord<C> {
+    /// Its sender.
+    pub from: C,
+    /// Its id.
+    pub msg_id: MessageId,
+    /// Message or receipt.
+    pub kind: Kind,
+    /// Sender's session.
+    pub session: u64,
+    /// Position in the sender's stream.
+    pub seq: u64,
+    /// Fragments in all.
+    pub count: u32,
+    /// Length of the whole message.
+    pub total_len: u32,
+    /// When a fragment last arrived.
+    pub last: f64,
+    /// The fragments held.
+    pub indices: Vec<u32>,
+}
+
+impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
+    /// The partial messages (without chunks), and the completed ids
+    /// remembered for de-duplication, oldest first.
+    pub fn export(&self) -> (Vec<PartialRecord<C>>, Vec<MessageId>) {
+        let partials = self
+            .partial
+            .iter()
+            .map(|((from, id), p)| PartialRecord {
+                from: from.clone(),
+                msg_id: *id,
+                kind: p.kind,
+                session: p.session,
+                seq: p.seq,
+                count: p.count,
+                total_len: p.total_len,
+                last: p.last,
+                indices: p.chunks.keys().copied().collect(),
+            })
+            .collect();
+        (partials, self.done.in_order())
+    }
+
+    /// Every chunk held: sender, message, index and bytes.
+    pub fn chunks(&self) -> impl Iterator<Item = (&C, &MessageId, u32, &[u8])> {
+        self.partial.iter().flat_map(|((from, id), p)| {
+            p.chunks
+                .iter()
+                .map(move |(i, c)| (from, id, *i, c.as_slice()))
+        })
+    }
+
+    /// A reassembler holding what [`Self::export`] gave, each partial
+    /// message with its chunks, times moved by `shift`. A partial message
+    /// whose chunks do not add up is left out (its fragments were not
+    /// confirmed at the gateway unless they were saved, so they come again).
+    pub fn restore(
+        max_bytes_per_contact: usize,
+        expiry: f64,
+        partials: Vec<(PartialRecord<C>, Chunks)>,
+        done: Vec<MessageId>,
+        shift: f64,
+    ) -> Self {
+        let mut r = Self::new(max_bytes_per_contact, expiry);
+        for id in done {
+            r.done.insert(id);
+        }
+        for (p, chunks) in partials {
+            let bytes: usize = chunks.values().map(Vec::len).sum();
+            if p.count == 0
+                || chunks.len() as u32 > p.count
+                || chunks.keys().any(|i| *i >= p.count)
+                || bytes > p.total_len as usize
+            {
+                continue;
+            }
+            *r.bytes.entry(p.from.clone()).or_insert(0) += p.total_len as usize;
+            r.partial.insert(
+                (p.from, p.msg_id),
+                Partial {
+                    kind: p.kind,
+                    session: p.session,
+                    seq: p.seq,
+                    count: p.count,
+                    total_len: p.total_len,
+                    chunks,
+                    bytes,
+                    last: p.last + shift,
+                },
+            );
+        }
+        r
+    }
+}
+
+/// A message held behind a gap, as a caller persists it; its body is kept apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldRecord<C> {
+    /// Its sender.
+    pub from: C,
+    /// Message or receipt.
+    pub kind: Kind,
+    /// Its id.
+    pub msg_id: MessageId,
+    /// Sender's session.
+    pub session: u64,
+    /// Position in the sender's stream.
+    pub seq: u64,
+    /// Since when it waits.
+    pub since: f64,
+}
+
+/// A [`Sequencer`]'s state as a caller persists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequencerRecord<C> {
+    /// The next seq expected, per (sender, session).
+    pub next: Vec<(C, u64, u64)>,
+    /// Sessions met past their start, since when.
+    pub settling: Vec<(C, u64, f64)>,
+    /// Messages waiting behind a gap.
+    pub held: Vec<HeldRecord<C>>,
+}
+
+impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
+    /// Its state, without the held messages' bodies.
+    pub fn export(&self) -> SequencerRecord<C> {
+        SequencerRecord {
+            next: self
+                .next
+                .iter()
+                .map(|((c, s), n)| (c.clone(), *s, *n))
+                .collect(),
+            settling: self
+                .settling
+                .iter()
+                .map(|((c, s), t)| (c.clone(), *s, *t))
+                .collect(),
+            held: self
+                .held
+                .values()
+                .flat_map(|h| h.values())
+                .map(|(since, m)| HeldRecord {
+                    from: m.from.clone(),
+                    kind: m.kind,
+                    msg_id: m.msg_id,
+                    session: m.session,
+                    seq: m.seq,
+                    since: *since,
+                })
+                .collect(),
+        }
+    }
+
+    /// The bodies of the messages held, by message id.
+    pub fn held_bodies(&self) -> impl Iterator<Item = (&MessageId, &[u8])> {
+        self.held
+            .values()
+            .flat_map(|h| h.values())
+            .map(|(_, m)| (&m.msg_id, m.body.as_slice()))
+    }
+
+    /// A sequencer holding what [`Self::export`] gave, with the held
+    /// messages' bodies (one missing leaves its message out), times moved
+    /// by `shift`.
+    pub fn restore(
+        hold: f64,
+        settle: f64,
+        max_held: usize,
+        rec: SequencerRecord<C>,
+        mut bodies: HashMap<MessageId, Vec<u8>>,
+        shift: f64,
+    ) -> Self {
+        let mut s = Self::new(hold, settle, max_held);
+        for (c, session, n) in rec.next {
+            s.next.insert((c, session), n);
+        }
+        for (c, session, t) in rec.settling {
+            s.settling.insert((c, session), t + shift);
+        }
+        for h in rec.held {
+            let Some(body) = bodies.remove(&h.msg_id) else {
+                continue;
+            };
+            s.n_held += 1;
+            s.held
+                .entry((h.from.clone(), h.session))
+                .or_default()
+                .insert(
+                    h.seq,
+                    (
+                        h.since + shift,
+                        Complete {
+                            from: h.from,
+                            kind: h.kind,
+                            msg_id: h.msg_id,
+                            session: h.session,
+                            seq: h.seq,
+                            body,
+                        },
+                    ),
+                );
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1054,5 +1401,112 @@ mod tests {
         assert_eq!(out, [11, 12]);
         let out: Vec<u64> = s.push(later(13), 6.0).iter().map(|m| m.seq).collect();
         assert_eq!(out, [13]);
+    }
+
+    #[test]
+    fn an_outbox_restored_sends_only_what_was_not_stored() {
+        let mut o = outbox();
+        o.push(msg(1, 1, vec![7; 3000]), MIN_CHUNK, 0.0).unwrap();
+        let mut acks = 0;
+        let sent = send_all(&mut o, 0.0, &mut acks);
+        assert_eq!(sent.len(), 3);
+        o.on_ack(&sent[1].0);
+        let (records, awaiting) = o.export();
+        let with_bodies = records
+            .into_iter()
+            .map(|r| {
+                let b = o.body(&r.id).unwrap().to_vec();
+                (r, b)
+            })
+            .collect();
+        let mut back = Outbox::restore(o.cfg, with_bodies, awaiting, 50.0).unwrap();
+        assert_eq!(back.progress(&[1; 16]).unwrap().have, 1);
+        let again = send_all(&mut back, 50.0, &mut acks);
+        let idx: Vec<u32> = again.iter().map(|(_, f)| f.index).collect();
+        assert_eq!(idx, [0, 2], "only the fragments not stored go again");
+        for (a, _) in &again {
+            back.on_ack(a);
+        }
+        let events: Vec<Status> = std::iter::from_fn(|| back.poll_event())
+            .map(|e| e.1)
+            .collect();
+        assert!(events.contains(&Status::Stored));
+        // Its creation time moved with the clock: the TTL still counts from it.
+        assert!(back.progress(&[1; 16]).is_none());
+        // A record that does not add up is refused.
+        let mut o = outbox();
+        o.push(msg(2, 1, vec![1; 2000]), MIN_CHUNK, 0.0).unwrap();
+        let (mut records, aw) = o.export();
+        records[0].count = 5;
+        assert!(
+            Outbox::restore(o.cfg, vec![(records[0].clone(), vec![1; 2000])], aw, 0.0).is_err()
+        );
+    }
+
+    #[test]
+    fn a_reassembler_restored_completes_and_still_deduplicates() {
+        let mut o = outbox();
+        o.push(
+            msg(3, 1, (0..5000u32).map(|i| i as u8).collect()),
+            MIN_CHUNK,
+            0.0,
+        )
+        .unwrap();
+        o.push(msg(4, 2, vec![9; 10]), MIN_CHUNK, 0.0).unwrap();
+        let mut acks = 0;
+        let frags = send_all(&mut o, 0.0, &mut acks);
+        let mut r: Reassembler<u8> = Reassembler::new(1 << 20, 60.0);
+        // Message 4 completes; message 3 gets two of its five fragments.
+        let (f3, f4): (Vec<_>, Vec<_>) = frags
+            .into_iter()
+            .map(|x| x.1)
+            .partition(|f| f.msg_id == [3; 16]);
+        assert!(r.insert(0, f4[0].clone(), 0.0).unwrap().is_some());
+        for f in &f3[..2] {
+            assert!(r.insert(0, f.clone(), 0.0).unwrap().is_none());
+        }
+        let (partials, done) = r.export();
+        assert_eq!(done, vec![[4; 16]]);
+        let with_chunks = partials
+            .into_iter()
+            .map(|p| {
+                let chunks = r
+                    .chunks()
+                    .filter(|(_, id, _, _)| **id == p.msg_id)
+                    .map(|(_, _, i, c)| (i, c.to_vec()))
+                    .collect();
+                (p, chunks)
+            })
+            .collect();
+        let mut back = Reassembler::restore(1 << 20, 60.0, with_chunks, done, 10.0);
+        assert!(
+            back.insert(0, f4[0].clone(), 10.0).unwrap().is_none(),
+            "done stays done"
+        );
+        let mut got = None;
+        for f in &f3[1..] {
+            if let Some(m) = back.insert(0, f.clone(), 10.0).unwrap() {
+                got = Some(m);
+            }
+        }
+        let m = got.expect("completes after the restore");
+        assert_eq!(m.body, (0..5000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_sequencer_restored_keeps_its_order_and_held_messages() {
+        let mut s = Sequencer::new(60.0, 5.0, 100);
+        assert_eq!(s.push(complete(1), 0.0).len(), 1);
+        assert!(s.push(complete(3), 1.0).is_empty());
+        let rec = s.export();
+        let bodies = s.held_bodies().map(|(id, b)| (*id, b.to_vec())).collect();
+        let mut back = Sequencer::restore(60.0, 5.0, 100, rec, bodies, 100.0);
+        assert_eq!(back.held(), 1);
+        let out: Vec<u64> = back
+            .push(complete(2), 100.5)
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(out, [2, 3], "the gap filled after the restore");
     }
 }

@@ -5,4 +5,5 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod sim;
 pub mod testnet;

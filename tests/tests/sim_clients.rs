@@ -1,0 +1,631 @@
+//! Whole clients on a virtual clock (`umbra::sim`): real `ClientState`s, real
+//! Sphinx processing at every hop and the gateway's own dropbox code, with
+//! loss, duplication, reordering, a partition, a restart and clock jumps.
+//! Each scenario checks that the fault it injects really happened, and
+//! prints its wall time (`cargo test -p tests --test sim_clients -- --nocapture`).
+
+use client_sdk::{MessageId, Status};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use umbra::sim::{ClientOptions, Endpoint, LinkFaults, Persona, Sim, SimConfig};
+
+/// Scenarios in this file (for the timing lines).
+const SCENARIOS: usize = 8;
+
+/// Whether the SDK keeps its state across restarts. Flip to `true` when
+/// persistence lands: the restart scenario then expects the message in
+/// flight to be delivered or reported failed instead of lost silently.
+const PERSISTENCE_LANDED: bool = false;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+fn report(n: usize, name: &str, sim: &Sim, started: Instant) {
+    let s = sim.stats();
+    eprintln!(
+        "[sim {n}/{SCENARIOS}] {name}: {:.2} s wall for {:.1} s virtual; {} client frames, \
+         {} link transmissions ({} lost, {} duplicated, {} delayed, {} partitioned), {} peels, \
+         {} stored, {} fetches, drops {:?}",
+        started.elapsed().as_secs_f64(),
+        sim.now().as_secs_f64(),
+        s.client_frames,
+        s.transmissions,
+        s.lost,
+        s.duplicated,
+        s.delayed,
+        s.partitioned,
+        s.peels,
+        s.stored,
+        s.fetches,
+        s.dropped,
+    );
+}
+
+/// What one recipient made of one sender's messages.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    /// Distinct messages handed over.
+    delivered: usize,
+    /// Copies handed over beyond the first.
+    duplicates: usize,
+    /// Handed over with a body other than the one sent.
+    corrupted: usize,
+    /// Handed over but never sent.
+    unknown: usize,
+    /// Handed over after a message sent later.
+    out_of_order: usize,
+    /// Reported failed to the sender.
+    failed: usize,
+    /// Neither delivered nor reported failed.
+    unsettled: Vec<MessageId>,
+    /// Whose last status is Read.
+    read: usize,
+}
+
+impl Tally {
+    fn settled(&self) -> bool {
+        self.unsettled.is_empty()
+    }
+}
+
+fn tally(sim: &Sim, from: Persona, to: Persona) -> Tally {
+    let sent: Vec<_> = sim
+        .log(from.client)
+        .sent
+        .iter()
+        .filter(|r| r.from == from.id && r.to == to.id)
+        .collect();
+    let order: BTreeMap<MessageId, usize> =
+        sent.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let mut t = Tally {
+        sent: sent.len(),
+        ..Tally::default()
+    };
+    let mut seen = BTreeMap::new();
+    let mut last = None;
+    for r in sim
+        .log(to.client)
+        .received
+        .iter()
+        .filter(|r| r.from == from.id && r.to == to.id)
+    {
+        let Some(&i) = order.get(&r.id) else {
+            t.unknown += 1;
+            continue;
+        };
+        *seen.entry(r.id).or_insert(0) += 1;
+        if seen[&r.id] > 1 {
+            t.duplicates += 1;
+            continue;
+        }
+        if r.body != sent[i].body {
+            t.corrupted += 1;
+        }
+        if last.is_some_and(|l| i < l) {
+            t.out_of_order += 1;
+        }
+        last = Some(i);
+    }
+    t.delivered = seen.len();
+    let log = sim.log(from.client);
+    for r in &sent {
+        let failed = log.failed(&r.id);
+        t.failed += usize::from(failed);
+        t.read += usize::from(log.status(&r.id) == Some(Status::Read));
+        if !failed && !seen.contains_key(&r.id) {
+            t.unsettled.push(r.id);
+        }
+    }
+    t
+}
+
+/// A body that says who sent it and which it is, `len` bytes long.
+fn body(tag: &str, i: usize, len: usize) -> Vec<u8> {
+    let head = format!("{tag} #{i}:");
+    head.bytes()
+        .chain((0..).map(|k: usize| (k * 31 + i) as u8))
+        .take(len.max(head.len()))
+        .collect()
+}
+
+/// 50 messages each way on a clean network: each arrives once, intact, in
+/// order, and every status goes Queued → Sent → Stored → Read.
+#[test]
+fn two_clients_exchange_fifty_messages_each_way() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 1,
+        ..SimConfig::default()
+    });
+    let a = sim.add_client_with(ClientOptions {
+        entry: Some(0),
+        ..ClientOptions::default()
+    });
+    let b = sim.add_client_with(ClientOptions {
+        entry: Some(1),
+        ..ClientOptions::default()
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    sim.connect_contacts(a, b);
+    for i in 0..50 {
+        sim.send(a, b, &body("a→b", i, 200 + 20 * i)).unwrap();
+        sim.send(b, a, &body("b→a", i, 1400 - 20 * i)).unwrap();
+        sim.run_for(ms(100));
+    }
+    let (pa, pb) = (sim.persona(a), sim.persona(b));
+    let done = sim.run_until_cond(secs(120), |s| {
+        tally(s, pa, pb).read == 50 && tally(s, pb, pa).read == 50
+    });
+    report(1, "50 messages each way", &sim, started);
+    for (from, to) in [(pa, pb), (pb, pa)] {
+        let t = tally(&sim, from, to);
+        assert!(done, "{t:?}");
+        assert_eq!((t.sent, t.delivered, t.read), (50, 50, 50), "{t:?}");
+        assert_eq!(
+            (
+                t.duplicates,
+                t.corrupted,
+                t.unknown,
+                t.out_of_order,
+                t.failed
+            ),
+            (0, 0, 0, 0, 0),
+            "{t:?}"
+        );
+        for r in sim.log(from.client).sent.iter() {
+            let history: Vec<Status> = sim.log(from.client).statuses[&r.id]
+                .iter()
+                .map(|(_, s)| *s)
+                .collect();
+            assert_eq!(
+                history,
+                [Status::Queued, Status::Sent, Status::Stored, Status::Read]
+            );
+        }
+    }
+    // Nothing was dropped anywhere: no replay, no bad first hop, no full queue.
+    assert!(sim.stats().dropped.is_empty(), "{:?}", sim.stats().dropped);
+    assert_eq!(sim.stats().lost + sim.stats().duplicated, 0);
+}
+
+/// 30 % of the packets on every link (every hop, the downlink included) are
+/// lost: every message ends delivered exactly once or reported failed to
+/// its sender; none is duplicated or lost silently.
+#[test]
+fn thirty_percent_loss_on_every_link_loses_nothing_silently() {
+    let started = Instant::now();
+    let mut cfg = SimConfig {
+        seed: 2,
+        ..SimConfig::default()
+    };
+    cfg.client.fetch_interval = ms(500);
+    cfg.client.message_ttl = secs(60);
+    let mut sim = Sim::new(cfg);
+    let a = sim.add_client();
+    let b = sim.add_client();
+    sim.connect_contacts(a, b);
+    sim.set_faults(LinkFaults {
+        loss: 0.30,
+        ..LinkFaults::NONE
+    });
+    for i in 0..20 {
+        sim.send(a, b, &body("a→b", i, 300)).unwrap();
+        sim.send(b, a, &body("b→a", i, 300)).unwrap();
+        sim.run_for(ms(200));
+    }
+    let (pa, pb) = (sim.persona(a), sim.persona(b));
+    let settled = sim.run_until_cond(secs(300), |s| {
+        tally(s, pa, pb).settled() && tally(s, pb, pa).settled()
+    });
+    // A little longer: a late copy would show up as a duplicate.
+    sim.run_for(secs(5));
+    report(2, "30 % loss on every link", &sim, started);
+    let s = sim.stats();
+    let loss = s.lost as f64 / s.transmissions as f64;
+    eprintln!(
+        "  loss injected: {} of {} ({loss:.3})",
+        s.lost, s.transmissions
+    );
+    assert!(loss > 0.25, "the loss knob dropped {loss:.3} of packets");
+    for (from, to) in [(pa, pb), (pb, pa)] {
+        let t = tally(&sim, from, to);
+        eprintln!("  {t:?}");
+        assert!(settled, "{t:?}");
+        assert_eq!(t.sent, 20);
+        assert_eq!((t.duplicates, t.corrupted, t.unknown), (0, 0, 0), "{t:?}");
+        assert!(t.delivered > 0, "{t:?}");
+    }
+}
+
+/// Every link duplicates 20 % of packets and holds 25 % back by up to 3 s
+/// (longer than an ack's timeout, so fragments are retransmitted and stored
+/// twice): the application still gets each message once, in order.
+#[test]
+fn duplication_and_reordering_hand_over_no_duplicates() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 3,
+        ..SimConfig::default()
+    });
+    let a = sim.add_client();
+    let b = sim.add_client();
+    sim.connect_contacts(a, b);
+    sim.set_faults(LinkFaults {
+        duplicate: 0.2,
+        delay: 0.25,
+        max_extra_delay: secs(3),
+        ..LinkFaults::NONE
+    });
+    // One way only, so that the a→b box holds a's message fragments and
+    // nothing else (b's receipts go the other way).
+    let n = 40;
+    for i in 0..n {
+        sim.send(a, b, &body("a→b", i, 500)).unwrap();
+        sim.run_for(ms(50));
+    }
+    let (pa, pb) = (sim.persona(a), sim.persona(b));
+    let done = sim.run_until_cond(secs(120), |s| tally(s, pa, pb).read == n);
+    sim.run_for(secs(5));
+    report(3, "duplication and reordering", &sim, started);
+    let t = tally(&sim, pa, pb);
+    assert!(done, "{t:?}");
+    assert_eq!((t.sent, t.delivered), (n, n), "{t:?}");
+    assert_eq!(
+        (
+            t.duplicates,
+            t.corrupted,
+            t.unknown,
+            t.out_of_order,
+            t.failed
+        ),
+        (0, 0, 0, 0, 0),
+        "{t:?}"
+    );
+    let s = sim.stats();
+    assert!(s.duplicated > 0 && s.delayed > 0, "{s:?}");
+    // Copies made on the links were caught by the nodes' replay caches...
+    assert!(s.dropped.get("replay").copied().unwrap_or(0) > 0, "{s:?}");
+    // ...and retransmitted fragments were stored more than once, so the
+    // reader itself dropped copies.
+    let stores = sim.stores_in(&sim.dropbox_id(pa, pb, sim.period()).unwrap());
+    eprintln!("  a→b box: {stores} stores of {n} fragments");
+    assert!(stores > n as u64, "no fragment was stored twice ({stores})");
+}
+
+/// A 1 MiB message: 699 fragments, each its own acked store, fetched by
+/// window fetches, reassembled intact.
+#[test]
+fn a_one_mebibyte_message_arrives_intact() {
+    let started = Instant::now();
+    let mut cfg = SimConfig {
+        seed: 4,
+        ..SimConfig::default()
+    };
+    cfg.params.lambda_payload = 50.0;
+    cfg.params.lambda_downlink = 120.0;
+    let mut sim = Sim::new(cfg);
+    let a = sim.add_client();
+    let b = sim.add_client();
+    sim.connect_contacts(a, b);
+    let big: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    let id = sim.send(a, b, &big).unwrap();
+    assert_eq!(sim.state(a).progress(&id).unwrap().count, 699);
+    let done = sim.run_until_cond(secs(180), |s| s.log(a).status(&id) == Some(Status::Read));
+    report(4, "1 MiB message", &sim, started);
+    assert!(done, "{:?}", sim.log(a).statuses.get(&id));
+    let got = &sim.log(b).received;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+    assert!(got[0].body == big, "the body differs");
+    assert!(sim.stats().stored >= 699);
+}
+
+/// The recipient's entry gateway is cut off for 10 virtual seconds: the
+/// recipient gets nothing meanwhile, and afterwards everything, once each.
+#[test]
+fn a_partitioned_entry_gateway_delays_but_loses_nothing() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 5,
+        ..SimConfig::default()
+    });
+    let a = sim
+        .add_client_with(ClientOptions {
+            entry: Some(0),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+    let b = sim
+        .add_client_with(ClientOptions {
+            entry: Some(1),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+    sim.connect_contacts(a, b);
+    let (from, until) = (secs(2), secs(12));
+    sim.partition(Endpoint::Node(sim.entry(b)), from, until);
+    let n = 30;
+    for i in 0..n {
+        sim.send(a, b, &body("a→b", i, 400)).unwrap();
+        sim.run_for(ms(200));
+    }
+    let (pa, pb) = (sim.persona(a), sim.persona(b));
+    let done = sim.run_until_cond(secs(120), |s| tally(s, pa, pb).read == n);
+    sim.run_for(secs(5));
+    report(5, "partitioned entry gateway", &sim, started);
+    let t = tally(&sim, pa, pb);
+    assert!(done, "{t:?}");
+    assert_eq!((t.sent, t.delivered, t.read), (n, n, n), "{t:?}");
+    assert_eq!(
+        (
+            t.duplicates,
+            t.corrupted,
+            t.unknown,
+            t.out_of_order,
+            t.failed
+        ),
+        (0, 0, 0, 0, 0),
+        "{t:?}"
+    );
+    assert!(sim.stats().partitioned > 0);
+    let received = &sim.log(b).received;
+    // Deliveries in flight when the cut began may land within a few ms.
+    let during = received
+        .iter()
+        .filter(|r| r.at > from + ms(100) && r.at < until)
+        .count();
+    assert_eq!(during, 0, "the recipient received while cut off");
+    let sent_during: Vec<MessageId> = sim
+        .log(a)
+        .sent
+        .iter()
+        .filter(|r| r.at >= from && r.at < until)
+        .map(|r| r.id)
+        .collect();
+    assert!(!sent_during.is_empty());
+    assert!(
+        received
+            .iter()
+            .filter(|r| sent_during.contains(&r.id))
+            .all(|r| r.at >= until),
+        "messages sent during the cut were delayed past it"
+    );
+}
+
+/// The sender restarts while a 20-fragment message is half stored.
+///
+/// Current behaviour (no persistence in the SDK): the new state knows
+/// nothing of the message; the fragments not yet stored are never sent, the
+/// recipient never completes it, and the sender is never told it failed.
+/// The client works on: a message sent after the restart arrives.
+#[test]
+fn a_restart_mid_message_loses_it_silently_until_persistence_lands() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 6,
+        ..SimConfig::default()
+    });
+    let a = sim.add_client();
+    let b = sim.add_client();
+    sim.connect_contacts(a, b);
+    let long = body("a→b long", 0, 20 * client_sdk::CHUNK_LEN - 100);
+    let id = sim.send(a, b, &long).unwrap();
+    assert_eq!(sim.state(a).progress(&id).unwrap().count, 20);
+    let half = sim.run_until_cond(secs(60), |s| {
+        s.state(a).progress(&id).is_some_and(|p| p.have >= 5)
+    });
+    assert!(half);
+    let have = sim.state(a).progress(&id).unwrap().have;
+    assert!(have < 20, "the message was stored before the restart");
+    let old_address = sim.state(a).address();
+    sim.restart(a).unwrap();
+    assert_eq!(sim.stats().restarts, 1);
+    assert_ne!(
+        sim.state(a).address(),
+        old_address,
+        "a new state, a new subscription"
+    );
+    assert!(
+        sim.state(a).progress(&id).is_none(),
+        "the new state forgot the message"
+    );
+    let after = sim.send(a, b, b"after the restart").unwrap();
+    let ok = sim.run_until_cond(secs(60), |s| s.log(a).status(&after) == Some(Status::Read));
+    sim.run_for(secs(30));
+    report(6, "restart mid-message", &sim, started);
+    assert!(ok, "{:?}", sim.log(a).statuses.get(&after));
+    let got: Vec<&[u8]> = sim
+        .log(b)
+        .received
+        .iter()
+        .map(|r| r.body.as_slice())
+        .collect();
+    assert!(got.contains(&b"after the restart".as_slice()));
+    let delivered = got.contains(&long.as_slice());
+    let told = sim.log(a).failed(&id) || sim.log(a).status(&id) == Some(Status::Read);
+    if PERSISTENCE_LANDED {
+        assert!(delivered || told, "lost silently across a restart");
+    } else {
+        // until persistence lands: lost, and nobody is told.
+        assert!(!delivered && !told, "delivered {delivered}, told {told}");
+        assert_eq!(sim.log(a).status(&id), Some(Status::Sent));
+    }
+}
+
+/// Clock jumps of ±10 minutes on recipients. A gateway refuses a fetch whose
+/// timestamp is more than `fetch_max_age_secs` (600 s) from its own clock,
+/// measured when the fetch arrives: +10 min passes (the fetch ages on the
+/// way), −10 min fails (it is 600 s plus the transit old), and the refusal
+/// looks like an empty box, so that client receives nothing and is not
+/// told. Its messages wait in the box and arrive once the clock is fixed.
+#[test]
+fn clock_jumps_of_ten_minutes() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 7,
+        ..SimConfig::default()
+    });
+    let a = sim.add_client();
+    let ahead = sim.add_client();
+    let behind = sim.add_client();
+    sim.connect_contacts(a, ahead);
+    sim.connect_contacts(a, behind);
+    let (pa, p_ahead, p_behind) = (sim.persona(a), sim.persona(ahead), sim.persona(behind));
+    sim.run_for(secs(2));
+
+    // Phase 1: ten minutes ahead. Everything flows, nothing is refused.
+    sim.jump_clock(ahead, 10 * 60_000);
+    for i in 0..10 {
+        sim.send(a, ahead, &body("a→ahead", i, 300)).unwrap();
+        sim.send(ahead, a, &body("ahead→a", i, 300)).unwrap();
+        sim.run_for(ms(100));
+    }
+    let ok = sim.run_until_cond(secs(60), |s| {
+        tally(s, pa, p_ahead).read == 10 && tally(s, p_ahead, pa).read == 10
+    });
+    assert!(
+        ok,
+        "{:?} {:?}",
+        tally(&sim, pa, p_ahead),
+        tally(&sim, p_ahead, pa)
+    );
+    assert_eq!(sim.fetches_refused(), 0, "+10 min is within the window");
+
+    // Phase 2: ten minutes behind. Its fetches are refused: it receives
+    // nothing, though its messages are stored and its own sends go through.
+    let t0 = sim.now();
+    sim.jump_clock(behind, -10 * 60_000);
+    for i in 0..10 {
+        sim.send(a, behind, &body("a→behind", i, 300)).unwrap();
+        sim.send(behind, a, &body("behind→a", i, 300)).unwrap();
+        sim.run_for(ms(100));
+    }
+    let stored = sim.run_until_cond(secs(60), |s| {
+        s.log(a)
+            .sent
+            .iter()
+            .filter(|r| r.to == p_behind.id)
+            .all(|r| s.log(a).status(&r.id) == Some(Status::Stored))
+            && tally(s, p_behind, pa).delivered == 10
+    });
+    sim.run_for(secs(10));
+    let refused = sim.fetches_refused();
+    let t = tally(&sim, pa, p_behind);
+    eprintln!(
+        "  behind by 10 min for {:?}: {t:?}, {refused} fetches refused",
+        sim.now() - t0
+    );
+    assert!(stored, "{t:?}");
+    assert!(refused > 0);
+    assert_eq!(t.delivered, 0, "a client 10 min behind received something");
+    assert_eq!(t.failed, 0, "the sender is not told either");
+    assert_eq!(
+        tally(&sim, p_behind, pa).delivered,
+        10,
+        "its own sends go through"
+    );
+    let behind_box = sim.dropbox_id(pa, p_behind, sim.period()).unwrap();
+    let gw_boxes = sim
+        .gateways()
+        .iter()
+        .map(|g| sim.dropboxes(g).unwrap().box_len(&behind_box))
+        .sum::<u64>();
+    assert_eq!(gw_boxes, 10, "the messages wait at the gateway");
+
+    // Phase 3: the clock is fixed; the waiting messages arrive.
+    sim.jump_clock(behind, 10 * 60_000);
+    let ok = sim.run_until_cond(secs(60), |s| tally(s, pa, p_behind).read == 10);
+    report(7, "clock jumps of ±10 min", &sim, started);
+    let t = tally(&sim, pa, p_behind);
+    assert!(ok, "{t:?}");
+    assert_eq!(
+        (t.delivered, t.duplicates, t.out_of_order),
+        (10, 0, 0),
+        "{t:?}"
+    );
+}
+
+/// One client hosting five identities sends as many packets per virtual
+/// minute as one hosting one (within Poisson noise): identities share the
+/// stream. Each identity's messages reach its own contact.
+#[test]
+fn many_identities_share_one_stream() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 8,
+        ..SimConfig::default()
+    });
+    let five = |sim: &mut Sim| {
+        sim.add_client_with(ClientOptions {
+            identities: 5,
+            ..ClientOptions::default()
+        })
+        .unwrap()
+    };
+    let x = five(&mut sim);
+    let peers = five(&mut sim);
+    let y = sim.add_client();
+    let peer_y = sim.add_client();
+    let (xs, ps) = (sim.personas(x), sim.personas(peers));
+    assert_eq!(xs.len(), 5);
+    for (me, them) in xs.iter().zip(&ps) {
+        sim.connect_personas(*me, *them).unwrap();
+    }
+    sim.connect_contacts(y, peer_y);
+    for round in 0..2 {
+        for (me, them) in xs.iter().zip(&ps) {
+            sim.send_as(*me, *them, &body("x", round, 300)).unwrap();
+        }
+        sim.send(y, peer_y, &body("y", round, 300)).unwrap();
+    }
+    let minute = secs(60);
+    sim.run_until(minute);
+    report(8, "five identities, one stream", &sim, started);
+    let (nx, ny) = (sim.frames_sent(x), sim.frames_sent(y));
+    let p = sim.topology().params;
+    let expected = (p.lambda_payload + p.lambda_loop) * minute.as_secs_f64();
+    let sd = expected.sqrt();
+    let (fx, fy) = (
+        sim.state(x).cover_stats().fetches,
+        sim.state(y).cover_stats().fetches,
+    );
+    eprintln!(
+        "  packets in a minute: 5 identities {nx}, 1 identity {ny}, expected {expected:.0} ± {sd:.0}; \
+         fetches among them {fx} and {fy}"
+    );
+    for n in [nx, ny] {
+        assert!((n as f64 - expected).abs() < 4.0 * sd, "{n} vs {expected}");
+    }
+    assert!(
+        (nx as f64 - ny as f64).abs() < 4.0 * (2.0 * expected).sqrt(),
+        "{nx} vs {ny}"
+    );
+    // The same stream carries five identities' fetches.
+    assert!(fx > fy, "{fx} vs {fy}");
+    for (me, them) in xs.iter().zip(&ps) {
+        let t = tally(&sim, *me, *them);
+        assert_eq!((t.sent, t.delivered, t.duplicates), (2, 2, 0), "{t:?}");
+    }
+    let t = tally(&sim, sim.persona(y), sim.persona(peer_y));
+    assert_eq!((t.sent, t.delivered), (2, 2), "{t:?}");
+    // Messages went to the identity they were sent to, not another one of
+    // the same client.
+    let others = sim
+        .log(peers)
+        .received
+        .iter()
+        .filter(|r| {
+            let i = ps.iter().position(|p| p.id == r.to).unwrap();
+            r.from != xs[i].id
+        })
+        .count();
+    assert_eq!(others, 0);
+}
