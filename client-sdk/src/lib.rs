@@ -70,6 +70,18 @@ pub enum Error {
     /// Nothing was changed.
     #[error("wrong passphrase for the client store")]
     WrongPassphrase,
+    /// A contact of this name is known with another key (the user's or the
+    /// contact's decision: a forged invite, or a new identity). Nothing was
+    /// changed; remove the old contact to accept the new key.
+    #[error("{name} is known with key {old}, not {new}: verify the new key before accepting it")]
+    KeyChanged {
+        /// The name in the invite.
+        name: String,
+        /// The key known for it.
+        old: ContactId,
+        /// The key the invite carries.
+        new: ContactId,
+    },
     /// The outbox is full (`max_outbox_bytes` of messages not yet stored):
     /// the application sends faster than the payload rate (retry later).
     #[error("send queue full")]
@@ -442,9 +454,49 @@ impl Client {
         Ok(c)
     }
 
-    /// The name a contact of the default identity gave in their invite.
+    /// The name a contact of the default identity gave in their invite (or
+    /// was renamed to).
     pub fn contact_name(&self, id: &ContactId) -> Option<String> {
         self.inner.state().contact_name(&self.inner.me, id)
+    }
+
+    /// The contacts of the default identity.
+    pub fn contacts(&self) -> Vec<ContactId> {
+        self.inner.state().contacts(&self.inner.me)
+    }
+
+    /// Renames a contact of the default identity.
+    pub fn rename_contact(&self, id: &ContactId, name: &str) -> Result<(), Error> {
+        self.inner
+            .state()
+            .rename_contact(&self.inner.me, id, name)?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Removes a contact of the default identity: their boxes are no longer fetched.
+    pub fn remove_contact(&self, id: &ContactId) -> Result<(), Error> {
+        self.inner.state().remove_contact(&self.inner.me, id)?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// The safety number of the default identity and a contact: 60 digits
+    /// both sides see alike; compared in person (or over a call), they
+    /// prove the invites were not swapped.
+    pub fn safety_number(&self, id: &ContactId) -> verify::SafetyNumber {
+        verify::safety_number(&self.inner.me.0, &id.0)
+    }
+
+    /// The default identity's invite as a QR code in SVG.
+    pub fn invite_qr_svg(&self, name: &str) -> Result<String, Error> {
+        verify::qr_svg(&self.invite(name)).map_err(|e| Error::InvalidInvite(e.to_string()))
+    }
+
+    /// The default identity's invite as a QR code for a terminal
+    /// (light modules on a dark background).
+    pub fn invite_qr_text(&self, name: &str) -> Result<String, Error> {
+        verify::qr_text(&self.invite(name)).map_err(|e| Error::InvalidInvite(e.to_string()))
     }
 
     /// Sends `body` (up to [`MAX_BODY_LEN`]) from the default identity to
@@ -495,6 +547,17 @@ impl Client {
         StatusUpdates {
             rx: self.inner.status_tx.subscribe(),
         }
+    }
+
+    /// The messages this client is still sending (after [`Client::open`],
+    /// those it resumed too): follow them with [`Client::progress`].
+    pub fn pending_messages(&self) -> Vec<MessageId> {
+        self.inner.state().pending_messages()
+    }
+
+    /// Fragments fetched whose deletion at the gateway was not asked for yet.
+    pub fn unconfirmed(&self) -> usize {
+        self.inner.state().unconfirmed()
     }
 
     /// Messages not yet stored, and bytes of them held.

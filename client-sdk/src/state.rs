@@ -459,6 +459,22 @@ impl ClientState {
         if inv.public == me.0 {
             return Err(Error::InvalidInvite("that is your own invite".into()));
         }
+        if mine.contacts.contains_key(&inv.public) {
+            // Known already: adding again changes nothing (rename it to rename).
+            return Ok(ContactId(inv.public));
+        }
+        // Someone we know under this name, with another key: the invite may
+        // be forged, or they made a new identity. The application decides
+        // (remove the old contact to accept the new key).
+        if !inv.name.is_empty()
+            && let Some((old, _)) = mine.contacts.iter().find(|(_, c)| c.name == inv.name)
+        {
+            return Err(Error::KeyChanged {
+                name: inv.name,
+                old: ContactId(*old),
+                new: ContactId(inv.public),
+            });
+        }
         // A key of small order would make the pair secret follow from public keys.
         let pair = PairSecret::derive(&mine.secret, &inv.public)
             .map_err(|e| Error::InvalidInvite(format!("unusable contact key: {e}")))?;
@@ -473,6 +489,51 @@ impl ClientState {
         );
         // Catch up on the new contact's boxes at the next round.
         Ok(ContactId(inv.public))
+    }
+
+    /// The contacts of identity `me`.
+    pub fn contacts(&self, me: &ContactId) -> Vec<ContactId> {
+        self.identities
+            .get(&me.0)
+            .map(|m| m.contacts.keys().map(|k| ContactId(*k)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Renames a contact of `me`.
+    pub fn rename_contact(
+        &mut self,
+        me: &ContactId,
+        contact: &ContactId,
+        name: &str,
+    ) -> Result<(), Error> {
+        self.dirty = true;
+        let c = self
+            .identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?
+            .contacts
+            .get_mut(&contact.0)
+            .ok_or(Error::UnknownContact(*contact))?;
+        // The same cleaning as an invite's name.
+        c.name = name
+            .chars()
+            .filter(|ch| *ch != ':' && !ch.is_control())
+            .take(64)
+            .collect();
+        Ok(())
+    }
+
+    /// Removes a contact of `me`: their boxes are no longer fetched.
+    /// Messages to them already queued still go out.
+    pub fn remove_contact(&mut self, me: &ContactId, contact: &ContactId) -> Result<(), Error> {
+        self.dirty = true;
+        self.identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?
+            .contacts
+            .remove(&contact.0)
+            .map(|_| ())
+            .ok_or(Error::UnknownContact(*contact))
     }
 
     /// The name a contact of `me` gave in their invite.
@@ -545,6 +606,29 @@ impl ClientState {
     /// acknowledged (`None` once it is stored or failed).
     pub fn progress(&self, id: &MessageId) -> Option<Progress> {
         self.outbox.progress(id)
+    }
+
+    /// The messages (not receipts) this client is still sending: not yet
+    /// stored or failed.
+    pub fn pending_messages(&self) -> Vec<MessageId> {
+        self.outbox
+            .export()
+            .0
+            .into_iter()
+            .filter(|r| r.kind == Kind::Message)
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Fragments fetched whose deletion at the gateway no fetch has asked
+    /// for yet: what a crash right now must not deliver twice.
+    pub fn unconfirmed(&self) -> usize {
+        self.identities
+            .values()
+            .flat_map(|m| m.contacts.values())
+            .flat_map(|c| c.inbound.values())
+            .map(|b| b.received.len())
+            .sum()
     }
 
     /// Messages not yet stored, and bytes of them held.
