@@ -245,7 +245,10 @@ struct Shared {
     /// Wakes the inbox (messages arrived).
     received: Notify,
     /// The encrypted store of a persistent client; its lock orders writes.
-    store: Option<Arc<Mutex<store::Store>>>,
+    /// Emptied when the client closes, so that the file is free again.
+    store: Option<Arc<Mutex<Option<store::Store>>>>,
+    /// Set once the driver has written its last changes and let the store go.
+    closed: watch::Sender<bool>,
     status_tx: broadcast::Sender<(MessageId, Status)>,
     stop: watch::Sender<bool>,
     conn: Mutex<Option<quinn::Connection>>,
@@ -266,6 +269,9 @@ fn persist_blocking(shared: &Shared) -> Result<(), Error> {
     };
     // The store's lock first: changes are taken and written in order.
     let store = store.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(store) = store.as_ref() else {
+        return Ok(()); // closed
+    };
     let Some(changes) = shared.state().take_changes(now()) else {
         return Ok(());
     };
@@ -308,7 +314,7 @@ struct StopOnDrop(watch::Sender<bool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.send(true);
+        self.0.send_replace(true);
     }
 }
 
@@ -384,7 +390,8 @@ impl Client {
             me,
             wake: Notify::new(),
             received: Notify::new(),
-            store: store.map(|s| Arc::new(Mutex::new(s))),
+            store: store.map(|s| Arc::new(Mutex::new(Some(s)))),
+            closed: watch::channel(false).0,
             status_tx: broadcast::channel(4096).0,
             stop,
             conn: Mutex::new(None),
@@ -599,9 +606,18 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stops the client's tasks and closes its connection.
+    /// Stops the client's tasks and closes its connection (at once; its
+    /// last changes are written in the background: see [`Client::close`]).
     pub fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Stops the client, writes its last changes and closes its store, so
+    /// that the store can be opened again (by this process or another).
+    pub async fn close(self) {
+        let mut closed = self.inner.closed.subscribe();
+        self.inner.stop.send_replace(true);
+        let _ = closed.wait_for(|c| *c).await;
     }
 }
 
@@ -616,6 +632,27 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// until the state's next deadline or the next thing that arrives.
 async fn drive(
     shared: Arc<Shared>,
+    rng: rand::rngs::StdRng,
+    out: mpsc::Sender<Vec<u8>>,
+    deliveries: mpsc::Receiver<([u8; 16], Vec<u8>)>,
+    topologies: mpsc::Receiver<TopologyDocument>,
+) {
+    run(&shared, rng, out, deliveries, topologies).await;
+    // However it ended: the last changes, then the store is free.
+    if let Err(e) = persist(&shared).await {
+        tracing::error!(error = %e, "cannot write the client store");
+    }
+    if let Some(store) = &shared.store {
+        store.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+    // (`send_replace`: the value changes even when no one watches yet.)
+    shared.stop.send_replace(true);
+    shared.closed.send_replace(true);
+    shared.received.notify_waiters();
+}
+
+async fn run(
+    shared: &Arc<Shared>,
     mut rng: rand::rngs::StdRng,
     out: mpsc::Sender<Vec<u8>>,
     mut deliveries: mpsc::Receiver<([u8; 16], Vec<u8>)>,
@@ -652,7 +689,7 @@ async fn drive(
         // leaves only once that is on disk; the rest is written at least
         // every `persist_interval`.
         if shared.store.is_some() && (must_persist || last_persist.elapsed() >= interval) {
-            if let Err(e) = persist(&shared).await {
+            if let Err(e) = persist(shared).await {
                 tracing::error!(error = %e, "cannot write the client store");
                 if must_persist {
                     // Not sending a confirmation that is not on disk: the
@@ -664,8 +701,11 @@ async fn drive(
             last_persist = Instant::now();
         }
         for f in frames {
-            if out.send(f).await.is_err() {
-                return;
+            // The connection task takes frames as it writes them; a stop
+            // must not wait for a full queue.
+            tokio::select! {
+                r = out.send(f) => if r.is_err() { return },
+                _ = stopped(&mut stop) => return,
             }
         }
         let cap = Instant::now() + interval.min(Duration::from_secs(1));
@@ -687,14 +727,7 @@ async fn drive(
                 }
             }
             _ = shared.wake.notified() => {}
-            _ = stopped(&mut stop) => {
-                // What changed since the last write.
-                if let Err(e) = persist(&shared).await {
-                    tracing::error!(error = %e, "cannot write the client store");
-                }
-                shared.received.notify_waiters();
-                return;
-            }
+            _ = stopped(&mut stop) => return,
         }
     }
 }

@@ -207,7 +207,14 @@ impl Store {
             }
             net::identity::create_private_file(path).map_err(|e| store_err(path, e))?;
         }
-        let db = Database::create(path).map_err(|e| store_err(path, e))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => store_err(
+                path,
+                "in use by another client (another process, or a client of this one not yet \
+                 shut down: drop its handles and its inbox)",
+            ),
+            e => store_err(path, e),
+        })?;
         let meta = {
             let tx = db.begin_read().map_err(|e| store_err(path, e))?;
             match tx.open_table(META) {

@@ -481,14 +481,14 @@ pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A gateway's dropboxes without the gateway around them: the same
-/// [`Storage`] rules (quotas, the seq counter, the fetch window with cursor
-/// and listing, the capability and `fetch_max_age_secs` check, deletes by
-/// `after_seq`, the TTL) on an in-memory redb, one transaction per call,
-/// with the time passed in. Nothing is sent: [`Dropboxes::fetch`] returns
-/// the reply bodies, and the caller sends each through its SURB (to a
-/// layer-1 first hop only) as the storage thread does. It exists so that a
-/// simulation on a virtual clock runs the gateway's own storage code.
+/// A gateway's dropboxes without the gateway around them: the storage
+/// thread's own code and rules (quotas, the seq counter, the fetch window
+/// with cursor and listing, the capability and `fetch_max_age_secs` check,
+/// deletes by `after_seq`, the TTL) on an in-memory redb, one transaction
+/// per call, with the time passed in. Nothing is sent: [`Dropboxes::fetch`]
+/// returns the reply bodies, and the caller sends each through its SURB (to
+/// a layer-1 first hop only) as the storage thread does. It exists so that
+/// a simulation on a virtual clock runs the gateway's own storage code.
 pub struct Dropboxes {
     storage: Storage,
     metrics: GatewayMetrics,

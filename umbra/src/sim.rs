@@ -23,13 +23,23 @@
 //! (reconnection, flow control), client rate limits, the directory (one
 //! topology, one epoch), the nodes' own loops (λ_M) and key rotation.
 //!
+//! Persistence: a client added with [`ClientOptions::persistent`] writes
+//! `ClientState::take_changes` to a [`Disk`] in memory when `Client::open`'s
+//! driver would (after a send, before handing a message over, before a
+//! fetch that confirms, and every `persist_interval`), and a restart
+//! restores from it with `ClientState::restore`; without it a restart keeps
+//! only the identities and contacts. [`Sim::set_restart_hook`] replaces
+//! either.
+//!
 //! Determinism: every choice the simulation makes comes from RNGs seeded
 //! from [`SimConfig::seed`], and events are ordered by (virtual time,
 //! sequence number). Two things are outside its reach: sphinx-packet's
 //! padding bytes (OS randomness; they decide nothing), and the iteration
-//! order of the `HashMap`s inside `ClientState` (std's random hasher), which
-//! decides, for example, the order of receipts to several contacts queued in
-//! one round, and so which RNG draw goes to which packet.
+//! order of the `HashMap`s inside `ClientState` (std's random hasher, new
+//! per map), which decides, for example, the order in which fragments whose
+//! acks timed out together are sent again, and so which RNG draw goes to
+//! which packet. Runs without simultaneous timeouts replay exactly; runs
+//! with them (faults) differ in detail from one run to the next.
 
 use client_sdk::{ClientConfig, ClientState, ContactId, Event, Invite, MessageId, Now, Status};
 use gateway::{Dropboxes, GatewayConfig};
@@ -37,7 +47,7 @@ use protocol::NodeId;
 use protocol::epoch::EpochSchedule;
 use protocol::frame::{self, FrameKind};
 use protocol::keys::{EpochKey, KeyRing};
-use protocol::messages::{ACK_BODY, Request};
+use protocol::messages::{ACK_BODY, FetchReply, Request};
 use protocol::packet::{self, Peeled};
 use protocol::replay::ReplayCache;
 use protocol::topology::{NetworkParams, Role, TopologyDocument, VoteNode};
@@ -193,6 +203,10 @@ pub struct SimStats {
     pub delayed: u64,
     /// Packets dropped because an end of their link was partitioned.
     pub partitioned: u64,
+    /// SURB-acks the ack knob dropped.
+    pub acks_withheld: u64,
+    /// SURB-acks the ack knob held back.
+    pub acks_delayed: u64,
     /// Sphinx layers peeled.
     pub peels: u64,
     /// Packets nodes dropped, by the reason their metrics would give
@@ -213,12 +227,51 @@ pub struct SimStats {
     pub cover_received: u64,
     /// SURB replies (acks, fetch replies, loops) queued for a client.
     pub replies_queued: u64,
-    /// Downlink frames sent: queued replies and dummies.
+    /// Downlink frames that carried a queued reply.
     pub downlink_real: u64,
     /// Dummies sent on downlinks.
     pub downlink_dummy: u64,
     /// Client restarts.
     pub restarts: u64,
+    /// Writes of persistent clients' changes.
+    pub persists: u64,
+    /// Bytes those writes carried.
+    pub persisted_bytes: u64,
+    /// Times a client's `poll_timeout` named a moment already past right
+    /// after it ran (its float seconds rounding below the instant); the
+    /// simulation moves the wake-up 1 µs on.
+    pub stale_timeouts: u64,
+}
+
+/// What a gateway did with a dropbox request, for tracing a scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoxEvent {
+    /// A message was stored under `seq`.
+    Stored {
+        /// Virtual time.
+        at: Duration,
+        /// The box.
+        dropbox: [u8; 32],
+        /// Its seq.
+        seq: u64,
+    },
+    /// A fetch was answered.
+    Fetched {
+        /// Virtual time.
+        at: Duration,
+        /// The box.
+        dropbox: [u8; 32],
+        /// The request's `after_seq` (everything up to it was deleted).
+        after_seq: u64,
+        /// The request's cursor.
+        cursor: u64,
+        /// Whether it asked for a listing.
+        list: bool,
+        /// Whether the gateway accepted it (fresh timestamp, capability).
+        authorised: bool,
+        /// The seqs its replies carry.
+        seqs: Vec<u64>,
+    },
 }
 
 /// A message a client's application sent.
@@ -319,13 +372,17 @@ impl Profile {
     }
 }
 
-/// What a restart hook gets: the state being dropped (a persistent client
-/// would have saved from it), what the application keeps, and the moment.
+/// What a restart hook gets: the state being dropped, what the application
+/// keeps, what the client had persisted (if it persists), and the moment.
 pub struct Restart<'a> {
     /// The state that crashed; dropped after the hook returns.
     pub old: &'a mut ClientState,
     /// What the application keeps.
     pub profile: &'a Profile,
+    /// The records a persistent client had written when it crashed
+    /// (`ClientState::take_changes`, applied in order); `None` for a client
+    /// without persistence.
+    pub disk: Option<&'a Disk>,
     /// The topology the network serves now.
     pub topology: TopologyDocument,
     /// The client's clocks.
@@ -334,16 +391,34 @@ pub struct Restart<'a> {
     pub rng: &'a mut StdRng,
 }
 
-/// Builds the state a client restarts with. The default,
-/// [`fresh_restart`], keeps nothing but the [`Profile`]; a persistent SDK
-/// plugs in a hook that restores from what `old` saved.
+/// A persistent client's store: record key → value, as
+/// `ClientState::take_changes` writes them (in memory: a crash loses
+/// nothing written, and nothing else).
+pub type Disk = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Builds the state a client restarts with (default: [`default_restart`]).
 pub type RestartHook = Box<dyn FnMut(Restart<'_>) -> Result<ClientState, client_sdk::Error>>;
 
-/// The restart of an SDK without persistence: a new state with the same
+/// The restart of a client without a store: a new state with the same
 /// identities and contacts; outbox, box state, reply keys and the seen
 /// message ids are gone.
 pub fn fresh_restart(r: Restart<'_>) -> Result<ClientState, client_sdk::Error> {
     r.profile.fresh_state(r.topology, r.now, r.rng)
+}
+
+/// `ClientState::restore` from the client's disk if it persists (as
+/// `Client::open` does), else [`fresh_restart`].
+pub fn default_restart(r: Restart<'_>) -> Result<ClientState, client_sdk::Error> {
+    match r.disk {
+        Some(disk) if !disk.is_empty() => ClientState::restore(
+            r.profile.config.clone(),
+            r.topology,
+            disk.iter().map(|(k, v)| (k.clone(), v.clone())),
+            r.now,
+            r.rng,
+        ),
+        _ => fresh_restart(r),
+    }
 }
 
 /// How a client is added.
@@ -356,6 +431,9 @@ pub struct ClientOptions {
     pub entry: Option<usize>,
     /// Its settings; `None`: [`SimConfig::client`].
     pub config: Option<ClientConfig>,
+    /// It persists its state as `Client::open`'s driver does (on a [`Disk`]
+    /// in memory) and a restart restores from it.
+    pub persistent: bool,
 }
 
 struct SimClient {
@@ -371,6 +449,9 @@ struct SimClient {
     wake_us: u64,
     frames_sent: u64,
     log: ClientLog,
+    /// Its store, if it persists.
+    disk: Option<Disk>,
+    last_persist_us: u64,
 }
 
 struct SimNode {
@@ -391,7 +472,6 @@ struct Sub {
 #[derive(Clone)]
 enum Carried {
     Inject {
-        client: usize,
         gateway: NodeId,
         frame: Vec<u8>,
     },
@@ -493,12 +573,14 @@ pub struct Sim {
     link_faults: BTreeMap<(Endpoint, Endpoint), LinkFaults>,
     endpoint_faults: BTreeMap<Endpoint, LinkFaults>,
     partitions: Vec<(Endpoint, u64, u64)>,
+    ack_faults: LinkFaults,
     restart_hook: RestartHook,
     fault_rng: StdRng,
     net_rng: StdRng,
     stats: SimStats,
     /// Successful stores per dropbox id, retransmissions included.
     stores_by_box: BTreeMap<[u8; 32], u64>,
+    box_events: Vec<BoxEvent>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -514,6 +596,9 @@ impl std::fmt::Debug for Sim {
 impl Sim {
     /// A network of `3 × mixes_per_layer` mix nodes and `gateways` gateways,
     /// each holding a Sphinx key for the one epoch, listed in one topology.
+    ///
+    /// Panics if redb cannot make an in-memory database (and, later, if one
+    /// fails): a bug, not a condition a simulation handles.
     pub fn new(cfg: SimConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(sub_seed(cfg.seed, 1, 0));
         let schedule = EpochSchedule::new(0, cfg.epoch_length_ms.max(1)).unwrap_or(EpochSchedule {
@@ -571,11 +656,13 @@ impl Sim {
             link_faults: BTreeMap::new(),
             endpoint_faults: BTreeMap::new(),
             partitions: Vec::new(),
-            restart_hook: Box::new(fresh_restart),
+            ack_faults: LinkFaults::NONE,
+            restart_hook: Box::new(default_restart),
             fault_rng: StdRng::seed_from_u64(sub_seed(cfg.seed, 2, 0)),
             net_rng: StdRng::seed_from_u64(sub_seed(cfg.seed, 3, 0)),
             stats: SimStats::default(),
             stores_by_box: BTreeMap::new(),
+            box_events: Vec::new(),
             cfg,
         };
         sim.schedule_what(us(EXPIRY_EVERY), What::Expire);
@@ -640,6 +727,16 @@ impl Sim {
     /// reader had to drop the copies.
     pub fn stores_in(&self, id: &[u8; 32]) -> u64 {
         self.stores_by_box.get(id).copied().unwrap_or(0)
+    }
+
+    /// Every store and fetch the gateways handled, in order.
+    pub fn box_events(&self) -> &[BoxEvent] {
+        &self.box_events
+    }
+
+    /// A persistent client's store.
+    pub fn disk(&self, c: ClientHandle) -> Option<&Disk> {
+        self.clients[c.0].disk.as_ref()
     }
 
     /// What a client's application keeps (identities, contacts, settings).
@@ -747,7 +844,10 @@ impl Sim {
             wake_us: 0,
             frames_sent: 0,
             log: ClientLog::default(),
+            disk: opts.persistent.then(Disk::new),
+            last_persist_us: self.now_us,
         });
+        self.persist(i);
         self.subscribe(i);
         self.rewake(i);
         Ok(ClientHandle(i))
@@ -772,6 +872,7 @@ impl Sim {
             let c = &mut self.clients[me.client.0];
             c.state.add_contact(&me.id, &invite)?;
             c.profile.contacts.push((me.id, invite));
+            self.persist(me.client.0);
             self.rewake(me.client.0);
         }
         Ok(())
@@ -800,6 +901,9 @@ impl Sim {
         let at = self.now();
         let c = &mut self.clients[i];
         let id = c.state.send(now, &from.id, &to.id, body, &mut c.rng)?;
+        // Queued means on disk (`Client::send_as`).
+        self.persist(i);
+        let c = &mut self.clients[i];
         c.log.sent.push(SentRecord {
             at,
             id,
@@ -852,12 +956,21 @@ impl Sim {
             .unwrap_or(self.faults)
     }
 
-    /// Replaces how restarted clients are rebuilt (default: [`fresh_restart`]).
+    /// Faults of the SURB-acks gateways send, on top of their links': a
+    /// loss here drops an ack (not the store), a delay holds it back (a slow
+    /// commit). The network cannot tell acks from other replies; the
+    /// gateway that sends them can, and so can this knob.
+    pub fn set_ack_faults(&mut self, f: LinkFaults) {
+        self.ack_faults = f;
+    }
+
+    /// Replaces how restarted clients are rebuilt (default: [`default_restart`]).
     pub fn set_restart_hook(&mut self, hook: RestartHook) {
         self.restart_hook = hook;
     }
 
-    /// Restarts a client now: its state is dropped and rebuilt by the
+    /// Restarts a client now, as a crash would: its state is dropped (what
+    /// a persistent client had not written is lost) and rebuilt by the
     /// restart hook; its connection closes, so the gateway forgets its
     /// subscription and the replies queued on it, and Deliver frames in
     /// flight to it are lost. It subscribes again with the new state's address.
@@ -865,13 +978,13 @@ impl Sim {
         let i = c.0;
         let now = self.client_now(i);
         let old_key = (self.clients[i].entry, self.clients[i].state.address());
-        self.subs.remove(&old_key);
         let incarnation = self.clients[i].incarnation + 1;
         let mut rng = StdRng::seed_from_u64(sub_seed(self.cfg.seed, 11 + incarnation, i as u64));
         let client = &mut self.clients[i];
         let new = (self.restart_hook)(Restart {
             old: &mut client.state,
             profile: &client.profile,
+            disk: client.disk.as_ref(),
             topology: self.topology.clone(),
             now,
             rng: &mut rng,
@@ -880,7 +993,9 @@ impl Sim {
         client.state = new;
         client.rng = rng;
         client.incarnation = incarnation;
+        client.last_persist_us = self.now_us;
         self.stats.restarts += 1;
+        self.subs.remove(&old_key);
         self.subscribe(i);
         self.rewake(i);
         Ok(())
@@ -971,11 +1086,7 @@ impl Sim {
 
     fn handle(&mut self, what: What) {
         match what {
-            What::Arrive(Carried::Inject {
-                client,
-                gateway,
-                frame,
-            }) => self.on_inject(client, gateway, &frame),
+            What::Arrive(Carried::Inject { gateway, frame }) => self.on_inject(gateway, &frame),
             What::Arrive(Carried::Packet { to, epoch, packet }) => {
                 self.on_packet(to, epoch, &packet)
             }
@@ -1025,6 +1136,17 @@ impl Sim {
         while let Some(f) = c.state.poll_transmit(now, &mut c.rng) {
             frames.push(f);
         }
+        // As `Client::open`'s driver: a fetch that confirms (deletes at the
+        // gateway) what was received leaves only once that is on disk; the
+        // rest is written every `persist_interval`.
+        if c.disk.is_some()
+            && (c.state.must_persist_before_sending()
+                || self.now_us.saturating_sub(c.last_persist_us)
+                    >= us(c.profile.config.persist_interval))
+        {
+            self.persist(i);
+        }
+        let c = &mut self.clients[i];
         c.frames_sent += frames.len() as u64;
         self.stats.client_frames += frames.len() as u64;
         let gateway = c.entry;
@@ -1033,15 +1155,13 @@ impl Sim {
                 Endpoint::Client(ClientHandle(i)),
                 Endpoint::Node(gateway),
                 self.now_us,
-                Carried::Inject {
-                    client: i,
-                    gateway,
-                    frame,
-                },
+                Carried::Inject { gateway, frame },
             );
         }
         self.collect(i);
-        self.rewake(i);
+        if self.rewake(i) {
+            self.stats.stale_timeouts += 1;
+        }
     }
 
     /// Moves status events and received messages to the application's log.
@@ -1053,8 +1173,10 @@ impl Sim {
                 c.log.statuses.entry(id).or_default().push((at, status));
             }
         }
-        while let Some(m) = c.state.poll_received() {
-            c.log.received.push(ReceivedRecord {
+        while let Some(m) = self.clients[i].state.poll_received() {
+            // Written before the application gets it (`Inbox::recv`).
+            self.persist(i);
+            self.clients[i].log.received.push(ReceivedRecord {
                 at,
                 to: m.to,
                 from: m.from,
@@ -1064,16 +1186,39 @@ impl Sim {
         }
     }
 
+    /// Writes what changed to a persistent client's disk, in one step.
+    fn persist(&mut self, i: usize) {
+        let now = self.client_now(i);
+        let c = &mut self.clients[i];
+        let Some(disk) = &mut c.disk else {
+            return;
+        };
+        c.last_persist_us = self.now_us;
+        let Some(changes) = c.state.take_changes(now) else {
+            return;
+        };
+        self.stats.persists += 1;
+        self.stats.persisted_bytes += changes.bytes() as u64;
+        for (k, v) in changes.puts {
+            disk.insert(k, v);
+        }
+        for k in changes.deletes {
+            disk.remove(&k);
+        }
+    }
+
     /// When client `i` next wants to run. A deadline that is already past
-    /// (the state's float seconds rounding below the instant it named) is
-    /// moved 1 µs on, so that time always advances.
-    fn rewake(&mut self, i: usize) {
+    /// (a new state's first round, or the state's float seconds rounding
+    /// below the instant it named) is moved 1 µs on, so that time always
+    /// advances; true if it was.
+    fn rewake(&mut self, i: usize) -> bool {
         let at = self.clients[i]
             .state
             .poll_timeout()
             .saturating_duration_since(self.base);
         let wake = u64::try_from(at.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX);
         self.clients[i].wake_us = wake.max(self.now_us + 1);
+        wake <= self.now_us
     }
 
     /// The client's Subscribe: its replies go into a bounded queue at its
@@ -1196,7 +1341,7 @@ impl Sim {
 
     /// An Inject frame at the entry gateway (`gateway::client_frame`): passed
     /// on unpeeled and undelayed, only to a layer-1 node of its epoch.
-    fn on_inject(&mut self, _client: usize, gateway: NodeId, frame: &[u8]) {
+    fn on_inject(&mut self, gateway: NodeId, frame: &[u8]) {
         let body = match frame.get(2..) {
             Some(b) if usize::from(u16::from_be_bytes([frame[0], frame[1]])) == b.len() => b,
             _ => return self.drop_packet("malformed"),
@@ -1322,9 +1467,8 @@ impl Sim {
                 .store(&dropbox, &ciphertext, now_ms)
                 .expect("in-memory dropboxes")
             {
-                Ok(_) => {
-                    self.stats.stored += 1;
-                    *self.stores_by_box.entry(dropbox).or_default() += 1;
+                Ok(seq) => {
+                    self.note_store(dropbox, seq);
                     replies.push((reply_epoch, surb, ACK_BODY.to_vec(), true));
                 }
                 // Refused: no ack; the sender retries and in the end reports failure.
@@ -1332,7 +1476,32 @@ impl Sim {
             },
             Ok(Request::Fetch(req)) => {
                 self.stats.fetches += 1;
+                let refused_before = boxes
+                    .metrics()
+                    .fetches
+                    .with_label_values(&["refused"])
+                    .get();
                 let bodies = boxes.fetch(&req, now_ms).expect("in-memory dropboxes");
+                let authorised = boxes
+                    .metrics()
+                    .fetches
+                    .with_label_values(&["refused"])
+                    .get()
+                    == refused_before;
+                let seqs = bodies
+                    .first()
+                    .and_then(|b| FetchReply::decode(b).ok())
+                    .map(|r| r.seqs)
+                    .unwrap_or_default();
+                self.box_events.push(BoxEvent::Fetched {
+                    at: dur(self.now_us),
+                    dropbox: req.dropbox,
+                    after_seq: req.after_seq,
+                    cursor: req.cursor,
+                    list: req.list,
+                    authorised,
+                    seqs,
+                });
                 for (surb, body) in req.surbs.into_iter().zip(bodies) {
                     replies.push((req.reply_epoch, surb, body, false));
                 }
@@ -1340,7 +1509,19 @@ impl Sim {
             Err(_) => self.drop_packet("malformed"),
         }
         for (epoch, surb, body, ack) in replies {
-            if self.reply(gateway, epoch, &surb, &body) {
+            let mut depart = self.now_us;
+            if ack {
+                let f = self.ack_faults;
+                if f.loss > 0.0 && self.fault_rng.random::<f64>() < f.loss {
+                    self.stats.acks_withheld += 1;
+                    continue;
+                }
+                if f.delay > 0.0 && self.fault_rng.random::<f64>() < f.delay {
+                    self.stats.acks_delayed += 1;
+                    depart += self.fault_rng.random_range(0..us(f.max_extra_delay).max(1));
+                }
+            }
+            if self.reply(gateway, epoch, &surb, &body, depart) {
                 if ack {
                     self.stats.acks_sent += 1;
                 } else {
@@ -1350,15 +1531,32 @@ impl Sim {
         }
     }
 
-    /// Sends `body` through `surb` (`gateway::storage::reply`): only to a
-    /// layer-1 mix node of `epoch`.
-    fn reply(&mut self, gateway: NodeId, epoch: u64, surb: &[u8], body: &[u8]) -> bool {
+    fn note_store(&mut self, dropbox: [u8; 32], seq: u64) {
+        self.stats.stored += 1;
+        *self.stores_by_box.entry(dropbox).or_default() += 1;
+        self.box_events.push(BoxEvent::Stored {
+            at: dur(self.now_us),
+            dropbox,
+            seq,
+        });
+    }
+
+    /// Sends `body` through `surb` (`gateway::storage::reply`), leaving at
+    /// `depart`: only to a layer-1 mix node of `epoch`.
+    fn reply(
+        &mut self,
+        gateway: NodeId,
+        epoch: u64,
+        surb: &[u8],
+        body: &[u8],
+        depart: u64,
+    ) -> bool {
         match packet::use_surb(surb, body) {
             Ok((first_hop, packet)) if self.is_first_layer(epoch, &first_hop) => {
                 self.transmit(
                     Endpoint::Node(gateway),
                     Endpoint::Node(first_hop),
-                    self.now_us,
+                    depart,
                     Carried::Packet {
                         to: first_hop,
                         epoch,
