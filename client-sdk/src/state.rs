@@ -135,7 +135,7 @@ struct Contact {
     name: String,
     pair: PairSecret,
     /// The boxes the contact writes to me, by period.
-    inbound: HashMap<u64, BoxState>,
+    inbound: BTreeMap<u64, BoxState>,
     /// Past periods were fetched once since the contact was added or we started.
     caught_up: bool,
 }
@@ -216,7 +216,7 @@ pub struct ClientState {
     reassembly: Reassembler<Peer>,
     sequencer: Sequencer<Peer>,
     statuses: StatusBoard,
-    receipts_due: HashMap<Peer, Vec<MessageId>>,
+    receipts_due: BTreeMap<Peer, Vec<MessageId>>,
     received: VecDeque<Received>,
     events: VecDeque<Event>,
     stats: CoverStats,
@@ -353,7 +353,7 @@ impl ClientState {
             reassembly,
             sequencer,
             statuses: StatusBoard::default(),
-            receipts_due: HashMap::new(),
+            receipts_due: BTreeMap::new(),
             received: VecDeque::new(),
             events: VecDeque::new(),
             stats: CoverStats::default(),
@@ -483,7 +483,7 @@ impl ClientState {
             Contact {
                 name: inv.name,
                 pair,
-                inbound: HashMap::new(),
+                inbound: BTreeMap::new(),
                 caught_up: false,
             },
         );
@@ -763,6 +763,18 @@ impl ClientState {
                         period: p,
                         kind: FetchKind::Probe,
                     });
+                }
+                // Listed messages whose window fetches got no answer are
+                // asked for again now, not only when some other reply comes
+                // (under heavy loss none may come for a long time).
+                for (p, b) in &c.inbound {
+                    if b.unread() > 0 {
+                        due.push(Fetch {
+                            peer: (*me, *them),
+                            period: *p,
+                            kind: FetchKind::Window,
+                        });
+                    }
                 }
             }
         }
@@ -1614,7 +1626,7 @@ impl ClientState {
             for c in idr.contacts {
                 let pair =
                     PairSecret::derive(&mine.secret, &c.public).map_err(|_| corrupt("contact"))?;
-                let mut inbound = HashMap::new();
+                let mut inbound = BTreeMap::new();
                 for b in c.boxes {
                     let mut bs = BoxState::new(pair.dropbox(&c.public, &me, b.period));
                     bs.confirmed = b.confirmed;

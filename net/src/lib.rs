@@ -5,6 +5,7 @@ pub mod dirclient;
 pub mod faults;
 pub mod identity;
 pub mod link;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod tls;
 

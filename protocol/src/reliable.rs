@@ -275,11 +275,13 @@ pub struct Transmission<C> {
 /// The sender's side: messages being delivered.
 pub struct Outbox<C> {
     cfg: OutboxConfig,
-    msgs: HashMap<MessageId, OutMessage<C>>,
+    /// Ordered maps, not hash maps: what the outbox does depends only on
+    /// its inputs, so a run replays exactly from its seed.
+    msgs: BTreeMap<MessageId, OutMessage<C>>,
     /// Fragments to (re)send, oldest first.
     ready: VecDeque<(MessageId, u32)>,
     /// Ack id → (message, fragment, deadline).
-    in_flight: HashMap<AckId, (MessageId, u32, f64)>,
+    in_flight: BTreeMap<AckId, (MessageId, u32, f64)>,
     events: VecDeque<(MessageId, Status)>,
     /// Stored (or failed) messages whose receipt may still come.
     awaiting_read: RecentSet,
@@ -291,9 +293,9 @@ impl<C: Clone> Outbox<C> {
     pub fn new(cfg: OutboxConfig) -> Self {
         Self {
             cfg,
-            msgs: HashMap::new(),
+            msgs: BTreeMap::new(),
             ready: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: BTreeMap::new(),
             events: VecDeque::new(),
             awaiting_read: RecentSet::new(cfg.max_awaiting_read),
             bytes: 0,
@@ -478,8 +480,25 @@ impl<C: Clone> Outbox<C> {
         true
     }
 
-    /// The recipient read message `id`.
+    /// The recipient read message `id`. A receipt can overtake the last
+    /// acks of its message (an ack lost, or slower than the message and its
+    /// receipt): the message was stored, then, so it is complete, and its
+    /// fragments are not sent again.
     pub fn on_receipt(&mut self, id: &MessageId) {
+        if let Some(m) = self.msgs.get(id)
+            && m.kind == Kind::Message
+            && let Some(m) = self.msgs.remove(id)
+        {
+            self.bytes -= m.body.len();
+            self.in_flight.retain(|_, (mid, _, _)| mid != id);
+            self.ready.retain(|(mid, _)| mid != id);
+            if m.emitted < m.count {
+                self.events.push_back((*id, Status::Sent));
+            }
+            self.events.push_back((*id, Status::Stored));
+            self.events.push_back((*id, Status::Read));
+            return;
+        }
         if self.awaiting_read.remove(id) {
             self.events.push_back((*id, Status::Read));
         }
@@ -586,8 +605,8 @@ pub struct Progress {
 /// The receiver's side: reassembly with bounded memory per contact,
 /// expiry of stale partial messages, and de-duplication.
 pub struct Reassembler<C> {
-    partial: HashMap<(C, MessageId), Partial>,
-    bytes: HashMap<C, usize>,
+    partial: BTreeMap<(C, MessageId), Partial>,
+    bytes: BTreeMap<C, usize>,
     /// Completed message ids, for de-duplication.
     done: RecentSet,
     max_bytes_per_contact: usize,
@@ -597,14 +616,14 @@ pub struct Reassembler<C> {
 /// Completed message ids remembered for de-duplication.
 const DONE_CAP: usize = 100_000;
 
-impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
+impl<C: Clone + Ord> Reassembler<C> {
     /// At most `max_bytes_per_contact` bytes of partial messages per
     /// contact; partial messages with no new fragment for `expiry` seconds
     /// are dropped (the sender retransmits or reports failure).
     pub fn new(max_bytes_per_contact: usize, expiry: f64) -> Self {
         Self {
-            partial: HashMap::new(),
-            bytes: HashMap::new(),
+            partial: BTreeMap::new(),
+            bytes: BTreeMap::new(),
             done: RecentSet::new(DONE_CAP),
             max_bytes_per_contact,
             expiry,
@@ -733,24 +752,24 @@ type Held<C> = BTreeMap<u64, (f64, Complete<C>)>;
 /// cannot know which seq comes next: it collects for `settle` seconds, then
 /// starts at the lowest seq it holds.
 pub struct Sequencer<C> {
-    next: HashMap<(C, u64), u64>,
-    held: HashMap<(C, u64), Held<C>>,
+    next: BTreeMap<(C, u64), u64>,
+    held: BTreeMap<(C, u64), Held<C>>,
     /// Sessions met past their start: since when.
-    settling: HashMap<(C, u64), f64>,
+    settling: BTreeMap<(C, u64), f64>,
     hold: f64,
     settle: f64,
     max_held: usize,
     n_held: usize,
 }
 
-impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
+impl<C: Clone + Ord> Sequencer<C> {
     /// Holds out-of-order messages at most `hold` seconds, and at most
     /// `max_held` at once (beyond that, gaps are skipped at once).
     pub fn new(hold: f64, settle: f64, max_held: usize) -> Self {
         Self {
-            next: HashMap::new(),
-            held: HashMap::new(),
-            settling: HashMap::new(),
+            next: BTreeMap::new(),
+            held: BTreeMap::new(),
+            settling: BTreeMap::new(),
             hold,
             settle,
             max_held,
@@ -1021,7 +1040,7 @@ pub struct PartialRecord<C> {
     pub indices: Vec<u32>,
 }
 
-impl<C: Clone + Eq + std::hash::Hash> Reassembler<C> {
+impl<C: Clone + Ord> Reassembler<C> {
     /// The partial messages (without chunks), and the completed ids
     /// remembered for de-duplication, oldest first.
     pub fn export(&self) -> (Vec<PartialRecord<C>>, Vec<MessageId>) {
@@ -1123,7 +1142,7 @@ pub struct SequencerRecord<C> {
     pub held: Vec<HeldRecord<C>>,
 }
 
-impl<C: Clone + Eq + std::hash::Hash> Sequencer<C> {
+impl<C: Clone + Ord> Sequencer<C> {
     /// Its state, without the held messages' bodies.
     pub fn export(&self) -> SequencerRecord<C> {
         SequencerRecord {
@@ -1508,5 +1527,23 @@ mod tests {
             .map(|m| m.seq)
             .collect();
         assert_eq!(out, [2, 3], "the gap filled after the restore");
+    }
+
+    #[test]
+    fn a_receipt_before_the_last_ack_completes_the_message() {
+        let mut o = outbox();
+        o.push(msg(5, 1, vec![3; 3000]), MIN_CHUNK, 0.0).unwrap();
+        let mut acks = 0;
+        let sent = send_all(&mut o, 0.0, &mut acks);
+        o.on_ack(&sent[0].0);
+        o.on_receipt(&[5; 16]);
+        let events: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
+        assert_eq!(
+            events,
+            [Status::Queued, Status::Sent, Status::Stored, Status::Read]
+        );
+        assert_eq!(o.pending(), 0);
+        assert!(o.next(100.0).is_none(), "nothing is sent again");
+        assert!(!o.on_ack(&sent[1].0) || o.poll_event().is_none());
     }
 }

@@ -775,15 +775,10 @@ fn a_sender_ahead_writes_into_the_next_period() {
     assert!(at < hour_turns + secs(15), "and soon after it");
 }
 
-/// Not reproducible (client): `ClientState` iterates `HashMap`s whose
-/// order changes from run to run (std's random hasher), e.g. in
-/// `Outbox::check_timeouts`, which puts fragments whose acks timed out
-/// together back in the queue in that order; which RNG draw then goes to
-/// which packet differs, and the run diverges. A seed then replays a
-/// scenario only in outline, not exactly. (BTreeMaps, or a fixed hasher,
-/// would make it exact.)
+/// A seed replays a run with faults exactly: the client's state machine
+/// decides nothing by the order of a hash map (it used to, in
+/// `Outbox::check_timeouts`, and runs diverged).
 #[test]
-#[ignore = "ClientState is not reproducible from its RNG seed (HashMap order)"]
 fn a_seed_replays_a_run_with_faults_exactly() {
     let run = || {
         let mut sim = Sim::new(SimConfig {
@@ -812,15 +807,13 @@ fn a_seed_replays_a_run_with_faults_exactly() {
     }
 }
 
-/// BUG (client, `protocol::reliable::Outbox::on_receipt`): a read receipt
-/// that arrives while the message is still waiting for an ack is dropped,
-/// so the message ends `Stored` and never `Read`. Here every SURB-ack is
-/// withheld for the first 10 s: the first copy of the message is stored,
-/// the recipient reads it and its receipt comes back; the ack of a later
-/// retransmission arrives after that. Seen without the ack knob in the
-/// duplication scenario (3 of 40 messages) and under loss.
+/// A read receipt that arrives while the message still waits for its ack
+/// (every SURB-ack withheld for the first 10 s here: the first copy is
+/// stored, the recipient reads it and its receipt comes back) completes the
+/// message: Stored, then Read, and no more retransmissions. (It used to be
+/// dropped: the message ended `Stored` and never `Read`; seen in 3 of 40
+/// messages of the duplication scenario and under loss.)
 #[test]
-#[ignore = "bug: a receipt that overtakes the message's ack is dropped"]
 fn a_receipt_that_overtakes_the_ack_still_reads() {
     let mut sim = Sim::new(SimConfig {
         seed: 9,
@@ -838,14 +831,18 @@ fn a_receipt_that_overtakes_the_ack_still_reads() {
     assert!(got, "the recipient has it");
     sim.run_until(secs(10));
     assert!(sim.stats().acks_withheld > 0);
-    sim.set_ack_faults(LinkFaults::NONE);
-    let stored = sim.run_until_cond(secs(60), |s| s.log(a).status(&id) == Some(Status::Stored));
-    assert!(stored, "{:?}", sim.log(a).statuses.get(&id));
-    sim.run_for(secs(20));
-    assert_eq!(
-        sim.log(a).status(&id),
-        Some(Status::Read),
-        "{:?}",
-        sim.log(a).statuses.get(&id)
+    let read = sim.run_until_cond(secs(60), |s| s.log(a).status(&id) == Some(Status::Read));
+    assert!(read, "{:?}", sim.log(a).statuses.get(&id));
+    let history: Vec<Status> = sim.log(a).statuses[&id].iter().map(|(_, s)| *s).collect();
+    assert!(
+        history.ends_with(&[Status::Stored, Status::Read]),
+        "{history:?}"
     );
+    assert!(
+        sim.stats().acks_withheld > 0,
+        "the receipt really came before any ack"
+    );
+    sim.set_ack_faults(LinkFaults::NONE);
+    sim.run_for(secs(20));
+    assert_eq!(sim.log(a).status(&id), Some(Status::Read), "Read is final");
 }
