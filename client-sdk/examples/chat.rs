@@ -19,10 +19,16 @@
 //! - `contacts`: list contacts;
 //! - `quit`.
 //!
+//! Received messages are kept in a history file beside the store
+//! (`<store>.history`, one line per message: `<from> <message id> <bytes>
+//! <sha256>`), written before the next message is asked for, so that each
+//! message lands there exactly once even across crashes (see `Inbox`).
+//!
 //! Everything that happens is printed as one line: `ready <my id>`,
 //! `received <from> <message id> <bytes> <sha256> [text]`,
 //! `status <message id> <status>`, `progress <message id> <acked>/<fragments>`,
-//! `unconfirmed <n>` (fragments fetched, not yet deleted at the gateway).
+//! `unconfirmed <n>` (fragments fetched, not yet deleted at the gateway),
+//! `redelivered <message id> (already in the history)`.
 
 use client_sdk::{AuthorityRef, Client, ClientConfig, ContactId, MessageId};
 use sha2::{Digest, Sha256};
@@ -102,6 +108,17 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -128,21 +145,61 @@ async fn main() {
     drop(a.passphrase);
     say(&format!("ready {}", hex(&client.id().0)));
 
-    // Received messages, as they come.
+    // Received messages, as they come. The application's own record is a
+    // history file beside the store: each message is written there (and
+    // synced) before the next is asked for, and a message the SDK hands over
+    // again after a crash (`redelivered`) is skipped if the history holds
+    // it. So each message lands in the history exactly once.
+    let history_path = std::path::PathBuf::from(format!("{}.history", a.store.display()));
+    let mut seen: std::collections::HashSet<(ContactId, MessageId)> =
+        std::fs::read_to_string(&history_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let from = unhex(f.next()?)?;
+                let id = unhex(f.next()?)?;
+                Some((ContactId(from), id))
+            })
+            .collect();
+    let mut history = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&history_path)
+        .unwrap_or_else(|e| {
+            eprintln!("error: {}: {e}", history_path.display());
+            std::process::exit(1)
+        });
     tokio::spawn(async move {
         while let Some(m) = inbox.recv().await {
+            if m.redelivered && seen.contains(&(m.from, m.id)) {
+                say(&format!(
+                    "redelivered {} (already in the history)",
+                    hex(&m.id)
+                ));
+                continue;
+            }
             let text = std::str::from_utf8(&m.body)
                 .ok()
                 .filter(|t| t.len() <= 200 && !t.contains('\n'))
                 .unwrap_or("");
-            say(&format!(
-                "received {} {} {} {} {}",
+            let line = format!(
+                "{} {} {} {}",
                 hex(&m.from.0),
                 hex(&m.id),
                 m.body.len(),
                 hex(&Sha256::digest(&m.body)),
-                text
-            ));
+            );
+            // One write of one line, then synced: a crash leaves it whole or absent.
+            if let Err(e) = history
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|_| history.sync_data())
+            {
+                eprintln!("error: {}: {e}", history_path.display());
+                std::process::exit(1)
+            }
+            seen.insert((m.from, m.id));
+            say(&format!("received {line} {text}"));
         }
     });
     // Status changes, and the progress of messages in flight.

@@ -8,6 +8,12 @@ pub mod state;
 pub mod store;
 pub mod verify;
 
+/// The SDK guide (docs/sdk-guide.md), included so that its Rust blocks are
+/// compiled as doctests and cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/sdk-guide.md")]
+pub struct SdkGuide;
+
 pub use config::{ClientConfig, ClientConfigBuilder, Dangerous};
 pub use invite::Invite;
 pub use net::dirclient::AuthorityRef;
@@ -86,6 +92,55 @@ pub enum Error {
     /// the application sends faster than the payload rate (retry later).
     #[error("send queue full")]
     Busy,
+    /// Something that should not fail did (a packet that could not be
+    /// built from a verified topology, a task that died): a bug in the SDK
+    /// or its dependencies. Report it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Whose fault an [`Error`] is, so that an application can decide what to
+/// do without matching every variant: tell the user, fix the code, retry
+/// later, or report a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The application's: a bad configuration or call (fix the code).
+    Application,
+    /// The user's: something they typed or chose (tell them).
+    User,
+    /// The network's: the directory, the entry gateway, the topology
+    /// (retry later).
+    Network,
+    /// This device's: its disk, its store files (tell the user; retrying
+    /// may not help).
+    Local,
+    /// A bug in the SDK (report it).
+    Bug,
+}
+
+impl Error {
+    /// Whose fault this error is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Config(_)
+            | Error::UnknownContact(_)
+            | Error::UnknownIdentity(_)
+            | Error::MessageTooLarge { .. }
+            | Error::Busy
+            | Error::Closed => Fault::Application,
+            Error::InvalidInvite(_) | Error::WrongPassphrase | Error::KeyChanged { .. } => {
+                Fault::User
+            }
+            Error::Directory(_) | Error::NoRoute(_) => Fault::Network,
+            Error::Net(net::Error::Connect(_)) => Fault::Network,
+            // Wrong authority keys or threshold in the config.
+            Error::Net(net::Error::Untrusted(_)) => Fault::Application,
+            Error::Net(_) => Fault::Local,
+            Error::Store(_) => Fault::Local,
+            Error::Internal(_) => Fault::Bug,
+        }
+    }
 }
 
 /// A user's identity: an x25519 key pair. No phone number, no account.
@@ -163,11 +218,22 @@ pub struct Received {
     pub id: MessageId,
     /// What they sent.
     pub body: Vec<u8>,
+    /// Handed over before, and the client restarted before the application
+    /// asked for the next message: check your own record (by `from` and
+    /// `id`) before showing it again.
+    pub redelivered: bool,
 }
 
-/// The messages contacts send, in the order each contact sent them. With a
-/// store ([`Client::open`]), a message is handed over once: taking it is
-/// written to the store before it is returned.
+/// The messages contacts send, in the order each contact sent them.
+///
+/// With a store ([`Client::open`]) nothing is lost or handed over twice
+/// across a crash, with the application's help: taking a message is written
+/// to the store before it is returned, and asking for the next one (or
+/// [`Inbox::done`]) says the application is done with it. A message taken
+/// and not done with when the process died is handed over again after the
+/// restart with [`Received::redelivered`] set: save each message before
+/// asking for the next, and skip a redelivered one your record already
+/// holds; then each message reaches you exactly once.
 pub struct Inbox {
     shared: Arc<Shared>,
 }
@@ -210,6 +276,15 @@ impl Inbox {
             tracing::error!(error = %e, "cannot write the client store");
         }
         Some(m)
+    }
+
+    /// Says the application is done with every message it took (it saved
+    /// or showed them), and writes that: none of them is handed over again
+    /// after a restart. Asking for the next message does the same, written
+    /// with the next change.
+    pub async fn done(&mut self) -> Result<(), Error> {
+        self.shared.state().received_done();
+        persist(&self.shared).await
     }
 }
 
@@ -383,7 +458,7 @@ impl Client {
         }
         let me = state
             .primary()
-            .ok_or_else(|| Error::Config("no identity".into()))?;
+            .ok_or_else(|| Error::Store("the store holds no identity".into()))?;
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -746,8 +821,10 @@ async fn dial(
     } else {
         "[::]:0"
     };
-    let endpoint =
-        net::link::client_endpoint(bind.parse().map_err(|_| Error::Config("bind".into()))?)?;
+    let endpoint = net::link::client_endpoint(
+        bind.parse()
+            .map_err(|_| Error::Internal("bind address".into()))?,
+    )?;
     let conn = net::link::connect(&endpoint, entry.identity, addr).await?;
     *shared.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.local_addr().ok();
     *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());

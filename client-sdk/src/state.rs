@@ -218,6 +218,10 @@ pub struct ClientState {
     statuses: StatusBoard,
     receipts_due: BTreeMap<Peer, Vec<MessageId>>,
     received: VecDeque<Received>,
+    /// Messages handed to the application that it has not said it is done
+    /// with (`received_done`, or asking for the next one): after a restart
+    /// they are handed over again, marked `redelivered`.
+    handed: Vec<Received>,
     events: VecDeque<Event>,
     stats: CoverStats,
     /// Payload ticks alternate between a fragment and a fetch when both wait.
@@ -355,6 +359,7 @@ impl ClientState {
             statuses: StatusBoard::default(),
             receipts_due: BTreeMap::new(),
             received: VecDeque::new(),
+            handed: Vec::new(),
             events: VecDeque::new(),
             stats: CoverStats::default(),
             fetch_turn: false,
@@ -651,14 +656,32 @@ impl ClientState {
     /// The next message for the application, if any. Messages wait here (at
     /// most `inbox_capacity`; beyond that fetched fragments are left at the
     /// gateway and fetched again) until the application takes them.
+    ///
+    /// Asking for the next message says the application is done with the
+    /// ones it took before (as [`Self::received_done`]). A message taken and
+    /// not done with when the state was last persisted is handed over again
+    /// after a restart, with `redelivered` set: an application that saves
+    /// messages checks its own record for those, and so gets each exactly
+    /// once.
     pub fn poll_received(&mut self) -> Option<Received> {
+        self.received_done();
         let m = self.received.pop_front()?;
+        self.handed.push(m.clone());
         self.dirty = true;
         Some(m)
     }
 
+    /// The application is done with every message it took (it saved or
+    /// showed them): none of them is handed over again after a restart.
+    pub fn received_done(&mut self) {
+        if !self.handed.is_empty() {
+            self.handed.clear();
+            self.dirty = true;
+        }
+    }
+
     fn inbox_has_room(&self) -> bool {
-        self.received.len() < self.cfg.inbox_capacity
+        self.received.len() + self.handed.len() < self.cfg.inbox_capacity
     }
 
     /// Moves the outbox's status changes to the board and the events.
@@ -900,7 +923,7 @@ impl ClientState {
             .pair
             .dropbox(&me, &them, period);
         let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
-            .ok_or_else(|| Error::Config("encryption failed".into()))?;
+            .ok_or_else(|| Error::Internal("encryption failed".into()))?;
         let entry = topo
             .node(&self.entry.identity)
             .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
@@ -911,7 +934,7 @@ impl ClientState {
         rng.fill_bytes(&mut ack);
         ack[0] |= 1; // non-zero: marks a reply at the gateway
         let (surb, key) = packet::build_surb(rng, &back, &self.address, ack, &back_delays)
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let request = Request::StoreAcked {
             dropbox: dropbox.id,
             ciphertext,
@@ -919,7 +942,7 @@ impl ClientState {
             surb,
         }
         .encode()
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|e| Error::Internal(e.to_string()))?;
         let (frame, there) = self.packet_to_box(&topo, &dropbox, &request, rng)?;
         let max = Duration::from_millis(topo.params.max_delay_ms);
         let back = packet::applied_delay(&back_delays, max);
@@ -956,9 +979,9 @@ impl ClientState {
         route.push(last);
         let delays = packet::sample_delays(rng, route.len(), delay_mean(topo));
         let pkt = packet::build_packet(rng, &route, &[0; 32], [0; 16], &delays, body)
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let max = Duration::from_millis(topo.params.max_delay_ms);
         Ok((f, packet::applied_delay(&delays, max)))
     }
@@ -1047,7 +1070,7 @@ impl ClientState {
             rng.fill_bytes(&mut identifier);
             identifier[0] |= 1; // non-zero: marks a reply at the gateway
             let (surb, key) = packet::build_surb(rng, &route, &self.address, identifier, &delays)
-                .map_err(|e| Error::Config(e.to_string()))?;
+                .map_err(|e| Error::Internal(e.to_string()))?;
             surbs.push(surb);
             keys.push((identifier, key));
         }
@@ -1076,7 +1099,7 @@ impl ClientState {
         }
         let bytes = Request::Fetch(req)
             .encode()
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let dropbox = pair.dropbox(&them, &me, due.period);
         let (frame, _) = self.packet_to_box(&topo, &dropbox, &bytes, rng)?;
         for (id, key) in keys {
@@ -1105,7 +1128,7 @@ impl ClientState {
         let gw = gateways[rng.random_range(0..gateways.len())].hop();
         let body = Request::Drop
             .encode()
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(self.packet_via(&topo, gw, &body, rng)?.0)
     }
 
@@ -1132,11 +1155,11 @@ impl ClientState {
         route.push(entry.hop());
         let delays = packet::sample_delays(rng, route.len(), delay_mean(&topo));
         let (surb, _key) = packet::build_surb(rng, &route, &self.address, id, &delays)
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let (first, pkt) =
-            packet::use_surb(&surb, LOOP_BODY).map_err(|e| Error::Config(e.to_string()))?;
+            packet::use_surb(&surb, LOOP_BODY).map_err(|e| Error::Internal(e.to_string()))?;
         let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&first, &pkt])
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let max = Duration::from_millis(topo.params.max_delay_ms);
         let expected = packet::applied_delay(&delays, max).as_secs_f64();
         let t = self.secs(now);
@@ -1309,6 +1332,7 @@ impl ClientState {
             from: ContactId(m.from.1),
             id: m.msg_id,
             body: m.body,
+            redelivered: false,
         });
     }
 
@@ -1321,7 +1345,7 @@ impl ClientState {
 // ---- persistence ----
 
 /// Version of the snapshot format.
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// Record keys: the snapshot, and the byte strings kept apart from it.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -1354,6 +1378,8 @@ struct Snapshot {
     sequencer: SequencerRecord<Peer>,
     /// Messages handed over, not yet taken by the application (bodies apart).
     inbox: Vec<(Peer, MessageId)>,
+    /// Messages the application took and had not said it was done with.
+    handed: Vec<(Peer, MessageId)>,
     receipts_due: Vec<(Peer, Vec<MessageId>)>,
 }
 
@@ -1445,7 +1471,7 @@ impl ClientState {
         for (id, b) in self.sequencer.held_bodies() {
             blobs.insert(key(PREFIX_MSG, &[id]), b);
         }
-        for m in &self.received {
+        for m in self.received.iter().chain(&self.handed) {
             blobs.insert(key(PREFIX_MSG, &[&m.id]), &m.body);
         }
         for (k, v) in &blobs {
@@ -1538,6 +1564,11 @@ impl ClientState {
             sequencer: self.sequencer.export(),
             inbox: self
                 .received
+                .iter()
+                .map(|m| ((m.to.0, m.from.0), m.id))
+                .collect(),
+            handed: self
+                .handed
                 .iter()
                 .map(|m| ((m.to.0, m.from.0), m.id))
                 .collect(),
@@ -1703,13 +1734,18 @@ impl ClientState {
             held_bodies,
             shift,
         );
-        for ((me, them), id) in s.inbox {
+        // Taken but not done with: first, and marked, so that the
+        // application can check its own record.
+        let handed = s.handed.into_iter().map(|p| (p, true));
+        for (((me, them), id), redelivered) in handed.chain(s.inbox.into_iter().map(|p| (p, false)))
+        {
             if let Some(body) = bodies.remove(&id) {
                 st.received.push_back(Received {
                     to: ContactId(me),
                     from: ContactId(them),
                     id,
                     body,
+                    redelivered,
                 });
             }
         }

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use store::Store;
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -57,13 +57,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use net::now_ms;
 
 /// This authority's vote for one epoch.
 struct OwnVote {

@@ -21,7 +21,7 @@ use mixnode::NodeRef;
 use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// (dropbox id, seq) → stored_at_ms:u64be || ciphertext
 const MESSAGES: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("messages");
@@ -104,12 +104,7 @@ pub(crate) struct Storage {
     limits: Limits,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use net::now_ms;
 
 /// What one fetch yields, before its replies are built.
 #[derive(Debug, Default, PartialEq, Eq)]

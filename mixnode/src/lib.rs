@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
@@ -48,13 +48,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use net::now_ms;
 
 /// What a role adds to the Sphinx node: what to do with packets for which
 /// it is the final hop, and with frames other than Sphinx packets.

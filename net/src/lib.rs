@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+#[cfg(not(feature = "server"))]
+pub mod counters;
 pub mod dirclient;
 pub mod faults;
 pub mod identity;

@@ -6,7 +6,10 @@
 //! Inbound: each stream is cut into frames by the sans-IO decoder; malformed
 //! frames are counted and skipped while the stream goes on.
 
+#[cfg(not(feature = "server"))]
+use crate::counters::{IntCounter, IntCounterVec, IntGauge, Opts};
 use crate::{Error, tls};
+#[cfg(feature = "server")]
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use protocol::NodeId;
 use protocol::frame::{self, Frame, FrameDecoder};
@@ -82,11 +85,13 @@ pub struct LinkMetrics {
 
 impl LinkMetrics {
     /// Creates the counters and registers them in `registry`.
+    #[cfg(feature = "server")]
     pub fn new(registry: &Registry) -> Self {
         Self::with_prefix(registry, "umbra_link")
     }
 
     /// Creates the counters named `<prefix>_*` and registers them in `registry`.
+    #[cfg(feature = "server")]
     pub fn with_prefix(registry: &Registry, prefix: &str) -> Self {
         let m = Self::named(prefix);
         for c in [

@@ -19,15 +19,10 @@ use protocol::topology::{
     TrustPolicy,
 };
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use umbra::testnet::{MixNetwork, NetworkOptions, gateway_config, mixnode_config, wait_until};
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use net::now_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rogue_authority_cannot_add_its_own_nodes() {

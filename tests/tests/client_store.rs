@@ -14,19 +14,14 @@ use protocol::dropbox::{self, PairSecret};
 use protocol::topology::{EpochPublicKey, NetworkParams, NodeDescriptor, Role, TopologyDocument};
 use rand::SeedableRng;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use umbra::testnet::{MixNetwork, NetworkOptions};
 
 const PASSPHRASE: &[u8] = b"tulip-pencil-orbit-9471";
 const NAME: &str = "Zyxwvut Contactname";
 const TEXT: &str = "meet at the north gate at nine, bring the documents";
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use net::now_ms as unix_ms;
 
 /// Byte strings that must not appear in a store's files: each raw and as hex.
 fn needles(me: &Identity, contact: &Identity, msg_ids: &[[u8; 16]]) -> Vec<(String, Vec<u8>)> {

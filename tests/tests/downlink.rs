@@ -175,8 +175,10 @@ async fn idle_sending_and_fetching_clients_have_the_same_downlink() {
     let to = sender.add_contact(&invite(&absent, "absent")).unwrap();
     let upload = sender.send(&to, &vec![7u8; 1024 * 1024]).await.unwrap();
     let (fetcher, mut f_inbox) = Client::connect(cfg.clone(), reader).await.unwrap();
-    for (w, _, _) in &writers {
-        fetcher.add_contact(&w.invite("writer")).unwrap();
+    for (i, (w, _, _)) in writers.iter().enumerate() {
+        fetcher
+            .add_contact(&w.invite(&format!("writer{i}")))
+            .unwrap();
     }
     // Let each stream settle, then watch two back-to-back windows.
     tokio::time::sleep(Duration::from_secs(3)).await;

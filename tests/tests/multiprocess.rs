@@ -288,9 +288,11 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     a_cfg.entry_gateway = Some(gateway_id(0));
     let mut b_cfg = cfg.clone();
     b_cfg.entry_gateway = Some(gateway_id(1));
-    let bob_identity = Identity::generate();
+    // Bob keeps his state in a store: when he comes back (phase 4) he must
+    // get what waited for him, and nothing he already had.
+    let bob_store = tmp.path().join("bob.umbra");
     let (alice, mut alice_inbox) = Client::connect(a_cfg, Identity::generate()).await.unwrap();
-    let (bob, mut bob_inbox) = Client::connect(b_cfg.clone(), bob_identity.clone())
+    let (bob, mut bob_inbox) = Client::open(b_cfg.clone(), &bob_store, b"bob's passphrase")
         .await
         .unwrap();
     let bob_id = alice.add_contact(&bob.invite("bob")).unwrap();
@@ -392,8 +394,8 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
 
     // Bob goes offline; Alice leaves 5 messages in his dropbox and waits
     // for the gateway's acks: they are durably stored.
-    bob.shutdown();
     drop(bob_inbox);
+    bob.close().await;
     let stored = |j: u16| {
         metric(
             &format!("127.0.0.1:{}", base + 70 + j),
@@ -436,13 +438,17 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     };
     wait_for("mix nodes route to the restarted gateway", 60, mix_routes).await;
 
-    // Bob comes back (same identity) and fetches what waited for him.
-    let (bob2, mut bob2_inbox) = Client::connect(b_cfg, bob_identity).await.unwrap();
-    bob2.add_contact(&alice.invite("alice")).unwrap();
+    // Bob comes back from his store and fetches what waited for him, and
+    // is handed nothing he already had.
+    let (bob2, mut bob2_inbox) = Client::open(b_cfg, &bob_store, b"bob's passphrase")
+        .await
+        .unwrap();
+    assert_eq!(bob2.id(), bob_id, "the store kept Bob's identity");
+    assert_eq!(bob2.contacts(), vec![alice.id()], "and his contact");
     let got = receive(&mut bob2_inbox, 5, 90).await;
     check(&got, &offline);
     println!(
-        "phase 4: 5/5 acknowledged messages delivered after the dropbox gateway was killed (SIGKILL) and restarted (gateway{holder})"
+        "phase 4: 5/5 acknowledged messages delivered, once, after the dropbox gateway was killed (SIGKILL) and restarted (gateway{holder}), to a recipient back from its store"
     );
     alice.shutdown();
     bob2.shutdown();

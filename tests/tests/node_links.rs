@@ -20,15 +20,10 @@ use protocol::frame::{self, FrameKind};
 use protocol::messages::{FetchRequest, Request};
 use protocol::packet::{self, Hop};
 use protocol::topology::NetworkParams;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use umbra::testnet::{MixNetwork, NetworkOptions, wait_until};
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use net::now_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {

@@ -7,8 +7,9 @@
 //!   its store, it resumes (it does not start the message over) and the
 //!   message arrives once, intact.
 //! - The recipient is killed three times while messages are fetched and not
-//!   yet confirmed at the gateway; across its four runs every message is
-//!   handed to the application exactly once.
+//!   yet confirmed at the gateway; across its four runs every message lands
+//!   in the application's record (the example's history file, written
+//!   before it asks for the next message) exactly once.
 //!
 //! Needs the example: `cargo test --workspace` builds it (as
 //! target/<profile>/examples/chat); set UMBRA_CHAT_BIN to use another.
@@ -288,55 +289,63 @@ async fn a_recipient_killed_between_fetch_and_confirm_gets_each_message_once() {
         sent.push(hex(&alice.send(&to_bob, &body).await.unwrap()));
     }
 
-    let mut received: HashMap<String, usize> = HashMap::new();
-    let mut kills_with_unconfirmed = 0;
-    let count = |log: &[String], received: &mut HashMap<String, usize>| {
-        for l in log {
-            if let Some(rest) = l.strip_prefix("received ") {
-                let id = rest.split(' ').nth(1).unwrap().to_string();
-                *received.entry(id).or_default() += 1;
-            }
+    // What the application holds: the example's history file, written
+    // (and synced) before it asks for the next message.
+    let history = PathBuf::from(format!("{}.history", store.display()));
+    let held = || -> HashMap<String, usize> {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for l in std::fs::read_to_string(&history)
+            .unwrap_or_default()
+            .lines()
+        {
+            let id = l.split(' ').nth(1).unwrap().to_string();
+            *m.entry(id).or_default() += 1;
         }
+        m
     };
+    let mut kills_with_unconfirmed = 0;
+    let mut redelivered = 0;
     for round in 0..3 {
         // Wait until this run has received some and holds fetched,
         // unconfirmed fragments, then kill it.
         let target = 10 * (round + 1);
+        let before = held().values().sum::<usize>();
         let mut got = 0;
         bob.until(180, |l| {
             if l.starts_with("received ") {
                 got += 1;
             }
-            got + received.values().sum::<usize>() >= target
-                && l.starts_with("unconfirmed ")
-                && l != "unconfirmed 0"
+            got + before >= target && l.starts_with("unconfirmed ") && l != "unconfirmed 0"
         });
         bob.kill9();
         kills_with_unconfirmed += 1;
-        count(&bob.log, &mut received);
+        redelivered += bob
+            .log
+            .iter()
+            .filter(|l| l.starts_with("redelivered "))
+            .count();
         bob = Chat::spawn(&net, &store);
         bob.until(60, |l| l.starts_with("ready "));
     }
     // The last run takes the rest.
     let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
+    while held().len() < N && Instant::now() < deadline {
         bob.drain();
-        let mut all = received.clone();
-        count(&bob.log, &mut all);
-        if all.len() >= N || Instant::now() > deadline {
-            break;
-        }
         std::thread::sleep(Duration::from_millis(200));
     }
     // Anything more would be a duplicate: give it a moment to show.
     std::thread::sleep(Duration::from_secs(3));
     bob.drain();
-    let mut total = received.clone();
-    count(&bob.log, &mut total);
+    redelivered += bob
+        .log
+        .iter()
+        .filter(|l| l.starts_with("redelivered "))
+        .count();
+    let total = held();
     let dups: usize = total.values().map(|n| n - 1).sum();
     let missing: Vec<&String> = sent.iter().filter(|id| !total.contains_key(*id)).collect();
     eprintln!(
-        "recipient restarts: {kills_with_unconfirmed} kills with fetched, unconfirmed fragments; {} of {N} delivered, duplicates {dups}, missing {}",
+        "recipient restarts: {kills_with_unconfirmed} kills with fetched, unconfirmed fragments; {} of {N} delivered, duplicates {dups}, missing {}; {redelivered} handed over again after a kill and found in the history",
         total.len(),
         missing.len()
     );

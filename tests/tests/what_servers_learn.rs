@@ -7,7 +7,7 @@ use client_sdk::{Client, Identity};
 use protocol::dropbox::{self, PairSecret};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use umbra::testnet::{MixNetwork, wait_until};
 
 #[derive(Clone, Default)]
@@ -100,10 +100,7 @@ async fn no_server_logs_or_stores_who_talks_to_whom() {
     }
 
     // Secrets whose appearance would leak who talks to whom.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = net::now_ms();
     let pair = PairSecret::derive(
         &x25519_dalek::StaticSecret::from(a_id.secret_bytes()),
         &b_id.public(),

@@ -745,16 +745,49 @@ async fn push(
 pub struct ClientBench {
     /// Seconds the idle clients were measured.
     pub idle_seconds: f64,
-    /// Share of one core one idle client uses (user + system time).
+    /// Share of one core one idle client uses (user + system time of the
+    /// three clients, divided by three).
     pub idle_cpu_share: f64,
-    /// UDP bytes/s one idle client sends (QUIC overhead included).
+    /// UDP bytes/s a client hosting one identity sends while idle (QUIC
+    /// overhead included; the mean of two such clients).
     pub idle_up_bytes_per_s: f64,
-    /// UDP bytes/s one idle client receives.
+    /// UDP bytes/s a client hosting one identity receives while idle.
     pub idle_down_bytes_per_s: f64,
+    /// Identities hosted by the third client, measured in the same window.
+    pub identities: usize,
+    /// UDP bytes/s the client hosting `identities` identities sends.
+    pub many_up_bytes_per_s: f64,
+    /// UDP bytes/s it receives.
+    pub many_down_bytes_per_s: f64,
+    /// many / one, up and down.
+    pub many_over_one: [f64; 2],
+    /// Three standard deviations of that ratio from Poisson noise alone
+    /// (packets in the window at λ_P + λ_L up, λ_D down): a ratio within
+    /// 1 ± this is "the same within noise".
+    pub noise_3sigma: [f64; 2],
+    /// Bytes the process wrote to disk per second while the three clients
+    /// were idle, per client (their encrypted stores; Linux `write_bytes`).
+    pub idle_store_bytes_per_s: f64,
+    /// Short messages sent for the store-cost figure.
+    pub short_messages: usize,
+    /// Bytes written to disk per short message (sender's and recipient's
+    /// stores together, from `send` until the recipient took it).
+    pub store_bytes_per_short_message: f64,
     /// Bytes of the message timed.
     pub message_bytes: usize,
     /// Seconds from `send` to the recipient's inbox.
     pub delivery_seconds: f64,
+    /// Bytes written to disk while it was sent and received (both stores).
+    pub store_bytes_for_message: f64,
+}
+
+/// Bytes this process has caused to be written to disk (Linux
+/// `/proc/self/io`), or `None` where that is not available.
+fn disk_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// CPU time split by who spent it.
@@ -847,15 +880,22 @@ fn process_cpu_seconds() -> Option<f64> {
 
 /// Starts `umbra testnet` (default network parameters) as a separate
 /// process, so that this process runs only the clients and its CPU time is
-/// theirs; measures two idle clients for `idle_seconds`, then the delivery
-/// of one `message_bytes` message.
+/// theirs. Three clients, each with its own encrypted store as an
+/// application would use: two hosting one identity and one hosting
+/// `identities`, each identity with a contact whose boxes it fetches. It
+/// measures them idle side by side for `idle_seconds`, then what the stores
+/// write for a few short messages, then the delivery of one `message_bytes`
+/// message.
 pub async fn client(
     exe: &std::path::Path,
     idle_seconds: u64,
     message_bytes: usize,
+    identities: usize,
     progress: impl Fn(&str),
 ) -> Result<ClientBench, BoxError> {
+    use client_sdk::{Client, ClientConfig, Identity};
     use std::io::BufRead;
+    let identities = identities.max(1);
     let mut child = std::process::Command::new(exe)
         .arg("testnet")
         .stdout(std::process::Stdio::piped())
@@ -891,34 +931,90 @@ pub async fn client(
     })
     .await?
     .ok_or("umbra testnet did not start")?;
-    progress("testnet running in a separate process; connecting two idle clients");
-    let cfg = client_sdk::ClientConfig::with_authorities(refs, threshold)?;
-    let (alice, _a_inbox) =
-        client_sdk::Client::connect(cfg.clone(), client_sdk::Identity::generate()).await?;
-    let (bob, mut b_inbox) =
-        client_sdk::Client::connect(cfg, client_sdk::Identity::generate()).await?;
+    progress(&format!(
+        "testnet running in a separate process; opening three clients (two with one identity, one with {identities})"
+    ));
+    let cfg = ClientConfig::with_authorities(refs, threshold)?;
+    let dir = tempfile::tempdir()?;
+    let pass = b"bench passphrase";
+    let (alice, _a_inbox) = Client::open(cfg.clone(), dir.path().join("alice"), pass).await?;
+    let (bob, mut b_inbox) = Client::open(cfg.clone(), dir.path().join("bob"), pass).await?;
+    let (carol, _c_inbox) = Client::open(cfg, dir.path().join("carol"), pass).await?;
     let bob_id = alice.add_contact(&bob.invite("bob"))?;
     bob.add_contact(&alice.invite("alice"))?;
+    let mut carols = vec![carol.id()];
+    for _ in 1..identities {
+        carols.push(carol.add_identity(&Identity::generate()));
+    }
+    for me in &carols {
+        carol.add_contact_as(me, &alice.invite("alice"))?;
+    }
+    // Let the streams and the first catch-up fetches settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let traffic = || {
-        let (a, b) = (alice.traffic(), bob.traffic());
-        (a.0 + b.0, a.1 + b.1)
-    };
-    let (cpu0, (tx0, rx0), t0) = (process_cpu_seconds(), traffic(), Instant::now());
+    let traffic = || (alice.traffic(), bob.traffic(), carol.traffic());
+    let (cpu0, (a0, b0, c0), w0, t0) = (
+        process_cpu_seconds(),
+        traffic(),
+        disk_write_bytes(),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
-    let (cpu1, (tx1, rx1)) = (process_cpu_seconds(), traffic());
+    let (cpu1, (a1, b1, c1), w1) = (process_cpu_seconds(), traffic(), disk_write_bytes());
     let wall = t0.elapsed().as_secs_f64();
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
     };
+    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / wall;
+    let one_up = (rate(a0.0, a1.0) + rate(b0.0, b1.0)) / 2.0;
+    let one_down = (rate(a0.1, a1.1) + rate(b0.1, b1.1)) / 2.0;
+    let many_up = rate(c0.0, c1.0);
+    let many_down = rate(c0.1, c1.1);
+    let params = alice.topology().params;
+    // Relative sd of a Poisson count is 1/sqrt(n); of a ratio of one
+    // client to the mean of two, sqrt(1/n + 1/(2n)).
+    let sigma = |lambda: f64| (1.5 / (lambda * wall)).sqrt();
+    let noise = [
+        3.0 * sigma(params.lambda_payload + params.lambda_loop),
+        3.0 * sigma(params.lambda_downlink),
+    ];
+    let written = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64,
+        _ => f64::NAN,
+    };
     progress(&format!(
-        "idle: {:.1} % of a core per client; sending {message_bytes} bytes",
-        100.0 * cpu / wall / 2.0
+        "idle: {:.1} % of a core per client; one identity up {one_up:.0} B/s down {one_down:.0} B/s; {identities} identities up {many_up:.0} B/s down {many_down:.0} B/s",
+        100.0 * cpu / wall / 3.0
+    ));
+
+    // Store cost of short messages, sender and recipient together.
+    let short = 20usize;
+    let w_short0 = disk_write_bytes();
+    let mut ids = Vec::new();
+    for i in 0..short {
+        ids.push(
+            alice
+                .send(&bob_id, format!("short message {i}").as_bytes())
+                .await?,
+        );
+    }
+    let mut got = 0;
+    while got < short {
+        match tokio::time::timeout(Duration::from_secs(120), b_inbox.recv()).await {
+            Ok(Some(m)) if ids.contains(&m.id) => got += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("inbox closed".into()),
+            Err(_) => return Err(format!("only {got}/{short} short messages in 120 s").into()),
+        }
+    }
+    let per_short = written(w_short0, disk_write_bytes()) / short as f64;
+    progress(&format!(
+        "{short} short messages: {per_short:.0} bytes written to the stores per message; sending {message_bytes} bytes"
     ));
 
     let body: Vec<u8> = (0..message_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let w_big0 = disk_write_bytes();
     let started = Instant::now();
     let id = alice.send(&bob_id, &body).await?;
     let mut last = Instant::now();
@@ -941,20 +1037,31 @@ pub async fn client(
         }
     };
     let delivery = started.elapsed().as_secs_f64();
+    let big_written = written(w_big0, disk_write_bytes());
     if got.body != body {
         return Err("the message arrived altered".into());
     }
-    alice.shutdown();
-    bob.shutdown();
+    alice.close().await;
+    bob.close().await;
+    carol.close().await;
     drop(guard);
     let _ = child.wait();
     Ok(ClientBench {
         idle_seconds: wall,
-        idle_cpu_share: cpu / wall / 2.0,
-        idle_up_bytes_per_s: (tx1 - tx0) as f64 / wall / 2.0,
-        idle_down_bytes_per_s: (rx1 - rx0) as f64 / wall / 2.0,
+        idle_cpu_share: cpu / wall / 3.0,
+        idle_up_bytes_per_s: one_up,
+        idle_down_bytes_per_s: one_down,
+        identities,
+        many_up_bytes_per_s: many_up,
+        many_down_bytes_per_s: many_down,
+        many_over_one: [many_up / one_up, many_down / one_down],
+        noise_3sigma: noise,
+        idle_store_bytes_per_s: written(w0, w1) / wall / 3.0,
+        short_messages: short,
+        store_bytes_per_short_message: per_short,
         message_bytes,
         delivery_seconds: delivery,
+        store_bytes_for_message: big_written,
     })
 }
 

@@ -19,18 +19,13 @@ use protocol::topology::{
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Boxed error for harness plumbing.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use net::now_ms;
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
 pub async fn wait_until(
