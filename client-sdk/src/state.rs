@@ -1498,12 +1498,19 @@ impl ClientState {
                 ch.deletes.push(key(PREFIX_DONE, &[id]));
             }
         }
-        let snapshot = self.snapshot(now, partials);
-        let bytes = postcard::to_stdvec(&snapshot).unwrap_or_default();
-        if bytes != self.persisted.snapshot {
-            ch.puts.push((KEY_SNAPSHOT.to_vec(), bytes.clone()));
+        // Written only when its content changed: the clock pair it carries
+        // (any consistent pair maps its times to the wall clock) is left out
+        // of the comparison, so an idle client writes nothing.
+        let mut snapshot = self.snapshot(now, partials);
+        let (at, unix_ms) = (snapshot.saved_at, snapshot.saved_unix_ms);
+        (snapshot.saved_at, snapshot.saved_unix_ms) = (0.0, 0);
+        let content = postcard::to_stdvec(&snapshot).unwrap_or_default();
+        if content != self.persisted.snapshot {
+            (snapshot.saved_at, snapshot.saved_unix_ms) = (at, unix_ms);
+            let bytes = postcard::to_stdvec(&snapshot).unwrap_or_default();
+            ch.puts.push((KEY_SNAPSHOT.to_vec(), bytes));
         }
-        self.persisted.snapshot = bytes;
+        self.persisted.snapshot = content;
         self.persisted.blobs = blob_keys;
         self.persisted.done = done_now;
         self.persisted.confirmed = self

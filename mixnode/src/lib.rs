@@ -623,6 +623,11 @@ async fn maintain(
             for e in ring.retire_before(floor) {
                 tracing::info!(epoch = e, "sphinx key erased");
             }
+            let held = ring.epochs();
+            let m = &control.shared.metrics;
+            m.sphinx_keys.set(held.len() as i64);
+            m.sphinx_key_oldest_epoch
+                .set(held.first().copied().unwrap_or(0) as i64);
             if let Some(k) = ring.get(epoch) {
                 control
                     .shared

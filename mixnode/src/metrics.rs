@@ -23,6 +23,11 @@ pub struct Metrics {
     pub topology_nodes: IntGauge,
     /// Fill of the current epoch key's replay cache (entries).
     pub replay_entries: IntGauge,
+    /// Sphinx keys held (previous, current, next epoch while in grace).
+    pub sphinx_keys: IntGauge,
+    /// The oldest epoch whose key (and replay cache) the node still holds:
+    /// packets of older epochs are dropped as `unknown_epoch`.
+    pub sphinx_key_oldest_epoch: IntGauge,
     /// The node's own loop cover packets sent (rate λ_M).
     pub loops_sent: IntCounter,
     /// Loops back within their expected time.
@@ -83,6 +88,13 @@ impl Metrics {
                 "Tags in the current key's replay cache",
             )
             .unwrap_or_else(bug),
+            sphinx_keys: IntGauge::new(n("sphinx_keys"), "Sphinx keys held (one per epoch)")
+                .unwrap_or_else(bug),
+            sphinx_key_oldest_epoch: IntGauge::new(
+                n("sphinx_key_oldest_epoch"),
+                "Oldest epoch whose Sphinx key is still held",
+            )
+            .unwrap_or_else(bug),
             loops_sent: IntCounter::new(n("loops_sent_total"), "Own loop cover packets sent")
                 .unwrap_or_else(bug),
             loops_returned: IntCounter::new(
@@ -109,6 +121,8 @@ impl Metrics {
             Box::new(m.processing.clone()),
             Box::new(m.topology_nodes.clone()),
             Box::new(m.replay_entries.clone()),
+            Box::new(m.sphinx_keys.clone()),
+            Box::new(m.sphinx_key_oldest_epoch.clone()),
             Box::new(m.loops_sent.clone()),
             Box::new(m.loops_returned.clone()),
             Box::new(m.loops_late.clone()),

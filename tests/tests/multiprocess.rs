@@ -334,6 +334,9 @@ async fn separate_processes_deliver_and_survive_a_gateway_restart() {
     assert!(got.body == file, "the file arrives byte-identical");
     drop(got);
     drop(file);
+    // Saved: the client may forget it (until then it keeps a copy, to hand
+    // it over again if the process dies).
+    bob_inbox.done().await.unwrap();
     wait_for("the file to be acknowledged and read", 60, || {
         alice.status(&file_id) == Some(Status::Read) && alice.outbox_len() == (0, 0)
     })

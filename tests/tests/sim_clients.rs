@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use umbra::sim::{ClientOptions, Endpoint, LinkFaults, Persona, Sim, SimConfig};
 
 /// Scenarios in this file (for the timing lines).
-const SCENARIOS: usize = 10;
+const SCENARIOS: usize = 11;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -845,4 +845,50 @@ fn a_receipt_that_overtakes_the_ack_still_reads() {
     sim.set_ack_faults(LinkFaults::NONE);
     sim.run_for(secs(20));
     assert_eq!(sim.log(a).status(&id), Some(Status::Read), "Read is final");
+}
+
+/// An idle client with a store writes nothing: its cover, loops and empty
+/// fetches change nothing durable, so the snapshot (compared without the
+/// clock it carries) is not rewritten every `persist_interval`. Phones pay
+/// for every byte written.
+#[test]
+fn an_idle_persistent_client_writes_nothing() {
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 13,
+        ..SimConfig::default()
+    });
+    let opts = ClientOptions {
+        persistent: true,
+        ..ClientOptions::default()
+    };
+    let a = sim.add_client_with(opts.clone()).unwrap();
+    let b = sim.add_client_with(opts).unwrap();
+    sim.connect_contacts(a, b);
+    let id = sim.send(a, b, b"one message, then silence").unwrap();
+    let read = sim.run_until_cond(secs(60), |s| s.log(a).status(&id) == Some(Status::Read));
+    assert!(read, "{:?}", sim.log(a).statuses);
+    // Let the receipt's ack and the last confirmations settle.
+    sim.run_for(secs(20));
+    let (writes, bytes, frames) = (
+        sim.stats().persists,
+        sim.stats().persisted_bytes,
+        sim.stats().client_frames,
+    );
+    sim.run_for(secs(60));
+    let idle_frames = sim.stats().client_frames - frames;
+    report(
+        11,
+        "an idle persistent client writes nothing",
+        &sim,
+        started,
+    );
+    eprintln!(
+        "  60 s idle: {idle_frames} client frames sent, {} store writes, {} bytes",
+        sim.stats().persists - writes,
+        sim.stats().persisted_bytes - bytes
+    );
+    assert!(idle_frames > 300, "the clients kept their streams going");
+    assert_eq!(sim.stats().persists - writes, 0, "idle writes");
+    assert_eq!(sim.stats().persisted_bytes - bytes, 0);
 }

@@ -475,8 +475,22 @@ impl LocalNet {
         receiver_mode: FinalMode,
         tweak: impl Fn(&mut MixnodeConfig),
     ) -> Result<Self, BoxError> {
+        Self::start_epochs(node_rt, mix_count, params, receiver_mode, 3600, tweak).await
+    }
+
+    /// As `start_on`, with epochs of `epoch_secs` beginning now (tests of
+    /// key rotation use a few seconds; production uses 3600).
+    pub async fn start_epochs(
+        node_rt: Option<&tokio::runtime::Handle>,
+        mix_count: usize,
+        params: NetworkParams,
+        receiver_mode: FinalMode,
+        epoch_secs: u64,
+        tweak: impl Fn(&mut MixnodeConfig),
+    ) -> Result<Self, BoxError> {
         let tmp = tempfile::tempdir()?;
-        let directory = LocalDirectory::start(&tmp.path().join("directory"), params, 3600).await?;
+        let directory =
+            LocalDirectory::start(&tmp.path().join("directory"), params, epoch_secs).await?;
         let mut mixnodes = Vec::new();
         let mut jumbo = false;
         for i in 0..mix_count {
