@@ -319,6 +319,12 @@ struct Shared {
     wake: Notify,
     /// Wakes the inbox (messages arrived).
     received: Notify,
+    /// Asks the topology task to refresh now: the entry gateway could not
+    /// be reached (it may have restarted with new keys or a new address).
+    refresh_now: Notify,
+    /// When the last frame came from the entry gateway (`net::now_ms`):
+    /// its downlink is constant-rate, so silence means a dead connection.
+    last_delivery_ms: std::sync::atomic::AtomicU64,
     /// The encrypted store of a persistent client; its lock orders writes.
     /// Emptied when the client closes, so that the file is free again.
     store: Option<Arc<Mutex<Option<store::Store>>>>,
@@ -465,6 +471,8 @@ impl Client {
             me,
             wake: Notify::new(),
             received: Notify::new(),
+            refresh_now: Notify::new(),
+            last_delivery_ms: std::sync::atomic::AtomicU64::new(net::now_ms()),
             store: store.map(|s| Arc::new(Mutex::new(Some(s)))),
             closed: watch::channel(false).0,
             status_tx: broadcast::channel(4096).0,
@@ -825,10 +833,24 @@ async fn dial(
         bind.parse()
             .map_err(|_| Error::Internal("bind address".into()))?,
     )?;
-    let conn = net::link::connect(&endpoint, entry.identity, addr).await?;
+    // A gateway that is down never answers (UDP): give up after 5 s rather
+    // than QUIC's 30 s idle timeout, and try again with a fresh topology.
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        net::link::connect(&endpoint, entry.identity, addr),
+    )
+    .await
+    .map_err(|_| Error::Net(net::Error::Connect("no answer within 5 s".into())))??;
     *shared.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.local_addr().ok();
     *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+    shared
+        .last_delivery_ms
+        .store(net::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    let heard = shared.clone();
     let sink = move |f: Frame<'_>, _: &quinn::Connection| {
+        heard
+            .last_delivery_ms
+            .store(net::now_ms(), std::sync::atomic::Ordering::Relaxed);
         if let Some((id, payload)) = f.delivery() {
             // A full queue drops the frame: the reliability layer asks again.
             let _ = deliveries.try_send((id, payload.to_vec()));
@@ -858,6 +880,7 @@ async fn connection_task(
     let mut conn = Some(first);
     let mut backoff = Duration::from_millis(200);
     let address = shared.state().address();
+    let mut first = true;
     loop {
         let c = match conn.take() {
             Some(c) => c,
@@ -865,6 +888,7 @@ async fn connection_task(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach entry gateway; retrying");
+                    shared.refresh_now.notify_one();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stopped(&mut stop) => return,
@@ -884,11 +908,37 @@ async fn connection_task(
             continue;
         }
         backoff = Duration::from_millis(200);
+        if !std::mem::take(&mut first) {
+            // Back after a break: what was in flight on it is lost.
+            shared.state().handle_reconnect(now());
+            shared.wake.notify_one();
+        }
+        // The gateway sends λ_D frames a second whatever happens; no frame
+        // for 30/λ_D (at least 3 s: a healthy link misses that with
+        // probability e^-30) means it is gone, long before QUIC's idle
+        // timeout (30 s) would say so.
+        let silence = {
+            let lambda = shared.state().topology().params.lambda_downlink.max(0.1);
+            Duration::from_secs_f64((30.0 / lambda).max(3.0))
+        };
+        let mut watchdog = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
+                _ = watchdog.tick() => {
+                    let last = shared.last_delivery_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    if net::now_ms().saturating_sub(last) > silence.as_millis() as u64 {
+                        tracing::warn!("entry gateway silent; reconnecting");
+                        c.close(0u8.into(), b"silent");
+                        shared.refresh_now.notify_one();
+                        break;
+                    }
+                }
                 f = out.recv() => {
                     let Some(f) = f else { return };
                     if send.write_all(&f).await.is_err() {
+                        // The gateway went away: it may come back with new
+                        // keys, or elsewhere.
+                        shared.refresh_now.notify_one();
                         break;
                     }
                 }
@@ -910,6 +960,10 @@ async fn topology_task(
 ) {
     let mut stop = shared.stop.subscribe();
     let refresh = shared.state().config().topology_refresh;
+    // After the entry gateway was lost: refreshes at 0, 1, 2, 4, 8 s until a
+    // newer document comes (a restarted gateway registers its new keys and
+    // address within a few seconds).
+    let mut urgent: Option<u32> = None;
     loop {
         // Refresh periodically, and right after each epoch begins: the new
         // epoch brings new Sphinx keys and a new layer assignment.
@@ -920,17 +974,34 @@ async fn topology_task(
                 Duration::from_millis(t.schedule.until_next_ms(net::now_ms()) + 1_000),
             )
         };
+        let wait = match urgent {
+            Some(0) => Duration::ZERO,
+            Some(n) => Duration::from_secs(1 << (n - 1).min(3)),
+            None => refresh.min(to_epoch),
+        };
         tokio::select! {
-            _ = tokio::time::sleep(refresh.min(to_epoch)) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.refresh_now.notified(), if urgent.is_none() => {
+                urgent = Some(0);
+                continue;
+            }
             _ = stopped(&mut stop) => return,
         }
         match dir.topology(false, net::now_ms(), last).await {
             Ok(doc) => {
-                if to_driver.send(doc).await.is_err() {
+                let newer = Some((doc.epoch, doc.revision)) != last;
+                urgent = match urgent {
+                    Some(n) if !newer && n < 4 => Some(n + 1),
+                    _ => None,
+                };
+                if newer && to_driver.send(doc).await.is_err() {
                     return;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "topology refresh failed; keeping the old one"),
+            Err(e) => {
+                urgent = urgent.filter(|n| *n < 4).map(|n| n + 1);
+                tracing::warn!(error = %e, "topology refresh failed; keeping the old one")
+            }
         }
     }
 }

@@ -413,6 +413,11 @@ impl ClientState {
         };
         let t = self.secs(now);
         self.downlink.retune(doc.params.lambda_downlink, loops, t);
+        // The entry gateway as the new document describes it: a gateway that
+        // restarted may listen elsewhere and has new keys.
+        if let Some(e) = doc.node(&self.entry.identity) {
+            self.entry = e.clone();
+        }
         self.topology = Arc::new(doc);
     }
 
@@ -689,6 +694,17 @@ impl ClientState {
         while let Some((id, status)) = self.outbox.poll_event() {
             self.statuses.set(id, status);
             self.events.push_back(Event::Status { id, status });
+        }
+    }
+
+    /// The connection to the entry gateway broke and is back (or moved to
+    /// a restarted gateway): what left on the broken connection was lost,
+    /// so every fragment awaiting its ack goes again at the next ticks,
+    /// without waiting out its (backed-off) ack timeout and without using
+    /// up an attempt.
+    pub fn handle_reconnect(&mut self, _now: Now) {
+        if self.outbox.retry_in_flight() > 0 {
+            self.dirty = true;
         }
     }
 

@@ -425,6 +425,26 @@ impl<C: Clone> Outbox<C> {
         None
     }
 
+    /// The link the transmissions left on broke: every fragment awaiting
+    /// its ack is made ready again at once, and the attempt it used is given
+    /// back (it never had a chance). Returns how many. A late ack of an old
+    /// transmission is then ignored; the receiver drops the duplicate.
+    pub fn retry_in_flight(&mut self) -> usize {
+        let lost = std::mem::take(&mut self.in_flight);
+        let n = lost.len();
+        for (_, (id, i, _)) in lost {
+            if let Some(m) = self.msgs.get_mut(&id) {
+                if m.acked[i as usize] {
+                    continue;
+                }
+                let a = &mut m.attempts[i as usize];
+                *a = a.saturating_sub(1);
+                self.ready.push_back((id, i));
+            }
+        }
+        n
+    }
+
     /// Puts a transmission back unsent (its packet could not be built).
     pub fn unsent(&mut self, t: &Transmission<C>) {
         self.ready.push_front((t.fragment.msg_id, t.fragment.index));
@@ -1336,6 +1356,31 @@ mod tests {
         // It was stored after all (only acks were lost): the receipt says so.
         o.on_receipt(&[2; 16]);
         assert_eq!(o.poll_event(), Some(([2; 16], Status::Read)));
+    }
+
+    #[test]
+    fn a_broken_link_sends_what_was_in_flight_again_without_using_attempts() {
+        let mut o = outbox(); // 3 attempts
+        o.push(msg(5, 1, vec![0; 5000]), 2048, 0.0).unwrap();
+        let mut n = 0;
+        let first = send_all(&mut o, 0.0, &mut n);
+        assert_eq!(first.len(), 3);
+        assert!(o.on_ack(&first[0].0), "one ack came back");
+        // Two attempts each on a link that then broke.
+        assert_eq!(send_all(&mut o, 1.1, &mut n).len(), 2);
+        assert!(o.next(1.2).is_none(), "waiting out the doubled timeout");
+        assert_eq!(o.retry_in_flight(), 2);
+        let again = send_all(&mut o, 1.2, &mut n);
+        let mut idx: Vec<u32> = again.iter().map(|(_, f)| f.index).collect();
+        idx.sort();
+        assert_eq!(idx, [1, 2], "at once, only the unacked ones");
+        // The lost attempt was given back: a third attempt is still allowed.
+        assert_eq!(send_all(&mut o, 10.0, &mut n).len(), 2);
+        // A late ack of a transmission from before the break is ignored.
+        assert!(!o.on_ack(&first[1].0));
+        for (ack, _) in &again {
+            assert!(!o.on_ack(ack), "superseded by the third attempt");
+        }
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Churn: the entry gateway of a busy client is killed and comes back on
+//! the same data (its stored messages, its identity) but with new Sphinx
+//! keys and a new port, as a gateway restarted on another machine or with
+//! another port would. The client notices the lost connection, refreshes
+//! the topology at once, and reconnects to the gateway's new address.
+//! Every message is delivered once or reported failed, none is lost, and
+//! the test prints how long delivery stopped.
+
+use client_sdk::{Client, Identity, Status};
+use protocol::topology::NetworkParams;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use umbra::testnet::{MixNetwork, NetworkOptions, gateway_config, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
+    let params = NetworkParams {
+        mix_delay_mean_ms: 20,
+        lambda_payload: 50.0,
+        lambda_downlink: 120.0,
+        ..NetworkParams::default()
+    };
+    let mut net = MixNetwork::start_with(NetworkOptions {
+        per_layer: 1,
+        gateways: 2,
+        params,
+        ..NetworkOptions::default()
+    })
+    .await
+    .unwrap();
+    let ids: Vec<protocol::NodeId> = net.gateways.iter().map(|g| g.node().identity).collect();
+    let gw = |i: usize| ids[i];
+    let mut cfg = net.client_config().unwrap();
+    cfg.fetch_interval = Duration::from_millis(500);
+    cfg.catch_up_periods = 2;
+    // The default topology refresh (60 s): a restart must not wait for it.
+    assert_eq!(cfg.topology_refresh, Duration::from_secs(60));
+    let mut a_cfg = cfg.clone();
+    a_cfg.entry_gateway = Some(gw(0));
+    let mut b_cfg = cfg;
+    b_cfg.entry_gateway = Some(gw(1));
+    let (alice, _a_in) = Client::connect(a_cfg, Identity::generate()).await.unwrap();
+    let (bob, mut b_in) = Client::connect(b_cfg, Identity::generate()).await.unwrap();
+    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
+    bob.add_contact(&alice.invite("alice")).unwrap();
+
+    // Alice sends every 100 ms for 12 s; her entry gateway is killed at 3 s
+    // and started again 1 s later.
+    let t0 = Instant::now();
+    let mut sent: HashMap<Vec<u8>, (client_sdk::MessageId, Duration)> = HashMap::new();
+    let mut arrivals: HashMap<Vec<u8>, Vec<Duration>> = HashMap::new();
+    let mut killed_at = None;
+    let mut old_port = None;
+    for i in 0..120 {
+        let m = format!("busy {i}").into_bytes();
+        let id = alice.send(&to_bob, &m).await.unwrap();
+        sent.insert(m, (id, t0.elapsed()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Some(r) = b_in.try_recv() {
+            arrivals.entry(r.body).or_default().push(t0.elapsed());
+        }
+        if i == 30 {
+            old_port = client_port(&net, gw(0)).await;
+            let g = net.gateways.remove(0);
+            g.shutdown().await;
+            killed_at = Some(t0.elapsed());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let cfg = gateway_config(&net.directory, net.tmp.path().join("gateway0")).unwrap();
+            net.gateways.insert(0, gateway::start(cfg).await.unwrap());
+        }
+    }
+    let killed_at = killed_at.unwrap();
+    let deadline = Duration::from_secs(180);
+    wait_until("every message delivered or failed", deadline, || {
+        while let Some(r) = b_in.try_recv() {
+            arrivals.entry(r.body).or_default().push(t0.elapsed());
+        }
+        sent.iter().all(|(m, (id, _))| {
+            arrivals.contains_key(m) || alice.status(id).is_some_and(|s| s.is_failure())
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", net.diagnostics()));
+    // Late duplicates would show within a few fetch rounds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Some(r) = b_in.try_recv() {
+        arrivals.entry(r.body).or_default().push(t0.elapsed());
+    }
+
+    let delivered = sent.keys().filter(|m| arrivals.contains_key(*m)).count();
+    let failed = sent
+        .values()
+        .filter(|(id, _)| alice.status(id).is_some_and(|s| s.is_failure()))
+        .count();
+    let lost = sent
+        .iter()
+        .filter(|(m, (id, _))| {
+            !arrivals.contains_key(*m) && !alice.status(id).is_some_and(|s| s.is_failure())
+        })
+        .count();
+    let dups: usize = arrivals.values().map(|v| v.len() - 1).sum();
+    // Delivery stopped: the longest time without an arrival, from the kill on.
+    let mut times: Vec<Duration> = arrivals.values().flatten().copied().collect();
+    times.push(killed_at);
+    times.sort();
+    let outage = times
+        .windows(2)
+        .filter(|w| w[1] >= killed_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let new_port = client_port(&net, gw(0)).await;
+    let stored = sent
+        .values()
+        .filter(|(id, _)| matches!(alice.status(id), Some(Status::Stored | Status::Read)))
+        .count();
+    eprintln!(
+        "entry gateway killed at {:.1} s, back 1 s later on port {new_port:?} (was {old_port:?}): {delivered}/{} delivered, {failed} failed, {lost} lost, {dups} duplicates, {stored} stored; delivery stopped for {:.1} s",
+        killed_at.as_secs_f64(),
+        sent.len(),
+        outage.as_secs_f64()
+    );
+    assert_ne!(new_port, old_port, "the gateway came back elsewhere");
+    assert!(
+        alice.traffic().0 > 0,
+        "the client reconnected to the restarted gateway"
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(dups, 0);
+    assert_eq!(delivered, sent.len(), "{failed} failed");
+    assert!(
+        outage < Duration::from_secs(30),
+        "delivery stopped for {outage:?}"
+    );
+    alice.shutdown();
+    bob.shutdown();
+    net.stop().await;
+}
+
+/// The client port a gateway publishes in the current topology.
+async fn client_port(net: &MixNetwork, id: protocol::NodeId) -> Option<u16> {
+    let t = net.directory.topology().await.ok()?;
+    Some(t.node(&id)?.client_socket_addr()?.port())
+}
