@@ -23,6 +23,14 @@
 //! (reconnection, flow control), client rate limits, the directory (one
 //! topology, one epoch), the nodes' own loops (λ_M) and key rotation.
 //!
+//! Looking in: [`Sim::set_observer`] is told everything put on a link and
+//! every packet a node peels (what a global passive adversary sees, and the
+//! ground truth behind it); `umbra eval anonymity` ([`crate::eval`]) attacks
+//! that. [`Sim::send_packet`] lets a caller send a node's own packets (the
+//! evaluation's λ_M loops); [`Sim::set_dangerous_zero_delay`] makes every node
+//! forward at once, as a node's `dangerous_zero_delay` does. Neither is used
+//! unless called.
+//!
 //! Persistence: a client added with [`ClientOptions::persistent`] writes
 //! `ClientState::take_changes` to a [`Disk`] in memory when `Client::open`'s
 //! driver would (after a send, before handing a message over, before a
@@ -119,25 +127,80 @@ impl Default for SimConfig {
     }
 }
 
+/// The authority simulated clients are configured with (never contacted:
+/// the simulation hands them their topology).
+pub fn sim_authority() -> client_sdk::AuthorityRef {
+    client_sdk::AuthorityRef {
+        url: SIM_AUTHORITY_URL.into(),
+        key: SIM_AUTHORITY_KEY.into(),
+    }
+}
+
 /// The SDK's defaults, with the timers a simulation wants: fetches every
 /// second, two periods of catch-up (not 24: each is a fetch per contact at
 /// start), 1 s of ack slack (links here add milliseconds, not seconds).
 pub fn sim_client_config() -> ClientConfig {
-    let mut cfg = ClientConfig::builder(
-        vec![client_sdk::AuthorityRef {
-            url: SIM_AUTHORITY_URL.into(),
-            key: SIM_AUTHORITY_KEY.into(),
-        }],
-        1,
-    )
-    .fetch_interval(Duration::from_secs(1))
-    .catch_up_periods(2)
-    .message_ttl(Duration::from_secs(600))
-    .build()
-    .expect("a fixed, valid client config");
+    let mut cfg = ClientConfig::builder(vec![sim_authority()], 1)
+        .fetch_interval(Duration::from_secs(1))
+        .catch_up_periods(2)
+        .message_ttl(Duration::from_secs(600))
+        .build()
+        .expect("a fixed, valid client config");
     cfg.ack_slack = Duration::from_secs(1);
     cfg
 }
+
+/// What a [`Sim::set_observer`] observer is told.
+#[derive(Debug, Clone, Copy)]
+pub enum Observed<'a> {
+    /// Something was put on the link `from → to`, leaving at `depart`
+    /// (virtual time), before the link's faults and partitions.
+    Link {
+        /// The sender.
+        from: Endpoint,
+        /// The receiver.
+        to: Endpoint,
+        /// When it leaves `from`.
+        depart: Duration,
+        /// What it is.
+        what: OnLink<'a>,
+    },
+    /// Node `node` peeled `packet`, which arrived at `at`: `peeled` is what
+    /// came out (`None`: dropped as a replay, malformed or of an unknown epoch).
+    Peel {
+        /// The node.
+        node: NodeId,
+        /// Virtual time.
+        at: Duration,
+        /// The packet as it arrived.
+        packet: &'a [u8],
+        /// What the node's key made of it.
+        peeled: Option<&'a Peeled>,
+    },
+}
+
+/// What travels on a link, as an observer sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum OnLink<'a> {
+    /// A client's Inject frame to its entry gateway (length prefix included).
+    Inject {
+        /// The whole frame.
+        frame: &'a [u8],
+    },
+    /// A Sphinx packet between nodes.
+    Packet {
+        /// Its bytes.
+        packet: &'a [u8],
+    },
+    /// A Deliver frame of a client's constant-rate downlink.
+    Deliver {
+        /// The reply's identifier (zero for a dummy).
+        identifier: [u8; 16],
+    },
+}
+
+/// Told everything put on a link and every packet peeled (see [`Observed`]).
+pub type Observer = Box<dyn FnMut(Observed<'_>)>;
 
 /// A client of the simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -199,6 +262,9 @@ pub struct SimStats {
     pub lost: u64,
     /// Extra copies the duplication knob made.
     pub duplicated: u64,
+    /// Redelivered messages (taken before a restart, not yet done with)
+    /// that the application's record already held.
+    pub redelivered_skipped: u64,
     /// Packets (or copies) the delay knob held back.
     pub delayed: u64,
     /// Packets dropped because an end of their link was partitioned.
@@ -581,6 +647,8 @@ pub struct Sim {
     /// Successful stores per dropbox id, retransmissions included.
     stores_by_box: BTreeMap<[u8; 32], u64>,
     box_events: Vec<BoxEvent>,
+    observer: Option<Observer>,
+    zero_delay: bool,
 }
 
 impl std::fmt::Debug for Sim {
@@ -663,6 +731,8 @@ impl Sim {
             stats: SimStats::default(),
             stores_by_box: BTreeMap::new(),
             box_events: Vec::new(),
+            observer: None,
+            zero_delay: false,
             cfg,
         };
         sim.schedule_what(us(EXPIRY_EVERY), What::Expire);
@@ -969,6 +1039,33 @@ impl Sim {
         self.restart_hook = hook;
     }
 
+    /// Tells `observer` everything put on a link and every packet a node
+    /// peels, from now on (replacing any earlier observer). It changes
+    /// nothing in the run.
+    pub fn set_observer(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
+    /// DANGEROUS, evaluation only: every node forwards at once, ignoring the
+    /// delay in the packet's header (a node's `dangerous_zero_delay`).
+    pub fn set_dangerous_zero_delay(&mut self, on: bool) {
+        self.zero_delay = on;
+    }
+
+    /// Node `from` sends a Sphinx `packet` (of the topology's epoch) to node
+    /// `to` now: for packets of the nodes' own, such as their loops. (A loop
+    /// back at its mix node is counted in `dropped["unexpected_final"]`: the
+    /// simulation keeps no loop tracker for nodes.)
+    pub fn send_packet(&mut self, from: NodeId, to: NodeId, packet: Vec<u8>) {
+        let epoch = self.topology.epoch;
+        self.transmit(
+            Endpoint::Node(from),
+            Endpoint::Node(to),
+            self.now_us,
+            Carried::Packet { to, epoch, packet },
+        );
+    }
+
     /// Restarts a client now, as a crash would: its state is dropped (what
     /// a persistent client had not written is lost) and rebuilt by the
     /// restart hook; its connection closes, so the gateway forgets its
@@ -1176,7 +1273,14 @@ impl Sim {
         while let Some(m) = self.clients[i].state.poll_received() {
             // Written before the application gets it (`Inbox::recv`).
             self.persist(i);
-            self.clients[i].log.received.push(ReceivedRecord {
+            // The application's own record: a redelivered message it
+            // already holds is skipped, as the SDK guide tells apps to.
+            let log = &mut self.clients[i].log.received;
+            if m.redelivered && log.iter().any(|r| r.from == m.from && r.id == m.id) {
+                self.stats.redelivered_skipped += 1;
+                continue;
+            }
+            log.push(ReceivedRecord {
                 at,
                 to: m.to,
                 from: m.from,
@@ -1184,6 +1288,8 @@ impl Sim {
                 body: m.body,
             });
         }
+        // Saved in the log: done with them.
+        self.clients[i].state.received_done();
     }
 
     /// Writes what changed to a persistent client's disk, in one step.
@@ -1300,6 +1406,21 @@ impl Sim {
     /// the link's faults and partitions.
     fn transmit(&mut self, from: Endpoint, to: Endpoint, depart: u64, what: Carried) {
         self.stats.transmissions += 1;
+        if let Some(observe) = self.observer.as_mut() {
+            let what = match &what {
+                Carried::Inject { frame, .. } => OnLink::Inject { frame },
+                Carried::Packet { packet, .. } => OnLink::Packet { packet },
+                Carried::Deliver { identifier, .. } => OnLink::Deliver {
+                    identifier: *identifier,
+                },
+            };
+            observe(Observed::Link {
+                from,
+                to,
+                depart: dur(depart),
+                what,
+            });
+        }
         if self.partitioned(from, depart) {
             self.stats.partitioned += 1;
             return;
@@ -1376,7 +1497,16 @@ impl Sim {
         };
         let role = node.role;
         self.stats.peels += 1;
-        match node.ring.peel(epoch, packet) {
+        let peeled = node.ring.peel(epoch, packet);
+        if let Some(observe) = self.observer.as_mut() {
+            observe(Observed::Peel {
+                node: to,
+                at: dur(self.now_us),
+                packet,
+                peeled: peeled.as_ref().ok(),
+            });
+        }
+        match peeled {
             Err(protocol::Error::UnknownEpoch(_)) => self.drop_packet("unknown_epoch"),
             Err(protocol::Error::Replay) => self.drop_packet("replay"),
             Err(_) => self.drop_packet("malformed"),
@@ -1388,7 +1518,11 @@ impl Sim {
                 if self.topology.node(&next_hop).is_none() {
                     return self.drop_packet("unknown_next_hop");
                 }
-                let held = delay.min(Duration::from_millis(self.topology.params.max_delay_ms));
+                let held = if self.zero_delay {
+                    Duration::ZERO
+                } else {
+                    delay.min(Duration::from_millis(self.topology.params.max_delay_ms))
+                };
                 self.transmit(
                     Endpoint::Node(to),
                     Endpoint::Node(next_hop),
