@@ -99,8 +99,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum EvalCmd {
-    /// Simulate a whole network on a virtual clock and attack it as a global
-    /// passive adversary: how well can it name the sender of a message?
+    /// Simulate a whole network of real clients (the SDK's `ClientState`,
+    /// real Sphinx packets at every hop) on a virtual clock and attack it as
+    /// a global passive adversary: how well can it name the sender of a
+    /// message?
     Anonymity {
         /// Clients.
         #[arg(long, default_value_t = 100)]
@@ -317,9 +319,11 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// What an idle client costs (share of a core, bytes/s) at the default
-    /// cover rates, and how long a message takes to deliver, against
-    /// `umbra testnet` started as a separate process.
+    /// What an idle client costs (share of a core, bytes/s, store writes)
+    /// at the default cover rates, with one identity and with several side
+    /// by side, what its store writes per message, and how long a message
+    /// takes to deliver, against `umbra testnet` started as a separate
+    /// process.
     Client {
         /// Seconds to measure the idle clients.
         #[arg(long, default_value_t = 30)]
@@ -327,6 +331,10 @@ enum BenchCmd {
         /// Size of the message timed, bytes.
         #[arg(long, default_value_t = 1024 * 1024)]
         message_size: usize,
+        /// Identities the third client hosts (measured beside two clients
+        /// hosting one).
+        #[arg(long, default_value_t = 5)]
+        identities: usize,
         /// End with one JSON line.
         #[arg(long)]
         json: bool,
@@ -658,7 +666,7 @@ async fn run(cli: Cli) -> Result<()> {
             let started = std::time::Instant::now();
             let r = tokio::task::spawn_blocking(move || umbra::eval::run(&opts)).await?;
             println!(
-                "clients {}  targets {}  simulated {:.0} s in {:.1} s\nsender entropy {:.3} bits of {:.3} ({:.1} %)\ntop-1 accuracy {:.4} [{:.4}, {:.4}] vs chance {:.4} ({:.2}x)\nPoisson send times: {:.0} % of clients pass KS; a burst client: D={:.3} (critical {:.3})\nall packet kinds the same size: {}\nidle client sends {:.1} packets/s; mean latency to the dropbox {:.2} s",
+                "clients {}  targets {}  simulated {:.0} s in {:.1} s\nsender entropy {:.3} bits of {:.3} ({:.1} %)\ntop-1 accuracy {:.4} [{:.4}, {:.4}] vs chance {:.4} ({:.2}x)\nPoisson send times: {:.0} % of clients pass KS; a burst client: D={:.3} (critical {:.3})\nall packet kinds the same size: {}\na client sends {:.1} packets/s; mean latency to the dropbox {:.2} s",
                 r.clients,
                 r.targets,
                 r.simulated_s,
@@ -696,18 +704,42 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Client {
             seconds,
             message_size,
+            identities,
             json,
         }) => {
             let exe = std::env::current_exe()?;
-            let r = umbra::bench::client(&exe, seconds, message_size, |l| eprintln!("{l}")).await?;
+            let r = umbra::bench::client(&exe, seconds, message_size, identities, |l| {
+                eprintln!("{l}")
+            })
+            .await?;
+            let same = |i: usize| (r.many_over_one[i] - 1.0).abs() <= r.noise_3sigma[i];
             println!(
-                "idle client: {:.2} % of one core, up {:.0} B/s, down {:.0} B/s (over {:.0} s)\n{} bytes delivered in {:.1} s",
+                "idle client: {:.2} % of one core, up {:.0} B/s, down {:.0} B/s, store writes {:.0} B/s while catching up, {:.0} B/s settled (over {:.0} s)\n\
+                 {} identities on one client: up {:.0} B/s ({:.3}x), down {:.0} B/s ({:.3}x); Poisson noise (3 sd) ±{:.3} / ±{:.3}: {}\n\
+                 store: {:.0} bytes written per short message (sender and recipient)\n\
+                 {} bytes delivered in {:.1} s; {:.0} bytes written to the stores for it",
                 100.0 * r.idle_cpu_share,
                 r.idle_up_bytes_per_s,
                 r.idle_down_bytes_per_s,
+                r.catch_up_store_bytes_per_s,
+                r.idle_store_bytes_per_s,
                 r.idle_seconds,
+                r.identities,
+                r.many_up_bytes_per_s,
+                r.many_over_one[0],
+                r.many_down_bytes_per_s,
+                r.many_over_one[1],
+                r.noise_3sigma[0],
+                r.noise_3sigma[1],
+                if same(0) && same(1) {
+                    "the same within noise"
+                } else {
+                    "DIFFERENT beyond noise"
+                },
+                r.store_bytes_per_short_message,
                 r.message_bytes,
-                r.delivery_seconds
+                r.delivery_seconds,
+                r.store_bytes_for_message,
             );
             if json {
                 println!("{}", serde_json::to_string(&r)?);
