@@ -258,6 +258,30 @@ impl std::fmt::Debug for ClientState {
     }
 }
 
+/// A SURB, its identifier, its reply key and its hops' delays.
+type HomeSurb = (Vec<u8>, [u8; 16], ReplyKey, Vec<Duration>);
+
+/// A SURB that brings a reply to `address` through the three mix layers
+/// and our entry gateway, under a fresh non-zero identifier: the SURB, its
+/// identifier, the key that opens the reply, and the delays its hops will
+/// hold it.
+fn surb_home<R: CryptoRng + ?Sized>(
+    topo: &TopologyDocument,
+    entry: &TopologyNode,
+    address: &[u8; 32],
+    rng: &mut R,
+) -> Result<HomeSurb, Error> {
+    let mut route = mix_route(topo, rng)?;
+    route.push(entry.hop());
+    let delays = packet::sample_delays(rng, route.len(), delay_mean(topo));
+    let mut id = [0u8; 16];
+    rng.fill_bytes(&mut id);
+    id[0] |= 1; // non-zero: marks a reply at the gateway
+    let (surb, key) = packet::build_surb(rng, &route, address, id, &delays)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok((surb, id, key, delays))
+}
+
 /// One node per mix layer, each uniformly at random.
 fn mix_route<R: Rng + ?Sized>(topo: &TopologyDocument, rng: &mut R) -> Result<Vec<Hop>, Error> {
     (1..=topology::LAYERS)
@@ -943,14 +967,7 @@ impl ClientState {
         let entry = topo
             .node(&self.entry.identity)
             .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
-        let mut back = mix_route(&topo, rng)?;
-        back.push(entry.hop());
-        let back_delays = packet::sample_delays(rng, back.len(), delay_mean(&topo));
-        let mut ack = [0u8; 16];
-        rng.fill_bytes(&mut ack);
-        ack[0] |= 1; // non-zero: marks a reply at the gateway
-        let (surb, key) = packet::build_surb(rng, &back, &self.address, ack, &back_delays)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let (surb, ack, key, back_delays) = surb_home(&topo, entry, &self.address, rng)?;
         let request = Request::StoreAcked {
             dropbox: dropbox.id,
             ciphertext,
@@ -1079,14 +1096,7 @@ impl ClientState {
         let mut surbs = Vec::with_capacity(FETCH_SURBS);
         let mut keys = Vec::with_capacity(FETCH_SURBS);
         for _ in 0..FETCH_SURBS {
-            let mut route = mix_route(&topo, rng)?;
-            route.push(entry.hop());
-            let delays = packet::sample_delays(rng, route.len(), delay_mean(&topo));
-            let mut identifier = [0u8; 16];
-            rng.fill_bytes(&mut identifier);
-            identifier[0] |= 1; // non-zero: marks a reply at the gateway
-            let (surb, key) = packet::build_surb(rng, &route, &self.address, identifier, &delays)
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            let (surb, identifier, key, _) = surb_home(&topo, entry, &self.address, rng)?;
             surbs.push(surb);
             keys.push((identifier, key));
         }

@@ -45,6 +45,15 @@ fn chat_bin() -> PathBuf {
     bin
 }
 
+/// The acked count of a `progress <id> <acked>/<count>` line.
+fn acked(line: &str) -> u32 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -207,23 +216,10 @@ async fn a_sender_killed_mid_message_resumes_and_it_arrives_once() {
     let msg = queued["queued ".len()..].to_string();
     // Kill it a good way into the message.
     let at = alice.until(120, |l| {
-        l.starts_with(&format!("progress {msg} "))
-            && l.rsplit(' ')
-                .next()
-                .and_then(|p| p.split('/').next())
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|n| n >= 150)
+        l.starts_with(&format!("progress {msg} ")) && acked(l) >= 150
     });
     alice.kill9();
-    let acked_before: u32 = at
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let acked_before = acked(&at);
     let count: u32 = at.rsplit('/').next().unwrap().parse().unwrap();
     assert!(acked_before < count, "killed before the message was stored");
 
@@ -232,15 +228,7 @@ async fn a_sender_killed_mid_message_resumes_and_it_arrives_once() {
     let ready = alice.until(60, |l| l.starts_with("ready "));
     assert_eq!(ready["ready ".len()..], alice_id, "the identity survives");
     let resumed = alice.until(60, |l| l.starts_with(&format!("progress {msg} ")));
-    let acked_after: u32 = resumed
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let acked_after = acked(&resumed);
     eprintln!(
         "sender killed at {acked_before}/{count} fragments acked; resumed at {acked_after}/{count}"
     );
