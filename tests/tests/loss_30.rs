@@ -20,7 +20,7 @@ async fn thirty_percent_loss_loses_nothing_silently() {
         DemoOptions {
             messages: 400,
             send_interval_ms: 20,
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
             ..DemoOptions::default()
         },
         |l| eprintln!("{l}"),
