@@ -64,7 +64,16 @@ pub struct DemoOptions {
     /// `net::faults::dangerous_set_link_faults` (`LinkFaults::default()` for
     /// no other fault) before the run.
     pub partition: Option<Duration>,
+    /// Epoch length of the demo network, seconds (production: 3600). With
+    /// short epochs the sends are spread over [`EPOCHS_SPANNED`] epochs
+    /// (unless `send_interval_ms` asks for longer), so that traffic crosses
+    /// key rotations: keys published ahead, kept for their grace, erased.
+    pub epoch_secs: u64,
 }
+
+/// Epochs a short-epoch demo spreads its sends over: they cross at least
+/// three boundaries.
+pub const EPOCHS_SPANNED: f64 = 3.5;
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -82,6 +91,7 @@ impl Default for DemoOptions {
             threshold: 1,
             authorities_down: 0,
             partition: None,
+            epoch_secs: 3600,
         }
     }
 }
@@ -117,6 +127,8 @@ pub struct DemoReport {
     pub ended: String,
     /// What the fault injector did during the run, if it was on.
     pub injector: Option<InjectorReport>,
+    /// Epoch boundaries the clients' topology crossed during the run.
+    pub boundaries: u64,
 }
 
 impl DemoReport {
@@ -277,6 +289,7 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoRepor
         workers: 1,
         authorities: opts.authorities,
         threshold: opts.threshold,
+        epoch_secs: opts.epoch_secs,
         ..NetworkOptions::default()
     })
     .await?;
@@ -560,6 +573,15 @@ async fn talk(
     let mut next_poll = Instant::now();
     let mut last_progress = Instant::now();
     let mut settled_note = false;
+    let first_epoch = alice.topology().epoch;
+    let mut last_epoch = first_epoch;
+    // Spread the sends over a few epochs when they are short.
+    let send_interval = if opts.epoch_secs < 3600 {
+        let spread = opts.epoch_secs as f64 * EPOCHS_SPANNED / opts.messages.max(1) as f64;
+        Duration::from_secs_f64(spread).max(Duration::from_millis(opts.send_interval_ms))
+    } else {
+        Duration::from_millis(opts.send_interval_ms)
+    };
     let note_failure = |s: Option<Status>, i: usize| {
         if let Some(s) = s {
             progress(&format!("message {i} was reported failed: {s:?}"));
@@ -568,6 +590,11 @@ async fn talk(
     let ended = loop {
         let now = Instant::now();
         let sent = book.msgs.len();
+        let epoch = alice.topology().epoch;
+        if epoch != last_epoch {
+            progress(&format!("the clients' topology moved to epoch {epoch}"));
+            last_epoch = epoch;
+        }
         if now >= next_poll {
             // Status changes come through the subscriptions below; one
             // that fell behind would skip some, so ask now and then as well,
@@ -665,7 +692,7 @@ async fn talk(
                 failed: None,
                 verdict_at: None,
             });
-            next_send = Instant::now() + Duration::from_millis(opts.send_interval_ms);
+            next_send = Instant::now() + send_interval;
             continue;
         }
         let n = opts.messages;
@@ -709,6 +736,7 @@ async fn talk(
         seconds: (seconds * 10.0).round() / 10.0,
         ended: ended.into(),
         injector: None,
+        boundaries: last_epoch.saturating_sub(first_epoch),
     };
     Ok((report, partition))
 }

@@ -96,9 +96,14 @@ enum Command {
         /// clients start (the others must still serve a valid topology).
         #[arg(long, default_value_t = 0)]
         authorities_down: usize,
+        /// Epoch length of the demo network, seconds (production: 3600).
+        /// Shorter epochs rotate the Sphinx keys during the run: the sends
+        /// are then spread over 3.5 epochs, crossing at least 3 boundaries.
+        #[arg(long, default_value_t = 3600)]
+        epoch_secs: u64,
         /// End with one JSON line: {"sent","delivered","failed","lost",
         /// "failed_but_delivered","duplicates","corrupted","p50_ms","p99_ms",
-        /// "seconds","ended","injector"}.
+        /// "seconds","ended","injector","boundaries"}.
         #[arg(long)]
         json: bool,
     },
@@ -558,6 +563,7 @@ async fn run(cli: Cli) -> Result<()> {
             authorities,
             threshold,
             authorities_down,
+            epoch_secs,
             json,
         } => {
             if message_size.is_some_and(|n| n > client_sdk::MAX_BODY_LEN) {
@@ -599,6 +605,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }));
             }
             net::faults::dangerous_set_burst_loss(burst);
+            if epoch_secs < 5 {
+                return Err("--epoch-secs must be at least 5".into());
+            }
             if authorities_down >= authorities {
                 return Err("--authorities-down must leave at least one authority running".into());
             }
@@ -611,6 +620,7 @@ async fn run(cli: Cli) -> Result<()> {
                 threshold,
                 authorities_down,
                 partition,
+                epoch_secs,
                 ..Default::default()
             };
             let r = umbra::demo::run(opts, |line| eprintln!("{line}")).await?;
