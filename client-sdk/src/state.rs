@@ -40,8 +40,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-/// Largest message body [`ClientState::send`] accepts (16 MiB, sent in fragments).
-pub const MAX_BODY_LEN: usize = protocol::reliable::MAX_MESSAGE_SIZE;
+/// Largest message body [`ClientState::send`] accepts: 8 MiB, sent in 5,586
+/// fragments. At the default payload rate (5/s, of which fetches take a
+/// little) that is about 22 minutes, well within the default one-hour time
+/// to live, and it fits a dropbox's default quota of 10,000 messages even
+/// if every fragment lands in one period's box. The wire format allows up
+/// to [`protocol::reliable::MAX_MESSAGE_SIZE`] (16 MiB), which at default
+/// rates would need 44 of the TTL's 60 minutes and overflow that quota; see
+/// docs/reliability.md.
+pub const MAX_BODY_LEN: usize = 8 * 1024 * 1024;
 /// Bytes of a message each fragment carries: one acked stored message less
 /// the encryption and the fragment header.
 pub const CHUNK_LEN: usize =

@@ -4,13 +4,14 @@
 //! Each scenario checks that the fault it injects really happened, and
 //! prints its wall time (`cargo test -p tests --test sim_clients -- --nocapture`).
 
-use client_sdk::{MessageId, Status};
+use client_sdk::{CHUNK_LEN, ClientConfig, MAX_BODY_LEN, MessageId, Status};
+use protocol::topology::NetworkParams;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use umbra::sim::{ClientOptions, Endpoint, LinkFaults, Persona, Sim, SimConfig};
 
 /// Scenarios in this file (for the timing lines).
-const SCENARIOS: usize = 11;
+const SCENARIOS: usize = 12;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -891,4 +892,108 @@ fn an_idle_persistent_client_writes_nothing() {
     assert!(idle_frames > 300, "the clients kept their streams going");
     assert_eq!(sim.stats().persists - writes, 0, "idle writes");
     assert_eq!(sim.stats().persisted_bytes - bytes, 0);
+}
+
+/// The largest message the SDK accepts (`MAX_BODY_LEN`), at the network's
+/// and the SDK's default rates and settings, to a recipient offline for the
+/// message's whole time to live (1 h): every fragment is stored within the
+/// TTL (no failure), and when the recipient comes online it gets the
+/// message, intact, once. The arithmetic is in docs/reliability.md. About
+/// 4,600 virtual seconds, 4 minutes of wall time: outside CI, run with
+/// `cargo test -p tests --test sim_clients -- --ignored --nocapture the_largest`;
+/// [`the_largest_message_fits_the_default_limits`] checks the bounds it
+/// rests on in CI.
+#[test]
+#[ignore = "4 minutes; run by hand (docs/reliability.md)"]
+fn the_largest_message_reaches_an_offline_recipient_at_default_rates() {
+    let started = Instant::now();
+    let client = ClientConfig::builder(vec![umbra::sim::sim_authority()], 1)
+        .build()
+        .unwrap();
+    let ttl = client.message_ttl;
+    let mut sim = Sim::new(SimConfig {
+        seed: 14,
+        params: NetworkParams::default(),
+        link_latency: ms(20),
+        client,
+        ..SimConfig::default()
+    });
+    let a = sim
+        .add_client_with(ClientOptions {
+            entry: Some(0),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+    let b = sim
+        .add_client_with(ClientOptions {
+            entry: Some(1),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+    sim.connect_contacts(a, b);
+    // Offline: nothing reaches or leaves the recipient for the whole TTL.
+    sim.partition(Endpoint::Client(b), Duration::ZERO, ttl);
+    let big = body("big", 0, MAX_BODY_LEN);
+    let id = sim.send(a, b, &big).unwrap();
+    let fragments = sim.state(a).progress(&id).unwrap().count as usize;
+    assert_eq!(fragments, MAX_BODY_LEN.div_ceil(CHUNK_LEN));
+    let stored = sim.run_until_cond(ttl, |s| {
+        s.log(a)
+            .status(&id)
+            .is_some_and(|st| st == Status::Stored || st.is_failure())
+    });
+    let stored_at = sim.now();
+    assert!(
+        stored,
+        "not stored within the TTL: {:?}",
+        sim.state(a).progress(&id)
+    );
+    assert_eq!(sim.log(a).status(&id), Some(Status::Stored));
+    assert!(sim.log(b).received.is_empty(), "the recipient was offline");
+    let partitioned = sim.stats().partitioned;
+    assert!(partitioned > 0, "the recipient's link was really cut");
+    // Online again at the end of the TTL: it fetches the whole message.
+    sim.run_until(ttl);
+    let got = sim.run_until_cond(secs(3600), |s| !s.log(b).received.is_empty());
+    let fetched_in = sim.now() - ttl;
+    report(12, "largest message to an offline recipient", &sim, started);
+    eprintln!(
+        "  {} bytes in {fragments} fragments at λ_P = {}/s: all stored {:.0} s after send \
+         (TTL {} s); recipient online at {} s fetched it in {:.0} s",
+        big.len(),
+        NetworkParams::default().lambda_payload,
+        stored_at.as_secs_f64(),
+        ttl.as_secs(),
+        ttl.as_secs(),
+        fetched_in.as_secs_f64(),
+    );
+    assert!(got, "the recipient never got it");
+    let received = &sim.log(b).received;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].id, id);
+    assert!(received[0].body == big, "the body differs");
+    assert!(!sim.log(a).failed(&id));
+}
+
+/// What the run above rests on, from the defaults themselves: the largest
+/// message's fragments fit one dropbox's quota even if all land in one
+/// period, and the payload stream carries them in under half the TTL with
+/// a tenth of it left to fetch probes.
+#[test]
+fn the_largest_message_fits_the_default_limits() {
+    let fragments = MAX_BODY_LEN.div_ceil(CHUNK_LEN) as u64;
+    let quota = gateway::GatewayConfig::default().dropbox_max_messages;
+    assert!(fragments < quota, "{fragments} fragments, quota {quota}");
+    let client = ClientConfig::builder(vec![umbra::sim::sim_authority()], 1)
+        .build()
+        .unwrap();
+    let rate = NetworkParams::default().lambda_payload * 0.9;
+    let sending = fragments as f64 / rate;
+    let ttl = client.message_ttl.as_secs_f64();
+    assert!(
+        sending < ttl / 2.0,
+        "{sending:.0} s of sending, TTL {ttl:.0} s"
+    );
+    // The wire format still takes the old limit.
+    assert!(MAX_BODY_LEN <= protocol::reliable::MAX_MESSAGE_SIZE);
 }

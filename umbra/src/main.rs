@@ -79,7 +79,7 @@ enum Command {
         /// ways) for this many seconds from the first send.
         #[arg(long)]
         partition_secs: Option<f64>,
-        /// Size of each message in bytes (up to 16 MiB, sent in fragments);
+        /// Size of each message in bytes (up to 8 MiB, sent in fragments);
         /// by default short text messages.
         #[arg(long)]
         message_size: Option<usize>,
