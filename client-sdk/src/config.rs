@@ -17,6 +17,10 @@ pub struct ClientConfig {
     pub authority_threshold: usize,
     /// The entry gateway to use; `None` picks one at random.
     pub entry_gateway: Option<NodeId>,
+    /// After the entry gateway has been unreachable this long, move to
+    /// another (at random); zero never moves. Dropboxes do not move with
+    /// it: they live on the gateways their ids pick.
+    pub entry_failover: Duration,
     /// How often to fetch every dropbox.
     pub fetch_interval: Duration,
     /// How often to refresh the topology.
@@ -105,6 +109,7 @@ impl ClientConfig {
                 authorities,
                 authority_threshold: threshold,
                 entry_gateway: None,
+                entry_failover: Duration::from_secs(30),
                 fetch_interval: Duration::from_secs(5),
                 topology_refresh: Duration::from_secs(60),
                 inbox_capacity: 1024,
@@ -172,6 +177,11 @@ impl ClientConfigBuilder {
     setter!(
         /// The entry gateway to use (default: one at random).
         entry_gateway: Option<NodeId>
+    );
+    setter!(
+        /// After the entry gateway has been unreachable this long, move to
+        /// another (default 30 s; zero never moves).
+        entry_failover: Duration
     );
     setter!(
         /// How often to fetch every dropbox (default 5 s).

@@ -325,6 +325,8 @@ struct Shared {
     /// When the last frame came from the entry gateway (`net::now_ms`):
     /// its downlink is constant-rate, so silence means a dead connection.
     last_delivery_ms: std::sync::atomic::AtomicU64,
+    /// Times the client moved to another entry gateway.
+    failovers: std::sync::atomic::AtomicU64,
     /// The encrypted store of a persistent client; its lock orders writes.
     /// Emptied when the client closes, so that the file is free again.
     store: Option<Arc<Mutex<Option<store::Store>>>>,
@@ -473,6 +475,7 @@ impl Client {
             received: Notify::new(),
             refresh_now: Notify::new(),
             last_delivery_ms: std::sync::atomic::AtomicU64::new(net::now_ms()),
+            failovers: std::sync::atomic::AtomicU64::new(0),
             store: store.map(|s| Arc::new(Mutex::new(Some(s)))),
             closed: watch::channel(false).0,
             status_tx: broadcast::channel(4096).0,
@@ -664,6 +667,19 @@ impl Client {
     /// `topology_refresh` and at each epoch).
     pub fn topology(&self) -> Arc<TopologyDocument> {
         self.inner.state().topology()
+    }
+
+    /// The entry gateway the client uses now (it moves to another after
+    /// the current one was unreachable for `entry_failover`).
+    pub fn entry_gateway(&self) -> protocol::NodeId {
+        self.inner.state().entry().identity
+    }
+
+    /// Times the client moved to another entry gateway.
+    pub fn entry_failovers(&self) -> u64 {
+        self.inner
+            .failovers
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// UDP bytes sent and received on the current connection to the entry
@@ -879,7 +895,9 @@ async fn connection_task(
     let mut stop = shared.stop.subscribe();
     let mut conn = Some(first);
     let mut backoff = Duration::from_millis(200);
-    let address = shared.state().address();
+    let failover = shared.state().config().entry_failover;
+    // Since when the entry gateway has been unreachable.
+    let mut down_since: Option<tokio::time::Instant> = None;
     let mut first = true;
     loop {
         let c = match conn.take() {
@@ -887,6 +905,22 @@ async fn connection_task(
             None => match dial(&shared, deliveries.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
+                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                    if !failover.is_zero() && since.elapsed() >= failover {
+                        let moved = shared.state().fail_over(now());
+                        if moved.is_some() {
+                            tracing::warn!(
+                                secs = since.elapsed().as_secs(),
+                                "entry gateway unreachable; moving to another gateway"
+                            );
+                            shared
+                                .failovers
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            down_since = None;
+                            backoff = Duration::from_millis(200);
+                            continue;
+                        }
+                    }
                     tracing::warn!(error = %e, "cannot reach entry gateway; retrying");
                     shared.refresh_now.notify_one();
                     tokio::select! {
@@ -901,6 +935,7 @@ async fn connection_task(
         let Ok(mut send) = c.open_uni().await else {
             continue;
         };
+        let address = shared.state().address();
         let Ok(sub) = frame::encode(FrameKind::Subscribe, 0, &address) else {
             return;
         };
@@ -908,6 +943,7 @@ async fn connection_task(
             continue;
         }
         backoff = Duration::from_millis(200);
+        down_since = None;
         if !std::mem::take(&mut first) {
             // Back after a break: what was in flight on it is lost.
             shared.state().handle_reconnect(now());

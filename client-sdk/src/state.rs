@@ -49,6 +49,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 /// rates would need 44 of the TTL's 60 minutes and overflow that quota; see
 /// docs/reliability.md.
 pub const MAX_BODY_LEN: usize = 8 * 1024 * 1024;
+// What the SDK sends, a receiver takes.
+const _: () = assert!(MAX_BODY_LEN <= protocol::reliable::MAX_MESSAGE_SIZE);
 /// Bytes of a message each fragment carries: one acked stored message less
 /// the encryption and the fragment header.
 pub const CHUNK_LEN: usize =
@@ -418,9 +420,32 @@ impl ClientState {
         &self.cfg
     }
 
-    /// The entry gateway this client uses for its whole life.
+    /// The entry gateway this client uses (until [`Self::fail_over`]).
     pub fn entry(&self) -> &TopologyNode {
         &self.entry
+    }
+
+    /// Moves to another entry gateway, at random among the topology's
+    /// others with a client address, after the current one stayed
+    /// unreachable; returns it, or `None` (staying) if there is no other.
+    /// The subscribe address is new, so the two gateways see unrelated
+    /// ones. Replies on their way to the old gateway are lost: what was in
+    /// flight goes again, as after a reconnect; fetches whose answers went
+    /// there are asked again when they time out. Dropboxes stay where they
+    /// are (their ids pick their gateways).
+    pub fn fail_over(&mut self, now: Now) -> Option<NodeId> {
+        let others: Vec<&TopologyNode> = self
+            .topology
+            .gateways()
+            .filter(|g| g.identity != self.entry.identity && g.client_socket_addr().is_some())
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        self.entry = others[self.rng.random_range(0..others.len())].clone();
+        self.rng.fill_bytes(&mut self.address);
+        self.handle_reconnect(now);
+        Some(self.entry.identity)
     }
 
     /// The address our entry gateway delivers our replies to (sent in the

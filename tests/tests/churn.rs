@@ -5,6 +5,10 @@
 //! the topology at once, and reconnects to the gateway's new address.
 //! Every message is delivered once or reported failed, none is lost, and
 //! the test prints how long delivery stopped.
+//!
+//! Failover: the entry gateway of a busy client is killed for good. After
+//! `entry_failover` (30 s by default) the client moves to another gateway
+//! and goes on; its dropboxes stay where their ids put them.
 
 use client_sdk::{Client, Identity, Status};
 use protocol::topology::NetworkParams;
@@ -130,6 +134,157 @@ async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
     assert_eq!(delivered, sent.len(), "{failed} failed");
     assert!(
         outage < Duration::from_secs(30),
+        "delivery stopped for {outage:?}"
+    );
+    alice.shutdown();
+    bob.shutdown();
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
+    let params = NetworkParams {
+        mix_delay_mean_ms: 20,
+        lambda_payload: 50.0,
+        lambda_downlink: 120.0,
+        ..NetworkParams::default()
+    };
+    let mut net = MixNetwork::start_with(NetworkOptions {
+        per_layer: 1,
+        gateways: 3,
+        params,
+        ..NetworkOptions::default()
+    })
+    .await
+    .unwrap();
+    let topo = net.directory.topology().await.unwrap();
+    let gateways: Vec<protocol::NodeId> = topo.gateways().map(|g| g.identity).collect();
+    assert_eq!(gateways.len(), 3);
+    // Alice enters through the gateway that dies; it must host none of
+    // the pair's boxes now or in the next period (else what is stored
+    // there waits for it to come back, which is not what this tests).
+    let doomed = gateways[0];
+    let period = protocol::dropbox::period_at(net::now_ms());
+    let (a_secret, b_secret) = loop {
+        let (a, b): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
+        let (pa, pb) = (
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(a)).to_bytes(),
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(b)).to_bytes(),
+        );
+        let pair = protocol::dropbox::PairSecret::derive(&x25519_dalek::StaticSecret::from(a), &pb)
+            .unwrap();
+        let hosts_none = [period, period + 1].iter().all(|&p| {
+            [(pa, pb), (pb, pa)]
+                .iter()
+                .all(|(s, r)| pair.dropbox(s, r, p).gateway(&gateways) != Some(doomed))
+        });
+        if hosts_none {
+            break (a, b);
+        }
+    };
+    let mut cfg = net.client_config().unwrap();
+    cfg.fetch_interval = Duration::from_millis(500);
+    cfg.catch_up_periods = 2;
+    let failover = cfg.entry_failover;
+    assert_eq!(failover, Duration::from_secs(30), "the default");
+    let mut a_cfg = cfg.clone();
+    a_cfg.entry_gateway = Some(doomed);
+    let mut b_cfg = cfg;
+    b_cfg.entry_gateway = Some(gateways[1]);
+    let (alice, _a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
+        .await
+        .unwrap();
+    let (bob, mut b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
+        .await
+        .unwrap();
+    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
+    bob.add_contact(&alice.invite("alice")).unwrap();
+    assert_eq!(alice.entry_gateway(), doomed);
+
+    // Alice sends every 100 ms for 8 s, her entry gateway dying at 3 s,
+    // then 20 more once she has moved.
+    let t0 = Instant::now();
+    let mut sent: HashMap<Vec<u8>, client_sdk::MessageId> = HashMap::new();
+    let mut arrivals: HashMap<Vec<u8>, Vec<Duration>> = HashMap::new();
+    let mut killed_at = Duration::ZERO;
+    for i in 0..80 {
+        let m = format!("busy {i}").into_bytes();
+        let id = alice.send(&to_bob, &m).await.unwrap();
+        sent.insert(m, id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Some(r) = b_in.try_recv() {
+            arrivals.entry(r.body).or_default().push(t0.elapsed());
+        }
+        if i == 30 {
+            let idx = net
+                .gateways
+                .iter()
+                .position(|g| g.node().identity == doomed)
+                .unwrap();
+            net.gateways.remove(idx).shutdown().await;
+            killed_at = t0.elapsed();
+        }
+    }
+    wait_until("alice moved", failover + Duration::from_secs(30), || {
+        alice.entry_failovers() > 0
+    })
+    .await
+    .unwrap();
+    let moved_at = t0.elapsed();
+    assert_ne!(alice.entry_gateway(), doomed);
+    for i in 80..100 {
+        let m = format!("busy {i}").into_bytes();
+        let id = alice.send(&to_bob, &m).await.unwrap();
+        sent.insert(m, id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until(
+        "every message delivered or failed",
+        Duration::from_secs(180),
+        || {
+            while let Some(r) = b_in.try_recv() {
+                arrivals.entry(r.body).or_default().push(t0.elapsed());
+            }
+            sent.iter().all(|(m, id)| {
+                arrivals.contains_key(m) || alice.status(id).is_some_and(|s| s.is_failure())
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", net.diagnostics()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Some(r) = b_in.try_recv() {
+        arrivals.entry(r.body).or_default().push(t0.elapsed());
+    }
+    let delivered = sent.keys().filter(|m| arrivals.contains_key(*m)).count();
+    let failed = sent
+        .values()
+        .filter(|id| alice.status(id).is_some_and(|s| s.is_failure()))
+        .count();
+    let lost = sent.len() - delivered - failed;
+    let dups: usize = arrivals.values().map(|v| v.len() - 1).sum();
+    let mut times: Vec<Duration> = arrivals.values().flatten().copied().collect();
+    times.push(killed_at);
+    times.sort();
+    let outage = times
+        .windows(2)
+        .filter(|w| w[1] >= killed_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "entry gateway killed for good at {:.1} s; alice moved to another at {:.1} s ({} failover); {delivered}/{} delivered, {failed} failed, {lost} lost, {dups} duplicates; delivery stopped for {:.1} s",
+        killed_at.as_secs_f64(),
+        moved_at.as_secs_f64(),
+        alice.entry_failovers(),
+        sent.len(),
+        outage.as_secs_f64()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(dups, 0);
+    assert_eq!(delivered, sent.len(), "{failed} failed");
+    assert!(
+        outage < failover + Duration::from_secs(20),
         "delivery stopped for {outage:?}"
     );
     alice.shutdown();

@@ -994,6 +994,4 @@ fn the_largest_message_fits_the_default_limits() {
         sending < ttl / 2.0,
         "{sending:.0} s of sending, TTL {ttl:.0} s"
     );
-    // The wire format still takes the old limit.
-    assert!(MAX_BODY_LEN <= protocol::reliable::MAX_MESSAGE_SIZE);
 }
