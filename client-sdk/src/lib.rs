@@ -18,7 +18,9 @@ pub use config::{ClientConfig, ClientConfigBuilder, Dangerous};
 pub use invite::Invite;
 pub use net::dirclient::AuthorityRef;
 pub use protocol::reliable::{MessageId, Progress, Status};
-pub use state::{CHUNK_LEN, ClientState, CoverStats, Event, MAX_BODY_LEN, Now};
+pub use state::{
+    CHUNK_LEN, ClientState, CoverStats, Event, LOOPS_LOST_IN_A_ROW, MAX_BODY_LEN, Now,
+};
 
 use net::dirclient::Authorities;
 use net::link::{LinkConfig, LinkMetrics};
@@ -776,6 +778,10 @@ async fn run(
                             tracing::warn!(status = ?status, "a message could not be delivered");
                         }
                         let _ = shared.status_tx.send((id, status));
+                    }
+                    Event::TopologyStale => {
+                        tracing::info!("own loops went missing; refreshing the topology now");
+                        shared.refresh_now.notify_one();
                     }
                 }
             }

@@ -95,7 +95,21 @@ pub enum Event {
         /// Its new status.
         status: Status,
     },
+    /// [`LOOPS_LOST_IN_A_ROW`] of the client's own loops went missing in a
+    /// row: a node of the topology (or the entry gateway) stopped passing
+    /// packets. Fetch a new topology now rather than at the next refresh;
+    /// a node that is gone drops out of it.
+    TopologyStale,
 }
+
+/// Loops lost in a row (none back in between) that make the client ask
+/// for a new topology ([`Event::TopologyStale`]). At a loop loss of p per
+/// loop, a healthy network gives this with probability p³ per run of
+/// three; a route through a dead node of a layer of n loses 1/n of them.
+pub const LOOPS_LOST_IN_A_ROW: u32 = 3;
+/// Seconds between two [`Event::TopologyStale`] at most: as long as a loop
+/// has to come back before it is judged lost.
+const STALE_EVERY: f64 = protocol::cover::LOOP_LOST_AFTER_S;
 
 /// What the client's Poisson stream has sent so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +132,9 @@ pub struct CoverStats {
     /// Loops not back 30 s after their expected time: a broken route, or
     /// someone dropping packets (n−1 attack).
     pub loops_lost: u64,
+    /// Times [`LOOPS_LOST_IN_A_ROW`] loops went missing in a row and the
+    /// client asked for a new topology ([`Event::TopologyStale`]).
+    pub stale_topology: u64,
 }
 
 /// One of my identities and one of its contacts: who a message is between.
@@ -235,6 +252,10 @@ pub struct ClientState {
     stats: CoverStats,
     /// Payload ticks alternate between a fragment and a fetch when both wait.
     fetch_turn: bool,
+    /// Loops lost since the last one came back.
+    loops_lost_in_row: u32,
+    /// When the client last asked for a new topology for lost loops.
+    last_stale: Option<f64>,
     /// When the next periodic fetch round (and upkeep) is due.
     next_round: f64,
     /// For what timers decide (receipt ids), seeded by the caller's RNG.
@@ -396,6 +417,8 @@ impl ClientState {
             events: VecDeque::new(),
             stats: CoverStats::default(),
             fetch_turn: false,
+            loops_lost_in_row: 0,
+            last_stale: None,
             // The first round (catching up on past periods) at once.
             next_round: 0.0,
             rng: rand::rngs::StdRng::from_rng(rng),
@@ -783,6 +806,25 @@ impl ClientState {
         self.instant(next)
     }
 
+    /// Counts loops that went missing; after [`LOOPS_LOST_IN_A_ROW`] in a
+    /// row, asks for a new topology: at most once per [`STALE_EVERY`],
+    /// since a loop is judged lost long after it left and, once the fault
+    /// is gone, losses of before still interleave with returns.
+    fn loops_lost(&mut self, lost: usize, t: f64) {
+        if lost == 0 {
+            return;
+        }
+        self.stats.loops_lost += lost as u64;
+        self.loops_lost_in_row = self.loops_lost_in_row.saturating_add(lost as u32);
+        if self.loops_lost_in_row >= LOOPS_LOST_IN_A_ROW
+            && self.last_stale.is_none_or(|at| t - at >= STALE_EVERY)
+        {
+            self.last_stale = Some(t);
+            self.stats.stale_topology += 1;
+            self.events.push_back(Event::TopologyStale);
+        }
+    }
+
     /// Runs what is due at `now`: the periodic fetch round (every
     /// `fetch_interval`: receipts, expiry of partial and held messages,
     /// probes of every contact's current and recent boxes) and loop expiry.
@@ -790,7 +832,7 @@ impl ClientState {
         self.dirty = true;
         let t = self.secs(now);
         let lost = self.loops.expire(t);
-        self.stats.loops_lost += lost as u64;
+        self.loops_lost(lost, t);
         if t < self.next_round {
             return;
         }
@@ -1222,7 +1264,7 @@ impl ClientState {
         let expected = packet::applied_delay(&delays, max).as_secs_f64();
         let t = self.secs(now);
         let lost = self.loops.expire(t);
-        self.stats.loops_lost += lost as u64;
+        self.loops_lost(lost, t);
         self.loops.sent(id, t, expected);
         Ok(f)
     }
@@ -1240,10 +1282,12 @@ impl ClientState {
         match self.loops.returned(&identifier, t) {
             LoopOutcome::OnTime => {
                 self.stats.loops_returned += 1;
+                self.loops_lost_in_row = 0;
                 return;
             }
             LoopOutcome::Late => {
                 self.stats.loops_late += 1;
+                self.loops_lost_in_row = 0;
                 return;
             }
             LoopOutcome::Unknown => {}

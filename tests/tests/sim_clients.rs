@@ -4,14 +4,14 @@
 //! Each scenario checks that the fault it injects really happened, and
 //! prints its wall time (`cargo test -p tests --test sim_clients -- --nocapture`).
 
-use client_sdk::{CHUNK_LEN, ClientConfig, MAX_BODY_LEN, MessageId, Status};
+use client_sdk::{CHUNK_LEN, ClientConfig, LOOPS_LOST_IN_A_ROW, MAX_BODY_LEN, MessageId, Status};
 use protocol::topology::NetworkParams;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use umbra::sim::{ClientOptions, Endpoint, LinkFaults, Persona, Sim, SimConfig};
 
 /// Scenarios in this file (for the timing lines).
-const SCENARIOS: usize = 12;
+const SCENARIOS: usize = 13;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -994,4 +994,51 @@ fn the_largest_message_fits_the_default_limits() {
         sending < ttl / 2.0,
         "{sending:.0} s of sending, TTL {ttl:.0} s"
     );
+}
+
+/// A mix layer stops passing packets: the clients' own loops through it go
+/// missing, and after `LOOPS_LOST_IN_A_ROW` of them each client asks for a
+/// new topology (`Event::TopologyStale`), once per run of losses. On the
+/// same network without the fault none asks.
+#[test]
+fn missing_loops_make_a_client_ask_for_a_new_topology() {
+    let run = |cut: bool| {
+        let started = Instant::now();
+        let mut sim = Sim::new(SimConfig {
+            seed: 15,
+            ..SimConfig::default()
+        });
+        let a = sim.add_client();
+        let b = sim.add_client();
+        sim.connect_contacts(a, b);
+        if cut {
+            let layer2: Vec<_> = sim.topology().layer(2).map(|n| n.identity).collect();
+            for id in layer2 {
+                sim.partition(Endpoint::Node(id), secs(5), secs(60));
+            }
+        }
+        sim.run_until(secs(100));
+        if cut {
+            report(13, "a dead mix layer", &sim, started);
+        }
+        let stats = [a, b].map(|c| sim.state(c).cover_stats());
+        (stats, sim.stats().partitioned)
+    };
+    let (healthy, none) = run(false);
+    let (cut, partitioned) = run(true);
+    eprintln!("  healthy: {healthy:?}\n  layer 2 cut 5-60 s: {cut:?}");
+    assert_eq!(none, 0);
+    assert!(partitioned > 0, "the layer was really cut");
+    for s in healthy {
+        assert_eq!((s.loops_lost, s.stale_topology), (0, 0), "{s:?}");
+        assert!(s.loops_returned > 100, "{s:?}");
+    }
+    for s in cut {
+        assert!(s.loops_lost >= LOOPS_LOST_IN_A_ROW as u64, "{s:?}");
+        // Asked once losses were judged (30 s after the loops were due),
+        // and at most once per 30 s after: the cut and the losses judged
+        // after it span about 85 s.
+        assert!(s.stale_topology >= 1, "{s:?}");
+        assert!(s.stale_topology <= 3, "{s:?}");
+    }
 }
