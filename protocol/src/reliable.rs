@@ -636,6 +636,13 @@ pub struct Reassembler<C> {
 /// Completed message ids remembered for de-duplication.
 const DONE_CAP: usize = 100_000;
 
+/// What a partial message is charged against its contact's bound beyond
+/// its length: its bookkeeping, and 16 bytes per fragment it may hold, so
+/// that a contact cannot hold millions of tiny partial messages.
+fn partial_charge(total_len: u32, count: u32) -> usize {
+    total_len as usize + 256 + 16 * count as usize
+}
+
 impl<C: Clone + Ord> Reassembler<C> {
     /// At most `max_bytes_per_contact` bytes of partial messages per
     /// contact; partial messages with no new fragment for `expiry` seconds
@@ -672,12 +679,13 @@ impl<C: Clone + Ord> Reassembler<C> {
                 p
             }
             None => {
-                if used + f.total_len as usize > self.max_bytes_per_contact {
+                let charge = partial_charge(f.total_len, f.count);
+                if used.saturating_add(charge) > self.max_bytes_per_contact {
                     return Err(Error::Rejected("reassembly memory for contact full".into()));
                 }
                 // Reserve the whole message up front, so a contact cannot
                 // start more messages than its bound holds.
-                *self.bytes.entry(from.clone()).or_insert(0) += f.total_len as usize;
+                *self.bytes.entry(from.clone()).or_insert(0) += charge;
                 self.partial.entry(key.clone()).or_insert(Partial {
                     kind: f.kind,
                     session: f.session,
@@ -705,7 +713,7 @@ impl<C: Clone + Ord> Reassembler<C> {
         let Some(p) = self.partial.remove(&key) else {
             return Ok(None);
         };
-        self.release(&from, p.total_len as usize);
+        self.release(&from, partial_charge(p.total_len, p.count));
         if p.bytes != p.total_len as usize {
             return Err(Error::Decode("reassembled length mismatch".into()));
         }
@@ -751,7 +759,7 @@ impl<C: Clone + Ord> Reassembler<C> {
             .collect();
         for k in &stale {
             if let Some(p) = self.partial.remove(k) {
-                self.release(&k.0, p.total_len as usize);
+                self.release(&k.0, partial_charge(p.total_len, p.count));
             }
         }
         stale.len()
@@ -773,6 +781,10 @@ type Held<C> = BTreeMap<u64, (f64, Complete<C>)>;
 /// starts at the lowest seq it holds.
 pub struct Sequencer<C> {
     next: BTreeMap<(C, u64), u64>,
+    /// When each (sender, session) was last used, as a tick: a sender's
+    /// least recently used session goes once it has too many.
+    touched: BTreeMap<(C, u64), u64>,
+    tick: u64,
     held: BTreeMap<(C, u64), Held<C>>,
     /// Sessions met past their start: since when.
     settling: BTreeMap<(C, u64), f64>,
@@ -782,12 +794,18 @@ pub struct Sequencer<C> {
     n_held: usize,
 }
 
+/// Sessions of one sender a [`Sequencer`] keeps order for (a session is
+/// one run of the sender's client; an honest contact needs one or two).
+pub const MAX_SESSIONS_PER_SENDER: usize = 16;
+
 impl<C: Clone + Ord> Sequencer<C> {
     /// Holds out-of-order messages at most `hold` seconds, and at most
     /// `max_held` at once (beyond that, gaps are skipped at once).
     pub fn new(hold: f64, settle: f64, max_held: usize) -> Self {
         Self {
             next: BTreeMap::new(),
+            touched: BTreeMap::new(),
+            tick: 0,
             held: BTreeMap::new(),
             settling: BTreeMap::new(),
             hold,
@@ -798,8 +816,45 @@ impl<C: Clone + Ord> Sequencer<C> {
     }
 
     /// Takes a complete message; returns those now deliverable, in order.
+    /// A sender's sessions beyond [`MAX_SESSIONS_PER_SENDER`] push out its
+    /// least recently used one (what it held is handed over at once).
     pub fn push(&mut self, m: Complete<C>, now: f64) -> Vec<Complete<C>> {
         let key = (m.from.clone(), m.session);
+        let mut out = self.touch(&key);
+        out.extend(self.push_in(key, m, now));
+        out
+    }
+
+    /// Marks a session used; evicts its sender's least recently used
+    /// session if a new one makes too many. Returns what that one held.
+    fn touch(&mut self, key: &(C, u64)) -> Vec<Complete<C>> {
+        self.tick += 1;
+        let new = self.touched.insert(key.clone(), self.tick).is_none();
+        if !new {
+            return Vec::new();
+        }
+        let sender = key.0.clone();
+        let sessions: Vec<(u64, u64)> = self
+            .touched
+            .range((sender.clone(), 0)..=(sender.clone(), u64::MAX))
+            .map(|((_, s), t)| (*s, *t))
+            .collect();
+        if sessions.len() <= MAX_SESSIONS_PER_SENDER {
+            return Vec::new();
+        }
+        let Some((oldest, _)) = sessions.iter().min_by_key(|(_, t)| *t) else {
+            return Vec::new();
+        };
+        let gone = (sender, *oldest);
+        self.touched.remove(&gone);
+        self.next.remove(&gone);
+        self.settling.remove(&gone);
+        let held = self.held.remove(&gone).unwrap_or_default();
+        self.n_held -= held.len();
+        held.into_values().map(|(_, m)| m).collect()
+    }
+
+    fn push_in(&mut self, key: (C, u64), m: Complete<C>, now: f64) -> Vec<Complete<C>> {
         if !self.next.contains_key(&key) {
             if m.seq <= 1 {
                 self.next.insert(key.clone(), 1);
@@ -838,7 +893,7 @@ impl<C: Clone + Ord> Sequencer<C> {
                 let seq = *entry.key();
                 let (_, m) = entry.remove();
                 self.n_held -= 1;
-                next = seq + 1;
+                next = seq.saturating_add(1);
                 out.push(m);
                 if skip {
                     break; // skip one gap only, then continue in order
@@ -854,7 +909,7 @@ impl<C: Clone + Ord> Sequencer<C> {
                 }
                 let (_, m) = entry.remove();
                 self.n_held -= 1;
-                next += 1;
+                next = next.saturating_add(1);
                 out.push(m);
             }
         }
@@ -1115,7 +1170,7 @@ impl<C: Clone + Ord> Reassembler<C> {
             {
                 continue;
             }
-            *r.bytes.entry(p.from.clone()).or_insert(0) += p.total_len as usize;
+            *r.bytes.entry(p.from.clone()).or_insert(0) += partial_charge(p.total_len, p.count);
             r.partial.insert(
                 (p.from, p.msg_id),
                 Partial {
@@ -1212,16 +1267,24 @@ impl<C: Clone + Ord> Sequencer<C> {
         shift: f64,
     ) -> Self {
         let mut s = Self::new(hold, settle, max_held);
+        // Every session restored counts as used now, none pushed out.
+        let mut touch = |s: &mut Self, k: &(C, u64)| {
+            s.tick += 1;
+            s.touched.insert(k.clone(), s.tick);
+        };
         for (c, session, n) in rec.next {
+            touch(&mut s, &(c.clone(), session));
             s.next.insert((c, session), n);
         }
         for (c, session, t) in rec.settling {
+            touch(&mut s, &(c.clone(), session));
             s.settling.insert((c, session), t + shift);
         }
         for h in rec.held {
             let Some(body) = bodies.remove(&h.msg_id) else {
                 continue;
             };
+            touch(&mut s, &(h.from.clone(), h.session));
             s.n_held += 1;
             s.held
                 .entry((h.from.clone(), h.session))
@@ -1248,6 +1311,85 @@ impl<C: Clone + Ord> Sequencer<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn from_session(from: u8, session: u64, seq: u64) -> Complete<u8> {
+        let mut msg_id = [0u8; 16];
+        msg_id[..8].copy_from_slice(&seq.to_be_bytes());
+        msg_id[8..].copy_from_slice(&session.to_be_bytes());
+        Complete {
+            from,
+            kind: Kind::Message,
+            msg_id,
+            session,
+            seq,
+            body: vec![from],
+        }
+    }
+
+    #[test]
+    fn a_contact_at_the_top_of_seq_does_not_overflow() {
+        let mut s = Sequencer::new(60.0, 5.0, 100);
+        assert_eq!(s.push(from_session(1, 7, 1), 0.0).len(), 1);
+        // A gap to u64::MAX, then the gap skipped: next would be MAX + 1.
+        assert!(s.push(from_session(1, 7, u64::MAX), 1.0).is_empty());
+        let out = s.expire(100.0);
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), [u64::MAX]);
+        // And again at the top: held, then handed over, no panic.
+        assert!(s.push(from_session(1, 7, u64::MAX), 101.0).len() <= 1);
+    }
+
+    #[test]
+    fn a_contact_cannot_grow_the_sequencer_with_sessions() {
+        let mut s = Sequencer::new(60.0, 5.0, 100_000);
+        let mut handed = 0;
+        // Each message opens a new session, past its start (held to settle).
+        for session in 0..10_000u64 {
+            handed += s
+                .push(from_session(1, session, 5), session as f64 * 1e-3)
+                .len();
+        }
+        let sessions = |s: &Sequencer<u8>| s.touched.range((1, 0)..=(1, u64::MAX)).count();
+        assert_eq!(sessions(&s), MAX_SESSIONS_PER_SENDER);
+        assert!(s.next.len() + s.settling.len() <= 2 * MAX_SESSIONS_PER_SENDER);
+        // What the pushed-out sessions held was handed over, not dropped.
+        assert_eq!(handed + s.held(), 10_000);
+        // Another contact keeps its own sessions.
+        assert_eq!(s.push(from_session(2, 1, 1), 20.0).len(), 1);
+        assert_eq!(s.touched.range((2, 0)..=(2, u64::MAX)).count(), 1);
+    }
+
+    #[test]
+    fn tiny_partial_messages_are_charged_their_bookkeeping() {
+        // 1 MiB per contact: at their length alone, partial messages of 2
+        // bytes would be half a million of them.
+        let mut r = Reassembler::new(1 << 20, 60.0);
+        let mut held = 0;
+        for i in 0..100_000u32 {
+            let mut msg_id = [0u8; 16];
+            msg_id[..4].copy_from_slice(&i.to_be_bytes());
+            let f = Fragment {
+                kind: Kind::Message,
+                msg_id,
+                session: 1,
+                seq: i as u64 + 1,
+                index: 0,
+                count: 2,
+                total_len: 2,
+                chunk: vec![0],
+            };
+            match r.insert(1u8, f, 0.0) {
+                Ok(None) => held += 1,
+                Err(Error::Rejected(_)) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(held < (1 << 20) / 256, "{held} partial messages held");
+        assert!(held > 1000, "{held}");
+        assert!(r.bytes() <= 1 << 20);
+        // Expiry gives the memory back.
+        r.expire(100.0);
+        assert_eq!(r.bytes(), 0);
+    }
 
     fn msg(id: u8, seq: u64, body: Vec<u8>) -> Outgoing<u8> {
         Outgoing {
