@@ -52,8 +52,12 @@ pub struct GatewayConfig {
     pub dropbox_ttl_secs: u64,
     /// Messages one dropbox may hold.
     pub dropbox_max_messages: u64,
-    /// Bytes all dropboxes together may hold.
+    /// Bytes all dropboxes together may hold (each message charged its
+    /// ciphertext and 160 bytes of bookkeeping).
     pub storage_max_bytes: u64,
+    /// Stores are refused once the free space of the disk holding the
+    /// database would fall below this many bytes (deletes need room too).
+    pub storage_reserve_bytes: u64,
     /// Fetch requests older (or newer) than this many seconds are refused.
     pub fetch_max_age_secs: u64,
     /// Requests waiting for the storage thread.
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             dropbox_ttl_secs: 7 * 24 * 3600,
             dropbox_max_messages: 10_000,
             storage_max_bytes: 1 << 30,
+            storage_reserve_bytes: 256 << 20,
             fetch_max_age_secs: 600,
             storage_queue: 16_384,
         }
@@ -167,11 +172,14 @@ max_clients = {maxc}
 client_queue = {cq}
 
 # Dropboxes: unfetched messages expire after dropbox_ttl_secs; quotas per
-# box (messages) and for the whole gateway (bytes). Fetch requests older or
+# box (messages) and for the whole gateway (bytes, each message charged 160
+# bytes beyond its ciphertext); stores stop while the disk has less than
+# storage_reserve_bytes free. Fetch requests older or
 # newer than fetch_max_age_secs are answered like an empty box.
 dropbox_ttl_secs = {ttl}
 dropbox_max_messages = {maxm}
 storage_max_bytes = {maxb}
+storage_reserve_bytes = {reserve}
 fetch_max_age_secs = {age}
 storage_queue = {sq}
 
@@ -203,6 +211,7 @@ jumbo_frames = false
             ttl = d.dropbox_ttl_secs,
             maxm = d.dropbox_max_messages,
             maxb = d.storage_max_bytes,
+            reserve = d.storage_reserve_bytes,
             age = d.fetch_max_age_secs,
             sq = d.storage_queue,
             authorities = mixnode::authorities_example(authorities),

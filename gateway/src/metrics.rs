@@ -5,7 +5,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 pub struct GatewayMetrics {
     /// Messages durably stored.
     pub stored: IntCounter,
-    /// Stores refused, by reason (`box_quota`, `gateway_quota`).
+    /// Stores refused, by reason (`box_quota`, `gateway_quota`,
+    /// `disk_reserve`, `unavailable`).
     pub refused: IntCounterVec,
     /// Fetches, by outcome (`authorised`, `refused`).
     pub fetches: IntCounterVec,
@@ -28,6 +29,11 @@ pub struct GatewayMetrics {
     pub storage_queue: IntGauge,
     /// Time to commit one storage batch.
     pub commit_seconds: Histogram,
+    /// 1 while the dropbox database writes, 0 after a failed commit until
+    /// one succeeds again.
+    pub storage_ok: IntGauge,
+    /// Batches whose commit failed (each one reopens the database).
+    pub storage_failures: IntCounter,
 }
 
 #[allow(clippy::panic)]
@@ -99,7 +105,18 @@ impl GatewayMetrics {
                 "Time to commit one storage batch",
             ))
             .unwrap_or_else(bug),
+            storage_ok: IntGauge::new(
+                "umbra_gateway_storage_ok",
+                "1 while the dropbox database writes, 0 after a failed commit",
+            )
+            .unwrap_or_else(bug),
+            storage_failures: IntCounter::new(
+                "umbra_gateway_storage_failures_total",
+                "Storage batches whose commit failed",
+            )
+            .unwrap_or_else(bug),
         };
+        m.storage_ok.set(1);
         for c in [
             Box::new(m.stored.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.refused.clone()),
@@ -113,11 +130,13 @@ impl GatewayMetrics {
             Box::new(m.stored_bytes.clone()),
             Box::new(m.storage_queue.clone()),
             Box::new(m.commit_seconds.clone()),
+            Box::new(m.storage_ok.clone()),
+            Box::new(m.storage_failures.clone()),
         ] {
             // A second gateway in one process (tests) shares nothing: each has its own registry.
             let _ = r.register(c);
         }
-        for l in ["box_quota", "gateway_quota"] {
+        for l in ["box_quota", "gateway_quota", "disk_reserve", "unavailable"] {
             m.refused.with_label_values(&[l]);
         }
         for l in ["authorised", "refused"] {

@@ -19,7 +19,7 @@ use crate::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use mixnode::NodeRef;
 use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,14 @@ const MESSAGES: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new(
 const BOXES: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("boxes");
 /// "next_seq", "bytes"
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+/// (stored_at_ms, dropbox id, seq) → (): what expires first, without a scan.
+const EXPIRY: TableDefinition<(u64, &[u8; 32], u64), ()> = TableDefinition::new("expiry");
+
+/// Bytes each stored message is charged beyond its ciphertext, against the
+/// quota and the disk reserve: its keys in the message and expiry tables
+/// (2 × (32 + 8) + 8), its stored-at time (8) and redb's per-entry
+/// bookkeeping, rounded up. So an empty message is not free.
+pub(crate) const ROW_OVERHEAD: u64 = 160;
 
 /// Limits the storage enforces.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +45,8 @@ pub(crate) struct Limits {
     pub box_messages: u64,
     pub total_bytes: u64,
     pub fetch_max_age_ms: u64,
+    /// Stores are refused once the disk's free space would fall below this.
+    pub reserve_bytes: u64,
 }
 
 impl Limits {
@@ -47,6 +57,7 @@ impl Limits {
             box_messages: cfg.dropbox_max_messages,
             total_bytes: cfg.storage_max_bytes,
             fetch_max_age_ms: cfg.fetch_max_age_secs.saturating_mul(1000),
+            reserve_bytes: cfg.storage_reserve_bytes,
         }
     }
 }
@@ -88,6 +99,22 @@ pub enum Refusal {
     BoxQuota,
     /// All dropboxes together would exceed `storage_max_bytes`.
     GatewayQuota,
+    /// The disk's free space would fall below `storage_reserve_bytes`.
+    DiskReserve,
+    /// The database cannot write (a disk error); the gateway is reopening it.
+    Unavailable,
+}
+
+impl Refusal {
+    /// The metric label and the reason a refused sender is told.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BoxQuota => "box_quota",
+            Refusal::GatewayQuota => "gateway_quota",
+            Refusal::DiskReserve => "disk_reserve",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// A storage error (local fault: disk, corruption).
@@ -99,9 +126,15 @@ pub struct StorageError {
 }
 
 pub(crate) struct Storage {
-    db: Database,
+    /// `None` while a failed database is being reopened.
+    db: Option<Database>,
     path: PathBuf,
     limits: Limits,
+    /// In memory: no disk to fill, nothing to reopen.
+    memory: bool,
+    /// Checks the disk's free space before storing (off only in a test
+    /// that makes a commit fail).
+    check_free: bool,
 }
 
 use net::now_ms;
@@ -128,7 +161,42 @@ impl Storage {
         // Readable by the gateway's user only: it holds everyone's ciphertexts.
         net::identity::create_private_file(path).map_err(|e| err(&e))?;
         let db = Database::create(path).map_err(|e| err(&e))?;
-        Self::with_database(db, path.to_owned(), limits)
+        Self::with_database(db, path.to_owned(), limits, false)
+    }
+
+    /// Closes the database and opens it again: after a failed commit (a
+    /// full disk, an I/O error) redb refuses every later write on the same
+    /// handle, even once space is back. Opening checks the file and
+    /// repairs what the failed commit left (its last durable commit wins).
+    pub(crate) fn reopen(&mut self) -> Result<(), StorageError> {
+        if self.memory {
+            return Ok(());
+        }
+        self.db = None; // the file lock goes with the handle
+        let db = Database::create(&self.path).map_err(|e| self.err(e))?;
+        self.db = Some(db);
+        Ok(())
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| self.err("the database is being reopened"))
+    }
+
+    /// Bytes free on the database's filesystem for the gateway's user, if
+    /// it can tell.
+    fn free_bytes(&self) -> Option<u64> {
+        if self.memory || !self.check_free {
+            return None;
+        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let st = rustix::fs::statvfs(dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// A database in memory: the same tables and rules, nothing on disk
@@ -141,16 +209,40 @@ impl Storage {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        Self::with_database(db, path, limits)
+        Self::with_database(db, path, limits, true)
     }
 
-    /// Creates the tables if missing.
-    fn with_database(db: Database, path: PathBuf, limits: Limits) -> Result<Self, StorageError> {
-        let s = Self { db, path, limits };
-        let tx = s.db.begin_write().map_err(|e| s.err(e))?;
-        tx.open_table(MESSAGES).map_err(|e| s.err(e))?;
-        tx.open_table(BOXES).map_err(|e| s.err(e))?;
-        tx.open_table(TOTALS).map_err(|e| s.err(e))?;
+    /// Creates the tables if missing, and the expiry index of a database
+    /// made before it existed.
+    fn with_database(
+        db: Database,
+        path: PathBuf,
+        limits: Limits,
+        memory: bool,
+    ) -> Result<Self, StorageError> {
+        let s = Self {
+            db: Some(db),
+            path,
+            limits,
+            memory,
+            check_free: true,
+        };
+        let tx = s.db()?.begin_write().map_err(|e| s.err(e))?;
+        {
+            let messages = tx.open_table(MESSAGES).map_err(|e| s.err(e))?;
+            tx.open_table(BOXES).map_err(|e| s.err(e))?;
+            tx.open_table(TOTALS).map_err(|e| s.err(e))?;
+            let mut expiry = tx.open_table(EXPIRY).map_err(|e| s.err(e))?;
+            if expiry.is_empty().map_err(|e| s.err(e))? {
+                for r in messages.iter().map_err(|e| s.err(e))? {
+                    let (k, v) = r.map_err(|e| s.err(e))?;
+                    let (id, seq) = k.value();
+                    expiry
+                        .insert((stored_at(v.value()), id, seq), ())
+                        .map_err(|e| s.err(e))?;
+                }
+            }
+        }
         tx.commit().map_err(|e| s.err(e))?;
         Ok(s)
     }
@@ -164,37 +256,128 @@ impl Storage {
 
     /// Runs one batch of operations in one durable transaction, at `now_ms`
     /// (Unix ms: fetch freshness, stored-at times, expiry). Returns, per op,
-    /// what to do after the commit.
+    /// what to do after the commit; if the transaction fails, the error and
+    /// the ops untouched (nothing of the batch is stored or deleted).
+    #[allow(clippy::type_complexity)]
     pub(crate) fn apply<C>(
         &self,
         ops: Vec<Op<C>>,
         now_ms: u64,
         metrics: &GatewayMetrics,
-    ) -> Result<Vec<After<C>>, StorageError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        let mut after = Vec::with_capacity(ops.len());
+    ) -> Result<Vec<After<C>>, (StorageError, Vec<Op<C>>)> {
+        match self.run_batch(&ops, now_ms, metrics) {
+            Ok(outcomes) => Ok(ops
+                .into_iter()
+                .zip(outcomes)
+                .filter_map(|(op, out)| match (op, out) {
+                    (Op::Store { ack, .. }, Outcome::Stored(r)) => Some(After::Stored(r, ack)),
+                    (Op::Fetch { req, node }, Outcome::Fetched(fetched)) => Some(After::Reply {
+                        req: Box::new(req),
+                        node,
+                        fetched,
+                    }),
+                    (Op::Expire, Outcome::Expired(n)) => Some(After::Expired(n)),
+                    (Op::Sync(tx), _) => Some(After::Sync(tx)),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err((e, ops)),
+        }
+    }
+
+    /// [`Self::apply`], and if the transaction fails: count it, reopen the
+    /// database (retrying until it opens), and do what a database that
+    /// cannot write still can for the batch ([`Self::degraded`]). The
+    /// storage thread's step; `storage_ok` says which way it went.
+    pub(crate) fn apply_or_recover<C>(
+        &mut self,
+        ops: Vec<Op<C>>,
+        now_ms: u64,
+        metrics: &GatewayMetrics,
+    ) -> Vec<After<C>> {
+        match self.apply(ops, now_ms, metrics) {
+            Ok(a) => {
+                if metrics.storage_ok.get() == 0 {
+                    tracing::warn!("dropbox storage writes again");
+                }
+                metrics.storage_ok.set(1);
+                a
+            }
+            Err((e, ops)) => {
+                // Nothing in this batch is stored or deleted. redb refuses
+                // every later write on this handle: open the file again.
+                tracing::error!(error = %e, "dropbox commit failed; reopening the database");
+                metrics.storage_ok.set(0);
+                metrics.storage_failures.inc();
+                let mut wait = Duration::from_millis(100);
+                while let Err(e) = self.reopen() {
+                    tracing::error!(error = %e, "cannot reopen the dropbox database; retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                self.degraded(ops, now_ms)
+            }
+        }
+    }
+
+    /// What a batch whose transaction failed still does, on a database
+    /// that cannot write: stores refused (`Unavailable`), fetches answered
+    /// from a read transaction without deleting (an empty answer if even
+    /// reading fails), expiry put off.
+    pub(crate) fn degraded<C>(&self, ops: Vec<Op<C>>, now_ms: u64) -> Vec<After<C>> {
+        ops.into_iter()
+            .filter_map(|op| match op {
+                Op::Store { ack, .. } => Some(After::Stored(Err(Refusal::Unavailable), ack)),
+                Op::Fetch { req, node } => {
+                    let fresh = req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
+                    let fetched = if fresh && req.authorised() {
+                        self.fetch_read_only(&req).unwrap_or_default()
+                    } else {
+                        Fetched::default()
+                    };
+                    Some(After::Reply {
+                        req: Box::new(req),
+                        node,
+                        fetched,
+                    })
+                }
+                Op::Expire => Some(After::Expired(0)),
+                Op::Sync(tx) => Some(After::Sync(tx)),
+                Op::Stop => None,
+            })
+            .collect()
+    }
+
+    fn run_batch<C>(
+        &self,
+        ops: &[Op<C>],
+        now_ms: u64,
+        metrics: &GatewayMetrics,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(ops.len());
+        // What this batch may still write before the disk reserve: checked
+        // once per batch (a statvfs), then counted down.
+        let mut room = self
+            .free_bytes()
+            .map(|free| free.saturating_sub(self.limits.reserve_bytes));
         {
-            let mut messages = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
-            let mut boxes = tx.open_table(BOXES).map_err(|e| self.err(e))?;
-            let mut totals = tx.open_table(TOTALS).map_err(|e| self.err(e))?;
+            let mut t = Tables {
+                messages: tx.open_table(MESSAGES).map_err(|e| self.err(e))?,
+                boxes: tx.open_table(BOXES).map_err(|e| self.err(e))?,
+                totals: tx.open_table(TOTALS).map_err(|e| self.err(e))?,
+                expiry: tx.open_table(EXPIRY).map_err(|e| self.err(e))?,
+            };
             for op in ops {
-                match op {
+                out.push(match op {
                     Op::Store {
                         dropbox,
                         ciphertext,
-                        ack,
+                        ..
                     } => {
-                        let r = self.store(
-                            &mut messages,
-                            &mut boxes,
-                            &mut totals,
-                            &dropbox,
-                            &ciphertext,
-                            now_ms,
-                        )?;
-                        after.push(After::Stored(r, ack));
+                        Outcome::Stored(self.store(&mut t, dropbox, ciphertext, now_ms, &mut room)?)
                     }
-                    Op::Fetch { req, node } => {
+                    Op::Fetch { req, .. } => {
                         let fresh =
                             req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
                         let authorised = fresh && req.authorised();
@@ -202,100 +385,113 @@ impl Storage {
                             .fetches
                             .with_label_values(&[if authorised { "authorised" } else { "refused" }])
                             .inc();
-                        let fetched = if authorised {
-                            self.fetch(&mut messages, &mut boxes, &mut totals, &req)?
+                        Outcome::Fetched(if authorised {
+                            self.fetch(&mut t, req, true)?
                         } else {
                             // Same shape as an empty box, and nothing deleted.
                             Fetched::default()
-                        };
-                        after.push(After::Reply {
-                            req: Box::new(req),
-                            node,
-                            fetched,
-                        });
+                        })
                     }
                     Op::Expire => {
-                        let n = self.expire(&mut messages, &mut boxes, &mut totals, now_ms)?;
+                        let n = self.expire(&mut t, now_ms)?;
                         if n > 0 {
                             tracing::info!(messages = n, "expired unfetched messages");
                         }
-                        after.push(After::Expired(n));
+                        Outcome::Expired(n)
                     }
-                    Op::Sync(tx) => after.push(After::Sync(tx)),
-                    Op::Stop => {}
-                }
+                    Op::Sync(_) | Op::Stop => Outcome::Other,
+                });
             }
-            let bytes = totals
+            let bytes = t
+                .totals
                 .get("bytes")
                 .map_err(|e| self.err(e))?
                 .map_or(0, |v| v.value());
             metrics.stored_bytes.set(bytes as i64);
         }
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(after)
+        Ok(out)
     }
 
     fn store(
         &self,
-        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
-        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
-        totals: &mut redb::Table<&str, u64>,
+        t: &mut Tables<'_>,
         dropbox: &[u8; 32],
         ciphertext: &[u8],
         now_ms: u64,
+        room: &mut Option<u64>,
     ) -> Result<Result<u64, Refusal>, StorageError> {
-        let (count, bytes) = boxes
+        let (count, bytes) = t
+            .boxes
             .get(dropbox)
             .map_err(|e| self.err(e))?
             .map_or((0, 0), |v| v.value());
-        let total = totals
+        let total = t
+            .totals
             .get("bytes")
             .map_err(|e| self.err(e))?
             .map_or(0, |v| v.value());
         if count >= self.limits.box_messages {
             return Ok(Err(Refusal::BoxQuota));
         }
-        let len = ciphertext.len() as u64;
-        if total + len > self.limits.total_bytes {
+        let len = charge(ciphertext.len());
+        if total.saturating_add(len) > self.limits.total_bytes {
             return Ok(Err(Refusal::GatewayQuota));
         }
-        let seq = totals
+        // A page or two of the B-trees may be copied per insert: room for
+        // four times the row keeps the estimate on the safe side.
+        let need = len.saturating_mul(4);
+        match room {
+            Some(r) if *r < need => return Ok(Err(Refusal::DiskReserve)),
+            Some(r) => *r -= need,
+            None => {}
+        }
+        let seq = t
+            .totals
             .get("next_seq")
             .map_err(|e| self.err(e))?
             .map_or(1, |v| v.value());
         let mut value = Vec::with_capacity(8 + ciphertext.len());
         value.extend_from_slice(&now_ms.to_be_bytes());
         value.extend_from_slice(ciphertext);
-        messages
+        t.messages
             .insert((dropbox, seq), value.as_slice())
             .map_err(|e| self.err(e))?;
-        boxes
-            .insert(dropbox, (count + 1, bytes + len))
+        t.expiry
+            .insert((now_ms, dropbox, seq), ())
             .map_err(|e| self.err(e))?;
-        totals
-            .insert("next_seq", seq + 1)
+        t.boxes
+            .insert(dropbox, (count + 1, bytes.saturating_add(len)))
             .map_err(|e| self.err(e))?;
-        totals
-            .insert("bytes", total + len)
+        t.totals
+            .insert("next_seq", seq.saturating_add(1))
+            .map_err(|e| self.err(e))?;
+        t.totals
+            .insert("bytes", total.saturating_add(len))
             .map_err(|e| self.err(e))?;
         Ok(Ok(seq))
     }
 
+    /// Deletes `seqs` of `dropbox`: (seq, stored_at_ms, bytes charged).
     fn remove(
         &self,
-        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
-        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
-        totals: &mut redb::Table<&str, u64>,
+        t: &mut Tables<'_>,
         dropbox: &[u8; 32],
-        seqs: &[(u64, u64)],
+        seqs: &[(u64, u64, u64)],
     ) -> Result<(), StorageError> {
         if seqs.is_empty() {
             return Ok(());
         }
-        let freed: u64 = seqs.iter().map(|(_, len)| len).sum();
-        for (seq, _) in seqs {
-            messages.remove((dropbox, *seq)).map_err(|e| self.err(e))?;
+        let freed: u64 = seqs.iter().map(|(_, _, len)| len).sum();
+        for (seq, at, _) in seqs {
+            t.messages
+                .remove((dropbox, *seq))
+                .map_err(|e| self.err(e))?;
+            t.expiry
+                .remove((*at, dropbox, *seq))
+                .map_err(|e| self.err(e))?;
         }
+        let Tables { boxes, totals, .. } = t;
         let (count, bytes) = boxes
             .get(dropbox)
             .map_err(|e| self.err(e))?
@@ -320,20 +516,27 @@ impl Storage {
 
     fn fetch(
         &self,
-        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
-        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
-        totals: &mut redb::Table<&str, u64>,
+        t: &mut Tables<'_>,
         req: &FetchRequest,
+        delete: bool,
     ) -> Result<Fetched, StorageError> {
         let id = &req.dropbox;
         // Delete what the client confirmed.
-        let confirmed: Vec<(u64, u64)> = messages
+        let confirmed: Vec<(u64, u64, u64)> = t
+            .messages
             .range((id, 0)..=(id, req.after_seq))
             .map_err(|e| self.err(e))?
             .filter_map(|r| r.ok())
-            .map(|(k, v)| (k.value().1, v.value().len().saturating_sub(8) as u64))
+            .map(|(k, v)| {
+                let v = v.value();
+                (k.value().1, stored_at(v), charge(v.len().saturating_sub(8)))
+            })
             .collect();
-        self.remove(messages, boxes, totals, id, &confirmed)?;
+        if delete {
+            self.remove(t, id, &confirmed)?;
+        }
+        let messages = &t.messages;
+        let boxes = &t.boxes;
         let mut out = Fetched::default();
         if req.after_seq == u64::MAX {
             return Ok(out);
@@ -386,37 +589,93 @@ impl Storage {
         Ok(out)
     }
 
-    fn expire(
-        &self,
-        messages: &mut redb::Table<(&[u8; 32], u64), &[u8]>,
-        boxes: &mut redb::Table<&[u8; 32], (u64, u64)>,
-        totals: &mut redb::Table<&str, u64>,
-        now_ms: u64,
-    ) -> Result<usize, StorageError> {
+    /// Deletes what was stored before `now_ms` − TTL, oldest first, at
+    /// most [`EXPIRE_BATCH`] per call (the next call goes on): the time
+    /// index finds them without reading the rest.
+    fn expire(&self, t: &mut Tables<'_>, now_ms: u64) -> Result<usize, StorageError> {
         let cutoff = now_ms.saturating_sub(self.limits.ttl_ms);
-        let mut old: std::collections::BTreeMap<[u8; 32], Vec<(u64, u64)>> = Default::default();
-        for r in messages.iter().map_err(|e| self.err(e))? {
-            let (k, v) = r.map_err(|e| self.err(e))?;
-            let v = v.value();
-            let mut at = [0u8; 8];
-            at.copy_from_slice(v.get(..8).unwrap_or(&[0; 8]));
-            if u64::from_be_bytes(at) < cutoff {
-                let (id, seq) = k.value();
-                old.entry(*id)
-                    .or_default()
-                    .push((seq, v.len().saturating_sub(8) as u64));
-            }
+        let mut old: std::collections::BTreeMap<[u8; 32], Vec<(u64, u64, u64)>> =
+            Default::default();
+        let mut n = 0;
+        for r in t
+            .expiry
+            .range((0, &[0u8; 32], 0)..(cutoff, &[0u8; 32], 0))
+            .map_err(|e| self.err(e))?
+            .take(EXPIRE_BATCH)
+        {
+            let (k, _) = r.map_err(|e| self.err(e))?;
+            let (at, id, seq) = k.value();
+            let len = t
+                .messages
+                .get((id, seq))
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| charge(v.value().len().saturating_sub(8)));
+            old.entry(*id).or_default().push((seq, at, len));
+            n += 1;
         }
-        let n = old.values().map(Vec::len).sum();
         for (id, seqs) in old {
-            self.remove(messages, boxes, totals, &id, &seqs)?;
+            self.remove(t, &id, &seqs)?;
         }
         Ok(n)
     }
 
+    /// Answers fetches from a read transaction, deleting nothing: what a
+    /// gateway whose database cannot write still serves. The client
+    /// confirms the same messages again in its next fetch.
+    pub(crate) fn fetch_read_only(&self, req: &FetchRequest) -> Result<Fetched, StorageError> {
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
+        let messages = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+        let boxes = tx.open_table(BOXES).map_err(|e| self.err(e))?;
+        let id = &req.dropbox;
+        let mut out = Fetched::default();
+        if req.after_seq == u64::MAX {
+            return Ok(out);
+        }
+        let start = req.after_seq.max(req.cursor);
+        let held = boxes
+            .get(id)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value().0);
+        let upto = |hi: u64| -> Result<u64, StorageError> {
+            Ok(messages
+                .range((id, 0)..=(id, hi))
+                .map_err(|e| self.err(e))?
+                .count() as u64)
+        };
+        let above = held.saturating_sub(upto(start)?);
+        let slots = req.surbs.len() - usize::from(req.list);
+        let mut listing = Vec::new();
+        if let Some(from) = start.checked_add(1) {
+            for r in messages
+                .range((id, from)..=(id, u64::MAX))
+                .map_err(|e| self.err(e))?
+            {
+                let (k, v) = r.map_err(|e| self.err(e))?;
+                let seq = k.value().1;
+                if out.messages.len() < slots {
+                    out.messages
+                        .push((seq, v.value().get(8..).unwrap_or_default().to_vec()));
+                }
+                if req.list && listing.len() < MAX_LISTING {
+                    listing.push(seq);
+                }
+                if out.messages.len() == slots && (!req.list || listing.len() == MAX_LISTING) {
+                    break;
+                }
+            }
+        }
+        out.remaining = above.saturating_sub(out.messages.len() as u64);
+        if req.list {
+            let after = above.saturating_sub(listing.len() as u64);
+            out.listing = Some((listing, after));
+        }
+        Ok(out)
+    }
+
     /// Messages held in `dropbox` (tests, [`Dropboxes`]).
     pub(crate) fn box_len(&self, dropbox: &[u8; 32]) -> u64 {
-        let Ok(tx) = self.db.begin_read() else {
+        let Ok(db) = self.db() else { return 0 };
+        let Ok(tx) = db.begin_read() else {
             return 0;
         };
         let Ok(t) = tx.open_table(BOXES) else {
@@ -424,6 +683,37 @@ impl Storage {
         };
         t.get(dropbox).ok().flatten().map_or(0, |v| v.value().0)
     }
+}
+
+/// What one op of a committed batch came to.
+enum Outcome {
+    Stored(Result<u64, Refusal>),
+    Fetched(Fetched),
+    Expired(usize),
+    Other,
+}
+
+/// The tables of one write transaction.
+struct Tables<'t> {
+    messages: redb::Table<'t, (&'static [u8; 32], u64), &'static [u8]>,
+    boxes: redb::Table<'t, &'static [u8; 32], (u64, u64)>,
+    totals: redb::Table<'t, &'static str, u64>,
+    expiry: redb::Table<'t, (u64, &'static [u8; 32], u64), ()>,
+}
+
+/// Messages one expiry pass deletes at most (one transaction stays short).
+const EXPIRE_BATCH: usize = 10_000;
+
+/// What a message of `ciphertext_len` bytes is charged.
+fn charge(ciphertext_len: usize) -> u64 {
+    ciphertext_len as u64 + ROW_OVERHEAD
+}
+
+/// A stored value's stored-at time (its first 8 bytes).
+fn stored_at(value: &[u8]) -> u64 {
+    let mut at = [0u8; 8];
+    at.copy_from_slice(value.get(..8).unwrap_or(&[0; 8]));
+    u64::from_be_bytes(at)
 }
 
 /// What remains to do once a batch is committed.
@@ -443,8 +733,7 @@ pub(crate) enum After<C = NodeRef> {
 fn count_store(metrics: &GatewayMetrics, r: &Result<u64, Refusal>) {
     match r {
         Ok(_) => metrics.stored.inc(),
-        Err(Refusal::BoxQuota) => metrics.refused.with_label_values(&["box_quota"]).inc(),
-        Err(Refusal::GatewayQuota) => metrics.refused.with_label_values(&["gateway_quota"]).inc(),
+        Err(r) => metrics.refused.with_label_values(&[r.label()]).inc(),
     }
 }
 
@@ -522,7 +811,12 @@ impl Dropboxes {
             ciphertext: ciphertext.to_vec(),
             ack: None,
         };
-        let r = match self.storage.apply(vec![op], now_ms, &self.metrics)?.pop() {
+        let r = match self
+            .storage
+            .apply(vec![op], now_ms, &self.metrics)
+            .map_err(|(e, _)| e)?
+            .pop()
+        {
             Some(After::Stored(r, _)) => r,
             _ => return Err(self.storage.err("store gave no result")),
         };
@@ -540,7 +834,12 @@ impl Dropboxes {
             req: req.clone(),
             node: (),
         };
-        match self.storage.apply(vec![op], now_ms, &self.metrics)?.pop() {
+        match self
+            .storage
+            .apply(vec![op], now_ms, &self.metrics)
+            .map_err(|(e, _)| e)?
+            .pop()
+        {
             Some(After::Reply { req, fetched, .. }) => Ok(replies(&req, &fetched)),
             _ => Err(self.storage.err("fetch gave no result")),
         }
@@ -550,7 +849,8 @@ impl Dropboxes {
     pub fn expire(&self, now_ms: u64) -> Result<usize, StorageError> {
         match self
             .storage
-            .apply(vec![Op::<()>::Expire], now_ms, &self.metrics)?
+            .apply(vec![Op::<()>::Expire], now_ms, &self.metrics)
+            .map_err(|(e, _)| e)?
             .pop()
         {
             Some(After::Expired(n)) => Ok(n),
@@ -572,7 +872,7 @@ impl Dropboxes {
 
 /// The storage thread: batches ops, commits, then sends replies.
 pub(crate) fn run(
-    storage: Storage,
+    mut storage: Storage,
     rx: crossbeam_channel::Receiver<Op>,
     metrics: GatewayMetrics,
     rt: tokio::runtime::Handle,
@@ -593,15 +893,7 @@ pub(crate) fn run(
         stopping = ops.iter().any(|o| matches!(o, Op::Stop));
         metrics.storage_queue.sub(ops.len() as i64);
         let started = Instant::now();
-        let after = match storage.apply(ops, now_ms(), &metrics) {
-            Ok(a) => a,
-            Err(e) => {
-                // Nothing in this batch counts as stored: senders retransmit.
-                tracing::error!(error = %e, "dropbox commit failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
+        let after = storage.apply_or_recover(ops, now_ms(), &metrics);
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -671,6 +963,7 @@ mod tests {
             box_messages: 3,
             total_bytes: 10_000,
             fetch_max_age_ms: 600_000,
+            reserve_bytes: 0,
         }
     }
 
@@ -694,6 +987,7 @@ mod tests {
                 now,
                 &m,
             )
+            .map_err(|(e, _)| e)
             .unwrap()
             .pop()
         {
@@ -704,14 +998,17 @@ mod tests {
 
     /// Runs a fetch directly against the tables (no node needed).
     fn fetch(s: &Storage, req: &FetchRequest) -> Fetched {
-        let tx = s.db.begin_write().unwrap();
+        let tx = s.db().unwrap().begin_write().unwrap();
         let f = {
-            let mut m = tx.open_table(MESSAGES).unwrap();
-            let mut b = tx.open_table(BOXES).unwrap();
-            let mut t = tx.open_table(TOTALS).unwrap();
+            let mut t = Tables {
+                messages: tx.open_table(MESSAGES).unwrap(),
+                boxes: tx.open_table(BOXES).unwrap(),
+                totals: tx.open_table(TOTALS).unwrap(),
+                expiry: tx.open_table(EXPIRY).unwrap(),
+            };
             let ok = req.authorised();
             if ok {
-                s.fetch(&mut m, &mut b, &mut t, req).unwrap()
+                s.fetch(&mut t, req, true).unwrap()
             } else {
                 Fetched::default()
             }
@@ -885,10 +1182,186 @@ mod tests {
         }
         let s = open(&dir);
         assert_eq!(s.box_len(&[1; 32]), 2, "durable across reopen");
-        s.apply(vec![Op::<()>::Expire], 1500, &metrics()).unwrap();
+        s.apply(vec![Op::<()>::Expire], 1500, &metrics())
+            .map_err(|(e, _)| e)
+            .unwrap();
         assert_eq!(s.box_len(&[1; 32]), 1);
         // Sequence numbers are never reused.
         let next = store(&s, [1; 32], b"x", 1500).unwrap();
         assert!(next > 2);
+    }
+
+    /// A tmpfs mounted for one test, unmounted when dropped.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        /// `None` if this user cannot mount (not root): the test says so.
+        fn mount(at: &Path, size: &str) -> Option<Self> {
+            let uid = std::process::Command::new("id").arg("-u").output().ok()?;
+            if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+                return None;
+            }
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "root, but cannot mount a tmpfs at {}", at.display());
+            Some(Self(at.to_owned()))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    fn store_op(id: [u8; 32], i: u32) -> Op<()> {
+        let mut ct = vec![0u8; 1500];
+        ct[..4].copy_from_slice(&i.to_be_bytes());
+        Op::Store {
+            dropbox: id,
+            ciphertext: ct,
+            ack: None,
+        }
+    }
+
+    fn fetch_op(req: FetchRequest) -> Op<()> {
+        Op::Fetch { req, node: () }
+    }
+
+    /// The disk fills up under a gateway (another process takes the rest):
+    /// its commits fail, it reopens the database, refuses stores with a
+    /// reason, still answers fetches (read-only), and when space is back
+    /// it writes again without a restart. Every store it acknowledged is
+    /// there afterwards.
+    #[test]
+    fn a_full_disk_is_survived_and_nothing_acked_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(fs) = Tmpfs::mount(dir.path(), "6m") else {
+            eprintln!("SKIPPED a_full_disk_is_survived: needs root to mount a tmpfs");
+            return;
+        };
+        let lim = Limits {
+            ttl_ms: 3_600_000,
+            box_messages: 1_000_000,
+            total_bytes: 1 << 40,
+            fetch_max_age_ms: 600_000,
+            reserve_bytes: 0,
+        };
+        let mut s = Storage::open(&fs.0.join("d.redb"), lim).unwrap();
+        let m = metrics();
+        let box_of = PairSecret::from_bytes([9; 32]).dropbox(&[1; 32], &[2; 32], 0);
+        let id = box_of.id;
+        let mut acked = std::collections::BTreeSet::new();
+        let mut n = 0u32;
+        let mut batch = |s: &mut Storage, acked: &mut std::collections::BTreeSet<u64>| {
+            let ops: Vec<Op<()>> = (0..8)
+                .map(|_| {
+                    n += 1;
+                    store_op(id, n)
+                })
+                .collect();
+            let mut refused = Vec::new();
+            for a in s.apply_or_recover(ops, 1_000, &m) {
+                match a {
+                    After::Stored(Ok(seq), _) => {
+                        acked.insert(seq);
+                    }
+                    After::Stored(Err(r), _) => refused.push(r),
+                    _ => unreachable!(),
+                }
+            }
+            refused
+        };
+        for _ in 0..20 {
+            assert!(batch(&mut s, &mut acked).is_empty());
+        }
+        let before = acked.len();
+        // Another process takes every free byte.
+        let filler = fs.0.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![1u8; 64 * 1024];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+        }
+        // The free-space check refuses stores at once, with a reason.
+        assert_eq!(batch(&mut s, &mut acked), vec![Refusal::DiskReserve; 8]);
+        assert_eq!(m.storage_failures.get(), 0);
+        assert_eq!(m.storage_ok.get(), 1);
+        let req = FetchRequest::new_signed(&box_of, 0, 1_000, 0, vec![vec![0; SURB_LEN]; 4]);
+        match s.apply_or_recover(vec![fetch_op(req)], 1_000, &m).pop() {
+            Some(After::Reply { fetched, .. }) => assert_eq!(fetched.messages.len(), 4),
+            _ => unreachable!(),
+        }
+        // Without it (space taken between the check and the commit), stores
+        // go on into redb's free pages until a commit fails.
+        s.check_free = false;
+        let mut refusals = Vec::new();
+        for _ in 0..200 {
+            refusals = batch(&mut s, &mut acked);
+            if m.storage_failures.get() > 0 {
+                break;
+            }
+        }
+        let used = std::fs::metadata(fs.0.join("d.redb")).map(|m| m.len());
+        let out = std::process::Command::new("df")
+            .arg(&fs.0)
+            .output()
+            .unwrap();
+        assert!(
+            m.storage_failures.get() > 0,
+            "the disk never filled: {} acked, db {used:?}, {}",
+            acked.len(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(m.storage_ok.get(), 0);
+        assert!(!refusals.is_empty() && refusals.iter().all(|r| *r == Refusal::Unavailable));
+        // While full: stores refused with a reason, fetches answered.
+        let refused = batch(&mut s, &mut acked);
+        assert_eq!(refused, vec![Refusal::Unavailable; 8]);
+        let unavailable = refusals.len() + refused.len();
+        let req = FetchRequest::new_signed(&box_of, 0, 1_000, 0, vec![vec![0; SURB_LEN]; 4]);
+        let served = match s.apply_or_recover(vec![fetch_op(req)], 1_000, &m).pop() {
+            Some(After::Reply { fetched, .. }) => fetched,
+            _ => unreachable!(),
+        };
+        // (By a write transaction that commits in free pages, or read-only
+        // after a failed one.)
+        assert_eq!(served.messages.len(), 4, "fetches are served while full");
+        // Space is back: it writes again, without a restart.
+        std::fs::remove_file(&filler).unwrap();
+        assert!(batch(&mut s, &mut acked).is_empty());
+        assert_eq!(m.storage_ok.get(), 1);
+        // Everything acknowledged is there, once.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut after = 0;
+        loop {
+            let req =
+                FetchRequest::new_signed(&box_of, after, 1_000, 0, vec![vec![0; SURB_LEN]; 4]);
+            let f = match s.apply_or_recover(vec![fetch_op(req)], 1_000, &m).pop() {
+                Some(After::Reply { fetched, .. }) => fetched,
+                _ => unreachable!(),
+            };
+            for (seq, _) in &f.messages {
+                assert!(seen.insert(*seq), "seq {seq} twice");
+                after = after.max(*seq);
+            }
+            if f.messages.is_empty() {
+                break;
+            }
+        }
+        let lost: Vec<_> = acked.difference(&seen).collect();
+        eprintln!(
+            "disk full: {before} stored before, {} acked in all; refused while full: 8 disk_reserve, then without the check {unavailable} unavailable after {} commit failures; fetches served; lost {}",
+            acked.len(),
+            m.storage_failures.get(),
+            lost.len()
+        );
+        assert!(lost.is_empty(), "acked and lost: {lost:?}");
+        assert_eq!(seen.len(), acked.len(), "nothing unacked turned up");
     }
 }

@@ -1268,7 +1268,7 @@ impl<C: Clone + Ord> Sequencer<C> {
     ) -> Self {
         let mut s = Self::new(hold, settle, max_held);
         // Every session restored counts as used now, none pushed out.
-        let mut touch = |s: &mut Self, k: &(C, u64)| {
+        let touch = |s: &mut Self, k: &(C, u64)| {
             s.tick += 1;
             s.touched.insert(k.clone(), s.tick);
         };
