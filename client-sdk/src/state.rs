@@ -24,7 +24,7 @@ use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, FrameKind};
 use protocol::messages::{
     ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, Listing, MAX_ACKED_STORED_LEN, MAX_LISTING,
-    Request,
+    Request, StoreRefused,
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{
@@ -1294,9 +1294,19 @@ impl ClientState {
         }
         if let Some((key, _)) = self.acks.remove(&identifier) {
             // Only the SURB's maker can read it: a forged ack does not open.
-            if packet::open_reply(&key, payload).is_ok_and(|b| b == ACK_BODY) {
-                self.outbox.on_ack(&identifier);
-                self.publish_statuses();
+            match packet::open_reply(&key, payload) {
+                Ok(b) if b == ACK_BODY => {
+                    self.outbox.on_ack(&identifier);
+                    self.publish_statuses();
+                }
+                Ok(b) => {
+                    if let Some(why) = StoreRefused::from_body(&b) {
+                        tracing::debug!(reason = ?why, "a fragment was refused by its dropbox gateway");
+                        self.outbox.on_refused(&identifier);
+                        self.publish_statuses();
+                    }
+                }
+                Err(_) => {}
             }
             return;
         }

@@ -106,7 +106,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The metric label and the reason a refused sender is told.
+    /// What the sender is told.
+    pub fn told(self) -> protocol::messages::StoreRefused {
+        use protocol::messages::StoreRefused as S;
+        match self {
+            Refusal::BoxQuota => S::BoxFull,
+            Refusal::GatewayQuota => S::GatewayFull,
+            Refusal::DiskReserve => S::DiskReserve,
+            Refusal::Unavailable => S::Unavailable,
+        }
+    }
+
+    /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
             Refusal::BoxQuota => "box_quota",
@@ -902,17 +913,15 @@ pub(crate) fn run(
                 After::Stored(r, ack) => {
                     count_store(&metrics, &r);
                     // Durable now: tell the sender, through its SURB. Refused:
-                    // no ack; the sender retries and in the end reports failure.
-                    if r.is_ok()
-                        && let Some(a) = ack
-                        && reply(
-                            &a.node,
-                            a.reply_epoch,
-                            &a.surb,
-                            protocol::messages::ACK_BODY,
-                        )
-                    {
-                        metrics.acks.inc();
+                    // tell it why, so it reports at once instead of retrying.
+                    if let Some(a) = ack {
+                        let body = match r {
+                            Ok(_) => protocol::messages::ACK_BODY.to_vec(),
+                            Err(why) => why.told().body(),
+                        };
+                        if reply(&a.node, a.reply_epoch, &a.surb, &body) && r.is_ok() {
+                            metrics.acks.inc();
+                        }
                     }
                 }
                 After::Reply { req, node, fetched } => {

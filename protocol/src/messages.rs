@@ -41,6 +41,45 @@ pub const MAX_STORED_LEN: usize = 1980;
 pub const MAX_ACKED_STORED_LEN: usize = MAX_STORED_LEN - 8 - SURB_LEN;
 /// The body a gateway sends through a store's SURB once the message is durable.
 pub const ACK_BODY: &[u8] = b"umbra-stored-v1";
+/// What a refusal sent through a store's SURB begins with; one byte of
+/// [`StoreRefused`] follows.
+pub const REFUSED_PREFIX: &[u8] = b"umbra-refused-v1";
+
+/// Why a dropbox gateway refused a store, as it tells the sender through
+/// the store's SURB (the body is [`REFUSED_PREFIX`] and this byte; SURB
+/// replies are padded to one size, so it looks like an ack on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreRefused {
+    /// The box holds its gateway's `dropbox_max_messages` already.
+    BoxFull = 1,
+    /// The gateway's `storage_max_bytes` is reached.
+    GatewayFull = 2,
+    /// The gateway's disk is down to its reserve.
+    DiskReserve = 3,
+    /// The gateway's database cannot write at the moment.
+    Unavailable = 4,
+}
+
+impl StoreRefused {
+    /// The reply body.
+    pub fn body(self) -> Vec<u8> {
+        let mut b = REFUSED_PREFIX.to_vec();
+        b.push(self as u8);
+        b
+    }
+
+    /// The refusal a reply body carries, if it is one.
+    pub fn from_body(b: &[u8]) -> Option<Self> {
+        match b.strip_prefix(REFUSED_PREFIX)? {
+            [1] => Some(Self::BoxFull),
+            [2] => Some(Self::GatewayFull),
+            [3] => Some(Self::DiskReserve),
+            [4] => Some(Self::Unavailable),
+            _ => None,
+        }
+    }
+}
 /// Seqs one listing reply carries at most.
 pub const MAX_LISTING: usize = 250;
 /// SURBs in a fetch request, hence replies per fetch.
@@ -541,6 +580,25 @@ mod tests {
             message: Some((1, vec![0; MAX_STORED_LEN])),
         };
         assert!(reply.encode().unwrap().len() <= MAX_MESSAGE_LEN);
+    }
+
+    #[test]
+    fn a_refusal_is_told_apart_from_an_ack_and_from_junk() {
+        for r in [
+            StoreRefused::BoxFull,
+            StoreRefused::GatewayFull,
+            StoreRefused::DiskReserve,
+            StoreRefused::Unavailable,
+        ] {
+            assert_eq!(StoreRefused::from_body(&r.body()), Some(r));
+        }
+        assert_eq!(StoreRefused::from_body(ACK_BODY), None);
+        assert_eq!(StoreRefused::from_body(REFUSED_PREFIX), None);
+        let mut odd = REFUSED_PREFIX.to_vec();
+        odd.extend([9, 9]);
+        assert_eq!(StoreRefused::from_body(&odd), None);
+        odd.truncate(REFUSED_PREFIX.len() + 1);
+        assert_eq!(StoreRefused::from_body(&odd), None);
     }
 
     #[test]

@@ -192,12 +192,19 @@ pub enum Status {
     FailedAttempts,
     /// Given up: the message's time to live passed.
     FailedExpired,
+    /// Given up: the recipient's dropbox gateway refused a fragment (its
+    /// box or its storage is full, or its disk cannot write); sending again
+    /// later may work.
+    FailedRefused,
 }
 
 impl Status {
     /// Whether the message failed.
     pub fn is_failure(self) -> bool {
-        matches!(self, Status::FailedAttempts | Status::FailedExpired)
+        matches!(
+            self,
+            Status::FailedAttempts | Status::FailedExpired | Status::FailedRefused
+        )
     }
 }
 
@@ -497,6 +504,17 @@ impl<C: Clone> Outbox<C> {
                 self.awaiting_read.insert(id);
             }
         }
+        true
+    }
+
+    /// The dropbox gateway refused the transmission acked by `ack`: its
+    /// message fails at once ([`Status::FailedRefused`]) rather than
+    /// retrying into a full box for its whole TTL. False if unknown.
+    pub fn on_refused(&mut self, ack: &AckId) -> bool {
+        let Some((id, _, _)) = self.in_flight.remove(ack) else {
+            return false;
+        };
+        self.fail(id, Status::FailedRefused);
         true
     }
 

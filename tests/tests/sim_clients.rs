@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use umbra::sim::{ClientOptions, Endpoint, LinkFaults, Persona, Sim, SimConfig};
 
 /// Scenarios in this file (for the timing lines).
-const SCENARIOS: usize = 13;
+const SCENARIOS: usize = 14;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -1041,4 +1041,60 @@ fn missing_loops_make_a_client_ask_for_a_new_topology() {
         assert!(s.stale_topology >= 1, "{s:?}");
         assert!(s.stale_topology <= 3, "{s:?}");
     }
+}
+
+/// A full dropbox: the gateway tells the sender why it refuses, and the
+/// message is reported `FailedRefused` within seconds, not retried into
+/// the full box for its whole TTL (10 min here).
+#[test]
+fn a_full_box_is_reported_at_once() {
+    let started = Instant::now();
+    let mut cfg = SimConfig {
+        seed: 16,
+        ..SimConfig::default()
+    };
+    cfg.gateway.dropbox_max_messages = 3;
+    let mut sim = Sim::new(cfg);
+    let a = sim.add_client();
+    let b = sim.add_client();
+    sim.connect_contacts(a, b);
+    // The recipient is away: nothing empties the box.
+    sim.partition(Endpoint::Client(b), Duration::ZERO, secs(600));
+    let ids: Vec<MessageId> = (0..5)
+        .map(|i| sim.send(a, b, &body("a→b", i, 100)).unwrap())
+        .collect();
+    let settled = sim.run_until_cond(secs(60), |s| {
+        ids.iter().all(|id| {
+            s.log(a)
+                .status(id)
+                .is_some_and(|st| st == Status::Stored || st.is_failure())
+        })
+    });
+    report(14, "a full box", &sim, started);
+    let log = sim.log(a);
+    let outcome: Vec<Status> = ids.iter().map(|id| log.status(id).unwrap()).collect();
+    let refused_at: Vec<f64> = ids
+        .iter()
+        .filter_map(|id| {
+            log.statuses[id]
+                .iter()
+                .find(|(_, s)| *s == Status::FailedRefused)
+                .map(|(t, _)| t.as_secs_f64())
+        })
+        .collect();
+    eprintln!(
+        "  outcomes {outcome:?}; refused at {refused_at:?} s; refusals sent {}",
+        sim.stats().store_refused
+    );
+    assert!(settled, "{outcome:?}");
+    assert_eq!(outcome.iter().filter(|s| **s == Status::Stored).count(), 3);
+    assert_eq!(
+        outcome
+            .iter()
+            .filter(|s| **s == Status::FailedRefused)
+            .count(),
+        2
+    );
+    assert!(sim.stats().store_refused >= 2);
+    assert!(refused_at.iter().all(|t| *t < 30.0), "{refused_at:?}");
 }

@@ -1605,8 +1605,11 @@ impl Sim {
                     self.note_store(dropbox, seq);
                     replies.push((reply_epoch, surb, ACK_BODY.to_vec(), true));
                 }
-                // Refused: no ack; the sender retries and in the end reports failure.
-                Err(_) => self.stats.store_refused += 1,
+                // Refused: the sender is told why.
+                Err(why) => {
+                    self.stats.store_refused += 1;
+                    replies.push((reply_epoch, surb, why.told().body(), true));
+                }
             },
             Ok(Request::Fetch(req)) => {
                 self.stats.fetches += 1;
