@@ -309,6 +309,12 @@ impl Control {
         );
         let n = routes.len();
         self.shared.metrics.topology_nodes.set(n as i64);
+        // Links to nodes no longer in the current or next topology go, with
+        // whatever was queued for them.
+        let gone = self.shared.links.retain(|id| routes.contains_key(id));
+        if gone > 0 {
+            tracing::info!(peers = gone, "links to nodes that left the topology closed");
+        }
         *self
             .shared
             .routes

@@ -32,6 +32,13 @@ pub struct LinkConfig {
     pub max_inbound_connections: usize,
     /// Distinct outbound peers; frames to further peers are dropped.
     pub max_peers: usize,
+    /// Bytes queued for all outbound peers together; frames beyond are
+    /// dropped (`node_queue_full`).
+    pub max_queued_bytes: usize,
+    /// Failed connects in a row after which a peer's queued frames are
+    /// dropped (`peer_unreachable`): a mixnet packet that waited that long
+    /// is late anyway, and the memory goes back.
+    pub drop_queue_after_failures: u32,
     /// First reconnect delay.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -52,6 +59,8 @@ impl Default for LinkConfig {
             queue_capacity: 8192,
             max_inbound_connections: 1024,
             max_peers: 4096,
+            max_queued_bytes: 256 << 20,
+            drop_queue_after_failures: 5,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             inbound_rate: None,
@@ -68,7 +77,11 @@ pub struct LinkMetrics {
     pub frames_in: IntCounter,
     /// Frames sent to peers.
     pub frames_out: IntCounter,
-    /// Frames dropped, by reason (`malformed`, `queue_full`, `link_error`, `too_many_peers`, `rate_limited`).
+    /// Frames dropped, by reason (`malformed`, `queue_full`, `link_error`,
+    /// `too_many_peers`, `rate_limited`, `node_queue_full`: all queues
+    /// together hold `max_queued_bytes`; `peer_unreachable`: queued for a
+    /// peer whose connects kept failing; `evicted`: queued for a peer that
+    /// left the topology).
     pub dropped: IntCounterVec,
     /// Failed connection attempts.
     pub connect_failures: IntCounter,
@@ -379,6 +392,8 @@ pub struct Links {
     endpoint: quinn::Endpoint,
     creds: tls::Credentials,
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
+    /// Bytes queued for all peers together.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     cfg: LinkConfig,
     metrics: LinkMetrics,
 }
@@ -395,9 +410,26 @@ impl Links {
             endpoint,
             creds,
             peers: Arc::default(),
+            queued: Arc::default(),
             cfg,
             metrics,
         }
+    }
+
+    /// Keeps the links to the peers `keep` accepts (the nodes of the
+    /// current and next topology) and ends the others: their tasks stop
+    /// and their queued frames are dropped (`evicted`). Returns how many
+    /// went.
+    pub fn retain(&self, keep: impl Fn(&NodeId) -> bool) -> usize {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let before = peers.len();
+        peers.retain(|id, _| keep(id));
+        before - peers.len()
+    }
+
+    /// Bytes queued for all peers together.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues an encoded frame for `peer` at `addr`. Returns false if it was
@@ -424,18 +456,27 @@ impl Links {
                 rx,
                 self.cfg.clone(),
                 self.metrics.clone(),
+                self.queued.clone(),
             ));
             peers.insert(peer, Peer { addr, tx });
         }
         let Some(p) = peers.get(&peer) else {
             return false;
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = frame.len();
+        if self.queued.fetch_add(len, Relaxed) + len > self.cfg.max_queued_bytes {
+            self.queued.fetch_sub(len, Relaxed);
+            self.metrics.drop("node_queue_full");
+            return false;
+        }
         match p.tx.try_send(frame) {
             Ok(()) => {
                 self.metrics.queue_depth.inc();
                 true
             }
             Err(_) => {
+                self.queued.fetch_sub(len, Relaxed);
                 self.metrics.drop("queue_full");
                 false
             }
@@ -499,16 +540,63 @@ async fn peer_task(
     mut rx: mpsc::Receiver<Vec<u8>>,
     cfg: LinkConfig,
     metrics: LinkMetrics,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    // Whatever is still queued when the task ends (the peer was evicted,
+    // the node stops) is dropped and counted.
+    struct Leftover<'a> {
+        rx: &'a mut mpsc::Receiver<Vec<u8>>,
+        metrics: &'a LinkMetrics,
+        queued: &'a std::sync::atomic::AtomicUsize,
+    }
+    impl Leftover<'_> {
+        fn drain(&mut self, reason: &str) {
+            let (mut n, mut bytes) = (0u64, 0usize);
+            while let Ok(f) = self.rx.try_recv() {
+                n += 1;
+                bytes += f.len();
+            }
+            if n > 0 {
+                self.metrics.queue_depth.sub(n as i64);
+                self.metrics.dropped.with_label_values(&[reason]).inc_by(n);
+                self.queued
+                    .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    impl Drop for Leftover<'_> {
+        fn drop(&mut self) {
+            self.rx.close();
+            self.drain("evicted");
+        }
+    }
+    let mut left = Leftover {
+        rx: &mut rx,
+        metrics: &metrics,
+        queued: &queued,
+    };
     let mut backoff = cfg.backoff_min;
+    let mut failures = 0u32;
     loop {
-        let conn = match connect_as(&endpoint, &creds, peer, addr).await {
+        // A node that does not complete a handshake in 5 s is down (UDP:
+        // nothing says so sooner); QUIC alone would wait its idle timeout.
+        let dialled = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect_as(&endpoint, &creds, peer, addr),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Error::Connect("no handshake within 5 s".into())));
+        let conn = match dialled {
             Ok(c) => c,
             Err(e) => {
                 metrics.connect_failures.inc();
                 tracing::debug!(peer = %hex::encode(&peer[..4]), error = %e, "link connect failed");
-                if rx.is_closed() {
+                if left.rx.is_closed() {
                     return;
+                }
+                failures += 1;
+                if failures >= cfg.drop_queue_after_failures {
+                    left.drain("peer_unreachable");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.backoff_max);
@@ -529,6 +617,7 @@ async fn peer_task(
         // no copy into a batch buffer, none into quinn's send buffer.
         let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(BATCH_FRAMES);
         let mut last_write: Option<tokio::time::Instant> = None;
+        let rx = &mut *left.rx;
         loop {
             let Some(f) = rx.recv().await else {
                 let _ = send.finish();
@@ -557,6 +646,8 @@ async fn peer_task(
             }
             let n = batch.len();
             metrics.queue_depth.sub(n as i64);
+            let bytes: usize = batch.iter().map(|b| b.len()).sum();
+            queued.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
             let written = send.write_all_chunks(&mut batch).await;
             batch.clear();
             if written.is_err() {
@@ -571,6 +662,7 @@ async fn peer_task(
             if !delivered {
                 delivered = true;
                 backoff = cfg.backoff_min;
+                failures = 0;
             }
         }
         if !delivered {

@@ -168,6 +168,71 @@ async fn links_deliver_and_bound_their_queues() {
     assert!(metrics.dropped.with_label_values(&["queue_full"]).get() >= 83);
 }
 
+/// What a node queues for its peers stays bounded and goes back: a peer
+/// whose connects keep failing has its queue dropped, all queues together
+/// hold at most `max_queued_bytes`, and peers that left the topology are
+/// evicted with what was queued for them. Each drop is counted by reason.
+#[tokio::test]
+async fn links_drop_what_they_cannot_deliver_and_stay_bounded() {
+    let a = SigningKey::from_bytes(&[8; 32]);
+    let (ep, count, _) = server(&a);
+    let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let metrics = LinkMetrics::unregistered();
+    let good = frame::encode(FrameKind::Sphinx, 1, &vec![0u8; PACKET_SIZE]).unwrap();
+    let cfg = LinkConfig {
+        drop_queue_after_failures: 3,
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(40),
+        max_queued_bytes: 40 * good.len(),
+        ..LinkConfig::default()
+    };
+    let me = Credentials::new(&SigningKey::from_bytes(&[9; 32])).unwrap();
+    let links = Links::new(client, me, cfg, metrics.clone());
+    let dropped = |r: &str| metrics.dropped.with_label_values(&[r]).get();
+
+    // A live address that does not hold the identity asked for: every
+    // connect fails at once; after 3 the 10 queued frames are dropped.
+    let impostor = SigningKey::from_bytes(&[10; 32]).verifying_key().to_bytes();
+    for _ in 0..10 {
+        assert!(links.send(impostor, ep.local_addr().unwrap(), good.clone()));
+    }
+    wait_for("the unreachable peer's queue dropped", || {
+        dropped("peer_unreachable") == 10
+    })
+    .await;
+    assert!(metrics.connect_failures.get() >= 3);
+    assert_eq!(links.queued_bytes(), 0);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+
+    // Nobody listens here: frames wait, up to the node-wide byte bound.
+    let dead: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let ghost = SigningKey::from_bytes(&[11; 32]).verifying_key().to_bytes();
+    let accepted = (0..50)
+        .filter(|_| links.send(ghost, dead, good.clone()))
+        .count();
+    assert_eq!(accepted, 40);
+    assert_eq!(dropped("node_queue_full"), 10);
+    assert_eq!(links.queued_bytes(), 40 * good.len());
+
+    // The ghost left the topology: its link goes, and its queue with it
+    // (once its pending dial gives up, within 5 s).
+    assert_eq!(links.retain(|id| *id != ghost), 1);
+    wait_for("the evicted peer's queue dropped", || {
+        dropped("evicted") == 40
+    })
+    .await;
+    assert_eq!(links.queued_bytes(), 0);
+    assert_eq!(metrics.queue_depth.get(), 0);
+
+    // The real peer still works.
+    let id = a.verifying_key().to_bytes();
+    assert!(links.send(id, ep.local_addr().unwrap(), good.clone()));
+    wait_for("a frame to the real peer", || {
+        count.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
 /// Node links are mutually authenticated: a dialler must prove an identity
 /// key, and only identities the node's topology lists may use the link.
 #[tokio::test]
