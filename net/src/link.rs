@@ -532,6 +532,7 @@ async fn dial(
 /// Frames per write at most.
 const BATCH_FRAMES: usize = 32;
 
+#[allow(clippy::too_many_arguments)]
 async fn peer_task(
     endpoint: quinn::Endpoint,
     creds: tls::Credentials,
