@@ -55,6 +55,8 @@ struct Shared {
     metrics: GatewayMetrics,
     storage: crossbeam_channel::Sender<Op>,
     clients: Mutex<HashMap<[u8; 32], Client>>,
+    /// The address each client connection subscribed (one per connection).
+    by_conn: Mutex<HashMap<usize, [u8; 32]>>,
     generation: AtomicU64,
     max_clients: usize,
     client_queue: usize,
@@ -70,8 +72,20 @@ impl Shared {
 
     /// A client subscribed `address` on `conn`: its replies go to a stream on
     /// that connection, as part of the constant-rate downlink.
+    /// One subscription per connection: a second Subscribe on it replaces
+    /// the first (whose slot goes), so a connection cannot take many slots.
     fn subscribe(self: &Arc<Self>, address: [u8; 32], conn: &quinn::Connection, node: &NodeRef) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self
+            .by_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn.stable_id(), address);
+        if let Some(old) = previous.filter(|old| *old != address) {
+            // Dropping its sender ends the old downlink task.
+            clients.remove(&old);
+            node.metrics().drop("resubscribed");
+        }
         if !clients.contains_key(&address) && clients.len() >= self.max_clients {
             node.metrics().drop("too_many_clients");
             return;
@@ -85,6 +99,7 @@ impl Shared {
         let conn = conn.clone();
         let node = node.clone();
         tokio::spawn(async move {
+            let id = conn.stable_id();
             deliver(conn, rx, node, shared.metrics.clone()).await;
             let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
             if clients
@@ -92,6 +107,10 @@ impl Shared {
                 .is_some_and(|c| c.generation == generation)
             {
                 clients.remove(&address);
+                let mut by_conn = shared.by_conn.lock().unwrap_or_else(|p| p.into_inner());
+                if by_conn.get(&id) == Some(&address) {
+                    by_conn.remove(&id);
+                }
             }
             shared.metrics.clients.set(clients.len() as i64);
         });
@@ -110,7 +129,9 @@ async fn deliver(
     node: NodeRef,
     metrics: GatewayMetrics,
 ) {
-    let Ok(mut send) = conn.open_uni().await else {
+    // A client that grants no stream, or stops reading, is dropped: no
+    // task waits on it for ever.
+    let Ok(Ok(mut send)) = tokio::time::timeout(STALL, conn.open_uni()).await else {
         return;
     };
     let Ok(dummy) = frame::encode_parts(
@@ -151,18 +172,25 @@ async fn deliver(
             }
             continue;
         }
-        let written = match rx.try_recv() {
+        let owned;
+        let frame: &[u8] = match rx.try_recv() {
             Ok(f) => {
                 real.inc();
-                send.write_all(&f).await
+                owned = f;
+                &owned
             }
             Err(mpsc::error::TryRecvError::Empty) => {
                 dummies.inc();
-                send.write_all(&dummy).await
+                &dummy
             }
             Err(mpsc::error::TryRecvError::Disconnected) => return,
         };
-        if written.is_err() {
+        let written = tokio::select! {
+            w = tokio::time::timeout(STALL, send.write_all(frame)) => w,
+            _ = conn.closed() => return,
+        };
+        if !matches!(written, Ok(Ok(()))) {
+            conn.close(2u8.into(), b"downlink stalled");
             return;
         }
         // The rate follows the topology; after a stall (a slow client's flow
@@ -175,6 +203,10 @@ async fn deliver(
         }
     }
 }
+
+/// How long a client's downlink may stall (no stream granted, a write
+/// blocked by its flow control) before the gateway drops the client.
+const STALL: Duration = Duration::from_secs(10);
 
 struct GatewayHandler(Arc<Shared>);
 
@@ -342,6 +374,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
         metrics,
         storage: storage_tx,
         clients: Mutex::new(HashMap::new()),
+        by_conn: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(0),
         max_clients: cfg.max_clients,
         client_queue: cfg.client_queue.max(1),

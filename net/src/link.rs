@@ -28,8 +28,15 @@ pub type PeerFilter = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
 pub struct LinkConfig {
     /// Frames queued per outbound peer before new ones are dropped.
     pub queue_capacity: usize,
-    /// Inbound connections served at once; more are refused.
+    /// Inbound connections served at once (taken once the handshake is
+    /// done); more are refused.
     pub max_inbound_connections: usize,
+    /// Handshakes in progress at once; more are refused.
+    pub max_handshakes: usize,
+    /// Connections and handshakes from one IP address at once.
+    pub max_per_ip: usize,
+    /// A handshake not done in this long is abandoned.
+    pub handshake_timeout: Duration,
     /// Distinct outbound peers; frames to further peers are dropped.
     pub max_peers: usize,
     /// Bytes queued for all outbound peers together; frames beyond are
@@ -58,6 +65,9 @@ impl Default for LinkConfig {
         Self {
             queue_capacity: 8192,
             max_inbound_connections: 1024,
+            max_handshakes: 256,
+            max_per_ip: 32,
+            handshake_timeout: Duration::from_secs(10),
             max_peers: 4096,
             max_queued_bytes: 256 << 20,
             drop_queue_after_failures: 5,
@@ -292,19 +302,50 @@ pub async fn serve(
     peers: Option<PeerFilter>,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_inbound_connections));
+    let handshakes = Arc::new(Semaphore::new(cfg.max_handshakes));
+    let per_ip: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        // Address validation first (QUIC Retry): a spoofed source address
+        // cannot take a handshake slot or make the node send to a victim.
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
+        let ip = incoming.remote_address().ip();
+        let Some(slot) = IpSlot::take(&per_ip, ip, cfg.max_per_ip) else {
             incoming.refuse();
-            metrics.refuse("limit");
+            metrics.refuse("per_ip");
             continue;
         };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            incoming.refuse();
+            metrics.refuse("handshakes");
+            continue;
+        };
+        let limit = limit.clone();
         let sink = sink.clone();
         let metrics = metrics.clone();
         let cfg = cfg.clone();
         let peers = peers.clone();
         tokio::spawn(async move {
-            let Ok(conn) = incoming.await else {
-                metrics.refuse("handshake");
+            let _slot = slot;
+            let conn = match tokio::time::timeout(cfg.handshake_timeout, incoming).await {
+                Ok(Ok(c)) => c,
+                _ => {
+                    metrics.refuse("handshake");
+                    return;
+                }
+            };
+            drop(handshake);
+            // The connection slot is taken only now: half-open handshakes
+            // cannot lock everyone out.
+            let Ok(permit) = limit.try_acquire_owned() else {
+                metrics.refuse("limit");
+                conn.close(2u8.into(), b"busy");
                 return;
             };
             if let Some(admit) = &peers {
@@ -376,6 +417,44 @@ async fn read_stream(
                     sink.on_frame(f, &conn);
                 }
                 Err(_) => metrics.drop("malformed"),
+            }
+        }
+    }
+}
+
+/// One connection or handshake counted against its IP address; given
+/// back when dropped.
+struct IpSlot {
+    map: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(
+        map: &Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
             }
         }
     }

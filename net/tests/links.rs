@@ -233,6 +233,63 @@ async fn links_drop_what_they_cannot_deliver_and_stay_bounded() {
     .await;
 }
 
+/// Connection slots: at most `max_per_ip` connections from one address
+/// (the next is refused and counted), and a slot is free again once its
+/// connection closes. Every connection here passed QUIC Retry first.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_slot() {
+    let key = SigningKey::from_bytes(&[12; 32]);
+    let creds = Credentials::new(&key).unwrap();
+    let ep = link::bind_for_clients("127.0.0.1:0".parse().unwrap(), &creds, false).unwrap();
+    let metrics = LinkMetrics::unregistered();
+    tokio::spawn(link::serve(
+        ep.clone(),
+        Arc::new(|_: frame::Frame<'_>, _: &quinn::Connection| {}),
+        metrics.clone(),
+        LinkConfig {
+            max_per_ip: 4,
+            ..LinkConfig::default()
+        },
+        None,
+    ));
+    let client = link::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(dial(&client, &key, &ep).await);
+    }
+    wait_for("4 connections served", || {
+        metrics.inbound_connections.get() == 4
+    })
+    .await;
+    let fifth = link::connect(
+        &client,
+        key.verifying_key().to_bytes(),
+        ep.local_addr().unwrap(),
+    )
+    .await;
+    assert!(fifth.is_err(), "a fifth connection from one address");
+    assert_eq!(
+        metrics
+            .connections_refused
+            .with_label_values(&["per_ip"])
+            .get(),
+        1
+    );
+    // One goes: its slot is free again.
+    open.pop().unwrap().close(0u8.into(), b"bye");
+    wait_for("the slot given back", || {
+        metrics.inbound_connections.get() == 3
+    })
+    .await;
+    let again = link::connect(
+        &client,
+        key.verifying_key().to_bytes(),
+        ep.local_addr().unwrap(),
+    )
+    .await;
+    assert!(again.is_ok(), "{again:?}");
+}
+
 /// Node links are mutually authenticated: a dialler must prove an identity
 /// key, and only identities the node's topology lists may use the link.
 #[tokio::test]

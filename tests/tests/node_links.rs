@@ -175,6 +175,30 @@ async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {
     )
     .await
     .unwrap();
+
+    // 4. One connection subscribing 200 addresses holds one slot: each
+    //    Subscribe replaces the one before.
+    let clients_before = gw.metrics().clients.get();
+    for i in 0..200u32 {
+        let mut address = [0u8; 32];
+        address[..4].copy_from_slice(&i.to_be_bytes());
+        address[31] = 0xee;
+        up.write_all(&frame::encode(FrameKind::Subscribe, 0, &address).unwrap())
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "200 subscriptions replaced in turn",
+        Duration::from_secs(10),
+        || gw.node().metrics().dropped("resubscribed") == 200,
+    )
+    .await
+    .unwrap();
+    assert_eq!(gw.metrics().clients.get(), clients_before);
+    eprintln!(
+        "one connection, 201 Subscribe frames: {} subscribed client(s)",
+        gw.metrics().clients.get()
+    );
     conn.close(0u8.into(), b"done");
     net.stop().await;
 }
