@@ -549,12 +549,16 @@ fn restarts_with_a_store_lose_nothing() {
     restarts(7, true);
 }
 
-/// Clock jumps of ±10 minutes on recipients. A gateway refuses a fetch whose
+/// Clock jumps of ±10 minutes on recipients (the bare `ClientState`, which
+/// goes by the clock it is given; the `Client` driver corrects it by the
+/// directory's, see `clock_skew.rs`). A gateway refuses a fetch whose
 /// timestamp is more than `fetch_max_age_secs` (600 s) from its own clock,
-/// measured when the fetch arrives: +10 min passes (the fetch ages on the
-/// way), −10 min fails (it is 600 s plus the transit old), and the refusal
-/// looks like an empty box, so that client receives nothing and is not
-/// told. Its messages wait in the box and arrive once the clock is fixed.
+/// measured when the fetch arrives: +10 min passes (the timestamp is
+/// rounded down to the minute and the fetch ages on the way), −10 min fails
+/// (it is 600 s plus the transit old). The refusal is a `Refused` reply, so
+/// the client is told (refused replies counted, a `FetchRefused` event) and
+/// forgets nothing it knew of the box. Its messages wait in the box and
+/// arrive once the clock is fixed.
 #[test]
 fn clock_jumps_of_ten_minutes() {
     let started = Instant::now();
@@ -614,6 +618,9 @@ fn clock_jumps_of_ten_minutes() {
     );
     assert!(stored, "{t:?}");
     assert!(refused > 0);
+    let told = sim.state(behind).cover_stats().refused_replies;
+    assert!(told > 0, "the client was not told of {refused} refusals");
+    assert_eq!(sim.state(a).cover_stats().refused_replies, 0);
     assert_eq!(t.delivered, 0, "a client 10 min behind received something");
     assert_eq!(t.failed, 0, "the sender is not told either");
     assert_eq!(
