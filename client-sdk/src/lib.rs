@@ -401,7 +401,7 @@ impl Clock {
             .observe(offset_ms);
         match news {
             Some(ClockNews::Off { offset_ms }) => tracing::warn!(
-                offset_s = offset_ms / 1000,
+                offset_s = (offset_ms as f64 / 1000.0).round() as i64,
                 bound_s = protocol::clock::CLOCK_WARN_MS / 1000,
                 "this device's clock is {} the directory's: the client goes by the \
                  directory's time (dropbox periods, fetch timestamps, topology checks); \
@@ -1134,14 +1134,22 @@ async fn topology_task(
     // keys was said.
     let mut failing = 0u64;
     let mut expired_said = false;
+    // The next epoch's document, fetched ahead: if the authorities cannot
+    // be reached when its epoch begins, the client moves to it.
+    let mut next: Option<TopologyDocument> = {
+        let until = shared.state().topology().valid_until_ms;
+        dir.topology(true, until, None).await.ok()
+    };
     loop {
         // Refresh periodically, and right after each epoch begins: the new
         // epoch brings new Sphinx keys and a new layer assignment.
-        let (last, to_epoch) = {
+        let (last, to_epoch, behind) = {
             let t = shared.state().topology();
+            let now = shared.now().unix_ms;
             (
                 Some((t.epoch, t.revision)),
-                Duration::from_millis(t.schedule.until_next_ms(shared.now().unix_ms) + 1_000),
+                Duration::from_millis(t.schedule.until_next_ms(now) + 1_000),
+                t.epoch < t.schedule.epoch_at(now),
             )
         };
         let mut wait = match urgent {
@@ -1149,6 +1157,12 @@ async fn topology_task(
             Some(n) => Duration::from_secs(1 << (n - 1).min(3)),
             None => refresh.min(to_epoch),
         };
+        if behind && failing == 0 {
+            // Our topology is of an epoch that has ended (the authorities
+            // had not published the new one when we asked, or were away):
+            // packets built with it live on the previous keys' grace only.
+            wait = wait.min(Duration::from_secs(1));
+        }
         if failing > 0 {
             // The directory is away: ask often enough to be back soon after it.
             wait = wait.min(Duration::from_secs(10));
@@ -1185,6 +1199,11 @@ async fn topology_task(
                     Some(n) if !newer && n < 4 => Some(n + 1),
                     _ => None,
                 };
+                // The next epoch's document, verified as of the start of its
+                // epoch (as nodes do); kept for an outage.
+                if next.as_ref().is_none_or(|n| n.epoch <= doc.epoch) {
+                    next = dir.topology(true, doc.valid_until_ms, None).await.ok();
+                }
                 if newer && to_driver.send(doc).await.is_err() {
                     return;
                 }
@@ -1194,18 +1213,22 @@ async fn topology_task(
                 shared.refresh_failures.fetch_add(1, Ordering::Relaxed);
                 failing += 1;
                 let now = shared.now().unix_ms;
+                // Usable as long as the held topology's keys, or the next
+                // epoch's (fetched ahead), are kept.
                 let (epoch, until) = {
                     let st = shared.state();
                     (st.topology().epoch, st.topology_usable_until())
                 };
+                let until = until.max(next.as_ref().map_or(0, protocol::clock::keys_usable_until));
                 if now <= until {
                     tracing::warn!(
                         error = %e,
                         failures = failing,
                         epoch,
                         usable_for_s = (until - now) / 1000,
+                        has_next_epoch = next.is_some(),
                         "topology refresh failed; going on with the last valid topology \
-                         until its keys expire"
+                         (and the next epoch's, published ahead) until its keys expire"
                     );
                 } else if !std::mem::replace(&mut expired_said, true) {
                     tracing::warn!(
@@ -1219,6 +1242,27 @@ async fn topology_task(
                 } else {
                     tracing::warn!(error = %e, failures = failing, "topology refresh failed");
                 }
+            }
+        }
+        // Our topology's epoch is over and the authorities gave no newer
+        // one, but the next epoch's document came ahead: move to it (its
+        // keys are the nodes' current ones).
+        let (held, now) = (last.map_or(0, |l| l.0), shared.now().unix_ms);
+        let begun = next
+            .as_ref()
+            .is_some_and(|n| n.epoch > held && n.valid_from_ms <= now);
+        if begun
+            && let Some(n) = next.take()
+            && shared.state().topology().epoch < n.epoch
+        {
+            tracing::info!(
+                epoch = n.epoch,
+                "no topology from the authorities for the new epoch: using the one \
+                 they published ahead"
+            );
+            expired_said = false;
+            if to_driver.send(n).await.is_err() {
+                return;
             }
         }
     }

@@ -334,7 +334,10 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(offset) = timed.offset_ms {
-            self.shared.metrics.clock_offset_seconds.set(offset / 1000);
+            self.shared
+                .metrics
+                .clock_offset_seconds
+                .set((offset as f64 / 1000.0).round() as i64);
             let news = self
                 .clock
                 .lock()
@@ -342,7 +345,7 @@ impl Control {
                 .observe(offset);
             match news {
                 Some(ClockNews::Off { offset_ms }) => tracing::warn!(
-                    offset_s = offset_ms / 1000,
+                    offset_s = (offset_ms as f64 / 1000.0).round() as i64,
                     bound_s = protocol::clock::CLOCK_WARN_MS / 1000,
                     "this node's clock is {} the directory's: fix the system clock (NTP). \
                      Its epochs and key rotation follow its own clock, and a gateway \
@@ -683,8 +686,30 @@ async fn maintain(
     let mut last_refresh = tokio::time::Instant::now();
     loop {
         let until_epoch = Duration::from_millis(schedule.until_next_ms(now_ms()).max(1));
+        // A topology older than our clock's epoch (the authorities had not
+        // published the new one yet when we asked): ask again in a second
+        // rather than at the next refresh, so that packets built for the new
+        // epoch are not refused here for long. (Not while refreshes fail:
+        // then at the usual pace.)
+        let failing = control
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failures
+            > 0;
+        let behind = !failing
+            && control
+                .last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|(e, _)| e < schedule.epoch_at(now_ms()));
+        let wait = if behind {
+            Duration::from_secs(1)
+        } else {
+            period.min(until_epoch)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(period.min(until_epoch)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = refresh.notified() => {
                 // Demand refreshes (unknown next hop) at most once a second.
                 if last_refresh.elapsed() < Duration::from_secs(1) {

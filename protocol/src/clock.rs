@@ -30,11 +30,17 @@ pub fn coarse(now_ms: u64) -> u64 {
 
 /// Until when (Unix ms) packets built with `doc`'s keys are peeled: the end
 /// of its epoch plus the nodes' key grace (`3 · params.max_delay_ms +
-/// KEY_GRACE_MS`). After that the nodes have erased those keys.
+/// KEY_GRACE_MS`), but no later than the end of the next epoch (nodes keep
+/// one previous epoch's key at most). After that the nodes have erased
+/// those keys.
 pub fn keys_usable_until(doc: &TopologyDocument) -> u64 {
-    doc.valid_until_ms
-        .saturating_add(doc.params.max_delay_ms.saturating_mul(3))
+    let grace = doc
+        .params
+        .max_delay_ms
+        .saturating_mul(3)
         .saturating_add(KEY_GRACE_MS)
+        .min(doc.schedule.length_ms);
+    doc.valid_until_ms.saturating_add(grace)
 }
 
 /// The offset (server − local, ms) that an answer stamped `server_s` (Unix

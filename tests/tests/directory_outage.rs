@@ -16,11 +16,35 @@
 use client_sdk::{Client, Identity, Status};
 use protocol::topology::NetworkParams;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use umbra::testnet::{MixNetwork, NetworkOptions, wait_until};
 
 /// Epoch length, seconds (production: 3600).
 const EPOCH_SECS: u64 = 5;
+
+/// Everything logged at warn and above, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
 
 /// Sends one message each way; remembers when.
 struct Traffic {
@@ -67,6 +91,16 @@ fn summary(d: &[Duration]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_epochs_without_a_directory_lose_nothing() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || sink.clone())
+            .finish(),
+    )
+    .unwrap();
     let params = NetworkParams {
         mix_delay_mean_ms: 20,
         lambda_payload: 50.0,
@@ -139,7 +173,8 @@ async fn two_epochs_without_a_directory_lose_nothing() {
         refused.is_err(),
         "the directory still accepts connections at {addr}"
     );
-    while schedule.epoch_at(alice.network_time_ms()) < down_epoch + 2 {
+    let down_since = Instant::now();
+    while down_since.elapsed() < Duration::from_secs(2 * EPOCH_SECS) {
         send(&mut tr, "during").await;
         tokio::time::sleep(Duration::from_millis(250)).await;
         tr.take(&mut a_in);
@@ -168,22 +203,25 @@ async fn two_epochs_without_a_directory_lose_nothing() {
         .filter(|(m, (_, p))| *p == "during" && tr.arrived.contains_key(*m))
         .count();
     let during_sent = tr.sent.values().filter(|(_, p)| *p == "during").count();
-    assert_eq!(ha.topology_epoch, held_epoch, "no topology came while down");
     assert!(
-        schedule.epoch_at(now) >= held_epoch + 2,
-        "the outage lasted two epochs"
+        schedule.epoch_at(now) >= down_epoch + 2,
+        "the outage spanned two epoch boundaries"
     );
     assert!(nodes_failed > 0, "the mix nodes' refreshes failed too");
     assert!(
         now < ha.topology_usable_until_ms,
         "the held topology's keys are still kept"
     );
+    assert!(
+        ha.topology_epoch > held_epoch,
+        "the clients moved to the next epoch's topology, published ahead"
+    );
 
     // The directory comes back on the same address and data.
     net.directory.restart().await.unwrap();
     let back = Instant::now();
     wait_until("a new topology", Duration::from_secs(30), || {
-        alice.topology().epoch > held_epoch && bob.topology().epoch > held_epoch
+        alice.topology().epoch > ha.topology_epoch && bob.topology().epoch > hb.topology_epoch
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; {}", net.diagnostics()));
@@ -222,15 +260,15 @@ async fn two_epochs_without_a_directory_lose_nothing() {
         .filter(|(c, id)| c.status(id).is_some_and(|s| s.is_failure()))
         .count();
     eprintln!(
-        "directory down {:.1} s (epochs {down_epoch}..{}, connections refused); \
-         clients kept epoch {held_epoch}'s topology, usable {:.0} s more at the end of the outage; \
+        "outage 1: directory down {:.1} s (epochs {down_epoch}..{}, connections refused); \
+         clients kept epoch {held_epoch}'s topology, then took epoch {}'s published ahead; \
          refresh failures: alice {}, bob {}, mix nodes {nodes_failed}; \
-         during the outage {during_delivered} of {during_sent} delivered before it ended; \
+         {during_delivered} of {during_sent} sent during it delivered before it ended; \
          new topology {:.1} s after the directory came back (epoch {}); \
          {} of {} delivered, duplicates {dups}, failed {failed}",
         (up_at - down_at).as_secs_f64(),
         schedule.epoch_at(now),
-        (ha.topology_usable_until_ms - now) as f64 / 1000.0,
+        ha.topology_epoch,
         ha.topology_refresh_failures,
         hb.topology_refresh_failures,
         refreshed_in.as_secs_f64(),
@@ -244,6 +282,113 @@ async fn two_epochs_without_a_directory_lose_nothing() {
     assert_eq!(tr.arrived.len(), tr.sent.len());
     assert_eq!(dups, 0);
     assert_eq!(failed, 0);
+    // Messages kept flowing while the directory was down: every one sent
+    // more than 5 s before it came back had arrived by then.
+    let early_missing = tr
+        .sent
+        .iter()
+        .filter(|(m, (at, p))| {
+            *p == "during"
+                && *at + Duration::from_secs(5) < up_at
+                && tr.arrived[*m][0] > up_at
+        })
+        .count();
+    assert_eq!(early_missing, 0, "messages waited for the directory");
+
+    // Outage 2: down until the keys of every topology the clients hold are
+    // erased. They hold their fragments and fetches (drop cover only) and
+    // say so once; nothing is sent into erased keys, nothing fails.
+    let held_before = (alice.cover_stats().held_ticks, bob.cover_stats().held_ticks);
+    net.directory.stop_all().await;
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+    let down2 = Instant::now();
+    let mut held_since = None;
+    while held_since.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(2)) {
+        assert!(
+            down2.elapsed() < Duration::from_secs(30),
+            "the clients never held: {:?} {:?}",
+            alice.health(),
+            alice.cover_stats()
+        );
+        send(&mut tr, "long").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tr.take(&mut a_in);
+        tr.take(&mut b_in);
+        if held_since.is_none()
+            && alice.cover_stats().held_ticks > held_before.0
+            && bob.cover_stats().held_ticks > held_before.1
+        {
+            held_since = Some(Instant::now());
+        }
+    }
+    let expired = alice.network_time_ms() > alice.health().topology_usable_until_ms;
+    assert!(expired, "the held topology's keys had not expired");
+    let long_down = down2.elapsed();
+    let held_for = held_since.map_or(Duration::ZERO, |t| t.elapsed());
+    let failed_sends = tr
+        .ids
+        .iter()
+        .filter(|(c, id)| c.status(id).is_some_and(|s| s.is_failure()))
+        .count();
+    net.directory.restart().await.unwrap();
+    let back2 = Instant::now();
+    wait_until("every message delivered after outage 2", Duration::from_secs(60), || {
+        tr.take(&mut a_in);
+        tr.take(&mut b_in);
+        tr.arrived.len() == tr.sent.len()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} of {} arrived; {}",
+            tr.arrived.len(),
+            tr.sent.len(),
+            net.diagnostics()
+        )
+    });
+    let drained_in = back2.elapsed();
+    wait_until("every message stored", Duration::from_secs(60), || {
+        tr.ids
+            .iter()
+            .all(|(c, id)| matches!(c.status(id), Some(Status::Stored | Status::Read)))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tr.take(&mut a_in);
+    tr.take(&mut b_in);
+    let dups: usize = tr.arrived.values().map(|v| v.len() - 1).sum();
+    let failed = tr
+        .ids
+        .iter()
+        .filter(|(c, id)| c.status(id).is_some_and(|s| s.is_failure()))
+        .count();
+    let expired_warnings = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("have expired: messages and fetches wait"))
+        .count();
+    let (ca, cb) = (alice.cover_stats(), bob.cover_stats());
+    eprintln!(
+        "outage 2: directory down {:.1} s, until the held topologies' keys expired; \
+         clients held for {:.1} s ({} and {} payload ticks held, each client warned {} time(s) in all); \
+         0 failed while held ({failed_sends}); everything delivered {:.1} s after the directory came back; \
+         {} of {} delivered in all, duplicates {dups}, failed {failed}",
+        long_down.as_secs_f64(),
+        held_for.as_secs_f64(),
+        ca.held_ticks - held_before.0,
+        cb.held_ticks - held_before.1,
+        expired_warnings as f64 / 2.0,
+        drained_in.as_secs_f64(),
+        tr.arrived.len(),
+        tr.sent.len(),
+    );
+    eprintln!("  delay long: {}", summary(&tr.delays("long")));
+    assert_eq!(failed_sends, 0);
+    assert_eq!(tr.arrived.len(), tr.sent.len());
+    assert_eq!(dups, 0);
+    assert_eq!(failed, 0);
+    assert_eq!(expired_warnings, 2, "one expiry warning per client");
     alice.shutdown();
     bob.shutdown();
     net.stop().await;
