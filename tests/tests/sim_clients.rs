@@ -748,6 +748,11 @@ fn a_sender_ahead_writes_into_the_next_period() {
         seed: 10,
         // 00:57:30.
         unix_start_ms: umbra::sim::UNIX_START_MS + 37 * 60_000 + 30_000,
+        // One epoch for the whole run: the sim's nodes keep their one key,
+        // but a client whose clock passes the end of its topology's epoch
+        // (plus the keys' grace) holds its packets, as the nodes would
+        // have erased those keys (protocol.md §13.6).
+        epoch_length_ms: 86_400_000,
         ..SimConfig::default()
     };
     cfg.params.lambda_payload = 2.0;
