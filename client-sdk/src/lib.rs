@@ -22,10 +22,10 @@ pub use state::{CHUNK_LEN, ClientState, CoverStats, Event, MAX_BODY_LEN, Now};
 
 use net::dirclient::Authorities;
 use net::link::{LinkConfig, LinkMetrics};
+use protocol::clock::{ClockNews, ClockWatch};
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::topology::TopologyDocument;
 use rand::{Rng, SeedableRng};
-use protocol::clock::{ClockNews, ClockWatch};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -469,7 +469,6 @@ async fn persist(shared: &Arc<Shared>) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Store(e.to_string()))?
 }
-
 
 /// A connected client: the async driver of a [`ClientState`] over QUIC.
 /// Cheap to clone; when the last clone is dropped the client shuts down.
@@ -961,7 +960,11 @@ async fn run(
 
 /// A gateway refused one of our fetches: warned (at most every 10 minutes),
 /// and the topology refreshed at once, which measures our clock offset again.
-fn fetch_refused(shared: &Shared, reason: protocol::messages::RefusalReason, gateway_offset_ms: i64) {
+fn fetch_refused(
+    shared: &Shared,
+    reason: protocol::messages::RefusalReason,
+    gateway_offset_ms: i64,
+) {
     let now = shared.clock.device_ms();
     let last = shared.refusal_warned_ms.load(Ordering::Relaxed);
     if last == 0 || now.saturating_sub(last) > 600_000 {

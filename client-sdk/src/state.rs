@@ -24,8 +24,7 @@ use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, FrameKind};
 use protocol::messages::{
     ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, Listing, MAX_ACKED_STORED_LEN, MAX_LISTING,
-    RefusalReason, Refused,
-    Request,
+    RefusalReason, Refused, Request,
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{

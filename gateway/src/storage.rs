@@ -18,9 +18,7 @@
 use crate::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use mixnode::NodeRef;
-use protocol::messages::{
-    FetchReply, FetchRequest, Listing, MAX_LISTING, RefusalReason, Refused,
-};
+use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING, RefusalReason, Refused};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -899,7 +897,8 @@ mod tests {
         let mut forged = FetchRequest::new_signed_at(&b, c, 0, false, now, 0, surbs.clone());
         forged.after_seq += 1;
         let empty = PairSecret::from_bytes([9; 32]).dropbox(&[1; 32], &[2; 32], 0);
-        let mut forged_empty = FetchRequest::new_signed_at(&empty, 0, 0, false, now, 0, surbs.clone());
+        let mut forged_empty =
+            FetchRequest::new_signed_at(&empty, 0, 0, false, now, 0, surbs.clone());
         forged_empty.after_seq += 1;
         let r1 = d.fetch(&forged, now).unwrap();
         assert_eq!(r1, d.fetch(&forged_empty, now).unwrap());

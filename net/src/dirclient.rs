@@ -295,14 +295,12 @@ impl Authorities {
             let doc = match c.get_signed_dated("/v1/topology").await {
                 Ok((signed, date)) => {
                     let received = clock();
-                    let offset_ms =
-                        date.map(|s| protocol::clock::offset_ms(sent, received, s));
+                    let offset_ms = date.map(|s| protocol::clock::offset_ms(sent, received, s));
                     let at = received.saturating_add_signed(offset_ms.unwrap_or(0));
                     topology::verify_topology(&signed, &self.trust, at, last_seen)
                         .map(|doc| Timed { doc, offset_ms })
                         .map_err(|e| {
-                            untrusted +=
-                                usize::from(matches!(e, protocol::Error::BadSignature(_)));
+                            untrusted += usize::from(matches!(e, protocol::Error::BadSignature(_)));
                             format!("{}: {e}", c.url())
                         })
                 }

@@ -83,14 +83,16 @@ async fn clients_ten_minutes_ahead_and_behind_exchange_messages() {
 
     // The fault is real: on the clock of the client behind, the network's
     // topology is not valid yet (the network started a moment ago).
-    let signed = net.directory.client().unwrap().topology(false).await.unwrap();
+    let signed = net
+        .directory
+        .client()
+        .unwrap()
+        .topology(false)
+        .await
+        .unwrap();
     let behind_clock = net::now_ms() - SKEW_MS as u64;
-    let refused = protocol::topology::verify_topology(
-        &signed,
-        &net.directory.trust(),
-        behind_clock,
-        None,
-    );
+    let refused =
+        protocol::topology::verify_topology(&signed, &net.directory.trust(), behind_clock, None);
     assert!(
         refused.is_err(),
         "the topology verified on a clock 10 min behind"
@@ -110,10 +112,16 @@ async fn clients_ten_minutes_ahead_and_behind_exchange_messages() {
     for (c, skew) in [(&ahead, SKEW_MS), (&behind, -SKEW_MS)] {
         let truth = net::now_ms() as i64;
         let device = c.device_time_ms() as i64 - truth;
-        assert!((device - skew).abs() < 1_000, "device clock off by {device} ms");
+        assert!(
+            (device - skew).abs() < 1_000,
+            "device clock off by {device} ms"
+        );
         let h = c.health();
         let learned = h.clock_offset_ms.expect("an offset from the directory");
-        assert!((learned + skew).abs() < 2_000, "learned offset {learned} ms");
+        assert!(
+            (learned + skew).abs() < 2_000,
+            "learned offset {learned} ms"
+        );
         let network = c.network_time_ms() as i64 - truth;
         assert!(network.abs() < 2_000, "network time off by {network} ms");
     }
@@ -156,7 +164,11 @@ async fn clients_ten_minutes_ahead_and_behind_exchange_messages() {
     while let Some(m) = ahead_in.try_recv() {
         *to_a.get_mut(&m.body).unwrap() += 1;
     }
-    let delivered = to_b.values().chain(to_a.values()).filter(|n| **n >= 1).count();
+    let delivered = to_b
+        .values()
+        .chain(to_a.values())
+        .filter(|n| **n >= 1)
+        .count();
     let dups: usize = to_b.values().chain(to_a.values()).map(|n| n - 1).sum();
     let failed = ids
         .iter()
@@ -195,20 +207,26 @@ async fn clients_ten_minutes_ahead_and_behind_exchange_messages() {
     assert_eq!((ha.clock_warnings, hb.clock_warnings), (1, 1));
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert_eq!(
-        warnings.iter().filter(|w| w.contains(" s ahead of the directory")).count(),
+        warnings
+            .iter()
+            .filter(|w| w.contains(" s ahead of the directory"))
+            .count(),
         1,
         "{warnings:#?}"
     );
     assert_eq!(
-        warnings.iter().filter(|w| w.contains(" s behind the directory")).count(),
+        warnings
+            .iter()
+            .filter(|w| w.contains(" s behind the directory"))
+            .count(),
         1,
         "{warnings:#?}"
     );
     // The size is in each: 600 s, give or take the second of the `Date`.
     assert!(
-        warnings
-            .iter()
-            .all(|w| w.contains("WARN") && ["599 s", "600 s", "601 s"].iter().any(|s| w.contains(s))),
+        warnings.iter().all(
+            |w| w.contains("WARN") && ["599 s", "600 s", "601 s"].iter().any(|s| w.contains(s))
+        ),
         "{warnings:#?}"
     );
     ahead.shutdown();

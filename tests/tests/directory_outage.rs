@@ -288,9 +288,7 @@ async fn two_epochs_without_a_directory_lose_nothing() {
         .sent
         .iter()
         .filter(|(m, (at, p))| {
-            *p == "during"
-                && *at + Duration::from_secs(5) < up_at
-                && tr.arrived[*m][0] > up_at
+            *p == "during" && *at + Duration::from_secs(5) < up_at && tr.arrived[*m][0] > up_at
         })
         .count();
     assert_eq!(early_missing, 0, "messages waited for the directory");
@@ -332,11 +330,15 @@ async fn two_epochs_without_a_directory_lose_nothing() {
         .count();
     net.directory.restart().await.unwrap();
     let back2 = Instant::now();
-    wait_until("every message delivered after outage 2", Duration::from_secs(60), || {
-        tr.take(&mut a_in);
-        tr.take(&mut b_in);
-        tr.arrived.len() == tr.sent.len()
-    })
+    wait_until(
+        "every message delivered after outage 2",
+        Duration::from_secs(60),
+        || {
+            tr.take(&mut a_in);
+            tr.take(&mut b_in);
+            tr.arrived.len() == tr.sent.len()
+        },
+    )
     .await
     .unwrap_or_else(|e| {
         panic!(
