@@ -64,6 +64,7 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Dangerous {
     pub(crate) no_cover: bool,
+    pub(crate) clock_offset_ms: i64,
 }
 
 impl Dangerous {
@@ -77,6 +78,20 @@ impl Dangerous {
     /// Whether cover traffic is off.
     pub fn no_cover(&self) -> bool {
         self.no_cover
+    }
+
+    /// DANGEROUS, tests only: the client reads its wall clock this many
+    /// milliseconds off (positive: ahead), as a device with a wrong clock
+    /// would. The client then corrects it by the directory's clock (and
+    /// warns); a test uses this to show that it does.
+    pub fn set_clock_offset_ms(&mut self, ms: i64) -> &mut Self {
+        self.clock_offset_ms = ms;
+        self
+    }
+
+    /// The injected clock offset, ms.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
     }
 }
 

@@ -24,9 +24,11 @@ pub use state::{
 
 use net::dirclient::Authorities;
 use net::link::{LinkConfig, LinkMetrics};
+use protocol::clock::{ClockNews, ClockWatch};
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::topology::TopologyDocument;
 use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -338,12 +340,106 @@ struct Shared {
     stop: watch::Sender<bool>,
     conn: Mutex<Option<quinn::Connection>>,
     local_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The wall clock as this client reads it, and how far the network's is.
+    clock: Clock,
+    /// Topology refreshes that failed.
+    refresh_failures: AtomicU64,
+    /// When a refused fetch was last warned about (device ms; 0: never).
+    refusal_warned_ms: AtomicU64,
 }
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, ClientState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The one clock the client reads: the monotonic clock, and the wall
+    /// clock corrected to the directory's.
+    fn now(&self) -> Now {
+        self.clock.now()
+    }
+}
+
+/// The client's wall clock: the device's (`net::now_ms`, plus the offset a
+/// test injects with `dangerous().set_clock_offset_ms`), and the offset of
+/// the directory's clock from it, learned from every topology answer. Every
+/// time the client puts on the wire or uses for dropbox periods is the
+/// device's clock plus that offset: the network's time.
+struct Clock {
+    injected_ms: i64,
+    offset_ms: AtomicI64,
+    watch: Mutex<ClockWatch>,
+}
+
+impl Clock {
+    fn new(cfg: &ClientConfig) -> Self {
+        Self {
+            injected_ms: cfg.dangerous.clock_offset_ms,
+            offset_ms: AtomicI64::new(0),
+            watch: Mutex::new(ClockWatch::new()),
+        }
+    }
+
+    /// The device's wall clock, Unix ms.
+    fn device_ms(&self) -> u64 {
+        net::now_ms().saturating_add_signed(self.injected_ms)
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            at: Instant::now(),
+            unix_ms: self
+                .device_ms()
+                .saturating_add_signed(self.offset_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Takes a new estimate of the directory's clock minus ours; warns once
+    /// when it is beyond the bound.
+    fn learn(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Relaxed);
+        let news = self
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(offset_ms);
+        match news {
+            Some(ClockNews::Off { offset_ms }) => tracing::warn!(
+                offset_s = (offset_ms as f64 / 1000.0).round() as i64,
+                bound_s = protocol::clock::CLOCK_WARN_MS / 1000,
+                "this device's clock is {} the directory's: the client goes by the \
+                 directory's time (dropbox periods, fetch timestamps, topology checks); \
+                 fix the system clock",
+                protocol::clock::describe(offset_ms)
+            ),
+            Some(ClockNews::Back { offset_ms }) => tracing::info!(
+                offset_ms,
+                "this device's clock is within the bound of the directory's again"
+            ),
+            None => {}
+        }
+    }
+}
+
+/// How the client stands with the network's clock and its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The directory's clock minus this device's, ms, as last learned
+    /// (`None` before any authority sent its time).
+    pub clock_offset_ms: Option<i64>,
+    /// Times the device's clock was found further off than
+    /// `protocol::clock::CLOCK_WARN_MS` (each logged one warning).
+    pub clock_warnings: u64,
+    /// Topology refreshes that failed (each logged a warning).
+    pub topology_refresh_failures: u64,
+    /// The epoch of the topology the client routes by.
+    pub topology_epoch: u64,
+    /// Until when (Unix ms, network time) the nodes keep that topology's
+    /// keys; after it fragments and fetches wait for a new topology.
+    pub topology_usable_until_ms: u64,
+    /// Fetch replies that were refusals (protocol.md §12.2).
+    pub refused_replies: u64,
 }
 
 /// Writes what changed to the store, in one transaction, and returns once
@@ -357,7 +453,7 @@ fn persist_blocking(shared: &Shared) -> Result<(), Error> {
     let Some(store) = store.as_ref() else {
         return Ok(()); // closed
     };
-    let Some(changes) = shared.state().take_changes(now()) else {
+    let Some(changes) = shared.state().take_changes(shared.now()) else {
         return Ok(());
     };
     let written = store.commit(&changes);
@@ -376,14 +472,6 @@ async fn persist(shared: &Arc<Shared>) -> Result<(), Error> {
     tokio::task::spawn_blocking(move || persist_blocking(&s))
         .await
         .map_err(|e| Error::Store(e.to_string()))?
-}
-
-/// The one clock the client reads.
-fn now() -> Now {
-    Now {
-        at: Instant::now(),
-        unix_ms: net::now_ms(),
-    }
 }
 
 /// A connected client: the async driver of a [`ClientState`] over QUIC.
@@ -409,11 +497,11 @@ impl Client {
     /// and its inbox. Nothing is stored: a restart loses what is in flight
     /// (see [`Client::open`] for a client that goes on after a restart).
     pub async fn connect(cfg: ClientConfig, identity: Identity) -> Result<(Client, Inbox), Error> {
-        let (dir, topo) = Self::first_topology(&cfg).await?;
+        let (dir, topo, clock) = Self::first_topology(&cfg).await?;
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-        let mut state = ClientState::new(cfg, topo, now(), &mut rng)?;
+        let mut state = ClientState::new(cfg, topo, clock.now(), &mut rng)?;
         state.add_identity(identity.secret.clone());
-        Self::start(state, dir, None, rng).await
+        Self::start(state, dir, None, rng, clock).await
     }
 
     /// Opens the encrypted store at `path` with `passphrase` (creating it,
@@ -434,25 +522,40 @@ impl Client {
             tokio::task::spawn_blocking(move || store::Store::open(&path, &pass, kdf))
                 .await
                 .map_err(|e| Error::Store(e.to_string()))??;
-        let (dir, topo) = Self::first_topology(&cfg).await?;
+        let (dir, topo, clock) = Self::first_topology(&cfg).await?;
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-        let mut state = ClientState::restore(cfg, topo, records, now(), &mut rng)?;
+        let mut state = ClientState::restore(cfg, topo, records, clock.now(), &mut rng)?;
         if state.primary().is_none() {
             state.add_identity(Identity::generate().secret);
         }
-        Self::start(state, dir, Some(store), rng).await
+        Self::start(state, dir, Some(store), rng, clock).await
     }
 
-    async fn first_topology(cfg: &ClientConfig) -> Result<(Authorities, TopologyDocument), Error> {
+    /// The authorities, their topology (verified on their clock) and the
+    /// client's clock with what that answer said about it.
+    async fn first_topology(
+        cfg: &ClientConfig,
+    ) -> Result<(Authorities, TopologyDocument, Clock), Error> {
         net::install_crypto_provider();
         cfg.check()?;
+        if cfg.dangerous.clock_offset_ms != 0 {
+            tracing::warn!(
+                offset_ms = cfg.dangerous.clock_offset_ms,
+                "dangerous clock_offset_ms: this client reads a wrong wall clock on purpose \
+                 (tests only)"
+            );
+        }
         let dir = Authorities::new(&cfg.authorities, cfg.authority_threshold)
             .map_err(|e| Error::Config(format!("authorities/authority_threshold: {e}")))?;
-        let topo = dir
-            .topology(false, net::now_ms(), None)
+        let clock = Clock::new(cfg);
+        let timed = dir
+            .current_topology(|| clock.device_ms(), None)
             .await
             .map_err(|e| Error::Directory(e.to_string()))?;
-        Ok((dir, topo))
+        if let Some(o) = timed.offset_ms {
+            clock.learn(o);
+        }
+        Ok((dir, timed.doc, clock))
     }
 
     async fn start(
@@ -460,6 +563,7 @@ impl Client {
         dir: Authorities,
         store: Option<store::Store>,
         rng: rand::rngs::StdRng,
+        clock: Clock,
     ) -> Result<(Client, Inbox), Error> {
         if state.config().dangerous.no_cover() {
             tracing::warn!(
@@ -484,6 +588,9 @@ impl Client {
             stop,
             conn: Mutex::new(None),
             local_addr: Mutex::new(None),
+            clock,
+            refresh_failures: AtomicU64::new(0),
+            refusal_warned_ms: AtomicU64::new(0),
         });
         // What the restore changed, and a new store's first records.
         persist(&shared).await?;
@@ -618,7 +725,7 @@ impl Client {
         let id = self
             .inner
             .state()
-            .send(now(), me, to, body, &mut rand::rng())?;
+            .send(self.inner.now(), me, to, body, &mut rand::rng())?;
         // Queued means on disk: the message survives a restart from here.
         persist(&self.inner).await?;
         self.inner.wake.notify_one();
@@ -663,6 +770,38 @@ impl Client {
     /// Counts of the cover stream: what was sent, and which loops came back.
     pub fn cover_stats(&self) -> CoverStats {
         self.inner.state().cover_stats()
+    }
+
+    /// How the client stands with the network's clock and its directory:
+    /// the clock offset it goes by and how often it warned about it, failed
+    /// topology refreshes, and until when its topology's keys are kept.
+    pub fn health(&self) -> Health {
+        let watch = *self
+            .inner
+            .clock
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let st = self.inner.state();
+        Health {
+            clock_offset_ms: watch.offset_ms(),
+            clock_warnings: watch.warnings(),
+            topology_refresh_failures: self.inner.refresh_failures.load(Ordering::Relaxed),
+            topology_epoch: st.topology().epoch,
+            topology_usable_until_ms: st.topology_usable_until(),
+            refused_replies: st.cover_stats().refused_replies,
+        }
+    }
+
+    /// The wall clock this client goes by (Unix ms): the device's, corrected
+    /// by the directory's.
+    pub fn network_time_ms(&self) -> u64 {
+        self.inner.now().unix_ms
+    }
+
+    /// The device's wall clock as this client reads it (Unix ms).
+    pub fn device_time_ms(&self) -> u64 {
+        self.inner.clock.device_ms()
     }
 
     /// The verified topology the client routes by (refreshed every
@@ -765,7 +904,7 @@ async fn run(
     loop {
         let (frames, deadline, must_persist) = {
             let mut st = shared.state();
-            let t = now();
+            let t = shared.now();
             st.handle_timeout(t);
             let mut frames = Vec::new();
             while let Some(f) = st.poll_transmit(t, &mut rng) {
@@ -783,6 +922,10 @@ async fn run(
                         tracing::info!("own loops went missing; refreshing the topology now");
                         shared.refresh_now.notify_one();
                     }
+                    Event::FetchRefused {
+                        reason,
+                        gateway_offset_ms,
+                    } => fetch_refused(shared, reason, gateway_offset_ms),
                 }
             }
             if st.has_received() {
@@ -820,21 +963,45 @@ async fn run(
             d = deliveries.recv() => {
                 let Some((id, payload)) = d else { return };
                 let mut st = shared.state();
-                st.handle_delivery(now(), id, &payload);
+                st.handle_delivery(shared.now(), id, &payload);
                 // Take whatever else arrived meanwhile under the same lock.
                 while let Ok((id, payload)) = deliveries.try_recv() {
-                    st.handle_delivery(now(), id, &payload);
+                    st.handle_delivery(shared.now(), id, &payload);
                 }
             }
             t = topologies.recv() => {
                 if let Some(doc) = t {
-                    shared.state().set_topology(doc, now());
+                    shared.state().set_topology(doc, shared.now());
                 }
             }
             _ = shared.wake.notified() => {}
             _ = stopped(&mut stop) => return,
         }
     }
+}
+
+/// A gateway refused one of our fetches: warned (at most every 10 minutes),
+/// and the topology refreshed at once, which measures our clock offset again.
+fn fetch_refused(
+    shared: &Shared,
+    reason: protocol::messages::RefusalReason,
+    gateway_offset_ms: i64,
+) {
+    let now = shared.clock.device_ms();
+    let last = shared.refusal_warned_ms.load(Ordering::Relaxed);
+    if last == 0 || now.saturating_sub(last) > 600_000 {
+        shared.refusal_warned_ms.store(now, Ordering::Relaxed);
+        match reason {
+            protocol::messages::RefusalReason::Time => tracing::warn!(
+                gateway_offset_s = gateway_offset_ms / 1000,
+                "a gateway refused a fetch for its timestamp: our clock is {} the gateway's \
+                 (beyond its window); nothing was read or deleted, the fetch goes again",
+                protocol::clock::describe(gateway_offset_ms)
+            ),
+            _ => tracing::warn!(?reason, "a gateway refused a fetch; it goes again"),
+        }
+    }
+    shared.refresh_now.notify_one();
 }
 
 /// Dials the entry gateway and starts reading its Deliver frames into `deliveries`.
@@ -952,7 +1119,7 @@ async fn connection_task(
         down_since = None;
         if !std::mem::take(&mut first) {
             // Back after a break: what was in flight on it is lost.
-            shared.state().handle_reconnect(now());
+            shared.state().handle_reconnect(shared.now());
             shared.wake.notify_one();
         }
         // The gateway sends λ_D frames a second whatever happens; no frame
@@ -994,7 +1161,9 @@ async fn connection_task(
     }
 }
 
-/// Keeps the topology fresh (new epochs bring new Sphinx keys).
+/// Keeps the topology fresh (new epochs bring new Sphinx keys), and the
+/// clock offset with it. While no authority answers, the client goes on with
+/// the topology it holds and says until when its keys are kept.
 async fn topology_task(
     shared: Arc<Shared>,
     dir: Authorities,
@@ -1006,21 +1175,43 @@ async fn topology_task(
     // newer document comes (a restarted gateway registers its new keys and
     // address within a few seconds).
     let mut urgent: Option<u32> = None;
+    // Refreshes failed in a row, and whether the expiry of the topology's
+    // keys was said.
+    let mut failing = 0u64;
+    let mut expired_said = false;
+    // The next epoch's document, fetched ahead: if the authorities cannot
+    // be reached when its epoch begins, the client moves to it.
+    let mut next: Option<TopologyDocument> = {
+        let until = shared.state().topology().valid_until_ms;
+        dir.topology(true, until, None).await.ok()
+    };
     loop {
         // Refresh periodically, and right after each epoch begins: the new
         // epoch brings new Sphinx keys and a new layer assignment.
-        let (last, to_epoch) = {
+        let (last, to_epoch, behind) = {
             let t = shared.state().topology();
+            let now = shared.now().unix_ms;
             (
                 Some((t.epoch, t.revision)),
-                Duration::from_millis(t.schedule.until_next_ms(net::now_ms()) + 1_000),
+                Duration::from_millis(t.schedule.until_next_ms(now) + 1_000),
+                t.epoch < t.schedule.epoch_at(now),
             )
         };
-        let wait = match urgent {
+        let mut wait = match urgent {
             Some(0) => Duration::ZERO,
             Some(n) => Duration::from_secs(1 << (n - 1).min(3)),
             None => refresh.min(to_epoch),
         };
+        if behind && failing == 0 {
+            // Our topology is of an epoch that has ended (the authorities
+            // had not published the new one when we asked, or were away):
+            // packets built with it live on the previous keys' grace only.
+            wait = wait.min(Duration::from_secs(1));
+        }
+        if failing > 0 {
+            // The directory is away: ask often enough to be back soon after it.
+            wait = wait.min(Duration::from_secs(10));
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shared.refresh_now.notified(), if urgent.is_none() => {
@@ -1029,20 +1220,94 @@ async fn topology_task(
             }
             _ = stopped(&mut stop) => return,
         }
-        match dir.topology(false, net::now_ms(), last).await {
-            Ok(doc) => {
+        let clock = shared.clone();
+        match dir
+            .current_topology(move || clock.clock.device_ms(), last)
+            .await
+        {
+            Ok(timed) => {
+                if let Some(o) = timed.offset_ms {
+                    shared.clock.learn(o);
+                }
+                let doc = timed.doc;
+                if failing > 0 {
+                    tracing::info!(
+                        failures = failing,
+                        epoch = doc.epoch,
+                        "the directory answers again: topology refreshed"
+                    );
+                    failing = 0;
+                    expired_said = false;
+                }
                 let newer = Some((doc.epoch, doc.revision)) != last;
                 urgent = match urgent {
                     Some(n) if !newer && n < 4 => Some(n + 1),
                     _ => None,
                 };
+                // The next epoch's document, verified as of the start of its
+                // epoch (as nodes do); kept for an outage.
+                if next.as_ref().is_none_or(|n| n.epoch <= doc.epoch) {
+                    next = dir.topology(true, doc.valid_until_ms, None).await.ok();
+                }
                 if newer && to_driver.send(doc).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
                 urgent = urgent.filter(|n| *n < 4).map(|n| n + 1);
-                tracing::warn!(error = %e, "topology refresh failed; keeping the old one")
+                shared.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                failing += 1;
+                let now = shared.now().unix_ms;
+                // Usable as long as the held topology's keys, or the next
+                // epoch's (fetched ahead), are kept.
+                let (epoch, until) = {
+                    let st = shared.state();
+                    (st.topology().epoch, st.topology_usable_until())
+                };
+                let until = until.max(next.as_ref().map_or(0, protocol::clock::keys_usable_until));
+                if now <= until {
+                    tracing::warn!(
+                        error = %e,
+                        failures = failing,
+                        epoch,
+                        usable_for_s = (until - now) / 1000,
+                        has_next_epoch = next.is_some(),
+                        "topology refresh failed; going on with the last valid topology \
+                         (and the next epoch's, published ahead) until its keys expire"
+                    );
+                } else if !std::mem::replace(&mut expired_said, true) {
+                    tracing::warn!(
+                        error = %e,
+                        failures = failing,
+                        epoch,
+                        "topology refresh failed and the keys of the last valid topology \
+                         have expired: messages and fetches wait (nothing is lost, only \
+                         delayed) until the directory answers"
+                    );
+                } else {
+                    tracing::warn!(error = %e, failures = failing, "topology refresh failed");
+                }
+            }
+        }
+        // Our topology's epoch is over and the authorities gave no newer
+        // one, but the next epoch's document came ahead: move to it (its
+        // keys are the nodes' current ones).
+        let (held, now) = (last.map_or(0, |l| l.0), shared.now().unix_ms);
+        let begun = next
+            .as_ref()
+            .is_some_and(|n| n.epoch > held && n.valid_from_ms <= now);
+        if begun
+            && let Some(n) = next.take()
+            && shared.state().topology().epoch < n.epoch
+        {
+            tracing::info!(
+                epoch = n.epoch,
+                "no topology from the authorities for the new epoch: using the one \
+                 they published ahead"
+            );
+            expired_said = false;
+            if to_driver.send(n).await.is_err() {
+                return;
             }
         }
     }

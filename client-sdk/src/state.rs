@@ -24,7 +24,7 @@ use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, FrameKind};
 use protocol::messages::{
     ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, Listing, MAX_ACKED_STORED_LEN, MAX_LISTING,
-    Request, StoreRefused,
+    RefusalReason, Refused, Request, StoreRefused,
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{
@@ -100,6 +100,16 @@ pub enum Event {
     /// packets. Fetch a new topology now rather than at the next refresh;
     /// a node that is gone drops out of it.
     TopologyStale,
+    /// A gateway refused a fetch (protocol.md §12.2): nothing was read or
+    /// deleted. For its time, the clock this client stamps fetches with is
+    /// more than the gateway's window off the gateway's clock.
+    FetchRefused {
+        /// Why.
+        reason: RefusalReason,
+        /// The gateway's clock minus ours when it refused, ms (coarse: it
+        /// includes the mixing delays of the fetch).
+        gateway_offset_ms: i64,
+    },
 }
 
 /// Loops lost in a row (none back in between) that make the client ask
@@ -135,6 +145,12 @@ pub struct CoverStats {
     /// Times [`LOOPS_LOST_IN_A_ROW`] loops went missing in a row and the
     /// client asked for a new topology ([`Event::TopologyStale`]).
     pub stale_topology: u64,
+    /// Fetch replies that were refusals (one per SURB of a refused fetch).
+    pub refused_replies: u64,
+    /// Payload ticks that sent drop cover instead of a waiting fragment or
+    /// fetch because the topology's keys had expired (the directory was
+    /// unreachable for longer than the keys live).
+    pub held_ticks: u64,
 }
 
 /// One of my identities and one of its contacts: who a message is between.
@@ -267,6 +283,9 @@ pub struct ClientState {
     /// A fetch left that confirms (deletes at the gateway) more than was
     /// persisted: persist before sending it.
     confirm_unpersisted: bool,
+    /// The last `poll_transmit` held fragments and fetches back: the
+    /// topology's keys have expired.
+    holding: bool,
 }
 
 /// What a store holds of this state, to send it only what changed.
@@ -425,6 +444,7 @@ impl ClientState {
             persisted: Persisted::default(),
             dirty: true,
             confirm_unpersisted: false,
+            holding: false,
             cfg,
         })
     }
@@ -480,6 +500,18 @@ impl ClientState {
     /// The topology the client routes by.
     pub fn topology(&self) -> Arc<TopologyDocument> {
         self.topology.clone()
+    }
+
+    /// Until when (Unix ms, network time) the nodes keep the keys of the
+    /// topology the client holds (protocol.md §7, §13.6).
+    pub fn topology_usable_until(&self) -> u64 {
+        protocol::clock::keys_usable_until(&self.topology)
+    }
+
+    /// Whether packets built now with the topology held are still peeled:
+    /// false once its keys have expired. Fragments and fetches then wait.
+    pub fn topology_usable(&self, now: Now) -> bool {
+        now.unix_ms <= self.topology_usable_until()
     }
 
     /// Takes a newer verified topology (the caller checked its signatures,
@@ -792,7 +824,9 @@ impl ClientState {
     /// When [`Self::handle_timeout`] or [`Self::poll_transmit`] has work next.
     pub fn poll_timeout(&self) -> Instant {
         let mut next = self.next_round;
-        if self.cfg.dangerous.no_cover {
+        if self.cfg.dangerous.no_cover && self.holding {
+            // Nothing leaves until a usable topology comes: the round.
+        } else if self.cfg.dangerous.no_cover {
             // Without cover, fragments and fetches leave as soon as due.
             if !self.fetches.is_empty() {
                 next = f64::NEG_INFINITY;
@@ -937,7 +971,16 @@ impl ClientState {
     ) -> Option<Vec<u8>> {
         let t = self.secs(now);
         self.dirty = true;
+        // The nodes have erased the keys of our topology (the directory has
+        // been unreachable that long): what we would build now is dropped at
+        // the first hop. Fragments and fetches wait, without using attempts,
+        // until a topology comes; the stream goes on with cover.
+        let hold = !self.topology_usable(now);
+        self.holding = hold;
         if self.cfg.dangerous.no_cover {
+            if hold {
+                return None;
+            }
             // Without cover: fragments and fetches leave as soon as due.
             if let Some(f) = self.next_fragment_frame(now, rng) {
                 self.stats.real += 1;
@@ -949,6 +992,15 @@ impl ClientState {
         }
         while let Some((_, e)) = self.stream.poll(t, rng) {
             let frame = match e {
+                Emission::Real(()) | Emission::DropCover if hold => {
+                    if self.outbox.next_deadline().is_some_and(|d| d <= t)
+                        || !self.fetches.is_empty()
+                    {
+                        self.stats.held_ticks += 1;
+                    }
+                    self.stats.drop_cover += 1;
+                    self.drop_cover_frame(rng)
+                }
                 Emission::Real(()) | Emission::DropCover => {
                     self.fetch_turn = !self.fetch_turn;
                     let real = if self.fetch_turn {
@@ -1179,7 +1231,9 @@ impl ClientState {
             state.confirmed,
             cursor,
             list,
-            now.unix_ms,
+            // Coarse: the gateway's window is ten minutes; the minute is all
+            // it needs, and all it learns of our clock.
+            protocol::clock::coarse(now.unix_ms),
             topo.epoch,
             surbs,
         );
@@ -1317,6 +1371,20 @@ impl ClientState {
             tracing::debug!("unreadable fetch reply");
             return;
         };
+        if let Ok(r) = Refused::decode(&body) {
+            // Nothing was read or deleted: what we know of the box stands
+            // (taking this for an empty box would forget listed messages).
+            // The fetch goes again with the next round.
+            self.stats.refused_replies += 1;
+            self.events.push_back(Event::FetchRefused {
+                reason: r.reason,
+                gateway_offset_ms: (r.gateway_s as i64)
+                    .saturating_mul(1000)
+                    .saturating_add(500)
+                    .saturating_sub(now.unix_ms as i64),
+            });
+            return;
+        }
         self.on_fetch_reply(p, &body, t);
     }
 
@@ -1897,6 +1965,103 @@ mod tests {
         }
         assert!(b.map.len() <= StatusBoard::CAP);
         assert_eq!(b.map.len(), b.order.len());
+    }
+
+    /// A topology of three mix nodes and one gateway for `epoch` of a
+    /// schedule of 10 s epochs from zero (keys at random: nothing is peeled).
+    fn topology(epoch: u64) -> TopologyDocument {
+        let key = |i: u8| PublicKey::from(&StaticSecret::from([i; 32])).to_bytes();
+        let mut nodes: Vec<TopologyNode> = (1..=3u8)
+            .map(|layer| TopologyNode {
+                identity: [layer; 32],
+                role: protocol::topology::Role::Mix,
+                address: format!("127.0.0.1:{}", 1000 + u16::from(layer)),
+                client_address: None,
+                sphinx_key: key(layer),
+                layer,
+            })
+            .collect();
+        nodes.push(TopologyNode {
+            identity: [9; 32],
+            role: protocol::topology::Role::Gateway,
+            address: "127.0.0.1:2000".into(),
+            client_address: Some("127.0.0.1:2001".into()),
+            sphinx_key: key(9),
+            layer: 0,
+        });
+        let schedule = protocol::epoch::EpochSchedule::new(0, 10_000).unwrap();
+        TopologyDocument {
+            epoch,
+            revision: 1,
+            schedule,
+            valid_from_ms: schedule.start_ms(epoch),
+            valid_until_ms: schedule.start_ms(epoch + 1),
+            params: protocol::topology::NetworkParams {
+                mix_delay_mean_ms: 10,
+                max_delay_ms: 100,
+                lambda_payload: 50.0,
+                ..Default::default()
+            },
+            nodes,
+        }
+    }
+
+    /// Once the nodes have erased the keys of the topology held (the
+    /// directory unreachable for longer than they live), fragments and
+    /// fetches wait: payload ticks send drop cover, no attempt is used,
+    /// nothing fails. A new topology lets them go.
+    #[test]
+    fn fragments_and_fetches_wait_while_the_topology_keys_are_gone() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let doc = topology(100);
+        let until = protocol::clock::keys_usable_until(&doc);
+        // Epochs of 10 s: the previous key is kept one epoch at most.
+        assert_eq!(until, doc.valid_until_ms + 10_000);
+        let at = Instant::now();
+        let start = Now {
+            at,
+            unix_ms: doc.valid_from_ms,
+        };
+        let mut st = ClientState::new(cfg, doc, start, &mut rng).unwrap();
+        let me = st.add_identity(StaticSecret::from([21; 32]));
+        let them = PublicKey::from(&StaticSecret::from([22; 32])).to_bytes();
+        let invite = Invite {
+            public: them,
+            name: "them".into(),
+        }
+        .to_string();
+        let c = st.add_contact(&me, &invite).unwrap();
+        // Run the stream for `secs` from `from`, in 10 ms steps.
+        let run = |st: &mut ClientState, from: Now, secs: u64| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+            for i in 0..secs * 100 {
+                let t = from.after(Duration::from_millis(i * 10));
+                st.handle_timeout(t);
+                while st.poll_transmit(t, &mut rng).is_some() {}
+            }
+        };
+        // Past the keys' end: the message and the fetches wait.
+        let late = start.after(Duration::from_millis(until + 1 - start.unix_ms));
+        assert!(!st.topology_usable(late));
+        let id = st.send(late, &me, &c, b"hello", &mut rng).unwrap();
+        run(&mut st, late, 5);
+        let held = st.cover_stats();
+        assert_eq!((held.real, held.fetches), (0, 0), "{held:?}");
+        assert!(held.held_ticks > 100, "{held:?}");
+        assert!(held.drop_cover > 100, "{held:?}");
+        assert_eq!(st.status(&id), Some(Status::Queued));
+        // A topology of a later epoch comes: the fragment and the fetches go.
+        let later = late.after(Duration::from_secs(5));
+        let newer = topology(later.unix_ms / 10_000);
+        st.set_topology(newer, later);
+        assert!(st.topology_usable(later));
+        run(&mut st, later, 2);
+        let after = st.cover_stats();
+        assert!(after.real >= 1, "{after:?}");
+        assert!(after.fetches >= 1, "{after:?}");
+        assert_eq!(after.held_ticks, held.held_ticks);
+        assert!(!st.status(&id).unwrap().is_failure());
     }
 
     #[test]

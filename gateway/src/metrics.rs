@@ -10,6 +10,9 @@ pub struct GatewayMetrics {
     pub refused: IntCounterVec,
     /// Fetches, by outcome (`authorised`, `refused`).
     pub fetches: IntCounterVec,
+    /// Fetches refused for their timestamp (a client's clock off by more
+    /// than `fetch_max_age_secs`).
+    pub fetches_refused_time: IntCounter,
     /// Fetch reply packets sent.
     pub replies: IntCounter,
     /// SURB-acks sent for durably stored messages.
@@ -61,6 +64,11 @@ impl GatewayMetrics {
             fetches: IntCounterVec::new(
                 Opts::new("umbra_gateway_fetches_total", "Fetches, by outcome"),
                 &["outcome"],
+            )
+            .unwrap_or_else(bug),
+            fetches_refused_time: IntCounter::new(
+                "umbra_gateway_fetches_refused_time_total",
+                "Fetches refused because their timestamp was outside fetch_max_age_secs (also counted in fetches_total{outcome=\"refused\"})",
             )
             .unwrap_or_else(bug),
             replies: IntCounter::new(
@@ -121,6 +129,7 @@ impl GatewayMetrics {
             Box::new(m.stored.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.refused.clone()),
             Box::new(m.fetches.clone()),
+            Box::new(m.fetches_refused_time.clone()),
             Box::new(m.replies.clone()),
             Box::new(m.acks.clone()),
             Box::new(m.cover.clone()),

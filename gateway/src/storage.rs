@@ -18,7 +18,7 @@
 use crate::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use mixnode::NodeRef;
-use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING};
+use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING, RefusalReason, Refused};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -157,6 +157,9 @@ pub(crate) struct Fetched {
     pub remaining: u64,
     /// For `list` fetches: seqs above the cursor, and how many follow them.
     pub listing: Option<(Vec<u64>, u64)>,
+    /// Refused (nothing read, nothing deleted): why, and the gateway's
+    /// clock in Unix seconds.
+    pub refused: Option<(RefusalReason, u64)>,
 }
 
 impl Storage {
@@ -341,10 +344,19 @@ impl Storage {
                 Op::Store { ack, .. } => Some(After::Stored(Err(Refusal::Unavailable), ack)),
                 Op::Fetch { req, node } => {
                     let fresh = req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
-                    let fetched = if fresh && req.authorised() {
-                        self.fetch_read_only(&req).unwrap_or_default()
+                    let refused = if !fresh {
+                        Some(RefusalReason::Time)
+                    } else if !req.authorised() {
+                        Some(RefusalReason::Capability)
                     } else {
-                        Fetched::default()
+                        None
+                    };
+                    let fetched = match refused {
+                        None => self.fetch_read_only(&req).unwrap_or_default(),
+                        Some(why) => Fetched {
+                            refused: Some((why, now_ms / 1000)),
+                            ..Fetched::default()
+                        },
                     };
                     Some(After::Reply {
                         req: Box::new(req),
@@ -391,16 +403,32 @@ impl Storage {
                     Op::Fetch { req, .. } => {
                         let fresh =
                             req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
-                        let authorised = fresh && req.authorised();
+                        let refused = if !fresh {
+                            Some(RefusalReason::Time)
+                        } else if !req.authorised() {
+                            Some(RefusalReason::Capability)
+                        } else {
+                            None
+                        };
                         metrics
                             .fetches
-                            .with_label_values(&[if authorised { "authorised" } else { "refused" }])
+                            .with_label_values(&[if refused.is_none() {
+                                "authorised"
+                            } else {
+                                "refused"
+                            }])
                             .inc();
-                        Outcome::Fetched(if authorised {
-                            self.fetch(&mut t, req, true)?
-                        } else {
-                            // Same shape as an empty box, and nothing deleted.
-                            Fetched::default()
+                        if refused == Some(RefusalReason::Time) {
+                            metrics.fetches_refused_time.inc();
+                        }
+                        Outcome::Fetched(match refused {
+                            None => self.fetch(&mut t, req, true)?,
+                            // Nothing read, nothing deleted; the same
+                            // answer whatever the box holds.
+                            Some(why) => Fetched {
+                                refused: Some((why, now_ms / 1000)),
+                                ..Fetched::default()
+                            },
                         })
                     }
                     Op::Expire => {
@@ -750,6 +778,10 @@ fn count_store(metrics: &GatewayMetrics, r: &Result<u64, Refusal>) {
 
 /// Builds the replies of one fetch: exactly one per SURB.
 pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
+    if let Some((reason, gateway_s)) = fetched.refused {
+        let r = Refused { reason, gateway_s }.encode();
+        return vec![r; req.surbs.len()];
+    }
     let seqs: Vec<u64> = fetched.messages.iter().map(|(s, _)| *s).collect();
     let remaining = u32::try_from(fetched.remaining).unwrap_or(u32::MAX);
     let last = req.surbs.len().saturating_sub(1);
@@ -838,8 +870,8 @@ impl Dropboxes {
     /// Answers `req` at `now_ms` (the gateway's clock, against which the
     /// request's timestamp must be within `fetch_max_age_secs`): deletes what
     /// it confirms, and returns exactly one reply body per SURB, in SURB
-    /// order, as the gateway sends them. A refused fetch gets the same
-    /// bodies as an empty box.
+    /// order, as the gateway sends them. A refused fetch gets `n` copies of
+    /// a `Refused` reply (protocol.md §12.2).
     pub fn fetch(&self, req: &FetchRequest, now_ms: u64) -> Result<Vec<Vec<u8>>, StorageError> {
         let op = Op::Fetch {
             req: req.clone(),
@@ -1159,13 +1191,35 @@ mod tests {
             Err(Refusal::BoxQuota)
         );
         let surbs = vec![vec![0; SURB_LEN]; 2];
-        // 600 s behind the gateway's clock: still fresh. One ms more: refused,
-        // answered as an empty box, nothing deleted.
+        // 600 s behind the gateway's clock: still fresh. One ms more (either
+        // way): refused for its time, answered with a refusal that carries
+        // the gateway's clock, nothing deleted.
         let edge = FetchRequest::new_signed_at(&b, a, 0, false, now - 600_000, 0, surbs.clone());
-        let stale = FetchRequest::new_signed_at(&b, c, 0, false, now - 600_001, 0, surbs.clone());
+        for ts in [now - 600_001, now + 600_001] {
+            let stale = FetchRequest::new_signed_at(&b, c, 0, true, ts, 0, surbs.clone());
+            let r = d.fetch(&stale, now).unwrap();
+            assert_eq!(r.len(), 2);
+            for body in &r {
+                let refused = Refused::decode(body).expect("a refusal, not an empty box");
+                assert_eq!(refused.reason, RefusalReason::Time);
+                assert_eq!(refused.gateway_s, now / 1000);
+                assert!(FetchReply::decode(body).is_err() && Listing::decode(body).is_err());
+            }
+        }
+        assert_eq!(d.box_len(&b.id), 2);
+        // A forged capability is refused as such, and the answer is the same
+        // for a full box and an empty one.
+        let mut forged = FetchRequest::new_signed_at(&b, c, 0, false, now, 0, surbs.clone());
+        forged.after_seq += 1;
+        let empty = PairSecret::from_bytes([9; 32]).dropbox(&[1; 32], &[2; 32], 0);
+        let mut forged_empty =
+            FetchRequest::new_signed_at(&empty, 0, 0, false, now, 0, surbs.clone());
+        forged_empty.after_seq += 1;
+        let r1 = d.fetch(&forged, now).unwrap();
+        assert_eq!(r1, d.fetch(&forged_empty, now).unwrap());
         assert_eq!(
-            d.fetch(&stale, now).unwrap(),
-            replies(&stale, &Fetched::default())
+            Refused::decode(&r1[0]).unwrap().reason,
+            RefusalReason::Capability
         );
         assert_eq!(d.box_len(&b.id), 2);
         let r = d.fetch(&edge, now).unwrap();
@@ -1174,7 +1228,8 @@ mod tests {
         assert_eq!(first.seqs, vec![c]);
         assert_eq!(first.message, Some((c, b"two".to_vec())));
         assert_eq!(d.box_len(&b.id), 1, "after_seq = a deleted one");
-        assert_eq!(d.metrics().fetches.with_label_values(&["refused"]).get(), 1);
+        assert_eq!(d.metrics().fetches_refused_time.get(), 2);
+        assert_eq!(d.metrics().fetches.with_label_values(&["refused"]).get(), 4);
         assert_eq!(d.metrics().stored.get(), 2);
         assert_eq!(d.expire(now + 60_000).unwrap(), 0);
         assert_eq!(d.expire(now + 60_002).unwrap(), 1);

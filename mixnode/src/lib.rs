@@ -16,6 +16,7 @@ use net::dirclient::Authorities;
 use net::link::{LinkConfig, LinkMetrics, Links, PeerFilter};
 use pipeline::Shared;
 use protocol::NodeId;
+use protocol::clock::{ClockNews, ClockWatch};
 use protocol::epoch::EpochSchedule;
 use protocol::keys::{EpochKey, KeyRing};
 use protocol::replay::ReplayCache;
@@ -137,8 +138,9 @@ impl NodeRef {
 
 /// How long into a new epoch the previous epoch's key still peels packets
 /// (beyond three maximal delays): clients refresh their topology around the
-/// boundary, and packets already in flight must still get through.
-pub const KEY_GRACE_MS: u64 = 120_000;
+/// boundary, and packets already in flight must still get through. (In
+/// `protocol::clock`, so that clients know when a topology's keys are gone.)
+pub use protocol::clock::KEY_GRACE_MS;
 
 /// A running mix node.
 pub type Mixnode = Node;
@@ -170,6 +172,20 @@ struct Control {
     last_seen: Mutex<Option<(u64, u64)>>,
     role: Role,
     client_address: Option<SocketAddr>,
+    /// How far our clock is from the directory's.
+    clock: Mutex<ClockWatch>,
+    /// Refreshes failed in a row, and the last topology's epoch and when
+    /// its keys go (for the outage warnings).
+    outage: Mutex<Outage>,
+}
+
+/// Failed refreshes in a row, for the outage warnings.
+#[derive(Default)]
+struct Outage {
+    failures: u64,
+    usable_until_ms: u64,
+    epoch: u64,
+    expired_said: bool,
 }
 
 impl Node {
@@ -280,14 +296,70 @@ impl Control {
     }
 
     /// Fetches and verifies the current and next topologies; rebuilds the routing table.
+    /// A refresh failed: counted, and warned with what the node goes on
+    /// with and until when.
+    fn refresh_failed(&self, e: &str) {
+        self.shared.metrics.topology_refresh_failures.inc();
+        let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        o.failures += 1;
+        let now = now_ms();
+        if o.usable_until_ms == 0 {
+            tracing::warn!(error = %e, failures = o.failures, "topology refresh failed; no topology yet");
+        } else if now <= o.usable_until_ms {
+            tracing::warn!(
+                error = %e,
+                failures = o.failures,
+                epoch = o.epoch,
+                usable_for_s = (o.usable_until_ms - now) / 1000,
+                "topology refresh failed; routing by the last valid topology until its keys expire"
+            );
+        } else if !std::mem::replace(&mut o.expired_said, true) {
+            tracing::warn!(
+                error = %e,
+                failures = o.failures,
+                epoch = o.epoch,
+                "topology refresh failed and the keys of the last valid topology have expired: \
+                 packets built for it are dropped until the directory answers"
+            );
+        } else {
+            tracing::warn!(error = %e, failures = o.failures, "topology refresh failed");
+        }
+    }
+
     async fn refresh(&self) -> Result<u64, String> {
         let last = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        let doc = self
+        let timed = self
             .dir
-            .topology(false, now, last)
+            .current_topology(now_ms, last)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(offset) = timed.offset_ms {
+            self.shared
+                .metrics
+                .clock_offset_seconds
+                .set((offset as f64 / 1000.0).round() as i64);
+            let news = self
+                .clock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(offset);
+            match news {
+                Some(ClockNews::Off { offset_ms }) => tracing::warn!(
+                    offset_s = (offset_ms as f64 / 1000.0).round() as i64,
+                    bound_s = protocol::clock::CLOCK_WARN_MS / 1000,
+                    "this node's clock is {} the directory's: fix the system clock (NTP). \
+                     Its epochs and key rotation follow its own clock, and a gateway \
+                     refuses fetches more than fetch_max_age_secs off its clock",
+                    protocol::clock::describe(offset_ms)
+                ),
+                Some(ClockNews::Back { offset_ms }) => tracing::info!(
+                    offset_ms,
+                    "this node's clock is within the bound of the directory's again"
+                ),
+                None => {}
+            }
+        }
+        let doc = timed.doc;
         let mut routes: HashMap<NodeId, SocketAddr> = HashMap::new();
         let next = self
             .dir
@@ -322,6 +394,24 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner()) = routes;
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((doc.epoch, doc.revision));
         let epoch = doc.epoch;
+        {
+            let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+            if o.failures > 0 {
+                tracing::info!(
+                    failures = o.failures,
+                    epoch,
+                    "topology refreshed again after the directory was unreachable"
+                );
+            }
+            *o = Outage {
+                failures: 0,
+                usable_until_ms: protocol::clock::keys_usable_until(
+                    next.as_deref().unwrap_or(&doc),
+                ),
+                epoch: next.as_ref().map_or(epoch, |n| n.epoch),
+                expired_said: false,
+            };
+        }
         self.shared
             .topologies
             .write()
@@ -540,6 +630,8 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         dir,
         shared: shared.clone(),
         last_seen: Mutex::new(None),
+        clock: Mutex::new(ClockWatch::new()),
+        outage: Mutex::new(Outage::default()),
         cfg: cfg.clone(),
         role,
         client_address,
@@ -555,7 +647,7 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
         }
     };
     if let Err(e) = control.refresh().await {
-        tracing::warn!(error = %e, "topology refresh failed; will retry");
+        control.refresh_failed(&e);
     }
     tasks.push(tokio::spawn(maintain(
         control,
@@ -600,8 +692,30 @@ async fn maintain(
     let mut last_refresh = tokio::time::Instant::now();
     loop {
         let until_epoch = Duration::from_millis(schedule.until_next_ms(now_ms()).max(1));
+        // A topology older than our clock's epoch (the authorities had not
+        // published the new one yet when we asked): ask again in a second
+        // rather than at the next refresh, so that packets built for the new
+        // epoch are not refused here for long. (Not while refreshes fail:
+        // then at the usual pace.)
+        let failing = control
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failures
+            > 0;
+        let behind = !failing
+            && control
+                .last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|(e, _)| e < schedule.epoch_at(now_ms()));
+        let wait = if behind {
+            Duration::from_secs(1)
+        } else {
+            period.min(until_epoch)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(period.min(until_epoch)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = refresh.notified() => {
                 // Demand refreshes (unknown next hop) at most once a second.
                 if last_refresh.elapsed() < Duration::from_secs(1) {
@@ -650,7 +764,7 @@ async fn maintain(
         }
         last_refresh = tokio::time::Instant::now();
         if let Err(e) = control.refresh().await {
-            tracing::warn!(error = %e, "topology refresh failed");
+            control.refresh_failed(&e);
         }
     }
 }

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub loops_late: IntCounter,
     /// Loops never back: a broken route, or packets dropped on purpose (n−1 attack).
     pub loops_lost: IntCounter,
+    /// Topology refreshes that failed (no authority answered with a valid
+    /// document): the node routes by the last one it verified.
+    pub topology_refresh_failures: IntCounter,
+    /// The directory's clock minus the node's, seconds (from the authorities'
+    /// `Date` header at the last refresh).
+    pub clock_offset_seconds: IntGauge,
 }
 
 fn bug<T>(e: prometheus::Error) -> T {
@@ -112,6 +118,16 @@ impl Metrics {
                 "Own loops never back (broken route or n-1 attack)",
             )
             .unwrap_or_else(bug),
+            topology_refresh_failures: IntCounter::new(
+                n("topology_refresh_failures_total"),
+                "Topology refreshes that failed (the node keeps the last valid topology)",
+            )
+            .unwrap_or_else(bug),
+            clock_offset_seconds: IntGauge::new(
+                n("clock_offset_seconds"),
+                "Directory clock minus this node's clock, seconds",
+            )
+            .unwrap_or_else(bug),
         };
         for c in [
             Box::new(m.received.clone()) as Box<dyn prometheus::core::Collector>,
@@ -127,6 +143,8 @@ impl Metrics {
             Box::new(m.loops_returned.clone()),
             Box::new(m.loops_late.clone()),
             Box::new(m.loops_lost.clone()),
+            Box::new(m.topology_refresh_failures.clone()),
+            Box::new(m.clock_offset_seconds.clone()),
         ] {
             registry.register(c).unwrap_or_else(bug);
         }

@@ -55,6 +55,26 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
+/// The `Date` header of an answer, as Unix seconds.
+fn server_date(resp: &reqwest::Response) -> Option<u64> {
+    let v = resp.headers().get(reqwest::header::DATE)?.to_str().ok()?;
+    let t = httpdate::parse_http_date(v).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// A verified topology and what its answer said about our clock.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// The document.
+    pub doc: TopologyDocument,
+    /// The authority's clock minus ours (ms), from the answer's `Date`
+    /// header and the request's round trip (`protocol::clock::offset_ms`);
+    /// `None` if it sent no `Date`.
+    pub offset_ms: Option<i64>,
+}
+
 /// Talks to one directory authority.
 #[derive(Clone, Debug)]
 pub struct DirectoryClient {
@@ -110,6 +130,12 @@ impl DirectoryClient {
 
     /// GETs `path` and parses a signed envelope from it.
     pub async fn get_signed(&self, path: &str) -> Result<Signed, Error> {
+        Ok(self.get_signed_dated(path).await?.0)
+    }
+
+    /// As [`Self::get_signed`], with the authority's clock when it answered
+    /// (its HTTP `Date` header, Unix seconds) if it sent one.
+    pub async fn get_signed_dated(&self, path: &str) -> Result<(Signed, Option<u64>), Error> {
         let resp = self
             .http
             .get(format!("{}{}", self.base, path))
@@ -123,8 +149,10 @@ impl DirectoryClient {
                 resp.status()
             )));
         }
+        let date = server_date(&resp);
         let body = read_capped(resp, MAX_DOCUMENT_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|e| Error::Connect(e.to_string()))
+        let signed = serde_json::from_slice(&body).map_err(|e| Error::Connect(e.to_string()))?;
+        Ok((signed, date))
     }
 
     /// Fetches the signed topology of the current epoch (`next = false`) or the next one.
@@ -238,6 +266,52 @@ impl Authorities {
         // Authorities serve only documents with `threshold` of their own
         // signatures: if every one of them fails our signature check, our
         // keys or threshold are wrong, not the network.
+        Err(if untrusted == n {
+            Error::Untrusted(why)
+        } else {
+            Error::Connect(why)
+        })
+    }
+
+    /// The current epoch's topology, verified on the authority's clock: for
+    /// each answer, `clock()` (our wall clock, Unix ms) is read before and
+    /// after the request, the answer's `Date` header gives the offset of the
+    /// authority's clock (see [`Timed`]), and the document's freshness is
+    /// checked at our time plus that offset. So a process whose clock is
+    /// off still accepts the network's current document, and learns by how
+    /// much it is off. Otherwise as [`Self::topology`].
+    pub async fn current_topology(
+        &self,
+        clock: impl Fn() -> u64,
+        last_seen: Option<(u64, u64)>,
+    ) -> Result<Timed, Error> {
+        let n = self.clients.len();
+        let start = rand::random_range(0..n);
+        let mut errors = Vec::new();
+        let mut untrusted = 0;
+        for i in 0..n {
+            let c = &self.clients[(start + i) % n];
+            let sent = clock();
+            let doc = match c.get_signed_dated("/v1/topology").await {
+                Ok((signed, date)) => {
+                    let received = clock();
+                    let offset_ms = date.map(|s| protocol::clock::offset_ms(sent, received, s));
+                    let at = received.saturating_add_signed(offset_ms.unwrap_or(0));
+                    topology::verify_topology(&signed, &self.trust, at, last_seen)
+                        .map(|doc| Timed { doc, offset_ms })
+                        .map_err(|e| {
+                            untrusted += usize::from(matches!(e, protocol::Error::BadSignature(_)));
+                            format!("{}: {e}", c.url())
+                        })
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match doc {
+                Ok(d) => return Ok(d),
+                Err(e) => errors.push(e),
+            }
+        }
+        let why = format!("no authority gave a valid topology: {}", errors.join("; "));
         Err(if untrusted == n {
             Error::Untrusted(why)
         } else {

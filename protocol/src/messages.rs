@@ -29,6 +29,16 @@
 //! ```text
 //! Listing = 0x02 count:u16 seq[count]:u64 remaining:u32
 //! ```
+//!
+//! A fetch the gateway refuses (a timestamp outside its window, a
+//! capability that does not verify) is answered with `n` copies of
+//! [`Refused`], so that the requester can tell a refusal from an empty box.
+//! Only the requester can read a reply, and every refusal of a kind gets
+//! the same bytes whatever the box holds.
+//!
+//! ```text
+//! Refused = 0x03 reason:u8 gateway_s:u64        (reason 1: time, 2: capability)
+//! ```
 
 use crate::Error;
 use crate::dropbox::{Dropbox, verify_capability};
@@ -438,6 +448,62 @@ pub struct Listing {
     pub remaining: u32,
 }
 
+/// Why a gateway refused a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// `timestamp_ms` is further from the gateway's clock than its window
+    /// (`fetch_max_age_secs`).
+    Time,
+    /// The capability does not hash to the box id, or the signature does
+    /// not verify.
+    Capability,
+}
+
+/// Every reply to a refused fetch: why, and the gateway's clock (whole
+/// seconds) when it refused, from which the requester learns how far off
+/// its own clock is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The gateway's clock, Unix seconds.
+    pub gateway_s: u64,
+}
+
+/// Bytes of an encoded [`Refused`].
+pub const REFUSED_LEN: usize = 10;
+
+impl Refused {
+    /// Encodes the refusal.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![
+            3u8,
+            match self.reason {
+                RefusalReason::Time => 1,
+                RefusalReason::Capability => 2,
+            },
+        ];
+        v.extend_from_slice(&self.gateway_s.to_be_bytes());
+        v
+    }
+
+    /// Decodes a refusal; nothing may follow it.
+    pub fn decode(b: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader(b);
+        if r.u8()? != 3 {
+            return Err(Error::Decode("not a refusal".into()));
+        }
+        let reason = match r.u8()? {
+            1 => RefusalReason::Time,
+            2 => RefusalReason::Capability,
+            x => return Err(Error::Decode(format!("unknown refusal reason {x}"))),
+        };
+        let gateway_s = r.u64()?;
+        r.end()?;
+        Ok(Self { reason, gateway_s })
+    }
+}
+
 impl Listing {
     /// Encodes the listing.
     pub fn encode(&self) -> Result<Vec<u8>, Error> {
@@ -599,6 +665,34 @@ mod tests {
         assert_eq!(StoreRefused::from_body(&odd), None);
         odd.truncate(REFUSED_PREFIX.len() + 1);
         assert_eq!(StoreRefused::from_body(&odd), None);
+    }
+
+    #[test]
+    fn a_refusal_is_told_from_every_other_reply() {
+        for reason in [RefusalReason::Time, RefusalReason::Capability] {
+            let r = Refused {
+                reason,
+                gateway_s: 1_700_000_000,
+            };
+            let b = r.encode();
+            assert_eq!(b.len(), REFUSED_LEN);
+            assert_eq!(Refused::decode(&b).unwrap(), r);
+            assert!(FetchReply::decode(&b).is_err());
+            assert!(Listing::decode(&b).is_err());
+        }
+        let empty = FetchReply {
+            seqs: vec![],
+            remaining: 0,
+            message: None,
+        };
+        assert!(Refused::decode(&empty.encode().unwrap()).is_err());
+        let listing = Listing {
+            seqs: vec![],
+            remaining: 0,
+        };
+        assert!(Refused::decode(&listing.encode().unwrap()).is_err());
+        assert!(Refused::decode(&[3, 9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(Refused::decode(&[3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

@@ -550,12 +550,16 @@ fn restarts_with_a_store_lose_nothing() {
     restarts(7, true);
 }
 
-/// Clock jumps of ±10 minutes on recipients. A gateway refuses a fetch whose
+/// Clock jumps of ±10 minutes on recipients (the bare `ClientState`, which
+/// goes by the clock it is given; the `Client` driver corrects it by the
+/// directory's, see `clock_skew.rs`). A gateway refuses a fetch whose
 /// timestamp is more than `fetch_max_age_secs` (600 s) from its own clock,
-/// measured when the fetch arrives: +10 min passes (the fetch ages on the
-/// way), −10 min fails (it is 600 s plus the transit old), and the refusal
-/// looks like an empty box, so that client receives nothing and is not
-/// told. Its messages wait in the box and arrive once the clock is fixed.
+/// measured when the fetch arrives: +10 min passes (the timestamp is
+/// rounded down to the minute and the fetch ages on the way), −10 min fails
+/// (it is 600 s plus the transit old). The refusal is a `Refused` reply, so
+/// the client is told (refused replies counted, a `FetchRefused` event) and
+/// forgets nothing it knew of the box. Its messages wait in the box and
+/// arrive once the clock is fixed.
 #[test]
 fn clock_jumps_of_ten_minutes() {
     let started = Instant::now();
@@ -615,6 +619,9 @@ fn clock_jumps_of_ten_minutes() {
     );
     assert!(stored, "{t:?}");
     assert!(refused > 0);
+    let told = sim.state(behind).cover_stats().refused_replies;
+    assert!(told > 0, "the client was not told of {refused} refusals");
+    assert_eq!(sim.state(a).cover_stats().refused_replies, 0);
     assert_eq!(t.delivered, 0, "a client 10 min behind received something");
     assert_eq!(t.failed, 0, "the sender is not told either");
     assert_eq!(
@@ -742,6 +749,11 @@ fn a_sender_ahead_writes_into_the_next_period() {
         seed: 10,
         // 00:57:30.
         unix_start_ms: umbra::sim::UNIX_START_MS + 37 * 60_000 + 30_000,
+        // One epoch for the whole run: the sim's nodes keep their one key,
+        // but a client whose clock passes the end of its topology's epoch
+        // (plus the keys' grace) holds its packets, as the nodes would
+        // have erased those keys (protocol.md §13.6).
+        epoch_length_ms: 86_400_000,
         ..SimConfig::default()
     };
     cfg.params.lambda_payload = 2.0;

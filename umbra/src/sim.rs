@@ -86,7 +86,11 @@ pub struct SimConfig {
     pub gateways: usize,
     /// The topology's parameters.
     pub params: NetworkParams,
-    /// Length of the epoch schedule (the simulation stays in one epoch).
+    /// Length of the epoch schedule (the simulation stays in one epoch:
+    /// its nodes hold one key). Clients whose wall clock passes the end of
+    /// the epoch plus the keys' grace hold their fragments and fetches
+    /// (`ClientState::topology_usable`), so keep every client's clock
+    /// within it.
     pub epoch_length_ms: u64,
     /// The wall clock at virtual time zero, Unix ms.
     pub unix_start_ms: u64,

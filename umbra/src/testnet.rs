@@ -56,6 +56,35 @@ pub struct LocalAuthority {
 }
 
 impl LocalAuthority {
+    /// Opens the authority `cfg` describes and serves it on `listener`.
+    fn serve(cfg: DirectoryConfig, listener: tokio::net::TcpListener) -> Result<Self, BoxError> {
+        Self::serve_opened(Directory::open(cfg)?, listener)
+    }
+
+    fn serve_opened(
+        directory: Directory,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self, BoxError> {
+        let key = directory.public_key();
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, mut rx) = watch::channel(false);
+        let d = directory.clone();
+        let task = tokio::spawn(async move {
+            let _ = d
+                .serve(listener, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        Ok(Self {
+            url,
+            key,
+            directory,
+            stop,
+            task,
+        })
+    }
+
     /// Stops serving.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -78,6 +107,8 @@ pub struct LocalDirectory {
     pub refs: Vec<AuthorityRef>,
     /// Signatures a topology needs.
     pub threshold: usize,
+    /// The configs of every authority, in start order (to restart them).
+    configs: Vec<DirectoryConfig>,
 }
 
 /// How often a local network's authorities exchange votes.
@@ -128,6 +159,7 @@ impl LocalDirectory {
             dirs.push(dir);
         }
         let mut members = Vec::new();
+        let mut configs = Vec::new();
         for (listener, dir) in listeners.into_iter().zip(dirs) {
             let cfg = DirectoryConfig {
                 listen: listener.local_addr()?,
@@ -141,25 +173,8 @@ impl LocalDirectory {
                 test_network: true,
                 ..DirectoryConfig::default()
             };
-            let directory = Directory::open(cfg)?;
-            let key = directory.public_key();
-            let url = format!("http://{}", listener.local_addr()?);
-            let (stop, mut rx) = watch::channel(false);
-            let d = directory.clone();
-            let task = tokio::spawn(async move {
-                let _ = d
-                    .serve(listener, async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-            });
-            members.push(LocalAuthority {
-                url,
-                key,
-                directory,
-                stop,
-                task,
-            });
+            configs.push(cfg.clone());
+            members.push(LocalAuthority::serve(cfg, listener)?);
         }
         Ok(Self {
             url: members[0].url.clone(),
@@ -167,7 +182,37 @@ impl LocalDirectory {
             members,
             refs,
             threshold,
+            configs,
         })
+    }
+
+    /// Stops every authority: the directory is down, and connections to its
+    /// URLs are refused until [`Self::restart`].
+    pub async fn stop_all(&mut self) {
+        for m in std::mem::take(&mut self.members) {
+            m.stop().await;
+        }
+    }
+
+    /// Starts every authority again on its address and its data (after
+    /// [`Self::stop_all`]).
+    pub async fn restart(&mut self) -> Result<(), BoxError> {
+        self.stop_all().await;
+        for cfg in &self.configs {
+            // The stopped authority's tasks let its database go as they end.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let directory = loop {
+                match Directory::open(cfg.clone()) {
+                    Ok(d) => break d,
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+            self.members
+                .push(LocalAuthority::serve_opened(directory, listener)?);
+        }
+        Ok(())
     }
 
     /// What nodes and clients trust.
