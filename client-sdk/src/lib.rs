@@ -4,6 +4,7 @@
 mod boxes;
 mod config;
 mod invite;
+mod ratchet;
 pub mod state;
 pub mod store;
 pub mod verify;
@@ -184,15 +185,6 @@ impl Identity {
     /// Its id, as contacts know it.
     pub fn id(&self) -> ContactId {
         ContactId(self.public)
-    }
-
-    /// An invite string to give to someone: the public key and a name.
-    pub fn invite(&self, name: &str) -> String {
-        Invite {
-            public: self.public,
-            name: name.to_string(),
-        }
-        .to_string()
     }
 }
 
@@ -522,14 +514,20 @@ impl Client {
         self.inner.state().identities()
     }
 
-    /// An invite string for the default identity (any channel: it holds only
-    /// a public key and a name).
+    /// A new invite string for the default identity (any channel: it holds
+    /// only public keys and a name). Each call makes a new one-time key for
+    /// the first message's session; it is written to the store within
+    /// `persist_interval`.
     pub fn invite(&self, name: &str) -> String {
-        Invite {
-            public: self.inner.me.0,
-            name: name.to_string(),
-        }
-        .to_string()
+        self.invite_as(&self.inner.me, name)
+            .unwrap_or_else(|_| String::new())
+    }
+
+    /// A new invite string for identity `me` (see [`Client::invite`]).
+    pub fn invite_as(&self, me: &ContactId, name: &str) -> Result<String, Error> {
+        let s = self.inner.state().invite(me, name)?;
+        self.inner.wake.notify_one();
+        Ok(s)
     }
 
     /// Adds a contact of the default identity from their invite string.
@@ -760,6 +758,9 @@ async fn run(
                             tracing::warn!(status = ?status, "a message could not be delivered");
                         }
                         let _ = shared.status_tx.send((id, status));
+                    }
+                    Event::Undecryptable { reason, .. } => {
+                        tracing::warn!(%reason, "a message from a contact could not be decrypted; a session reset was queued");
                     }
                 }
             }
