@@ -4,6 +4,8 @@
 mod boxes;
 mod config;
 mod invite;
+mod ratchet;
+pub use ratchet::ENVELOPE_RESERVE;
 pub mod state;
 pub mod store;
 pub mod verify;
@@ -188,15 +190,6 @@ impl Identity {
     /// Its id, as contacts know it.
     pub fn id(&self) -> ContactId {
         ContactId(self.public)
-    }
-
-    /// An invite string to give to someone: the public key and a name.
-    pub fn invite(&self, name: &str) -> String {
-        Invite {
-            public: self.public,
-            name: name.to_string(),
-        }
-        .to_string()
     }
 }
 
@@ -634,14 +627,20 @@ impl Client {
         self.inner.state().identities()
     }
 
-    /// An invite string for the default identity (any channel: it holds only
-    /// a public key and a name).
+    /// A new invite string for the default identity (any channel: it holds
+    /// only public keys and a name). Each call makes a new one-time key for
+    /// the first message's session; it is written to the store within
+    /// `persist_interval`.
     pub fn invite(&self, name: &str) -> String {
-        Invite {
-            public: self.inner.me.0,
-            name: name.to_string(),
-        }
-        .to_string()
+        self.invite_as(&self.inner.me, name)
+            .unwrap_or_else(|_| String::new())
+    }
+
+    /// A new invite string for identity `me` (see [`Client::invite`]).
+    pub fn invite_as(&self, me: &ContactId, name: &str) -> Result<String, Error> {
+        let s = self.inner.state().invite(me, name)?;
+        self.inner.wake.notify_one();
+        Ok(s)
     }
 
     /// Adds a contact of the default identity from their invite string.
@@ -926,6 +925,9 @@ async fn run(
                         reason,
                         gateway_offset_ms,
                     } => fetch_refused(shared, reason, gateway_offset_ms),
+                    Event::Undecryptable { reason, .. } => {
+                        tracing::warn!(%reason, "a message from a contact could not be decrypted; a session reset was queued");
+                    }
                 }
             }
             if st.has_received() {

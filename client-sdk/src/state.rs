@@ -15,6 +15,7 @@
 use crate::boxes::{self, BoxState, FETCH_WINDOW};
 use crate::config::ClientConfig;
 use crate::invite::Invite;
+use crate::ratchet::{self, Olm, OpenError, Reset, Sessions};
 use crate::{ContactId, Error, Received};
 use protocol::NodeId;
 use protocol::cover::{
@@ -40,17 +41,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-/// Largest message body [`ClientState::send`] accepts: 8 MiB, sent in 5,586
-/// fragments. At the default payload rate (5/s, of which fetches take a
-/// little) that is about 22 minutes, well within the default one-hour time
-/// to live, and it fits a dropbox's default quota of 10,000 messages even
-/// if every fragment lands in one period's box. The wire format allows up
-/// to [`protocol::reliable::MAX_MESSAGE_SIZE`] (16 MiB), which at default
-/// rates would need 44 of the TTL's 60 minutes and overflow that quota; see
-/// docs/reliability.md.
+/// Largest message body [`ClientState::send`] accepts: 8 MiB, which with
+/// its Olm envelope is 5,586 fragments. At the default payload rate (5/s,
+/// of which fetches take a little) that is about 22 minutes, well within
+/// the default one-hour time to live, and it fits a dropbox's default
+/// quota of 10,000 messages even if every fragment lands in one period's
+/// box. The wire format allows up to [`protocol::reliable::MAX_MESSAGE_SIZE`]
+/// (16 MiB), which at default rates would need 44 of the TTL's 60 minutes
+/// and overflow that quota; see docs/reliability.md.
 pub const MAX_BODY_LEN: usize = 8 * 1024 * 1024;
-// What the SDK sends, a receiver takes.
-const _: () = assert!(MAX_BODY_LEN <= protocol::reliable::MAX_MESSAGE_SIZE);
+// What the SDK sends, envelope included, a receiver takes.
+const _: () =
+    assert!(MAX_BODY_LEN + ratchet::ENVELOPE_RESERVE <= protocol::reliable::MAX_MESSAGE_SIZE);
 /// Bytes of a message each fragment carries: one acked stored message less
 /// the encryption and the fragment header.
 pub const CHUNK_LEN: usize =
@@ -109,6 +111,22 @@ pub enum Event {
         /// The gateway's clock minus ours when it refused, ms (coarse: it
         /// includes the mixing delays of the fetch).
         gateway_offset_ms: i64,
+    },
+    /// A message from a contact could not be decrypted: our session with
+    /// them broke (a lost one-time key, a restored backup on either side)
+    /// or the message was replayed. The contact is sent a session reset
+    /// naming it, so that their status for it ends
+    /// [`Status::FailedUndecryptable`] and their next message starts a new
+    /// session; nothing is handed over for it.
+    Undecryptable {
+        /// Which of my identities it was sent to.
+        to: ContactId,
+        /// Who sent it.
+        from: ContactId,
+        /// The sender's id for it.
+        id: MessageId,
+        /// What Olm said (no secrets).
+        reason: String,
     },
 }
 
@@ -176,6 +194,8 @@ enum FetchKind {
 struct Contact {
     name: String,
     pair: PairSecret,
+    /// Our Olm sessions with them (content encryption, §13.2).
+    sessions: Sessions,
     /// The boxes the contact writes to me, by period.
     inbound: BTreeMap<u64, BoxState>,
     /// Past periods were fetched once since the contact was added or we started.
@@ -185,6 +205,8 @@ struct Contact {
 /// One identity this client hosts.
 struct Me {
     secret: StaticSecret,
+    /// This identity's Olm account.
+    olm: Olm,
     contacts: BTreeMap<[u8; 32], Contact>,
     /// Next seq per contact (seqs restart with each session).
     next_seq: HashMap<[u8; 32], u64>,
@@ -259,6 +281,12 @@ pub struct ClientState {
     sequencer: Sequencer<Peer>,
     statuses: StatusBoard,
     receipts_due: BTreeMap<Peer, Vec<MessageId>>,
+    /// Messages from a contact we could not decrypt: a session reset naming
+    /// them goes to the contact at the next round.
+    resets_due: BTreeMap<Peer, Vec<MessageId>>,
+    /// Olm records (accounts, sessions) changed since the last
+    /// [`Self::take_changes`]: only those are written.
+    olm_dirty: BTreeSet<Vec<u8>>,
     received: VecDeque<Received>,
     /// Messages handed to the application that it has not said it is done
     /// with (`received_done`, or asking for the next one): after a restart
@@ -431,6 +459,8 @@ impl ClientState {
             sequencer,
             statuses: StatusBoard::default(),
             receipts_due: BTreeMap::new(),
+            resets_due: BTreeMap::new(),
+            olm_dirty: BTreeSet::new(),
             received: VecDeque::new(),
             handed: Vec::new(),
             events: VecDeque::new(),
@@ -540,12 +570,39 @@ impl ClientState {
         self.dirty = true;
         let public = public_of(&secret);
         self.primary.get_or_insert(public);
+        if !self.identities.contains_key(&public) {
+            self.olm_dirty.insert(key(PREFIX_ACCOUNT, &[&public]));
+        }
         self.identities.entry(public).or_insert_with(|| Me {
             secret,
+            olm: Olm::new(),
             contacts: BTreeMap::new(),
             next_seq: HashMap::new(),
         });
         ContactId(public)
+    }
+
+    /// A new invite string of identity `me` (protocol.md §13.1): its public
+    /// key, its Olm identity key and a fresh one-time key, so that the
+    /// first message a contact sends already starts a forward-secret
+    /// session. Every call makes a new one-time key (persisted with the next
+    /// [`Self::take_changes`]); an invite used by two people still works for
+    /// the second, after one session reset.
+    pub fn invite(&mut self, me: &ContactId, name: &str) -> Result<String, Error> {
+        let mine = self
+            .identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?;
+        let one_time_key = mine.olm.new_one_time_key();
+        self.olm_dirty.insert(key(PREFIX_ACCOUNT, &[&me.0]));
+        self.dirty = true;
+        Ok(Invite {
+            public: me.0,
+            olm_identity: mine.olm.identity_key(),
+            one_time_key,
+            name: name.to_string(),
+        }
+        .to_string())
     }
 
     /// The identities hosted.
@@ -599,11 +656,17 @@ impl ClientState {
         // A key of small order would make the pair secret follow from public keys.
         let pair = PairSecret::derive(&mine.secret, &inv.public)
             .map_err(|e| Error::InvalidInvite(format!("unusable contact key: {e}")))?;
+        // The first message starts a session from the invite's one-time key.
+        let mut sessions = Sessions::new(inv.olm_identity);
+        sessions.start(&mine.olm, &inv.one_time_key)?;
+        self.olm_dirty
+            .insert(key(PREFIX_SESSIONS, &[&me.0, &inv.public]));
         mine.contacts.insert(
             inv.public,
             Contact {
                 name: inv.name,
                 pair,
+                sessions,
                 inbound: BTreeMap::new(),
                 caught_up: false,
             },
@@ -648,6 +711,8 @@ impl ClientState {
     /// Messages to them already queued still go out.
     pub fn remove_contact(&mut self, me: &ContactId, contact: &ContactId) -> Result<(), Error> {
         self.dirty = true;
+        self.olm_dirty
+            .insert(key(PREFIX_SESSIONS, &[&me.0, &contact.0]));
         self.identities
             .get_mut(&me.0)
             .ok_or(Error::UnknownIdentity(*me))?
@@ -691,9 +756,13 @@ impl ClientState {
             .identities
             .get_mut(&me.0)
             .ok_or(Error::UnknownIdentity(*me))?;
-        if !mine.contacts.contains_key(&to.0) {
+        let Some(contact) = mine.contacts.get_mut(&to.0) else {
             return Err(Error::UnknownContact(*to));
-        }
+        };
+        // Encrypted once, whole, with the contact's session; the envelope
+        // is what is fragmented (and what the outbox and store hold).
+        let envelope = contact.sessions.seal(body)?;
+        self.olm_dirty.insert(key(PREFIX_SESSIONS, &[&me.0, &to.0]));
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
         let seq = *mine.next_seq.get(&to.0).unwrap_or(&1);
@@ -706,7 +775,7 @@ impl ClientState {
                     kind: Kind::Message,
                     session: self.session,
                     seq,
-                    body: body.to_vec(),
+                    body: envelope,
                 },
                 CHUNK_LEN,
                 t,
@@ -894,6 +963,35 @@ impl ClientState {
                     body,
                 };
                 let _ = self.outbox.push(receipt, CHUNK_LEN, t);
+            }
+        }
+        for ((me, them), ids) in std::mem::take(&mut self.resets_due) {
+            let Some(mine) = self.identities.get_mut(&me) else {
+                continue;
+            };
+            if !mine.contacts.contains_key(&them) {
+                continue;
+            }
+            // One reset names up to a fragment's worth of messages; each
+            // carries a fresh one-time key.
+            for chunk in ids.chunks((CHUNK_LEN - ratchet::RESET_HEADER) / 16) {
+                let reset = Reset {
+                    identity: mine.olm.identity_key(),
+                    one_time_key: mine.olm.new_one_time_key(),
+                    undecryptable: chunk.to_vec(),
+                };
+                self.olm_dirty.insert(key(PREFIX_ACCOUNT, &[&me]));
+                let mut id = [0u8; 16];
+                self.rng.fill_bytes(&mut id);
+                let control = Outgoing {
+                    id,
+                    to: (me, them),
+                    kind: Kind::Control,
+                    session,
+                    seq: 0,
+                    body: reset.encode(),
+                };
+                let _ = self.outbox.push(control, CHUNK_LEN, t);
             }
         }
         self.publish_statuses();
@@ -1501,17 +1599,89 @@ impl ClientState {
                     self.hand_over(m);
                 }
             }
+            Kind::Control => self.on_control(m),
         }
     }
 
+    /// A control message from a contact: a session reset. Start a new
+    /// session with its one-time key, and report the messages it names.
+    fn on_control(&mut self, m: Complete<Peer>) {
+        let (me, them) = m.from;
+        let Some(reset) = Reset::decode(&m.body) else {
+            tracing::debug!("unknown control message");
+            return;
+        };
+        let Some(mine) = self.identities.get_mut(&me) else {
+            return;
+        };
+        let Some(contact) = mine.contacts.get_mut(&them) else {
+            return;
+        };
+        if reset.identity != contact.sessions.their_identity() {
+            // Authenticated by the pair secret: the contact has a new Olm
+            // account (a reinstall, a lost store).
+            tracing::info!("contact's session identity key changed");
+            contact.sessions.set_their_identity(reset.identity);
+        }
+        if let Err(e) = contact.sessions.start(&mine.olm, &reset.one_time_key) {
+            tracing::warn!(error = %e, "session reset with an unusable key: ignored");
+            return;
+        }
+        self.olm_dirty.insert(key(PREFIX_SESSIONS, &[&me, &them]));
+        self.dirty = true;
+        for id in &reset.undecryptable {
+            self.outbox.on_undecryptable(id);
+        }
+        self.publish_statuses();
+    }
+
     /// Gives a complete message to the application, and schedules its receipt.
+    ///
+    /// Messages come here in the order the contact sent them (the
+    /// sequencer's), which is the order Olm encrypted them in: skipped
+    /// message keys are needed only for real gaps.
     fn hand_over(&mut self, m: Complete<Peer>) {
+        let (me, them) = m.from;
+        let opened = match self
+            .identities
+            .get_mut(&me)
+            .and_then(|mine| Some((&mut mine.olm, mine.contacts.get_mut(&them)?)))
+        {
+            Some((olm, contact)) => {
+                let r = contact.sessions.open(olm, &m.body);
+                self.olm_dirty.insert(key(PREFIX_SESSIONS, &[&me, &them]));
+                // Only a pre-key message can use up a one-time key.
+                if m.body.get(1) == Some(&ratchet::TYPE_PRE_KEY) {
+                    self.olm_dirty.insert(key(PREFIX_ACCOUNT, &[&me]));
+                }
+                r
+            }
+            None => return,
+        };
+        let body = match opened {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = match e {
+                    OpenError::Malformed => "not an envelope".to_string(),
+                    OpenError::Undecryptable(r) => r,
+                };
+                tracing::warn!(reason = %reason, "a message could not be decrypted; asking the contact for a new session");
+                self.resets_due.entry(m.from).or_default().push(m.msg_id);
+                self.events.push_back(Event::Undecryptable {
+                    to: ContactId(me),
+                    from: ContactId(them),
+                    id: m.msg_id,
+                    reason,
+                });
+                return;
+            }
+        };
         self.receipts_due.entry(m.from).or_default().push(m.msg_id);
         self.received.push_back(Received {
-            to: ContactId(m.from.0),
-            from: ContactId(m.from.1),
+            to: ContactId(me),
+            from: ContactId(them),
             id: m.msg_id,
-            body: m.body,
+            body,
             redelivered: false,
         });
     }
@@ -1525,7 +1695,7 @@ impl ClientState {
 // ---- persistence ----
 
 /// Version of the snapshot format.
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 /// Record keys: the snapshot, and the byte strings kept apart from it.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -1533,6 +1703,10 @@ const PREFIX_OUT: &[u8] = b"out/";
 const PREFIX_CHUNK: &[u8] = b"chunk/";
 const PREFIX_MSG: &[u8] = b"msg/";
 const PREFIX_DONE: &[u8] = b"done/";
+/// An identity's Olm account: `olm/a/` || identity.
+const PREFIX_ACCOUNT: &[u8] = b"olm/a/";
+/// Olm sessions with a contact: `olm/s/` || identity || contact.
+const PREFIX_SESSIONS: &[u8] = b"olm/s/";
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -1561,6 +1735,8 @@ struct Snapshot {
     /// Messages the application took and had not said it was done with.
     handed: Vec<(Peer, MessageId)>,
     receipts_due: Vec<(Peer, Vec<MessageId>)>,
+    /// Undecryptable messages whose session reset has not left yet.
+    resets_due: Vec<(Peer, Vec<MessageId>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1617,6 +1793,12 @@ impl ClientState {
     pub fn persist_failed(&mut self) {
         self.persisted = Persisted::default();
         self.dirty = true;
+        for (me, mine) in &self.identities {
+            self.olm_dirty.insert(key(PREFIX_ACCOUNT, &[me]));
+            for them in mine.contacts.keys() {
+                self.olm_dirty.insert(key(PREFIX_SESSIONS, &[me, them]));
+            }
+        }
     }
 
     /// Whether a fetch about to leave confirms messages whose receipt is not
@@ -1665,6 +1847,14 @@ impl ClientState {
             }
         }
         let blob_keys: HashSet<Vec<u8>> = blobs.into_keys().collect();
+        // Olm accounts and sessions: rewritten when they changed (they hold
+        // the ratchet's secrets: an old copy must not linger).
+        for k in std::mem::take(&mut self.olm_dirty) {
+            match self.olm_record(&k) {
+                Some(v) => ch.puts.push((k, v.to_vec())),
+                None => ch.deletes.push(k),
+            }
+        }
         let (partials, done) = self.reassembly.export();
         let done_now: HashSet<MessageId> = done.iter().copied().collect();
         for (n, id) in done.iter().enumerate() {
@@ -1705,6 +1895,20 @@ impl ClientState {
             })
             .collect();
         (!ch.is_empty()).then_some(ch)
+    }
+
+    /// The current value of an Olm record, `None` if its identity or
+    /// contact is gone.
+    fn olm_record(&self, k: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        if let Some(rest) = k.strip_prefix(PREFIX_ACCOUNT) {
+            let me: [u8; 32] = rest.try_into().ok()?;
+            return Some(self.identities.get(&me)?.olm.pickle());
+        }
+        let rest = k.strip_prefix(PREFIX_SESSIONS)?;
+        let me: [u8; 32] = rest.get(..32)?.try_into().ok()?;
+        let them: [u8; 32] = rest.get(32..)?.try_into().ok()?;
+        let c = self.identities.get(&me)?.contacts.get(&them)?;
+        Some(c.sessions.pickle())
     }
 
     fn snapshot(&self, now: Now, partials: Vec<PartialRecord<Peer>>) -> Snapshot {
@@ -1764,6 +1968,11 @@ impl ClientState {
                 .iter()
                 .map(|(p, ids)| (*p, ids.clone()))
                 .collect(),
+            resets_due: self
+                .resets_due
+                .iter()
+                .map(|(p, ids)| (*p, ids.clone()))
+                .collect(),
         }
     }
 
@@ -1787,6 +1996,8 @@ impl ClientState {
         let mut chunks: HashMap<(Peer, MessageId), BTreeMap<u32, Vec<u8>>> = HashMap::new();
         let mut bodies: HashMap<MessageId, Vec<u8>> = HashMap::new();
         let mut done: Vec<(u64, MessageId)> = Vec::new();
+        let mut accounts: HashMap<[u8; 32], Olm> = HashMap::new();
+        let mut sessions: HashMap<Peer, Sessions> = HashMap::new();
         let mut blob_keys = HashSet::new();
         let corrupt = |what: &str| Error::Store(format!("unreadable {what} record"));
         for (k, v) in records {
@@ -1817,6 +2028,16 @@ impl ClientState {
                 let id: MessageId = rest.try_into().map_err(|_| corrupt("message"))?;
                 blob_keys.insert(k.clone());
                 bodies.insert(id, v);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_ACCOUNT) {
+                let me: [u8; 32] = rest.try_into().map_err(|_| corrupt("Olm account"))?;
+                accounts.insert(me, Olm::unpickle(&v)?);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_SESSIONS) {
+                if rest.len() != 64 {
+                    return Err(corrupt("Olm session"));
+                }
+                let me: [u8; 32] = rest[..32].try_into().map_err(|_| corrupt("Olm session"))?;
+                let them: [u8; 32] = rest[32..].try_into().map_err(|_| corrupt("Olm session"))?;
+                sessions.insert((me, them), Sessions::unpickle(&v)?);
             } else if let Some(rest) = k.strip_prefix(PREFIX_DONE) {
                 let id: MessageId = rest.try_into().map_err(|_| corrupt("done"))?;
                 let n = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt("done"))?);
@@ -1838,6 +2059,7 @@ impl ClientState {
             let me = public_of(&secret);
             let mut mine = Me {
                 secret,
+                olm: accounts.remove(&me).ok_or_else(|| corrupt("Olm account"))?,
                 contacts: BTreeMap::new(),
                 next_seq: HashMap::new(),
             };
@@ -1864,6 +2086,9 @@ impl ClientState {
                     Contact {
                         name: c.name,
                         pair,
+                        sessions: sessions
+                            .remove(&(me, c.public))
+                            .ok_or_else(|| corrupt("Olm session"))?,
                         inbound,
                         caught_up: c.caught_up,
                     },
@@ -1937,6 +2162,7 @@ impl ClientState {
             }
         }
         st.receipts_due = s.receipts_due.into_iter().collect();
+        st.resets_due = s.resets_due.into_iter().collect();
         st.persisted.snapshot = snapshot_bytes;
         st.persisted.blobs = blob_keys;
         // The next take writes whatever the restore dropped.

@@ -41,6 +41,9 @@ pub enum Kind {
     Message = 0,
     /// A read receipt: the body is a list of message ids.
     Receipt = 1,
+    /// A control message of the client layer (a session reset, §13.2 of
+    /// protocol.md): handed over like a receipt, without a seq or statuses.
+    Control = 2,
 }
 
 /// One fragment, as it travels inside the end-to-end encryption.
@@ -93,6 +96,7 @@ impl Fragment {
         let kind = match b[1] {
             0 => Kind::Message,
             1 => Kind::Receipt,
+            2 => Kind::Control,
             k => return Err(Error::Decode(format!("unknown fragment kind {k}"))),
         };
         let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
@@ -196,6 +200,10 @@ pub enum Status {
     /// box or its storage is full, or its disk cannot write); sending again
     /// later may work.
     FailedRefused,
+    /// Stored, but the recipient could not decrypt it (their session with
+    /// us broke: a lost one-time key, a restored backup) and said so; the
+    /// next message starts a new session. Send it again to deliver it.
+    FailedUndecryptable,
 }
 
 impl Status {
@@ -203,7 +211,10 @@ impl Status {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Status::FailedAttempts | Status::FailedExpired | Status::FailedRefused
+            Status::FailedAttempts
+                | Status::FailedExpired
+                | Status::FailedRefused
+                | Status::FailedUndecryptable
         )
     }
 }
@@ -539,6 +550,25 @@ impl<C: Clone> Outbox<C> {
         }
         if self.awaiting_read.remove(id) {
             self.events.push_back((*id, Status::Read));
+        }
+    }
+
+    /// The recipient says it could not decrypt message `id` (it was
+    /// stored, so it left the outbox or is about to): it ends
+    /// [`Status::FailedUndecryptable`] unless it was read already.
+    pub fn on_undecryptable(&mut self, id: &MessageId) {
+        if let Some(m) = self.msgs.get(id)
+            && m.kind == Kind::Message
+            && let Some(m) = self.msgs.remove(id)
+        {
+            self.bytes -= m.body.len();
+            self.in_flight.retain(|_, (mid, _, _)| mid != id);
+            self.ready.retain(|(mid, _)| mid != id);
+            self.events.push_back((*id, Status::FailedUndecryptable));
+            return;
+        }
+        if self.awaiting_read.remove(id) {
+            self.events.push_back((*id, Status::FailedUndecryptable));
         }
     }
 

@@ -49,7 +49,7 @@
 //! which packet. Runs without simultaneous timeouts replay exactly; runs
 //! with them (faults) differ in detail from one run to the next.
 
-use client_sdk::{ClientConfig, ClientState, ContactId, Event, Invite, MessageId, Now, Status};
+use client_sdk::{ClientConfig, ClientState, ContactId, Event, MessageId, Now, Status};
 use gateway::{Dropboxes, GatewayConfig};
 use protocol::NodeId;
 use protocol::epoch::EpochSchedule;
@@ -386,6 +386,9 @@ pub struct ClientLog {
     pub received: Vec<ReceivedRecord>,
     /// Every status event per message, in order.
     pub statuses: BTreeMap<MessageId, Vec<(Duration, Status)>>,
+    /// Messages received that did not decrypt (`Event::Undecryptable`):
+    /// when, from whom, the sender's id.
+    pub undecryptable: Vec<(Duration, ContactId, MessageId)>,
 }
 
 impl ClientLog {
@@ -938,11 +941,11 @@ impl Sim {
     /// users exchange them.
     pub fn connect_personas(&mut self, a: Persona, b: Persona) -> Result<(), client_sdk::Error> {
         for (me, them) in [(a, b), (b, a)] {
-            let invite = Invite {
-                public: them.id.0,
-                name: format!("client {}", them.client.0),
-            }
-            .to_string();
+            // Their invite, made by their state (a fresh one-time key).
+            let invite = self.clients[them.client.0]
+                .state
+                .invite(&them.id, &format!("client {}", them.client.0))?;
+            self.persist(them.client.0);
             let c = &mut self.clients[me.client.0];
             c.state.add_contact(&me.id, &invite)?;
             c.profile.contacts.push((me.id, invite));
@@ -1270,8 +1273,14 @@ impl Sim {
         let at = self.now();
         let c = &mut self.clients[i];
         while let Some(ev) = c.state.poll_event() {
-            if let Event::Status { id, status } = ev {
-                c.log.statuses.entry(id).or_default().push((at, status));
+            match ev {
+                Event::Status { id, status } => {
+                    c.log.statuses.entry(id).or_default().push((at, status));
+                }
+                Event::Undecryptable { from, id, .. } => {
+                    c.log.undecryptable.push((at, from, id));
+                }
+                _ => {}
             }
         }
         while let Some(m) = self.clients[i].state.poll_received() {
