@@ -1082,7 +1082,7 @@ async fn connection_task(
                 Err(e) => {
                     let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
                     if !failover.is_zero() && since.elapsed() >= failover {
-                        let moved = shared.state().fail_over(now());
+                        let moved = shared.state().fail_over(shared.now());
                         if moved.is_some() {
                             tracing::warn!(
                                 secs = since.elapsed().as_secs(),

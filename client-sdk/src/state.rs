@@ -2249,14 +2249,11 @@ mod tests {
             at,
             unix_ms: doc.valid_from_ms,
         };
+        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
+        let them = other.add_identity(StaticSecret::from([22; 32]));
+        let invite = other.invite(&them, "them").unwrap();
         let mut st = ClientState::new(cfg, doc, start, &mut rng).unwrap();
         let me = st.add_identity(StaticSecret::from([21; 32]));
-        let them = PublicKey::from(&StaticSecret::from([22; 32])).to_bytes();
-        let invite = Invite {
-            public: them,
-            name: "them".into(),
-        }
-        .to_string();
         let c = st.add_contact(&me, &invite).unwrap();
         // Run the stream for `secs` from `from`, in 10 ms steps.
         let run = |st: &mut ClientState, from: Now, secs: u64| {

@@ -262,12 +262,19 @@ mod tests {
         let mut c = ReplayCache::new(20_000, target);
         let tags: Vec<_> = (0..60_000).map(|_| tag(&mut rng)).collect();
         let refused = tags.iter().filter(|t| !c.check_and_insert(t)).count();
-        assert!((refused as f64) < 60_000.0 * target, "{refused} fresh refused");
+        assert!(
+            (refused as f64) < 60_000.0 * target,
+            "{refused} fresh refused"
+        );
         assert!(tags.iter().all(|t| c.contains(t)));
         assert!(c.current_false_positive_rate() < target);
         let trials = 200_000u64;
         let fp = (0..trials).filter(|_| c.contains(&tag(&mut rng))).count() as f64;
-        assert!(fp / (trials as f64) < target, "fp rate {}", fp / trials as f64);
+        assert!(
+            fp / (trials as f64) < target,
+            "fp rate {}",
+            fp / trials as f64
+        );
         assert!(c.fill() > 2.9 && !c.saturated());
         // Past HARD_LIMIT × capacity it fails closed.
         let mut n = 0;
