@@ -1102,7 +1102,10 @@ async fn connection_task(
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stopped(&mut stop) => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    // At most 5 s between dials: a gateway that comes back
+                    // (perhaps at a new address, from the next topology) is
+                    // found within seconds.
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             },
@@ -1242,7 +1245,14 @@ async fn topology_task(
                     expired_said = false;
                 }
                 let newer = Some((doc.epoch, doc.revision)) != last;
+                // While the entry gateway stays silent, keep asking every
+                // 8 s: a newer document may not yet carry its new address
+                // (its registration waits for the authorities' next vote).
+                let down = net::now_ms()
+                    .saturating_sub(shared.last_delivery_ms.load(Ordering::Relaxed))
+                    > 3_000;
                 urgent = match urgent {
+                    Some(n) if down => Some((n + 1).min(4)),
                     Some(n) if !newer && n < 4 => Some(n + 1),
                     _ => None,
                 };

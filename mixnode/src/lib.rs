@@ -555,7 +555,9 @@ pub async fn start_node(cfg: MixnodeConfig, opts: NodeOptions) -> Result<Node, E
     } else {
         Duration::from_millis(cfg.max_delay_ms)
     };
-    let refresh = Arc::new(Notify::new());
+    // Demand refreshes: an unknown next hop, or one whose connects fail
+    // (it may have restarted elsewhere).
+    let refresh = links.unreachable();
     let (shared, job_rx, delay_rx) = Shared::new(
         ring,
         links,

@@ -473,6 +473,8 @@ pub struct Links {
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     /// Bytes queued for all peers together.
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Told when connects to a peer keep failing.
+    unreachable: Arc<tokio::sync::Notify>,
     cfg: LinkConfig,
     metrics: LinkMetrics,
 }
@@ -490,9 +492,17 @@ impl Links {
             creds,
             peers: Arc::default(),
             queued: Arc::default(),
+            unreachable: Arc::default(),
             cfg,
             metrics,
         }
+    }
+
+    /// Notified when connects to a peer fail (the first two times, then
+    /// every third): the peer may have moved, so the node should refresh
+    /// its topology now rather than at its next periodic refresh.
+    pub fn unreachable(&self) -> Arc<tokio::sync::Notify> {
+        self.unreachable.clone()
     }
 
     /// Keeps the links to the peers `keep` accepts (the nodes of the
@@ -536,6 +546,7 @@ impl Links {
                 self.cfg.clone(),
                 self.metrics.clone(),
                 self.queued.clone(),
+                self.unreachable.clone(),
             ));
             peers.insert(peer, Peer { addr, tx });
         }
@@ -621,6 +632,7 @@ async fn peer_task(
     cfg: LinkConfig,
     metrics: LinkMetrics,
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    unreachable: Arc<tokio::sync::Notify>,
 ) {
     // Whatever is still queued when the task ends (the peer was evicted,
     // the node stops) is dropped and counted.
@@ -675,6 +687,9 @@ async fn peer_task(
                     return;
                 }
                 failures += 1;
+                if failures <= 2 || failures.is_multiple_of(3) {
+                    unreachable.notify_one();
+                }
                 if failures >= cfg.drop_queue_after_failures {
                     left.drain("peer_unreachable");
                 }

@@ -43,8 +43,16 @@ async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
     a_cfg.entry_gateway = Some(gw(0));
     let mut b_cfg = cfg;
     b_cfg.entry_gateway = Some(gw(1));
-    let (alice, _a_in) = Client::connect(a_cfg, Identity::generate()).await.unwrap();
-    let (bob, mut b_in) = Client::connect(b_cfg, Identity::generate()).await.unwrap();
+    // The pair's boxes live on the other gateway: this tests the entry
+    // role. (Senders to boxes on a restarted gateway learn its new keys at
+    // their next topology refresh, within `topology_refresh`; not here.)
+    let (a_secret, b_secret) = pair_avoiding(&ids, gw(0));
+    let (alice, _a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
+        .await
+        .unwrap();
+    let (bob, mut b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
+        .await
+        .unwrap();
     let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
     bob.add_contact(&alice.invite("alice")).unwrap();
 
@@ -290,6 +298,29 @@ async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
     alice.shutdown();
     bob.shutdown();
     net.stop().await;
+}
+
+/// Two identity secrets none of whose pair's boxes (both directions, this
+/// period and the next) lives on `avoid`.
+fn pair_avoiding(gateways: &[protocol::NodeId], avoid: protocol::NodeId) -> ([u8; 32], [u8; 32]) {
+    let period = protocol::dropbox::period_at(net::now_ms());
+    loop {
+        let (a, b): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
+        let (pa, pb) = (
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(a)).to_bytes(),
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(b)).to_bytes(),
+        );
+        let pair = protocol::dropbox::PairSecret::derive(&x25519_dalek::StaticSecret::from(a), &pb)
+            .unwrap();
+        let hosts_none = [period, period + 1].iter().all(|&p| {
+            [(pa, pb), (pb, pa)]
+                .iter()
+                .all(|(s, r)| pair.dropbox(s, r, p).gateway(gateways) != Some(avoid))
+        });
+        if hosts_none {
+            return (a, b);
+        }
+    }
 }
 
 /// The client port a gateway publishes in the current topology.
