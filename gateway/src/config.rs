@@ -175,7 +175,8 @@ client_queue = {cq}
 # box (messages) and for the whole gateway (bytes, each message charged 160
 # bytes beyond its ciphertext); stores stop while the disk has less than
 # storage_reserve_bytes free. Fetch requests older or
-# newer than fetch_max_age_secs are answered like an empty box.
+# newer than fetch_max_age_secs are refused (nothing read or deleted; the
+# client is told, and can tell it from an empty box).
 dropbox_ttl_secs = {ttl}
 dropbox_max_messages = {maxm}
 storage_max_bytes = {maxb}

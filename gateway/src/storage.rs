@@ -343,14 +343,7 @@ impl Storage {
             .filter_map(|op| match op {
                 Op::Store { ack, .. } => Some(After::Stored(Err(Refusal::Unavailable), ack)),
                 Op::Fetch { req, node } => {
-                    let fresh = req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
-                    let refused = if !fresh {
-                        Some(RefusalReason::Time)
-                    } else if !req.authorised() {
-                        Some(RefusalReason::Capability)
-                    } else {
-                        None
-                    };
+                    let refused = self.refusal(&req, now_ms);
                     let fetched = match refused {
                         None => self.fetch_read_only(&req).unwrap_or_default(),
                         Some(why) => Fetched {
@@ -369,6 +362,19 @@ impl Storage {
                 Op::Stop => None,
             })
             .collect()
+    }
+
+    /// Why a fetch at `now_ms` is refused, if it is: its timestamp outside
+    /// `fetch_max_age_secs` of the gateway's clock, or a capability that
+    /// does not verify.
+    fn refusal(&self, req: &FetchRequest, now_ms: u64) -> Option<RefusalReason> {
+        if req.timestamp_ms.abs_diff(now_ms) > self.limits.fetch_max_age_ms {
+            Some(RefusalReason::Time)
+        } else if !req.authorised() {
+            Some(RefusalReason::Capability)
+        } else {
+            None
+        }
     }
 
     fn run_batch<C>(
@@ -401,15 +407,7 @@ impl Storage {
                         Outcome::Stored(self.store(&mut t, dropbox, ciphertext, now_ms, &mut room)?)
                     }
                     Op::Fetch { req, .. } => {
-                        let fresh =
-                            req.timestamp_ms.abs_diff(now_ms) <= self.limits.fetch_max_age_ms;
-                        let refused = if !fresh {
-                            Some(RefusalReason::Time)
-                        } else if !req.authorised() {
-                            Some(RefusalReason::Capability)
-                        } else {
-                            None
-                        };
+                        let refused = self.refusal(req, now_ms);
                         metrics
                             .fetches
                             .with_label_values(&[if refused.is_none() {
@@ -422,7 +420,7 @@ impl Storage {
                             metrics.fetches_refused_time.inc();
                         }
                         Outcome::Fetched(match refused {
-                            None => self.fetch(&mut t, req, true)?,
+                            None => self.fetch(&mut t, req)?,
                             // Nothing read, nothing deleted; the same
                             // answer whatever the box holds.
                             Some(why) => Fetched {
@@ -553,12 +551,7 @@ impl Storage {
         Ok(())
     }
 
-    fn fetch(
-        &self,
-        t: &mut Tables<'_>,
-        req: &FetchRequest,
-        delete: bool,
-    ) -> Result<Fetched, StorageError> {
+    fn fetch(&self, t: &mut Tables<'_>, req: &FetchRequest) -> Result<Fetched, StorageError> {
         let id = &req.dropbox;
         // Delete what the client confirmed.
         let confirmed: Vec<(u64, u64, u64)> = t
@@ -571,53 +564,58 @@ impl Storage {
                 (k.value().1, stored_at(v), charge(v.len().saturating_sub(8)))
             })
             .collect();
-        if delete {
-            self.remove(t, id, &confirmed)?;
-        }
-        let messages = &t.messages;
-        let boxes = &t.boxes;
+        self.remove(t, id, &confirmed)?;
+        self.window(&t.messages, &t.boxes, req)
+    }
+
+    /// The answer to `req`, read from the tables: the messages above
+    /// `max(after_seq, cursor)` (one per SURB but the listing's), how many
+    /// more there are, and the listing if asked. Deletes nothing, so it
+    /// serves both a normal fetch (after its confirmed messages went) and a
+    /// database that cannot write.
+    fn window(
+        &self,
+        messages: &impl ReadableTable<(&'static [u8; 32], u64), &'static [u8]>,
+        boxes: &impl ReadableTable<&'static [u8; 32], (u64, u64)>,
+        req: &FetchRequest,
+    ) -> Result<Fetched, StorageError> {
+        let id = &req.dropbox;
         let mut out = Fetched::default();
         if req.after_seq == u64::MAX {
             return Ok(out);
         }
-        // Everything ≤ after_seq is gone now: the box's count is what follows.
+        let start = req.after_seq.max(req.cursor);
+        // What the box holds above `start` (messages at or below it, still
+        // there when nothing could be deleted, are not counted).
         let held = boxes
             .get(id)
             .map_err(|e| self.err(e))?
             .map_or(0, |v| v.value().0);
-        let start = req.after_seq.max(req.cursor);
-        let below = if start > req.after_seq {
-            messages
-                .range((id, req.after_seq + 1)..=(id, start))
-                .map_err(|e| self.err(e))?
-                .count() as u64
-        } else {
-            0
-        };
-        let above = held.saturating_sub(below);
+        let upto = messages
+            .range((id, 0)..=(id, start))
+            .map_err(|e| self.err(e))?
+            .count() as u64;
+        let above = held.saturating_sub(upto);
         let slots = req.surbs.len() - usize::from(req.list);
         let mut listing = Vec::new();
         // (Nothing lies above seq 2^64 − 1.)
-        let above_start = match start.checked_add(1) {
-            Some(from) => Some(
-                messages
-                    .range((id, from)..=(id, u64::MAX))
-                    .map_err(|e| self.err(e))?,
-            ),
-            None => None,
-        };
-        for r in above_start.into_iter().flatten() {
-            let (k, v) = r.map_err(|e| self.err(e))?;
-            let seq = k.value().1;
-            if out.messages.len() < slots {
-                out.messages
-                    .push((seq, v.value().get(8..).unwrap_or_default().to_vec()));
-            }
-            if req.list && listing.len() < MAX_LISTING {
-                listing.push(seq);
-            }
-            if out.messages.len() == slots && (!req.list || listing.len() == MAX_LISTING) {
-                break;
+        if let Some(from) = start.checked_add(1) {
+            for r in messages
+                .range((id, from)..=(id, u64::MAX))
+                .map_err(|e| self.err(e))?
+            {
+                let (k, v) = r.map_err(|e| self.err(e))?;
+                let seq = k.value().1;
+                if out.messages.len() < slots {
+                    out.messages
+                        .push((seq, v.value().get(8..).unwrap_or_default().to_vec()));
+                }
+                if req.list && listing.len() < MAX_LISTING {
+                    listing.push(seq);
+                }
+                if out.messages.len() == slots && (!req.list || listing.len() == MAX_LISTING) {
+                    break;
+                }
             }
         }
         out.remaining = above.saturating_sub(out.messages.len() as u64);
@@ -665,50 +663,7 @@ impl Storage {
         let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let messages = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
         let boxes = tx.open_table(BOXES).map_err(|e| self.err(e))?;
-        let id = &req.dropbox;
-        let mut out = Fetched::default();
-        if req.after_seq == u64::MAX {
-            return Ok(out);
-        }
-        let start = req.after_seq.max(req.cursor);
-        let held = boxes
-            .get(id)
-            .map_err(|e| self.err(e))?
-            .map_or(0, |v| v.value().0);
-        let upto = |hi: u64| -> Result<u64, StorageError> {
-            Ok(messages
-                .range((id, 0)..=(id, hi))
-                .map_err(|e| self.err(e))?
-                .count() as u64)
-        };
-        let above = held.saturating_sub(upto(start)?);
-        let slots = req.surbs.len() - usize::from(req.list);
-        let mut listing = Vec::new();
-        if let Some(from) = start.checked_add(1) {
-            for r in messages
-                .range((id, from)..=(id, u64::MAX))
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = r.map_err(|e| self.err(e))?;
-                let seq = k.value().1;
-                if out.messages.len() < slots {
-                    out.messages
-                        .push((seq, v.value().get(8..).unwrap_or_default().to_vec()));
-                }
-                if req.list && listing.len() < MAX_LISTING {
-                    listing.push(seq);
-                }
-                if out.messages.len() == slots && (!req.list || listing.len() == MAX_LISTING) {
-                    break;
-                }
-            }
-        }
-        out.remaining = above.saturating_sub(out.messages.len() as u64);
-        if req.list {
-            let after = above.saturating_sub(listing.len() as u64);
-            out.listing = Some((listing, after));
-        }
-        Ok(out)
+        self.window(&messages, &boxes, req)
     }
 
     /// Messages held in `dropbox` (tests, [`Dropboxes`]).
@@ -1049,7 +1004,7 @@ mod tests {
             };
             let ok = req.authorised();
             if ok {
-                s.fetch(&mut t, req, true).unwrap()
+                s.fetch(&mut t, req).unwrap()
             } else {
                 Fetched::default()
             }

@@ -6,7 +6,8 @@
 //!   same sender), at least once; copies after the first are counted as
 //!   `duplicates`, copies that differ as `corrupted`;
 //! - **failed**: not delivered, and its sender's client reported it failed
-//!   (`FailedAttempts` or `FailedExpired`);
+//!   (`FailedAttempts`, `FailedExpired`, `FailedRefused` or
+//!   `FailedUndecryptable`);
 //! - **lost**: neither, when the run ends.
 //!
 //! A message can be both reported failed (its acks were lost) and delivered:
