@@ -243,29 +243,44 @@ impl Authorities {
         now_ms: u64,
         last_seen: Option<(u64, u64)>,
     ) -> Result<TopologyDocument, Error> {
+        self.first_valid(|c| async move {
+            let signed = c.topology(next).await.map_err(|e| e.to_string())?;
+            Ok(topology::verify_topology(
+                &signed,
+                &self.trust,
+                now_ms,
+                last_seen,
+            ))
+        })
+        .await
+    }
+
+    /// Asks the authorities, in a random order, until one gives an answer
+    /// that `fetch` gets (`Err`: it could not, with why) and verifies
+    /// (`Ok(Err)`: it did not). The error says whose fault: authorities
+    /// serve only documents with `threshold` of their own signatures, so if
+    /// every one of them fails our signature check, our keys or threshold
+    /// are wrong ([`Error::Untrusted`]), not the network.
+    async fn first_valid<T, Fut>(&self, fetch: impl Fn(DirectoryClient) -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<Result<T, protocol::Error>, String>>,
+    {
         let n = self.clients.len();
         let start = rand::random_range(0..n);
         let mut errors = Vec::new();
         let mut untrusted = 0;
         for i in 0..n {
             let c = &self.clients[(start + i) % n];
-            let doc = match c.topology(next).await {
-                Ok(signed) => topology::verify_topology(&signed, &self.trust, now_ms, last_seen)
-                    .map_err(|e| {
-                        untrusted += usize::from(matches!(e, protocol::Error::BadSignature(_)));
-                        format!("{}: {e}", c.url())
-                    }),
-                Err(e) => Err(e.to_string()),
-            };
-            match doc {
-                Ok(d) => return Ok(d),
+            match fetch(c.clone()).await {
+                Ok(Ok(d)) => return Ok(d),
+                Ok(Err(e)) => {
+                    untrusted += usize::from(matches!(e, protocol::Error::BadSignature(_)));
+                    errors.push(format!("{}: {e}", c.url()));
+                }
                 Err(e) => errors.push(e),
             }
         }
         let why = format!("no authority gave a valid topology: {}", errors.join("; "));
-        // Authorities serve only documents with `threshold` of their own
-        // signatures: if every one of them fails our signature check, our
-        // keys or threshold are wrong, not the network.
         Err(if untrusted == n {
             Error::Untrusted(why)
         } else {
@@ -285,38 +300,22 @@ impl Authorities {
         clock: impl Fn() -> u64,
         last_seen: Option<(u64, u64)>,
     ) -> Result<Timed, Error> {
-        let n = self.clients.len();
-        let start = rand::random_range(0..n);
-        let mut errors = Vec::new();
-        let mut untrusted = 0;
-        for i in 0..n {
-            let c = &self.clients[(start + i) % n];
+        let clock = &clock;
+        self.first_valid(|c| async move {
             let sent = clock();
-            let doc = match c.get_signed_dated("/v1/topology").await {
-                Ok((signed, date)) => {
-                    let received = clock();
-                    let offset_ms = date.map(|s| protocol::clock::offset_ms(sent, received, s));
-                    let at = received.saturating_add_signed(offset_ms.unwrap_or(0));
-                    topology::verify_topology(&signed, &self.trust, at, last_seen)
-                        .map(|doc| Timed { doc, offset_ms })
-                        .map_err(|e| {
-                            untrusted += usize::from(matches!(e, protocol::Error::BadSignature(_)));
-                            format!("{}: {e}", c.url())
-                        })
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match doc {
-                Ok(d) => return Ok(d),
-                Err(e) => errors.push(e),
-            }
-        }
-        let why = format!("no authority gave a valid topology: {}", errors.join("; "));
-        Err(if untrusted == n {
-            Error::Untrusted(why)
-        } else {
-            Error::Connect(why)
+            let (signed, date) = c
+                .get_signed_dated("/v1/topology")
+                .await
+                .map_err(|e| e.to_string())?;
+            let received = clock();
+            let offset_ms = date.map(|s| protocol::clock::offset_ms(sent, received, s));
+            let at = received.saturating_add_signed(offset_ms.unwrap_or(0));
+            Ok(
+                topology::verify_topology(&signed, &self.trust, at, last_seen)
+                    .map(|doc| Timed { doc, offset_ms }),
+            )
         })
+        .await
     }
 
     /// Registers `descriptor` with every authority at once; how many accepted,
