@@ -42,18 +42,6 @@ async fn thirty_percent_loss_delivers_every_message() {
     assert_eq!(r.ended, "settled", "every message got its verdict: {r:?}");
     assert_eq!((r.lost, r.duplicates, r.corrupted), (0, 0, 0), "{r:?}");
     assert_eq!((r.delivered, r.failed), (400, 0), "{r:?}");
-    // The fault fired, at the rate asked: the drops of n independent
-    // draws are Binomial(n, p); 5 standard deviations either way.
-    assert!(i.random_faced > 10_000, "too few datagrams to judge: {i:?}");
-    let n = i.random_faced as f64;
-    let sd = (n * loss * (1.0 - loss)).sqrt();
-    assert!(
-        (i.dropped_random as f64 - n * loss).abs() <= 5.0 * sd,
-        "dropped {} of {} datagrams, expected {:.0} ± {:.0}",
-        i.dropped_random,
-        i.random_faced,
-        n * loss,
-        5.0 * sd
-    );
-    assert_eq!(i.dropped, i.dropped_random, "no other fault: {i:?}");
+    // The fault fired, at the rate asked (5 binomial sd), and no other.
+    i.check_random_loss(loss).unwrap();
 }

@@ -187,6 +187,31 @@ pub struct PartitionSummary {
 }
 
 impl InjectorReport {
+    /// Whether independent loss fired at the rate asked and nothing else
+    /// dropped: the drops of n independent draws are Binomial(n, p), so
+    /// they must lie within 5 standard deviations of n·p (and n must be
+    /// large enough to judge).
+    pub fn check_random_loss(&self, loss: f64) -> Result<(), String> {
+        if self.random_faced <= 10_000 {
+            return Err(format!("too few datagrams to judge: {self:?}"));
+        }
+        let n = self.random_faced as f64;
+        let sd = (n * loss * (1.0 - loss)).sqrt();
+        if (self.dropped_random as f64 - n * loss).abs() > 5.0 * sd {
+            return Err(format!(
+                "dropped {} of {} datagrams, expected {:.0} ± {:.0}",
+                self.dropped_random,
+                self.random_faced,
+                n * loss,
+                5.0 * sd
+            ));
+        }
+        if self.dropped != self.dropped_random {
+            return Err(format!("another fault dropped datagrams: {self:?}"));
+        }
+        Ok(())
+    }
+
     fn new(c: &net::faults::FaultCounts, p: Option<net::faults::PartitionReport>) -> Self {
         let rel = |t: Option<Instant>, from: Instant| {
             t.map(|t| (t.saturating_duration_since(from).as_secs_f64() * 1000.0).round() / 1000.0)
