@@ -1,3 +1,4 @@
+use crate::http::HttpLimits;
 use net::dirclient::AuthorityRef;
 use protocol::topology::NetworkParams;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,8 @@ pub struct DirectoryConfig {
     /// `<data_dir>/admitted.toml`. Edit it with `umbra directory admit` and
     /// `revoke`.
     pub admission_file: Option<PathBuf>,
+    /// Limits of the HTTP API (`[http]`).
+    pub http: HttpLimits,
 }
 
 impl Default for DirectoryConfig {
@@ -53,6 +56,7 @@ impl Default for DirectoryConfig {
             vote_interval_ms: 5_000,
             test_network: false,
             admission_file: None,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -110,6 +114,21 @@ lambda_mix_loop = {lm:?}
 # frames/s (dummies when nothing is queued).
 lambda_downlink = {ld:?}
 
+# Limits of the HTTP API. A source is an IPv4 address or an IPv6 /64;
+# refusals are counted in umbra_directory_http_refused_total{{reason}}.
+[http]
+# Open connections in total, and from one source.
+max_connections = {maxc}
+max_connections_per_ip = {maxip}
+# Requests per second from one source on average, and in a burst.
+requests_per_sec_per_ip = {rps:?}
+request_burst_per_ip = {burst:?}
+# Time to send a request's head; time for a whole request; longest life
+# of a connection (milliseconds).
+header_timeout_ms = {hto}
+request_timeout_ms = {rto}
+connection_lifetime_ms = {life}
+
 # Every authority of the network, this one included, with its public key
 # (`umbra directory key`). Leave empty for a network of one authority.
 # [[authorities]]
@@ -129,6 +148,13 @@ lambda_downlink = {ld:?}
             ld = d.params.lambda_downlink,
             threshold = d.threshold,
             vote_interval = d.vote_interval_ms,
+            maxc = d.http.max_connections,
+            maxip = d.http.max_connections_per_ip,
+            rps = d.http.requests_per_sec_per_ip,
+            burst = d.http.request_burst_per_ip,
+            hto = d.http.header_timeout_ms,
+            rto = d.http.request_timeout_ms,
+            life = d.http.connection_lifetime_ms,
         )
     }
 }

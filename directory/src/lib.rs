@@ -3,10 +3,12 @@
 
 mod admission;
 mod config;
+mod http;
 mod store;
 
 pub use admission::{Admission, parse_identity};
 pub use config::DirectoryConfig;
+pub use http::{HttpLimits, Limiter, Refusal, Source};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -78,6 +80,9 @@ struct Held {
     candidates: BTreeMap<u64, Signed>,
     /// The newest consensus with at least `threshold` signatures, by epoch.
     published: BTreeMap<u64, Arc<Signed>>,
+    /// The same documents as JSON, serialised once per change: a GET
+    /// copies a reference-counted buffer.
+    served: BTreeMap<u64, axum::body::Bytes>,
 }
 
 struct Inner {
@@ -92,10 +97,14 @@ struct Inner {
     peers: Vec<([u8; 32], DirectoryClient)>,
     store: Store,
     state: Mutex<Held>,
+    /// Serialises writers of the store, so that `state` is never held
+    /// across the store's fsync and readers never wait for a disk.
+    writer: Mutex<()>,
     /// Wakes the vote round early (a registration changed the vote).
     round: Notify,
     metrics: Metrics,
     registry: Registry,
+    limiter: Arc<Limiter>,
 }
 
 #[derive(Clone)]
@@ -104,6 +113,7 @@ struct Metrics {
     nodes: IntGauge,
     signatures: IntGauge,
     peer_failures: IntCounter,
+    http_refused: IntCounterVec,
 }
 
 /// A running directory authority's shared state.
@@ -142,12 +152,21 @@ impl Metrics {
                 "Votes or signatures another authority did not give",
             )
             .map_err(metric_err)?,
+            http_refused: IntCounterVec::new(
+                Opts::new(
+                    "umbra_directory_http_refused_total",
+                    "HTTP connections and requests refused or cut, by reason",
+                ),
+                &["reason"],
+            )
+            .map_err(metric_err)?,
         };
         for c in [
             Box::new(m.registrations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.nodes.clone()),
             Box::new(m.signatures.clone()),
             Box::new(m.peer_failures.clone()),
+            Box::new(m.http_refused.clone()),
         ] {
             registry.register(c).map_err(metric_err)?;
         }
@@ -174,6 +193,20 @@ impl Directory {
         net::identity::create_private_dir(&cfg.data_dir)?;
         let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))?;
         let me = key.verifying_key().to_bytes();
+        let h = &cfg.http;
+        if h.max_connections == 0
+            || h.max_connections_per_ip == 0
+            || h.request_burst_per_ip < 1.0
+            || h.requests_per_sec_per_ip.is_nan()
+            || h.requests_per_sec_per_ip <= 0.0
+        {
+            return Err(Error::Config(
+                "http: max_connections, max_connections_per_ip and requests_per_sec_per_ip \
+                 must be above zero, request_burst_per_ip at least 1"
+                    .into(),
+            ));
+        }
+        let cfg_http = cfg.http.clone();
         let mut keys = Vec::new();
         let mut peers = Vec::new();
         let timeout = Duration::from_millis(cfg.vote_interval_ms.clamp(500, 5_000));
@@ -272,6 +305,7 @@ impl Directory {
                 peers,
                 cfg,
                 store,
+                writer: Mutex::new(()),
                 state: Mutex::new(Held {
                     descriptors,
                     admission,
@@ -279,10 +313,12 @@ impl Directory {
                     peer_votes: BTreeMap::new(),
                     candidates: BTreeMap::new(),
                     published: BTreeMap::new(),
+                    served: BTreeMap::new(),
                 }),
                 round: Notify::new(),
                 metrics,
                 registry,
+                limiter: Arc::new(Limiter::new(cfg_http)),
             }),
         };
         dir.update(now_ms());
@@ -343,45 +379,64 @@ impl Directory {
     fn register_inner(&self, signed: &Signed, now_ms: u64) -> Result<NodeDescriptor, Error> {
         let epoch = self.inner.schedule.epoch_at(now_ms);
         let d = topology::verify_descriptor(signed, epoch, self.inner.policy)?;
-        let mut state = self.state();
-        state.admission.refresh();
-        let id = hex::encode(d.identity);
-        match state.admission.role(&d.identity) {
-            None => {
-                return Err(Error::Refused(protocol::Error::Rejected(format!(
-                    "node {id} is not admitted by this authority (its operator admits it \
-                     with `umbra directory admit {id} --role {}`)",
-                    role_name(d.role)
-                ))));
+        let _writer = self.writer();
+        let stale = {
+            let mut state = self.state();
+            state.admission.refresh();
+            let id = hex::encode(d.identity);
+            match state.admission.role(&d.identity) {
+                None => {
+                    return Err(Error::Refused(protocol::Error::Rejected(format!(
+                        "node {id} is not admitted by this authority (its operator admits it \
+                         with `umbra directory admit {id} --role {}`)",
+                        role_name(d.role)
+                    ))));
+                }
+                Some(r) if r != d.role => {
+                    return Err(Error::Refused(protocol::Error::Rejected(format!(
+                        "node {id} is admitted as a {} node, not as a {}",
+                        role_name(r),
+                        role_name(d.role)
+                    ))));
+                }
+                Some(_) => {}
             }
-            Some(r) if r != d.role => {
-                return Err(Error::Refused(protocol::Error::Rejected(format!(
-                    "node {id} is admitted as a {} node, not as a {}",
-                    role_name(r),
-                    role_name(d.role)
-                ))));
+            let stale = self.prune(&mut state, epoch);
+            match state.descriptors.get(&d.identity) {
+                Some((old, _)) if old.published_ms > d.published_ms => {
+                    return Err(Error::Refused(protocol::Error::Rejected(
+                        "descriptor is older than the one registered for this node".into(),
+                    )));
+                }
+                None if state.descriptors.len() as u64 >= self.inner.cfg.max_nodes => {
+                    return Err(Error::Refused(protocol::Error::Rejected(
+                        "directory is full".into(),
+                    )));
+                }
+                _ => {}
             }
-            Some(_) => {}
-        }
-        self.prune(&mut state, epoch);
-        match state.descriptors.get(&d.identity) {
-            Some((old, _)) if old.published_ms > d.published_ms => {
-                return Err(Error::Refused(protocol::Error::Rejected(
-                    "descriptor is older than the one registered for this node".into(),
-                )));
-            }
-            None if state.descriptors.len() as u64 >= self.inner.cfg.max_nodes => {
-                return Err(Error::Refused(protocol::Error::Rejected(
-                    "directory is full".into(),
-                )));
-            }
-            _ => {}
-        }
+            stale
+        };
+        // The disk is written with only the writer lock held.
+        self.forget(stale);
         self.inner.store.put(&d.identity, signed)?;
-        state
+        self.state()
             .descriptors
             .insert(d.identity, (d.clone(), signed.clone()));
         Ok(d)
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes pruned descriptors from the store (writer lock held).
+    fn forget(&self, stale: Vec<NodeId>) {
+        for id in stale {
+            if let Err(e) = self.inner.store.delete(&id) {
+                tracing::warn!(error = %e, "cannot delete a stale descriptor");
+            }
+        }
     }
 
     /// Something this authority votes on changed: re-vote now and let the
@@ -392,8 +447,9 @@ impl Directory {
     }
 
     /// Forgets descriptors with no key for `now_epoch` or the next one, and
-    /// votes and documents of epochs before the previous one.
-    fn prune(&self, state: &mut Held, now_epoch: u64) {
+    /// votes and documents of epochs before the previous one. Returns the
+    /// forgotten nodes, for [`Self::forget`] once `state` is unlocked.
+    fn prune(&self, state: &mut Held, now_epoch: u64) -> Vec<NodeId> {
         let stale: Vec<NodeId> = state
             .descriptors
             .iter()
@@ -402,17 +458,16 @@ impl Directory {
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in stale {
-            state.descriptors.remove(&id);
-            if let Err(e) = self.inner.store.delete(&id) {
-                tracing::warn!(error = %e, "cannot delete a stale descriptor");
-            }
+        for id in &stale {
+            state.descriptors.remove(id);
         }
         let floor = now_epoch.saturating_sub(1);
         state.votes.retain(|e, _| *e >= floor);
         state.peer_votes.retain(|e, _| *e >= floor);
         state.candidates.retain(|e, _| *e >= floor);
         state.published.retain(|e, _| *e >= floor);
+        state.served.retain(|e, _| *e >= floor);
+        stale
     }
 
     /// This authority's vote for `epoch`: the admitted nodes it holds a key
@@ -516,6 +571,15 @@ impl Directory {
         if state.published.get(&epoch).is_some_and(|p| **p == *c) {
             return;
         }
+        match serde_json::to_vec(c) {
+            Ok(json) => {
+                state.served.insert(epoch, json.into());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise the published topology");
+                return;
+            }
+        }
         state.published.insert(epoch, Arc::new(c.clone()));
         self.gauges(state);
     }
@@ -537,22 +601,31 @@ impl Directory {
     }
 
     /// Re-reads the allowlist, prunes, and recomputes the current and next epoch.
+    /// Blocking (it may delete from the store): not on an async thread.
     fn update(&self, now_ms: u64) {
         let epoch = self.inner.schedule.epoch_at(now_ms);
-        let mut state = self.state();
-        state.admission.refresh();
-        self.prune(&mut state, epoch);
-        for e in [epoch, epoch + 1] {
-            self.recompute(&mut state, e, now_ms);
-        }
-        self.gauges(&state);
+        let _writer = self.writer();
+        let stale = {
+            let mut state = self.state();
+            state.admission.refresh();
+            let stale = self.prune(&mut state, epoch);
+            for e in [epoch, epoch + 1] {
+                self.recompute(&mut state, e, now_ms);
+            }
+            self.gauges(&state);
+            stale
+        };
+        self.forget(stale);
     }
 
     /// One vote round: fetch the other authorities' votes for the current
     /// and next epoch, recompute the consensus, collect their signatures on
     /// it, and publish it once `threshold` authorities signed the same bytes.
     pub async fn round(&self) {
-        self.update(now_ms());
+        let me = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || me.update(now_ms())).await {
+            tracing::error!(error = %e, "update task failed");
+        }
         if self.inner.peers.is_empty() {
             return;
         }
@@ -658,12 +731,25 @@ impl Directory {
         self.state().published.get(&epoch).cloned()
     }
 
+    /// [`Self::topology`] as the JSON the API serves, serialised once.
+    fn topology_json(&self, epoch: u64, now_ms: u64) -> Option<axum::body::Bytes> {
+        let now_epoch = self.inner.schedule.epoch_at(now_ms);
+        if epoch + 1 < now_epoch || epoch > now_epoch + 1 {
+            return None;
+        }
+        self.state().served.get(&epoch).cloned()
+    }
+
     fn vote(&self, epoch: u64, now_ms: u64) -> Option<Arc<Signed>> {
         let now_epoch = self.inner.schedule.epoch_at(now_ms);
         if epoch != now_epoch && epoch != now_epoch + 1 {
             return None;
         }
         let mut state = self.state();
+        // Every change and every round re-votes; a GET serves the last vote.
+        if let Some(v) = state.votes.get(&epoch) {
+            return Some(v.signed.clone());
+        }
         Some(self.own_vote(&mut state, epoch, now_ms))
     }
 
@@ -682,7 +768,18 @@ impl Directory {
             .route("/v1/authority", get(authority_handler))
             .route("/metrics", get(metrics_handler))
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+            .layer(axum::middleware::from_fn_with_state(
+                self.guard(),
+                http::limit,
+            ))
             .with_state(self.clone())
+    }
+
+    fn guard(&self) -> http::Guard {
+        http::Guard {
+            limiter: self.inner.limiter.clone(),
+            refused: self.inner.metrics.http_refused.clone(),
+        }
     }
 
     /// Serves the API on `listener` until `shutdown` completes, and runs the
@@ -715,9 +812,7 @@ impl Directory {
                 }
             }
         });
-        let served = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = http::serve(listener, self.router(), self.guard(), shutdown).await;
         rounds.abort();
         served?;
         Ok(())
@@ -786,8 +881,12 @@ async fn register_handler(State(dir): State<Directory>, body: axum::body::Bytes)
 fn topology_response(dir: &Directory, next: bool) -> Response {
     let now = now_ms();
     let epoch = dir.inner.schedule.epoch_at(now) + u64::from(next);
-    match dir.topology(epoch, now) {
-        Some(s) => Json(&*s).into_response(),
+    match dir.topology_json(epoch, now) {
+        Some(json) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
         None => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

@@ -57,7 +57,10 @@ pub struct LocalAuthority {
 
 impl LocalAuthority {
     /// Opens the authority `cfg` describes and serves it on `listener`.
-    fn serve(cfg: DirectoryConfig, listener: tokio::net::TcpListener) -> Result<Self, BoxError> {
+    pub fn serve(
+        cfg: DirectoryConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self, BoxError> {
         Self::serve_opened(Directory::open(cfg)?, listener)
     }
 
@@ -109,6 +112,19 @@ pub struct LocalDirectory {
     pub threshold: usize,
     /// The configs of every authority, in start order (to restart them).
     configs: Vec<DirectoryConfig>,
+}
+
+/// The HTTP limits of a local network's authorities: the defaults, but
+/// with the per-source limits raised to the totals, since every node and
+/// client of a local network connects from the same loopback address.
+pub fn local_http_limits() -> directory::HttpLimits {
+    let d = directory::HttpLimits::default();
+    directory::HttpLimits {
+        max_connections_per_ip: d.max_connections,
+        requests_per_sec_per_ip: 2_000.0,
+        request_burst_per_ip: 4_000.0,
+        ..d
+    }
 }
 
 /// How often a local network's authorities exchange votes.
@@ -171,6 +187,7 @@ impl LocalDirectory {
                 threshold,
                 vote_interval_ms: LOCAL_VOTE_INTERVAL_MS,
                 test_network: true,
+                http: local_http_limits(),
                 ..DirectoryConfig::default()
             };
             configs.push(cfg.clone());
