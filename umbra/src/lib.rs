@@ -5,5 +5,6 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod flood;
 pub mod sim;
 pub mod testnet;

@@ -122,6 +122,27 @@ enum Command {
         /// Signatures of the authorities a topology needs (k of n).
         #[arg(long, default_value_t = 1)]
         threshold: usize,
+        /// Give the authorities the production HTTP limits per source
+        /// (a local network otherwise raises them, as every process shares
+        /// 127.0.0.1).
+        #[arg(long)]
+        production_http_limits: bool,
+    },
+    /// DANGEROUS, evaluation only: start a local network in a child process
+    /// and flood it as an attacker would (from 127.0.0.2) while an honest
+    /// pair keeps talking; per attack, print honest delivery, latency and
+    /// the servers' memory. Exits 0 only if every honest message arrived and
+    /// every attack really ran.
+    DangerousFlood {
+        /// Attacks to run, in order (default: all, the baseline first).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        attack: Vec<umbra::flood::Attack>,
+        /// Seconds per attack.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// End with the report as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure performance.
     #[command(subcommand)]
@@ -653,12 +674,14 @@ async fn run(cli: Cli) -> Result<()> {
             gateways,
             authorities,
             threshold,
+            production_http_limits,
         } => {
             let net = umbra::testnet::MixNetwork::start_with(umbra::testnet::NetworkOptions {
                 per_layer,
                 gateways,
                 authorities,
                 threshold,
+                directory_http: production_http_limits.then(directory::HttpLimits::default),
                 ..Default::default()
             })
             .await?;
@@ -678,12 +701,41 @@ async fn run(cli: Cli) -> Result<()> {
                     hex::encode(g.node().identity)
                 );
             }
+            for m in &net.mixnodes {
+                println!("  metrics = http://{}/metrics", m.metrics_addr);
+            }
+            for g in &net.gateways {
+                println!("  metrics = http://{}/metrics", g.node().metrics_addr);
+            }
             println!(
                 "Point an SDK client at it with ClientConfig::with_authorities(the urls and keys above, {}).",
                 net.directory.threshold
             );
             shutdown_signal().await;
             net.stop().await;
+        }
+        Command::DangerousFlood {
+            attack,
+            seconds,
+            json,
+        } => {
+            tracing::warn!("dangerous-flood attacks a local network: evaluation only");
+            let mut opts = umbra::flood::FloodOptions {
+                umbra: std::env::current_exe()?,
+                seconds,
+                ..Default::default()
+            };
+            if !attack.is_empty() {
+                opts.attacks = attack;
+            }
+            let report = umbra::flood::run(opts, |m| eprintln!("{m}")).await?;
+            print!("{}", report.table());
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            if !report.ok() {
+                return Err("an honest message was lost or an attack did not run".into());
+            }
         }
         Command::Eval(EvalCmd::Anonymity {
             clients,

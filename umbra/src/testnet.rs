@@ -150,6 +150,26 @@ impl LocalDirectory {
         n: usize,
         threshold: usize,
     ) -> Result<Self, BoxError> {
+        Self::start_many_with(
+            data_dir,
+            params,
+            epoch_length_secs,
+            n,
+            threshold,
+            local_http_limits(),
+        )
+        .await
+    }
+
+    /// As [`Self::start_many`], with the authorities' HTTP limits `http`.
+    pub async fn start_many_with(
+        data_dir: &Path,
+        params: NetworkParams,
+        epoch_length_secs: u64,
+        n: usize,
+        threshold: usize,
+        http: directory::HttpLimits,
+    ) -> Result<Self, BoxError> {
         if n == 0 {
             return Err("a network needs at least one authority".into());
         }
@@ -187,7 +207,7 @@ impl LocalDirectory {
                 threshold,
                 vote_interval_ms: LOCAL_VOTE_INTERVAL_MS,
                 test_network: true,
-                http: local_http_limits(),
+                http: http.clone(),
                 ..DirectoryConfig::default()
             };
             configs.push(cfg.clone());
@@ -653,6 +673,9 @@ pub struct NetworkOptions {
     /// DANGEROUS, tests only: nodes send no loop cover (so that a test can
     /// count exactly the packets it sent).
     pub dangerous_no_cover: bool,
+    /// The authorities' HTTP limits; by default [`local_http_limits`]
+    /// (per-source limits raised, since everything shares 127.0.0.1).
+    pub directory_http: Option<directory::HttpLimits>,
 }
 
 impl Default for NetworkOptions {
@@ -666,6 +689,7 @@ impl Default for NetworkOptions {
             threshold: 1,
             epoch_secs: 3600,
             dangerous_no_cover: false,
+            directory_http: None,
         }
     }
 }
@@ -692,12 +716,15 @@ impl MixNetwork {
     /// route to every node.
     pub async fn start_with(opts: NetworkOptions) -> Result<Self, BoxError> {
         let tmp = tempfile::tempdir()?;
-        let directory = LocalDirectory::start_many(
+        let directory = LocalDirectory::start_many_with(
             &tmp.path().join("directory"),
             opts.params,
             opts.epoch_secs,
             opts.authorities,
             opts.threshold,
+            opts.directory_http
+                .clone()
+                .unwrap_or_else(local_http_limits),
         )
         .await?;
         let mut mixnodes = Vec::new();

@@ -1,0 +1,77 @@
+//! Every attack of `umbra dangerous-flood`, briefly, against a network in
+//! a child process, while an honest pair talks through it: every honest
+//! message arrives, every attack reached the servers (their own counters
+//! moved), and the servers' memory stays bounded.
+//!
+//! Needs the `umbra` binary: `cargo test --workspace` builds it (as
+//! target/<profile>/umbra); set UMBRA_BIN to use another. The full-length
+//! run and its table: `umbra dangerous-flood --seconds 30` (docs/reliability.md).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use umbra::flood::{Attack, FloodOptions};
+
+fn umbra_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("UMBRA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("umbra");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p umbra` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_messages_survive_every_flood() {
+    let report = tokio::time::timeout(
+        Duration::from_secs(300),
+        umbra::flood::run(
+            FloodOptions {
+                umbra: umbra_bin(),
+                seconds: 4,
+                cool_down: Duration::from_secs(2),
+                ..FloodOptions::default()
+            },
+            |m| eprintln!("{m}"),
+        ),
+    )
+    .await
+    .expect("the flood run finished in time")
+    .expect("the flood run started");
+    println!("{}", report.table());
+    assert_eq!(report.rows.len(), Attack::ALL.len());
+    for r in &report.rows {
+        assert!(
+            r.honest_sent >= 4,
+            "{:?}: too few honest messages",
+            r.attack
+        );
+        assert_eq!(
+            r.honest_delivered, r.honest_sent,
+            "{:?}: honest messages lost",
+            r.attack
+        );
+        if r.attack != Attack::Baseline {
+            assert!(r.volume > 0, "{:?}: the attacker did nothing", r.attack);
+            assert!(
+                r.server_saw > 0,
+                "{:?}: the servers' counters did not move ({})",
+                r.attack,
+                r.server_counter
+            );
+        }
+        // Bounded: no attack grows the servers by more than 256 MiB.
+        assert!(
+            r.rss_peak_mib < r.rss_before_mib + 256.0,
+            "{:?}: servers grew from {:.0} to {:.0} MiB",
+            r.attack,
+            r.rss_before_mib,
+            r.rss_peak_mib
+        );
+    }
+    assert!(report.ok());
+}
