@@ -345,3 +345,79 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
         "directory exits cleanly on SIGTERM"
     );
 }
+
+#[test]
+fn version_names_the_commit_and_build_date() {
+    let out = umbra().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let v = String::from_utf8(out.stdout).unwrap();
+    // "umbra 0.1.0 (commit 0123456789ab, built 2026-12-02)"
+    let commit = v
+        .split("(commit ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no commit in {v:?}"));
+    let hex = commit.trim_end_matches("-modified");
+    assert!(
+        hex == "unknown" || (hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit())),
+        "{v:?}"
+    );
+    let date = v
+        .split("built ")
+        .nth(1)
+        .map(|d| d.trim().trim_end_matches(')'))
+        .unwrap_or_else(|| panic!("no build date in {v:?}"));
+    let parts: Vec<&str> = date.split('-').collect();
+    assert!(
+        parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        "{v:?}"
+    );
+}
+
+/// The first `n` log lines a `umbra testnet` writes to a pipe with `args`.
+fn first_log_lines(args: &[&str], n: usize) -> Vec<String> {
+    let mut child = umbra()
+        .env("RUST_LOG", "info")
+        .args(args)
+        .arg("testnet")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Killer(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()).take(n) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.0.kill();
+    assert_eq!(lines.len(), n, "the testnet logged only {lines:?}");
+    lines
+}
+
+#[test]
+fn logs_to_a_pipe_are_plain_text_or_json_lines() {
+    for line in first_log_lines(&[], 3) {
+        assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+        assert!(
+            line.contains(" INFO ") || line.contains(" WARN "),
+            "{line:?}"
+        );
+    }
+    for line in first_log_lines(&["--log-format", "json"], 3) {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(v["timestamp"].is_string(), "{line}");
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["message"].is_string(), "{line}");
+    }
+}
