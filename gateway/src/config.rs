@@ -1,45 +1,22 @@
-use mixnode::MixnodeConfig;
 use net::dirclient::AuthorityRef;
-use serde::{Deserialize, Serialize};
+use node::NodeConfig;
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Configuration of a gateway (`umbra gateway run --config FILE`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Configuration of a gateway (`umbra gateway run --config FILE`): the
+/// Sphinx node's settings ([`NodeConfig`]; `listen` is the endpoint for mix
+/// node links, `data_dir` also holds the dropboxes) and the gateway's own.
+/// One flat TOML table: the node's keys sit beside the gateway's.
+#[derive(Debug, Clone, Serialize)]
 pub struct GatewayConfig {
-    /// UDP address of the QUIC endpoint for mix node links.
-    pub listen: SocketAddr,
-    /// Address published for mix nodes; defaults to `listen`.
-    pub public_address: Option<SocketAddr>,
+    /// The Sphinx node part.
+    #[serde(flatten)]
+    pub node: NodeConfig,
     /// UDP address of the QUIC endpoint clients connect to.
     pub client_listen: SocketAddr,
     /// Address published for clients; defaults to `client_listen`.
     pub public_client_address: Option<SocketAddr>,
-    /// HTTP address of the Prometheus endpoint.
-    pub metrics_listen: SocketAddr,
-    /// The network's directory authorities (URL and public key of each).
-    pub authorities: Vec<AuthorityRef>,
-    /// Signatures of `authorities` a topology needs (k of n).
-    pub authority_threshold: usize,
-    /// Identity key and the dropbox database live here.
-    pub data_dir: PathBuf,
-    /// Sphinx worker threads; 0 means one per core.
-    pub workers: usize,
-    /// Longest delay honoured per packet, milliseconds.
-    pub max_delay_ms: u64,
-    /// Packets waiting for a Sphinx worker.
-    pub worker_queue: usize,
-    /// Packets held for their delay.
-    pub delay_queue: usize,
-    /// Frames queued per outbound link.
-    pub link_queue: usize,
-    /// Packet rate the replay cache is sized for.
-    pub replay_max_pps: u64,
-    /// Replay cache false-positive rate when full.
-    pub replay_false_positive_rate: f64,
-    /// Topology refresh interval, seconds.
-    pub topology_refresh_secs: u64,
     /// Frames per second one client connection may send.
     pub client_rate_pps: f64,
     /// Burst allowance of a client connection, frames.
@@ -62,39 +39,19 @@ pub struct GatewayConfig {
     pub fetch_max_age_secs: u64,
     /// Requests waiting for the storage thread.
     pub storage_queue: usize,
-    /// Let links use UDP payloads up to 8952 bytes where the path carries
-    /// them (data-centre links with jumbo frames). Off by default: on lossy
-    /// paths large datagrams cost more than they save.
-    pub jumbo_frames: bool,
-    /// DANGEROUS, evaluation only: send no loop cover. Logs a warning.
-    pub dangerous_no_cover: bool,
-    /// DANGEROUS, evaluation only: ignore header delays. Logs a warning.
-    pub dangerous_zero_delay: bool,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        let m = MixnodeConfig::default();
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9500)),
-            public_address: None,
+            node: NodeConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9500)),
+                metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
+                data_dir: PathBuf::from("umbra-data/gateway"),
+                ..NodeConfig::default()
+            },
             client_listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
             public_client_address: None,
-            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
-            authorities: Vec::new(),
-            authority_threshold: 1,
-            data_dir: PathBuf::from("umbra-data/gateway"),
-            workers: m.workers,
-            max_delay_ms: m.max_delay_ms,
-            worker_queue: m.worker_queue,
-            delay_queue: m.delay_queue,
-            link_queue: m.link_queue,
-            replay_max_pps: m.replay_max_pps,
-            replay_false_positive_rate: m.replay_false_positive_rate,
-            topology_refresh_secs: m.topology_refresh_secs,
-            dangerous_no_cover: false,
-            jumbo_frames: false,
-            dangerous_zero_delay: false,
             client_rate_pps: 200.0,
             client_burst: 400.0,
             max_clients: 10_000,
@@ -109,31 +66,23 @@ impl Default for GatewayConfig {
     }
 }
 
-impl GatewayConfig {
-    /// The Sphinx node part of the configuration.
-    pub fn node(&self) -> MixnodeConfig {
-        MixnodeConfig {
-            listen: self.listen,
-            public_address: self.public_address,
-            metrics_listen: self.metrics_listen,
-            authorities: self.authorities.clone(),
-            authority_threshold: self.authority_threshold,
-            data_dir: self.data_dir.clone(),
-            workers: self.workers,
-            max_delay_ms: self.max_delay_ms,
-            worker_queue: self.worker_queue,
-            delay_queue: self.delay_queue,
-            link_queue: self.link_queue,
-            replay_max_pps: self.replay_max_pps,
-            replay_false_positive_rate: self.replay_false_positive_rate,
-            topology_refresh_secs: self.topology_refresh_secs,
-            dangerous_no_cover: self.dangerous_no_cover,
-            dangerous_zero_delay: self.dangerous_zero_delay,
-            jumbo_frames: self.jumbo_frames,
-            dangerous_accept_replays: false,
-        }
-    }
+node::config_keys!(GatewayConfig {
+    ..node,
+    client_listen,
+    public_client_address,
+    client_rate_pps,
+    client_burst,
+    max_clients,
+    client_queue,
+    dropbox_ttl_secs,
+    dropbox_max_messages,
+    storage_max_bytes,
+    storage_reserve_bytes,
+    fetch_max_age_secs,
+    storage_queue,
+});
 
+impl GatewayConfig {
     /// A commented example, as `umbra gateway init` writes it.
     pub fn example(authorities: &[AuthorityRef], threshold: usize) -> String {
         let d = Self::default();
@@ -154,16 +103,8 @@ authority_threshold = {threshold}
 # Identity key (identity.key, mode 0600) and dropboxes (dropboxes.redb).
 data_dir = "{data}"
 
-# Sphinx packet path, as for a mix node.
-workers = {workers}
-max_delay_ms = {max_delay}
-worker_queue = {wq}
-delay_queue = {dq}
-link_queue = {lq}
-replay_max_pps = {rp}
-replay_false_positive_rate = {fp:e}
-topology_refresh_secs = {tr}
-
+# The Sphinx packet path, as for a mix node.
+{packet_path}
 # Clients: frames per second and burst per connection, how many at once,
 # replies queued per client.
 client_rate_pps = {crate_:?}
@@ -184,27 +125,12 @@ storage_reserve_bytes = {reserve}
 fetch_max_age_secs = {age}
 storage_queue = {sq}
 
-# UDP payloads up to 8952 bytes where the path carries jumbo frames
-# (data-centre links). Leave off on ordinary internet paths.
-jumbo_frames = false
-
-# Evaluation only, never in production: no loop cover, and no mixing delay.
-# dangerous_no_cover = false
-# dangerous_zero_delay = false
-
 {authorities}"#,
-            listen = d.listen,
+            listen = d.node.listen,
             client_listen = d.client_listen,
-            metrics = d.metrics_listen,
-            data = d.data_dir.display(),
-            workers = d.workers,
-            max_delay = d.max_delay_ms,
-            wq = d.worker_queue,
-            dq = d.delay_queue,
-            lq = d.link_queue,
-            rp = d.replay_max_pps,
-            fp = d.replay_false_positive_rate,
-            tr = d.topology_refresh_secs,
+            metrics = d.node.metrics_listen,
+            data = d.node.data_dir.display(),
+            packet_path = d.node.packet_path_example(),
             crate_ = d.client_rate_pps,
             cburst = d.client_burst,
             maxc = d.max_clients,
@@ -215,7 +141,54 @@ jumbo_frames = false
             reserve = d.storage_reserve_bytes,
             age = d.fetch_max_age_secs,
             sq = d.storage_queue,
-            authorities = mixnode::authorities_example(authorities),
+            authorities = node::authorities_example(authorities),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use node::ConfigKeys;
+
+    /// Every field a file can set is a key, the node's included.
+    #[test]
+    fn every_field_is_a_key() {
+        let any = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let mut cfg = GatewayConfig {
+            public_client_address: any,
+            ..GatewayConfig::default()
+        };
+        cfg.node.public_address = any;
+        let table = toml::Table::try_from(&cfg).unwrap();
+        let mut written: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+        let mut read = cfg.keys();
+        written.sort_unstable();
+        read.sort_unstable();
+        assert_eq!(written, read);
+    }
+
+    /// The node's keys and the gateway's sit in one flat table; the
+    /// gateway's defaults stand where the file says nothing.
+    #[test]
+    fn one_flat_table() {
+        let cfg: GatewayConfig = toml::from_str(
+            "listen = \"127.0.0.1:5\"\nclient_listen = \"127.0.0.1:6\"\nworkers = 2\nmax_clients = 7",
+        )
+        .unwrap();
+        assert_eq!(cfg.node.listen.port(), 5);
+        assert_eq!(cfg.client_listen.port(), 6);
+        assert_eq!(cfg.node.workers, 2);
+        assert_eq!(cfg.max_clients, 7);
+        let d = GatewayConfig::default();
+        assert_eq!(cfg.node.metrics_listen, d.node.metrics_listen);
+        assert_eq!(cfg.node.data_dir, d.node.data_dir);
+        let e = toml::from_str::<GatewayConfig>("max_client = 7")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `max_client`"), "{e}");
+        let example: GatewayConfig = toml::from_str(&GatewayConfig::example(&[], 1)).unwrap();
+        assert_eq!(example.node.listen, d.node.listen);
+        assert_eq!(example.storage_queue, d.storage_queue);
     }
 }

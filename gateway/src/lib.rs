@@ -9,8 +9,8 @@ pub use config::GatewayConfig;
 pub use metrics::GatewayMetrics;
 pub use storage::{Dropboxes, Refusal, StorageError};
 
-use mixnode::{Handler, Node, NodeOptions, NodeRef};
 use net::link::{LinkConfig, LinkMetrics};
+use node::{Handler, Node, NodeOptions, NodeRef, PeerConn};
 use protocol::cover::Poisson;
 use protocol::frame::{self, Frame, FrameKind};
 use protocol::messages::Request;
@@ -32,14 +32,14 @@ use tokio::sync::mpsc;
 pub enum Error {
     /// The Sphinx node part failed to start (see inner error for whose fault).
     #[error(transparent)]
-    Node(#[from] mixnode::Error),
-    /// Networking or key files.
+    Node(#[from] node::Error),
+    /// Networking or key files (see inner error for whose fault).
     #[error(transparent)]
     Net(#[from] net::Error),
     /// The dropbox store (local fault).
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// Local I/O.
+    /// Local I/O (this machine's fault).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -74,13 +74,13 @@ impl Shared {
     /// that connection, as part of the constant-rate downlink.
     /// One subscription per connection: a second Subscribe on it replaces
     /// the first (whose slot goes), so a connection cannot take many slots.
-    fn subscribe(self: &Arc<Self>, address: [u8; 32], conn: &quinn::Connection, node: &NodeRef) {
+    fn subscribe(self: &Arc<Self>, address: [u8; 32], conn: &PeerConn, node: &NodeRef) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self
             .by_conn
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(conn.stable_id(), address);
+            .insert(conn.id(), address);
         if let Some(old) = previous.filter(|old| *old != address) {
             // Dropping its sender ends the old downlink task.
             clients.remove(&old);
@@ -99,7 +99,7 @@ impl Shared {
         let conn = conn.clone();
         let node = node.clone();
         tokio::spawn(async move {
-            let id = conn.stable_id();
+            let id = conn.id();
             deliver(conn, rx, node, shared.metrics.clone()).await;
             let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
             if clients
@@ -124,7 +124,7 @@ impl Shared {
 /// traffic) sees the same stream whether the client is idle, sending or
 /// fetching; replies wait in the bounded queue for their tick.
 async fn deliver(
-    conn: quinn::Connection,
+    conn: PeerConn,
     mut rx: mpsc::Receiver<Vec<u8>>,
     node: NodeRef,
     metrics: GatewayMetrics,
@@ -190,7 +190,7 @@ async fn deliver(
             _ = conn.closed() => return,
         };
         if !matches!(written, Ok(Ok(()))) {
-            conn.close(2u8.into(), b"downlink stalled");
+            conn.close(2, b"downlink stalled");
             return;
         }
         // The rate follows the topology; after a stall (a slow client's flow
@@ -278,7 +278,7 @@ impl Handler for GatewayHandler {
 }
 
 /// Handles frames from clients on the client endpoint.
-fn client_frame(shared: &Arc<Shared>, node: &NodeRef, f: Frame<'_>, conn: &quinn::Connection) {
+fn client_frame(shared: &Arc<Shared>, node: &NodeRef, f: Frame<'_>, conn: &PeerConn) {
     match f.kind {
         FrameKind::Inject => {
             let (Some(first_hop), Some(packet)) = (f.node_or_address(), f.packet()) else {
@@ -352,18 +352,17 @@ impl Gateway {
 
 /// Starts a gateway.
 pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
-    net::identity::create_private_dir(&cfg.data_dir)?;
-    let identity = net::identity::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
+    let data_dir = &cfg.node.data_dir;
+    net::identity::create_private_dir(data_dir)?;
+    let identity = net::identity::load_or_create_identity(&data_dir.join("identity.key"))?;
     let creds = net::tls::Credentials::new(&identity)?;
-    let client_endpoint = net::link::bind_for_clients(cfg.client_listen, &creds, cfg.jumbo_frames)?;
+    let client_endpoint =
+        net::link::bind_for_clients(cfg.client_listen, &creds, cfg.node.jumbo_frames)?;
     let client_addr = client_endpoint.local_addr()?;
 
     let registry = prometheus::Registry::new();
     let metrics = GatewayMetrics::new(&registry);
-    let storage = Storage::open(
-        &cfg.data_dir.join("dropboxes.redb"),
-        Limits::from_config(&cfg),
-    )?;
+    let storage = Storage::open(&data_dir.join("dropboxes.redb"), Limits::from_config(&cfg))?;
     let (storage_tx, storage_rx) = crossbeam_channel::bounded(cfg.storage_queue.max(1));
     let m = metrics.clone();
     let rt = tokio::runtime::Handle::current();
@@ -380,8 +379,8 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
         client_queue: cfg.client_queue.max(1),
     });
 
-    let node = mixnode::start_node(
-        cfg.node(),
+    let node = node::start_node(
+        cfg.node.clone(),
         NodeOptions {
             role: Role::Gateway,
             handler: Arc::new(GatewayHandler(shared.clone())),
@@ -404,7 +403,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
     tokio::spawn(net::link::serve(
         client_endpoint.clone(),
         Arc::new(move |f: Frame<'_>, c: &quinn::Connection| {
-            client_frame(&sink_shared, &handle, f, c)
+            client_frame(&sink_shared, &handle, f, &PeerConn::new(c))
         }),
         LinkMetrics::with_prefix(&registry, "umbra_gateway_client"),
         client_cfg,

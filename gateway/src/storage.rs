@@ -17,7 +17,7 @@
 
 use crate::GatewayConfig;
 use crate::metrics::GatewayMetrics;
-use mixnode::NodeRef;
+use node::NodeRef;
 use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING, RefusalReason, Refused};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};

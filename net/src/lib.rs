@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod conn;
 #[cfg(not(feature = "server"))]
 pub mod counters;
 pub mod dirclient;

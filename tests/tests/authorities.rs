@@ -53,9 +53,9 @@ async fn a_rogue_authority_cannot_add_its_own_nodes() {
         rogue_mixes.push(mixnode::start(cfg).await.unwrap());
     }
     let cfg = gateway_config(&net.directory, net.tmp.path().join("rogue-gw")).unwrap();
-    unadmit(&net, rogue_identity(&cfg.data_dir));
+    unadmit(&net, rogue_identity(&cfg.node.data_dir));
     let rogue_gw = gateway::start(cfg).await.unwrap();
-    let rogue_nodes: Vec<mixnode::NodeRef> = rogue_mixes
+    let rogue_nodes: Vec<node::NodeRef> = rogue_mixes
         .iter()
         .map(|m| m.handle())
         .chain([rogue_gw.node().handle()])

@@ -52,7 +52,7 @@ async fn mix_nodes_and_gateways_send_loops_that_return() {
         ..Default::default()
     };
     let net = MixNetwork::start(1, 1, params, 1).await.unwrap();
-    let nodes: Vec<&mixnode::Metrics> = net
+    let nodes: Vec<&node::Metrics> = net
         .mixnodes
         .iter()
         .map(|m| m.metrics())

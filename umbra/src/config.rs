@@ -70,7 +70,7 @@ mod tests {
             },
         ];
         let m: MixnodeConfig =
-            parse(Path::new("m.toml"), &MixnodeConfig::example(&refs, 2)).unwrap();
+            parse(Path::new("m.toml"), &mixnode::example_config(&refs, 2)).unwrap();
         assert_eq!(m.authorities, refs);
         assert_eq!(m.authority_threshold, 2);
         let g: gateway::GatewayConfig = parse(
@@ -78,7 +78,7 @@ mod tests {
             &gateway::GatewayConfig::example(&refs, 1),
         )
         .unwrap();
-        assert_eq!(g.authorities, refs);
+        assert_eq!(g.node.authorities, refs);
         assert_eq!(m.worker_queue, MixnodeConfig::default().worker_queue);
     }
 

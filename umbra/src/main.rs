@@ -556,7 +556,7 @@ async fn run(cli: Cli) -> Result<()> {
             dir.serve(listener, shutdown_signal()).await?;
         }
         Command::Mixnode(MixnodeCmd::Init { init, authorities }) => {
-            let text = MixnodeConfig::example(&authorities.refs()?, authorities.threshold);
+            let text = mixnode::example_config(&authorities.refs()?, authorities.threshold);
             // Refuse to write a config that would not load.
             let _: MixnodeConfig = config::parse(&init.config, &text)?;
             config::write_new(&init.config, &text, init.force)?;
@@ -591,13 +591,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Gateway(GatewayCmd::Key(a)) => {
             let cfg: gateway::GatewayConfig = config::load(&a.config)?;
-            println!("{}", identity_of(&a.config, &cfg.data_dir, "identity.key")?);
+            println!(
+                "{}",
+                identity_of(&a.config, &cfg.node.data_dir, "identity.key")?
+            );
         }
         Command::Gateway(GatewayCmd::Run(n)) => {
             let a = &n.run;
             let mut cfg: gateway::GatewayConfig = config::load(&a.config)?;
-            cfg.dangerous_no_cover |= n.dangerous_no_cover;
-            cfg.dangerous_zero_delay |= n.dangerous_zero_delay;
+            cfg.node.dangerous_no_cover |= n.dangerous_no_cover;
+            cfg.node.dangerous_zero_delay |= n.dangerous_zero_delay;
             gateway::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| format!("config file {}: {e}", a.config.display()))?;

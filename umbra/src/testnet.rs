@@ -640,16 +640,20 @@ pub fn gateway_config(
 ) -> Result<gateway::GatewayConfig, BoxError> {
     dir.admit_node(&data_dir, Role::Gateway)?;
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let d = gateway::GatewayConfig::default();
     Ok(gateway::GatewayConfig {
-        listen: any,
+        node: node::NodeConfig {
+            listen: any,
+            metrics_listen: any,
+            authorities: dir.refs.clone(),
+            authority_threshold: dir.threshold,
+            data_dir,
+            topology_refresh_secs: 5,
+            replay_max_pps: 2_000,
+            ..d.node
+        },
         client_listen: any,
-        metrics_listen: any,
-        authorities: dir.refs.clone(),
-        authority_threshold: dir.threshold,
-        data_dir,
-        topology_refresh_secs: 5,
-        replay_max_pps: 2_000,
-        ..gateway::GatewayConfig::default()
+        ..d
     })
 }
 
@@ -737,8 +741,8 @@ impl MixNetwork {
         let mut gws = Vec::new();
         for i in 0..opts.gateways {
             let mut cfg = gateway_config(&directory, tmp.path().join(format!("gateway{i}")))?;
-            cfg.workers = opts.workers;
-            cfg.dangerous_no_cover = opts.dangerous_no_cover;
+            cfg.node.workers = opts.workers;
+            cfg.node.dangerous_no_cover = opts.dangerous_no_cover;
             gws.push(gateway::start(cfg).await?);
         }
         let net = Self {
@@ -784,15 +788,15 @@ impl MixNetwork {
 
     /// One line per node with its counters, for when something went wrong.
     pub fn diagnostics(&self) -> String {
-        let drops = |m: &mixnode::Metrics| {
-            mixnode::Metrics::DROP_REASONS
+        let drops = |m: &node::Metrics| {
+            node::Metrics::DROP_REASONS
                 .iter()
                 .filter(|r| m.dropped(r) > 0)
                 .map(|r| format!("{r}={}", m.dropped(r)))
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let loops = |m: &mixnode::Metrics| {
+        let loops = |m: &node::Metrics| {
             format!(
                 "loops sent={} back={} late={} lost={}",
                 m.loops_sent.get(),
