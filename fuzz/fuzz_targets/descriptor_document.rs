@@ -41,8 +41,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(!d.sphinx_keys.is_empty() && d.sphinx_keys.len() <= MAX_DESCRIPTOR_KEYS);
         assert!(d.key_for(EPOCH).is_some() || d.key_for(EPOCH + 1).is_some());
         for e in [EPOCH, EPOCH + 1] {
-            let doc =
-                TopologyDocument::build(e, 1, schedule(), NetworkParams::default(), &[d.clone()]);
+            let doc = TopologyDocument::build(
+                e,
+                1,
+                schedule(),
+                NetworkParams::default(),
+                std::slice::from_ref(&d),
+            );
             doc.check_rules()
                 .expect("a topology of a verified descriptor breaks the rules");
         }

@@ -55,8 +55,13 @@ fuzz_target!(|data: &[u8]| {
             let Ok(vote) = verify_vote(&signed, &authorities) else {
                 return;
             };
-            let Some(doc) = consensus(vote.epoch, vote.schedule, vote.params, &[vote.clone()], 1)
-            else {
+            let Some(doc) = consensus(
+                vote.epoch,
+                vote.schedule,
+                vote.params,
+                std::slice::from_ref(&vote),
+                1,
+            ) else {
                 panic!("one vote with threshold 1 makes no topology");
             };
             if vote.params.check().is_ok() {
