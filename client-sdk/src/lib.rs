@@ -10,6 +10,42 @@ pub mod state;
 pub mod store;
 pub mod verify;
 
+/// Entry points for the fuzz targets (`fuzz/` at the repository root): the
+/// SDK's parsers of bytes that come from contacts, reachable without a
+/// running client. Not part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use protocol::dropbox::Dropbox;
+
+    pub use crate::ratchet::{ENVELOPE_VERSION, Reset, TYPE_NORMAL, TYPE_PRE_KEY};
+
+    /// Opens a message sealed for `dropbox` (what a fetch reply carries).
+    pub fn open_sealed(dropbox: &Dropbox, ciphertext: &[u8]) -> Option<Vec<u8>> {
+        crate::boxes::open(dropbox, ciphertext)
+    }
+
+    /// Seals `plaintext` for `dropbox` with a nonce from `rng`.
+    pub fn seal<R: rand::CryptoRng + ?Sized>(
+        dropbox: &Dropbox,
+        plaintext: &[u8],
+        rng: &mut R,
+    ) -> Option<Vec<u8>> {
+        crate::boxes::seal(dropbox, plaintext, rng)
+    }
+
+    /// Runs a contact's end-to-end envelope through a fresh Olm account with
+    /// no session: what a message from an unknown session meets. `Ok` only
+    /// if it opened.
+    pub fn open_envelope(their_identity: [u8; 32], envelope: &[u8]) -> Result<Vec<u8>, String> {
+        let mut olm = crate::ratchet::Olm::new();
+        let mut sessions = crate::ratchet::Sessions::new(their_identity);
+        sessions.open(&mut olm, envelope).map_err(|e| match e {
+            crate::ratchet::OpenError::Malformed => "malformed".to_string(),
+            crate::ratchet::OpenError::Undecryptable(r) => r,
+        })
+    }
+}
+
 /// The SDK guide (docs/sdk-guide.md), included so that its Rust blocks are
 /// compiled as doctests and cannot drift from the code.
 #[cfg(doctest)]

@@ -29,8 +29,8 @@ use protocol::messages::{
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{
-    Complete, Fragment, Kind, MessageId, OutRecord, Outbox, OutboxConfig, Outgoing, PartialRecord,
-    Progress, Reassembler, Sequencer, SequencerRecord, Status, Transmission,
+    self, Complete, Fragment, Kind, MessageId, OutRecord, Outbox, OutboxConfig, Outgoing,
+    PartialRecord, Progress, Reassembler, Sequencer, SequencerRecord, Status, Transmission,
 };
 use protocol::topology::{self, TopologyDocument, TopologyNode};
 use rand::{CryptoRng, Rng, RngExt, SeedableRng};
@@ -951,7 +951,7 @@ impl ClientState {
         for (peer, ids) in std::mem::take(&mut self.receipts_due) {
             // One receipt names up to a fragment's worth of messages.
             for chunk in ids.chunks(CHUNK_LEN / 16) {
-                let body: Vec<u8> = chunk.iter().flatten().copied().collect();
+                let body = reliable::encode_receipt(chunk);
                 let mut id = [0u8; 16];
                 self.rng.fill_bytes(&mut id);
                 let receipt = Outgoing {
@@ -1587,10 +1587,8 @@ impl ClientState {
         };
         match m.kind {
             Kind::Receipt => {
-                for id in m.body.chunks_exact(16) {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(id);
-                    self.outbox.on_receipt(&a);
+                for id in reliable::decode_receipt(&m.body) {
+                    self.outbox.on_receipt(&id);
                 }
                 self.publish_statuses();
             }

@@ -63,7 +63,14 @@ fn read(path: &Path) -> Result<BTreeMap<NodeId, (Role, String)>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(err(path, e)),
     };
-    let f: File = toml::from_str(&text).map_err(|e| err(path, e.to_string().trim_end()))?;
+    parse(path, &text)
+}
+
+/// Parses the text of the admission file at `path` (named in errors):
+/// admitted identities with their role and note.
+#[doc(hidden)]
+pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<NodeId, (Role, String)>, Error> {
+    let f: File = toml::from_str(text).map_err(|e| err(path, e.to_string().trim_end()))?;
     let mut nodes = BTreeMap::new();
     for e in f.node {
         nodes.insert(parse_id(path, &e.identity)?, (e.role, e.note));

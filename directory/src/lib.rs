@@ -6,7 +6,7 @@ mod config;
 mod http;
 mod store;
 
-pub use admission::{Admission, parse_identity};
+pub use admission::{Admission, parse as parse_admission, parse_identity};
 pub use config::DirectoryConfig;
 pub use http::{HttpLimits, Limiter, Refusal, Source};
 
@@ -839,8 +839,14 @@ fn error_response(status: StatusCode, msg: String) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
+/// Reads the body of a descriptor registration (`POST /v1/descriptors`):
+/// a signed envelope, not yet verified ([`Directory::register`] does that).
+pub fn decode_registration(body: &[u8]) -> Result<Signed, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
 async fn register_handler(State(dir): State<Directory>, body: axum::body::Bytes) -> Response {
-    let signed: Signed = match serde_json::from_slice(&body) {
+    let signed: Signed = match decode_registration(&body) {
         Ok(s) => s,
         Err(e) => {
             return error_response(

@@ -151,8 +151,7 @@ impl DirectoryClient {
         }
         let date = server_date(&resp);
         let body = read_capped(resp, MAX_DOCUMENT_BYTES).await?;
-        let signed = serde_json::from_slice(&body).map_err(|e| Error::Connect(e.to_string()))?;
-        Ok((signed, date))
+        Ok((parse_signed(&body)?, date))
     }
 
     /// Fetches the signed topology of the current epoch (`next = false`) or the next one.
@@ -174,11 +173,23 @@ impl DirectoryClient {
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
         let text = read_capped(resp, MAX_SMALL_BYTES).await?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(String::from_utf8_lossy(&text).trim(), &mut out)
-            .map_err(|e| Error::Connect(e.to_string()))?;
-        Ok(out)
+        parse_authority_key(&text)
     }
+}
+
+/// Parses a signed envelope an authority answered with (a topology, vote
+/// or candidate); the caller verifies it.
+pub fn parse_signed(body: &[u8]) -> Result<Signed, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Connect(e.to_string()))
+}
+
+/// Parses an authority's answer to `GET /v1/authority`: its public key in
+/// hex, surrounding whitespace allowed.
+pub fn parse_authority_key(body: &[u8]) -> Result<[u8; 32], Error> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(String::from_utf8_lossy(body).trim(), &mut out)
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    Ok(out)
 }
 
 /// The authorities of a network and how many must sign: what nodes and

@@ -125,6 +125,21 @@ impl Fragment {
     }
 }
 
+/// The body of a read receipt ([`Kind::Receipt`]): the ids it names, 16
+/// bytes each.
+pub fn encode_receipt(ids: &[MessageId]) -> Vec<u8> {
+    ids.iter().flatten().copied().collect()
+}
+
+/// The ids a receipt body names; bytes after the last whole id are ignored.
+pub fn decode_receipt(body: &[u8]) -> impl Iterator<Item = MessageId> + '_ {
+    body.chunks_exact(16).map(|c| {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(c);
+        id
+    })
+}
+
 /// A set of message ids that remembers only its newest `cap` insertions:
 /// bounded memory for "seen" and "waiting for" sets.
 struct RecentSet {
@@ -1372,6 +1387,16 @@ mod tests {
             seq,
             body: vec![from],
         }
+    }
+
+    #[test]
+    fn receipts_round_trip_and_ignore_a_partial_id() {
+        let ids = [[1u8; 16], [2; 16]];
+        let mut body = encode_receipt(&ids);
+        assert_eq!(body.len(), 32);
+        body.extend_from_slice(&[9; 15]);
+        assert_eq!(decode_receipt(&body).collect::<Vec<_>>(), ids);
+        assert_eq!(decode_receipt(&[]).count(), 0);
     }
 
     #[test]
