@@ -925,8 +925,27 @@ impl<C: Clone + Ord> Sequencer<C> {
             } else {
                 self.settling.entry(key.clone()).or_insert(now);
                 self.n_held += 1;
-                self.held.entry(key).or_default().insert(m.seq, (now, m));
-                return Vec::new();
+                self.held
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(m.seq, (now, m));
+                if self.n_held <= self.max_held {
+                    return Vec::new();
+                }
+                // Over the bound while settling: the session starts now, at
+                // its lowest held message, so at least that one leaves.
+                self.settling.remove(&key);
+                let first = self
+                    .held
+                    .get(&key)
+                    .and_then(|h| h.first_key_value().map(|(s, _)| *s))
+                    .unwrap_or(1);
+                self.next.insert(key.clone(), first);
+                let mut out = self.drain(&key, false);
+                if self.n_held > self.max_held {
+                    out.extend(self.drain(&key, true));
+                }
+                return out;
             }
         }
         let next = *self.next.get(&key).unwrap_or(&1);
@@ -1664,6 +1683,26 @@ mod tests {
         // The missing one, if it turns up late, is still delivered.
         assert_eq!(s.push(complete(4), 70.0).len(), 1);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn settling_sessions_hold_no_more_than_the_bound() {
+        // A contact opening sessions past their start with gaps: before the
+        // fix these were held without limit until they settled.
+        let mut s = Sequencer::new(60.0, 5.0, 4);
+        let mut out = 0;
+        for (i, session) in (100..110u64).enumerate() {
+            for seq in [5, 7, 9] {
+                let m = Complete {
+                    session,
+                    ..complete(seq)
+                };
+                out += s.push(m, i as f64 * 0.01).len();
+                assert!(s.held() <= 4, "held {} > 4", s.held());
+            }
+        }
+        // Nothing was lost: what left the bound was handed over.
+        assert_eq!(out + s.held(), 30);
     }
 
     #[test]
