@@ -1074,7 +1074,7 @@ async fn dial(
         .last_delivery_ms
         .store(net::now_ms(), std::sync::atomic::Ordering::Relaxed);
     let heard = shared.clone();
-    let sink = move |f: Frame<'_>, _: &quinn::Connection| {
+    let sink = move |f: Frame<'_>, _: &net::conn::PeerConn| {
         heard
             .last_delivery_ms
             .store(net::now_ms(), std::sync::atomic::Ordering::Relaxed);

@@ -6,6 +6,7 @@
 //! Inbound: each stream is cut into frames by the sans-IO decoder; malformed
 //! frames are counted and skipped while the stream goes on.
 
+use crate::conn::PeerConn;
 #[cfg(not(feature = "server"))]
 use crate::counters::{IntCounter, IntCounterVec, IntGauge, Opts};
 use crate::{Error, tls};
@@ -195,11 +196,11 @@ fn unreachable_metric() -> ! {
 /// (hand the packet to a worker queue).
 pub trait FrameSink: Send + Sync + 'static {
     /// One well-formed frame, and the connection it came on.
-    fn on_frame(&self, frame: Frame<'_>, conn: &quinn::Connection);
+    fn on_frame(&self, frame: Frame<'_>, conn: &PeerConn);
 }
 
-impl<F: Fn(Frame<'_>, &quinn::Connection) + Send + Sync + 'static> FrameSink for F {
-    fn on_frame(&self, frame: Frame<'_>, conn: &quinn::Connection) {
+impl<F: Fn(Frame<'_>, &PeerConn) + Send + Sync + 'static> FrameSink for F {
+    fn on_frame(&self, frame: Frame<'_>, conn: &PeerConn) {
         self(frame, conn)
     }
 }
@@ -385,7 +386,7 @@ pub async fn serve_connection(
     while let Ok(recv) = conn.accept_uni().await {
         tokio::spawn(read_stream(
             recv,
-            conn.clone(),
+            PeerConn::new(&conn),
             sink.clone(),
             metrics.clone(),
             bucket.clone(),
@@ -395,7 +396,7 @@ pub async fn serve_connection(
 
 async fn read_stream(
     mut recv: quinn::RecvStream,
-    conn: quinn::Connection,
+    conn: PeerConn,
     sink: Arc<dyn FrameSink>,
     metrics: LinkMetrics,
     bucket: Option<Arc<Mutex<Bucket>>>,

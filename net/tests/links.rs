@@ -39,7 +39,7 @@ fn serve_counting(
     let metrics = LinkMetrics::unregistered();
     tokio::spawn(link::serve(
         ep.clone(),
-        Arc::new(move |f: frame::Frame<'_>, _: &quinn::Connection| {
+        Arc::new(move |f: frame::Frame<'_>, _: &net::conn::PeerConn| {
             assert_eq!(f.packet().map(<[u8]>::len), Some(PACKET_SIZE));
             c.fetch_add(1, Ordering::SeqCst);
         }),
@@ -244,7 +244,7 @@ async fn one_address_cannot_take_every_connection_slot() {
     let metrics = LinkMetrics::unregistered();
     tokio::spawn(link::serve(
         ep.clone(),
-        Arc::new(|_: frame::Frame<'_>, _: &quinn::Connection| {}),
+        Arc::new(|_: frame::Frame<'_>, _: &net::conn::PeerConn| {}),
         metrics.clone(),
         LinkConfig {
             max_per_ip: 4,

@@ -599,7 +599,7 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
     });
     tasks.push(tokio::spawn(net::link::serve(
         endpoint.clone(),
-        Arc::new(move |f: Frame<'_>, c: &quinn::Connection| sink_shared.submit(f, c)),
+        Arc::new(move |f: Frame<'_>, c: &net::conn::PeerConn| sink_shared.submit(f, c)),
         link_metrics.clone(),
         inbound,
         Some(peers),

@@ -130,10 +130,9 @@ impl Shared {
     }
 
     /// Called by the link layer for every well-formed frame.
-    pub(crate) fn submit(self: &Arc<Self>, f: Frame<'_>, conn: &quinn::Connection) {
+    pub(crate) fn submit(self: &Arc<Self>, f: Frame<'_>, conn: &net::conn::PeerConn) {
         if f.kind != FrameKind::Sphinx {
-            let conn = net::conn::PeerConn::new(conn);
-            self.handler.on_frame(&NodeRef(self.clone()), f, &conn);
+            self.handler.on_frame(&NodeRef(self.clone()), f, conn);
             return;
         }
         self.submit_packet(f.epoch, f.data);

@@ -416,7 +416,7 @@ impl FinalHop {
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let (rec, arr) = (record_arrivals.clone(), arrivals.clone());
         let ring = Arc::new(ring);
-        let sink = move |frame: Frame<'_>, _: &quinn::Connection| {
+        let sink = move |frame: Frame<'_>, _: &net::conn::PeerConn| {
             f.fetch_add(1, Ordering::Relaxed);
             if rec.load(Ordering::Relaxed) {
                 let mut a = arr.lock().unwrap_or_else(|p| p.into_inner());
