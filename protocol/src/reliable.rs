@@ -934,14 +934,7 @@ impl<C: Clone + Ord> Sequencer<C> {
                 }
                 // Over the bound while settling: the session starts now, at
                 // its lowest held message, so at least that one leaves.
-                self.settling.remove(&key);
-                let first = self
-                    .held
-                    .get(&key)
-                    .and_then(|h| h.first_key_value().map(|(s, _)| *s))
-                    .unwrap_or(1);
-                self.next.insert(key.clone(), first);
-                let mut out = self.drain(&key, false);
+                let mut out = self.start_settled(&key);
                 if self.n_held > self.max_held {
                     out.extend(self.drain(&key, true));
                 }
@@ -962,6 +955,19 @@ impl<C: Clone + Ord> Sequencer<C> {
             out.extend(self.drain(&key, true));
         }
         out
+    }
+
+    /// Ends a session's settling: it starts at its lowest held message,
+    /// and what follows in order is delivered.
+    fn start_settled(&mut self, key: &(C, u64)) -> Vec<Complete<C>> {
+        self.settling.remove(key);
+        let first = self
+            .held
+            .get(key)
+            .and_then(|h| h.first_key_value().map(|(s, _)| *s))
+            .unwrap_or(1);
+        self.next.insert(key.clone(), first);
+        self.drain(key, false)
     }
 
     fn drain(&mut self, key: &(C, u64), skip: bool) -> Vec<Complete<C>> {
@@ -1013,14 +1019,7 @@ impl<C: Clone + Ord> Sequencer<C> {
             .collect();
         let mut out = Vec::new();
         for k in settled {
-            self.settling.remove(&k);
-            let first = self
-                .held
-                .get(&k)
-                .and_then(|h| h.first_key_value().map(|(s, _)| *s))
-                .unwrap_or(1);
-            self.next.insert(k.clone(), first);
-            out.extend(self.drain(&k, false));
+            out.extend(self.start_settled(&k));
         }
         let keys: Vec<(C, u64)> = self
             .held
