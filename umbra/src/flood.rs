@@ -699,14 +699,6 @@ struct Honest {
     sent: std::sync::Mutex<Vec<(Attack, Instant, Option<Duration>)>>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied()
-}
-
 /// Runs the attacks in `opts` one after another against a fresh local
 /// network, with the honest pair talking throughout.
 pub async fn run(opts: FloodOptions, progress: impl Fn(&str)) -> Result<FloodReport, BoxError> {
@@ -867,8 +859,9 @@ pub async fn run(opts: FloodOptions, progress: impl Fn(&str)) -> Result<FloodRep
         lat.sort_by(f64::total_cmp);
         row.honest_sent = mine.len();
         row.honest_delivered = lat.len();
-        row.p50_ms = percentile(&lat, 0.5);
-        row.p99_ms = percentile(&lat, 0.99);
+        let quantile = |p| (!lat.is_empty()).then(|| crate::demo::percentile(&lat, p));
+        row.p50_ms = quantile(0.5);
+        row.p99_ms = quantile(0.99);
     }
     alice.close().await;
     bob.close().await;
