@@ -7,22 +7,12 @@
 //! target/<profile>/umbra); set UMBRA_BIN to use another. The full-length
 //! run and its table: `umbra dangerous-flood --seconds 30` (docs/reliability.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use umbra::flood::{Attack, FloodOptions};
 
 fn umbra_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("UMBRA_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("umbra");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p umbra` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    umbra::testnet::built_binary("UMBRA_BIN", "umbra", "cargo build -p umbra")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,18 +20,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn umbra_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("UMBRA_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/multiprocess-… → target/<profile>/umbra
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("umbra");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p umbra` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    umbra::testnet::built_binary("UMBRA_BIN", "umbra", "cargo build -p umbra")
 }
 
 /// Counts live heap bytes: only the clients allocate in this process (the

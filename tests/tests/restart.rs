@@ -26,23 +26,11 @@ use std::time::{Duration, Instant};
 use umbra::testnet::{MixNetwork, NetworkOptions};
 
 fn chat_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("UMBRA_CHAT_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/restart-… → target/<profile>/examples/chat
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join("chat");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p client-sdk --examples` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    umbra::testnet::built_binary(
+        "UMBRA_CHAT_BIN",
+        "examples/chat",
+        "cargo build -p client-sdk --examples",
+    )
 }
 
 /// The acked count of a `progress <id> <acked>/<count>` line.

@@ -43,6 +43,28 @@ pub async fn wait_until(
     Ok(())
 }
 
+/// A binary of this workspace, for tests that run it as a separate
+/// process: the path in `$env_var` if set, else `rel` under the running
+/// test's profile directory (tests run from `target/<profile>/deps`).
+/// Panics, saying how to build it, if it is missing.
+pub fn built_binary(env_var: &str, rel: &str, build_with: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test runs from target/<profile>/deps")
+        .join(rel);
+    assert!(
+        bin.exists(),
+        "{} missing: run `{build_with}` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
 /// One directory authority serving on an ephemeral loopback port.
 pub struct LocalAuthority {
     /// Base URL of its API.
