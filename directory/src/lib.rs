@@ -724,20 +724,20 @@ impl Directory {
     /// The published topology for `epoch`: the newest consensus with at
     /// least `threshold` signatures, if there is one yet.
     pub fn topology(&self, epoch: u64, now_ms: u64) -> Option<Arc<Signed>> {
-        let now_epoch = self.inner.schedule.epoch_at(now_ms);
-        if epoch + 1 < now_epoch || epoch > now_epoch + 1 {
-            return None;
-        }
+        self.servable(epoch, now_ms)?;
         self.state().published.get(&epoch).cloned()
     }
 
     /// [`Self::topology`] as the JSON the API serves, serialised once.
     fn topology_json(&self, epoch: u64, now_ms: u64) -> Option<axum::body::Bytes> {
-        let now_epoch = self.inner.schedule.epoch_at(now_ms);
-        if epoch + 1 < now_epoch || epoch > now_epoch + 1 {
-            return None;
-        }
+        self.servable(epoch, now_ms)?;
         self.state().served.get(&epoch).cloned()
+    }
+
+    /// Topologies are served for the previous, current and next epoch.
+    fn servable(&self, epoch: u64, now_ms: u64) -> Option<()> {
+        let now_epoch = self.inner.schedule.epoch_at(now_ms);
+        (epoch + 1 >= now_epoch && epoch <= now_epoch + 1).then_some(())
     }
 
     fn vote(&self, epoch: u64, now_ms: u64) -> Option<Arc<Signed>> {
