@@ -7,7 +7,7 @@ mod storage;
 
 pub use config::GatewayConfig;
 pub use metrics::GatewayMetrics;
-pub use storage::{Dropboxes, Refusal, StorageError};
+pub use storage::{Dropboxes, ROW_OVERHEAD, Refusal, StorageError};
 
 use net::link::{LinkConfig, LinkMetrics};
 use node::{Handler, Node, NodeOptions, NodeRef, PeerConn};

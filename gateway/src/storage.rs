@@ -36,7 +36,7 @@ const EXPIRY: TableDefinition<(u64, &[u8; 32], u64), ()> = TableDefinition::new(
 /// quota and the disk reserve: its keys in the message and expiry tables
 /// (2 × (32 + 8) + 8), its stored-at time (8) and redb's per-entry
 /// bookkeeping, rounded up. So an empty message is not free.
-pub(crate) const ROW_OVERHEAD: u64 = 160;
+pub const ROW_OVERHEAD: u64 = 160;
 
 /// Limits the storage enforces.
 #[derive(Debug, Clone, Copy)]
