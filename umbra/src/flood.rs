@@ -63,16 +63,10 @@ impl Attack {
         Attack::Directory,
     ];
 
-    fn name(self) -> &'static str {
-        match self {
-            Attack::Baseline => "baseline",
-            Attack::Connections => "connections",
-            Attack::Subscribe => "subscribe",
-            Attack::Junk => "junk",
-            Attack::Replay => "replay",
-            Attack::Stores => "stores",
-            Attack::Directory => "directory",
-        }
+    /// Its name on the command line and in the table.
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map_or_else(String::new, |v| v.get_name().to_owned())
     }
 }
 
