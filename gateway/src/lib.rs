@@ -402,9 +402,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
     };
     tokio::spawn(net::link::serve(
         client_endpoint.clone(),
-        Arc::new(move |f: Frame<'_>, c: &PeerConn| {
-            client_frame(&sink_shared, &handle, f, c)
-        }),
+        Arc::new(move |f: Frame<'_>, c: &PeerConn| client_frame(&sink_shared, &handle, f, c)),
         LinkMetrics::with_prefix(&registry, "umbra_gateway_client"),
         client_cfg,
         None,

@@ -28,7 +28,9 @@ async fn quic_recovers_from_injected_faults() {
     let g = got.clone();
     tokio::spawn(link::serve(
         server.clone(),
-        Arc::new(move |f: frame::Frame<'_>, _: &net::conn::PeerConn| g.lock().unwrap().push(f.epoch)),
+        Arc::new(move |f: frame::Frame<'_>, _: &net::conn::PeerConn| {
+            g.lock().unwrap().push(f.epoch)
+        }),
         LinkMetrics::unregistered(),
         LinkConfig::default(),
         None,
