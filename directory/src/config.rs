@@ -62,6 +62,92 @@ impl Default for DirectoryConfig {
 }
 
 impl DirectoryConfig {
+    /// What keeps this config from running, each naming its key: the
+    /// authority's own key `me` (if known) must be among `authorities`.
+    /// `Directory::open` refuses the first; `umbra directory check` lists all.
+    pub fn problems(&self, me: Option<&[u8; 32]>) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.epoch_length_secs == 0 {
+            out.push("key `epoch_length_secs`: must be above zero".to_string());
+        }
+        let h = &self.http;
+        if h.max_connections == 0
+            || h.max_connections_per_ip == 0
+            || h.request_burst_per_ip < 1.0
+            || h.requests_per_sec_per_ip.is_nan()
+            || h.requests_per_sec_per_ip <= 0.0
+        {
+            out.push(
+                "key `http`: max_connections, max_connections_per_ip and \
+                 requests_per_sec_per_ip must be above zero, request_burst_per_ip at least 1"
+                    .to_string(),
+            );
+        }
+        let mut keys = Vec::new();
+        for a in &self.authorities {
+            match a.key_bytes() {
+                Ok(k) if keys.contains(&k) => {
+                    out.push(format!("key `authorities`: {} is listed twice", a.key))
+                }
+                Ok(k) => keys.push(k),
+                Err(e) => out.push(format!("key `authorities`: {e}")),
+            }
+        }
+        if let Some(me) = me
+            && !keys.is_empty()
+            && !keys.contains(me)
+        {
+            out.push(format!(
+                "key `authorities`: this authority's own key {} is not listed",
+                hex::encode(me)
+            ));
+        }
+        let n = self.authorities.len().max(1);
+        if self.threshold == 0 || self.threshold > n {
+            out.push(format!(
+                "key `threshold`: {} must be between 1 and the {n} authorities listed",
+                self.threshold
+            ));
+        }
+        if let Err(e) = self.params.check() {
+            out.push(format!("key `params`: {e}"));
+        }
+        if self.vote_interval_ms == 0 {
+            out.push("key `vote_interval_ms`: must be above zero".to_string());
+        }
+        out
+    }
+
+    /// What runs but is weaker than it should be, each naming its key.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let n = self.authorities.len().max(1);
+        if 2 * self.threshold <= n {
+            out.push(format!(
+                "key `threshold`: {} of {n} is at most half the authorities: two halves could \
+                 each publish a different topology",
+                self.threshold
+            ));
+        }
+        let p = &self.params;
+        let keep_up = (p.lambda_payload + p.lambda_loop) / protocol::cover::DOWNLINK_HEADROOM;
+        if p.lambda_downlink < keep_up {
+            out.push(format!(
+                "key `params.lambda_downlink`: {} is below (lambda_payload + lambda_loop) / 0.8 \
+                 = {keep_up}: a client uploading at full speed gets its acks late or loses them",
+                p.lambda_downlink
+            ));
+        }
+        if self.test_network {
+            out.push(
+                "key `test_network`: nodes may register loopback and private addresses; \
+                 never on a public network"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Where the allowlist lives.
     pub fn admission_path(&self) -> PathBuf {
         self.admission_file
@@ -76,7 +162,8 @@ impl DirectoryConfig {
             r#"# Umbra directory authority configuration.
 # Every key is optional; the values shown are the defaults.
 
-# HTTP address of the API (descriptors in, signed topologies out, /metrics).
+# HTTP address of the API (descriptors in, signed topologies out, /metrics,
+# /healthz, and /readyz: 200 once it serves a topology for the current epoch).
 listen = "{listen}"
 # Authority key (authority.key, mode 0600) and descriptor store (directory.redb).
 data_dir = "{data_dir}"

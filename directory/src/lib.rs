@@ -193,33 +193,20 @@ impl Directory {
         net::identity::create_private_dir(&cfg.data_dir)?;
         let key = net::identity::load_or_create_identity(&cfg.data_dir.join("authority.key"))?;
         let me = key.verifying_key().to_bytes();
-        let h = &cfg.http;
-        if h.max_connections == 0
-            || h.max_connections_per_ip == 0
-            || h.request_burst_per_ip < 1.0
-            || h.requests_per_sec_per_ip.is_nan()
-            || h.requests_per_sec_per_ip <= 0.0
-        {
-            return Err(Error::Config(
-                "http: max_connections, max_connections_per_ip and requests_per_sec_per_ip \
-                 must be above zero, request_burst_per_ip at least 1"
-                    .into(),
-            ));
+        if let Some(p) = cfg.problems(Some(&me)).into_iter().next() {
+            return Err(Error::Config(p));
+        }
+        for w in cfg.warnings() {
+            tracing::warn!("{w}");
         }
         let cfg_http = cfg.http.clone();
+        let timeout = Duration::from_millis(cfg.vote_interval_ms.clamp(500, 5_000));
         let mut keys = Vec::new();
         let mut peers = Vec::new();
-        let timeout = Duration::from_millis(cfg.vote_interval_ms.clamp(500, 5_000));
         for a in &cfg.authorities {
             let k = a
                 .key_bytes()
                 .map_err(|e| Error::Config(format!("key `authorities`: {e}")))?;
-            if keys.contains(&k) {
-                return Err(Error::Config(format!(
-                    "key `authorities`: {} is listed twice",
-                    a.key
-                )));
-            }
             keys.push(k);
             if k != me {
                 peers.push((k, DirectoryClient::with_timeout(&a.url, timeout)?));
@@ -227,50 +214,8 @@ impl Directory {
         }
         if keys.is_empty() {
             keys.push(me);
-        } else if !keys.contains(&me) {
-            return Err(Error::Config(format!(
-                "key `authorities`: this authority's own key {} is not listed",
-                hex::encode(me)
-            )));
-        }
-        if cfg.threshold == 0 || cfg.threshold > keys.len() {
-            return Err(Error::Config(format!(
-                "key `threshold`: {} must be between 1 and the {} authorities listed",
-                cfg.threshold,
-                keys.len()
-            )));
-        }
-        if 2 * cfg.threshold <= keys.len() {
-            tracing::warn!(
-                threshold = cfg.threshold,
-                authorities = keys.len(),
-                "threshold is at most half the authorities: two halves could each publish \
-                 a different topology"
-            );
-        }
-        cfg.params
-            .check()
-            .map_err(|e| Error::Config(format!("key `params`: {e}")))?;
-        let p = cfg.params;
-        let keep_up = (p.lambda_payload + p.lambda_loop) / protocol::cover::DOWNLINK_HEADROOM;
-        if p.lambda_downlink < keep_up {
-            tracing::warn!(
-                lambda_downlink = p.lambda_downlink,
-                needed = keep_up,
-                "params.lambda_downlink is below (lambda_payload + lambda_loop) / 0.8: a client \
-                 uploading at full speed gets its acks late or loses them"
-            );
-        }
-        if cfg.vote_interval_ms == 0 {
-            return Err(Error::Config(
-                "key `vote_interval_ms` must be above zero".into(),
-            ));
         }
         let policy = if cfg.test_network {
-            tracing::warn!(
-                "test_network is set: nodes may register loopback and private addresses; \
-                 never on a public network"
-            );
             AddressPolicy::TestNetwork
         } else {
             AddressPolicy::PublicOnly
@@ -767,12 +712,34 @@ impl Directory {
             .route("/v1/candidate/{epoch}", get(candidate_handler))
             .route("/v1/authority", get(authority_handler))
             .route("/metrics", get(metrics_handler))
+            .merge(net::health::routes(self.readiness()))
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(),
                 http::limit,
             ))
             .with_state(self.clone())
+    }
+
+    /// `/readyz`: ready once it serves a topology for the current epoch
+    /// (signed by the threshold of authorities).
+    fn readiness(&self) -> net::health::Readiness {
+        let dir = self.clone();
+        std::sync::Arc::new(move || {
+            let now = now_ms();
+            let epoch = dir.inner.schedule.epoch_at(now);
+            vec![if dir.topology_json(epoch, now).is_some() {
+                net::health::Check::pass("topology", "")
+            } else {
+                net::health::Check::fail(
+                    "topology",
+                    format!(
+                        "no topology for epoch {epoch} yet: fewer than {} authorities signed one",
+                        dir.inner.threshold
+                    ),
+                )
+            }]
+        })
     }
 
     fn guard(&self) -> http::Guard {

@@ -15,8 +15,9 @@ pub struct GatewayConfig {
     pub node: NodeConfig,
     /// UDP address of the QUIC endpoint clients connect to.
     pub client_listen: SocketAddr,
-    /// Address published for clients; defaults to `client_listen`.
-    pub public_client_address: Option<SocketAddr>,
+    /// Address published for clients; defaults to `client_listen`. A DNS
+    /// name (`host:port`) is resolved each time the gateway registers.
+    pub public_client_address: Option<net::HostPort>,
     /// Frames per second one client connection may send.
     pub client_rate_pps: f64,
     /// Burst allowance of a client connection, frames.
@@ -83,6 +84,54 @@ node::config_keys!(GatewayConfig {
 });
 
 impl GatewayConfig {
+    /// What `umbra gateway check` finds: the node's findings and the
+    /// gateway's own keys, without starting or creating anything. Returns
+    /// the identity, if its key file exists.
+    pub fn check(&self, f: &mut net::check::Findings) -> Option<[u8; 32]> {
+        let id = self.node.check(f);
+        f.distinct(
+            ("listen", self.node.listen),
+            ("client_listen", self.client_listen),
+        );
+        f.distinct(
+            ("metrics_listen", self.node.metrics_listen),
+            ("client_listen", self.client_listen),
+        );
+        let published = self
+            .public_client_address
+            .clone()
+            .unwrap_or(net::HostPort::Ip(self.client_listen));
+        let key = if self.public_client_address.is_some() {
+            "public_client_address"
+        } else {
+            "client_listen"
+        };
+        node::config::check_published(f, key, &published);
+        for (key, bad) in [
+            (
+                "client_rate_pps",
+                !(self.client_rate_pps.is_finite() && self.client_rate_pps > 0.0),
+            ),
+            (
+                "client_burst",
+                !(self.client_burst.is_finite() && self.client_burst >= 1.0),
+            ),
+            ("max_clients", self.max_clients == 0),
+            ("client_queue", self.client_queue == 0),
+            ("dropbox_ttl_secs", self.dropbox_ttl_secs == 0),
+            ("dropbox_max_messages", self.dropbox_max_messages == 0),
+            ("storage_max_bytes", self.storage_max_bytes == 0),
+            ("fetch_max_age_secs", self.fetch_max_age_secs == 0),
+            ("storage_queue", self.storage_queue == 0),
+        ] {
+            if bad {
+                f.problem(key, "must be above zero (client_burst: at least 1)");
+            }
+        }
+        f.private_file("data_dir", &self.node.data_dir.join("dropboxes.redb"));
+        id
+    }
+
     /// A commented example, as `umbra gateway init` writes it.
     pub fn example(authorities: &[AuthorityRef], threshold: usize) -> String {
         let d = Self::default();
@@ -92,11 +141,14 @@ impl GatewayConfig {
 
 # QUIC endpoint for links with mix nodes.
 listen = "{listen}"
+# Published addresses, if others must dial other ones: IP addresses or DNS
+# names, resolved each time the gateway registers.
 # public_address = "203.0.113.7:9500"
 # QUIC endpoint clients connect to.
 client_listen = "{client_listen}"
-# public_client_address = "203.0.113.7:9600"
-# Prometheus metrics at http://<metrics_listen>/metrics
+# public_client_address = "gw1.example.org:9600"
+# Prometheus metrics at http://<metrics_listen>/metrics, with /healthz
+# (alive) and /readyz (ready: 200, else 503 naming the failed check).
 metrics_listen = "{metrics}"
 # Signatures a topology needs: k of the authorities listed at the end.
 authority_threshold = {threshold}
@@ -154,9 +206,9 @@ mod tests {
     /// Every field a file can set is a key, the node's included.
     #[test]
     fn every_field_is_a_key() {
-        let any = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let any = Some(net::HostPort::parse("gw.example:1").unwrap());
         let mut cfg = GatewayConfig {
-            public_client_address: any,
+            public_client_address: any.clone(),
             ..GatewayConfig::default()
         };
         cfg.node.public_address = any;

@@ -386,7 +386,25 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
             handler: Arc::new(GatewayHandler(shared.clone())),
             registry: registry.clone(),
             inbound: LinkConfig::default(),
-            client_address: Some(cfg.public_client_address.unwrap_or(client_addr)),
+            client_address: Some(
+                cfg.public_client_address
+                    .clone()
+                    .unwrap_or(net::HostPort::Ip(client_addr)),
+            ),
+            checks: Some({
+                let m = shared.metrics.clone();
+                Arc::new(move || {
+                    vec![if m.storage_ok.get() == 1 {
+                        net::health::Check::pass("storage", "")
+                    } else {
+                        net::health::Check::fail(
+                            "storage",
+                            "the last dropbox commit failed (disk full or failing): \
+                             stores are refused, fetches still served",
+                        )
+                    }]
+                })
+            }),
         },
     )
     .await?;

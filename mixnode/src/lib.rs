@@ -29,9 +29,12 @@ pub fn example_config(authorities: &[net::dirclient::AuthorityRef], threshold: u
 
 # UDP address of the QUIC endpoint that receives and sends packets.
 listen = "{listen}"
-# Address published to the directory, if other nodes must dial another one.
+# Address published to the directory, if other nodes must dial another one:
+# an IP address or a DNS name, resolved each time the node registers.
 # public_address = "203.0.113.7:9000"
-# Prometheus metrics at http://<metrics_listen>/metrics
+# public_address = "mix1.example.org:9000"
+# Prometheus metrics at http://<metrics_listen>/metrics, with /healthz
+# (alive) and /readyz (ready to mix: 200, else 503 naming the failed check).
 metrics_listen = "{metrics}"
 # Signatures a topology needs: k of the authorities listed at the end.
 authority_threshold = {threshold}

@@ -50,6 +50,8 @@ pub struct LinkFaults {
     pub delay: f64,
     /// How late a delayed datagram is sent, milliseconds.
     pub delay_ms: u64,
+    /// Spread of that lateness: uniform in `delay_ms ± jitter_ms`.
+    pub jitter_ms: u64,
     /// Seed of the decisions (each socket derives its own stream from it).
     pub seed: u64,
 }
@@ -151,6 +153,63 @@ struct Config {
     burst: Option<BurstLoss>,
 }
 
+impl LinkFaults {
+    /// The environment variable [`LinkFaults::from_env`] reads.
+    pub const ENV: &'static str = "UMBRA_DANGEROUS_LINK_FAULTS";
+
+    /// Parses `key=value` pairs separated by commas: `loss`, `duplicate`,
+    /// `reorder` and `delay` (probabilities), `delay_ms`, `jitter_ms` and
+    /// `seed`. `latency_ms=D` is shorthand for `delay=1,delay_ms=D`: every
+    /// datagram late, as on a long path (with `jitter_ms`, a varying one).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut f = Self::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let prob = |v: &str| -> Result<f64, String> {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|p| (0.0..=1.0).contains(p))
+                    .ok_or_else(|| format!("{k} = {v:?} is not a probability"))
+            };
+            let int = |v: &str| -> Result<u64, String> {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k} = {v:?} is not a whole number"))
+            };
+            match k {
+                "loss" => f.loss = prob(v)?,
+                "duplicate" => f.duplicate = prob(v)?,
+                "reorder" => f.reorder = prob(v)?,
+                "delay" => f.delay = prob(v)?,
+                "delay_ms" => f.delay_ms = int(v)?,
+                "latency_ms" => {
+                    f.delay = 1.0;
+                    f.delay_ms = int(v)?;
+                }
+                "jitter_ms" => f.jitter_ms = int(v)?,
+                "seed" => f.seed = int(v)?,
+                _ => return Err(format!("unknown fault {k:?}")),
+            }
+        }
+        if f.loss >= 1.0 {
+            return Err("loss must be below 1".into());
+        }
+        Ok(f)
+    }
+
+    /// The faults [`Self::ENV`] asks for, if set: how a test gives a node
+    /// process a long, lossy path where the kernel has no netem.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(Self::ENV) {
+            Ok(spec) => Self::parse(&spec)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", Self::ENV)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
 static LINK_FAULTS: Mutex<Option<LinkFaults>> = Mutex::new(None);
 static BURST: Mutex<Option<BurstLoss>> = Mutex::new(None);
 static SOCKETS: AtomicU64 = AtomicU64::new(0);
@@ -169,6 +228,7 @@ pub fn dangerous_set_link_faults(faults: Option<LinkFaults>) {
             reorder = f.reorder,
             delay = f.delay,
             delay_ms = f.delay_ms,
+            jitter_ms = f.jitter_ms,
             "dangerous: injecting link faults"
         );
     }
@@ -496,7 +556,8 @@ impl SocketState {
         let late = if uniform(rng) < f.reorder {
             Some(1 + rng.next_u64() % 10)
         } else if uniform(rng) < f.delay {
-            Some(f.delay_ms)
+            let j = f.jitter_ms.min(f.delay_ms);
+            Some(f.delay_ms - j + rng.next_u64() % (2 * j + 1))
         } else {
             None
         };
@@ -864,6 +925,41 @@ mod tests {
 
     fn addr(last: u8, port: u16) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, last], port))
+    }
+
+    #[test]
+    fn specs_parse_and_latency_is_spread_by_the_jitter() {
+        let f = LinkFaults::parse("latency_ms=30, jitter_ms=10,loss=0.01,seed=3").unwrap();
+        assert_eq!(
+            (f.delay, f.delay_ms, f.jitter_ms, f.loss, f.seed),
+            (1.0, 30, 10, 0.01, 3)
+        );
+        for (bad, why) in [
+            ("loss=1", "below 1"),
+            ("loss=2", "probability"),
+            ("delay_ms=-1", "whole number"),
+            ("latency", "key=value"),
+            ("lag=1", "unknown fault"),
+        ] {
+            let e = LinkFaults::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let cfg = Config {
+            faults: f,
+            burst: None,
+        };
+        let mut s = state(1);
+        let mut lates = Vec::new();
+        for i in 0..20_000u64 {
+            if let Some(l) = s.decide(&cfg, addr(1, (i % 7) as u16), false).late {
+                lates.push(l);
+            }
+        }
+        assert!(lates.len() > 19_000, "every datagram not lost is late");
+        assert_eq!(*lates.iter().min().unwrap(), 20);
+        assert_eq!(*lates.iter().max().unwrap(), 40);
+        let mean = lates.iter().sum::<u64>() as f64 / lates.len() as f64;
+        assert!((mean - 30.0).abs() < 0.5, "{mean}");
     }
 
     #[test]

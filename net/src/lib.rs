@@ -1,11 +1,15 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod addr;
+pub mod check;
 pub mod conn;
 #[cfg(not(feature = "server"))]
 pub mod counters;
 pub mod dirclient;
 pub mod faults;
+#[cfg(feature = "server")]
+pub mod health;
 pub mod identity;
 pub mod link;
 #[cfg(feature = "server")]
@@ -14,6 +18,7 @@ pub mod tls;
 
 mod error;
 mod udp;
+pub use addr::HostPort;
 pub use error::Error;
 
 /// Milliseconds since the Unix epoch, from the system clock: the one place

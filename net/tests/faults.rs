@@ -19,6 +19,7 @@ async fn quic_recovers_from_injected_faults() {
         reorder: 0.05,
         delay: 0.05,
         delay_ms: 30,
+        jitter_ms: 10,
         seed: 1,
     }));
     let key = SigningKey::from_bytes(&[9; 32]);

@@ -18,8 +18,10 @@ use std::path::PathBuf;
 pub struct NodeConfig {
     /// UDP address the QUIC endpoint for node links binds.
     pub listen: SocketAddr,
-    /// Address published in the descriptor; defaults to `listen`.
-    pub public_address: Option<SocketAddr>,
+    /// Address published in the descriptor; defaults to `listen`. A DNS
+    /// name (`host:port`) is resolved each time the node registers, and
+    /// the descriptor carries the address it resolved to.
+    pub public_address: Option<net::HostPort>,
     /// HTTP address of the Prometheus endpoint.
     pub metrics_listen: SocketAddr,
     /// The network's directory authorities (URL and public key of each).
@@ -111,6 +113,63 @@ crate::config_keys!(NodeConfig {
 });
 
 impl NodeConfig {
+    /// What `umbra <role> check` finds in the node's keys, without
+    /// starting, binding or creating anything (a `public_address` name is
+    /// looked up). Returns the identity, if its key file exists.
+    pub fn check(&self, f: &mut net::check::Findings) -> Option<[u8; 32]> {
+        if let Err(e) =
+            net::dirclient::Authorities::new(&self.authorities, self.authority_threshold)
+        {
+            let key = if e.contains("threshold") {
+                "authority_threshold"
+            } else {
+                "authorities"
+            };
+            f.problem(key, e);
+        }
+        f.distinct(
+            ("listen", self.listen),
+            ("metrics_listen", self.metrics_listen),
+        );
+        for (key, zero) in [
+            ("worker_queue", self.worker_queue == 0),
+            ("delay_queue", self.delay_queue == 0),
+            ("link_queue", self.link_queue == 0),
+            ("replay_max_pps", self.replay_max_pps == 0),
+            ("topology_refresh_secs", self.topology_refresh_secs == 0),
+        ] {
+            if zero {
+                f.problem(key, "must be above zero");
+            }
+        }
+        let fp = self.replay_false_positive_rate;
+        if !(fp > 0.0 && fp < 0.01) {
+            f.problem(
+                "replay_false_positive_rate",
+                format!("{fp} must be above 0 and below 0.01"),
+            );
+        }
+        if self.dangerous_no_cover {
+            f.warn(
+                "dangerous_no_cover",
+                "DANGEROUS: the node sends no loop cover and cannot notice packets being held or dropped",
+            );
+        }
+        if self.dangerous_zero_delay {
+            f.warn(
+                "dangerous_zero_delay",
+                "DANGEROUS: packets are forwarded without their mixing delay (no mixing)",
+            );
+        }
+        let (key, published) = match &self.public_address {
+            Some(a) => ("public_address", a.clone()),
+            None => ("listen", net::HostPort::Ip(self.listen)),
+        };
+        check_published(f, key, &published);
+        f.private_dir("data_dir", &self.data_dir);
+        f.key_file("data_dir", &self.data_dir.join("identity.key"))
+    }
+
     /// The packet-path part of a role's example config (`umbra <role> init`):
     /// workers, delays, queues, replay cache, refresh, jumbo frames and the
     /// dangerous knobs, with `self`'s values.
@@ -150,6 +209,40 @@ jumbo_frames = {jumbo}
             tr = self.topology_refresh_secs,
             jumbo = self.jumbo_frames,
         )
+    }
+}
+
+/// A published address: a name must resolve now; an address a production
+/// directory refuses (loopback, private, unspecified) is a warning, as a
+/// test network accepts it.
+pub fn check_published(f: &mut net::check::Findings, key: &str, a: &net::HostPort) {
+    use std::net::ToSocketAddrs;
+    let ips: Vec<std::net::IpAddr> = match a {
+        net::HostPort::Ip(s) => vec![s.ip()],
+        net::HostPort::Name(host, port) => match (host.as_str(), *port).to_socket_addrs() {
+            Ok(it) => it.map(|s| s.ip()).collect(),
+            Err(e) => {
+                f.problem(key, format!("{a} does not resolve: {e}"));
+                return;
+            }
+        },
+    };
+    if !ips
+        .iter()
+        .any(|ip| protocol::topology::is_public_unicast(*ip))
+    {
+        f.warn(
+            key,
+            format!(
+                "{a} is not a public address: only a directory with test_network = true \
+                 accepts it{}",
+                if key == "listen" {
+                    " (set public_address)"
+                } else {
+                    ""
+                }
+            ),
+        );
     }
 }
 
@@ -309,7 +402,7 @@ mod tests {
     #[test]
     fn every_field_is_a_key() {
         let cfg = NodeConfig {
-            public_address: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            public_address: Some(net::HostPort::parse("mix.example:1").unwrap()),
             ..NodeConfig::default()
         };
         let table = toml::Table::try_from(&cfg).unwrap();

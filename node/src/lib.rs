@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod health;
 mod loops;
 mod metrics;
 mod pipeline;
@@ -126,6 +127,19 @@ impl NodeRef {
             .cloned()
     }
 
+    /// The node's `/readyz` checks now ([`health::checks`]).
+    pub fn ready_checks(&self, refresh_period_ms: u64, loops_on: bool) -> Vec<net::health::Check> {
+        let topology = self
+            .topology()
+            .map(|t| (t.epoch, t.node(&self.0.identity).is_some()));
+        health::checks(
+            &self
+                .0
+                .health
+                .snapshot(now_ms(), refresh_period_ms, topology, loops_on),
+        )
+    }
+
     /// Whether `id` is a layer-1 mix node in the topology of `epoch`: the
     /// only hop a client's packet or a SURB reply may enter the mixnet at.
     pub fn is_first_layer(&self, epoch: u64, id: &NodeId) -> bool {
@@ -162,12 +176,15 @@ pub struct Node {
 struct Control {
     identity: SigningKey,
     cfg: NodeConfig,
-    public_address: SocketAddr,
+    /// What to publish (resolved at each registration), and the bound
+    /// address, published when it is unset.
+    public_address: Option<net::HostPort>,
+    quic_addr: SocketAddr,
     dir: Authorities,
     shared: Arc<Shared>,
     last_seen: Mutex<Option<(u64, u64)>>,
     role: Role,
-    client_address: Option<SocketAddr>,
+    client_address: Option<net::HostPort>,
     /// How far our clock is from the directory's.
     clock: Mutex<ClockWatch>,
     /// Refreshes failed in a row, and the last topology's epoch and when
@@ -245,7 +262,32 @@ fn sphinx_key(epoch: u64, cfg: &NodeConfig, schedule: &EpochSchedule) -> EpochKe
 }
 
 impl Control {
-    fn descriptor(&self) -> Result<Signed, Error> {
+    /// The addresses to publish now: names resolved (each registration,
+    /// so that a changed DNS record is published within one).
+    async fn addresses(&self) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+        let address = match &self.public_address {
+            Some(a) => a
+                .resolve(self.quic_addr)
+                .await
+                .map_err(|e| format!("config key `public_address` = {a}: {e}"))?,
+            None => self.quic_addr,
+        };
+        let client = match &self.client_address {
+            Some(a) => Some(
+                a.resolve(self.quic_addr)
+                    .await
+                    .map_err(|e| format!("config key `public_client_address` = {a}: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok((address, client))
+    }
+
+    fn descriptor(
+        &self,
+        address: SocketAddr,
+        client_address: Option<SocketAddr>,
+    ) -> Result<Signed, Error> {
         let ring = self.shared.keys.read().unwrap_or_else(|p| p.into_inner());
         let sphinx_keys = ring
             .epochs()
@@ -262,8 +304,8 @@ impl Control {
         let d = NodeDescriptor {
             identity: self.identity.verifying_key().to_bytes(),
             role: self.role,
-            address: self.public_address.to_string(),
-            client_address: self.client_address.map(|a| a.to_string()),
+            address: address.to_string(),
+            client_address: client_address.map(|a| a.to_string()),
             sphinx_keys,
             published_ms: now_ms(),
         };
@@ -276,7 +318,10 @@ impl Control {
     /// Registers with every authority. Fine if at least `threshold` accepted
     /// (a node appears only if that many admit it); the refusals are logged.
     async fn register(&self) -> Result<(), String> {
-        let d = self.descriptor().map_err(|e| e.to_string())?;
+        let (address, client) = self.addresses().await?;
+        let d = self
+            .descriptor(address, client)
+            .map_err(|e| e.to_string())?;
         let (accepted, refused) = self.dir.register(&d).await;
         for r in &refused {
             tracing::warn!(reason = %r, "an authority did not take the descriptor");
@@ -330,6 +375,7 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(offset) = timed.offset_ms {
+            self.shared.health.clock(offset);
             self.shared
                 .metrics
                 .clock_offset_seconds
@@ -390,6 +436,7 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner()) = routes;
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((doc.epoch, doc.revision));
         let epoch = doc.epoch;
+        self.shared.health.refreshed(now_ms());
         {
             let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
             if o.failures > 0 {
@@ -427,8 +474,11 @@ pub struct NodeOptions {
     pub registry: prometheus::Registry,
     /// Limits on connections the node accepts.
     pub inbound: LinkConfig,
-    /// Gateways: where clients connect, published in the descriptor.
-    pub client_address: Option<SocketAddr>,
+    /// Gateways: where clients connect, published in the descriptor (a
+    /// name is resolved at each registration).
+    pub client_address: Option<net::HostPort>,
+    /// The role's own `/readyz` checks, after the node's (a gateway's storage).
+    pub checks: Option<net::health::Readiness>,
 }
 
 impl NodeOptions {
@@ -442,6 +492,7 @@ impl NodeOptions {
             registry: prometheus::Registry::new(),
             inbound: LinkConfig::default(),
             client_address: None,
+            checks: None,
         }
     }
 }
@@ -456,6 +507,7 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
         registry,
         inbound,
         client_address,
+        checks,
     } = opts;
     let role_name = match role {
         Role::Mix => "mixnode",
@@ -507,7 +559,6 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
 
     let endpoint = net::link::bind(cfg.listen, &creds, cfg.jumbo_frames)?;
     let quic_addr = endpoint.local_addr()?;
-    let public_address = cfg.public_address.unwrap_or(quic_addr);
 
     let metrics = Metrics::new(&registry, role_name);
     let link_metrics = LinkMetrics::new(&registry);
@@ -612,9 +663,22 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
             source,
         })?;
     let metrics_addr = metrics_listener.local_addr()?;
+    let ready = {
+        let node = NodeRef(shared.clone());
+        let period_ms = cfg.topology_refresh_secs.max(1) * 1000;
+        let loops_on = !cfg.dangerous_no_cover;
+        let readiness: net::health::Readiness = Arc::new(move || {
+            let mut out = node.ready_checks(period_ms, loops_on);
+            if let Some(role) = &checks {
+                out.extend(role());
+            }
+            out
+        });
+        readiness
+    };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let _ = net::metrics::serve(metrics_listener, registry, async move {
+        let _ = net::metrics::serve(metrics_listener, registry, ready, async move {
             let _ = rx.wait_for(|s| *s).await;
         })
         .await;
@@ -622,7 +686,8 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
 
     let control = Arc::new(Control {
         identity,
-        public_address,
+        public_address: cfg.public_address.clone(),
+        quic_addr,
         dir,
         shared: shared.clone(),
         last_seen: Mutex::new(None),

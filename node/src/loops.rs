@@ -42,7 +42,10 @@ impl Loops {
             .unwrap_or_else(|p| p.into_inner())
             .returned(identifier, now);
         match outcome {
-            LoopOutcome::OnTime => shared.metrics.loops_returned.inc(),
+            LoopOutcome::OnTime => {
+                shared.metrics.loops_returned.inc();
+                shared.health.loop_back(net::now_ms());
+            }
             LoopOutcome::Late => shared.metrics.loops_late.inc(),
             LoopOutcome::Unknown => return false,
         }
@@ -117,5 +120,6 @@ fn send_one(
         .unwrap_or_else(|p| p.into_inner())
         .sent(id, now, total);
     shared.metrics.loops_sent.inc();
+    shared.health.loop_sent(net::now_ms());
     shared.forward(doc.epoch, route[0].id, &pkt);
 }

@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) topologies: RwLock<Topologies>,
     pub(crate) identity: NodeId,
     pub(crate) loops: crate::loops::Loops,
+    /// What `/readyz` judges by.
+    pub(crate) health: crate::health::HealthState,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ impl Shared {
             topologies: RwLock::new(Topologies::default()),
             identity,
             loops: crate::loops::Loops::new(),
+            health: crate::health::HealthState::default(),
         });
         (s, job_rx, delay_rx)
     }

@@ -327,7 +327,17 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoRepor
         net.directory.stop_member(0).await;
         progress("stopped an authority before the clients start");
     }
-    let result = talk(&net, &opts, &params, &progress).await;
+    let mut cfg = net.client_config()?;
+    cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms);
+    let target = Target {
+        cfg,
+        gateways: net.gateways.iter().map(|g| g.node().identity).collect(),
+        topology: match opts.partition {
+            Some(_) => Some(net.directory.topology().await?),
+            None => None,
+        },
+    };
+    let result = talk(target, &opts, &params, &progress).await;
     let faults = net::faults::fault_counts().since(&faults_before);
     let result = result.map(|(mut r, partition)| {
         if faults.seen > 0 {
@@ -535,14 +545,72 @@ impl Ledger {
     }
 }
 
+/// The network the demo's two clients talk through.
+struct Target {
+    /// Client settings: the authorities, and (for the demo's own network)
+    /// the demo's fetch interval.
+    cfg: ClientConfig,
+    /// Gateways, by identity: Alice enters at the first, Bob at the second.
+    gateways: Vec<protocol::NodeId>,
+    /// The topology, when a partition needs the mix nodes' addresses.
+    topology: Option<protocol::topology::TopologyDocument>,
+}
+
+/// Runs Alice and Bob through a network already running elsewhere (the
+/// authorities `refs`, `threshold` of whose signatures a topology needs),
+/// at its own parameters and the SDK's default fetch interval: the check
+/// that a deployed network carries messages. Only `messages`,
+/// `message_size`, `send_interval_ms` and `timeout` of `opts` apply.
+pub async fn run_on(
+    opts: DemoOptions,
+    refs: Vec<net::dirclient::AuthorityRef>,
+    threshold: usize,
+    progress: impl Fn(&str),
+) -> Result<DemoReport, BoxError> {
+    let dir = net::dirclient::Authorities::new(&refs, threshold)?;
+    let doc = dir.topology(false, net::now_ms(), None).await?;
+    let gateways: Vec<protocol::NodeId> = doc
+        .nodes
+        .iter()
+        .filter(|n| n.role == protocol::topology::Role::Gateway)
+        .map(|n| n.identity)
+        .collect();
+    if gateways.is_empty() {
+        return Err("the network's topology has no gateway".into());
+    }
+    progress(&format!(
+        "the network's topology (epoch {}): {} mix nodes, {} gateways; λ_P = {}/s, mean delay {} ms",
+        doc.epoch,
+        doc.nodes.len() - gateways.len(),
+        gateways.len(),
+        doc.params.lambda_payload,
+        doc.params.mix_delay_mean_ms
+    ));
+    let opts = DemoOptions {
+        lambda_payload: doc.params.lambda_payload,
+        delay_mean_ms: doc.params.mix_delay_mean_ms,
+        partition: None,
+        ..opts
+    };
+    let target = Target {
+        cfg: ClientConfig::with_authorities(refs, threshold)?,
+        gateways,
+        topology: None,
+    };
+    Ok(talk(target, &opts, &doc.params, &progress).await?.0)
+}
+
 async fn talk(
-    net: &MixNetwork,
+    target: Target,
     opts: &DemoOptions,
     params: &NetworkParams,
     progress: &impl Fn(&str),
 ) -> Result<(DemoReport, Option<net::faults::PartitionReport>), BoxError> {
-    let mut cfg = net.client_config()?;
-    cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms);
+    let Target {
+        mut cfg,
+        gateways,
+        topology,
+    } = target;
     // New identities have no backlog to catch up on.
     cfg.catch_up_periods = 2;
     // Large messages need one payload tick per fragment: the TTL leaves
@@ -561,9 +629,8 @@ async fn talk(
         bounds.undelivered.as_secs_f64()
     ));
     // The partitioned link: the first mix node of layer 1 and of layer 2.
-    let cut = match opts.partition {
-        Some(len) => {
-            let topo = net.directory.topology().await?;
+    let cut = match (opts.partition, &topology) {
+        (Some(len), Some(topo)) => {
             let addr = |layer: u8| -> Result<SocketAddr, BoxError> {
                 let n = topo
                     .layer(layer)
@@ -573,13 +640,9 @@ async fn talk(
             };
             Some((addr(1)?, addr(2)?, len))
         }
-        None => None,
+        _ => None,
     };
-    let gw = |i: usize| {
-        net.gateways
-            .get(i % net.gateways.len())
-            .map(|g| g.node().identity)
-    };
+    let gw = |i: usize| gateways.get(i % gateways.len().max(1)).copied();
     let mut a_cfg = cfg.clone();
     a_cfg.entry_gateway = gw(0);
     let mut b_cfg = cfg;

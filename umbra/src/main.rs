@@ -127,6 +127,18 @@ enum Command {
         /// "seconds","ended","injector","boundaries"}.
         #[arg(long)]
         json: bool,
+        /// Talk through a network already running instead of starting one:
+        /// a directory authority's public key, as `umbra directory key`
+        /// prints it (repeat per authority; --directory-url in the same
+        /// order; --threshold of them must sign). The network's own rates
+        /// and delays apply; --messages, --message-size and --json too.
+        #[arg(long = "authority-key", requires = "directory_urls",
+              conflicts_with_all = ["link_loss", "burst_loss", "partition_secs",
+                                    "authorities_down", "lambda_p", "delay_ms"])]
+        authority_keys: Vec<String>,
+        /// With --authority-key: each authority's base URL.
+        #[arg(long = "directory-url", requires = "authority_keys")]
+        directory_urls: Vec<String>,
     },
     /// Start the demo's network (directory, 2 mix nodes per layer, 2 gateways)
     /// and keep it running until Ctrl-C, printing how to point clients at it.
@@ -235,6 +247,10 @@ enum GatewayCmd {
     /// Print the gateway's identity key (creating it on first use), for the
     /// authorities' operators to admit.
     Key(RunArgs),
+    /// Check a config file and the key files it names without starting,
+    /// binding or creating anything: exit 0 and `ok: FILE`, or exit 1 with
+    /// each problem on its own line, naming the file and the key.
+    Check(RunArgs),
     /// Start the gateway until SIGTERM or Ctrl-C.
     Run(NodeRunArgs),
 }
@@ -275,6 +291,10 @@ struct NodeRunArgs {
 enum DirectoryCmd {
     /// Write a commented example config (every key at its default).
     Init(InitArgs),
+    /// Check a config file and the key files it names without starting,
+    /// binding or creating anything: exit 0 and `ok: FILE`, or exit 1 with
+    /// each problem on its own line, naming the file and the key.
+    Check(RunArgs),
     /// Start the authority; creates its key (mode 0600) on first run and prints it.
     Run(RunArgs),
     /// Print the authority's public key (creating the key on first use), for node configs.
@@ -373,6 +393,11 @@ enum MixnodeCmd {
     /// Print the mix node's identity key (creating it on first use), for the
     /// authorities' operators to admit.
     Key(RunArgs),
+    /// Check a config file and the key files it names without starting,
+    /// binding or creating anything: exit 0 and `ok: FILE`, or exit 1 with
+    /// each problem on its own line, naming the file and the key.
+    Check(RunArgs),
+
     /// Start the mix node: generates its identity on first run, registers with the
     /// directory and routes packets until SIGTERM or Ctrl-C.
     Run(NodeRunArgs),
@@ -475,8 +500,79 @@ fn identity_of(config: &std::path::Path, data_dir: &std::path::Path, file: &str)
     Ok(hex::encode(key.verifying_key().to_bytes()))
 }
 
+/// Prints what `umbra <role> check` found: warnings, then either `ok` and
+/// the notes, or each problem (the error makes the exit status 1).
+fn report_check(
+    config: &std::path::Path,
+    role: &str,
+    f: net::check::Findings,
+    id: Option<[u8; 32]>,
+) -> Result<()> {
+    let file = config.display();
+    for w in &f.warnings {
+        eprintln!("warning: config file {file}: {w}");
+    }
+    if !f.problems.is_empty() {
+        for p in &f.problems {
+            eprintln!("config file {file}: {p}");
+        }
+        return Err(format!(
+            "{} problem{} in {file}",
+            f.problems.len(),
+            if f.problems.len() == 1 { "" } else { "s" }
+        )
+        .into());
+    }
+    match id {
+        Some(id) => println!("ok: {file} ({role}, identity {})", hex::encode(id)),
+        None => println!("ok: {file} ({role})"),
+    }
+    for n in &f.notes {
+        println!("  {n}");
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Directory(DirectoryCmd::Check(a)) => {
+            let cfg: DirectoryConfig = config::load(&a.config)?;
+            let mut f = net::check::Findings::default();
+            f.private_dir("data_dir", &cfg.data_dir);
+            let me = f.key_file("data_dir", &cfg.data_dir.join("authority.key"));
+            f.problems.extend(cfg.problems(me.as_ref()));
+            f.warnings.extend(cfg.warnings());
+            f.private_file("data_dir", &cfg.data_dir.join("directory.redb"));
+            let admission = cfg.admission_path();
+            if admission.exists() {
+                match directory::Admission::load(&admission) {
+                    Ok(list) => f.notes.push(format!(
+                        "{} nodes admitted in {}",
+                        list.len(),
+                        admission.display()
+                    )),
+                    Err(e) => f.problem("admission_file", e),
+                }
+            } else {
+                f.notes.push(format!(
+                    "{} does not exist yet: no node is admitted (umbra directory admit)",
+                    admission.display()
+                ));
+            }
+            report_check(&a.config, "directory authority", f, me)?;
+        }
+        Command::Mixnode(MixnodeCmd::Check(a)) => {
+            let cfg: MixnodeConfig = config::load(&a.config)?;
+            let mut f = net::check::Findings::default();
+            let id = cfg.check(&mut f);
+            report_check(&a.config, "mix node", f, id)?;
+        }
+        Command::Gateway(GatewayCmd::Check(a)) => {
+            let cfg: gateway::GatewayConfig = config::load(&a.config)?;
+            let mut f = net::check::Findings::default();
+            let id = cfg.check(&mut f);
+            report_check(&a.config, "gateway", f, id)?;
+        }
         Command::Directory(DirectoryCmd::Init(a)) => {
             config::write_new(&a.config, &DirectoryConfig::example(), a.force)?;
             println!(
@@ -622,6 +718,8 @@ async fn run(cli: Cli) -> Result<()> {
             authorities_down,
             epoch_secs,
             json,
+            authority_keys,
+            directory_urls,
         } => {
             if message_size.is_some_and(|n| n > client_sdk::MAX_BODY_LEN) {
                 return Err(format!(
@@ -680,7 +778,17 @@ async fn run(cli: Cli) -> Result<()> {
                 epoch_secs,
                 ..Default::default()
             };
-            let r = umbra::demo::run(opts, |line| eprintln!("{line}")).await?;
+            let r = if authority_keys.is_empty() {
+                umbra::demo::run(opts, |line| eprintln!("{line}")).await?
+            } else {
+                let refs = AuthorityArgs {
+                    keys: authority_keys,
+                    urls: directory_urls,
+                    threshold,
+                }
+                .refs()?;
+                umbra::demo::run_on(opts, refs, threshold, |line| eprintln!("{line}")).await?
+            };
             println!(
                 "{} of {} messages delivered intact ({} reported failed but delivered); {} reported failed, {} lost, {} duplicates, {} corrupted; latency p50 {} ms, p99 {} ms; {} s ({})",
                 r.delivered,
@@ -967,6 +1075,16 @@ async fn run(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // DANGEROUS, tests only: a long or lossy path for this process's QUIC
+    // sockets (the netns testnet, where the kernel has no netem). Warns.
+    match net::faults::LinkFaults::from_env() {
+        Ok(Some(f)) => net::faults::dangerous_set_link_faults(Some(f)),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -220,10 +220,11 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
             ("listen", format!("\"127.0.0.1:{}\"", free_udp_port())),
             ("metrics_listen", format!("\"127.0.0.1:{metrics_port}\"")),
             ("data_dir", format!("{:?}", tmp.path().join("mix"))),
+            // Re-registers (after its admission) within a second.
+            ("topology_refresh_secs", "1".into()),
         ],
     );
-    // The operator admits the node: its key from `mixnode key`, the
-    // allowlist edited while the authority runs.
+    // The config checks out, and `check` names the identity `key` prints.
     let out = umbra()
         .args(["mixnode", "key", "--config"])
         .arg(&mix_cfg)
@@ -233,28 +234,20 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
     let mix_key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(mix_key.len(), 64);
     let out = umbra()
-        .args(["directory", "admit", "--role", "mix", "--config"])
-        .arg(&dir_cfg)
-        .arg("not-a-key")
+        .args(["mixnode", "check", "--config"])
+        .arg(&mix_cfg)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        umbra()
-            .args(["directory", "admit", "--role", "mix", "--config"])
-            .arg(&dir_cfg)
-            .arg(&mix_key)
-            .status()
-            .unwrap()
-            .success()
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let out = umbra()
-        .args(["directory", "admitted", "--config"])
-        .arg(&dir_cfg)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&mix_key));
+    assert!(
+        stdout.starts_with("ok: ") && stdout.contains(&mix_key),
+        "{stdout}"
+    );
     // A node configured with a wrong authority key fails at once, naming
     // the key, instead of waiting for a topology it can never accept.
     let wrong_cfg = tmp.path().join("wrong.toml");
@@ -284,6 +277,8 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
         "{:?}",
         started.elapsed()
     );
+    // Started before it is admitted: alive, but not ready, and /readyz
+    // says why.
     let mut mix = Killer(
         umbra()
             .args(["mixnode", "run", "--config"])
@@ -292,6 +287,55 @@ fn directory_and_mixnode_processes_run_and_stop_on_sigterm() {
             .unwrap(),
     );
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let unready = wait_for("mix node /readyz", 30, || {
+        http_get(&metrics_addr, "/readyz").filter(|r| r.contains("[+]topology ok"))
+    });
+    assert!(
+        unready.starts_with("HTTP/1.0 503")
+            && unready.contains("[-]registered failed: not in the topology"),
+        "{unready}"
+    );
+    let alive = http_get(&metrics_addr, "/healthz").unwrap();
+    assert!(
+        alive.starts_with("HTTP/1.0 200") && alive.ends_with("ok\n"),
+        "{alive}"
+    );
+    // The operator admits the node: the allowlist edited while the
+    // authority runs; the node's next registration is taken.
+    let out = umbra()
+        .args(["directory", "admit", "--role", "mix", "--config"])
+        .arg(&dir_cfg)
+        .arg("not-a-key")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+    assert!(
+        umbra()
+            .args(["directory", "admit", "--role", "mix", "--config"])
+            .arg(&dir_cfg)
+            .arg(&mix_key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = umbra()
+        .args(["directory", "admitted", "--config"])
+        .arg(&dir_cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&mix_key));
+    let ready = wait_for("mix node ready", 30, || {
+        http_get(&metrics_addr, "/readyz").filter(|r| r.starts_with("HTTP/1.0 200"))
+    });
+    for check in ["topology", "registered", "clock", "links"] {
+        assert!(ready.contains(&format!("[+]{check} ok")), "{ready}");
+    }
+    let dir_ready = http_get(&dir_addr, "/readyz").unwrap();
+    assert!(
+        dir_ready.starts_with("HTTP/1.0 200") && dir_ready.contains("[+]topology ok"),
+        "{dir_ready}"
+    );
     let metrics = wait_for("mix node metrics", 30, || {
         http_get(&metrics_addr, "/metrics").filter(|m| m.contains("umbra_mixnode_topology_nodes 1"))
     });
@@ -420,4 +464,148 @@ fn logs_to_a_pipe_are_plain_text_or_json_lines() {
         assert!(v["level"].is_string(), "{line}");
         assert!(v["message"].is_string(), "{line}");
     }
+}
+
+#[test]
+fn check_names_every_problem_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("mix.toml");
+    let key = "cd".repeat(32);
+    assert!(
+        umbra()
+            .args(["mixnode", "init", "--authority-key", &key, "--config"])
+            .arg(&cfg)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let data = tmp.path().join("never-made");
+    edit(&cfg, &[("data_dir", format!("{data:?}"))]);
+    let out = umbra()
+        .args(["mixnode", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("does not exist yet"), "{stdout}");
+    // The example listens on loopback: fine for a test network, and said.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("key `listen`"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "check created the data directory");
+
+    // Four problems at once, each named.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("identity.key"), "ab".repeat(32)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            data.join("identity.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    edit(
+        &cfg,
+        &[
+            ("authority_threshold", "2".into()),
+            ("worker_queue", "0".into()),
+        ],
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace(
+        "# public_address = \"203.0.113.7:9000\"",
+        "public_address = \"no-such-host.invalid:9000\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = umbra()
+        .args(["mixnode", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = cfg.display().to_string();
+    let mut wanted = vec![
+        "key `authority_threshold`: threshold 2 must be between 1 and the 1 authorities",
+        "key `worker_queue`: must be above zero",
+        "key `public_address`: no-such-host.invalid:9000 does not resolve",
+    ];
+    #[cfg(unix)]
+    wanted.extend(["mode 755", "chmod 600"]);
+    for want in wanted {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("config file {file}: ")) && l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    // A broken file is one problem, with the line.
+    std::fs::write(&cfg, "workers = 1\nlistn = 3\n").unwrap();
+    let out = umbra()
+        .args(["mixnode", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown field `listn`") && stderr.contains(&file),
+        "{stderr}"
+    );
+
+    // The other roles' checks.
+    let gw = tmp.path().join("gw.toml");
+    assert!(
+        umbra()
+            .args(["gateway", "init", "--authority-key", &key, "--config"])
+            .arg(&gw)
+            .status()
+            .unwrap()
+            .success()
+    );
+    edit(&gw, &[("client_listen", "\"127.0.0.1:9500\"".into())]);
+    let out = umbra()
+        .args(["gateway", "check", "--config"])
+        .arg(&gw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("key `client_listen`: 127.0.0.1:9500 is also `listen`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("dir.toml");
+    assert!(
+        umbra()
+            .args(["directory", "init", "--config"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    edit(&dir, &[("threshold", "0".into())]);
+    let out = umbra()
+        .args(["directory", "check", "--config"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key `threshold`: 0 must be between 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
