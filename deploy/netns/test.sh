@@ -44,10 +44,11 @@ cleanup() {
   rm -rf "$NS_OUT"
 }
 trap cleanup EXIT
-# Stops the whole test after 12 minutes whatever happens.
-( sleep 720; echo "netns test: over 12 minutes, stopping" >&2; kill -TERM $$ ) 2>/dev/null &
+# Stops the whole test after 12 minutes whatever happens (its own output
+# closed, so that a pipe reading ours ends with us).
+( exec >/dev/null 2>&1; sleep 720; kill -TERM $$ ) &
 watchdog=$!
-trap 'kill $watchdog 2>/dev/null || true; cleanup' EXIT
+trap 'pkill -P $watchdog 2>/dev/null; kill $watchdog 2>/dev/null; cleanup' EXIT
 
 t() { echo $(( $(date +%s) - started )); }
 say() { echo "[$(t) s] $*"; }
@@ -123,7 +124,7 @@ echo "$demo" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 assert r["delivered"] == r["sent"] == 4 and r["lost"] == 0 and r["duplicates"] == 0 and r["corrupted"] == 0, r
-print(f"demo: {r[\"delivered\"]}/{r[\"sent\"]} delivered, p50 {r[\"p50_ms\"]} ms, p99 {r[\"p99_ms\"]} ms")'
+print("demo: %d/%d delivered, p50 %d ms, p99 %d ms" % (r["delivered"], r["sent"], r["p50_ms"], r["p99_ms"]))'
 say "demo done"
 
 # 3. Kill a mix node.
@@ -133,6 +134,7 @@ killed=$(date +%s)
 say "killed mix2 ($NET.22) with SIGKILL"
 wait_for 90 "UmbraNodeDown fires for mix2" firing UmbraNodeDown "$NET.22:9100"
 wait_for 240 "UmbraLoopsLost fires for the nodes whose loops crossed mix2" firing UmbraLoopsLost
+say "firing now: $(ns_firing | grep -E '^Umbra(NodeDown|LoopsLost) ' | tr '\n' ';')"
 down_for=$(( $(date +%s) - killed ))
 
 # 4. Restart it.
