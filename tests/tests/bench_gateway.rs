@@ -51,14 +51,14 @@ fn small_run_measures_the_gateway_process() {
         let _ = stdout.read_to_string(&mut out);
         out
     });
-    let deadline = started + Duration::from_secs(120);
+    let deadline = started + Duration::from_secs(90);
     let status = loop {
         if let Some(s) = bench.0.try_wait().expect("wait") {
             break s;
         }
         assert!(
             Instant::now() < deadline,
-            "the bench did not finish within 120 s"
+            "the bench did not finish within 90 s"
         );
         std::thread::sleep(Duration::from_millis(200));
     };

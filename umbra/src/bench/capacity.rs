@@ -391,6 +391,11 @@ async fn sample(net: &ProcessNet, clients: &[Client]) -> Sample {
     }
 }
 
+/// `x` is below `min`, or unknown (NaN).
+fn below(x: f64, min: f64) -> bool {
+    x.is_nan() || x < min
+}
+
 /// Cores used between two CPU-time readings `wall` seconds apart.
 fn cores_used(a: Option<f64>, b: Option<f64>, wall: f64) -> f64 {
     match (a, b) {
@@ -546,14 +551,14 @@ async fn measure(
         .saturating_sub(a.cover.loops_returned);
 
     let mut invalid = Vec::new();
-    if !(machine_idle >= MIN_IDLE_SHARE) {
+    if below(machine_idle, MIN_IDLE_SHARE) {
         invalid.push(format!(
             "the machine was saturated: {:.0} % idle (below {:.0} %)",
             100.0 * machine_idle,
             100.0 * MIN_IDLE_SHARE
         ));
     }
-    if !(send_share >= MIN_SEND_SHARE) {
+    if below(send_share, MIN_SEND_SHARE) {
         invalid.push(format!(
             "the clients sent {:.0} % of the packets their rates ask for: the client process ({:.2} cores) could not keep up",
             100.0 * send_share,
@@ -563,7 +568,7 @@ async fn measure(
     if loops_returned == 0 {
         invalid.push("no loop came back through the gateway".into());
     }
-    if !(gateway_cpu > 0.0) {
+    if below(gateway_cpu, f64::MIN_POSITIVE) {
         invalid.push("the gateway's CPU time could not be read".into());
     }
 
