@@ -404,18 +404,32 @@ fn cores_used(a: Option<f64>, b: Option<f64>, wall: f64) -> f64 {
     }
 }
 
-/// Connects `n` idle clients entering at the gateway, `CONNECT_PARALLEL`
+/// Clients per loopback address: a gateway takes at most 32 connections
+/// from one address (`net::link::LinkConfig::max_per_ip`), as it would
+/// from one host.
+const CLIENTS_PER_IP: usize = 16;
+
+/// The loopback address of client `i`: 127.1.x.y, `CLIENTS_PER_IP` each
+/// (all of 127/8 is this machine's on Linux).
+fn client_ip(i: usize) -> std::net::IpAddr {
+    let k = i / CLIENTS_PER_IP;
+    std::net::Ipv4Addr::new(127, 1, (k / 250) as u8, (k % 250 + 1) as u8).into()
+}
+
+/// Connects `n` idle clients (numbered from `first`) entering at the gateway, `CONNECT_PARALLEL`
 /// at a time, each with one contact (the next client) whose boxes it
 /// fetches.
 async fn connect_clients(
     cfg: &ClientConfig,
+    first: usize,
     n: usize,
     progress: &impl Fn(&str),
 ) -> Result<Vec<Client>, BoxError> {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECT_PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (cfg, slots) = (cfg.clone(), slots.clone());
+        let (mut cfg, slots) = (cfg.clone(), slots.clone());
+        cfg.bind_ip = Some(client_ip(first + i));
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await?;
             let mut tries = 0;
@@ -499,7 +513,7 @@ async fn measure(
     let first = if n >= 4 { n / 2 } else { n };
     let warmup = Duration::from_secs(opts.warmup);
     let started = Instant::now();
-    let mut clients = connect_clients(&cfg, first, progress).await?;
+    let mut clients = connect_clients(&cfg, 0, first, progress).await?;
     let mut rss_half = f64::NAN;
     if first < n {
         progress(&format!(
@@ -510,7 +524,7 @@ async fn measure(
         ));
         tokio::time::sleep(warmup).await;
         rss_half = rss_mib(Some(net.gateway_pid)).unwrap_or(f64::NAN);
-        clients.extend(connect_clients(&cfg, n - first, progress).await?);
+        clients.extend(connect_clients(&cfg, first, n - first, progress).await?);
     }
     progress(&format!(
         "{n} clients connected; warming up {} s…",
