@@ -447,7 +447,9 @@ enum BenchCmd {
         /// "client_packets_in_per_s" + "mix_packets_in_per_s");
         /// "gateway_dropped"; this process: "client_cpu_cores",
         /// "client_rss_per_client_kib", "client_send_share" (packets sent /
-        /// what the rates ask for); "machine_idle_share", "machine_cores";
+        /// what the rates ask for); "network_cpu_cores" (directory and mix
+        /// nodes), "other_cpu_cores" (the machine's other work),
+        /// "machine_idle_share", "machine_cores";
         /// "client_pps" (λ_P + λ_L), "downlink_pps" (λ_D); "valid" (false if
         /// the machine was under 10 % idle, the clients sent under 90 % of
         /// their packets, or no loop came back) and "invalid_reasons".
@@ -961,7 +963,7 @@ async fn run(cli: Cli) -> Result<()> {
                  gateway traffic: {:.0} packets/s in ({:.0} from clients, {:.0} from mix nodes), {:.1} fetches/s answered, {:.1} replies/s to clients, {:.0} downlink frames/s, {} dropped\n\
                  loops: {} sent, {} back on time, {} late, {} lost\n\
                  client process: {:.3} cores ({:.2} % of a core per client), {:.0} KiB per client, sent {:.0} % of the packets its rates ask for\n\
-                 machine: {:.0} % idle of {} cores\n\
+                 mix nodes and directory: {:.3} cores; other work on the machine: {:.3} cores; idle {:.0} % of {} cores\n\
                  {}",
                 r.clients,
                 r.client_pps,
@@ -990,6 +992,8 @@ async fn run(cli: Cli) -> Result<()> {
                 100.0 * r.client_cpu_cores / r.clients as f64,
                 r.client_rss_per_client_kib,
                 100.0 * r.client_send_share,
+                r.network_cpu_cores,
+                r.other_cpu_cores,
                 100.0 * r.machine_idle_share,
                 r.machine_cores,
                 if r.valid {

@@ -39,8 +39,9 @@ pub struct GatewayBench {
     /// `rss_marginal_per_client_kib` for the cost of one more client.
     pub rss_per_client_kib: f64,
     /// What the second half of the clients added to the gateway's memory,
-    /// per client, KiB (each half measured after the warm-up; NaN below 4
-    /// clients).
+    /// per client, KiB: from the RSS once it settled with the first half
+    /// (up to 30 s after the warm-up) to the RSS at the window's start
+    /// (NaN below 4 clients).
     pub rss_marginal_per_client_kib: f64,
     /// Loops (λ_L) the clients sent in the window.
     pub loops_sent: u64,
@@ -70,6 +71,11 @@ pub struct GatewayBench {
     pub gateway_dropped: u64,
     /// Cores this process (the clients) used in the window.
     pub client_cpu_cores: f64,
+    /// Cores the directory and the six mix nodes used in the window.
+    pub network_cpu_cores: f64,
+    /// Cores the machine was busy with beyond the gateway, the clients and
+    /// the network: other work on a shared machine.
+    pub other_cpu_cores: f64,
     /// Resident memory this process gained per client, KiB.
     pub client_rss_per_client_kib: f64,
     /// Packets the clients sent / what their rates ask for
@@ -320,6 +326,8 @@ struct Sample {
     at: Instant,
     gateway_cpu: Option<f64>,
     own_cpu: Option<f64>,
+    /// The directory's and the mix nodes' processes together.
+    network_cpu: Option<f64>,
     machine: Option<(u64, u64)>,
     gateway: GatewayCounters,
     cover: CoverTotals,
@@ -378,6 +386,12 @@ async fn sample(net: &ProcessNet, clients: &[Client]) -> Sample {
         at: Instant::now(),
         gateway_cpu: process_cpu_seconds(Some(net.gateway_pid)),
         own_cpu: process_cpu_seconds(None),
+        network_cpu: net
+            .children
+            .iter()
+            .filter(|(_, c)| c.id() != net.gateway_pid)
+            .map(|(_, c)| process_cpu_seconds(Some(c.id())))
+            .sum(),
         machine: machine_ticks(),
         gateway: GatewayCounters {
             client_frames: m("umbra_gateway_client_frames_in_total", ""),
@@ -388,6 +402,23 @@ async fn sample(net: &ProcessNet, clients: &[Client]) -> Sample {
             dropped: m("umbra_gateway_packets_dropped_total", ""),
         },
         cover,
+    }
+}
+
+/// The gateway's RSS once it grew less than 1 MiB in 5 s (at most 30 s):
+/// the replay cache's first Bloom segment (34 MiB at the default
+/// `replay_max_pps`) takes its pages as tags arrive, so right after the
+/// first clients it is still growing whatever N.
+async fn settled_rss(pid: u32) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = rss_mib(Some(pid)).unwrap_or(f64::NAN);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = rss_mib(Some(pid)).unwrap_or(f64::NAN);
+        if below(now - last, 1.0) || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
     }
 }
 
@@ -437,7 +468,12 @@ async fn connect_clients(
                 match Client::connect(cfg.clone(), Identity::generate()).await {
                     // The inbox is dropped: idle clients receive nothing.
                     Ok((c, _inbox)) => return Ok::<_, BoxError>((i, c)),
-                    Err(e) if tries >= 3 => return Err(format!("client {i}: {e}").into()),
+                    Err(e) if tries >= 3 => {
+                        return Err(format!(
+                            "client {i} could not connect after 4 tries ({e}): is the machine saturated? try fewer --clients"
+                        )
+                        .into());
+                    }
                     Err(_) => {
                         tries += 1;
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -523,7 +559,7 @@ async fn measure(
             n - first
         ));
         tokio::time::sleep(warmup).await;
-        rss_half = rss_mib(Some(net.gateway_pid)).unwrap_or(f64::NAN);
+        rss_half = settled_rss(net.gateway_pid).await;
         clients.extend(connect_clients(&cfg, first, n - first, progress).await?);
     }
     progress(&format!(
@@ -551,12 +587,14 @@ async fn measure(
     let mix_in = per_s(ga.mix_packets, gb.mix_packets);
     let gateway_cpu = cores_used(a.gateway_cpu, b.gateway_cpu, wall);
     let client_cpu = cores_used(a.own_cpu, b.own_cpu, wall);
+    let network_cpu = cores_used(a.network_cpu, b.network_cpu, wall);
     let machine_idle = match (a.machine, b.machine) {
         (Some((busy0, t0)), Some((busy1, t1))) if t1 > t0 => {
             1.0 - (busy1 - busy0) as f64 / (t1 - t0) as f64
         }
         _ => f64::NAN,
     };
+    let busy_cores = (1.0 - machine_idle) * cores() as f64;
     let send_share =
         b.cover.sent.saturating_sub(a.cover.sent) as f64 / (n as f64 * client_pps * wall);
     let loops_returned = b
@@ -612,6 +650,8 @@ async fn measure(
         mix_packets_in_per_s: mix_in,
         gateway_dropped: (gb.dropped - ga.dropped).max(0.0) as u64,
         client_cpu_cores: client_cpu,
+        network_cpu_cores: network_cpu,
+        other_cpu_cores: busy_cores - gateway_cpu - client_cpu - network_cpu,
         client_rss_per_client_kib: (own_rss_end - own_rss_start) * 1024.0 / n as f64,
         client_send_share: send_share,
         machine_idle_share: machine_idle,
