@@ -21,6 +21,11 @@ pub struct ClientConfig {
     /// another (at random); zero never moves. Dropboxes do not move with
     /// it: they live on the gateways their ids pick.
     pub entry_failover: Duration,
+    /// The local IP address the connection to the gateway binds; `None`
+    /// lets the system choose. (A gateway takes a bounded number of
+    /// connections from one address: a benchmark hosting many clients on
+    /// one machine gives them loopback addresses of their own.)
+    pub bind_ip: Option<std::net::IpAddr>,
     /// How often to fetch every dropbox.
     pub fetch_interval: Duration,
     /// How often to refresh the topology.
@@ -125,6 +130,7 @@ impl ClientConfig {
                 authority_threshold: threshold,
                 entry_gateway: None,
                 entry_failover: Duration::from_secs(30),
+                bind_ip: None,
                 fetch_interval: Duration::from_secs(5),
                 topology_refresh: Duration::from_secs(60),
                 inbox_capacity: 1024,
@@ -197,6 +203,10 @@ impl ClientConfigBuilder {
         /// After the entry gateway has been unreachable this long, move to
         /// another (default 30 s; zero never moves).
         entry_failover: Duration
+    );
+    setter!(
+        /// The local IP address to bind (default: the system's choice).
+        bind_ip: Option<std::net::IpAddr>
     );
     setter!(
         /// How often to fetch every dropbox (default 5 s).

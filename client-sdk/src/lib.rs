@@ -1051,15 +1051,12 @@ async fn dial(
     let addr = entry
         .client_socket_addr()
         .ok_or_else(|| Error::NoRoute("entry gateway has no client address".into()))?;
-    let bind = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
+    let bind = match shared.state().config().bind_ip {
+        Some(ip) => std::net::SocketAddr::new(ip, 0),
+        None if addr.is_ipv4() => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let endpoint = net::link::client_endpoint(
-        bind.parse()
-            .map_err(|_| Error::Internal("bind address".into()))?,
-    )?;
+    let endpoint = net::link::client_endpoint(bind)?;
     // A gateway that is down never answers (UDP): give up after 5 s rather
     // than QUIC's 30 s idle timeout, and try again with a fresh topology.
     let conn = tokio::time::timeout(

@@ -1,6 +1,10 @@
 //! `umbra bench mixnode`: the raw Sphinx unwrap rate on all cores beside the
 //! rate one mix node forwards over QUIC on loopback, measured in one run.
 //! `umbra bench client`: what an idle client costs, and how long 1 MiB takes.
+//! `umbra bench gateway`: what one gateway spends on N idle clients.
+
+mod capacity;
+pub use capacity::{GatewayBench, GatewayOptions, gateway};
 
 use crate::testnet::{BoxError, FinalMode, Injector, LocalNet};
 use protocol::packet::{Hop, build_packet, sphinx_keypair};
@@ -510,16 +514,25 @@ pub struct Soak {
     pub dropped: u64,
 }
 
-/// Resident set size of this process, MiB (Linux).
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+/// A file of `/proc/<pid>`, or of `/proc/self` with `None` (Linux).
+fn proc_file(pid: Option<u32>, file: &str) -> Option<String> {
+    let dir = pid.map_or_else(|| "self".to_string(), |p| p.to_string());
+    std::fs::read_to_string(format!("/proc/{dir}/{file}")).ok()
+}
+
+/// Resident set size (VmRSS) of process `pid`, or of this one with
+/// `None`, MiB (Linux).
+pub(crate) fn rss_mib(pid: Option<u32>) -> Option<f64> {
+    let status = proc_file(pid, "status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Sends `frames` (cycled) at `rate` for `secs`, sampling RSS every 10 s.
@@ -534,7 +547,7 @@ async fn soak_run(
     let len = protocol::frame::FRAME_LEN;
     let n = frames.len() / len;
     let base = net.receiver.frames.load(Ordering::Relaxed);
-    let rss_start = rss_mib();
+    let rss_start = rss_mib(None).unwrap_or(f64::NAN);
     let mut rss_max = rss_start;
     let start = Instant::now();
     let mut next_sample = 10.0;
@@ -550,7 +563,7 @@ async fn soak_run(
             at = (at + k) % n;
         }
         if t >= next_sample {
-            let r = rss_mib();
+            let r = rss_mib(None).unwrap_or(f64::NAN);
             rss_max = rss_max.max(r);
             if progress {
                 let fwd = net.receiver.frames.load(Ordering::Relaxed) - base;
@@ -562,7 +575,7 @@ async fn soak_run(
     }
     let secs = start.elapsed().as_secs_f64();
     let forwarded = net.receiver.frames.load(Ordering::Relaxed) - base;
-    let rss_end = rss_mib();
+    let rss_end = rss_mib(None).unwrap_or(f64::NAN);
     Ok(Soak {
         secs,
         rate_pps: sent as f64 / secs,
@@ -871,9 +884,10 @@ fn sched_snapshot() -> Option<Sched> {
     Some((group(ns, 1e-9), group(runs, 1.0)))
 }
 
-/// CPU time of this process (user + system), seconds, from /proc (Linux).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) of process `pid`, or of this one with `None`,
+/// seconds, from /proc (Linux).
+pub(crate) fn process_cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let stat = proc_file(pid, "stat")?;
     // Fields after the command name (which may hold spaces) start after ')'.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -961,13 +975,13 @@ pub async fn client(
 
     let traffic = || (alice.traffic(), bob.traffic(), carol.traffic());
     let (cpu0, (a0, b0, c0), w0, t0) = (
-        process_cpu_seconds(),
+        process_cpu_seconds(None),
         traffic(),
         disk_write_bytes(),
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
-    let (cpu1, (a1, b1, c1), w1) = (process_cpu_seconds(), traffic(), disk_write_bytes());
+    let (cpu1, (a1, b1, c1), w1) = (process_cpu_seconds(None), traffic(), disk_write_bytes());
     let wall = t0.elapsed().as_secs_f64();
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => b - a,

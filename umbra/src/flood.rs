@@ -267,14 +267,7 @@ impl Servers {
 
     /// Resident memory of the network's process, MiB.
     fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
+        crate::bench::rss_mib(Some(self.pid)).unwrap_or(0.0)
     }
 }
 
@@ -283,21 +276,10 @@ impl Servers {
 async fn scrape(servers: &[SocketAddr], names: &[&str], labels_wanted: &[&str]) -> u64 {
     let mut total = 0.0;
     for addr in servers {
-        let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await
-        else {
+        let Some(body) = crate::testnet::metrics_text(*addr).await else {
             continue;
         };
-        if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let mut body = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut body)).await;
-        for line in String::from_utf8_lossy(&body).lines() {
+        for line in body.lines() {
             if line.starts_with('#') {
                 continue;
             }

@@ -440,6 +440,47 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What one gateway spends on N idle clients at the default cover rates:
+    /// starts a directory, 6 mix nodes and one gateway as separate processes
+    /// (network defaults), connects N clients from this process, all
+    /// entering at that gateway, and reads the gateway process's CPU and
+    /// memory, and its traffic, after a warm-up. A run on a saturated
+    /// machine, or whose clients fell behind their rates, is marked not
+    /// valid.
+    Gateway {
+        /// Idle clients (each with one contact whose boxes it fetches).
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Seconds between the last client connecting and the measurement.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// End with one JSON line: "clients", "seconds" (measured);
+        /// "gateway_cpu_cores" (gateway process, utime+stime over the
+        /// window), "gateway_idle_cpu_cores" (before any client),
+        /// "clients_per_gateway_core"; "gateway_rss_start_mib" (before
+        /// clients), "gateway_rss_window_start_mib", "gateway_rss_end_mib",
+        /// "rss_per_client_kib" ((end - start) / clients: at small N mostly
+        /// the replay cache's first pages), "rss_marginal_per_client_kib"
+        /// (what the second half of the clients added, per client); the clients'
+        /// loops in the window: "loops_sent", "loops_returned" (on time),
+        /// "loops_late", "loops_lost"; per second at the gateway:
+        /// "fetches_per_s" (answered), "deliveries_per_s" (replies to
+        /// clients), "downlink_frames_per_s", "packets_in_per_s" (=
+        /// "client_packets_in_per_s" + "mix_packets_in_per_s");
+        /// "gateway_dropped"; this process: "client_cpu_cores",
+        /// "client_rss_per_client_kib", "client_send_share" (packets sent /
+        /// what the rates ask for); "network_cpu_cores" (directory and mix
+        /// nodes), "other_cpu_cores" (the machine's other work),
+        /// "machine_idle_share", "machine_cores";
+        /// "client_pps" (λ_P + λ_L), "downlink_pps" (λ_D); "valid" (false if
+        /// the machine was under 10 % idle, the clients sent under 90 % of
+        /// their packets, or no loop came back) and "invalid_reasons".
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn shutdown_signal() {
@@ -997,6 +1038,77 @@ async fn run(cli: Cli) -> Result<()> {
                 r.message_bytes,
                 r.delivery_seconds,
                 r.store_bytes_for_message,
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench(BenchCmd::Gateway {
+            clients,
+            seconds,
+            warmup,
+            json,
+        }) => {
+            if clients == 0 {
+                return Err("--clients must be at least 1".into());
+            }
+            let opts = umbra::bench::GatewayOptions {
+                exe: std::env::current_exe()?,
+                clients,
+                seconds,
+                warmup,
+            };
+            // Stopped by a signal, the network's processes are stopped too
+            // (dropping the run stops them).
+            let r = tokio::select! {
+                r = umbra::bench::gateway(&opts, |l| eprintln!("{l}")) => r?,
+                _ = shutdown_signal() => return Err("interrupted".into()),
+            };
+            println!(
+                "{} idle clients (λ_P + λ_L = {} packets/s each, downlink {} frames/s) against one gateway, measured {:.0} s\n\
+                 gateway: {:.3} cores ({:.3} before any client): {:.0} clients per gateway core\n\
+                 gateway memory: {:.1} MiB before clients, {:.1} MiB at the window's start, {:.1} MiB at its end: {:.1} KiB per client ({:.1} KiB for each of the second half)\n\
+                 gateway traffic: {:.0} packets/s in ({:.0} from clients, {:.0} from mix nodes), {:.1} fetches/s answered, {:.1} replies/s to clients, {:.0} downlink frames/s, {} dropped\n\
+                 loops: {} sent, {} back on time, {} late, {} lost\n\
+                 client process: {:.3} cores ({:.2} % of a core per client), {:.0} KiB per client, sent {:.0} % of the packets its rates ask for\n\
+                 mix nodes and directory: {:.3} cores; other work on the machine: {:.3} cores; idle {:.0} % of {} cores\n\
+                 {}",
+                r.clients,
+                r.client_pps,
+                r.downlink_pps,
+                r.seconds,
+                r.gateway_cpu_cores,
+                r.gateway_idle_cpu_cores,
+                r.clients_per_gateway_core,
+                r.gateway_rss_start_mib,
+                r.gateway_rss_window_start_mib,
+                r.gateway_rss_end_mib,
+                r.rss_per_client_kib,
+                r.rss_marginal_per_client_kib,
+                r.packets_in_per_s,
+                r.client_packets_in_per_s,
+                r.mix_packets_in_per_s,
+                r.fetches_per_s,
+                r.deliveries_per_s,
+                r.downlink_frames_per_s,
+                r.gateway_dropped,
+                r.loops_sent,
+                r.loops_returned,
+                r.loops_late,
+                r.loops_lost,
+                r.client_cpu_cores,
+                100.0 * r.client_cpu_cores / r.clients as f64,
+                r.client_rss_per_client_kib,
+                100.0 * r.client_send_share,
+                r.network_cpu_cores,
+                r.other_cpu_cores,
+                100.0 * r.machine_idle_share,
+                r.machine_cores,
+                if r.valid {
+                    "valid".to_string()
+                } else {
+                    format!("NOT VALID: {}", r.invalid_reasons.join("; "))
+                },
             );
             if json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -43,6 +43,37 @@ pub async fn wait_until(
     Ok(())
 }
 
+/// The text of a node's (or authority's) `/metrics` at `addr`, or `None`
+/// if it does not answer within 2 s.
+pub async fn metrics_text(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wait = Duration::from_secs(2);
+    let mut s = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut body)).await;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The sum of the series named `name` in a `/metrics` text whose labels
+/// contain `label` (any labels if empty).
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.contains(label)
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
 /// A binary of this workspace, for tests that run it as a separate
 /// process: the path in `$env_var` if set, else `rel` under the running
 /// test's profile directory (tests run from `target/<profile>/deps`).
