@@ -466,26 +466,32 @@ fn logs_to_a_pipe_are_plain_text_or_json_lines() {
     }
 }
 
+/// `umbra ROLE check --config CFG`.
+fn check(role: &str, cfg: &Path) -> std::process::Output {
+    umbra()
+        .args([role, "check", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
+/// `umbra ARGS… PATH` (an `init`), which must succeed.
+fn init(args: &[&str], path: &Path) {
+    assert!(umbra().args(args).arg(path).status().unwrap().success());
+}
+
 #[test]
 fn check_names_every_problem_and_creates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("mix.toml");
     let key = "cd".repeat(32);
-    assert!(
-        umbra()
-            .args(["mixnode", "init", "--authority-key", &key, "--config"])
-            .arg(&cfg)
-            .status()
-            .unwrap()
-            .success()
+    init(
+        &["mixnode", "init", "--authority-key", &key, "--config"],
+        &cfg,
     );
     let data = tmp.path().join("never-made");
     edit(&cfg, &[("data_dir", format!("{data:?}"))]);
-    let out = umbra()
-        .args(["mixnode", "check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check("mixnode", &cfg);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -527,11 +533,7 @@ fn check_names_every_problem_and_creates_nothing() {
         "public_address = \"no-such-host.invalid:9000\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let out = umbra()
-        .args(["mixnode", "check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check("mixnode", &cfg);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = cfg.display().to_string();
@@ -552,11 +554,7 @@ fn check_names_every_problem_and_creates_nothing() {
     }
     // A broken file is one problem, with the line.
     std::fs::write(&cfg, "workers = 1\nlistn = 3\n").unwrap();
-    let out = umbra()
-        .args(["mixnode", "check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check("mixnode", &cfg);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -566,20 +564,12 @@ fn check_names_every_problem_and_creates_nothing() {
 
     // The other roles' checks.
     let gw = tmp.path().join("gw.toml");
-    assert!(
-        umbra()
-            .args(["gateway", "init", "--authority-key", &key, "--config"])
-            .arg(&gw)
-            .status()
-            .unwrap()
-            .success()
+    init(
+        &["gateway", "init", "--authority-key", &key, "--config"],
+        &gw,
     );
     edit(&gw, &[("client_listen", "\"127.0.0.1:9500\"".into())]);
-    let out = umbra()
-        .args(["gateway", "check", "--config"])
-        .arg(&gw)
-        .output()
-        .unwrap();
+    let out = check("gateway", &gw);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -588,20 +578,9 @@ fn check_names_every_problem_and_creates_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dir = tmp.path().join("dir.toml");
-    assert!(
-        umbra()
-            .args(["directory", "init", "--config"])
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success()
-    );
+    init(&["directory", "init", "--config"], &dir);
     edit(&dir, &[("threshold", "0".into())]);
-    let out = umbra()
-        .args(["directory", "check", "--config"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = check("directory", &dir);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("key `threshold`: 0 must be between 1"),
