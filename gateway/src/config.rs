@@ -24,6 +24,10 @@ pub struct GatewayConfig {
     pub client_burst: f64,
     /// Clients subscribed at once.
     pub max_clients: usize,
+    /// Client connections (and handshakes) from one IP address at once: a
+    /// flood from one address cannot take every slot, but users behind one
+    /// address (carrier-grade NAT, a campus) share it.
+    pub max_clients_per_ip: usize,
     /// Replies queued per client before new ones are dropped.
     pub client_queue: usize,
     /// Unfetched messages are deleted after this many seconds.
@@ -56,6 +60,7 @@ impl Default for GatewayConfig {
             client_rate_pps: 200.0,
             client_burst: 400.0,
             max_clients: 10_000,
+            max_clients_per_ip: net::link::LinkConfig::default().max_per_ip,
             client_queue: 64,
             dropbox_ttl_secs: 7 * 24 * 3600,
             dropbox_max_messages: 10_000,
@@ -74,6 +79,7 @@ node::config_keys!(GatewayConfig {
     client_rate_pps,
     client_burst,
     max_clients,
+    max_clients_per_ip,
     client_queue,
     dropbox_ttl_secs,
     dropbox_max_messages,
@@ -117,6 +123,7 @@ impl GatewayConfig {
                 !(self.client_burst.is_finite() && self.client_burst >= 1.0),
             ),
             ("max_clients", self.max_clients == 0),
+            ("max_clients_per_ip", self.max_clients_per_ip == 0),
             ("client_queue", self.client_queue == 0),
             ("dropbox_ttl_secs", self.dropbox_ttl_secs == 0),
             ("dropbox_max_messages", self.dropbox_max_messages == 0),
@@ -157,11 +164,13 @@ data_dir = "{data}"
 
 # The Sphinx packet path, as for a mix node.
 {packet_path}
-# Clients: frames per second and burst per connection, how many at once,
+# Clients: frames per second and burst per connection, how many at once
+# (in all, and from one IP address: raise it for users behind one NAT),
 # replies queued per client.
 client_rate_pps = {crate_:?}
 client_burst = {cburst:?}
 max_clients = {maxc}
+max_clients_per_ip = {maxip}
 client_queue = {cq}
 
 # Dropboxes: unfetched messages expire after dropbox_ttl_secs; quotas per
@@ -186,6 +195,7 @@ storage_queue = {sq}
             crate_ = d.client_rate_pps,
             cburst = d.client_burst,
             maxc = d.max_clients,
+            maxip = d.max_clients_per_ip,
             cq = d.client_queue,
             ttl = d.dropbox_ttl_secs,
             maxm = d.dropbox_max_messages,

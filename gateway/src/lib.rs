@@ -416,6 +416,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Gateway, Error> {
         inbound_rate: Some(cfg.client_rate_pps),
         inbound_burst: cfg.client_burst,
         max_inbound_connections: cfg.max_clients,
+        max_per_ip: cfg.max_clients_per_ip,
         ..LinkConfig::default()
     };
     tokio::spawn(net::link::serve(
