@@ -34,7 +34,7 @@ NS_UNADMITTED="mix5"
 . "$here/lib.sh"
 started=$(date +%s)
 cleanup() {
-  status=$?
+  local status=${1:-$?}
   ns_down
   ns_hosts_cleanup
   if [ "$status" != 0 ]; then
@@ -46,9 +46,10 @@ cleanup() {
 trap cleanup EXIT
 # Stops the whole test after 12 minutes whatever happens (its own output
 # closed, so that a pipe reading ours ends with us).
-( exec >/dev/null 2>&1; sleep 720; kill -TERM $$ ) &
+# (`&&`: when the trap below stops the sleep, the kill does not follow.)
+( exec >/dev/null 2>&1; sleep 720 && kill -TERM $$ ) &
 watchdog=$!
-trap 'pkill -P $watchdog 2>/dev/null; kill $watchdog 2>/dev/null; cleanup' EXIT
+trap 'rc=$?; pkill -P $watchdog 2>/dev/null || true; cleanup $rc' EXIT
 
 t() { echo $(( $(date +%s) - started )); }
 say() { echo "[$(t) s] $*"; }
