@@ -277,8 +277,14 @@ pub(crate) async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        // Requests this connection has made: a deadline that cuts a
+        // connection after some is ordinary keep-alive housekeeping (an
+        // idle pooled connection, a long-lived scraper), not a refusal.
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = served.clone();
         let svc = hyper::service::service_fn(
             move |mut req: hyper::Request<hyper::body::Incoming>| {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 req.extensions_mut().insert(src);
                 let mut r = router.clone();
                 async move { tower_service::Service::call(&mut r, req.map(axum::body::Body::new)).await }
@@ -305,10 +311,12 @@ pub(crate) async fn serve(
                 }
             })
             .await;
-            match ended {
-                Err(_) => g.refuse("connection_lifetime"),
-                Ok(Err(e)) if e.is_timeout() => g.refuse("header_timeout"),
-                Ok(_) => {}
+            if served.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                match ended {
+                    Err(_) => g.refuse("connection_lifetime"),
+                    Ok(Err(e)) if e.is_timeout() => g.refuse("header_timeout"),
+                    Ok(_) => {}
+                }
             }
             g.limiter.disconnect(src);
             drop(permit);

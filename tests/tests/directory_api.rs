@@ -260,6 +260,35 @@ async fn floods_from_one_source_are_cut_and_others_are_served() {
         200
     );
 
+    // An honest keep-alive connection left idle after a request is closed
+    // at the head timeout too, but that is housekeeping, not a refusal:
+    // counted, every scraper and node refreshing through a pooled
+    // connection would look like a flood.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let before = refused(&fetch_metrics(addr).await, "header_timeout");
+        let mut kept = connect("127.0.0.3".parse().unwrap()).await;
+        kept.write_all(b"GET /v1/authority HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        assert!(
+            closed_within(&mut kept, Duration::from_secs(3)).await,
+            "an idle keep-alive connection outlived the header timeout"
+        );
+        let after = refused(&fetch_metrics(addr).await, "header_timeout");
+        assert_eq!(
+            after, before,
+            "an idle keep-alive close counted as a refusal"
+        );
+    }
+
     let metrics = fetch_metrics(addr).await;
     assert!(refused(&metrics, "per_ip_connections") >= 1, "{metrics}");
     assert!(refused(&metrics, "header_timeout") >= 4, "{metrics}");
