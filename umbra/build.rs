@@ -2,8 +2,15 @@
 
 use std::process::Command;
 
+/// Runs git without optional locks: `git status` would otherwise refresh
+/// and rewrite the index, which this script watches, so every build would
+/// re-run it and rebuild the crate.
 fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).output().ok()?;
+    let out = Command::new("git")
+        .arg("--no-optional-locks")
+        .args(args)
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
