@@ -48,8 +48,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // Re-run when HEAD moves (a commit, a checkout) or the index changes.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        // Only files that exist: cargo re-runs for a missing one every time.
         for f in ["HEAD", "index", "packed-refs"] {
-            println!("cargo:rerun-if-changed={dir}/{f}");
+            if std::path::Path::new(&dir).join(f).exists() {
+                println!("cargo:rerun-if-changed={dir}/{f}");
+            }
         }
         if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
             println!("cargo:rerun-if-changed={dir}/{r}");
