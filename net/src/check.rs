@@ -37,21 +37,15 @@ impl Findings {
                 self.problem(key, format!("{} is not a directory", dir.display()))
             }
             Ok(m) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = m.permissions().mode() & 0o777;
-                    if mode & 0o077 != 0 {
-                        self.problem(
-                            key,
-                            format!(
-                                "{} has mode {mode:o}: other users can read the keys; chmod 700 it",
-                                dir.display()
-                            ),
-                        );
-                    }
+                if let Some(mode) = crate::identity::open_to_others(&m) {
+                    self.problem(
+                        key,
+                        format!(
+                            "{} has mode {mode:o}: other users can read the keys; chmod 700 it",
+                            dir.display()
+                        ),
+                    );
                 }
-                let _ = m;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.notes.push(format!(
                 "{} does not exist yet: created (0700) at first start",
@@ -89,21 +83,18 @@ impl Findings {
 
     /// A private file (a database) named by `key`, if present: 0600.
     pub fn private_file(&mut self, key: &str, path: &Path) {
-        #[cfg(unix)]
-        if let Ok(m) = fs::metadata(path) {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                self.problem(
-                    key,
-                    format!(
-                        "{} has mode {mode:o}: other users can read it; chmod 600 it",
-                        path.display()
-                    ),
-                );
-            }
+        if let Some(mode) = fs::metadata(path)
+            .ok()
+            .and_then(|m| crate::identity::open_to_others(&m))
+        {
+            self.problem(
+                key,
+                format!(
+                    "{} has mode {mode:o}: other users can read it; chmod 600 it",
+                    path.display()
+                ),
+            );
         }
-        let _ = (key, path);
     }
 
     /// Two listening addresses that must differ.

@@ -30,22 +30,34 @@ pub fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The permission bits (`0o755`, say) of a file or directory that group or
+/// others may reach, else `None` (and always `None` off Unix): a key,
+/// database or data directory must be its owner's alone.
+pub fn open_to_others(meta: &fs::Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
 /// Creates `dir` (and its parents) readable by its owner only (0700): it
 /// holds keys and databases. An existing directory keeps its mode (it may
 /// be shared on purpose); one that others can read is reported.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     if dir.is_dir() {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    mode = format!("{mode:o}"),
-                    "data directory is readable by other users; chmod 700 it"
-                );
-            }
+        if let Some(mode) = open_to_others(&fs::metadata(dir)?) {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "data directory is readable by other users; chmod 700 it"
+            );
         }
         return Ok(());
     }
@@ -84,17 +96,11 @@ pub fn read_secret(path: &Path) -> Result<[u8; 32], Error> {
         reason,
     };
     let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(err(format!(
-                "permissions {mode:o} let others read it; run chmod 600"
-            )));
-        }
+    if let Some(mode) = open_to_others(&meta) {
+        return Err(err(format!(
+            "permissions {mode:o} let others read it; run chmod 600"
+        )));
     }
-    let _ = meta;
     let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out)
