@@ -118,6 +118,35 @@ impl DirectoryConfig {
         out
     }
 
+    /// What `umbra directory check` finds: [`Self::problems`] and
+    /// [`Self::warnings`], and what the config names on disk (data
+    /// directory, key, store, allowlist), without creating anything.
+    /// Returns the authority's key, if its key file exists.
+    pub fn check(&self, f: &mut net::check::Findings) -> Option<[u8; 32]> {
+        f.private_dir("data_dir", &self.data_dir);
+        let me = f.key_file("data_dir", &self.data_dir.join("authority.key"));
+        f.problems.extend(self.problems(me.as_ref()));
+        f.warnings.extend(self.warnings());
+        f.private_file("data_dir", &self.data_dir.join("directory.redb"));
+        let admission = self.admission_path();
+        if !admission.exists() {
+            f.notes.push(format!(
+                "{} does not exist yet: no node is admitted (umbra directory admit)",
+                admission.display()
+            ));
+        } else {
+            match crate::Admission::load(&admission) {
+                Ok(list) => f.notes.push(format!(
+                    "{} nodes admitted in {}",
+                    list.len(),
+                    admission.display()
+                )),
+                Err(e) => f.problem("admission_file", e),
+            }
+        }
+        me
+    }
+
     /// What runs but is weaker than it should be, each naming its key.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();

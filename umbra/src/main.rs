@@ -477,7 +477,8 @@ enum BenchCmd {
         /// "machine_idle_share", "machine_cores";
         /// "client_pps" (λ_P + λ_L), "downlink_pps" (λ_D); "valid" (false if
         /// the machine was under 10 % idle, the clients sent under 90 % of
-        /// their packets, or no loop came back) and "invalid_reasons".
+        /// their packets, no loop came back, or the gateway's CPU time could
+        /// not be read) and "invalid_reasons".
         #[arg(long)]
         json: bool,
     },
@@ -579,27 +580,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Directory(DirectoryCmd::Check(a)) => {
             let cfg: DirectoryConfig = config::load(&a.config)?;
             let mut f = net::check::Findings::default();
-            f.private_dir("data_dir", &cfg.data_dir);
-            let me = f.key_file("data_dir", &cfg.data_dir.join("authority.key"));
-            f.problems.extend(cfg.problems(me.as_ref()));
-            f.warnings.extend(cfg.warnings());
-            f.private_file("data_dir", &cfg.data_dir.join("directory.redb"));
-            let admission = cfg.admission_path();
-            if admission.exists() {
-                match directory::Admission::load(&admission) {
-                    Ok(list) => f.notes.push(format!(
-                        "{} nodes admitted in {}",
-                        list.len(),
-                        admission.display()
-                    )),
-                    Err(e) => f.problem("admission_file", e),
-                }
-            } else {
-                f.notes.push(format!(
-                    "{} does not exist yet: no node is admitted (umbra directory admit)",
-                    admission.display()
-                ));
-            }
+            let me = cfg.check(&mut f);
             report_check(&a.config, "directory authority", f, me)?;
         }
         Command::Mixnode(MixnodeCmd::Check(a)) => {
@@ -1049,9 +1030,6 @@ async fn run(cli: Cli) -> Result<()> {
             warmup,
             json,
         }) => {
-            if clients == 0 {
-                return Err("--clients must be at least 1".into());
-            }
             let opts = umbra::bench::GatewayOptions {
                 exe: std::env::current_exe()?,
                 clients,
