@@ -4,7 +4,9 @@
 //! so every verdict is tested without a network.
 
 use net::health::Check;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use protocol::clock::ClockWatch;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How long without a loop back on time before `links` fails, and how long
 /// loops must have been sent before it is judged at all. At the default
@@ -21,18 +23,14 @@ pub(crate) struct HealthState {
     pub(crate) last_refresh_ms: AtomicU64,
     pub(crate) loops_since_ms: AtomicU64,
     pub(crate) last_loop_back_ms: AtomicU64,
-    pub(crate) clock_offset_ms: AtomicI64,
-    pub(crate) clock_known: AtomicBool,
+    /// How far the node's clock is from the directory's (its refreshes
+    /// observe it and warn on the news).
+    pub(crate) clock: Mutex<ClockWatch>,
 }
 
 impl HealthState {
     pub(crate) fn refreshed(&self, now_ms: u64) {
         self.last_refresh_ms.store(now_ms, Relaxed);
-    }
-
-    pub(crate) fn clock(&self, offset_ms: i64) {
-        self.clock_offset_ms.store(offset_ms, Relaxed);
-        self.clock_known.store(true, Relaxed);
     }
 
     pub(crate) fn loop_sent(&self, now_ms: u64) {
@@ -78,9 +76,10 @@ impl HealthState {
             last_refresh_ms: self.last_refresh_ms.load(Relaxed),
             topology,
             clock_offset_ms: self
-                .clock_known
-                .load(Relaxed)
-                .then(|| self.clock_offset_ms.load(Relaxed)),
+                .clock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .offset_ms(),
             loops: loops_on.then(|| {
                 (
                     self.loops_since_ms.load(Relaxed),
@@ -269,7 +268,7 @@ mod tests {
         s.loop_back(7);
         s.loop_back(11);
         s.refreshed(3);
-        s.clock(-4);
+        let _ = s.clock.lock().unwrap().observe(-4);
         let snap = s.snapshot(20, 1000, None, true);
         assert_eq!(snap.loops, Some((5, 11)));
         assert_eq!(snap.last_refresh_ms, 3);

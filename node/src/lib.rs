@@ -18,7 +18,7 @@ use net::dirclient::Authorities;
 use net::link::{LinkConfig, LinkMetrics, Links, PeerFilter};
 use pipeline::Shared;
 use protocol::NodeId;
-use protocol::clock::{ClockNews, ClockWatch};
+use protocol::clock::ClockNews;
 use protocol::epoch::EpochSchedule;
 use protocol::keys::{EpochKey, KeyRing};
 use protocol::replay::ReplayCache;
@@ -185,8 +185,6 @@ struct Control {
     last_seen: Mutex<Option<(u64, u64)>>,
     role: Role,
     client_address: Option<net::HostPort>,
-    /// How far our clock is from the directory's.
-    clock: Mutex<ClockWatch>,
     /// Refreshes failed in a row, and the last topology's epoch and when
     /// its keys go (for the outage warnings).
     outage: Mutex<Outage>,
@@ -375,12 +373,13 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(offset) = timed.offset_ms {
-            self.shared.health.clock(offset);
             self.shared
                 .metrics
                 .clock_offset_seconds
                 .set((offset as f64 / 1000.0).round() as i64);
             let news = self
+                .shared
+                .health
                 .clock
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -691,7 +690,6 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
         dir,
         shared: shared.clone(),
         last_seen: Mutex::new(None),
-        clock: Mutex::new(ClockWatch::new()),
         outage: Mutex::new(Outage::default()),
         cfg: cfg.clone(),
         role,
