@@ -113,14 +113,13 @@ impl GatewayConfig {
             "client_listen"
         };
         node::config::check_published(f, key, &published);
+        if !(self.client_burst.is_finite() && self.client_burst >= 1.0) {
+            f.problem("client_burst", "must be at least 1");
+        }
         for (key, bad) in [
             (
                 "client_rate_pps",
                 !(self.client_rate_pps.is_finite() && self.client_rate_pps > 0.0),
-            ),
-            (
-                "client_burst",
-                !(self.client_burst.is_finite() && self.client_burst >= 1.0),
             ),
             ("max_clients", self.max_clients == 0),
             ("max_clients_per_ip", self.max_clients_per_ip == 0),
@@ -132,7 +131,7 @@ impl GatewayConfig {
             ("storage_queue", self.storage_queue == 0),
         ] {
             if bad {
-                f.problem(key, "must be above zero (client_burst: at least 1)");
+                f.problem(key, "must be above zero");
             }
         }
         f.private_file("data_dir", &self.node.data_dir.join("dropboxes.redb"));
