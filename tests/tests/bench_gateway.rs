@@ -94,9 +94,10 @@ fn small_run_measures_the_gateway_process() {
         "{got} client packets/s in, {want} expected"
     );
     assert!(f("fetches_per_s") > 0.0, "{r}");
-    assert!(f("packets_in_per_s") >= got, "{r}");
+    // Its loops, drop cover and fetch replies came back to it through
+    // the mix nodes, separate processes.
+    assert!(f("mix_packets_in_per_s") > 0.0, "{r}");
     assert!(f("client_cpu_cores") > 0.0, "{r}");
     let idle = f("machine_idle_share");
     assert!((0.0..=1.0).contains(&idle), "{r}");
-    assert!(r["valid"].is_boolean(), "{r}");
 }

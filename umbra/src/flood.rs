@@ -279,21 +279,10 @@ async fn scrape(servers: &[SocketAddr], names: &[&str], labels_wanted: &[&str]) 
         let Some(body) = crate::testnet::metrics_text(*addr).await else {
             continue;
         };
-        for line in body.lines() {
-            if line.starts_with('#') {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            if names.iter().any(|n| name.ends_with(n))
+        total += crate::testnet::metric_sum_where(&body, |name, labels| {
+            names.iter().any(|n| name.ends_with(n))
                 && (labels_wanted.is_empty() || labels_wanted.iter().any(|l| labels.contains(l)))
-                && let Ok(v) = value.parse::<f64>()
-            {
-                total += v;
-            }
-        }
+        });
     }
     total as u64
 }

@@ -63,12 +63,18 @@ pub async fn metrics_text(addr: std::net::SocketAddr) -> Option<String> {
 /// The sum of the series named `name` in a `/metrics` text whose labels
 /// contain `label` (any labels if empty).
 pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    metric_sum_where(text, |n, labels| n == name && labels.contains(label))
+}
+
+/// The sum of the series in a `/metrics` text that `keep(name, labels)`
+/// accepts (`labels` is what stands between the braces, empty if none).
+pub fn metric_sum_where(text: &str, keep: impl Fn(&str, &str) -> bool) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
         .filter(|(series, _)| {
             let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-            n == name && labels.contains(label)
+            keep(n, labels)
         })
         .filter_map(|(_, v)| v.parse::<f64>().ok())
         .sum()
@@ -364,6 +370,11 @@ impl LocalDirectory {
     }
 }
 
+/// The replay-cache rate of a local network's nodes: many share one
+/// machine, so each key's cache (sized for rate × lifetime) is sized for a
+/// test network's rate, not a production node's.
+pub const TEST_REPLAY_MAX_PPS: u64 = 2_000;
+
 /// Config for a loopback mix node registered with `dir` (its identity is
 /// created in `data_dir` and admitted by every authority).
 pub fn mixnode_config(dir: &LocalDirectory, data_dir: PathBuf) -> Result<MixnodeConfig, BoxError> {
@@ -379,9 +390,7 @@ pub fn mixnode_config(dir: &LocalDirectory, data_dir: PathBuf) -> Result<Mixnode
         authority_threshold: dir.threshold,
         data_dir,
         topology_refresh_secs: 5,
-        // Many nodes share one machine here: size the replay caches for a
-        // test network's rate (each key's cache is sized for rate × lifetime).
-        replay_max_pps: 2_000,
+        replay_max_pps: TEST_REPLAY_MAX_PPS,
         ..MixnodeConfig::default()
     })
 }
@@ -702,7 +711,7 @@ pub fn gateway_config(
             authority_threshold: dir.threshold,
             data_dir,
             topology_refresh_secs: 5,
-            replay_max_pps: 2_000,
+            replay_max_pps: TEST_REPLAY_MAX_PPS,
             ..d.node
         },
         client_listen: any,

@@ -184,36 +184,51 @@ impl ProcessNet {
         std::fs::write(&dir_cfg, toml::to_string(&dcfg)?)?;
         let mut admission = directory::Admission::load(&dcfg.admission_path())?;
 
-        let authorities = node::authorities_example(std::slice::from_ref(&authority));
-        let node_cfg = |name: &str,
-                        extra: &str|
-         -> Result<(PathBuf, NodeId, SocketAddr), BoxError> {
-            let data = root.join(name);
-            net::identity::create_private_dir(&data)?;
-            let id = net::identity::load_or_create_identity(&data.join("identity.key"))?
+        let node_cfg = |name: &str| -> Result<(node::NodeConfig, NodeId, SocketAddr), BoxError> {
+            let data_dir = root.join(name);
+            net::identity::create_private_dir(&data_dir)?;
+            let id = net::identity::load_or_create_identity(&data_dir.join("identity.key"))?
                 .verifying_key()
                 .to_bytes();
             let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            let text = format!(
-                "listen = \"127.0.0.1:0\"\nmetrics_listen = \"{metrics}\"\ndata_dir = \"{}\"\nauthority_threshold = 1\ntopology_refresh_secs = 5\n{extra}{authorities}",
-                data.display()
-            );
+            let cfg = node::NodeConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+                metrics_listen: metrics,
+                data_dir,
+                authorities: vec![authority.clone()],
+                authority_threshold: 1,
+                topology_refresh_secs: 5,
+                ..node::NodeConfig::default()
+            };
+            Ok((cfg, id, metrics))
+        };
+        let write = |name: &str, text: String| -> Result<PathBuf, BoxError> {
             let path = root.join(format!("{name}.toml"));
             std::fs::write(&path, text)?;
-            Ok((path, id, metrics))
+            Ok(path)
         };
         let mut mixes = Vec::new();
         for i in 0..MIX_NODES {
             // Not measured: one worker, and replay caches sized for a test
             // network's rate (six nodes share this machine).
-            let (path, id, metrics) =
-                node_cfg(&format!("mix{i}"), "workers = 1\nreplay_max_pps = 2000\n")?;
+            let (cfg, id, metrics) = node_cfg(&format!("mix{i}"))?;
+            let cfg = node::NodeConfig {
+                workers: 1,
+                replay_max_pps: crate::testnet::TEST_REPLAY_MAX_PPS,
+                ..cfg
+            };
+            let path = write(&format!("mix{i}"), toml::to_string(&cfg)?)?;
             admission.admit(id, protocol::topology::Role::Mix)?;
             mixes.push((path, metrics));
         }
         // The measured gateway: every setting at its default.
-        let (gw_cfg, gateway_id, gateway_metrics) =
-            node_cfg("gateway", "client_listen = \"127.0.0.1:0\"\n")?;
+        let (node, gateway_id, gateway_metrics) = node_cfg("gateway")?;
+        let gcfg = gateway::GatewayConfig {
+            node,
+            client_listen: ([127, 0, 0, 1], 0).into(),
+            ..gateway::GatewayConfig::default()
+        };
+        let gw_cfg = write("gateway", toml::to_string(&gcfg)?)?;
         admission.admit(gateway_id, protocol::topology::Role::Gateway)?;
 
         let spawn = |role: &str, cfg: &Path| -> Result<std::process::Child, BoxError> {
@@ -435,9 +450,9 @@ fn cores_used(a: Option<f64>, b: Option<f64>, wall: f64) -> f64 {
     }
 }
 
-/// Clients per loopback address: a gateway takes at most 32 connections
-/// from one address (`net::link::LinkConfig::max_per_ip`), as it would
-/// from one host.
+/// Clients per loopback address: a gateway takes at most
+/// `max_clients_per_ip` (32 by default, which the bench keeps) connections
+/// from one address, as it would from one host.
 const CLIENTS_PER_IP: usize = 16;
 
 /// The loopback address of client `i`: 127.1.x.y, `CLIENTS_PER_IP` each
@@ -508,19 +523,21 @@ pub async fn gateway(
     opts: &GatewayOptions,
     progress: impl Fn(&str),
 ) -> Result<GatewayBench, BoxError> {
-    let n = opts.clients.max(1);
+    if opts.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
     let net = ProcessNet::start(&opts.exe, &progress).await?;
-    let result = measure(&net, n, opts, &progress).await;
+    let result = measure(&net, opts, &progress).await;
     net.stop().await;
     result
 }
 
 async fn measure(
     net: &ProcessNet,
-    n: usize,
     opts: &GatewayOptions,
     progress: &impl Fn(&str),
 ) -> Result<GatewayBench, BoxError> {
+    let n = opts.clients;
     // The gateway alone, before any client.
     let idle0 = sample(net, &[]).await;
     tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
@@ -594,7 +611,13 @@ async fn measure(
         }
         _ => f64::NAN,
     };
-    let busy_cores = (1.0 - machine_idle) * cores() as f64;
+    // From the ticks themselves (USER_HZ = 100, as `process_cpu_seconds`
+    // assumes): /proc/stat counts every CPU of the host, which may be more
+    // than this process may use (`available_parallelism`).
+    let busy_cores = match (a.machine, b.machine) {
+        (Some((busy0, _)), Some((busy1, _))) => busy1.saturating_sub(busy0) as f64 / 100.0 / wall,
+        _ => f64::NAN,
+    };
     let send_share =
         b.cover.sent.saturating_sub(a.cover.sent) as f64 / (n as f64 * client_pps * wall);
     let loops_returned = b
