@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Runs `umbra bench mixnode` and writes its figures as CSV for
-# scripts/plot.sh (default docs/figures/bench-mixnode.csv). Usage:
+# Runs `umbra bench mixnode` at production settings across mean delays
+# (0, 20, 100, 400 ms) and both MTUs (1500 bytes; jumbo), and writes one CSV
+# row per run for scripts/plot.py (default docs/figures/bench-mixnode.csv).
+# Usage:
 #   cargo build --release -p umbra && scripts/bench-figures.sh [CSV]
+# A run that is not valid (outside load, idle cores, drops) keeps its row
+# with valid=false and an empty ratio: rerun on a quiet machine.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 umbra=${UMBRA:-$here/target/release/umbra}
 csv=${1:-$here/docs/figures/bench-mixnode.csv}
-out=$("$umbra" bench mixnode 2>/dev/null)
-echo "$out"
-num() { grep -o "$1 [0-9.]*" <<<"$out" | head -1 | awk '{print $NF}'; }
-raw=$(grep -o 'raw sphinx unwrap: [0-9]*' <<<"$out" | awk '{print $NF}')
-node=$(grep -o 'mix node over QUIC: [0-9]*' <<<"$out" | awk '{print $NF}')
-half=$(grep -o 'half load ([0-9]*' <<<"$out" | tr -d '(' | awk '{print $NF}')
-{
-  echo "what,pps"
-  echo "raw unwrap (2 cores),$raw"
-  echo "mix node over QUIC,$node"
-  echo "half load (latency run),$half"
-} >"$csv"
+echo "delay_ms,jumbo,peers,raw_unwrap_pps,mixnode_pps,ratio,valid" >"$csv"
+for jumbo in false true; do
+  for delay in 0 20 100 400; do
+    flag=()
+    [ "$jumbo" = true ] && flag=(--jumbo)
+    # Exit status 3 is a run marked not valid: keep its row.
+    line=$("$umbra" bench mixnode --delay-ms "$delay" "${flag[@]}" --json 2>/dev/null | tail -1) || [ $? -eq 3 ]
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+ratio = "" if r["ratio"] is None else r["ratio"]
+print(f"{r[\"delay_ms\"]},{str(r[\"jumbo\"]).lower()},{r[\"peers\"]},{r[\"raw_unwrap_pps\"]},{r[\"mixnode_pps\"]},{ratio},{str(r[\"valid\"]).lower()}")
+' "$line" | tee -a "$csv"
+  done
+done
 echo "wrote $csv"

@@ -64,13 +64,20 @@ if sweep:
 bench = rows("bench-mixnode.csv")
 if bench:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = [r["what"] for r in bench]
-    vals = [float(r["pps"]) for r in bench]
-    bars = ax.bar(labels, vals, color=["#4c72b0", "#dd8452", "#55a868"][: len(vals)])
-    for bar, v in zip(bars, vals):
-        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom")
-    ax.set(ylabel="packets/s", title="umbra bench mixnode (2 cores, release build)")
-    ax.grid(axis="y", alpha=0.3)
+    for jumbo, label, marker in [("false", "1500-byte MTU (production)", "o"),
+                                 ("true", "jumbo datagrams", "s")]:
+        pts = [(float(r["delay_ms"]), float(r["ratio"])) for r in bench
+               if r["jumbo"] == jumbo and r["valid"] == "true" and r["ratio"]]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+    ax.axhline(0.9, color="grey", linestyle="--", linewidth=1, label="target 0.9")
+    ax.set_xscale("symlog", linthresh=20)
+    ax.set_xticks([0, 20, 100, 400])
+    ax.set_xticklabels(["0", "20", "100", "400"])
+    ax.set(xlabel="mean per-hop delay (ms)", ylabel="mix node rate / raw unwrap rate",
+           title="umbra bench mixnode: ratio against delay and MTU (2 cores, 3 peers)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out = os.path.join(fig_dir, "bench-mixnode.png")
     fig.savefig(out, dpi=90)

@@ -602,7 +602,7 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
     // Demand refreshes: an unknown next hop, or one whose connects fail
     // (it may have restarted elsewhere).
     let refresh = links.unreachable();
-    let (shared, job_rx, delay_rx) = Shared::new(
+    let (shared, job_rx) = Shared::new(
         ring,
         links,
         metrics,
@@ -627,7 +627,6 @@ pub async fn start_node(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, Erro
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(pipeline::scheduler(shared.clone(), delay_rx)));
     if !cfg.dangerous_no_cover {
         tasks.push(tokio::spawn(loops::run(shared.clone())));
     }

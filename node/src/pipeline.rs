@@ -1,5 +1,12 @@
 //! The packet path: link → bounded worker queue → Sphinx workers (one per
-//! core) → zero-delay forward, or the delay scheduler → outbound link.
+//! core) → outbound link, at once or when the packet's delay is up.
+//!
+//! Each worker holds the delayed packets it peeled in its own heap and
+//! releases those that are due between jobs, in a batch, or when its wait
+//! for the next job times out at the earliest due time. No packet crosses a
+//! thread or wakes a task to be delayed: a single scheduler task fed by a
+//! channel cost about 26 µs of QUIC/tokio CPU per packet against 3 µs for a
+//! direct forward.
 
 use crate::metrics::Metrics;
 use crate::{Handler, NodeRef};
@@ -11,10 +18,10 @@ use protocol::packet::Peeled;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 pub(crate) struct Job {
     epoch: u64,
@@ -22,7 +29,7 @@ pub(crate) struct Job {
 }
 
 pub(crate) struct Delayed {
-    due: tokio::time::Instant,
+    due: Instant,
     seq: u64,
     epoch: u64,
     next_hop: NodeId,
@@ -81,8 +88,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     max_delay: Duration,
     delay_capacity: usize,
+    /// Packets held in all workers' heaps together.
+    held: AtomicUsize,
     jobs: crossbeam_channel::Sender<Job>,
-    delayed: mpsc::Sender<Delayed>,
     refresh: Arc<Notify>,
     closed: AtomicBool,
     pub(crate) handler: Arc<dyn Handler>,
@@ -94,7 +102,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         keys: KeyRing,
         links: Links,
@@ -105,13 +113,8 @@ impl Shared {
         refresh: Arc<Notify>,
         handler: Arc<dyn Handler>,
         identity: NodeId,
-    ) -> (
-        Arc<Self>,
-        crossbeam_channel::Receiver<Job>,
-        mpsc::Receiver<Delayed>,
-    ) {
+    ) -> (Arc<Self>, crossbeam_channel::Receiver<Job>) {
         let (jobs, job_rx) = crossbeam_channel::bounded(worker_queue.max(1));
-        let (delayed, delay_rx) = mpsc::channel(1024);
         let s = Arc::new(Self {
             keys: RwLock::new(keys),
             routes: RwLock::new(HashMap::new()),
@@ -119,8 +122,8 @@ impl Shared {
             metrics,
             max_delay,
             delay_capacity: delay_queue.max(1),
+            held: AtomicUsize::new(0),
             jobs,
-            delayed,
             refresh,
             closed: AtomicBool::new(false),
             handler,
@@ -129,7 +132,7 @@ impl Shared {
             loops: crate::loops::Loops::new(),
             health: crate::health::HealthState::default(),
         });
-        (s, job_rx, delay_rx)
+        (s, job_rx)
     }
 
     /// Called by the link layer for every well-formed frame.
@@ -163,7 +166,9 @@ impl Shared {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    fn process(self: &Arc<Self>, job: Job) {
+    /// Peels `job`; a packet to forward later goes into `held`, this
+    /// worker's heap.
+    fn process(self: &Arc<Self>, job: Job, held: &mut Held) {
         let started = Instant::now();
         let key = self
             .keys
@@ -189,17 +194,22 @@ impl Shared {
                     self.forward(job.epoch, next_hop, &packet);
                     return;
                 }
-                let d = Delayed {
-                    due: tokio::time::Instant::now() + delay,
-                    seq: 0,
+                // The bound is over all workers: a reservation that
+                // overshoots is given back.
+                if self.held.fetch_add(1, Ordering::Relaxed) >= self.delay_capacity {
+                    self.held.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.drop("queue_full");
+                    return;
+                }
+                self.metrics.delay_queue.inc();
+                held.seq += 1;
+                held.heap.push(Reverse(Delayed {
+                    due: started + delay,
+                    seq: held.seq,
                     epoch: job.epoch,
                     next_hop,
                     packet,
-                };
-                match self.delayed.try_send(d) {
-                    Ok(()) => self.metrics.delay_queue.inc(),
-                    Err(_) => self.metrics.drop("queue_full"),
-                }
+                }));
             }
             Ok(Peeled::Final {
                 destination,
@@ -249,7 +259,50 @@ impl Shared {
     }
 }
 
-/// Starts `n` Sphinx worker threads. They stop when the job queue closes.
+/// One worker's delayed packets, earliest first (`seq` keeps packets due
+/// at the same instant in the order they were peeled).
+#[derive(Default)]
+pub(crate) struct Held {
+    heap: BinaryHeap<Reverse<Delayed>>,
+    seq: u64,
+}
+
+impl Held {
+    /// When the earliest packet is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(d)| d.due)
+    }
+
+    /// Forwards every packet due by `now`.
+    fn release(&mut self, shared: &Shared, now: Instant) {
+        let mut n = 0;
+        while self.heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            let Some(Reverse(d)) = self.heap.pop() else {
+                break;
+            };
+            shared.forward(d.epoch, d.next_hop, &d.packet);
+            n += 1;
+        }
+        if n > 0 {
+            shared.held.fetch_sub(n, Ordering::Relaxed);
+            shared.metrics.delay_queue.sub(n as i64);
+        }
+    }
+
+    /// Drops what is held (the node is stopping).
+    fn clear(&mut self, shared: &Shared) {
+        let n = self.heap.len();
+        self.heap.clear();
+        shared.held.fetch_sub(n, Ordering::Relaxed);
+        shared.metrics.delay_queue.sub(n as i64);
+    }
+}
+
+/// How long an idle worker waits for a job before it looks at `closed`.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Starts `n` Sphinx worker threads. They stop when the job queue closes
+/// or the node is closed.
 pub(crate) fn spawn_workers(
     n: usize,
     shared: Arc<Shared>,
@@ -266,47 +319,25 @@ pub(crate) fn spawn_workers(
                 .spawn(move || {
                     // Links spawn their tasks on the node's runtime.
                     let _guard = rt.enter();
+                    let mut held = Held::default();
                     while !shared.closed.load(Ordering::Relaxed) {
-                        match rx.recv_timeout(Duration::from_millis(200)) {
+                        let now = Instant::now();
+                        held.release(&shared, now);
+                        let wait = held
+                            .next_due()
+                            .map_or(IDLE_WAIT, |due| due.saturating_duration_since(now))
+                            .min(IDLE_WAIT);
+                        match rx.recv_timeout(wait) {
                             Ok(job) => {
                                 shared.metrics.workers_queue.dec();
-                                shared.process(job);
+                                shared.process(job, &mut held);
                             }
                             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                         }
                     }
+                    held.clear(&shared);
                 })
         })
         .collect()
-}
-
-/// Holds delayed packets in a bounded heap and forwards each when due.
-pub(crate) async fn scheduler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delayed>) {
-    let mut heap: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    loop {
-        let next_due = heap.peek().map(|Reverse(d)| d.due);
-        tokio::select! {
-            m = rx.recv() => {
-                let Some(mut d) = m else { return };
-                if heap.len() >= shared.delay_capacity {
-                    shared.metrics.delay_queue.dec();
-                    shared.metrics.drop("queue_full");
-                    continue;
-                }
-                seq += 1;
-                d.seq = seq;
-                heap.push(Reverse(d));
-            }
-            _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)).await }, if next_due.is_some() => {
-                let now = tokio::time::Instant::now();
-                while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
-                    let Some(Reverse(d)) = heap.pop() else { break };
-                    shared.metrics.delay_queue.dec();
-                    shared.forward(d.epoch, d.next_hop, &d.packet);
-                }
-            }
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! `umbra bench mixnode`: the raw Sphinx unwrap rate on all cores beside the
-//! rate one mix node forwards over QUIC on loopback, measured in one run.
+//! rate one mix node forwards over QUIC on loopback, measured in one run, at
+//! production settings unless told otherwise.
 //! `umbra bench client`: what an idle client costs, and how long 1 MiB takes.
 //! `umbra bench gateway`: what one gateway spends on N idle clients.
 
@@ -7,28 +8,112 @@ mod capacity;
 pub use capacity::{GatewayBench, GatewayOptions, gateway};
 
 use crate::testnet::{BoxError, FinalMode, Injector, LocalNet};
-use protocol::packet::{Hop, build_packet, sphinx_keypair};
+use protocol::packet::{Hop, build_packet, sample_delays, sphinx_keypair};
 use protocol::topology::NetworkParams;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// How `umbra bench mixnode` runs. [`Default`] is production: the node's
+/// default config, packets that ask for delays drawn at the network's
+/// default mean, 1500-byte-MTU datagrams, and several peers on each side.
+#[derive(Debug, Clone)]
+pub struct MixnodeOptions {
+    /// Packets in each measurement (each node round, each raw run).
+    pub packets: usize,
+    /// Mean per-hop delay the packets ask of the node, milliseconds (drawn
+    /// from an exponential, as clients draw them); 0 forwards at once.
+    pub delay_ms: u64,
+    /// Jumbo datagrams on the node's links (off in the node's default
+    /// config: internet paths carry 1500 bytes).
+    pub jumbo: bool,
+    /// Peers that send to the node, and as many it forwards to.
+    pub peers: usize,
+    /// Then run this many seconds at 80 % of the measured rate.
+    pub soak_secs: u64,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+/// Peers on each side of the node by default: a layer's nodes in a
+/// 3-layer network of 9.
+pub const DEFAULT_PEERS: usize = 3;
+
+impl Default for MixnodeOptions {
+    fn default() -> Self {
+        Self {
+            // A round must last ten mean delays (4 s) in its steady middle:
+            // at about 15,000 packets/s on two cores that takes 80,000.
+            packets: 80_000,
+            delay_ms: NetworkParams::default().mix_delay_mean_ms,
+            jumbo: mixnode::MixnodeConfig::default().jumbo_frames,
+            peers: DEFAULT_PEERS,
+            soak_secs: 0,
+            progress: false,
+        }
+    }
+}
+
+impl MixnodeOptions {
+    /// The old, easy setting, kept as a ceiling: no delay (the direct
+    /// forward), jumbo datagrams, one peer on each side.
+    pub fn easy() -> Self {
+        Self {
+            packets: 10_000,
+            delay_ms: 0,
+            jumbo: true,
+            peers: 1,
+            ..Self::default()
+        }
+    }
+}
+
+/// Most CPU other processes may use during any measured window, in cores:
+/// above it the raw rate and the node's rate are both cut by an unknown
+/// share and their ratio means nothing (it rose to 1.3–1.8 under load).
+pub const MAX_OUTSIDE_CORES: f64 = 0.10;
+/// Largest idle share of the cores during a raw run: the raw unwrap must
+/// fill every core, or it understates what they can do.
+pub const MAX_RAW_IDLE: f64 = 0.10;
+/// A node round's steady window must last this many mean delays, or its
+/// edges (packets still held at the start, the tail draining at the end)
+/// bias the rate.
+pub const MIN_WINDOW_DELAYS: f64 = 10.0;
+
 /// Figures from one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct MixnodeBench {
-    /// Sphinx unwraps per second on all cores, no networking: the mean of
-    /// the raw runs before and after the median round.
+    /// Sphinx unwraps per second on all cores, no networking, over the
+    /// steady window (10th to 90th percentile completion): the mean of the
+    /// raw runs before and after the median round.
     pub raw_unwrap_pps: f64,
     /// Packets per second one mix node forwarded end to end over QUIC in
-    /// the median round, in its steady middle (10th to 90th percentile
-    /// arrival).
+    /// the median round, over the same kind of window (10th to 90th
+    /// percentile arrival).
     pub mixnode_pps: f64,
     /// The same over that whole round, from the first write to the last
-    /// arrival.
+    /// arrival (with delays, the drain of the last held packets is in it).
     pub mixnode_pps_whole_run: f64,
     /// mixnode_pps / raw_unwrap_pps: the median of the rounds. The other
     /// figures above and below are that round's.
     pub ratio: f64,
+    /// True when every window passed the checks below: a ratio may be
+    /// quoted only then.
+    pub valid: bool,
+    /// Why the run is not valid (empty when it is).
+    pub invalid_reasons: Vec<String>,
+    /// Mean per-hop delay the packets asked for, ms.
+    pub delay_ms: u64,
+    /// Jumbo datagrams on the links.
+    pub jumbo: bool,
+    /// Peers sending to the node, and peers it forwarded to.
+    pub peers: usize,
+    /// Most CPU other processes used in any window, cores.
+    pub outside_load_cores: f64,
+    /// Largest idle share of the cores in any raw run.
+    pub raw_idle_share: f64,
+    /// Idle share of the cores in the median round's steady window.
+    pub node_idle_share: f64,
     /// Every round: the node's rate beside the mean raw rate just before
     /// and just after it.
     pub rounds: Vec<Round>,
@@ -38,11 +123,15 @@ pub struct MixnodeBench {
     pub packets: usize,
     /// Packets the node dropped (any reason) during the forwarding rounds.
     pub dropped: u64,
-    /// UDP datagrams the sender sent per packet in the forwarding run, ACKs
-    /// and retransmissions included: about a third with jumbo datagrams
-    /// (three frames each), 2 or more if they fell back to 1200 bytes.
+    /// Most packets the node held for their delay at once, and its bound
+    /// of rate × the largest delay (with the default 10 s clamp this is
+    /// what memory must allow).
+    pub held_max: u64,
+    /// UDP datagrams the senders sent per packet in the median round, ACKs
+    /// and retransmissions included: about 1.7 at a 1500-byte MTU, a third
+    /// with jumbo datagrams (three frames each).
     pub datagrams_per_packet: f64,
-    /// The sender's path MTU to the node at the end of that run, bytes.
+    /// A sender's path MTU to the node at the end of that round, bytes.
     pub path_mtu: u16,
     /// Frames per second QUIC alone carries sender → receiver (no mix node).
     pub link_pps: f64,
@@ -54,9 +143,9 @@ pub struct MixnodeBench {
     pub raw_us_per_packet: f64,
     /// On-CPU time per forwarded packet in the steady middle, µs: the
     /// node's Sphinx workers, the node's other threads (QUIC, tokio), the
-    /// benchmark's sender and receiver.
+    /// benchmark's senders and receivers.
     pub cpu_us_per_packet: ThreadCpu,
-    /// Share of all cores each had then; the rest was idle.
+    /// Share of all cores each had then; the rest was idle or others'.
     pub cpu_share: ThreadCpu,
     /// Times each group's threads were put on a CPU per forwarded packet
     /// then: every one is a context switch, which on two cores preempts a
@@ -67,39 +156,80 @@ pub struct MixnodeBench {
     pub raw_cpu_us_per_packet: f64,
     /// Raw unwrap CPU per packet / the node's CPU per forwarded packet
     /// (workers + its QUIC), both on-CPU time: how close the node is to the
-    /// crypto, whatever the sender and receiver beside it cost.
+    /// crypto, whatever the senders and receivers beside it cost.
     pub node_efficiency: f64,
-    /// Rate of the half-load run (half of `mixnode_pps`), packets/s.
-    pub half_load_pps: f64,
-    /// Latency the node adds at half load, beyond the (zero) sampled delay:
-    /// median and 99th percentile, milliseconds.
-    pub half_load_p50_ms: f64,
-    /// See `half_load_p50_ms`.
-    pub half_load_p99_ms: f64,
+    /// Latency through the node at 10, 50 and 90 % of `mixnode_pps`.
+    pub latency: Vec<LoadLatency>,
     /// The soak at 80 % of `mixnode_pps`, if asked for.
     pub soak: Option<Soak>,
+}
+
+/// Latency through the node at one paced load.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadLatency {
+    /// Share of the measured rate.
+    pub load: f64,
+    /// Packets per second sent.
+    pub rate_pps: f64,
+    /// Packets sent (all arrived, or `arrived` says how many).
+    pub packets: usize,
+    /// Packets that arrived.
+    pub arrived: usize,
+    /// Send to arrival, median and 99th percentile, ms.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// What the sampled delays alone give, median and 99th percentile, ms.
+    pub delay_p50_ms: f64,
+    /// See `delay_p50_ms`.
+    pub delay_p99_ms: f64,
+    /// What the node adds beyond each packet's own delay (arrivals matched
+    /// to due times in order), median and 99th percentile, ms.
+    pub added_p50_ms: f64,
+    /// See `added_p50_ms`.
+    pub added_p99_ms: f64,
 }
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Builds `n` packets on all cores; hop 0 is `first`, the rest are `rest`.
-fn build_all(n: usize, route: &[Hop]) -> Vec<Vec<u8>> {
+/// Packets built for a route, and the delay each asks of its first hop.
+struct Built {
+    packets: Vec<Vec<u8>>,
+    delays: Vec<Duration>,
+}
+
+/// Builds `n` packets on all cores; packet `i` takes `routes[i %
+/// routes.len()]`, and asks its first hop for a delay drawn at `mean`.
+fn build_all(n: usize, routes: &[Vec<Hop>], mean: Duration) -> Built {
     let threads = cores();
     let per = n.div_ceil(threads);
-    std::thread::scope(|s| {
+    let parts: Vec<Vec<(Vec<u8>, Duration)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let count = per.min(n.saturating_sub(t * per));
                 s.spawn(move || {
                     let mut rng = rand::rng();
-                    let zero = vec![Duration::ZERO; route.len()];
                     (0..count)
                         .filter_map(|i| {
+                            let route = &routes[(t * per + i) % routes.len().max(1)];
+                            let mut delays = sample_delays(&mut rng, route.len(), mean);
+                            // The final hop delivers at once.
+                            if let Some(last) = delays.last_mut() {
+                                *last = Duration::ZERO;
+                            }
                             let msg = format!("bench packet {t}/{i}");
-                            build_packet(&mut rng, route, &[0; 32], [0; 16], &zero, msg.as_bytes())
-                                .ok()
+                            build_packet(
+                                &mut rng,
+                                route,
+                                &[0; 32],
+                                [0; 16],
+                                &delays,
+                                msg.as_bytes(),
+                            )
+                            .ok()
+                            .map(|p| (p, delays[0]))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -107,9 +237,11 @@ fn build_all(n: usize, route: &[Hop]) -> Vec<Vec<u8>> {
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .map(|h| h.join().unwrap_or_default())
             .collect()
-    })
+    });
+    let (packets, delays) = parts.into_iter().flatten().unzip();
+    Built { packets, delays }
 }
 
 /// `packets` in Sphinx frames for `epoch`, back to back.
@@ -121,27 +253,96 @@ fn sphinx_frames(packets: &[Vec<u8>], epoch: u64) -> Result<Vec<u8>, BoxError> {
     Ok(frames)
 }
 
-/// Raw unwrap rate of sphinx-packet on all cores, and the on-CPU time per
-/// unwrap (µs) of the threads that did it: compared with the node's on-CPU
-/// time per packet it is not skewed by time the machine gave to others.
-fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64, f64) {
+/// The machine and this process at one instant: what a window's outside
+/// load and idle share are computed from.
+#[derive(Clone, Copy)]
+struct Snap {
+    at: Instant,
+    /// Busy and total ticks of the whole machine.
+    machine: Option<(u64, u64)>,
+    /// This process's CPU seconds.
+    own: Option<f64>,
+    /// Its threads' schedstat, by group.
+    sched: Option<Sched>,
+}
+
+fn snap() -> Snap {
+    Snap {
+        at: Instant::now(),
+        machine: capacity::machine_ticks(),
+        own: process_cpu_seconds(None),
+        sched: sched_snapshot(),
+    }
+}
+
+/// One measured window: `n` packets done in `secs`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    n: u64,
+    secs: f64,
+    /// Cores other processes used.
+    outside_cores: f64,
+    /// Share of our cores nobody used.
+    idle_share: f64,
+}
+
+impl Window {
+    fn between(a: &Snap, b: &Snap, n: u64) -> Self {
+        let secs = b.at.duration_since(a.at).as_secs_f64();
+        // Ticks are 1/100 s (USER_HZ) in /proc/stat and /proc/<pid>/stat.
+        let (busy, outside) = match (a.machine, b.machine, a.own, b.own) {
+            (Some((b0, _)), Some((b1, _)), Some(o0), Some(o1)) if secs > 0.0 => {
+                let busy = b1.saturating_sub(b0) as f64 / 100.0 / secs;
+                (busy, (busy - (o1 - o0) / secs).max(0.0))
+            }
+            _ => (f64::NAN, f64::NAN),
+        };
+        Self {
+            n,
+            secs,
+            outside_cores: outside,
+            idle_share: (1.0 - busy / cores() as f64).clamp(0.0, 1.0),
+        }
+    }
+
+    fn pps(&self) -> f64 {
+        self.n as f64 / self.secs
+    }
+}
+
+/// One raw run: its steady window, and the on-CPU time per unwrap (µs)
+/// of the threads that did it.
+struct RawRun {
+    window: Window,
+    cpu_us: f64,
+}
+
+/// Raw unwrap rate of sphinx-packet on all cores over the same kind of
+/// window as the node's (10th to 90th percentile completion), and the
+/// on-CPU time per unwrap (µs) of the threads that did it: compared with
+/// the node's on-CPU time per packet it is not skewed by time the machine
+/// gave to others.
+fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRun {
     // Threads take packets from a shared index, as the node's workers take
     // them from a shared queue: a fixed split would leave a thread idle
     // once it finished its share if its core ran slower (shared machine),
     // understating what the cores can do.
     const TAKE: usize = 16;
+    let n = packets.len();
+    let (lo, hi) = (n / 10, n - n / 10);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let start = Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let marks: std::sync::Mutex<[Option<(Snap, usize)>; 2]> = std::sync::Mutex::new([None; 2]);
     let (ok, cpu): (usize, f64) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..cores())
             .map(|_| {
-                let next = &next;
+                let (next, done, marks) = (&next, &done, &marks);
                 s.spawn(move || {
                     let cpu0 = own_cpu_seconds();
                     let mut ok = 0;
                     loop {
                         let at = next.fetch_add(TAKE, Ordering::Relaxed);
-                        let Some(batch) = packets.get(at..(at + TAKE).min(packets.len())) else {
+                        let Some(batch) = packets.get(at..(at + TAKE).min(n)) else {
                             break;
                         };
                         ok += batch
@@ -152,6 +353,15 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64,
                                     .is_ok()
                             })
                             .count();
+                        // The thread whose batch crosses a mark records it.
+                        let k = batch.len();
+                        let d = done.fetch_add(k, Ordering::Relaxed) + k;
+                        for (i, mark) in [lo, hi].into_iter().enumerate() {
+                            if d - k < mark && d >= mark {
+                                let s = snap();
+                                marks.lock().unwrap_or_else(|p| p.into_inner())[i] = Some((s, d));
+                            }
+                        }
                     }
                     let cpu = own_cpu_seconds().zip(cpu0).map_or(f64::NAN, |(b, a)| b - a);
                     (ok, cpu)
@@ -162,10 +372,20 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> (f64,
             .map(|h| h.join().unwrap_or((0, f64::NAN)))
             .fold((0, 0.0), |(n, c), (k, d)| (n + k, c + d))
     });
-    (
-        ok as f64 / start.elapsed().as_secs_f64(),
-        cpu / ok.max(1) as f64 * 1e6,
-    )
+    let marks = marks.into_inner().unwrap_or_else(|p| p.into_inner());
+    let window = match marks {
+        [Some((a, da)), Some((b, db))] => Window::between(&a, &b, (db - da) as u64),
+        _ => Window {
+            n: ok as u64,
+            secs: f64::NAN,
+            outside_cores: f64::NAN,
+            idle_share: f64::NAN,
+        },
+    };
+    RawRun {
+        window,
+        cpu_us: cpu / ok.max(1) as f64 * 1e6,
+    }
 }
 
 /// On-CPU seconds of the calling thread (Linux schedstat).
@@ -184,21 +404,54 @@ fn schedstat_field(schedstat: &str, n: usize) -> Option<u64> {
     schedstat.split_whitespace().nth(n)?.parse().ok()
 }
 
-/// Runs both measurements with `packets` packets each.
-pub async fn mixnode(
-    packets: usize,
-    soak_secs: u64,
-    progress: bool,
-) -> Result<MixnodeBench, BoxError> {
+/// Why a run is not valid, from its raw runs, node rounds and drops.
+fn judge(raws: &[Window], nodes: &[Window], dropped: u64, mean_delay: Duration) -> Vec<String> {
+    let mut why = Vec::new();
+    let outside = raws
+        .iter()
+        .chain(nodes)
+        .map(|w| w.outside_cores)
+        .fold(0.0, f64::max);
+    if raws.iter().chain(nodes).any(|w| w.outside_cores.is_nan()) {
+        why.push("the machine's CPU counters could not be read (/proc/stat)".into());
+    } else if outside > MAX_OUTSIDE_CORES {
+        why.push(format!(
+            "other processes used {outside:.2} cores during a measurement (at most {MAX_OUTSIDE_CORES} allowed)"
+        ));
+    }
+    let idle = raws.iter().map(|w| w.idle_share).fold(0.0, f64::max);
+    if idle > MAX_RAW_IDLE {
+        why.push(format!(
+            "a raw run left {:.0} % of the cores idle (at most {:.0} %)",
+            idle * 100.0,
+            MAX_RAW_IDLE * 100.0
+        ));
+    }
+    if dropped > 0 {
+        why.push(format!("the node dropped {dropped} packets"));
+    }
+    let need = MIN_WINDOW_DELAYS * mean_delay.as_secs_f64();
+    if let Some(short) = nodes.iter().map(|w| w.secs).reduce(f64::min)
+        && short < need
+    {
+        why.push(format!(
+            "a round's steady window lasted {short:.1} s, under {MIN_WINDOW_DELAYS} mean delays ({need:.1} s): use more --packets"
+        ));
+    }
+    why
+}
+
+/// Runs both measurements as `opts` says.
+pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
     // The node gets its own runtime, as in its own process: its threads
     // ("node-io", and its "sphinx-" workers) are then told apart from the
-    // benchmark's sender and receiver when the CPU is counted.
+    // benchmark's senders and receivers when the CPU is counted.
     let node_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores())
         .thread_name("node-io")
         .enable_all()
         .build()?;
-    let result = mixnode_on(node_rt.handle(), packets, soak_secs, progress).await;
+    let result = mixnode_on(node_rt.handle(), &opts).await;
     // A runtime may not be dropped from async code; its tasks are done.
     node_rt.shutdown_background();
     result
@@ -206,28 +459,27 @@ pub async fn mixnode(
 
 async fn mixnode_on(
     node_rt: &tokio::runtime::Handle,
-    packets: usize,
-    soak_secs: u64,
-    progress: bool,
+    opts: &MixnodeOptions,
 ) -> Result<MixnodeBench, BoxError> {
-    let net = LocalNet::start_on(
+    let (packets, progress) = (opts.packets.max(10), opts.progress);
+    let peers = opts.peers.max(1);
+    let mean = Duration::from_millis(opts.delay_ms);
+    let mut net = LocalNet::start_on(
         Some(node_rt),
         1,
         NetworkParams::default(),
         FinalMode::Count,
         |c| {
-            c.max_delay_ms = 0;
-            // Loopback carries jumbo frames, as data-centre links do.
-            c.jumbo_frames = true;
-            // Only the benchmark's packets: no loop cover of the node's own.
+            // The node's default config, but for these:
+            c.jumbo_frames = opts.jumbo;
+            // Only the benchmark's packets: the node's own loop cover (one
+            // packet a second) would route through layers this one-node
+            // network does not have.
             c.dangerous_no_cover = true;
-            // Sized for the full rate, as a production node.
-            c.replay_max_pps = mixnode::MixnodeConfig::default().replay_max_pps;
-            c.worker_queue = packets + 1024;
             // The soak cycles one set of packets for minutes: the replay cache
             // records them all (its memory and work are those of a real node)
             // but lets them through. Only when a soak is asked for.
-            c.dangerous_accept_replays = soak_secs > 0;
+            c.dangerous_accept_replays = opts.soak_secs > 0;
             if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
                 .ok()
                 .and_then(|w| w.parse().ok())
@@ -237,47 +489,73 @@ async fn mixnode_on(
         },
     )
     .await?;
+    net.add_receivers(peers - 1, FinalMode::Count).await?;
     let topo = net.topology().await?;
     let mix = topo
         .layer(1)
         .next()
         .ok_or("no mix node in the topology")?
         .clone();
-    let recv = topo
-        .node(&net.receiver.identity)
-        .ok_or("receiver missing from topology")?
-        .clone();
-    let route = [mix.hop(), recv.hop()];
+    let mut receivers = Vec::new();
+    for r in net.receivers() {
+        receivers.push(
+            topo.node(&r.identity)
+                .ok_or("receiver missing from topology")?
+                .clone(),
+        );
+    }
+    let routes: Vec<Vec<Hop>> = receivers.iter().map(|r| vec![mix.hop(), r.hop()]).collect();
 
-    // The raw measurement needs the node's secret; build a twin route with a
+    // The raw measurement needs the node's secret; build twin routes with a
     // local key of the same kind for it.
     let (secret, public) = sphinx_keypair(&mut rand::rng());
-    let twin = [
-        Hop {
-            id: mix.identity,
-            sphinx_key: public,
-        },
-        recv.hop(),
-    ];
+    let twins: Vec<Vec<Hop>> = receivers
+        .iter()
+        .map(|r| {
+            vec![
+                Hop {
+                    id: mix.identity,
+                    sphinx_key: public,
+                },
+                r.hop(),
+            ]
+        })
+        .collect();
     if progress {
         eprintln!(
-            "building {} packets on {} cores…",
+            "{peers} peers on each side, mean delay {} ms, jumbo {}; building {} packets on {} cores…",
+            opts.delay_ms,
+            opts.jumbo,
             packets * (ROUNDS + 1),
             cores()
         );
     }
-    let raw_packets = build_all(packets, &twin);
-    let node_packets = build_all(packets * ROUNDS, &route);
+    let built_at = Instant::now();
+    let raw_packets = build_all(packets, &twins, mean).packets;
+    if progress {
+        eprintln!(
+            "built {packets} packets in {:.1} s; each round's are built before it",
+            built_at.elapsed().as_secs_f64()
+        );
+    }
 
     let node = &net.mixnodes[0];
-    let mut inj = Injector::connect(&net.receiver.creds, mix.identity, mix.socket_addr()?).await?;
+    // One sender per peer, each proving a registered node's identity (the
+    // receivers' own): the node takes packets in on `peers` links.
+    let mut inj = Vec::new();
+    for r in net.receivers() {
+        inj.push(Injector::connect(&r.creds, mix.identity, mix.socket_addr()?).await?);
+    }
+    let m = node.metrics();
+    let arrived = || net.frames_received();
+    let peeled = || m.processing.get_sample_count();
     // Warm up first, untimed: a running node has its links open, their
     // path MTU found and their congestion window grown; a fresh one spends
     // its first fraction of a second on that.
-    let warm = build_all((packets / 10).clamp(100, 1000), &route);
+    let warm = build_all((packets / 10).clamp(100, 1000), &routes, mean).packets;
     let warm_frames = sphinx_frames(&warm, topo.epoch)?;
-    let warm_target = net.receiver.frames.load(Ordering::Relaxed) + warm.len() as u64;
-    push(&mut inj, &warm_frames, &net.receiver.frames, warm_target).await?;
+    let warm_target = arrived() + warm.len() as u64;
+    push(&mut inj, &warm_frames, &arrived, &peeled, warm_target).await?;
 
     // Raw, node, raw, node, …, raw: the machine's speed drifts (shared,
     // noisy), so each node round is set beside the mean of the raw rates
@@ -285,35 +563,56 @@ async fn mixnode_on(
     // median round.
     let mut raws = vec![raw_unwrap(&raw_packets, &secret)];
     if progress {
-        eprintln!("raw unwrap: {:.0} packets/s", raws[0].0);
+        eprintln!("raw unwrap: {:.0} packets/s", raws[0].window.pps());
     }
+    let dropped_before = m.total_dropped();
     let mut rounds: Vec<(Round, NodeRound)> = Vec::with_capacity(ROUNDS);
     let mut frames = Vec::new();
-    for (i, chunk) in node_packets.chunks(packets.max(1)).enumerate() {
-        frames = sphinx_frames(chunk, topo.epoch)?;
-        let r = node_round(&mut inj, &net.receiver.frames, &frames, chunk.len() as u64).await?;
+    for i in 0..ROUNDS {
+        // Built between the raw runs, not held for the whole run: a round
+        // is tens of thousands of 2.4 kB packets.
+        drop(std::mem::take(&mut frames));
+        let chunk = build_all(packets, &routes, mean).packets;
+        frames = sphinx_frames(&chunk, topo.epoch)?;
+        drop(chunk);
+        let r = node_round(&mut inj, &arrived, &peeled, &frames, packets as u64).await?;
         raws.push(raw_unwrap(&raw_packets, &secret));
-        let raw = (raws[i].0 + raws[i + 1].0) / 2.0;
-        let raw_cpu_us = (raws[i].1 + raws[i + 1].1) / 2.0;
+        let raw = (raws[i].window.pps() + raws[i + 1].window.pps()) / 2.0;
+        let raw_cpu_us = (raws[i].cpu_us + raws[i + 1].cpu_us) / 2.0;
         if progress {
             eprintln!(
-                "round {}: mix node {:.0} packets/s, raw unwrap after it {:.0} packets/s, ratio {:.3}",
+                "round {}: mix node {:.0} packets/s, raw unwrap after it {:.0} packets/s, ratio {:.3}, outside load {:.2} cores",
                 i + 1,
-                r.pps,
-                raws[i + 1].0,
-                r.pps / raw
+                r.window.pps(),
+                raws[i + 1].window.pps(),
+                r.window.pps() / raw,
+                r.window.outside_cores.max(raws[i + 1].window.outside_cores)
             );
         }
         rounds.push((
             Round {
                 raw_unwrap_pps: raw,
-                mixnode_pps: r.pps,
+                mixnode_pps: r.window.pps(),
                 mixnode_pps_whole_run: r.whole_pps,
-                ratio: r.pps / raw,
+                ratio: r.window.pps() / raw,
                 raw_cpu_us_per_packet: raw_cpu_us,
+                arrived: r.arrived,
             },
             r,
         ));
+    }
+    let dropped = m.total_dropped() - dropped_before;
+    let raw_windows: Vec<Window> = raws.iter().map(|r| r.window).collect();
+    let node_windows: Vec<Window> = rounds.iter().map(|(_, r)| r.window).collect();
+    let mut invalid_reasons = judge(&raw_windows, &node_windows, dropped, mean);
+    for (i, (round, _)) in rounds.iter().enumerate() {
+        if round.arrived < packets as u64 {
+            invalid_reasons.push(format!(
+                "round {}: {} of {packets} packets arrived",
+                i + 1,
+                round.arrived
+            ));
+        }
     }
     let mut by_ratio: Vec<&(Round, NodeRound)> = rounds.iter().collect();
     by_ratio.sort_by(|a, b| a.0.ratio.total_cmp(&b.0.ratio));
@@ -328,71 +627,94 @@ async fn mixnode_on(
     );
     let (share, us_per_packet, runs_per_packet) = (m_node.share, m_node.us, m_node.runs);
     let (datagrams_per_packet, path_mtu) = (m_node.datagrams_per_packet, m_node.path_mtu);
-    let m = node.metrics();
+    let held_max = rounds.iter().map(|(_, r)| r.held_max).max().unwrap_or(0);
     let peel_us =
         m.processing.get_sample_sum() / m.processing.get_sample_count().max(1) as f64 * 1e6;
-    let dropped = m.total_dropped();
 
-    // Half of the measured maximum, paced, with fresh packets (the first
-    // batch is in the replay cache now): what the node adds per packet.
-    let half = pps / 2.0;
-    let n_half = (packets / 2).max(1);
-    if progress {
-        eprintln!("latency at half load: {n_half} packets at {half:.0} packets/s…");
-    }
-    let half_packets = build_all(n_half, &route);
-    let (half_p50, half_p99) =
-        paced_latency(&mut inj, &net, &half_packets, topo.epoch, half).await?;
-    let soak = if soak_secs > 0 {
+    // Paced loads below the measured maximum, with fresh packets (the
+    // rounds' are in the replay cache now): what the node adds per packet
+    // beyond the delay each asked for.
+    let mut latency = Vec::new();
+    for load in LOADS {
+        let rate = pps * load;
+        // About LATENCY_SECS of sending, at least enough for a 99th
+        // percentile.
+        let n = ((rate * LATENCY_SECS) as usize).clamp(500, packets);
         if progress {
             eprintln!(
-                "soak: {soak_secs} s at 80 % of {whole_pps:.0} packets/s, packets cycled (replays let through)…"
+                "latency at {:.0} % load: {n} packets at {rate:.0} packets/s…",
+                load * 100.0
             );
         }
-        // 80 % of the whole-run rate: during a soak the sender writes all
-        // the time, as during the whole run (the steady middle comes after
-        // the sender has finished writing).
-        let dropped_before = node.metrics().total_dropped();
-        let mut s = soak_run(
-            &mut inj,
-            &net,
-            &frames,
-            0.8 * whole_pps,
-            soak_secs,
-            progress,
-        )
-        .await?;
-        s.dropped = node.metrics().total_dropped() - dropped_before;
+        let built = build_all(n, &routes, mean);
+        let mut l = paced_latency(&mut inj, &net, &built, topo.epoch, rate).await?;
+        l.load = load;
+        latency.push(l);
+    }
+    let soak = if opts.soak_secs > 0 {
+        if progress {
+            eprintln!(
+                "soak: {} s at 80 % of {pps:.0} packets/s, packets cycled (replays let through)…",
+                opts.soak_secs
+            );
+        }
+        let dropped_before = m.total_dropped();
+        let mut s = soak_run(&mut inj, &net, &frames, 0.8 * pps, opts.soak_secs, progress).await?;
+        s.dropped = m.total_dropped() - dropped_before;
         Some(s)
     } else {
         None
     };
-    inj.close().await;
+    for i in inj {
+        i.close().await;
+    }
 
-    // The same frames straight to the receiver: what QUIC alone carries here.
-    let mut direct =
-        Injector::connect(&net.receiver.creds, recv.identity, recv.socket_addr()?).await?;
-    let base = net.receiver.frames.load(Ordering::Relaxed);
+    // The same frames straight to a receiver: what QUIC alone carries here.
+    let mut direct = vec![
+        Injector::connect(
+            &net.receiver.creds,
+            receivers[0].identity,
+            receivers[0].socket_addr()?,
+        )
+        .await?,
+    ];
+    let base = arrived();
     let n = (frames.len() / protocol::frame::FRAME_LEN) as u64;
     let c0 = thread_cpu_seconds();
     let (link_got, link_elapsed, _) =
-        push(&mut direct, &frames, &net.receiver.frames, base + n).await?;
+        push(&mut direct, &frames, &arrived, &arrived, base + n).await?;
     let c1 = thread_cpu_seconds();
     let link_pps = (link_got - base) as f64 / link_elapsed.as_secs_f64();
     let link_us_per_frame = c0.zip(c1).map_or(f64::NAN, |(a, b)| {
         b.minus(&a).bench / (link_got - base).max(1) as f64 * 1e6
     });
-    direct.close().await;
+    for d in direct {
+        d.close().await;
+    }
     net.stop().await;
+    let valid = invalid_reasons.is_empty();
     Ok(MixnodeBench {
         raw_unwrap_pps: raw,
         mixnode_pps: pps,
         mixnode_pps_whole_run: whole_pps,
         ratio: pps / raw,
+        valid,
+        invalid_reasons,
+        delay_ms: opts.delay_ms,
+        jumbo: opts.jumbo,
+        peers,
+        outside_load_cores: raw_windows
+            .iter()
+            .chain(&node_windows)
+            .map(|w| w.outside_cores)
+            .fold(0.0, f64::max),
+        raw_idle_share: raw_windows.iter().map(|w| w.idle_share).fold(0.0, f64::max),
+        node_idle_share: m_node.window.idle_share,
         rounds: rounds.into_iter().map(|(r, _)| r).collect(),
         cores: cores(),
         packets,
         dropped,
+        held_max,
         datagrams_per_packet,
         path_mtu,
         link_pps,
@@ -404,15 +726,17 @@ async fn mixnode_on(
         runs_per_packet,
         raw_cpu_us_per_packet: raw_cpu_us,
         node_efficiency: raw_cpu_us / (us_per_packet.workers + us_per_packet.node_io),
-        half_load_pps: half,
-        half_load_p50_ms: half_p50,
-        half_load_p99_ms: half_p99,
+        latency,
         soak,
     })
 }
 
 /// Node rounds in one run, each between two raw measurements.
 const ROUNDS: usize = 3;
+/// Loads (shares of the measured rate) latency is measured at.
+const LOADS: [f64; 3] = [0.1, 0.5, 0.9];
+/// Seconds of sending in each latency run.
+const LATENCY_SECS: f64 = 3.0;
 
 /// One node round beside the raw rate around it.
 #[derive(Debug, Clone, Serialize)]
@@ -427,71 +751,67 @@ pub struct Round {
     pub ratio: f64,
     /// Mean on-CPU time per raw unwrap of the two raw runs, µs.
     pub raw_cpu_us_per_packet: f64,
+    /// Packets of the round that arrived.
+    pub arrived: u64,
 }
 
 /// What one node round measured.
 struct NodeRound {
-    pps: f64,
+    window: Window,
     whole_pps: f64,
+    arrived: u64,
     share: ThreadCpu,
     us: ThreadCpu,
     runs: ThreadCpu,
     datagrams_per_packet: f64,
     path_mtu: u16,
+    held_max: u64,
 }
 
 /// Sends `frames` (`n` packets) through the node as a sustained load and
 /// measures its rate and where the cores went.
 async fn node_round(
-    inj: &mut Injector,
-    counter: &std::sync::atomic::AtomicU64,
+    inj: &mut [Injector],
+    arrived: &impl Fn() -> u64,
+    peeled: &impl Fn() -> u64,
     frames: &[u8],
     n: u64,
 ) -> Result<NodeRound, BoxError> {
-    let target = counter.load(Ordering::Relaxed) + n;
-    let dgrams0 = inj.datagrams_sent();
-    let cpu0 = sched_snapshot();
-    let (got, elapsed, steady) = push(inj, frames, counter, target).await?;
+    let target = arrived() + n;
+    let dgrams0: u64 = inj.iter().map(|i| i.datagrams_sent()).sum();
+    let (got, elapsed, steady) = push(inj, frames, arrived, peeled, target).await?;
     let got = got - (target - n);
-    let cpu1 = sched_snapshot();
-    let datagrams_per_packet = (inj.datagrams_sent() - dgrams0) as f64 / n.max(1) as f64;
+    let datagrams_per_packet =
+        (inj.iter().map(|i| i.datagrams_sent()).sum::<u64>() - dgrams0) as f64 / n.max(1) as f64;
     let whole_pps = got as f64 / elapsed.as_secs_f64();
-    // The node's forwarding rate is the steady middle of the run (10th to
-    // 90th percentile arrival): the first packets wait for the sender to
-    // get going, the last for the queue to drain.
-    let pps = steady.map_or(whole_pps, |s| s.arrived as f64 / s.secs);
+    let Some(steady) = steady else {
+        return Err(format!("only {got} of {n} packets arrived: no steady window").into());
+    };
     // Where the cores went while the node forwarded (the steady middle):
     // its Sphinx workers, its QUIC and tokio threads, the benchmark's
-    // sender and receiver, idle.
-    let window = match steady {
-        Some(Steady {
-            arrived,
-            secs,
-            cpu: Some((a, b)),
-        }) => Some((a, b, secs, arrived)),
-        _ => cpu0
-            .zip(cpu1)
-            .map(|(a, b)| (a, b, elapsed.as_secs_f64(), got)),
-    };
-    let (share, us, runs) = match window {
-        Some(((a, ra), (b, rb), secs, arrived)) => {
+    // senders and receivers, idle.
+    let (share, us, runs) = match (steady.from.sched, steady.to.sched) {
+        (Some((a, ra)), Some((b, rb))) => {
             let d = b.minus(&a);
+            let arrived = steady.window.n.max(1) as f64;
             (
-                d.scaled(1.0 / (secs * cores() as f64)),
-                d.scaled(1e6 / arrived.max(1) as f64),
-                rb.minus(&ra).scaled(1.0 / arrived.max(1) as f64),
+                d.scaled(1.0 / (steady.window.secs * cores() as f64)),
+                d.scaled(1e6 / arrived),
+                rb.minus(&ra).scaled(1.0 / arrived),
             )
         }
-        None => (ThreadCpu::NAN, ThreadCpu::NAN, ThreadCpu::NAN),
+        _ => (ThreadCpu::NAN, ThreadCpu::NAN, ThreadCpu::NAN),
     };
     Ok(NodeRound {
-        pps,
+        window: steady.window,
         whole_pps,
+        arrived: got,
         share,
         us,
         runs,
         datagrams_per_packet,
-        path_mtu: inj.path_mtu(),
+        path_mtu: inj.first().map_or(0, |i| i.path_mtu()),
+        held_max: steady.held_max,
     })
 }
 
@@ -537,7 +857,7 @@ pub(crate) fn rss_mib(pid: Option<u32>) -> Option<f64> {
 
 /// Sends `frames` (cycled) at `rate` for `secs`, sampling RSS every 10 s.
 async fn soak_run(
-    inj: &mut Injector,
+    inj: &mut [Injector],
     net: &LocalNet,
     frames: &[u8],
     rate: f64,
@@ -546,19 +866,23 @@ async fn soak_run(
 ) -> Result<Soak, BoxError> {
     let len = protocol::frame::FRAME_LEN;
     let n = frames.len() / len;
-    let base = net.receiver.frames.load(Ordering::Relaxed);
+    let base = net.frames_received();
     let rss_start = rss_mib(None).unwrap_or(f64::NAN);
     let mut rss_max = rss_start;
     let start = Instant::now();
     let mut next_sample = 10.0;
-    let (mut sent, mut at) = (0usize, 0usize);
+    let (mut sent, mut at, mut turn) = (0usize, 0usize, 0usize);
     while start.elapsed().as_secs() < secs {
         let t = start.elapsed().as_secs_f64();
         let due = (t * rate) as usize;
         while sent < due {
             // Up to the end of the set, then wrap.
             let k = (due - sent).min(n - at);
-            inj.send_raw(&frames[at * len..(at + k) * len]).await?;
+            let senders = inj.len().max(1);
+            inj[turn % senders]
+                .send_raw(&frames[at * len..(at + k) * len])
+                .await?;
+            turn += 1;
             sent += k;
             at = (at + k) % n;
         }
@@ -566,7 +890,7 @@ async fn soak_run(
             let r = rss_mib(None).unwrap_or(f64::NAN);
             rss_max = rss_max.max(r);
             if progress {
-                let fwd = net.receiver.frames.load(Ordering::Relaxed) - base;
+                let fwd = net.frames_received() - base;
                 eprintln!("soak {t:.0} s: RSS {r:.1} MiB, sent {sent}, forwarded {fwd}");
             }
             next_sample += 10.0;
@@ -574,7 +898,7 @@ async fn soak_run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let forwarded = net.receiver.frames.load(Ordering::Relaxed) - base;
+    let forwarded = net.frames_received() - base;
     let rss_end = rss_mib(None).unwrap_or(f64::NAN);
     Ok(Soak {
         secs,
@@ -587,26 +911,30 @@ async fn soak_run(
     })
 }
 
-/// Sends `packets` at `rate` per second and matches arrivals to sends in
-/// order (workers may swap neighbours, which shifts a pair by one gap):
-/// median and 99th-percentile latency, milliseconds.
+/// Sends `built` at `rate` per second, spread over the senders, and
+/// matches arrivals to due times (send time + the packet's own delay) in
+/// order: what the node adds is arrival − due. Workers may swap
+/// neighbours, which shifts a pair by one gap.
 async fn paced_latency(
-    inj: &mut Injector,
+    inj: &mut [Injector],
     net: &LocalNet,
-    packets: &[Vec<u8>],
+    built: &Built,
     epoch: u64,
     rate: f64,
-) -> Result<(f64, f64), BoxError> {
-    let rx = &net.receiver;
-    let base = rx.frames.load(Ordering::Relaxed);
-    rx.arrivals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
-    rx.record_arrivals.store(true, Ordering::Relaxed);
+) -> Result<LoadLatency, BoxError> {
+    let packets = &built.packets;
+    let base = net.frames_received();
+    for rx in net.receivers() {
+        rx.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        rx.record_arrivals.store(true, Ordering::Relaxed);
+    }
     let mut sent_at = Vec::with_capacity(packets.len());
     let start = Instant::now();
     let mut i = 0;
+    let mut turn = 0;
     while i < packets.len() {
         let due = ((start.elapsed().as_secs_f64() * rate) as usize + 1).min(packets.len());
         let mut buf = Vec::new();
@@ -621,118 +949,169 @@ async fn paced_latency(
         }
         if !buf.is_empty() {
             let now = Instant::now();
-            inj.send_raw(&buf).await?;
+            let k = inj.len().max(1);
+            inj[turn % k].send_raw(&buf).await?;
+            turn += 1;
             sent_at.resize(i, now);
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let target = base + packets.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rx.frames.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+    let longest = built.delays.iter().max().copied().unwrap_or_default();
+    let deadline = Instant::now() + longest + Duration::from_secs(10);
+    while net.frames_received() < target && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    rx.record_arrivals.store(false, Ordering::Relaxed);
-    let arrivals = rx
-        .arrivals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut lat: Vec<f64> = arrivals
+    let mut arrivals = Vec::new();
+    for rx in net.receivers() {
+        rx.record_arrivals.store(false, Ordering::Relaxed);
+        arrivals.extend(
+            rx.arrivals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
+    }
+    arrivals.sort();
+    let mut due: Vec<Instant> = sent_at
         .iter()
-        .zip(&sent_at)
-        .map(|(a, s)| a.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        .zip(&built.delays)
+        .map(|(s, d)| *s + *d)
         .collect();
-    lat.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+    due.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut total: Vec<f64> = Vec::new();
+    let mut added: Vec<f64> = arrivals
+        .iter()
+        .zip(&due)
+        .map(|(a, d)| ms(a.saturating_duration_since(*d)))
+        .collect();
+    // Send to arrival, matched the same way (sorted due times map to
+    // sorted arrivals; each due time belongs to one send).
+    let mut order: Vec<usize> = (0..sent_at.len()).collect();
+    order.sort_by_key(|&k| sent_at[k] + built.delays[k]);
+    for (a, &k) in arrivals.iter().zip(&order) {
+        total.push(ms(a.saturating_duration_since(sent_at[k])));
+    }
+    let mut delays: Vec<f64> = built.delays.iter().map(|d| ms(*d)).collect();
+    let q = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
             .copied()
             .unwrap_or(f64::NAN)
     };
-    Ok((q(0.5), q(0.99)))
+    Ok(LoadLatency {
+        load: f64::NAN,
+        rate_pps: rate,
+        packets: packets.len(),
+        arrived: arrivals.len(),
+        p50_ms: q(&mut total, 0.5),
+        p99_ms: q(&mut total, 0.99),
+        delay_p50_ms: q(&mut delays, 0.5),
+        delay_p99_ms: q(&mut delays, 0.99),
+        added_p50_ms: q(&mut added, 0.5),
+        added_p99_ms: q(&mut added, 0.99),
+    })
 }
 
 /// The middle of a run: from the 10th to the 90th percentile arrival.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Steady {
-    arrived: u64,
-    secs: f64,
-    /// Thread CPU seconds and runs at both ends, if readable.
-    cpu: Option<(Sched, Sched)>,
+    window: Window,
+    from: Snap,
+    to: Snap,
+    /// Most packets peeled but not yet arrived at once: held for their
+    /// delay or queued on a link.
+    held_max: u64,
 }
 
-/// Frames the benchmark's sender keeps ahead of the arrivals: enough that
-/// the node always has work queued (tenths of a second of it), few enough
-/// that it takes packets in throughout the run.
+/// Frames the benchmark's senders keep ahead of the node's peeling: enough
+/// that the node always has work queued (tenths of a second of it), few
+/// enough that it takes packets in throughout the run. Packets held for
+/// their delay do not count: they wait, they cost no work.
 const BACKLOG: u64 = 1000;
-/// Frames per write of the sender.
+/// Frames per write of a sender.
 const CHUNK: u64 = 100;
-/// How often the sender and the arrival watcher look at the count: each
+/// How often the senders and the arrival watcher look at the counts: each
 /// look wakes a thread that preempts a Sphinx worker, so not more often
 /// than the figures need (5 ms is under 0.5 % of a run).
 const POLL: Duration = Duration::from_millis(5);
 /// No arrival for this long: report what arrived and stop waiting.
 const STALL: Duration = Duration::from_secs(5);
 
-/// Writes `frames` (each one frame of the same length) and waits until
-/// `counter` reaches `target` (or stalls 5 s): arrivals and time, and the
+/// Writes `frames` (each one frame of the same length), in turn on each
+/// sender, keeping at most `BACKLOG` ahead of `peeled`, and waits until
+/// `arrived` reaches `target` (or stalls 5 s): arrivals and time, and the
 /// steady middle of the run.
 async fn push(
-    inj: &mut Injector,
+    inj: &mut [Injector],
     frames: &[u8],
-    counter: &std::sync::atomic::AtomicU64,
+    arrived: &impl Fn() -> u64,
+    peeled: &impl Fn() -> u64,
     target: u64,
 ) -> Result<(u64, Duration, Option<Steady>), BoxError> {
     let start = Instant::now();
-    let base = counter.load(Ordering::Relaxed);
+    let base = arrived();
+    let peeled_base = peeled();
     let n = target.saturating_sub(base);
     let (lo, hi) = (base + n / 10, base + n - n / 10);
     let watch = async {
         let mut last = (0u64, Instant::now());
-        let mut at_lo: Option<(u64, Instant, Option<Sched>)> = None;
+        let mut at_lo: Option<(u64, Snap)> = None;
         let mut steady = None;
-        loop {
-            let got = counter.load(Ordering::Relaxed);
+        let mut held_max = 0;
+        let (got, t, steady) = loop {
+            let got = arrived();
+            held_max = held_max.max(
+                peeled()
+                    .saturating_sub(peeled_base)
+                    .saturating_sub(got - base),
+            );
             if at_lo.is_none() && got >= lo {
-                at_lo = Some((got, Instant::now(), sched_snapshot()));
+                at_lo = Some((got, snap()));
             }
             if steady.is_none()
                 && got >= hi
-                && let Some((g0, t0, c0)) = at_lo
+                && let Some((g0, from)) = at_lo
             {
-                let c1 = sched_snapshot();
+                let to = snap();
                 steady = Some(Steady {
-                    arrived: got - g0,
-                    secs: t0.elapsed().as_secs_f64(),
-                    cpu: c0.zip(c1),
+                    window: Window::between(&from, &to, got - g0),
+                    from,
+                    to,
+                    held_max: 0,
                 });
             }
             if got >= target {
-                return (got, start.elapsed(), steady);
+                break (got, start.elapsed(), steady);
             }
             if got != last.0 {
                 last = (got, Instant::now());
             } else if last.1.elapsed() > STALL {
-                return (got, last.1 - start, steady);
+                break (got, last.1 - start, steady);
             }
             tokio::time::sleep(POLL).await;
-        }
+        };
+        (got, t, steady.map(|s| Steady { held_max, ..s }))
     };
-    // Sustained load, not one burst: the sender keeps at most `BACKLOG`
-    // frames ahead of the arrivals, so the node takes packets in while it
-    // forwards them through the whole run (a burst would be all taken in
-    // by the 10th percentile, leaving the node's intake out of the steady
-    // middle), and is never idle.
+    // Sustained load, not one burst: the senders keep at most `BACKLOG`
+    // frames ahead of the node's peeling, so the node takes packets in
+    // while it forwards them through the whole run (a burst would be all
+    // taken in by the 10th percentile, leaving the node's intake out of the
+    // steady middle), and is never idle.
     let send = async {
         let per = protocol::frame::FRAME_LEN;
         let total = (frames.len() / per) as u64;
         let mut sent = 0u64;
+        let mut turn = 0usize;
         let mut progress = (0u64, Instant::now());
         while sent < total {
-            let arrived = counter.load(Ordering::Relaxed).saturating_sub(base);
-            if arrived != progress.0 {
-                progress = (arrived, Instant::now());
+            let done = peeled().saturating_sub(peeled_base);
+            if done != progress.0 {
+                progress = (done, Instant::now());
             }
-            if sent.saturating_sub(arrived) >= BACKLOG {
+            if sent.saturating_sub(done) >= BACKLOG {
                 // Packets lost or the node stalled: the watcher gives up
                 // after 5 s without an arrival, and so does the sender.
                 if progress.1.elapsed() > STALL {
@@ -743,7 +1122,11 @@ async fn push(
             }
             let k = CHUNK.min(total - sent);
             let at = sent as usize * per;
-            inj.send_raw(&frames[at..at + k as usize * per]).await?;
+            let senders = inj.len().max(1);
+            inj[turn % senders]
+                .send_raw(&frames[at..at + k as usize * per])
+                .await?;
+            turn += 1;
             sent += k;
         }
         Ok::<(), BoxError>(())
@@ -1110,5 +1493,51 @@ impl Drop for KillOnDrop {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.0.to_string()])
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(secs: f64, outside_cores: f64, idle_share: f64) -> Window {
+        Window {
+            n: 1000,
+            secs,
+            outside_cores,
+            idle_share,
+        }
+    }
+
+    #[test]
+    fn a_quiet_run_with_long_windows_is_valid() {
+        let raws = [w(3.0, 0.02, 0.01), w(3.0, 0.05, 0.0)];
+        let nodes = [w(5.0, 0.03, 0.2)];
+        assert!(judge(&raws, &nodes, 0, Duration::from_millis(400)).is_empty());
+    }
+
+    #[test]
+    fn outside_load_idle_cores_drops_and_short_windows_each_invalidate() {
+        let d = Duration::from_millis(400);
+        let quiet = [w(3.0, 0.0, 0.0)];
+        let node = [w(5.0, 0.0, 0.3)];
+        // Two busy loops elsewhere on the machine during a node round.
+        let why = judge(&quiet, &[w(5.0, 1.6, 0.0)], 0, d);
+        assert!(why.len() == 1 && why[0].contains("1.60 cores"), "{why:?}");
+        // A raw run that left a core idle.
+        let why = judge(&[w(3.0, 0.0, 0.4)], &node, 0, d);
+        assert!(why.len() == 1 && why[0].contains("40 %"), "{why:?}");
+        let why = judge(&quiet, &node, 7, d);
+        assert!(why.len() == 1 && why[0].contains("dropped 7"), "{why:?}");
+        let why = judge(&quiet, &[w(3.9, 0.0, 0.0)], 0, d);
+        assert!(
+            why.len() == 1 && why[0].contains("steady window"),
+            "{why:?}"
+        );
+        // Unreadable counters are not taken for a quiet machine.
+        let why = judge(&quiet, &[w(5.0, f64::NAN, 0.0)], 0, d);
+        assert!(why.len() == 1 && why[0].contains("/proc/stat"), "{why:?}");
+        // Zero delay: no window length is asked for.
+        assert!(judge(&quiet, &[w(0.5, 0.0, 0.0)], 0, Duration::ZERO).is_empty());
     }
 }

@@ -406,11 +406,26 @@ enum MixnodeCmd {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Raw Sphinx unwrap rate on all cores beside one mix node's forwarding rate
-    /// over QUIC on loopback (zero delays), measured in the same run.
+    /// over QUIC on loopback, measured in the same run, at production settings:
+    /// the node's default config, delays drawn at the network's default mean,
+    /// 1500-byte MTU, several peers. A run disturbed by outside load, idle cores
+    /// or drops is marked invalid, prints no ratio and exits 3.
     Mixnode {
-        /// Packets in each measurement.
-        #[arg(long, default_value_t = 10_000)]
-        packets: usize,
+        /// Packets in each measurement [default: 80000; 10000 with --easy].
+        #[arg(long)]
+        packets: Option<usize>,
+        /// Mean per-hop delay the packets ask for, ms [default: the network's, 400; 0 with --easy].
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Jumbo datagrams on the node's links (off in production) [default with --easy].
+        #[arg(long)]
+        jumbo: bool,
+        /// Peers sending to the node, and as many it forwards to [default: 3; 1 with --easy].
+        #[arg(long)]
+        peers: Option<usize>,
+        /// The old easy setting, a ceiling: zero delay, jumbo datagrams, one peer.
+        #[arg(long)]
+        easy: bool,
         /// Then run this many seconds at 80 % of the measured rate and report
         /// resident memory at the start and end (packets are cycled: the node
         /// is told to let replays through, benchmarks only).
@@ -1094,70 +1109,161 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCmd::Mixnode {
             packets,
+            delay_ms,
+            jumbo,
+            peers,
+            easy,
             soak_secs,
             json,
         }) => {
-            let r = umbra::bench::mixnode(packets, soak_secs, !json).await?;
-            if let Some(s) = &r.soak {
-                println!(
-                    "soak: {:.0} s at {:.0} packets/s sent, {:.0} forwarded, {} dropped by the node; RSS {:.1} MiB at the start, {:.1} MiB at the end (max {:.1})",
-                    s.secs,
-                    s.rate_pps,
-                    s.forwarded_pps,
-                    s.dropped,
-                    s.rss_start_mib,
-                    s.rss_end_mib,
-                    s.rss_max_mib
-                );
-            }
-            let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{:.3}", x.ratio)).collect();
-            println!(
-                "ratio by round: {} (the median round follows)",
-                rounds.join(", ")
-            );
-            println!(
-                "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})\nratio: {:.3}  ({} packets per round, {} dropped)\nsender → node: {:.2} datagrams per packet, path MTU {} bytes\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench sender+receiver {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench sender+receiver {:.0} %, idle {:.0} %\nthreads put on a CPU per packet: node workers {:.2}, node QUIC/tokio {:.2}, bench sender+receiver {:.2}\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}\nlatency the node adds at half load ({:.0} packets/s): p50 {:.2} ms, p99 {:.2} ms",
-                r.raw_unwrap_pps,
-                r.cores,
-                r.mixnode_pps,
-                r.mixnode_pps_whole_run,
-                r.ratio,
-                r.packets,
-                r.dropped,
-                r.datagrams_per_packet,
-                r.path_mtu,
-                r.link_pps,
-                r.link_us_per_frame,
-                r.peel_us,
-                r.cpu_us_per_packet.workers,
-                r.raw_cpu_us_per_packet,
-                r.raw_us_per_packet,
-                r.cpu_us_per_packet.node_io,
-                r.cpu_us_per_packet.bench,
-                r.cpu_share.workers * 100.0,
-                r.cpu_share.node_io * 100.0,
-                r.cpu_share.bench * 100.0,
-                (1.0 - r.cpu_share.workers - r.cpu_share.node_io - r.cpu_share.bench) * 100.0,
-                r.runs_per_packet.workers,
-                r.runs_per_packet.node_io,
-                r.runs_per_packet.bench,
-                r.node_efficiency,
-                r.half_load_pps,
-                r.half_load_p50_ms,
-                r.half_load_p99_ms
-            );
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "raw_unwrap_pps": r.raw_unwrap_pps.round(),
-                        "mixnode_pps": r.mixnode_pps.round(),
-                        "ratio": (r.ratio * 1000.0).round() / 1000.0,
-                        "cores": r.cores,
-                    })
-                );
+            let mut opts = if easy {
+                umbra::bench::MixnodeOptions::easy()
+            } else {
+                umbra::bench::MixnodeOptions::default()
+            };
+            opts.packets = packets.unwrap_or(opts.packets);
+            opts.delay_ms = delay_ms.unwrap_or(opts.delay_ms);
+            opts.jumbo |= jumbo;
+            opts.peers = peers.unwrap_or(opts.peers);
+            opts.soak_secs = soak_secs;
+            opts.progress = !json;
+            let r = umbra::bench::mixnode(opts).await?;
+            print_mixnode_bench(&r, json)?;
+            if !r.valid {
+                return Err(BenchInvalid.into());
             }
         }
+    }
+    Ok(())
+}
+
+/// `umbra bench mixnode` measured a run it cannot vouch for (see its
+/// reasons, printed above): exit status 3.
+#[derive(Debug)]
+struct BenchInvalid;
+
+impl std::fmt::Display for BenchInvalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the run is not valid: no ratio may be quoted from it")
+    }
+}
+
+impl std::error::Error for BenchInvalid {}
+
+/// Prints `umbra bench mixnode`'s figures; a ratio only for a valid run.
+fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()> {
+    if let Some(s) = &r.soak {
+        println!(
+            "soak: {:.0} s at {:.0} packets/s sent, {:.0} forwarded, {} dropped by the node; RSS {:.1} MiB at the start, {:.1} MiB at the end (max {:.1})",
+            s.secs,
+            s.rate_pps,
+            s.forwarded_pps,
+            s.dropped,
+            s.rss_start_mib,
+            s.rss_end_mib,
+            s.rss_max_mib
+        );
+    }
+    println!(
+        "settings: mean delay {} ms, jumbo datagrams {}, {} peers each side, {} packets per measurement, {} cores",
+        r.delay_ms,
+        if r.jumbo { "on" } else { "off" },
+        r.peers,
+        r.packets,
+        r.cores
+    );
+    println!(
+        "checks: other processes {:.2} cores at most (limit {}), raw runs {:.0} % idle at most (limit {:.0} %), {} dropped, node round {:.0} % idle",
+        r.outside_load_cores,
+        umbra::bench::MAX_OUTSIDE_CORES,
+        r.raw_idle_share * 100.0,
+        umbra::bench::MAX_RAW_IDLE * 100.0,
+        r.dropped,
+        r.node_idle_share * 100.0
+    );
+    if r.valid {
+        let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{:.3}", x.ratio)).collect();
+        println!(
+            "ratio by round: {} (the median round follows)",
+            rounds.join(", ")
+        );
+    }
+    println!(
+        "raw sphinx unwrap: {:.0} packets/s on {} cores\nmix node over QUIC: {:.0} packets/s (steady; whole run {:.0})",
+        r.raw_unwrap_pps, r.cores, r.mixnode_pps, r.mixnode_pps_whole_run
+    );
+    if r.valid {
+        println!("ratio: {:.3}  (valid)", r.ratio);
+    } else {
+        println!(
+            "ratio: none, the run is NOT VALID: {}",
+            r.invalid_reasons.join("; ")
+        );
+    }
+    println!(
+        "packets held by the node at most: {}\nsender → node: {:.2} datagrams per packet, path MTU {} bytes\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench senders+receivers {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench senders+receivers {:.0} %, idle or others' {:.0} %\nthreads put on a CPU per packet: node workers {:.2}, node QUIC/tokio {:.2}, bench senders+receivers {:.2}\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}",
+        r.held_max,
+        r.datagrams_per_packet,
+        r.path_mtu,
+        r.link_pps,
+        r.link_us_per_frame,
+        r.peel_us,
+        r.cpu_us_per_packet.workers,
+        r.raw_cpu_us_per_packet,
+        r.raw_us_per_packet,
+        r.cpu_us_per_packet.node_io,
+        r.cpu_us_per_packet.bench,
+        r.cpu_share.workers * 100.0,
+        r.cpu_share.node_io * 100.0,
+        r.cpu_share.bench * 100.0,
+        (1.0 - r.cpu_share.workers - r.cpu_share.node_io - r.cpu_share.bench) * 100.0,
+        r.runs_per_packet.workers,
+        r.runs_per_packet.node_io,
+        r.runs_per_packet.bench,
+        r.node_efficiency,
+    );
+    for l in &r.latency {
+        println!(
+            "latency at {:.0} % load ({:.0} packets/s, {} of {} arrived): p50 {:.1} ms, p99 {:.1} ms; the sampled delays alone p50 {:.1} ms, p99 {:.1} ms; the node adds p50 {:.2} ms, p99 {:.2} ms",
+            l.load * 100.0,
+            l.rate_pps,
+            l.arrived,
+            l.packets,
+            l.p50_ms,
+            l.p99_ms,
+            l.delay_p50_ms,
+            l.delay_p99_ms,
+            l.added_p50_ms,
+            l.added_p99_ms
+        );
+    }
+    if json {
+        let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        println!(
+            "{}",
+            serde_json::json!({
+                "raw_unwrap_pps": r.raw_unwrap_pps.round(),
+                "mixnode_pps": r.mixnode_pps.round(),
+                "ratio": r.valid.then(|| round3(r.ratio)),
+                "cores": r.cores,
+                "delay_ms": r.delay_ms,
+                "jumbo": r.jumbo,
+                "peers": r.peers,
+                "valid": r.valid,
+                "invalid_reasons": r.invalid_reasons,
+                "outside_load_cores": round3(r.outside_load_cores),
+                "raw_idle_share": round3(r.raw_idle_share),
+                "node_idle_share": round3(r.node_idle_share),
+                "dropped": r.dropped,
+                "latency": r.latency.iter().map(|l| serde_json::json!({
+                    "load": l.load,
+                    "added_p50_ms": round3(l.added_p50_ms),
+                    "added_p99_ms": round3(l.added_p99_ms),
+                    "p50_ms": round3(l.p50_ms),
+                    "p99_ms": round3(l.p99_ms),
+                })).collect::<Vec<_>>(),
+            })
+        );
     }
     Ok(())
 }
@@ -1187,6 +1293,10 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<BenchInvalid>().is_some() => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

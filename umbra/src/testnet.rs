@@ -597,9 +597,44 @@ pub struct LocalNet {
     pub mixnodes: Vec<Mixnode>,
     /// The final hop.
     pub receiver: FinalHop,
+    /// Further final hops (see [`LocalNet::add_receivers`]).
+    pub more_receivers: Vec<FinalHop>,
+    jumbo: bool,
 }
 
 impl LocalNet {
+    /// Registers `n` more final hops and waits until every mix node can
+    /// route to them: a node then has several peers to forward to.
+    pub async fn add_receivers(&mut self, n: usize, mode: FinalMode) -> Result<(), BoxError> {
+        for _ in 0..n {
+            let r = FinalHop::start(&self.directory, mode, self.jumbo).await?;
+            self.more_receivers.push(r);
+        }
+        let total = self.mixnodes.len() + 1 + self.more_receivers.len();
+        for m in &self.mixnodes {
+            m.refresh_topology();
+        }
+        let nodes = &self.mixnodes;
+        wait_until(
+            "mix nodes to learn the new final hops",
+            Duration::from_secs(20),
+            || nodes.iter().all(|m| m.known_nodes() >= total),
+        )
+        .await
+    }
+
+    /// Every final hop, the first one first.
+    pub fn receivers(&self) -> impl Iterator<Item = &FinalHop> {
+        std::iter::once(&self.receiver).chain(&self.more_receivers)
+    }
+
+    /// Frames all final hops have received.
+    pub fn frames_received(&self) -> u64 {
+        self.receivers()
+            .map(|r| r.frames.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Starts the network and waits until every mix node can route to every node.
     pub async fn start(
         mix_count: usize,
@@ -663,6 +698,8 @@ impl LocalNet {
             directory,
             mixnodes,
             receiver,
+            more_receivers: Vec::new(),
+            jumbo,
         })
     }
 
@@ -673,7 +710,9 @@ impl LocalNet {
 
     /// Stops everything.
     pub async fn stop(self) {
-        self.receiver.stop();
+        for r in self.receivers() {
+            r.stop();
+        }
         for m in self.mixnodes {
             m.shutdown().await;
         }

@@ -371,7 +371,7 @@ struct CoverTotals {
 
 /// Busy and total CPU ticks of the whole machine (first line of
 /// /proc/stat; idle and iowait count as not busy).
-fn machine_ticks() -> Option<(u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
