@@ -20,8 +20,9 @@ for jumbo in false true; do
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
+low = lambda b: "true" if b else "false"
 ratio = "" if r["ratio"] is None else r["ratio"]
-print(f"{r[\"delay_ms\"]},{str(r[\"jumbo\"]).lower()},{r[\"peers\"]},{r[\"raw_unwrap_pps\"]},{r[\"mixnode_pps\"]},{ratio},{str(r[\"valid\"]).lower()}")
+print(",".join(str(x) for x in [r["delay_ms"], low(r["jumbo"]), r["peers"], r["raw_unwrap_pps"], r["mixnode_pps"], ratio, low(r["valid"])]))
 ' "$line" | tee -a "$csv"
   done
 done

@@ -4,10 +4,12 @@
 mod config;
 mod metrics;
 mod storage;
+mod storage_bench;
 
 pub use config::GatewayConfig;
 pub use metrics::GatewayMetrics;
 pub use storage::{Dropboxes, ROW_OVERHEAD, Refusal, StorageError};
+pub use storage_bench::{StoreBatch, StoreBenchOptions, store_bench};
 
 use net::link::{LinkConfig, LinkMetrics};
 use node::{Handler, Node, NodeOptions, NodeRef, PeerConn};

@@ -435,6 +435,25 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// One gateway's dropbox storage on this disk: stores and fetches per
+    /// second and the commit time a store's ack waits for, at batch sizes 1,
+    /// 16 and 256 (the storage thread puts up to 256 queued requests in one
+    /// durable transaction).
+    Store {
+        /// Messages stored, then fetched and deleted, at each batch size.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Dropboxes they are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        boxes: usize,
+        /// Directory for the database (a temporary one inside it, removed
+        /// after): put it on the disk a gateway would use, not tmpfs.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// End with one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// What an idle client costs (share of a core, bytes/s, store writes)
     /// at the default cover rates, with one identity and with several side
     /// by side, what its store writes per message, and how long a message
@@ -1103,6 +1122,56 @@ async fn run(cli: Cli) -> Result<()> {
                     format!("NOT VALID: {}", r.invalid_reasons.join("; "))
                 },
             );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench(BenchCmd::Store {
+            messages,
+            boxes,
+            dir,
+            json,
+        }) => {
+            let tmp = tempfile::Builder::new()
+                .prefix("umbra-bench-store-")
+                .tempdir_in(&dir)
+                .map_err(|e| format!("cannot make a directory in {}: {e}", dir.display()))?;
+            // Private, as a gateway's data directory is.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700))?;
+            }
+            let opts = gateway::StoreBenchOptions {
+                messages,
+                boxes,
+                now_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64,
+                ..Default::default()
+            };
+            let cfg = gateway::GatewayConfig::default();
+            let r = tokio::task::spawn_blocking(move || {
+                gateway::store_bench(tmp.path(), &cfg, &opts).map_err(|e| e.to_string())
+            })
+            .await??;
+            println!(
+                "{messages} stores of {} bytes over {boxes} dropboxes, then fetches of {} messages each until empty (default gateway limits, fsync on every commit):",
+                protocol::messages::MAX_ACKED_STORED_LEN,
+                protocol::messages::FETCH_SURBS
+            );
+            for b in &r {
+                println!(
+                    "batch {:>3}: {:>7.0} stores/s (commit p50 {:.2} ms, p99 {:.2} ms); {:>7.0} fetches/s (commit p50 {:.2} ms, p99 {:.2} ms); {} left",
+                    b.batch,
+                    b.stores_per_s,
+                    b.store_commit_p50_ms,
+                    b.store_commit_p99_ms,
+                    b.fetches_per_s,
+                    b.fetch_commit_p50_ms,
+                    b.fetch_commit_p99_ms,
+                    b.left
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }
