@@ -974,26 +974,22 @@ async fn paced_latency(
         );
     }
     arrivals.sort();
-    let mut due: Vec<Instant> = sent_at
-        .iter()
-        .zip(&built.delays)
-        .map(|(s, d)| *s + *d)
-        .collect();
-    due.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mut total: Vec<f64> = Vec::new();
-    let mut added: Vec<f64> = arrivals
-        .iter()
-        .zip(&due)
-        .map(|(a, d)| ms(a.saturating_duration_since(*d)))
-        .collect();
-    // Send to arrival, matched the same way (sorted due times map to
-    // sorted arrivals; each due time belongs to one send).
+    // Sends in the order they are due (send time + own delay); the k-th
+    // arrival is matched to the k-th due send.
+    let due = |k: usize| sent_at[k] + built.delays[k];
     let mut order: Vec<usize> = (0..sent_at.len()).collect();
-    order.sort_by_key(|&k| sent_at[k] + built.delays[k]);
-    for (a, &k) in arrivals.iter().zip(&order) {
-        total.push(ms(a.saturating_duration_since(sent_at[k])));
-    }
+    order.sort_by_key(|&k| due(k));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut added, mut total): (Vec<f64>, Vec<f64>) = arrivals
+        .iter()
+        .zip(&order)
+        .map(|(a, &k)| {
+            (
+                ms(a.saturating_duration_since(due(k))),
+                ms(a.saturating_duration_since(sent_at[k])),
+            )
+        })
+        .unzip();
     let mut delays: Vec<f64> = built.delays.iter().map(|d| ms(*d)).collect();
     let q = |v: &mut Vec<f64>, p: f64| {
         v.sort_by(f64::total_cmp);
