@@ -3,6 +3,8 @@
 
 mod boxes;
 mod config;
+mod group;
+pub use group::{GroupId, MAX_MEMBERS};
 mod invite;
 mod ratchet;
 pub use ratchet::ENVELOPE_RESERVE;
@@ -130,6 +132,13 @@ pub enum Error {
         /// The key the invite carries.
         new: ContactId,
     },
+    /// The group is not known to this identity (the application's fault).
+    #[error("unknown group {0}")]
+    UnknownGroup(GroupId),
+    /// A group operation that cannot be done (the application's fault):
+    /// the text says why.
+    #[error("group: {0}")]
+    Group(String),
     /// The outbox is full (`max_outbox_bytes` of messages not yet stored):
     /// the application sends faster than the payload rate (retry later).
     #[error("send queue full")]
@@ -168,6 +177,8 @@ impl Error {
             Error::Config(_)
             | Error::UnknownContact(_)
             | Error::UnknownIdentity(_)
+            | Error::UnknownGroup(_)
+            | Error::Group(_)
             | Error::MessageTooLarge { .. }
             | Error::Busy
             | Error::Closed => Fault::Application,
@@ -255,6 +266,19 @@ pub struct Received {
     /// asked for the next message: check your own record (by `from` and
     /// `id`) before showing it again.
     pub redelivered: bool,
+    /// The group it was sent to, or `None` for a message to me alone.
+    pub group: Option<GroupId>,
+}
+
+/// A change to a group of one of this client's identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupUpdate {
+    /// Which identity.
+    pub me: ContactId,
+    /// The group.
+    pub group: GroupId,
+    /// What happened.
+    pub change: state::GroupChange,
 }
 
 /// The messages contacts send, in the order each contact sent them.
@@ -366,6 +390,7 @@ struct Shared {
     /// Set once the driver has written its last changes and let the store go.
     closed: watch::Sender<bool>,
     status_tx: broadcast::Sender<(MessageId, Status)>,
+    group_tx: broadcast::Sender<GroupUpdate>,
     stop: watch::Sender<bool>,
     conn: Mutex<Option<quinn::Connection>>,
     local_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -614,6 +639,7 @@ impl Client {
             store: store.map(|s| Arc::new(Mutex::new(Some(s)))),
             closed: watch::channel(false).0,
             status_tx: broadcast::channel(4096).0,
+            group_tx: broadcast::channel(1024).0,
             stop,
             conn: Mutex::new(None),
             local_addr: Mutex::new(None),
@@ -770,6 +796,99 @@ impl Client {
     /// The latest status of a recent message sent by this client.
     pub fn status(&self, id: &MessageId) -> Option<Status> {
         self.inner.state().status(id)
+    }
+
+    /// Creates a group with the default identity as its only member
+    /// (protocol.md §13.8); add contacts with [`Client::invite_to_group`].
+    pub async fn create_group(&self, name: &str) -> Result<GroupId, Error> {
+        let me = self.inner.me;
+        let g = self
+            .inner
+            .state()
+            .create_group(self.inner.now(), &me, name, &mut rand::rng())?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(g)
+    }
+
+    /// Adds contact `member` to a group: they get its keys pairwise and
+    /// the members hear of it.
+    pub async fn invite_to_group(&self, group: &GroupId, member: &ContactId) -> Result<(), Error> {
+        let me = self.inner.me;
+        self.inner
+            .state()
+            .invite_to_group(self.inner.now(), &me, group, member)?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Removes `member` from a group: a new epoch the removed member does
+    /// not learn, so it reads nothing sent after.
+    pub async fn remove_from_group(
+        &self,
+        group: &GroupId,
+        member: &ContactId,
+    ) -> Result<(), Error> {
+        let me = self.inner.me;
+        self.inner.state().remove_from_group(
+            self.inner.now(),
+            &me,
+            group,
+            member,
+            &mut rand::rng(),
+        )?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Leaves a group (the members are told) and forgets it.
+    pub async fn leave_group(&self, group: &GroupId) -> Result<(), Error> {
+        let me = self.inner.me;
+        self.inner
+            .state()
+            .leave_group(self.inner.now(), &me, group)?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends `body` to every member of a group: one Megolm-encrypted copy
+    /// into the group's box. Its status ends at `Stored` (no receipts in
+    /// groups). Members receive it with [`Received::group`] set.
+    pub async fn send_group(&self, group: &GroupId, body: &[u8]) -> Result<MessageId, Error> {
+        if *self.inner.stop.borrow() {
+            return Err(Error::Closed);
+        }
+        let me = self.inner.me;
+        let id = self
+            .inner
+            .state()
+            .send_group(self.inner.now(), &me, group, body)?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// The groups of the default identity.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.inner.state().groups(&self.inner.me)
+    }
+
+    /// A group's name.
+    pub fn group_name(&self, group: &GroupId) -> Option<String> {
+        self.inner.state().group_name(&self.inner.me, group)
+    }
+
+    /// A group's epoch and members (the default identity included, with an empty name).
+    pub fn group_members(&self, group: &GroupId) -> Option<(u32, Vec<(ContactId, String)>)> {
+        self.inner.state().group_members(&self.inner.me, group)
+    }
+
+    /// Every group change from now on (joined, member added or left, new epoch).
+    pub fn subscribe_groups(&self) -> broadcast::Receiver<GroupUpdate> {
+        self.inner.group_tx.subscribe()
     }
 
     /// Fragments of a message being sent that the dropbox gateway has
@@ -963,6 +1082,10 @@ async fn run(
                     } => fetch_refused(shared, reason, gateway_offset_ms),
                     Event::Undecryptable { reason, .. } => {
                         tracing::warn!(%reason, "a message from a contact could not be decrypted; a session reset was queued");
+                    }
+                    Event::Group { me, group, change } => {
+                        tracing::info!(%group, ?change, "group changed");
+                        let _ = shared.group_tx.send(GroupUpdate { me, group, change });
                     }
                 }
             }

@@ -14,6 +14,7 @@
 
 use crate::boxes::{self, BoxState, FETCH_WINDOW};
 use crate::config::ClientConfig;
+use crate::group::{self, BoxItem, Group, GroupId, GroupKeys, GroupRecord, Opened};
 use crate::invite::Invite;
 use crate::ratchet::{self, Olm, OpenError, Reset, Sessions};
 use crate::{ContactId, Error, Received};
@@ -128,6 +129,46 @@ pub enum Event {
         /// What Olm said (no secrets).
         reason: String,
     },
+    /// A group of one of my identities changed (protocol.md §13.8).
+    Group {
+        /// Which of my identities.
+        me: ContactId,
+        /// The group.
+        group: GroupId,
+        /// What happened.
+        change: GroupChange,
+    },
+}
+
+/// What happened to a group ([`Event::Group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupChange {
+    /// A contact invited me: I am a member now.
+    Joined {
+        /// The contact who invited me.
+        by: ContactId,
+    },
+    /// A member added someone.
+    MemberAdded {
+        /// The new member.
+        member: ContactId,
+        /// Who added them.
+        by: ContactId,
+    },
+    /// A member left.
+    MemberLeft {
+        /// Who.
+        member: ContactId,
+    },
+    /// A member made a new epoch (someone was removed): messages from now
+    /// on go to boxes and sessions the removed members do not know.
+    Rekeyed {
+        /// The new epoch.
+        epoch: u32,
+        /// The contact it came from (me if I made it).
+        by: ContactId,
+    },
 }
 
 /// Loops lost in a row (none back in between) that make the client ask
@@ -200,6 +241,27 @@ struct Contact {
     inbound: BTreeMap<u64, BoxState>,
     /// Past periods were fetched once since the contact was added or we started.
     caught_up: bool,
+    /// Not a contact: the boxes of one epoch of this group (the entry's key
+    /// is the epoch key; `pair` is the epoch's secret).
+    group: Option<[u8; 32]>,
+}
+
+impl Contact {
+    /// The box for `period` that `me` writes to and, for a group, reads.
+    fn outbound_box(&self, me: &[u8; 32], them: &[u8; 32], period: u64) -> Dropbox {
+        match self.group {
+            Some(_) => self.pair.dropbox(them, them, period),
+            None => self.pair.dropbox(me, them, period),
+        }
+    }
+
+    /// The box for `period` that `me` reads.
+    fn inbound_box(&self, me: &[u8; 32], them: &[u8; 32], period: u64) -> Dropbox {
+        match self.group {
+            Some(_) => self.pair.dropbox(them, them, period),
+            None => self.pair.dropbox(them, me, period),
+        }
+    }
 }
 
 /// One identity this client hosts.
@@ -210,6 +272,8 @@ struct Me {
     contacts: BTreeMap<[u8; 32], Contact>,
     /// Next seq per contact (seqs restart with each session).
     next_seq: HashMap<[u8; 32], u64>,
+    /// Groups this identity is a member of, by group id.
+    groups: BTreeMap<[u8; 32], Group>,
 }
 
 /// A fetch's reply key and what its replies answer.
@@ -314,6 +378,10 @@ pub struct ClientState {
     /// The last `poll_transmit` held fragments and fetches back: the
     /// topology's keys have expired.
     holding: bool,
+    /// The wall clock and the state's clock at the last call that gave them
+    /// (for group work done while handling a message: its box's period).
+    unix_ms: u64,
+    last_t: f64,
 }
 
 /// What a store holds of this state, to send it only what changed.
@@ -324,6 +392,8 @@ struct Persisted {
     done: HashSet<MessageId>,
     /// Per box: the confirmed seq persisted.
     confirmed: HashMap<(Peer, u64), u64>,
+    /// Group records as last written.
+    groups: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientState {
@@ -468,6 +538,8 @@ impl ClientState {
             fetch_turn: false,
             loops_lost_in_row: 0,
             last_stale: None,
+            unix_ms: now.unix_ms,
+            last_t: 0.0,
             // The first round (catching up on past periods) at once.
             next_round: 0.0,
             rng: rand::rngs::StdRng::from_rng(rng),
@@ -578,6 +650,7 @@ impl ClientState {
             olm: Olm::new(),
             contacts: BTreeMap::new(),
             next_seq: HashMap::new(),
+            groups: BTreeMap::new(),
         });
         ContactId(public)
     }
@@ -669,6 +742,7 @@ impl ClientState {
                 sessions,
                 inbound: BTreeMap::new(),
                 caught_up: false,
+                group: None,
             },
         );
         // Catch up on the new contact's boxes at the next round.
@@ -679,7 +753,13 @@ impl ClientState {
     pub fn contacts(&self, me: &ContactId) -> Vec<ContactId> {
         self.identities
             .get(&me.0)
-            .map(|m| m.contacts.keys().map(|k| ContactId(*k)).collect())
+            .map(|m| {
+                m.contacts
+                    .iter()
+                    .filter(|(_, c)| c.group.is_none())
+                    .map(|(k, _)| ContactId(*k))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -697,6 +777,7 @@ impl ClientState {
             .ok_or(Error::UnknownIdentity(*me))?
             .contacts
             .get_mut(&contact.0)
+            .filter(|c| c.group.is_none())
             .ok_or(Error::UnknownContact(*contact))?;
         // The same cleaning as an invite's name.
         c.name = name
@@ -710,6 +791,9 @@ impl ClientState {
     /// Removes a contact of `me`: their boxes are no longer fetched.
     /// Messages to them already queued still go out.
     pub fn remove_contact(&mut self, me: &ContactId, contact: &ContactId) -> Result<(), Error> {
+        if self.group_of(&(me.0, contact.0)).is_some() {
+            return Err(Error::UnknownContact(*contact));
+        }
         self.dirty = true;
         self.olm_dirty
             .insert(key(PREFIX_SESSIONS, &[&me.0, &contact.0]));
@@ -728,6 +812,7 @@ impl ClientState {
             .get(&me.0)?
             .contacts
             .get(&contact.0)
+            .filter(|c| c.group.is_none())
             .map(|c| c.name.clone())
     }
 
@@ -756,7 +841,7 @@ impl ClientState {
             .identities
             .get_mut(&me.0)
             .ok_or(Error::UnknownIdentity(*me))?;
-        let Some(contact) = mine.contacts.get_mut(&to.0) else {
+        let Some(contact) = mine.contacts.get_mut(&to.0).filter(|c| c.group.is_none()) else {
             return Err(Error::UnknownContact(*to));
         };
         // Encrypted once, whole, with the contact's session; the envelope
@@ -816,6 +901,7 @@ impl ClientState {
         self.identities
             .values()
             .flat_map(|m| m.contacts.values())
+            .filter(|c| c.group.is_none())
             .flat_map(|c| c.inbound.values())
             .map(|b| b.received.len())
             .sum()
@@ -934,6 +1020,7 @@ impl ClientState {
     pub fn handle_timeout(&mut self, now: Now) {
         self.dirty = true;
         let t = self.secs(now);
+        (self.unix_ms, self.last_t) = (now.unix_ms, t);
         let lost = self.loops.expire(t);
         self.loops_lost(lost, t);
         if t < self.next_round {
@@ -1007,9 +1094,15 @@ impl ClientState {
         let period = dropbox::period_at(now.unix_ms);
         let catch_up = self.cfg.catch_up_periods.max(2);
         let oldest = period.saturating_sub(catch_up - 1);
+        self.prune_groups(period);
         let mut due = Vec::new();
         for (me, mine) in &mut self.identities {
             for (them, c) in &mut mine.contacts {
+                if let Some(g) = c.group
+                    && !mine.groups.contains_key(&g)
+                {
+                    continue; // a group left: only its last messages go out
+                }
                 let mut ps: Vec<u64> = if c.caught_up {
                     c.inbound
                         .iter()
@@ -1068,6 +1161,7 @@ impl ClientState {
         rng: &mut R,
     ) -> Option<Vec<u8>> {
         let t = self.secs(now);
+        (self.unix_ms, self.last_t) = (now.unix_ms, t);
         self.dirty = true;
         // The nodes have erased the keys of our topology (the directory has
         // been unreachable that long): what we would build now is dropped at
@@ -1184,8 +1278,7 @@ impl ClientState {
             .get(&me)
             .and_then(|m| m.contacts.get(&them))
             .ok_or(Error::UnknownContact(ContactId(them)))?
-            .pair
-            .dropbox(&me, &them, period);
+            .outbound_box(&me, &them, period);
         let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
             .ok_or_else(|| Error::Internal("encryption failed".into()))?;
         let entry = topo
@@ -1302,11 +1395,15 @@ impl ClientState {
         else {
             return Ok(None);
         };
-        let pair = c.pair.clone();
+        let dropbox = c.inbound_box(&me, &them, due.period);
+        let for_state = c.inbound_box(&me, &them, due.period);
+        // A group's box is read by every member: nothing is deleted, the
+        // cursor alone says where to answer from.
+        let shared = c.group.is_some();
         let state = c
             .inbound
             .entry(due.period)
-            .or_insert_with(|| BoxState::new(pair.dropbox(&them, &me, due.period)));
+            .or_insert_with(|| BoxState::new(for_state));
         let (cursor, list) = match due.kind {
             FetchKind::Window => match state.next_window(t, timeout) {
                 Some(c) => (c, false),
@@ -1324,9 +1421,14 @@ impl ClientState {
             surbs.push(surb);
             keys.push((identifier, key));
         }
+        let (after_seq, cursor) = if shared {
+            (0, cursor.max(state.confirmed))
+        } else {
+            (state.confirmed, cursor)
+        };
         let req = FetchRequest::new_signed_at(
             &state.dropbox,
-            state.confirmed,
+            after_seq,
             cursor,
             list,
             // Coarse: the gateway's window is ten minutes; the minute is all
@@ -1339,20 +1441,20 @@ impl ClientState {
         let answers_from = cursor.max(state.confirmed);
         // This fetch deletes at the gateway what it confirms: the receipt of
         // those messages must be on disk before it leaves.
-        if state.confirmed
-            > self
-                .persisted
-                .confirmed
-                .get(&(due.peer, due.period))
-                .copied()
-                .unwrap_or(0)
+        if !shared
+            && state.confirmed
+                > self
+                    .persisted
+                    .confirmed
+                    .get(&(due.peer, due.period))
+                    .copied()
+                    .unwrap_or(0)
         {
             self.confirm_unpersisted = true;
         }
         let bytes = Request::Fetch(req)
             .encode()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let dropbox = pair.dropbox(&them, &me, due.period);
         let (frame, _) = self.packet_to_box(&topo, &dropbox, &bytes, rng)?;
         for (id, key) in keys {
             self.pending.insert(
@@ -1431,6 +1533,7 @@ impl ClientState {
         }
         self.dirty = true;
         let t = self.secs(now);
+        (self.unix_ms, self.last_t) = (now.unix_ms, t);
         match self.loops.returned(&identifier, t) {
             LoopOutcome::OnTime => {
                 self.stats.loops_returned += 1;
@@ -1585,6 +1688,10 @@ impl ClientState {
                 return;
             }
         };
+        if let Some(gid) = self.group_of(&peer) {
+            self.on_group_box(peer, gid, m);
+            return;
+        }
         match m.kind {
             Kind::Receipt => {
                 for id in reliable::decode_receipt(&m.body) {
@@ -1592,7 +1699,7 @@ impl ClientState {
                 }
                 self.publish_statuses();
             }
-            Kind::Message => {
+            Kind::Message | Kind::Group => {
                 for m in self.sequencer.push(m, t) {
                     self.hand_over(m);
                 }
@@ -1674,6 +1781,10 @@ impl ClientState {
                 return;
             }
         };
+        if m.kind == Kind::Group {
+            self.on_group_keys(me, them, &body);
+            return;
+        }
         self.receipts_due.entry(m.from).or_default().push(m.msg_id);
         self.received.push_back(Received {
             to: ContactId(me),
@@ -1681,12 +1792,531 @@ impl ClientState {
             id: m.msg_id,
             body,
             redelivered: false,
+            group: None,
         });
     }
 
     /// Checks that `me` is hosted (for callers that take an identity).
     pub fn has_identity(&self, me: &ContactId) -> bool {
         self.me(me).is_ok()
+    }
+}
+
+// ---- groups ----
+
+impl ClientState {
+    /// Queues a message of the client layer (not an application message's
+    /// body) to `to`.
+    fn push_out(
+        &mut self,
+        t: f64,
+        to: Peer,
+        kind: Kind,
+        seq: u64,
+        body: Vec<u8>,
+    ) -> Result<MessageId, Error> {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        self.outbox
+            .push(
+                Outgoing {
+                    id,
+                    to,
+                    kind,
+                    session: self.session,
+                    seq,
+                    body,
+                },
+                CHUNK_LEN,
+                t,
+            )
+            .map_err(|_| Error::Busy)?;
+        self.dirty = true;
+        Ok(id)
+    }
+
+    /// Olm-encrypts a group's keys for contact `them` and queues them in
+    /// their stream (a seq, like a message).
+    fn send_keys(
+        &mut self,
+        t: f64,
+        me: [u8; 32],
+        them: [u8; 32],
+        keys: &GroupKeys,
+    ) -> Result<(), Error> {
+        let mine = self
+            .identities
+            .get_mut(&me)
+            .ok_or(Error::UnknownIdentity(ContactId(me)))?;
+        let c = mine
+            .contacts
+            .get_mut(&them)
+            .filter(|c| c.group.is_none())
+            .ok_or(Error::UnknownContact(ContactId(them)))?;
+        let envelope = c.sessions.seal(&keys.encode())?;
+        self.olm_dirty.insert(key(PREFIX_SESSIONS, &[&me, &them]));
+        let seq = *mine.next_seq.get(&them).unwrap_or(&1);
+        self.push_out(t, (me, them), Kind::Group, seq, envelope)?;
+        if let Some(mine) = self.identities.get_mut(&me) {
+            mine.next_seq.insert(them, seq + 1);
+        }
+        Ok(())
+    }
+
+    /// Makes the contacts entry through which an epoch's boxes are fetched
+    /// and written.
+    fn add_epoch_entry(
+        mine: &mut Me,
+        gid: [u8; 32],
+        ek: [u8; 32],
+        secret: [u8; 32],
+        caught_up: bool,
+    ) {
+        mine.contacts.entry(ek).or_insert_with(|| Contact {
+            name: String::new(),
+            pair: PairSecret::from_bytes(secret),
+            sessions: Sessions::new([0; 32]),
+            inbound: BTreeMap::new(),
+            caught_up,
+            group: Some(gid),
+        });
+    }
+
+    fn group_mut(&mut self, me: &ContactId, group: &GroupId) -> Result<&mut Group, Error> {
+        self.identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?
+            .groups
+            .get_mut(&group.0)
+            .ok_or(Error::UnknownGroup(*group))
+    }
+
+    /// Queues `item` into the current epoch's box of the group.
+    fn post(
+        &mut self,
+        t: f64,
+        me: [u8; 32],
+        gid: [u8; 32],
+        kind: Kind,
+        item: &BoxItem,
+    ) -> Result<MessageId, Error> {
+        let ek = self.group_mut(&ContactId(me), &GroupId(gid))?.epoch_key();
+        self.push_out(t, (me, ek), kind, 0, item.encode())
+    }
+
+    /// Our sender ratchet's key goes into the epoch's box of this period
+    /// before our first message there: a member who joins later, or reads
+    /// only recent periods, finds it next to the messages it opens.
+    fn announce_if_due(&mut self, t: f64, me: [u8; 32], gid: [u8; 32]) -> Result<(), Error> {
+        let period = dropbox::period_at(self.unix_ms);
+        let g = self.group_mut(&ContactId(me), &GroupId(gid))?;
+        if g.announced == Some((g.epoch, period)) {
+            return Ok(());
+        }
+        let item = g.announce(me);
+        g.announced = Some((g.epoch, period));
+        self.post(t, me, gid, Kind::Control, &item)?;
+        Ok(())
+    }
+
+    /// Creates a group with identity `me` as its only member. Invite
+    /// contacts with [`Self::invite_to_group`].
+    pub fn create_group<R: Rng + ?Sized>(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        name: &str,
+        rng: &mut R,
+    ) -> Result<GroupId, Error> {
+        self.unix_ms = now.unix_ms;
+        let t = self.secs(now);
+        let mine = self
+            .identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?;
+        let mut gid = [0u8; 32];
+        rng.fill_bytes(&mut gid);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let g = Group::create(gid, name, me.0, "", secret);
+        // A new box: nothing to catch up on.
+        Self::add_epoch_entry(mine, gid, g.epoch_key(), secret, true);
+        mine.groups.insert(gid, g);
+        self.dirty = true;
+        self.announce_if_due(t, me.0, gid)?;
+        Ok(GroupId(gid))
+    }
+
+    /// Adds contact `member` to the group: they get the group's keys
+    /// pairwise (Olm), and the members learn it from the group's box. The
+    /// new member reads what the current epoch's boxes still hold.
+    pub fn invite_to_group(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        group: &GroupId,
+        member: &ContactId,
+    ) -> Result<(), Error> {
+        self.unix_ms = now.unix_ms;
+        let t = self.secs(now);
+        let name = self
+            .identities
+            .get(&me.0)
+            .and_then(|m| m.contacts.get(&member.0))
+            .filter(|c| c.group.is_none())
+            .map(|c| c.name.clone())
+            .ok_or(Error::UnknownContact(*member))?;
+        let g = self.group_mut(me, group)?;
+        if !g.members.contains_key(&member.0) && g.members.len() >= group::MAX_MEMBERS {
+            return Err(Error::Group(format!(
+                "a group has at most {} members",
+                group::MAX_MEMBERS
+            )));
+        }
+        g.members.insert(member.0, name.clone());
+        let keys = g.keys(group::OP_INVITE);
+        self.dirty = true;
+        self.send_keys(t, me.0, member.0, &keys)?;
+        let added = BoxItem::Added {
+            sender: me.0,
+            member: member.0,
+            name,
+        };
+        self.post(t, me.0, group.0, Kind::Control, &added)?;
+        self.publish_statuses();
+        Ok(())
+    }
+
+    /// Removes `member` from the group: a new epoch, whose secret goes
+    /// pairwise to the members who stay (those who are not my contacts get
+    /// it from the members who are theirs), with new boxes and new sender
+    /// ratchets. The removed member reads nothing sent after.
+    pub fn remove_from_group<R: Rng + ?Sized>(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        group: &GroupId,
+        member: &ContactId,
+        rng: &mut R,
+    ) -> Result<(), Error> {
+        self.unix_ms = now.unix_ms;
+        let t = self.secs(now);
+        let until = dropbox::period_at(now.unix_ms) + self.cfg.catch_up_periods.max(2);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let g = self.group_mut(me, group)?;
+        if member.0 == me.0 || !g.members.contains_key(&member.0) {
+            return Err(Error::Group(format!(
+                "{member} is not another member of the group"
+            )));
+        }
+        let mut stay = g.members.clone();
+        stay.remove(&member.0);
+        let epoch = g
+            .epoch
+            .checked_add(1)
+            .ok_or_else(|| Error::Group("epochs exhausted".into()))?;
+        g.advance(epoch, secret, stay, until);
+        let ek = g.epoch_key();
+        let keys = g.keys(group::OP_REKEY);
+        let mine = self
+            .identities
+            .get_mut(&me.0)
+            .ok_or(Error::UnknownIdentity(*me))?;
+        Self::add_epoch_entry(mine, group.0, ek, secret, true);
+        self.dirty = true;
+        self.forward_keys(t, me.0, None, &keys);
+        self.announce_if_due(t, me.0, group.0)?;
+        self.events.push_back(Event::Group {
+            me: *me,
+            group: *group,
+            change: GroupChange::Rekeyed { epoch, by: *me },
+        });
+        self.publish_statuses();
+        Ok(())
+    }
+
+    /// Sends an epoch's keys to every member who is my contact, but `except`.
+    fn forward_keys(&mut self, t: f64, me: [u8; 32], except: Option<[u8; 32]>, keys: &GroupKeys) {
+        let to: Vec<[u8; 32]> = match self.identities.get(&me) {
+            Some(mine) => keys
+                .members
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| *k != me && Some(*k) != except)
+                .filter(|k| mine.contacts.get(k).is_some_and(|c| c.group.is_none()))
+                .collect(),
+            None => return,
+        };
+        for k in to {
+            if let Err(e) = self.send_keys(t, me, k, keys) {
+                tracing::warn!(error = %e, "a group's new keys could not be queued for a member");
+            }
+        }
+    }
+
+    /// Leaves the group: the members are told (in its box) and this
+    /// identity forgets it.
+    pub fn leave_group(&mut self, now: Now, me: &ContactId, group: &GroupId) -> Result<(), Error> {
+        self.unix_ms = now.unix_ms;
+        let t = self.secs(now);
+        self.post(
+            t,
+            me.0,
+            group.0,
+            Kind::Control,
+            &BoxItem::Left { sender: me.0 },
+        )?;
+        if let Some(mine) = self.identities.get_mut(&me.0) {
+            mine.groups.remove(&group.0);
+        }
+        self.dirty = true;
+        self.publish_statuses();
+        Ok(())
+    }
+
+    /// Queues `body` (up to [`MAX_BODY_LEN`]) from identity `me` to every
+    /// member of the group: one copy, Megolm-encrypted, into the group's
+    /// box. Its status ends at [`Status::Stored`] (groups have no receipts).
+    pub fn send_group(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        group: &GroupId,
+        body: &[u8],
+    ) -> Result<MessageId, Error> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(Error::MessageTooLarge {
+                len: body.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        self.unix_ms = now.unix_ms;
+        let t = self.secs(now);
+        self.announce_if_due(t, me.0, group.0)?;
+        let item = self.group_mut(me, group)?.seal(me.0, body);
+        let id = self.post(t, me.0, group.0, Kind::Message, &item)?;
+        self.publish_statuses();
+        Ok(id)
+    }
+
+    /// The groups identity `me` is a member of.
+    pub fn groups(&self, me: &ContactId) -> Vec<GroupId> {
+        self.identities
+            .get(&me.0)
+            .map(|m| m.groups.keys().map(|k| GroupId(*k)).collect())
+            .unwrap_or_default()
+    }
+
+    /// A group's name.
+    pub fn group_name(&self, me: &ContactId, group: &GroupId) -> Option<String> {
+        Some(
+            self.identities
+                .get(&me.0)?
+                .groups
+                .get(&group.0)?
+                .name
+                .clone(),
+        )
+    }
+
+    /// A group's members as this identity knows them (itself included,
+    /// with an empty name), and the current epoch.
+    pub fn group_members(
+        &self,
+        me: &ContactId,
+        group: &GroupId,
+    ) -> Option<(u32, Vec<(ContactId, String)>)> {
+        let g = self.identities.get(&me.0)?.groups.get(&group.0)?;
+        Some((
+            g.epoch,
+            g.members
+                .iter()
+                .map(|(k, n)| (ContactId(*k), n.clone()))
+                .collect(),
+        ))
+    }
+
+    /// A group's keys came from contact `them` (Olm-decrypted): join, or
+    /// move to a newer epoch and pass it on.
+    fn on_group_keys(&mut self, me: [u8; 32], them: [u8; 32], plaintext: &[u8]) {
+        let Some(keys) = GroupKeys::decode(plaintext) else {
+            tracing::debug!("unreadable group keys from a contact");
+            return;
+        };
+        if !keys.members.iter().any(|(k, _)| *k == me)
+            || !keys.members.iter().any(|(k, _)| *k == them)
+        {
+            tracing::debug!("group keys that do not name both of us: ignored");
+            return;
+        }
+        let t = self.secs_now();
+        let until = dropbox::period_at(self.unix_ms) + self.cfg.catch_up_periods.max(2);
+        let Some(mine) = self.identities.get_mut(&me) else {
+            return;
+        };
+        self.dirty = true;
+        let change = match mine.groups.get_mut(&keys.id) {
+            None => {
+                let g = Group::join(&keys);
+                Self::add_epoch_entry(mine, keys.id, g.epoch_key(), *keys.secret, false);
+                mine.groups.insert(keys.id, g);
+                GroupChange::Joined {
+                    by: ContactId(them),
+                }
+            }
+            Some(g) if g.is_newer(keys.epoch, &keys.secret) => {
+                g.advance(
+                    keys.epoch,
+                    *keys.secret,
+                    keys.members.iter().cloned().collect(),
+                    until,
+                );
+                let ek = g.epoch_key();
+                let opened = g.retry(me);
+                Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
+                let mut fwd = keys.clone();
+                fwd.op = group::OP_REKEY;
+                self.forward_keys(t, me, Some(them), &fwd);
+                self.deliver_group(me, keys.id, opened);
+                GroupChange::Rekeyed {
+                    epoch: keys.epoch,
+                    by: ContactId(them),
+                }
+            }
+            Some(_) => return,
+        };
+        if let Err(e) = self.announce_if_due(t, me, keys.id) {
+            tracing::warn!(error = %e, "group session key not queued");
+        }
+        self.events.push_back(Event::Group {
+            me: ContactId(me),
+            group: GroupId(keys.id),
+            change,
+        });
+    }
+
+    /// A complete message from a group's box.
+    fn on_group_box(&mut self, peer: Peer, gid: [u8; 32], m: Complete<Peer>) {
+        let me = peer.0;
+        let Some(item) = BoxItem::decode(&m.body) else {
+            tracing::debug!("unreadable group message");
+            return;
+        };
+        let Some(g) = self
+            .identities
+            .get_mut(&me)
+            .and_then(|x| x.groups.get_mut(&gid))
+        else {
+            return;
+        };
+        self.dirty = true;
+        let mut opened = Vec::new();
+        let mut change = None;
+        match (m.kind, item) {
+            (
+                Kind::Message,
+                BoxItem::Message {
+                    sender,
+                    session_id,
+                    megolm,
+                },
+            ) => opened.push((m.msg_id, g.open(me, m.msg_id, sender, &session_id, &megolm))),
+            (
+                Kind::Control,
+                BoxItem::Announce {
+                    sender,
+                    session_key,
+                },
+            ) if sender != me => match g.add_session(sender, &session_key) {
+                Ok(_) => opened.extend(g.retry(me)),
+                Err(e) => tracing::debug!(reason = %e, "group session key not taken"),
+            },
+            (
+                Kind::Control,
+                BoxItem::Added {
+                    sender,
+                    member,
+                    name,
+                },
+            ) if sender != me
+                && g.members.contains_key(&sender)
+                && !g.members.contains_key(&member)
+                && g.members.len() < group::MAX_MEMBERS =>
+            {
+                g.members.insert(member, name);
+                opened.extend(g.retry(me));
+                change = Some(GroupChange::MemberAdded {
+                    member: ContactId(member),
+                    by: ContactId(sender),
+                });
+            }
+            (Kind::Control, BoxItem::Left { sender })
+                if sender != me && g.members.remove(&sender).is_some() =>
+            {
+                change = Some(GroupChange::MemberLeft {
+                    member: ContactId(sender),
+                });
+            }
+            _ => {}
+        }
+        self.deliver_group(me, gid, opened);
+        if let Some(change) = change {
+            self.events.push_back(Event::Group {
+                me: ContactId(me),
+                group: GroupId(gid),
+                change,
+            });
+        }
+    }
+
+    /// Hands opened group messages to the application.
+    fn deliver_group(&mut self, me: [u8; 32], gid: [u8; 32], opened: Vec<([u8; 16], Opened)>) {
+        for (id, o) in opened {
+            match o {
+                Opened::Plain(sender, body) => self.received.push_back(Received {
+                    to: ContactId(me),
+                    from: ContactId(sender),
+                    id,
+                    body,
+                    redelivered: false,
+                    group: Some(GroupId(gid)),
+                }),
+                Opened::Refused(reason) => {
+                    tracing::debug!(%reason, "a group message was refused")
+                }
+                Opened::Own | Opened::Held => {}
+            }
+        }
+    }
+
+    /// The group a contacts entry reads for, if it is a group's epoch.
+    fn group_of(&self, peer: &Peer) -> Option<[u8; 32]> {
+        self.identities.get(&peer.0)?.contacts.get(&peer.1)?.group
+    }
+
+    /// Client seconds at the last wall-clock time seen.
+    fn secs_now(&self) -> f64 {
+        self.last_t
+    }
+
+    /// Forgets epochs no longer read and the entries of groups left, once
+    /// nothing waits to be sent into them.
+    fn prune_groups(&mut self, period: u64) {
+        let waiting: HashSet<Peer> = self.outbox.export().0.into_iter().map(|r| r.to).collect();
+        for (me, mine) in &mut self.identities {
+            for g in mine.groups.values_mut() {
+                g.retired.retain(|(_, _, until)| *until >= period);
+            }
+            let live: HashSet<[u8; 32]> = mine
+                .groups
+                .values()
+                .flat_map(|g| std::iter::once(g.epoch_key()).chain(g.retired.iter().map(|r| r.0)))
+                .collect();
+            mine.contacts.retain(|k, c| {
+                c.group.is_none() || live.contains(k) || waiting.contains(&(*me, *k))
+            });
+        }
     }
 }
 
@@ -1705,6 +2335,8 @@ const PREFIX_DONE: &[u8] = b"done/";
 const PREFIX_ACCOUNT: &[u8] = b"olm/a/";
 /// Olm sessions with a contact: `olm/s/` || identity || contact.
 const PREFIX_SESSIONS: &[u8] = b"olm/s/";
+/// A group of an identity: `group/` || identity || group id.
+const PREFIX_GROUP: &[u8] = b"group/";
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -1752,6 +2384,40 @@ struct ContactRecord {
     boxes: Vec<BoxRecord>,
 }
 
+/// What the store keeps of one group of an identity.
+#[derive(Serialize, Deserialize)]
+struct GroupFile {
+    group: GroupRecord,
+    /// The epochs' entries: epoch key, caught up, boxes.
+    entries: Vec<([u8; 32], bool, Vec<BoxRecord>)>,
+    /// Messages of this group waiting for the application (or taken and
+    /// not done with).
+    inbox: Vec<MessageId>,
+}
+
+fn box_record(period: u64, b: &BoxState) -> BoxRecord {
+    BoxRecord {
+        period,
+        confirmed: b.confirmed,
+        received: b.received.clone(),
+        more: b.more,
+        listed: b.listed.clone(),
+        list_end: b.list_end,
+        beyond: b.beyond,
+    }
+}
+
+fn box_state(dropbox: Dropbox, b: BoxRecord) -> BoxState {
+    let mut bs = BoxState::new(dropbox);
+    bs.confirmed = b.confirmed;
+    bs.received = b.received;
+    bs.more = b.more;
+    bs.listed = b.listed;
+    bs.list_end = b.list_end;
+    bs.beyond = b.beyond;
+    bs
+}
+
 #[derive(Serialize, Deserialize)]
 struct BoxRecord {
     period: u64,
@@ -1793,8 +2459,10 @@ impl ClientState {
         self.dirty = true;
         for (me, mine) in &self.identities {
             self.olm_dirty.insert(key(PREFIX_ACCOUNT, &[me]));
-            for them in mine.contacts.keys() {
-                self.olm_dirty.insert(key(PREFIX_SESSIONS, &[me, them]));
+            for (them, c) in &mine.contacts {
+                if c.group.is_none() {
+                    self.olm_dirty.insert(key(PREFIX_SESSIONS, &[me, them]));
+                }
             }
         }
     }
@@ -1853,6 +2521,19 @@ impl ClientState {
                 None => ch.deletes.push(k),
             }
         }
+        // Groups: each record rewritten when it changed.
+        let groups = self.group_files();
+        for (k, v) in &groups {
+            if self.persisted.groups.get(k) != Some(v) {
+                ch.puts.push((k.clone(), v.clone()));
+            }
+        }
+        for k in self.persisted.groups.keys() {
+            if !groups.contains_key(k) {
+                ch.deletes.push(k.clone());
+            }
+        }
+        self.persisted.groups = groups;
         let (partials, done) = self.reassembly.export();
         let done_now: HashSet<MessageId> = done.iter().copied().collect();
         for (n, id) in done.iter().enumerate() {
@@ -1895,6 +2576,41 @@ impl ClientState {
         (!ch.is_empty()).then_some(ch)
     }
 
+    /// Every group's record, by key.
+    fn group_files(&self) -> HashMap<Vec<u8>, Vec<u8>> {
+        let mut out = HashMap::new();
+        for (me, mine) in &self.identities {
+            for (gid, g) in &mine.groups {
+                let mut eks = vec![g.epoch_key()];
+                eks.extend(g.retired.iter().map(|r| r.0));
+                let entries = eks
+                    .iter()
+                    .filter_map(|ek| {
+                        let c = mine.contacts.get(ek)?;
+                        let boxes = c.inbound.iter().map(|(p, b)| box_record(*p, b)).collect();
+                        Some((*ek, c.caught_up, boxes))
+                    })
+                    .collect();
+                let inbox = self
+                    .received
+                    .iter()
+                    .chain(&self.handed)
+                    .filter(|m| m.to.0 == *me && m.group == Some(GroupId(*gid)))
+                    .map(|m| m.id)
+                    .collect();
+                let file = GroupFile {
+                    group: g.record(),
+                    entries,
+                    inbox,
+                };
+                if let Ok(v) = postcard::to_stdvec(&file) {
+                    out.insert(key(PREFIX_GROUP, &[me, gid]), v);
+                }
+            }
+        }
+        out
+    }
+
     /// The current value of an Olm record, `None` if its identity or
     /// contact is gone.
     fn olm_record(&self, k: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
@@ -1925,6 +2641,7 @@ impl ClientState {
                     contacts: m
                         .contacts
                         .iter()
+                        .filter(|(_, c)| c.group.is_none())
                         .map(|(them, c)| ContactRecord {
                             public: *them,
                             name: c.name.clone(),
@@ -1997,6 +2714,7 @@ impl ClientState {
         let mut accounts: HashMap<[u8; 32], Olm> = HashMap::new();
         let mut sessions: HashMap<Peer, Sessions> = HashMap::new();
         let mut blob_keys = HashSet::new();
+        let mut group_files: Vec<([u8; 32], GroupFile)> = Vec::new();
         let corrupt = |what: &str| Error::Store(format!("unreadable {what} record"));
         for (k, v) in records {
             if k == KEY_SNAPSHOT {
@@ -2036,6 +2754,14 @@ impl ClientState {
                 let me: [u8; 32] = rest[..32].try_into().map_err(|_| corrupt("Olm session"))?;
                 let them: [u8; 32] = rest[32..].try_into().map_err(|_| corrupt("Olm session"))?;
                 sessions.insert((me, them), Sessions::unpickle(&v)?);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_GROUP) {
+                if rest.len() != 64 {
+                    return Err(corrupt("group"));
+                }
+                let me: [u8; 32] = rest[..32].try_into().map_err(|_| corrupt("group"))?;
+                let f: GroupFile = postcard::from_bytes(&v).map_err(|_| corrupt("group"))?;
+                st.persisted.groups.insert(k.clone(), v.clone());
+                group_files.push((me, f));
             } else if let Some(rest) = k.strip_prefix(PREFIX_DONE) {
                 let id: MessageId = rest.try_into().map_err(|_| corrupt("done"))?;
                 let n = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt("done"))?);
@@ -2060,6 +2786,7 @@ impl ClientState {
                 olm: accounts.remove(&me).ok_or_else(|| corrupt("Olm account"))?,
                 contacts: BTreeMap::new(),
                 next_seq: HashMap::new(),
+                groups: BTreeMap::new(),
             };
             for c in idr.contacts {
                 let pair =
@@ -2089,10 +2816,37 @@ impl ClientState {
                             .ok_or_else(|| corrupt("Olm session"))?,
                         inbound,
                         caught_up: c.caught_up,
+                        group: None,
                     },
                 );
             }
             st.identities.insert(me, mine);
+        }
+        let mut group_inbox: HashMap<MessageId, GroupId> = HashMap::new();
+        for (me, f) in group_files {
+            let Some(mine) = st.identities.get_mut(&me) else {
+                continue;
+            };
+            let g = Group::from_record(f.group)?;
+            let mut secrets: HashMap<[u8; 32], [u8; 32]> =
+                g.retired.iter().map(|r| (r.0, r.1)).collect();
+            secrets.insert(g.epoch_key(), g.secret());
+            for (ek, caught_up, boxes) in f.entries {
+                let Some(secret) = secrets.get(&ek) else {
+                    continue;
+                };
+                Self::add_epoch_entry(mine, g.id, ek, *secret, caught_up);
+                if let Some(c) = mine.contacts.get_mut(&ek) {
+                    for b in boxes {
+                        let d = c.inbound_box(&me, &ek, b.period);
+                        c.inbound.insert(b.period, box_state(d, b));
+                    }
+                }
+            }
+            for id in f.inbox {
+                group_inbox.insert(id, GroupId(g.id));
+            }
+            mine.groups.insert(g.id, g);
         }
         let records = s
             .outbox
@@ -2156,6 +2910,7 @@ impl ClientState {
                     id,
                     body,
                     redelivered,
+                    group: group_inbox.get(&id).copied(),
                 });
             }
         }

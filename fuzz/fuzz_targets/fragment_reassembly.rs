@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 Kind::Message => {
                     let _ = sequencer.push(m, t);
                 }
-                Kind::Control => {}
+                Kind::Control | Kind::Group => {}
             }
         }
         assert!(reassembler.bytes() <= usize::from(CONTACTS) * MAX_BYTES);

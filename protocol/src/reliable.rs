@@ -44,6 +44,11 @@ pub enum Kind {
     /// A control message of the client layer (a session reset, §13.2 of
     /// protocol.md): handed over like a receipt, without a seq or statuses.
     Control = 2,
+    /// A group's keys for one member (an invite or a new epoch, §13.8 of
+    /// protocol.md): Olm-encrypted and in the contact's stream like a
+    /// message (it takes a seq), but handled by the client layer, without
+    /// statuses or a receipt.
+    Group = 3,
 }
 
 /// One fragment, as it travels inside the end-to-end encryption.
@@ -97,6 +102,7 @@ impl Fragment {
             0 => Kind::Message,
             1 => Kind::Receipt,
             2 => Kind::Control,
+            3 => Kind::Group,
             k => return Err(Error::Decode(format!("unknown fragment kind {k}"))),
         };
         let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));

@@ -374,6 +374,8 @@ pub struct ReceivedRecord {
     pub id: MessageId,
     /// The body.
     pub body: Vec<u8>,
+    /// The group it was sent to, if any.
+    pub group: Option<client_sdk::GroupId>,
 }
 
 /// What a client's application saw, across restarts (the application's
@@ -389,6 +391,13 @@ pub struct ClientLog {
     /// Messages received that did not decrypt (`Event::Undecryptable`):
     /// when, from whom, the sender's id.
     pub undecryptable: Vec<(Duration, ContactId, MessageId)>,
+    /// Group changes (`Event::Group`): when, which identity, which group, what.
+    pub groups: Vec<(
+        Duration,
+        ContactId,
+        client_sdk::GroupId,
+        client_sdk::state::GroupChange,
+    )>,
 }
 
 impl ClientLog {
@@ -994,6 +1003,25 @@ impl Sim {
         Ok(id)
     }
 
+    /// Runs `f` on a client's state now (with its clock and RNG), as an
+    /// application's call would: what it changed is persisted, its events
+    /// and messages collected, the client woken. For calls the simulator
+    /// has no helper for (groups, renames).
+    pub fn act<T>(
+        &mut self,
+        c: ClientHandle,
+        f: impl FnOnce(&mut ClientState, Now, &mut StdRng) -> T,
+    ) -> T {
+        let i = c.0;
+        let now = self.client_now(i);
+        let cl = &mut self.clients[i];
+        let out = f(&mut cl.state, now, &mut cl.rng);
+        self.persist(i);
+        self.collect(i);
+        self.rewake(i);
+        out
+    }
+
     // ---- faults ----
 
     /// Faults of every link without a more specific setting.
@@ -1280,6 +1308,9 @@ impl Sim {
                 Event::Undecryptable { from, id, .. } => {
                     c.log.undecryptable.push((at, from, id));
                 }
+                Event::Group { me, group, change } => {
+                    c.log.groups.push((at, me, group, change));
+                }
                 _ => {}
             }
         }
@@ -1299,6 +1330,7 @@ impl Sim {
                 from: m.from,
                 id: m.id,
                 body: m.body,
+                group: m.group,
             });
         }
         // Saved in the log: done with them.

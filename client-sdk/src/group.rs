@@ -1,0 +1,883 @@
+//! Groups: a shared secret per *epoch* from which the group's dropboxes
+//! derive, and Megolm (Matrix's sender ratchet, from `vodozemac`) for the
+//! content. protocol.md §13.8 specifies what travels.
+//!
+//! Every member writes into the group's box of the current period and
+//! fetches it (by cursor, without deleting: the others read it too). Each
+//! member encrypts with its own outbound Megolm session and announces the
+//! session's key in the box, under the epoch's box key, so every member of
+//! the epoch can read it. Membership changes travel pairwise, Olm-encrypted:
+//! an invite carries the epoch's secret to a new member; removing a member
+//! makes a new epoch whose secret goes only to those who stay (and each
+//! passes it on to its own contacts among them), and every member starts a
+//! new Megolm session in it. The removed member keeps old secrets but learns
+//! no new one: it reads nothing sent after.
+//!
+//! The pieces here are pure: no clock, no I/O. Megolm draws its own
+//! randomness from the operating system.
+
+use crate::Error;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use vodozemac::megolm::{
+    GroupSession, GroupSessionPickle, InboundGroupSession, InboundGroupSessionPickle,
+    MegolmMessage, SessionConfig, SessionKey,
+};
+use zeroize::Zeroizing;
+
+/// Members a group may have (a rekey sends the new secret to each, pairwise).
+pub const MAX_MEMBERS: usize = 64;
+/// Version byte of every group wire format.
+pub const GROUP_VERSION: u8 = 1;
+/// Pairwise (Olm-encrypted) group message: you were invited.
+pub const OP_INVITE: u8 = 1;
+/// Pairwise (Olm-encrypted) group message: a new epoch (a member was removed).
+pub const OP_REKEY: u8 = 2;
+/// Group-box message body type: a Megolm-encrypted message.
+pub const BOX_MESSAGE: u8 = 0x10;
+/// Group-box control type: a member's Megolm session key.
+pub const BOX_ANNOUNCE: u8 = 0x11;
+/// Group-box control type: a member added someone.
+pub const BOX_ADDED: u8 = 0x12;
+/// Group-box control type: the sender left.
+pub const BOX_LEFT: u8 = 0x13;
+/// Inbound Megolm sessions kept per group (the oldest goes first).
+const MAX_INBOUND: usize = 4 * MAX_MEMBERS;
+/// Megolm messages remembered per group to refuse replays.
+const MAX_SEEN: usize = 20_000;
+/// Messages held per group while their session's key has not come.
+pub const MAX_HELD: usize = 1_000;
+/// Earlier epochs whose boxes are still read (a member who had not yet
+/// heard of a new epoch may still write there).
+const MAX_RETIRED: usize = 4;
+
+/// A group's id: 32 random bytes chosen by its creator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupId(pub [u8; 32]);
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+fn megolm_config() -> SessionConfig {
+    SessionConfig::version_1()
+}
+
+/// The key under which an epoch's boxes are derived and its messages are
+/// filed: `SHA-256("umbra-group-epoch-v1" || id || epoch:u32 || secret)`.
+/// Two members who made the same epoch at once get different keys.
+pub fn epoch_key(id: &[u8; 32], epoch: u32, secret: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"umbra-group-epoch-v1");
+    h.update(id);
+    h.update(epoch.to_be_bytes());
+    h.update(secret);
+    h.finalize().into()
+}
+
+fn clean_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != ':' && !c.is_control())
+        .take(64)
+        .collect()
+}
+
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(255);
+    // Cut at a char boundary.
+    let n = (0..=n).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    v.push(n as u8);
+    v.extend_from_slice(&b[..n]);
+}
+
+/// A cursor over bytes that fails with `None` instead of panicking.
+struct Rd<'a>(&'a [u8]);
+
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn key(&mut self) -> Option<[u8; 32]> {
+        self.take(32)?.try_into().ok()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u8()? as usize;
+        Some(clean_name(std::str::from_utf8(self.take(n)?).ok()?))
+    }
+    fn rest(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// A group's keys as they travel pairwise, Olm-encrypted (`Kind::Group`):
+/// an invite to a new member, or a new epoch to those who stay.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupKeys {
+    /// [`OP_INVITE`] or [`OP_REKEY`].
+    pub op: u8,
+    pub id: [u8; 32],
+    pub epoch: u32,
+    pub secret: Zeroizing<[u8; 32]>,
+    pub name: String,
+    /// Members of the epoch (x25519 public key, name), the recipient included.
+    pub members: Vec<([u8; 32], String)>,
+}
+
+impl std::fmt::Debug for GroupKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupKeys")
+            .field("op", &self.op)
+            .field("epoch", &self.epoch)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupKeys {
+    /// `0x01 || op || id[32] || epoch:u32 || secret[32] || name || n:u8 || (member[32] || name)×n`,
+    /// names as `len:u8 || UTF-8`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![GROUP_VERSION, self.op];
+        v.extend_from_slice(&self.id);
+        v.extend_from_slice(&self.epoch.to_be_bytes());
+        v.extend_from_slice(self.secret.as_ref());
+        put_str(&mut v, &self.name);
+        let n = self.members.len().min(MAX_MEMBERS);
+        v.push(n as u8);
+        for (k, name) in &self.members[..n] {
+            v.extend_from_slice(k);
+            put_str(&mut v, name);
+        }
+        v
+    }
+
+    /// Decodes what [`Self::encode`] made; `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Rd(b);
+        if r.u8()? != GROUP_VERSION {
+            return None;
+        }
+        let op = r.u8()?;
+        if op != OP_INVITE && op != OP_REKEY {
+            return None;
+        }
+        let id = r.key()?;
+        let epoch = r.u32()?;
+        let secret = Zeroizing::new(r.key()?);
+        let name = r.str()?;
+        let n = r.u8()? as usize;
+        if n == 0 || n > MAX_MEMBERS {
+            return None;
+        }
+        let mut members = Vec::with_capacity(n);
+        for _ in 0..n {
+            members.push((r.key()?, r.str()?));
+        }
+        r.rest().is_empty().then_some(Self {
+            op,
+            id,
+            epoch,
+            secret,
+            name,
+            members,
+        })
+    }
+}
+
+/// What travels in a group's box (under the epoch's box key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoxItem {
+    /// A member's message: its Megolm session id and the Megolm message.
+    Message {
+        sender: [u8; 32],
+        session_id: String,
+        megolm: Vec<u8>,
+    },
+    /// A member's Megolm session key (from the index it was exported at).
+    Announce {
+        sender: [u8; 32],
+        session_key: Vec<u8>,
+    },
+    /// `sender` added `member` (named `name`) to the group.
+    Added {
+        sender: [u8; 32],
+        member: [u8; 32],
+        name: String,
+    },
+    /// `sender` left the group.
+    Left { sender: [u8; 32] },
+}
+
+impl BoxItem {
+    /// `0x01 || type || sender[32] || …` (protocol.md §13.8).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![GROUP_VERSION];
+        match self {
+            BoxItem::Message {
+                sender,
+                session_id,
+                megolm,
+            } => {
+                v.push(BOX_MESSAGE);
+                v.extend_from_slice(sender);
+                put_str(&mut v, session_id);
+                v.extend_from_slice(megolm);
+            }
+            BoxItem::Announce {
+                sender,
+                session_key,
+            } => {
+                v.push(BOX_ANNOUNCE);
+                v.extend_from_slice(sender);
+                v.extend_from_slice(session_key);
+            }
+            BoxItem::Added {
+                sender,
+                member,
+                name,
+            } => {
+                v.push(BOX_ADDED);
+                v.extend_from_slice(sender);
+                v.extend_from_slice(member);
+                put_str(&mut v, name);
+            }
+            BoxItem::Left { sender } => {
+                v.push(BOX_LEFT);
+                v.extend_from_slice(sender);
+            }
+        }
+        v
+    }
+
+    /// Decodes what [`Self::encode`] made; `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Rd(b);
+        if r.u8()? != GROUP_VERSION {
+            return None;
+        }
+        let t = r.u8()?;
+        let sender = r.key()?;
+        Some(match t {
+            BOX_MESSAGE => {
+                let n = r.u8()? as usize;
+                let session_id = std::str::from_utf8(r.take(n)?).ok()?.to_string();
+                BoxItem::Message {
+                    sender,
+                    session_id,
+                    megolm: r.rest().to_vec(),
+                }
+            }
+            BOX_ANNOUNCE => BoxItem::Announce {
+                sender,
+                session_key: r.rest().to_vec(),
+            },
+            BOX_ADDED => {
+                let member = r.key()?;
+                let name = r.str()?;
+                if !r.rest().is_empty() {
+                    return None;
+                }
+                BoxItem::Added {
+                    sender,
+                    member,
+                    name,
+                }
+            }
+            BOX_LEFT if r.rest().is_empty() => BoxItem::Left { sender },
+            _ => return None,
+        })
+    }
+}
+
+/// A message held until its sender's session key comes.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Held {
+    pub(crate) msg_id: [u8; 16],
+    pub(crate) sender: [u8; 32],
+    pub(crate) session_id: String,
+    pub(crate) megolm: Vec<u8>,
+}
+
+/// Why a group message was not handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// Decrypted: the sender and the plaintext.
+    Plain([u8; 32], Vec<u8>),
+    /// Our own message, back from the box.
+    Own,
+    /// Its session's key has not come yet: held.
+    Held,
+    /// A replay, a forgery, junk, or a sender who is not a member.
+    Refused(String),
+}
+
+/// One group as one member sees it.
+pub(crate) struct Group {
+    pub(crate) id: [u8; 32],
+    pub(crate) name: String,
+    pub(crate) epoch: u32,
+    secret: Zeroizing<[u8; 32]>,
+    /// Members of the current epoch: x25519 public key → name.
+    pub(crate) members: BTreeMap<[u8; 32], String>,
+    /// Our own sender ratchet in this epoch.
+    outbound: GroupSession,
+    /// Members' sender ratchets: session id → (sender, session), oldest first.
+    inbound: VecDeque<(String, [u8; 32], InboundGroupSession)>,
+    seen: HashSet<(String, u32)>,
+    seen_order: VecDeque<(String, u32)>,
+    pub(crate) held: VecDeque<Held>,
+    /// Session keys from senders not (yet) known as members: the news of
+    /// their joining travels separately and may come later.
+    pending_keys: VecDeque<([u8; 32], Vec<u8>)>,
+    /// Earlier epochs still read: (epoch key, secret, until period).
+    pub(crate) retired: Vec<([u8; 32], [u8; 32], u64)>,
+    /// The (epoch, period) whose box last got our session's key.
+    pub(crate) announced: Option<(u32, u64)>,
+}
+
+/// What the store keeps of a [`Group`] (secret: the client's store is encrypted).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct GroupRecord {
+    pub(crate) id: [u8; 32],
+    pub(crate) name: String,
+    pub(crate) epoch: u32,
+    pub(crate) secret: [u8; 32],
+    pub(crate) members: Vec<([u8; 32], String)>,
+    pub(crate) outbound: String,
+    pub(crate) inbound: Vec<(String, [u8; 32], String)>,
+    pub(crate) seen: Vec<(String, u32)>,
+    pub(crate) held: Vec<Held>,
+    pub(crate) pending_keys: Vec<([u8; 32], Vec<u8>)>,
+    pub(crate) retired: Vec<([u8; 32], [u8; 32], u64)>,
+    pub(crate) announced: Option<(u32, u64)>,
+}
+
+impl Group {
+    /// A new group with `me` (named `my_name`) as its only member.
+    pub(crate) fn create(
+        id: [u8; 32],
+        name: &str,
+        me: [u8; 32],
+        my_name: &str,
+        secret: [u8; 32],
+    ) -> Self {
+        let mut members = BTreeMap::new();
+        members.insert(me, clean_name(my_name));
+        Self::from_parts(id, clean_name(name), 0, secret, members)
+    }
+
+    /// Joins from an invite's keys.
+    pub(crate) fn join(k: &GroupKeys) -> Self {
+        Self::from_parts(
+            k.id,
+            k.name.clone(),
+            k.epoch,
+            *k.secret,
+            k.members.iter().cloned().collect(),
+        )
+    }
+
+    fn from_parts(
+        id: [u8; 32],
+        name: String,
+        epoch: u32,
+        secret: [u8; 32],
+        members: BTreeMap<[u8; 32], String>,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            epoch,
+            secret: Zeroizing::new(secret),
+            members,
+            outbound: GroupSession::new(megolm_config()),
+            inbound: VecDeque::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            held: VecDeque::new(),
+            pending_keys: VecDeque::new(),
+            retired: Vec::new(),
+            announced: None,
+        }
+    }
+
+    /// The current epoch's secret.
+    pub(crate) fn secret(&self) -> [u8; 32] {
+        *self.secret
+    }
+
+    /// The current epoch's key (its boxes and its entry among the contacts).
+    pub(crate) fn epoch_key(&self) -> [u8; 32] {
+        epoch_key(&self.id, self.epoch, &self.secret)
+    }
+
+    /// Keys to send pairwise: an invite, or a new epoch.
+    pub(crate) fn keys(&self, op: u8) -> GroupKeys {
+        GroupKeys {
+            op,
+            id: self.id,
+            epoch: self.epoch,
+            secret: self.secret.clone(),
+            name: self.name.clone(),
+            members: self.members.iter().map(|(k, n)| (*k, n.clone())).collect(),
+        }
+    }
+
+    /// Moves to a new epoch (ours, or one a member sent): the old epoch's
+    /// boxes are read until `until_period`; a new sender ratchet starts.
+    /// Returns the old epoch key.
+    pub(crate) fn advance(
+        &mut self,
+        epoch: u32,
+        secret: [u8; 32],
+        members: BTreeMap<[u8; 32], String>,
+        until_period: u64,
+    ) -> [u8; 32] {
+        let old = self.epoch_key();
+        self.retired.push((old, *self.secret, until_period));
+        if self.retired.len() > MAX_RETIRED {
+            self.retired.remove(0);
+        }
+        self.epoch = epoch;
+        self.secret = Zeroizing::new(secret);
+        self.members = members;
+        self.outbound = GroupSession::new(megolm_config());
+        old
+    }
+
+    /// Whether new keys (`epoch`, `secret`) win over ours: a later epoch,
+    /// or the same epoch made at the same time by another member with the
+    /// larger epoch key (every member settles on the same one).
+    pub(crate) fn is_newer(&self, epoch: u32, secret: &[u8; 32]) -> bool {
+        epoch > self.epoch
+            || (epoch == self.epoch && epoch_key(&self.id, epoch, secret) > self.epoch_key())
+    }
+
+    /// Our sender ratchet's key from its next index, as a box announcement.
+    pub(crate) fn announce(&self, me: [u8; 32]) -> BoxItem {
+        BoxItem::Announce {
+            sender: me,
+            session_key: self.outbound.session_key().to_bytes(),
+        }
+    }
+
+    /// Encrypts `body` with our sender ratchet, as a box message.
+    pub(crate) fn seal(&mut self, me: [u8; 32], body: &[u8]) -> BoxItem {
+        let session_id = self.outbound.session_id();
+        let megolm = self.outbound.encrypt(body).to_bytes();
+        BoxItem::Message {
+            sender: me,
+            session_id,
+            megolm,
+        }
+    }
+
+    /// A member's session key came: keep it (two exports of one session
+    /// are merged, so the one reaching further back counts). Returns the
+    /// session's id.
+    pub(crate) fn add_session(
+        &mut self,
+        sender: [u8; 32],
+        session_key: &[u8],
+    ) -> Result<String, String> {
+        let key = SessionKey::from_bytes(session_key).map_err(|e| e.to_string())?;
+        if !self.members.contains_key(&sender) {
+            // Kept until the news that they joined comes (or pushed out).
+            if self.pending_keys.len() >= MAX_HELD {
+                self.pending_keys.pop_front();
+            }
+            self.pending_keys.push_back((sender, session_key.to_vec()));
+            return Err("session key from someone not (yet) a member: kept".into());
+        }
+        let mut s = InboundGroupSession::new(&key, megolm_config());
+        let sid = s.session_id();
+        if let Some(i) = self.inbound.iter().position(|(id, _, _)| *id == sid) {
+            let (_, owner, old) = &mut self.inbound[i];
+            if *owner != sender {
+                return Err("session announced by another member before".into());
+            }
+            if let Some(merged) = old.merge(&mut s) {
+                *old = merged;
+            }
+            return Ok(sid);
+        }
+        self.inbound.push_back((sid.clone(), sender, s));
+        if self.inbound.len() > MAX_INBOUND {
+            self.inbound.pop_front();
+        }
+        Ok(sid)
+    }
+
+    /// Opens a box message from `sender` under `session_id`.
+    pub(crate) fn open(
+        &mut self,
+        me: [u8; 32],
+        msg_id: [u8; 16],
+        sender: [u8; 32],
+        session_id: &str,
+        megolm: &[u8],
+    ) -> Opened {
+        if sender == me {
+            return Opened::Own;
+        }
+        // A sender not (yet) a member, or a session whose key has not
+        // come: held until they do. (A removed member's messages are never
+        // read: they wait here until pushed out.)
+        let known = self.members.contains_key(&sender);
+        let found = known && self.inbound.iter().any(|(id, _, _)| id == session_id);
+        let Some((_, owner, s)) = self
+            .inbound
+            .iter_mut()
+            .find(|(id, _, _)| found && id == session_id)
+        else {
+            if self.held.len() >= MAX_HELD {
+                self.held.pop_front();
+            }
+            self.held.push_back(Held {
+                msg_id,
+                sender,
+                session_id: session_id.to_string(),
+                megolm: megolm.to_vec(),
+            });
+            return Opened::Held;
+        };
+        if *owner != sender {
+            return Opened::Refused("session announced by another member".into());
+        }
+        let Ok(m) = MegolmMessage::from_bytes(megolm) else {
+            return Opened::Refused("not a Megolm message".into());
+        };
+        match s.decrypt(&m) {
+            Ok(d) => {
+                let k = (session_id.to_string(), d.message_index);
+                if !self.seen.insert(k.clone()) {
+                    return Opened::Refused("replayed".into());
+                }
+                self.seen_order.push_back(k);
+                if self.seen_order.len() > MAX_SEEN
+                    && let Some(old) = self.seen_order.pop_front()
+                {
+                    self.seen.remove(&old);
+                }
+                Opened::Plain(sender, d.plaintext)
+            }
+            Err(e) => Opened::Refused(e.to_string()),
+        }
+    }
+
+    /// Held messages of `session_id`, taken out to be opened again.
+    #[cfg(test)]
+    pub(crate) fn take_held(&mut self, session_id: &str) -> Vec<Held> {
+        let (take, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.session_id == session_id);
+        self.held = keep.into();
+        take
+    }
+
+    /// After news (a session key, a new member): keys kept for senders who
+    /// are members now are taken in, and every held message is tried
+    /// again (those still missing something are held again).
+    pub(crate) fn retry(&mut self, me: [u8; 32]) -> Vec<([u8; 16], Opened)> {
+        let keys: Vec<([u8; 32], Vec<u8>)> = std::mem::take(&mut self.pending_keys).into();
+        for (sender, key) in keys {
+            // Not yet a member: kept again.
+            let _ = self.add_session(sender, &key);
+        }
+        let held: Vec<Held> = std::mem::take(&mut self.held).into();
+        held.into_iter()
+            .map(|h| {
+                (
+                    h.msg_id,
+                    self.open(me, h.msg_id, h.sender, &h.session_id, &h.megolm),
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) fn record(&self) -> GroupRecord {
+        GroupRecord {
+            id: self.id,
+            name: self.name.clone(),
+            epoch: self.epoch,
+            secret: *self.secret,
+            members: self.members.iter().map(|(k, n)| (*k, n.clone())).collect(),
+            outbound: serde_json::to_string(&self.outbound.pickle()).unwrap_or_default(),
+            inbound: self
+                .inbound
+                .iter()
+                .map(|(id, s, g)| {
+                    (
+                        id.clone(),
+                        *s,
+                        serde_json::to_string(&g.pickle()).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            seen: self.seen_order.iter().cloned().collect(),
+            held: self.held.iter().cloned().collect(),
+            pending_keys: self.pending_keys.iter().cloned().collect(),
+            retired: self.retired.clone(),
+            announced: self.announced,
+        }
+    }
+
+    pub(crate) fn from_record(r: GroupRecord) -> Result<Self, Error> {
+        let bad = || Error::Store("unreadable group record".into());
+        let outbound: GroupSessionPickle = serde_json::from_str(&r.outbound).map_err(|_| bad())?;
+        let mut inbound = VecDeque::new();
+        for (id, s, p) in r.inbound {
+            let p: InboundGroupSessionPickle = serde_json::from_str(&p).map_err(|_| bad())?;
+            inbound.push_back((id, s, InboundGroupSession::from_pickle(p)));
+        }
+        Ok(Self {
+            id: r.id,
+            name: r.name,
+            epoch: r.epoch,
+            secret: Zeroizing::new(r.secret),
+            members: r.members.into_iter().collect(),
+            outbound: GroupSession::from_pickle(outbound),
+            inbound,
+            seen: r.seen.iter().cloned().collect(),
+            seen_order: r.seen.into(),
+            held: r.held.into(),
+            pending_keys: r.pending_keys.into(),
+            retired: r.retired,
+            announced: r.announced,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(b: u8) -> [u8; 32] {
+        [b; 32]
+    }
+
+    #[test]
+    fn wire_formats_round_trip_and_refuse_junk() {
+        let keys = GroupKeys {
+            op: OP_INVITE,
+            id: k(1),
+            epoch: 7,
+            secret: Zeroizing::new(k(2)),
+            name: "team:\u{7}x".into(),
+            members: vec![(k(3), "ann".into()), (k(4), "bob".into())],
+        };
+        let d = GroupKeys::decode(&keys.encode()).unwrap();
+        assert_eq!(d.name, "teamx", "names are cleaned as invites' are");
+        assert_eq!((d.epoch, d.members.len(), *d.secret), (7, 2, k(2)));
+        let enc = keys.encode();
+        for cut in 0..enc.len() {
+            assert!(GroupKeys::decode(&enc[..cut]).is_none(), "cut at {cut}");
+        }
+        for item in [
+            BoxItem::Message {
+                sender: k(5),
+                session_id: "abc".into(),
+                megolm: vec![1, 2, 3],
+            },
+            BoxItem::Announce {
+                sender: k(5),
+                session_key: vec![9; 40],
+            },
+            BoxItem::Added {
+                sender: k(5),
+                member: k(6),
+                name: "cy".into(),
+            },
+            BoxItem::Left { sender: k(5) },
+        ] {
+            assert_eq!(BoxItem::decode(&item.encode()), Some(item));
+        }
+        assert!(BoxItem::decode(&[1, 0x99]).is_none());
+        assert!(BoxItem::decode(&[2, BOX_LEFT]).is_none());
+    }
+
+    /// Three members: each reads the others once, not its own; a replay and
+    /// an outsider's session are refused; a message before its key is held.
+    #[test]
+    fn members_read_each_other_once_and_replays_are_refused() {
+        let (a, b, c) = (k(10), k(11), k(12));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        ga.members.insert(c, "c".into());
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let mut gc = Group::join(&ga.keys(OP_INVITE));
+        assert_eq!(ga.epoch_key(), gb.epoch_key());
+        // B's message reaches C before B's announcement: held, then opened.
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"hi")
+        else {
+            panic!()
+        };
+        assert_eq!(gc.open(c, [1; 16], b, &session_id, &megolm), Opened::Held);
+        let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
+            panic!()
+        };
+        // The announce was exported after the first message: index 1 onwards.
+        gc.add_session(b, &session_key).unwrap();
+        let held = gc.take_held(&session_id);
+        assert_eq!(held.len(), 1);
+        assert!(matches!(
+            gc.open(c, [1; 16], b, &session_id, &held[0].megolm),
+            Opened::Refused(_)
+        ));
+        // Announce first, as the SDK does.
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
+            panic!()
+        };
+        let mut gc = Group::join(&ga.keys(OP_INVITE));
+        gc.add_session(b, &session_key).unwrap();
+        ga.add_session(b, &session_key).unwrap();
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"hello")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            gc.open(c, [2; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"hello".to_vec())
+        );
+        assert_eq!(
+            ga.open(a, [2; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"hello".to_vec())
+        );
+        assert_eq!(gb.open(b, [2; 16], b, &session_id, &megolm), Opened::Own);
+        assert!(
+            matches!(gc.open(c, [3; 16], b, &session_id, &megolm), Opened::Refused(r) if r == "replayed")
+        );
+        // A session claimed by another member does not open B's messages.
+        assert!(matches!(
+            gc.open(c, [4; 16], a, &session_id, &megolm),
+            Opened::Refused(_)
+        ));
+        // Someone outside the member list cannot announce.
+        assert!(gc.add_session(k(99), &session_key).is_err());
+    }
+
+    /// After a new epoch without C, C's old group cannot open what B sends
+    /// in it, and the epoch keys differ; concurrent epochs settle on one.
+    #[test]
+    fn a_removed_member_reads_nothing_of_the_next_epoch() {
+        let (a, b, c) = (k(10), k(11), k(12));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        ga.members.insert(c, "c".into());
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let mut gc = Group::join(&ga.keys(OP_INVITE));
+        let mut stay = ga.members.clone();
+        stay.remove(&c);
+        ga.advance(1, k(20), stay.clone(), 100);
+        let rekey = ga.keys(OP_REKEY);
+        assert!(gb.is_newer(rekey.epoch, &rekey.secret));
+        gb.advance(
+            rekey.epoch,
+            *rekey.secret,
+            rekey.members.iter().cloned().collect(),
+            100,
+        );
+        assert_eq!(ga.epoch_key(), gb.epoch_key());
+        assert_ne!(gc.epoch_key(), gb.epoch_key());
+        let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
+            panic!()
+        };
+        ga.add_session(b, &session_key).unwrap();
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"after")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            ga.open(a, [5; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"after".to_vec())
+        );
+        // Even given the announcement (it travels under the new epoch's key,
+        // which C does not have), C is no longer in the member list A sent.
+        assert!(!gb.members.contains_key(&c));
+        assert_eq!(gc.open(c, [5; 16], b, &session_id, &megolm), Opened::Held);
+        // The same epoch made twice: both sides pick the larger key.
+        let x = epoch_key(&k(1), 2, &k(30));
+        let y = epoch_key(&k(1), 2, &k(31));
+        let (win, lose) = if x > y {
+            (k(30), k(31))
+        } else {
+            (k(31), k(30))
+        };
+        let mut g1 = Group::join(&ga.keys(OP_INVITE));
+        g1.advance(2, lose, stay.clone(), 100);
+        assert!(g1.is_newer(2, &win));
+        g1.advance(2, win, stay, 100);
+        assert!(!g1.is_newer(2, &lose));
+    }
+
+    #[test]
+    fn a_record_restores_the_ratchets() {
+        let (a, b) = (k(10), k(11));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
+            panic!()
+        };
+        ga.add_session(b, &session_key).unwrap();
+        let bytes = postcard::to_stdvec(&ga.record()).unwrap();
+        let mut ga2 = Group::from_record(postcard::from_bytes(&bytes).unwrap()).unwrap();
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"x")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            ga2.open(a, [1; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"x".to_vec())
+        );
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"y")
+        else {
+            panic!()
+        };
+        // Restoring our own sender ratchet continues it (no index reused).
+        let mut gb2 = Group::from_record(
+            postcard::from_bytes(&postcard::to_stdvec(&gb.record()).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let BoxItem::Message { megolm: m2, .. } = gb2.seal(b, b"z") else {
+            panic!()
+        };
+        assert_eq!(
+            ga2.open(a, [2; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"y".to_vec())
+        );
+        assert_eq!(
+            ga2.open(a, [3; 16], b, &session_id, &m2),
+            Opened::Plain(b, b"z".to_vec())
+        );
+    }
+}
