@@ -1084,7 +1084,7 @@ async fn run(
                         tracing::warn!(%reason, "a message from a contact could not be decrypted; a session reset was queued");
                     }
                     Event::Group { me, group, change } => {
-                        tracing::info!(%group, ?change, "group changed");
+                        tracing::debug!(%group, ?change, "group changed");
                         let _ = shared.group_tx.send(GroupUpdate { me, group, change });
                     }
                 }

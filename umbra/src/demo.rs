@@ -280,7 +280,7 @@ impl InjectorReport {
 }
 
 /// The `p` quantile of `sorted` (nearest rank); 0 if it is empty.
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -6,5 +6,6 @@ pub mod config;
 pub mod demo;
 pub mod eval;
 pub mod flood;
+pub mod group_demo;
 pub mod sim;
 pub mod testnet;
