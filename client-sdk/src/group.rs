@@ -1,6 +1,6 @@
 //! Groups: a shared secret per *epoch* from which the group's dropboxes
 //! derive, and Megolm (Matrix's sender ratchet, from `vodozemac`) for the
-//! content. protocol.md §13.8 specifies what travels.
+//! content. protocol.md §13.11 specifies what travels.
 //!
 //! Every member writes into the group's box of the current period and
 //! fetches it (by cursor, without deleting: the others read it too). Each
@@ -227,7 +227,7 @@ pub enum BoxItem {
 }
 
 impl BoxItem {
-    /// `0x01 || type || sender[32] || …` (protocol.md §13.8).
+    /// `0x01 || type || sender[32] || …` (protocol.md §13.11).
     pub fn encode(&self) -> Vec<u8> {
         let mut v = vec![GROUP_VERSION];
         match self {

@@ -799,7 +799,7 @@ impl Client {
     }
 
     /// Creates a group with the default identity as its only member
-    /// (protocol.md §13.8); add contacts with [`Client::invite_to_group`].
+    /// (protocol.md §13.11); add contacts with [`Client::invite_to_group`].
     pub async fn create_group(&self, name: &str) -> Result<GroupId, Error> {
         let me = self.inner.me;
         let g = self

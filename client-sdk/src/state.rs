@@ -129,7 +129,7 @@ pub enum Event {
         /// What Olm said (no secrets).
         reason: String,
     },
-    /// A group of one of my identities changed (protocol.md §13.8).
+    /// A group of one of my identities changed (protocol.md §13.11).
     Group {
         /// Which of my identities.
         me: ContactId,

@@ -1,5 +1,5 @@
 //! Groups between whole clients on the virtual clock (`umbra::sim`):
-//! protocol.md §13.8. Five members who joined through each other's
+//! protocol.md §13.11. Five members who joined through each other's
 //! invitations each receive every other member's messages exactly once; a
 //! removed member reads nothing sent after its removal, while a member who
 //! is not a contact of the one who removed it still gets the new epoch

@@ -1,5 +1,5 @@
 //! `umbra demo --group N`: a whole network in one process and N people in
-//! one group (protocol.md §13.8), each sending and receiving.
+//! one group (protocol.md §13.11), each sending and receiving.
 //!
 //! The first member creates the group and invites the others (each is its
 //! contact, through invite strings). Once every member knows all N, each
