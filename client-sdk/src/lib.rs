@@ -3,6 +3,8 @@
 
 mod boxes;
 mod config;
+pub mod content;
+pub use content::{Attachment, ContentKind};
 mod group;
 pub use group::{GroupId, MAX_MEMBERS};
 mod invite;
@@ -19,6 +21,7 @@ pub mod verify;
 pub mod fuzzing {
     use protocol::dropbox::Dropbox;
 
+    pub use crate::group::{BoxItem, GroupKeys};
     pub use crate::ratchet::{ENVELOPE_VERSION, Reset, TYPE_NORMAL, TYPE_PRE_KEY};
 
     /// Opens a message sealed for `dropbox` (what a fetch reply carries).
@@ -268,6 +271,12 @@ pub struct Received {
     pub redelivered: bool,
     /// The group it was sent to, or `None` for a message to me alone.
     pub group: Option<GroupId>,
+    /// What it is, if the sender said (typed content, protocol.md §13.12);
+    /// `None` for plain bytes ([`Client::send`]).
+    pub kind: Option<ContentKind>,
+    /// An attachment's metadata (name, type, size, dimensions, thumbnail);
+    /// for a [`ContentKind::Preview`], the id of the message with the data.
+    pub attachment: Option<Attachment>,
 }
 
 /// A change to a group of one of this client's identities.
@@ -796,6 +805,73 @@ impl Client {
     /// The latest status of a recent message sent by this client.
     pub fn status(&self, id: &MessageId) -> Option<Status> {
         self.inner.state().status(id)
+    }
+
+    /// Sends typed content (protocol.md §13.12) from the default identity:
+    /// text (`attachment` `None`) or an attachment with its metadata.
+    /// Compressed with zstd when that saves space. The contact receives the
+    /// data with [`Received::kind`] and [`Received::attachment`] set.
+    pub async fn send_content(
+        &self,
+        to: &ContactId,
+        kind: ContentKind,
+        attachment: Option<&Attachment>,
+        data: &[u8],
+    ) -> Result<MessageId, Error> {
+        if *self.inner.stop.borrow() {
+            return Err(Error::Closed);
+        }
+        let me = self.inner.me;
+        let id = self.inner.state().send_content(
+            self.inner.now(),
+            &me,
+            to,
+            kind,
+            attachment,
+            data,
+            &mut rand::rng(),
+        )?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Sends a picture, voice note or file from the default identity: a
+    /// preview first if `attachment.thumbnail` is not empty (metadata and
+    /// thumbnail, naming the data message), then the data. Returns
+    /// (preview id, data id); follow the data with [`Client::progress`].
+    pub async fn send_attachment(
+        &self,
+        to: &ContactId,
+        kind: ContentKind,
+        attachment: &Attachment,
+        data: &[u8],
+    ) -> Result<(Option<MessageId>, MessageId), Error> {
+        if *self.inner.stop.borrow() {
+            return Err(Error::Closed);
+        }
+        let me = self.inner.me;
+        let ids = self.inner.state().send_attachment(
+            self.inner.now(),
+            &me,
+            to,
+            kind,
+            attachment,
+            data,
+            &mut rand::rng(),
+        )?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(ids)
+    }
+
+    /// How much of a message from `from` has arrived (fragments), while it
+    /// does: a preview's [`Attachment::preview_of`] names the message to
+    /// follow. `None` before its first fragment and once it is complete.
+    pub fn receive_progress(&self, from: &ContactId, id: &MessageId) -> Option<Progress> {
+        self.inner
+            .state()
+            .receive_progress(&self.inner.me, from, id)
     }
 
     /// Creates a group with the default identity as its only member

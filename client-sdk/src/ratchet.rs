@@ -22,6 +22,9 @@ use zeroize::Zeroizing;
 
 /// Version byte of an envelope (and of a control message).
 pub const ENVELOPE_VERSION: u8 = 1;
+/// Version byte of an envelope whose plaintext is typed content
+/// (`content.rs`, protocol.md §13.12); otherwise the same as version 1.
+pub const ENVELOPE_TYPED: u8 = 2;
 /// Envelope type: an Olm pre-key message (it starts a session).
 pub const TYPE_PRE_KEY: u8 = 0;
 /// Envelope type: an Olm normal message.
@@ -168,6 +171,12 @@ impl Sessions {
 
     /// Encrypts `plaintext` with the first session: the envelope.
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.seal_as(ENVELOPE_VERSION, plaintext)
+    }
+
+    /// [`Self::seal`] with the envelope version given ([`ENVELOPE_TYPED`]
+    /// for typed content).
+    pub fn seal_as(&mut self, version: u8, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         let s = self
             .list
             .first_mut()
@@ -180,7 +189,7 @@ impl Sessions {
             OlmMessage::Normal(n) => (TYPE_NORMAL, n.to_bytes()),
         };
         let mut out = Vec::with_capacity(2 + bytes.len());
-        out.push(ENVELOPE_VERSION);
+        out.push(version);
         out.push(ty);
         out.extend_from_slice(&bytes);
         Ok(out)
@@ -191,7 +200,7 @@ impl Sessions {
     /// one-time keys); a normal message with the first session that opens
     /// it. The session that opened it moves to the front.
     pub fn open(&mut self, olm: &mut Olm, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
-        let [ENVELOPE_VERSION, ty, rest @ ..] = envelope else {
+        let [ENVELOPE_VERSION | ENVELOPE_TYPED, ty, rest @ ..] = envelope else {
             return Err(OpenError::Malformed);
         };
         let message = match *ty {

@@ -283,6 +283,53 @@ fn main() {
         with(&[1, 1], &[0x34; 80]),
     );
 
+    out.put(
+        "typed_content",
+        "text_zstd",
+        client_sdk::content::encode(
+            client_sdk::ContentKind::Text,
+            None,
+            "hello ".repeat(40).as_bytes(),
+        ),
+    );
+    let photo = client_sdk::Attachment {
+        name: "a.jpg".into(),
+        mime: "image/jpeg".into(),
+        width: 4,
+        height: 3,
+        thumbnail: vec![1; 20],
+        preview_of: Some([5; 16]),
+        ..Default::default()
+    };
+    out.put(
+        "typed_content",
+        "preview",
+        client_sdk::content::encode(client_sdk::ContentKind::Preview, Some(&photo), &[]),
+    );
+    out.put(
+        "typed_content",
+        "group_keys",
+        client_sdk::fuzzing::GroupKeys {
+            op: 1,
+            id: [1; 32],
+            epoch: 2,
+            secret: [3; 32].into(),
+            name: "g".into(),
+            members: vec![([4; 32], "m".into())],
+        }
+        .encode(),
+    );
+    out.put(
+        "typed_content",
+        "group_announce",
+        client_sdk::fuzzing::BoxItem::Added {
+            sender: [6; 32],
+            member: [7; 32],
+            name: "n".into(),
+        }
+        .encode(),
+    );
+
     let invite = Invite {
         public: [7; 32],
         olm_identity: [8; 32],
@@ -364,7 +411,7 @@ fn main() {
     out.put(
         "config_toml",
         "mixnode",
-        mixnode::MixnodeConfig::example(&authorities, 1),
+        mixnode::example_config(&authorities, 1),
     );
     out.put(
         "config_toml",

@@ -376,6 +376,10 @@ pub struct ReceivedRecord {
     pub body: Vec<u8>,
     /// The group it was sent to, if any.
     pub group: Option<client_sdk::GroupId>,
+    /// Its kind, if typed.
+    pub kind: Option<client_sdk::ContentKind>,
+    /// Its attachment's metadata, if any.
+    pub attachment: Option<client_sdk::Attachment>,
 }
 
 /// What a client's application saw, across restarts (the application's
@@ -1331,6 +1335,8 @@ impl Sim {
                 id: m.id,
                 body: m.body,
                 group: m.group,
+                kind: m.kind,
+                attachment: m.attachment,
             });
         }
         // Saved in the log: done with them.
