@@ -36,6 +36,9 @@ pub const OP_INVITE: u8 = 1;
 pub const OP_REKEY: u8 = 2;
 /// Group-box message body type: a Megolm-encrypted message.
 pub const BOX_MESSAGE: u8 = 0x10;
+/// Group-box message body type: a Megolm-encrypted message whose
+/// plaintext is typed content (protocol.md §13.12).
+pub const BOX_TYPED: u8 = 0x14;
 /// Group-box control type: a member's Megolm session key.
 pub const BOX_ANNOUNCE: u8 = 0x11;
 /// Group-box control type: a member added someone.
@@ -205,11 +208,13 @@ impl GroupKeys {
 /// What travels in a group's box (under the epoch's box key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BoxItem {
-    /// A member's message: its Megolm session id and the Megolm message.
+    /// A member's message: its Megolm session id and the Megolm message;
+    /// `typed` if the plaintext is typed content.
     Message {
         sender: [u8; 32],
         session_id: String,
         megolm: Vec<u8>,
+        typed: bool,
     },
     /// A member's Megolm session key (from the index it was exported at).
     Announce {
@@ -235,8 +240,9 @@ impl BoxItem {
                 sender,
                 session_id,
                 megolm,
+                typed,
             } => {
-                v.push(BOX_MESSAGE);
+                v.push(if *typed { BOX_TYPED } else { BOX_MESSAGE });
                 v.extend_from_slice(sender);
                 put_str(&mut v, session_id);
                 v.extend_from_slice(megolm);
@@ -276,13 +282,14 @@ impl BoxItem {
         let t = r.u8()?;
         let sender = r.key()?;
         Some(match t {
-            BOX_MESSAGE => {
+            BOX_MESSAGE | BOX_TYPED => {
                 let n = r.u8()? as usize;
                 let session_id = std::str::from_utf8(r.take(n)?).ok()?.to_string();
                 BoxItem::Message {
                     sender,
                     session_id,
                     megolm: r.rest().to_vec(),
+                    typed: t == BOX_TYPED,
                 }
             }
             BOX_ANNOUNCE => BoxItem::Announce {
@@ -311,6 +318,7 @@ impl BoxItem {
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct Held {
     pub(crate) msg_id: [u8; 16],
+    pub(crate) typed: bool,
     pub(crate) sender: [u8; 32],
     pub(crate) session_id: String,
     pub(crate) megolm: Vec<u8>,
@@ -319,8 +327,8 @@ pub(crate) struct Held {
 /// Why a group message was not handed over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Opened {
-    /// Decrypted: the sender and the plaintext.
-    Plain([u8; 32], Vec<u8>),
+    /// Decrypted: the sender, the plaintext, and whether it is typed content.
+    Plain([u8; 32], Vec<u8>, bool),
     /// Our own message, back from the box.
     Own,
     /// Its session's key has not come yet: held.
@@ -481,12 +489,18 @@ impl Group {
 
     /// Encrypts `body` with our sender ratchet, as a box message.
     pub(crate) fn seal(&mut self, me: [u8; 32], body: &[u8]) -> BoxItem {
+        self.seal_as(me, body, false)
+    }
+
+    /// [`Self::seal`], saying whether `body` is typed content.
+    pub(crate) fn seal_as(&mut self, me: [u8; 32], body: &[u8], typed: bool) -> BoxItem {
         let session_id = self.outbound.session_id();
         let megolm = self.outbound.encrypt(body).to_bytes();
         BoxItem::Message {
             sender: me,
             session_id,
             megolm,
+            typed,
         }
     }
 
@@ -527,6 +541,7 @@ impl Group {
     }
 
     /// Opens a box message from `sender` under `session_id`.
+    #[cfg(test)]
     pub(crate) fn open(
         &mut self,
         me: [u8; 32],
@@ -534,6 +549,19 @@ impl Group {
         sender: [u8; 32],
         session_id: &str,
         megolm: &[u8],
+    ) -> Opened {
+        self.open_as(me, msg_id, sender, session_id, megolm, false)
+    }
+
+    /// [`Self::open`] of a message that says whether it is typed.
+    pub(crate) fn open_as(
+        &mut self,
+        me: [u8; 32],
+        msg_id: [u8; 16],
+        sender: [u8; 32],
+        session_id: &str,
+        megolm: &[u8],
+        typed: bool,
     ) -> Opened {
         if sender == me {
             return Opened::Own;
@@ -553,6 +581,7 @@ impl Group {
             }
             self.held.push_back(Held {
                 msg_id,
+                typed,
                 sender,
                 session_id: session_id.to_string(),
                 megolm: megolm.to_vec(),
@@ -577,7 +606,7 @@ impl Group {
                 {
                     self.seen.remove(&old);
                 }
-                Opened::Plain(sender, d.plaintext)
+                Opened::Plain(sender, d.plaintext, typed)
             }
             Err(e) => Opened::Refused(e.to_string()),
         }
@@ -607,7 +636,7 @@ impl Group {
             .map(|h| {
                 (
                     h.msg_id,
-                    self.open(me, h.msg_id, h.sender, &h.session_id, &h.megolm),
+                    self.open_as(me, h.msg_id, h.sender, &h.session_id, &h.megolm, h.typed),
                 )
             })
             .collect()
@@ -696,6 +725,7 @@ mod tests {
                 sender: k(5),
                 session_id: "abc".into(),
                 megolm: vec![1, 2, 3],
+                typed: true,
             },
             BoxItem::Announce {
                 sender: k(5),
@@ -760,11 +790,11 @@ mod tests {
         };
         assert_eq!(
             gc.open(c, [2; 16], b, &session_id, &megolm),
-            Opened::Plain(b, b"hello".to_vec())
+            Opened::Plain(b, b"hello".to_vec(), false)
         );
         assert_eq!(
             ga.open(a, [2; 16], b, &session_id, &megolm),
-            Opened::Plain(b, b"hello".to_vec())
+            Opened::Plain(b, b"hello".to_vec(), false)
         );
         assert_eq!(gb.open(b, [2; 16], b, &session_id, &megolm), Opened::Own);
         assert!(
@@ -814,7 +844,7 @@ mod tests {
         };
         assert_eq!(
             ga.open(a, [5; 16], b, &session_id, &megolm),
-            Opened::Plain(b, b"after".to_vec())
+            Opened::Plain(b, b"after".to_vec(), false)
         );
         // Even given the announcement (it travels under the new epoch's key,
         // which C does not have), C is no longer in the member list A sent.
@@ -855,7 +885,7 @@ mod tests {
         };
         assert_eq!(
             ga2.open(a, [1; 16], b, &session_id, &megolm),
-            Opened::Plain(b, b"x".to_vec())
+            Opened::Plain(b, b"x".to_vec(), false)
         );
         let BoxItem::Message {
             session_id, megolm, ..
@@ -873,11 +903,11 @@ mod tests {
         };
         assert_eq!(
             ga2.open(a, [2; 16], b, &session_id, &megolm),
-            Opened::Plain(b, b"y".to_vec())
+            Opened::Plain(b, b"y".to_vec(), false)
         );
         assert_eq!(
             ga2.open(a, [3; 16], b, &session_id, &m2),
-            Opened::Plain(b, b"z".to_vec())
+            Opened::Plain(b, b"z".to_vec(), false)
         );
     }
 }

@@ -947,6 +947,32 @@ impl Client {
         Ok(id)
     }
 
+    /// Sends typed content (a picture, a voice note, a file, or text) to a
+    /// group: one Megolm-encrypted copy; the thumbnail travels with it.
+    pub async fn send_group_content(
+        &self,
+        group: &GroupId,
+        kind: ContentKind,
+        attachment: Option<&Attachment>,
+        data: &[u8],
+    ) -> Result<MessageId, Error> {
+        if *self.inner.stop.borrow() {
+            return Err(Error::Closed);
+        }
+        let me = self.inner.me;
+        let id = self.inner.state().send_group_content(
+            self.inner.now(),
+            &me,
+            group,
+            kind,
+            attachment,
+            data,
+        )?;
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
     /// The groups of the default identity.
     pub fn groups(&self) -> Vec<GroupId> {
         self.inner.state().groups(&self.inner.me)

@@ -2218,6 +2218,34 @@ impl ClientState {
         Ok(id)
     }
 
+    /// [`Self::send_group`] of typed content (protocol.md §13.12): text or
+    /// an attachment with its metadata (a thumbnail travels with it: groups
+    /// send no separate preview).
+    pub fn send_group_content(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        group: &GroupId,
+        kind: ContentKind,
+        attachment: Option<&Attachment>,
+        data: &[u8],
+    ) -> Result<MessageId, Error> {
+        if data.len() > MAX_BODY_LEN {
+            return Err(Error::MessageTooLarge {
+                len: data.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        self.unix_ms = now.unix_ms;
+        let t = self.secs(now);
+        self.announce_if_due(t, me.0, group.0)?;
+        let body = content::encode(kind, attachment, data);
+        let item = self.group_mut(me, group)?.seal_as(me.0, &body, true);
+        let id = self.post(t, me.0, group.0, Kind::Message, &item)?;
+        self.publish_statuses();
+        Ok(id)
+    }
+
     /// The groups identity `me` is a member of.
     pub fn groups(&self, me: &ContactId) -> Vec<GroupId> {
         self.identities
@@ -2338,8 +2366,12 @@ impl ClientState {
                     sender,
                     session_id,
                     megolm,
+                    typed,
                 },
-            ) => opened.push((m.msg_id, g.open(me, m.msg_id, sender, &session_id, &megolm))),
+            ) => opened.push((
+                m.msg_id,
+                g.open_as(me, m.msg_id, sender, &session_id, &megolm, typed),
+            )),
             (
                 Kind::Control,
                 BoxItem::Announce {
@@ -2392,16 +2424,29 @@ impl ClientState {
     fn deliver_group(&mut self, me: [u8; 32], gid: [u8; 32], opened: Vec<([u8; 16], Opened)>) {
         for (id, o) in opened {
             match o {
-                Opened::Plain(sender, body) => self.received.push_back(Received {
-                    to: ContactId(me),
-                    from: ContactId(sender),
-                    id,
-                    body,
-                    redelivered: false,
-                    group: Some(GroupId(gid)),
-                    kind: None,
-                    attachment: None,
-                }),
+                Opened::Plain(sender, body, typed) => {
+                    let (body, kind, attachment) = if typed {
+                        match content::decode(&body, MAX_BODY_LEN) {
+                            Ok(c) => (c.data, Some(c.kind), c.attachment),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "a group message's content did not decode; handed over as bytes");
+                                (body, None, None)
+                            }
+                        }
+                    } else {
+                        (body, None, None)
+                    };
+                    self.received.push_back(Received {
+                        to: ContactId(me),
+                        from: ContactId(sender),
+                        id,
+                        body,
+                        redelivered: false,
+                        group: Some(GroupId(gid)),
+                        kind,
+                        attachment,
+                    })
+                }
                 Opened::Refused(reason) => {
                     tracing::debug!(%reason, "a group message was refused")
                 }

@@ -286,6 +286,39 @@ fn a_group_survives_restarts_through_the_store() {
         group_bodies(&sim, b, g).values().all(|n| *n == 1),
         "nothing twice"
     );
+    // A picture to the group: typed, with its metadata and thumbnail.
+    let meta = client_sdk::Attachment {
+        name: "map.png".into(),
+        mime: "image/png".into(),
+        width: 640,
+        height: 480,
+        thumbnail: vec![9; 300],
+        ..client_sdk::Attachment::default()
+    };
+    let me = sim.persona(a).id;
+    let picture = vec![0x5A; 5_000];
+    let id = sim.act(a, |st, now, _| {
+        st.send_group_content(
+            now,
+            &me,
+            &g,
+            client_sdk::ContentKind::Image,
+            Some(&meta),
+            &picture,
+        )
+        .unwrap()
+    });
+    assert!(sim.run_until_cond(secs(120), |s| s.log(b).received.iter().any(|r| r.id == id)));
+    let r = sim.log(b).received.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(
+        (r.group, r.kind, r.body.len()),
+        (Some(g), Some(client_sdk::ContentKind::Image), 5_000)
+    );
+    let m = r.attachment.as_ref().unwrap();
+    assert_eq!(
+        (m.name.as_str(), m.width, m.thumbnail.len()),
+        ("map.png", 640, 300)
+    );
 }
 
 /// `umbra demo --group 5` over real QUIC nodes on loopback: every member's
