@@ -471,6 +471,15 @@ impl Group {
         old
     }
 
+    /// Reads an epoch that lost to ours (made at the same time by another
+    /// member) as an old one until `until_period`.
+    pub(crate) fn retire(&mut self, ek: [u8; 32], secret: [u8; 32], until_period: u64) {
+        self.retired.push((ek, secret, until_period));
+        if self.retired.len() > MAX_RETIRED {
+            self.retired.remove(0);
+        }
+    }
+
     /// Whether new keys (`epoch`, `secret`) win over ours: a later epoch,
     /// or the same epoch made at the same time by another member with the
     /// larger epoch key (every member settles on the same one).

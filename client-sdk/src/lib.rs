@@ -1186,7 +1186,7 @@ async fn run(
                         tracing::warn!(%reason, "a message from a contact could not be decrypted; a session reset was queued");
                     }
                     Event::Group { me, group, change } => {
-                        tracing::debug!(%group, ?change, "group changed");
+                        tracing::debug!(%group, "group changed");
                         let _ = shared.group_tx.send(GroupUpdate { me, group, change });
                     }
                 }

@@ -2330,7 +2330,39 @@ impl ClientState {
                     by: ContactId(them),
                 }
             }
-            Some(_) => return,
+            Some(g) => {
+                // Older or losing keys from a member who stays: it has not
+                // heard of ours. A losing epoch made at the same time as
+                // ours was written to meanwhile: read its boxes as an old
+                // epoch's. And send it ours, so that it moves on.
+                if !g.members.contains_key(&them) {
+                    return;
+                }
+                let mut losing = None;
+                if keys.epoch == g.epoch && !g.retired.iter().any(|r| r.1 == *keys.secret) {
+                    let ek = group::epoch_key(&keys.id, keys.epoch, &keys.secret);
+                    if ek != g.epoch_key() {
+                        g.retire(ek, *keys.secret, until);
+                        losing = Some(ek);
+                    }
+                }
+                let reply = ((keys.epoch, *keys.secret) != (g.epoch, g.secret()))
+                    .then(|| g.keys(group::OP_REKEY));
+                if let Some(ek) = losing {
+                    Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, false);
+                    // The members who know only the winner read it too:
+                    // messages were written there before its makers heard.
+                    let mut fwd = keys.clone();
+                    fwd.op = group::OP_REKEY;
+                    self.forward_keys(t, me, Some(them), &fwd);
+                }
+                if let Some(ours) = reply
+                    && let Err(e) = self.send_keys(t, me, them, &ours)
+                {
+                    tracing::warn!(error = %e, "a group's keys could not be queued for a member");
+                }
+                return;
+            }
         };
         if let Err(e) = self.announce_if_due(t, me, keys.id) {
             tracing::warn!(error = %e, "group session key not queued");

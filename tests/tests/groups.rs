@@ -337,3 +337,67 @@ async fn the_group_demo_delivers_every_message_to_every_member_once() {
     assert!(r.ok(), "{r:?}");
     assert_eq!(r.delivered, 40);
 }
+
+/// Two members remove a third at the same moment: two different new
+/// epochs meet; every member who stays settles on the same one (the larger
+/// epoch key), and messages flow in it.
+#[test]
+fn two_members_removing_at_once_settle_on_one_epoch() {
+    let (mut sim, c, g) = five(35);
+    let (a, b, gone) = (
+        sim.persona(c[0]).id,
+        sim.persona(c[1]).id,
+        sim.persona(c[4]).id,
+    );
+    sim.act(c[0], |st, now, rng| {
+        st.remove_from_group(now, &a, &g, &gone, rng)
+    })
+    .unwrap();
+    sim.act(c[1], |st, now, rng| {
+        st.remove_from_group(now, &b, &g, &gone, rng)
+    })
+    .unwrap();
+    let stayers = [c[0], c[1], c[2], c[3]];
+    // Each member's current epoch key, as its contacts entry: compare the
+    // epochs' member lists and that sends reach everyone.
+    let settled = sim.run_until_cond(secs(180), |s| {
+        stayers.iter().all(|x| {
+            s.state(*x)
+                .group_members(&s.persona(*x).id, &g)
+                .is_some_and(|(e, m)| e == 1 && m.len() == 4)
+        })
+    });
+    assert!(settled);
+    for (i, x) in stayers.iter().enumerate() {
+        send(&mut sim, *x, g, &format!("settled-{i}"));
+    }
+    let all = sim.run_until_cond(secs(300), |s| {
+        stayers.iter().all(|x| {
+            group_bodies(s, *x, g)
+                .keys()
+                .filter(|b| b.starts_with("settled-"))
+                .count()
+                == 3
+        })
+    });
+    let seen: Vec<Vec<String>> = stayers
+        .iter()
+        .map(|x| {
+            group_bodies(&sim, *x, g)
+                .into_keys()
+                .filter(|b| b.starts_with("settled-"))
+                .collect()
+        })
+        .collect();
+    let changes: Vec<_> = stayers.iter().map(|x| sim.log(*x).groups.clone()).collect();
+    assert!(
+        all,
+        "every member who stays reads the other three in the epoch they settled on: {seen:?} {changes:?}"
+    );
+    assert!(
+        group_bodies(&sim, c[4], g)
+            .keys()
+            .all(|b| !b.starts_with("settled-")),
+        "the removed member reads none of it"
+    );
+}
