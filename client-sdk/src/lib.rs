@@ -789,22 +789,34 @@ impl Client {
         to: &ContactId,
         body: &[u8],
     ) -> Result<MessageId, Error> {
-        if *self.inner.stop.borrow() {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         let id = self
             .inner
             .state()
             .send(self.inner.now(), me, to, body, &mut rand::rng())?;
         // Queued means on disk: the message survives a restart from here.
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(id)
     }
 
     /// The latest status of a recent message sent by this client.
     pub fn status(&self, id: &MessageId) -> Option<Status> {
         self.inner.state().status(id)
+    }
+
+    /// After a call that changed the state: written to the store (what was
+    /// queued survives a crash from here), and the driver woken.
+    async fn changed(&self) -> Result<(), Error> {
+        persist(&self.inner).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if *self.inner.stop.borrow() {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     /// Sends typed content (protocol.md §13.12) from the default identity:
@@ -818,9 +830,7 @@ impl Client {
         attachment: Option<&Attachment>,
         data: &[u8],
     ) -> Result<MessageId, Error> {
-        if *self.inner.stop.borrow() {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         let me = self.inner.me;
         let id = self.inner.state().send_content(
             self.inner.now(),
@@ -831,8 +841,7 @@ impl Client {
             data,
             &mut rand::rng(),
         )?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(id)
     }
 
@@ -847,9 +856,7 @@ impl Client {
         attachment: &Attachment,
         data: &[u8],
     ) -> Result<(Option<MessageId>, MessageId), Error> {
-        if *self.inner.stop.borrow() {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         let me = self.inner.me;
         let ids = self.inner.state().send_attachment(
             self.inner.now(),
@@ -860,8 +867,7 @@ impl Client {
             data,
             &mut rand::rng(),
         )?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(ids)
     }
 
@@ -882,8 +888,7 @@ impl Client {
             .inner
             .state()
             .create_group(self.inner.now(), &me, name, &mut rand::rng())?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(g)
     }
 
@@ -894,8 +899,7 @@ impl Client {
         self.inner
             .state()
             .invite_to_group(self.inner.now(), &me, group, member)?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(())
     }
 
@@ -914,8 +918,7 @@ impl Client {
             member,
             &mut rand::rng(),
         )?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(())
     }
 
@@ -925,8 +928,7 @@ impl Client {
         self.inner
             .state()
             .leave_group(self.inner.now(), &me, group)?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(())
     }
 
@@ -934,16 +936,13 @@ impl Client {
     /// into the group's box. Its status ends at `Stored` (no receipts in
     /// groups). Members receive it with [`Received::group`] set.
     pub async fn send_group(&self, group: &GroupId, body: &[u8]) -> Result<MessageId, Error> {
-        if *self.inner.stop.borrow() {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         let me = self.inner.me;
         let id = self
             .inner
             .state()
             .send_group(self.inner.now(), &me, group, body)?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(id)
     }
 
@@ -956,9 +955,7 @@ impl Client {
         attachment: Option<&Attachment>,
         data: &[u8],
     ) -> Result<MessageId, Error> {
-        if *self.inner.stop.borrow() {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         let me = self.inner.me;
         let id = self.inner.state().send_group_content(
             self.inner.now(),
@@ -968,8 +965,7 @@ impl Client {
             attachment,
             data,
         )?;
-        persist(&self.inner).await?;
-        self.inner.wake.notify_one();
+        self.changed().await?;
         Ok(id)
     }
 

@@ -453,6 +453,32 @@ fn fetch_timeout(topo: &TopologyDocument) -> f64 {
     (delay_mean(topo) * 12 + Duration::from_secs(2)).as_secs_f64()
 }
 
+/// A plaintext's data, kind and metadata if it is typed content. Content
+/// that does not decode is handed over as it came (nothing is lost), untyped.
+fn untype(body: Vec<u8>, typed: bool) -> (Vec<u8>, Option<ContentKind>, Option<Attachment>) {
+    if !typed {
+        return (body, None, None);
+    }
+    match content::decode(&body, MAX_BODY_LEN) {
+        Ok(c) => (c.data, Some(c.kind), c.attachment),
+        Err(e) => {
+            tracing::warn!(error = %e, "a message's content did not decode; handed over as bytes");
+            (body, None, None)
+        }
+    }
+}
+
+/// Refuses a body above [`MAX_BODY_LEN`].
+fn check_len(len: usize) -> Result<(), Error> {
+    if len > MAX_BODY_LEN {
+        return Err(Error::MessageTooLarge {
+            len,
+            max: MAX_BODY_LEN,
+        });
+    }
+    Ok(())
+}
+
 /// The public key of an x25519 secret.
 fn public_of(secret: &StaticSecret) -> [u8; 32] {
     PublicKey::from(secret).to_bytes()
@@ -831,12 +857,7 @@ impl ClientState {
         body: &[u8],
         rng: &mut R,
     ) -> Result<MessageId, Error> {
-        if body.len() > MAX_BODY_LEN {
-            return Err(Error::MessageTooLarge {
-                len: body.len(),
-                max: MAX_BODY_LEN,
-            });
-        }
+        check_len(body.len())?;
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
         self.send_enveloped(now, me, to, id, ratchet::ENVELOPE_VERSION, body)
@@ -856,12 +877,7 @@ impl ClientState {
         data: &[u8],
         rng: &mut R,
     ) -> Result<MessageId, Error> {
-        if data.len() > MAX_BODY_LEN {
-            return Err(Error::MessageTooLarge {
-                len: data.len(),
-                max: MAX_BODY_LEN,
-            });
-        }
+        check_len(data.len())?;
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
         let body = content::encode(kind, attachment, data);
@@ -884,12 +900,7 @@ impl ClientState {
         data: &[u8],
         rng: &mut R,
     ) -> Result<(Option<MessageId>, MessageId), Error> {
-        if data.len() > MAX_BODY_LEN {
-            return Err(Error::MessageTooLarge {
-                len: data.len(),
-                max: MAX_BODY_LEN,
-            });
-        }
+        check_len(data.len())?;
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
         let mut a = attachment.clone();
@@ -1890,17 +1901,8 @@ impl ClientState {
         }
         // Typed content: its data, kind and metadata. Content that does not
         // decode is handed over as it came (nothing is lost), untyped.
-        let (body, kind, attachment) = if m.body.first() == Some(&ratchet::ENVELOPE_TYPED) {
-            match content::decode(&body, MAX_BODY_LEN) {
-                Ok(c) => (c.data, Some(c.kind), c.attachment),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a contact's message content did not decode; handed over as bytes");
-                    (body, None, None)
-                }
-            }
-        } else {
-            (body, None, None)
-        };
+        let (body, kind, attachment) =
+            untype(body, m.body.first() == Some(&ratchet::ENVELOPE_TYPED));
         self.receipts_due.entry(m.from).or_default().push(m.msg_id);
         self.received.push_back(Received {
             to: ContactId(me),
@@ -2203,12 +2205,7 @@ impl ClientState {
         group: &GroupId,
         body: &[u8],
     ) -> Result<MessageId, Error> {
-        if body.len() > MAX_BODY_LEN {
-            return Err(Error::MessageTooLarge {
-                len: body.len(),
-                max: MAX_BODY_LEN,
-            });
-        }
+        check_len(body.len())?;
         self.unix_ms = now.unix_ms;
         let t = self.secs(now);
         self.announce_if_due(t, me.0, group.0)?;
@@ -2230,12 +2227,7 @@ impl ClientState {
         attachment: Option<&Attachment>,
         data: &[u8],
     ) -> Result<MessageId, Error> {
-        if data.len() > MAX_BODY_LEN {
-            return Err(Error::MessageTooLarge {
-                len: data.len(),
-                max: MAX_BODY_LEN,
-            });
-        }
+        check_len(data.len())?;
         self.unix_ms = now.unix_ms;
         let t = self.secs(now);
         self.announce_if_due(t, me.0, group.0)?;
@@ -2457,17 +2449,7 @@ impl ClientState {
         for (id, o) in opened {
             match o {
                 Opened::Plain(sender, body, typed) => {
-                    let (body, kind, attachment) = if typed {
-                        match content::decode(&body, MAX_BODY_LEN) {
-                            Ok(c) => (c.data, Some(c.kind), c.attachment),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "a group message's content did not decode; handed over as bytes");
-                                (body, None, None)
-                            }
-                        }
-                    } else {
-                        (body, None, None)
-                    };
+                    let (body, kind, attachment) = untype(body, typed);
                     self.received.push_back(Received {
                         to: ContactId(me),
                         from: ContactId(sender),

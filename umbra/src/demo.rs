@@ -97,6 +97,23 @@ impl Default for DemoOptions {
     }
 }
 
+impl DemoOptions {
+    /// The demo network's parameters. A demo wants answers in well under a
+    /// second: short delays, and a payload rate high enough that fetching
+    /// every 250 ms fits in the stream; the downlink keeps its default
+    /// ratio to the payload rate.
+    pub fn params(&self) -> NetworkParams {
+        let defaults = NetworkParams::default();
+        NetworkParams {
+            mix_delay_mean_ms: self.delay_mean_ms,
+            lambda_payload: self.lambda_payload,
+            lambda_downlink: defaults.lambda_downlink * self.lambda_payload
+                / defaults.lambda_payload,
+            ..defaults
+        }
+    }
+}
+
 /// What the demo measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -291,16 +308,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Runs the demo; `progress` gets one line per event worth showing.
 pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoReport, BoxError> {
     let faults_before = net::faults::fault_counts();
-    // A demo wants answers in well under a second: short delays, and a
-    // payload rate high enough that fetching every 250 ms fits in the stream.
-    let defaults = NetworkParams::default();
-    let params = NetworkParams {
-        mix_delay_mean_ms: opts.delay_mean_ms,
-        lambda_payload: opts.lambda_payload,
-        // The downlink keeps its default ratio to the payload rate.
-        lambda_downlink: defaults.lambda_downlink * opts.lambda_payload / defaults.lambda_payload,
-        ..defaults
-    };
+    let params = opts.params();
     progress(&format!(
         "starting {} directory authorities (topologies need {} signatures), {} mix nodes ({} per layer) and {} gateways on loopback…",
         opts.authorities,

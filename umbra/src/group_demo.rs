@@ -11,7 +11,6 @@
 use crate::demo::{DemoOptions, percentile};
 use crate::testnet::{BoxError, MixNetwork, NetworkOptions};
 use client_sdk::{Client, ContactId, Identity, Inbox, MessageId};
-use protocol::topology::NetworkParams;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -64,13 +63,7 @@ pub async fn run(
     if !(2..=client_sdk::MAX_MEMBERS).contains(&n) {
         return Err(format!("--group must be 2 to {}", client_sdk::MAX_MEMBERS).into());
     }
-    let defaults = NetworkParams::default();
-    let params = NetworkParams {
-        mix_delay_mean_ms: opts.delay_mean_ms,
-        lambda_payload: opts.lambda_payload,
-        lambda_downlink: defaults.lambda_downlink * opts.lambda_payload / defaults.lambda_payload,
-        ..defaults
-    };
+    let params = opts.params();
     progress(&format!(
         "starting a directory, {} mix nodes and {} gateways on loopback…",
         opts.per_layer * 3,
