@@ -62,7 +62,8 @@ pub use invite::Invite;
 pub use net::dirclient::AuthorityRef;
 pub use protocol::reliable::{MessageId, Progress, Status};
 pub use state::{
-    CHUNK_LEN, ClientState, CoverStats, Event, LOOPS_LOST_IN_A_ROW, MAX_BODY_LEN, Now,
+    BATCH_CHUNK_LEN, CHUNK_LEN, ClientState, CoverStats, Event, LOOPS_LOST_IN_A_ROW, MAX_BODY_LEN,
+    Now,
 };
 
 use net::dirclient::Authorities;

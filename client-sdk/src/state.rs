@@ -26,13 +26,15 @@ use protocol::cover::{
 use protocol::dropbox::{self, Dropbox, PairSecret};
 use protocol::frame::{self, FrameKind};
 use protocol::messages::{
-    ACK_BODY, FETCH_SURBS, FetchReply, FetchRequest, Listing, MAX_ACKED_STORED_LEN, MAX_LISTING,
-    RefusalReason, Refused, Request, StoreRefused,
+    ACK_BODY, BATCH_MAX, BatchAck, FETCH_SURBS, FetchReply, FetchRequest, Listing,
+    MAX_ACKED_STORED_LEN, MAX_BATCH_WAIT_MS, MAX_LISTING, RefusalReason, Refused, Request,
+    StoreRefused,
 };
 use protocol::packet::{self, Hop, ReplyKey};
 use protocol::reliable::{
-    self, Complete, Fragment, Kind, MessageId, OutRecord, Outbox, OutboxConfig, Outgoing,
-    PartialRecord, Progress, Reassembler, Sequencer, SequencerRecord, Status, Transmission,
+    self, BatchAsk, BatchSlot, Complete, Fragment, Kind, MessageId, OutRecord, Outbox,
+    OutboxConfig, Outgoing, PartialRecord, Progress, Reassembler, Sequencer, SequencerRecord,
+    Status, Transmission,
 };
 use protocol::topology::{self, TopologyDocument, TopologyNode};
 use rand::{CryptoRng, Rng, RngExt, SeedableRng};
@@ -59,6 +61,35 @@ const _: () =
 /// the encryption and the fragment header.
 pub const CHUNK_LEN: usize =
     MAX_ACKED_STORED_LEN - boxes::NONCE_LEN - boxes::TAG_LEN - protocol::reliable::FRAGMENT_HEADER;
+/// Bytes of a message each fragment carries when it is sent in batches
+/// (protocol.md §13.3): a batched store carries no SURB.
+pub const BATCH_CHUNK_LEN: usize = protocol::messages::MAX_BATCHED_STORED_LEN
+    - boxes::NONCE_LEN
+    - boxes::TAG_LEN
+    - protocol::reliable::FRAGMENT_HEADER;
+/// How much longer than the sampled delays say a gateway is asked to wait
+/// for a batch's last fragments (link latency, a retransmitted datagram).
+const BATCH_WAIT_SLACK: f64 = 1.0;
+
+/// Whether a body of `len` bytes takes fewer packets in batches (fragments
+/// of [`BATCH_CHUNK_LEN`] and one ask per [`BATCH_MAX`]) than in
+/// fragments of [`CHUNK_LEN`] that each carry a SURB-ack.
+pub fn batching_pays(len: usize) -> bool {
+    let single = protocol::reliable::fragment_count(len, CHUNK_LEN);
+    let batched = protocol::reliable::fragment_count(len, BATCH_CHUNK_LEN);
+    batched + batched.div_ceil(BATCH_MAX as u32) < single
+}
+
+/// Queues `m` in `outbox`, in batches when `batches` allows and that
+/// takes fewer packets.
+fn queue(outbox: &mut Outbox<Peer>, m: Outgoing<Peer>, t: f64, batches: bool) -> Result<(), Error> {
+    let r = if batches && batching_pays(m.body.len()) {
+        outbox.push_batched(m, BATCH_CHUNK_LEN, t)
+    } else {
+        outbox.push(m, CHUNK_LEN, t)
+    };
+    r.map_err(|_| Error::Busy)
+}
 
 /// How long a fetch's reply keys are kept for its replies.
 const PENDING_TTL: f64 = 120.0;
@@ -340,6 +371,9 @@ pub struct ClientState {
     outbox: Outbox<Peer>,
     /// SURB-acks in flight: identifier → (reply key, sent at).
     acks: HashMap<[u8; 16], (ReplyKey, f64)>,
+    /// Batches being sent: the outbox's number → (the batch id on the wire,
+    /// the period of the box all its fragments and its ask go to).
+    batch_routes: BTreeMap<u64, ([u8; 16], u64)>,
     pending: HashMap<[u8; 16], Pending>,
     fetches: VecDeque<Fetch>,
     reassembly: Reassembler<Peer>,
@@ -550,6 +584,7 @@ impl ClientState {
             loops: LoopTracker::standard(MAX_PENDING),
             outbox,
             acks: HashMap::new(),
+            batch_routes: BTreeMap::new(),
             pending: HashMap::new(),
             fetches: VecDeque::new(),
             reassembly,
@@ -966,20 +1001,19 @@ impl ClientState {
         self.olm_dirty.insert(key(PREFIX_SESSIONS, &[&me.0, &to.0]));
         let seq = *mine.next_seq.get(&to.0).unwrap_or(&1);
         let t = now.at.saturating_duration_since(self.origin).as_secs_f64();
-        self.outbox
-            .push(
-                Outgoing {
-                    id,
-                    to: (me.0, to.0),
-                    kind: Kind::Message,
-                    session: self.session,
-                    seq,
-                    body: envelope,
-                },
-                CHUNK_LEN,
-                t,
-            )
-            .map_err(|_| Error::Busy)?;
+        queue(
+            &mut self.outbox,
+            Outgoing {
+                id,
+                to: (me.0, to.0),
+                kind: Kind::Message,
+                session: self.session,
+                seq,
+                body: envelope,
+            },
+            t,
+            self.cfg.batch_acks,
+        )?;
         // Only a queued message takes a seq, so the receiver sees no gap.
         mine.next_seq.insert(to.0, seq + 1);
         self.publish_statuses();
@@ -1353,16 +1387,41 @@ impl ClientState {
         rng: &mut R,
     ) -> Option<Vec<u8>> {
         let t = self.secs(now);
+        // A closed batch's ask goes before more fragments.
+        if let Some(ask) = self.outbox.next_ask(t) {
+            match self.batch_ask_frame(&ask, now, rng) {
+                Ok((frame, ack, key, timeout)) => {
+                    self.remember_ack(ack, key, t);
+                    self.outbox.asked(ask.batch, ack, t, timeout.as_secs_f64());
+                    // Its answer takes one downlink frame.
+                    self.downlink.take(1.0, t);
+                    return Some(frame);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "batch ask not built; will retry");
+                    self.outbox.unasked(ask.batch);
+                    return None;
+                }
+            }
+        }
         let tx = self.outbox.next(t)?;
+        if let Some(slot) = tx.batch {
+            return match self.batched_fragment_frame(&tx, slot, now, rng) {
+                Ok((frame, there)) => {
+                    self.outbox.sent_batched(&tx, t, t + there.as_secs_f64());
+                    self.publish_statuses();
+                    Some(frame)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fragment not built; will retry");
+                    self.outbox.unsent(&tx);
+                    None
+                }
+            };
+        }
         match self.fragment_frame(&tx, now, rng) {
             Ok((frame, ack, key, timeout)) => {
-                if self.acks.len() >= MAX_PENDING {
-                    let horizon = 600.0;
-                    self.acks.retain(|_, (_, at)| t - *at < horizon);
-                }
-                if self.acks.len() < MAX_PENDING {
-                    self.acks.insert(ack, (key, t));
-                }
+                self.remember_ack(ack, key, t);
                 self.outbox.sent(&tx, ack, t, timeout.as_secs_f64());
                 // Its ack takes one downlink frame.
                 self.downlink.take(1.0, t);
@@ -1377,6 +1436,119 @@ impl ClientState {
         }
     }
 
+    /// Keeps the reply key of SURB `ack` (bounded: the oldest go first).
+    fn remember_ack(&mut self, ack: [u8; 16], key: ReplyKey, t: f64) {
+        if self.acks.len() >= MAX_PENDING {
+            let horizon = 600.0;
+            self.acks.retain(|_, (_, at)| t - *at < horizon);
+        }
+        if self.acks.len() < MAX_PENDING {
+            self.acks.insert(ack, (key, t));
+        }
+    }
+
+    /// The box a transmission to `to` goes to in `period`.
+    fn box_to(&self, to: Peer, period: u64) -> Result<Dropbox, Error> {
+        let (me, them) = to;
+        Ok(self
+            .identities
+            .get(&me)
+            .and_then(|m| m.contacts.get(&them))
+            .ok_or(Error::UnknownContact(ContactId(them)))?
+            .outbound_box(&me, &them, period))
+    }
+
+    /// Builds a batched store of `tx` (no SURB): (frame, the delay before
+    /// it reaches the gateway). Every fragment of a batch goes to the box
+    /// of the period its first one went to, so they meet at one gateway.
+    fn batched_fragment_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        tx: &Transmission<Peer>,
+        slot: BatchSlot,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, Duration), Error> {
+        if self.batch_routes.len() > 4 * MAX_PENDING {
+            let outbox = &self.outbox;
+            self.batch_routes.retain(|b, _| outbox.batch_live(*b));
+        }
+        let (wire, period) = match self.batch_routes.get(&slot.batch) {
+            Some(r) => *r,
+            None => {
+                let mut wire = [0u8; 16];
+                rng.fill_bytes(&mut wire);
+                let r = (wire, dropbox::period_at(now.unix_ms));
+                self.batch_routes.insert(slot.batch, r);
+                r
+            }
+        };
+        let topo = self.topology.clone();
+        let dropbox = self.box_to(tx.to, period)?;
+        let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
+            .ok_or_else(|| Error::Internal("encryption failed".into()))?;
+        let request = Request::StoreBatched {
+            dropbox: dropbox.id,
+            batch: wire,
+            slot: slot.slot,
+            ciphertext,
+        }
+        .encode()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        self.packet_to_box(&topo, &dropbox, &request, rng)
+    }
+
+    /// Builds a batch's ask, to the gateway its fragments went to: (frame,
+    /// ack id, reply key, answer timeout). The gateway is asked to wait
+    /// until the last fragment's sampled delays have passed.
+    fn batch_ask_frame<R: CryptoRng + ?Sized>(
+        &self,
+        ask: &BatchAsk<Peer>,
+        now: Now,
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, [u8; 16], ReplyKey, Duration), Error> {
+        let (wire, period) = *self
+            .batch_routes
+            .get(&ask.batch)
+            .ok_or_else(|| Error::Internal("a batch without its route".into()))?;
+        let topo = self.topology.clone();
+        let dropbox = self.box_to(ask.to, period)?;
+        let entry = topo
+            .node(&self.entry.identity)
+            .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
+        let (surb, ack, key, back_delays) = surb_home(&topo, entry, &self.address, rng)?;
+        // The request's own route decides when it arrives; build it first
+        // with a zero wait, to learn that delay, then with the real one.
+        let t = self.secs(now);
+        let gateways: Vec<NodeId> = topo.gateways().map(|g| g.identity).collect();
+        let gw = dropbox
+            .gateway(&gateways)
+            .and_then(|id| topo.node(&id))
+            .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
+        let mut route = mix_route(&topo, rng)?;
+        route.push(gw.hop());
+        let delays = packet::sample_delays(rng, route.len(), delay_mean(&topo));
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let there = packet::applied_delay(&delays, max);
+        let wait = (ask.arrive_by - (t + there.as_secs_f64())).max(0.0) + BATCH_WAIT_SLACK;
+        let wait_ms = ((wait * 1000.0) as u32).min(MAX_BATCH_WAIT_MS);
+        let request = Request::AckBatch {
+            batch: wire,
+            count: ask.count,
+            wait_ms,
+            reply_epoch: topo.epoch,
+            surb,
+        }
+        .encode()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let pkt = packet::build_packet(rng, &route, &[0; 32], [0; 16], &delays, &request)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let frame = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let back = packet::applied_delay(&back_delays, max);
+        let waited = Duration::from_millis(u64::from(wait_ms));
+        Ok((frame, ack, key, there + waited + back + self.cfg.ack_slack))
+    }
+
     /// Builds a fragment's acked store: (frame, ack id, reply key, ack timeout).
     fn fragment_frame<R: CryptoRng + ?Sized>(
         &self,
@@ -1385,14 +1557,7 @@ impl ClientState {
         rng: &mut R,
     ) -> Result<(Vec<u8>, [u8; 16], ReplyKey, Duration), Error> {
         let topo = self.topology.clone();
-        let (me, them) = tx.to;
-        let period = dropbox::period_at(now.unix_ms);
-        let dropbox = self
-            .identities
-            .get(&me)
-            .and_then(|m| m.contacts.get(&them))
-            .ok_or(Error::UnknownContact(ContactId(them)))?
-            .outbound_box(&me, &them, period);
+        let dropbox = self.box_to(tx.to, dropbox::period_at(now.unix_ms))?;
         let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
             .ok_or_else(|| Error::Internal("encryption failed".into()))?;
         let entry = topo
@@ -1668,6 +1833,16 @@ impl ClientState {
                     self.outbox.on_ack(&identifier);
                     self.publish_statuses();
                 }
+                Ok(b) if BatchAck::from_body(&b).is_some() => {
+                    if let Some(a) = BatchAck::from_body(&b) {
+                        if let Some(why) = a.refused {
+                            tracing::debug!(reason = ?why, "a batched fragment was refused by its dropbox gateway");
+                        }
+                        self.outbox
+                            .on_batch_ack(&identifier, a.stored, a.refused.is_some());
+                        self.publish_statuses();
+                    }
+                }
                 Ok(b) => {
                     if let Some(why) = StoreRefused::from_body(&b) {
                         tracing::debug!(reason = ?why, "a fragment was refused by its dropbox gateway");
@@ -1937,20 +2112,19 @@ impl ClientState {
     ) -> Result<MessageId, Error> {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
-        self.outbox
-            .push(
-                Outgoing {
-                    id,
-                    to,
-                    kind,
-                    session: self.session,
-                    seq,
-                    body,
-                },
-                CHUNK_LEN,
-                t,
-            )
-            .map_err(|_| Error::Busy)?;
+        queue(
+            &mut self.outbox,
+            Outgoing {
+                id,
+                to,
+                kind,
+                session: self.session,
+                seq,
+                body,
+            },
+            t,
+            self.cfg.batch_acks,
+        )?;
         self.dirty = true;
         Ok(id)
     }

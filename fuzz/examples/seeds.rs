@@ -103,6 +103,19 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
         reply_epoch: EPOCH,
         surb: surb.clone(),
     };
+    let batched = Request::StoreBatched {
+        dropbox: dropbox().id,
+        batch: [5; 16],
+        slot: 3,
+        ciphertext: seal(b"a batched fragment"),
+    };
+    let ask = Request::AckBatch {
+        batch: [5; 16],
+        count: 4,
+        wait_ms: 1500,
+        reply_epoch: EPOCH,
+        surb: surb.clone(),
+    };
     let fetch = Request::Fetch(FetchRequest::new_signed_at(
         &dropbox(),
         2,
@@ -115,6 +128,8 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
     [
         ("store", store),
         ("store_acked", acked),
+        ("store_batched", batched),
+        ("ack_batch", ask),
         ("fetch", fetch),
         ("drop", Request::Drop),
     ]

@@ -1,5 +1,5 @@
 //! Requests to a dropbox gateway (`Request::decode`): stores, acked stores,
-//! fetches and cover; then what the gateway does with the fields before it
+//! batched stores and batch asks, fetches and cover; then what the gateway does with the fields before it
 //! touches storage: checks a fetch's capability signature and builds the
 //! reply packets through the request's SURBs (`packet::use_surb`).
 //!
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol::messages::{ACK_BODY, Request, StoreRefused};
+use protocol::messages::{ACK_BODY, BatchAck, Request, StoreRefused};
 use protocol::packet;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +29,15 @@ fuzz_target!(|data: &[u8]| {
                 let _ = packet::use_surb(s, &[0u8; 16]);
             }
         }
-        Request::Store { .. } | Request::Drop => {}
+        Request::AckBatch { surb, count, .. } => {
+            let a = BatchAck {
+                count,
+                stored: u32::MAX,
+                refused: None,
+            };
+            assert_eq!(BatchAck::from_body(&a.body()), Some(a));
+            let _ = packet::use_surb(&surb, &a.body());
+        }
+        Request::Store { .. } | Request::StoreBatched { .. } | Request::Drop => {}
     }
 });

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod batch;
 mod config;
 mod metrics;
 mod storage;
@@ -8,7 +9,7 @@ mod storage_bench;
 
 pub use config::GatewayConfig;
 pub use metrics::GatewayMetrics;
-pub use storage::{Dropboxes, ROW_OVERHEAD, Refusal, StorageError};
+pub use storage::{Dropboxes, MAX_BATCHES, ROW_OVERHEAD, Refusal, StorageError, SurbReply};
 pub use storage_bench::{StoreBatch, StoreBenchOptions, store_bench};
 
 use net::link::{LinkConfig, LinkMetrics};
@@ -264,6 +265,39 @@ impl Handler for GatewayHandler {
                         surb,
                         node: node.clone(),
                     }),
+                },
+            ),
+            Ok(Request::StoreBatched {
+                dropbox,
+                batch,
+                slot,
+                ciphertext,
+            }) => shared.to_storage(
+                node,
+                Op::StoreBatched {
+                    dropbox,
+                    ciphertext,
+                    batch,
+                    slot,
+                },
+            ),
+            Ok(Request::AckBatch {
+                batch,
+                count,
+                wait_ms,
+                reply_epoch,
+                surb,
+            }) => shared.to_storage(
+                node,
+                Op::AckBatch {
+                    batch,
+                    count,
+                    wait_ms,
+                    ack: storage::StoreAck {
+                        reply_epoch,
+                        surb,
+                        node: node.clone(),
+                    },
                 },
             ),
             Ok(Request::Fetch(req)) => shared.to_storage(

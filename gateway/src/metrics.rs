@@ -17,6 +17,10 @@ pub struct GatewayMetrics {
     pub replies: IntCounter,
     /// SURB-acks sent for durably stored messages.
     pub acks: IntCounter,
+    /// Batch acknowledgements sent (each covers up to 32 batched stores).
+    pub batch_acks: IntCounter,
+    /// Batch acknowledgement requests waiting for their batch's stragglers.
+    pub batches_waiting: IntGauge,
     /// Drop-cover packets received.
     pub cover: IntCounter,
     /// SURB replies handed to connected clients.
@@ -81,6 +85,16 @@ impl GatewayMetrics {
                 "SURB-acks sent after a store was committed",
             )
             .unwrap_or_else(bug),
+            batch_acks: IntCounter::new(
+                "umbra_gateway_batch_acks_total",
+                "Batch acknowledgements sent after their batch's stores were committed or their wait ended",
+            )
+            .unwrap_or_else(bug),
+            batches_waiting: IntGauge::new(
+                "umbra_gateway_batch_requests_waiting",
+                "Batch acknowledgement requests waiting for the rest of their batch",
+            )
+            .unwrap_or_else(bug),
             cover: IntCounter::new(
                 "umbra_gateway_cover_received_total",
                 "Drop-cover packets received",
@@ -132,6 +146,8 @@ impl GatewayMetrics {
             Box::new(m.fetches_refused_time.clone()),
             Box::new(m.replies.clone()),
             Box::new(m.acks.clone()),
+            Box::new(m.batch_acks.clone()),
+            Box::new(m.batches_waiting.clone()),
             Box::new(m.cover.clone()),
             Box::new(m.deliveries.clone()),
             Box::new(m.downlink.clone()),

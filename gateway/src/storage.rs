@@ -16,6 +16,7 @@
 //! caller's clock, for simulations.
 
 use crate::GatewayConfig;
+use crate::batch::Batches;
 use crate::metrics::GatewayMetrics;
 use node::NodeRef;
 use protocol::messages::{FetchReply, FetchRequest, Listing, MAX_LISTING, RefusalReason, Refused};
@@ -37,6 +38,9 @@ const EXPIRY: TableDefinition<(u64, &[u8; 32], u64), ()> = TableDefinition::new(
 /// (2 × (32 + 8) + 8), its stored-at time (8) and redb's per-entry
 /// bookkeeping, rounded up. So an empty message is not free.
 pub const ROW_OVERHEAD: u64 = 160;
+/// Batches a gateway tracks at once for batch acknowledgements (each a few
+/// dozen bytes; a request waiting on one holds its SURB too).
+pub const MAX_BATCHES: usize = 65_536;
 
 /// Limits the storage enforces.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +75,21 @@ pub(crate) enum Op<C = NodeRef> {
         ciphertext: Vec<u8>,
         /// Where to send the SURB-ack once the commit is durable.
         ack: Option<StoreAck<C>>,
+    },
+    /// A store whose ack is a later [`Op::AckBatch`]'s.
+    StoreBatched {
+        dropbox: [u8; 32],
+        ciphertext: Vec<u8>,
+        batch: [u8; 16],
+        slot: u8,
+    },
+    /// Answer which slots of `batch` are stored, once those before it in
+    /// the queue are committed (waiting up to `wait_ms` for the rest).
+    AckBatch {
+        batch: [u8; 16],
+        count: u8,
+        wait_ms: u32,
+        ack: StoreAck<C>,
     },
     Fetch {
         req: FetchRequest,
@@ -285,6 +304,23 @@ impl Storage {
                 .zip(outcomes)
                 .filter_map(|(op, out)| match (op, out) {
                     (Op::Store { ack, .. }, Outcome::Stored(r)) => Some(After::Stored(r, ack)),
+                    (Op::StoreBatched { batch, slot, .. }, Outcome::Stored(r)) => {
+                        Some(After::BatchStored(r, batch, slot))
+                    }
+                    (
+                        Op::AckBatch {
+                            batch,
+                            count,
+                            wait_ms,
+                            ack,
+                        },
+                        _,
+                    ) => Some(After::AckBatch {
+                        batch,
+                        count,
+                        wait_ms,
+                        ack,
+                    }),
                     (Op::Fetch { req, node }, Outcome::Fetched(fetched)) => Some(After::Reply {
                         req: Box::new(req),
                         node,
@@ -342,6 +378,20 @@ impl Storage {
         ops.into_iter()
             .filter_map(|op| match op {
                 Op::Store { ack, .. } => Some(After::Stored(Err(Refusal::Unavailable), ack)),
+                Op::StoreBatched { batch, slot, .. } => {
+                    Some(After::BatchStored(Err(Refusal::Unavailable), batch, slot))
+                }
+                Op::AckBatch {
+                    batch,
+                    count,
+                    wait_ms,
+                    ack,
+                } => Some(After::AckBatch {
+                    batch,
+                    count,
+                    wait_ms,
+                    ack,
+                }),
                 Op::Fetch { req, node } => {
                     let refused = self.refusal(&req, now_ms);
                     let fetched = match refused {
@@ -403,6 +453,11 @@ impl Storage {
                         dropbox,
                         ciphertext,
                         ..
+                    }
+                    | Op::StoreBatched {
+                        dropbox,
+                        ciphertext,
+                        ..
                     } => {
                         Outcome::Stored(self.store(&mut t, dropbox, ciphertext, now_ms, &mut room)?)
                     }
@@ -436,7 +491,7 @@ impl Storage {
                         }
                         Outcome::Expired(n)
                     }
-                    Op::Sync(_) | Op::Stop => Outcome::Other,
+                    Op::Sync(_) | Op::Stop | Op::AckBatch { .. } => Outcome::Other,
                 });
             }
             let bytes = t
@@ -713,6 +768,14 @@ fn stored_at(value: &[u8]) -> u64 {
 /// What remains to do once a batch is committed.
 pub(crate) enum After<C = NodeRef> {
     Stored(Result<u64, Refusal>, Option<StoreAck<C>>),
+    /// A batched store: (outcome, batch, slot).
+    BatchStored(Result<u64, Refusal>, [u8; 16], u8),
+    AckBatch {
+        batch: [u8; 16],
+        count: u8,
+        wait_ms: u32,
+        ack: StoreAck<C>,
+    },
     Reply {
         req: Box<FetchRequest>,
         node: C,
@@ -774,7 +837,11 @@ pub(crate) fn replies(req: &FetchRequest, fetched: &Fetched) -> Vec<Vec<u8>> {
 pub struct Dropboxes {
     storage: Storage,
     metrics: GatewayMetrics,
+    batches: std::sync::Mutex<Batches<(u64, Vec<u8>)>>,
 }
+
+/// A reply for a [`Dropboxes`] caller to send: (reply epoch, SURB, body).
+pub type SurbReply = (u64, Vec<u8>, Vec<u8>);
 
 impl std::fmt::Debug for Dropboxes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -792,6 +859,7 @@ impl Dropboxes {
         Ok(Self {
             storage: Storage::in_memory(Limits::from_config(cfg))?,
             metrics: GatewayMetrics::new(&prometheus::Registry::new()),
+            batches: std::sync::Mutex::new(Batches::new(MAX_BATCHES)),
         })
     }
 
@@ -843,6 +911,54 @@ impl Dropboxes {
         }
     }
 
+    /// A batched store (slot `slot` of `batch`): stored as
+    /// [`Self::store`] does, and returns the batch acks that it completes.
+    pub fn store_batched(
+        &self,
+        dropbox: &[u8; 32],
+        batch: [u8; 16],
+        slot: u8,
+        ciphertext: &[u8],
+        now_ms: u64,
+    ) -> Result<(Result<u64, Refusal>, Vec<SurbReply>), StorageError> {
+        let r = self.store(dropbox, ciphertext, now_ms)?;
+        let outcome = r.map(|_| ()).map_err(Refusal::told);
+        let answers = self.batch_table().stored(batch, slot, outcome, now_ms);
+        Ok((r, surb_replies(answers)))
+    }
+
+    /// A batch acknowledgement request: its answer if it is due now (the
+    /// batch is complete, or `wait_ms` is 0); else it waits for
+    /// [`Self::batch_acks_due`].
+    pub fn ack_batch(
+        &self,
+        batch: [u8; 16],
+        count: u8,
+        wait_ms: u32,
+        reply_epoch: u64,
+        surb: Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<SurbReply> {
+        let answers = self
+            .batch_table()
+            .ask(batch, count, wait_ms, (reply_epoch, surb), now_ms);
+        surb_replies(answers)
+    }
+
+    /// The batch acks whose wait ended by `now_ms`.
+    pub fn batch_acks_due(&self, now_ms: u64) -> Vec<SurbReply> {
+        surb_replies(self.batch_table().due(now_ms))
+    }
+
+    /// When [`Self::batch_acks_due`] next has one to give.
+    pub fn next_batch_ack_due(&self) -> Option<u64> {
+        self.batch_table().next_due()
+    }
+
+    fn batch_table(&self) -> std::sync::MutexGuard<'_, Batches<(u64, Vec<u8>)>> {
+        self.batches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Deletes every message stored before `now_ms` − TTL; returns how many.
     pub fn expire(&self, now_ms: u64) -> Result<usize, StorageError> {
         match self
@@ -868,6 +984,13 @@ impl Dropboxes {
     }
 }
 
+fn surb_replies(answers: Vec<((u64, Vec<u8>), protocol::messages::BatchAck)>) -> Vec<SurbReply> {
+    answers
+        .into_iter()
+        .map(|((epoch, surb), a)| (epoch, surb, a.body()))
+        .collect()
+}
+
 /// The storage thread: batches ops, commits, then sends replies.
 pub(crate) fn run(
     mut storage: Storage,
@@ -878,9 +1001,32 @@ pub(crate) fn run(
     const BATCH: usize = 256;
     // Replies go out on links, whose tasks live on the node's runtime.
     let _guard = rt.enter();
+    let mut batches: Batches<StoreAck> = Batches::new(MAX_BATCHES);
+    let send_batch_acks = |answers: Vec<(StoreAck, protocol::messages::BatchAck)>| {
+        for (a, ack) in answers {
+            if reply(&a.node, a.reply_epoch, &a.surb, &ack.body()) {
+                metrics.batch_acks.inc();
+            }
+        }
+    };
     let mut stopping = false;
     while !stopping {
-        let Ok(first) = rx.recv() else { return };
+        // Wake for the first batch request whose wait ends, if one waits.
+        let first = match batches.next_due() {
+            None => rx.recv().map_err(|_| ()),
+            Some(due) => {
+                let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                match rx.recv_timeout(wait) {
+                    Ok(op) => Ok(op),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        send_batch_acks(batches.due(now_ms()));
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            }
+        };
+        let Ok(first) = first else { return };
         let mut ops = vec![first];
         while ops.len() < BATCH {
             match rx.try_recv() {
@@ -891,7 +1037,8 @@ pub(crate) fn run(
         stopping = ops.iter().any(|o| matches!(o, Op::Stop));
         metrics.storage_queue.sub(ops.len() as i64);
         let started = Instant::now();
-        let after = storage.apply_or_recover(ops, now_ms(), &metrics);
+        let now = now_ms();
+        let after = storage.apply_or_recover(ops, now, &metrics);
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -911,6 +1058,17 @@ pub(crate) fn run(
                         }
                     }
                 }
+                After::BatchStored(r, batch, slot) => {
+                    count_store(&metrics, &r);
+                    let outcome = r.map(|_| ()).map_err(Refusal::told);
+                    send_batch_acks(batches.stored(batch, slot, outcome, now));
+                }
+                After::AckBatch {
+                    batch,
+                    count,
+                    wait_ms,
+                    ack,
+                } => send_batch_acks(batches.ask(batch, count, wait_ms, ack, now)),
                 After::Reply { req, node, fetched } => {
                     for (surb, body) in req.surbs.iter().zip(replies(&req, &fetched)) {
                         if reply(&node, req.reply_epoch, surb, &body) {
@@ -924,6 +1082,8 @@ pub(crate) fn run(
                 }
             }
         }
+        send_batch_acks(batches.due(now_ms()));
+        metrics.batches_waiting.set(batches.waiting() as i64);
     }
 }
 

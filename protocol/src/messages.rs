@@ -12,6 +12,11 @@
 //! StoreAcked = 0x04 dropbox[32] reply_epoch:u64 surb[SURB_LEN] len:u16 ciphertext[len]
 //!                                                          (len ≤ MAX_ACKED_STORED_LEN)
 //! Ack   = ACK_BODY, sent through the SURB once the store is durable
+//! StoreBatched = 0x05 dropbox[32] batch[16] slot:u8 len:u16 ciphertext[len]
+//!                                                          (len ≤ MAX_BATCHED_STORED_LEN)
+//! AckBatch = 0x06 batch[16] count:u8 wait_ms:u32 reply_epoch:u64 surb[SURB_LEN]
+//! BatchAck = BATCH_ACK_PREFIX count:u8 stored[4] refused:u8, sent through the
+//!            AckBatch's SURB once the batch's stores are durable (or its wait ended)
 //! Reply = 0x01 count:u8 seq[count]:u64 remaining:u32 has:u8 [seq:u64 len:u16 ciphertext[len]]
 //! ```
 //!
@@ -49,6 +54,16 @@ use sha2::{Digest, Sha256};
 pub const MAX_STORED_LEN: usize = 1980;
 /// Largest stored ciphertext of a store that carries a SURB-ack.
 pub const MAX_ACKED_STORED_LEN: usize = MAX_STORED_LEN - 8 - SURB_LEN;
+/// Largest stored ciphertext of a batched store (which carries no SURB:
+/// one [`Request::AckBatch`] acknowledges up to [`BATCH_MAX`] of them).
+/// Keeps the 16 bytes of spare room a `Store` keeps.
+pub const MAX_BATCHED_STORED_LEN: usize = MAX_STORED_LEN - 16 - 1;
+/// Batched stores one [`Request::AckBatch`] covers at most (its bitmap's bits).
+pub const BATCH_MAX: usize = 32;
+/// The longest a gateway is asked to wait for a batch's stragglers.
+pub const MAX_BATCH_WAIT_MS: u32 = 60_000;
+/// What a batch acknowledgement begins with ([`BatchAck`]).
+pub const BATCH_ACK_PREFIX: &[u8] = b"umbra-batch-v1";
 /// The body a gateway sends through a store's SURB once the message is durable.
 pub const ACK_BODY: &[u8] = b"umbra-stored-v1";
 /// What a refusal sent through a store's SURB begins with; one byte of
@@ -99,6 +114,8 @@ const STORE: u8 = 1;
 const FETCH: u8 = 2;
 const DROP: u8 = 3;
 const STORE_ACKED: u8 = 4;
+const STORE_BATCHED: u8 = 5;
+const ACK_BATCH: u8 = 6;
 
 /// A request to a dropbox gateway. `Debug` shows no box id or capability.
 #[derive(Clone, PartialEq, Eq)]
@@ -125,6 +142,78 @@ pub enum Request {
     Fetch(FetchRequest),
     /// Drop cover: discard.
     Drop,
+    /// Store `ciphertext` in `dropbox` as slot `slot` of batch `batch`; a
+    /// later [`Request::AckBatch`] asks which slots are stored.
+    StoreBatched {
+        /// The box.
+        dropbox: [u8; 32],
+        /// The batch: random, chosen by the sender.
+        batch: [u8; 16],
+        /// Its place in the batch, below [`BATCH_MAX`].
+        slot: u8,
+        /// End-to-end encrypted message.
+        ciphertext: Vec<u8>,
+    },
+    /// Once slots `0..count` of `batch` are durably stored, or `wait_ms`
+    /// after this request arrived, send a [`BatchAck`] through `surb`.
+    AckBatch {
+        /// The batch.
+        batch: [u8; 16],
+        /// Slots sent, `1..=BATCH_MAX`.
+        count: u8,
+        /// How long to wait for slots still on their way, at most
+        /// [`MAX_BATCH_WAIT_MS`].
+        wait_ms: u32,
+        /// Epoch of the Sphinx keys the SURB was built with.
+        reply_epoch: u64,
+        /// The SURB, [`SURB_LEN`] bytes.
+        surb: Vec<u8>,
+    },
+}
+
+/// What a gateway answers an [`Request::AckBatch`] with: the slots of the
+/// batch it holds durably, and whether it refused any (then `refused` is
+/// the [`StoreRefused`] reason of one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAck {
+    /// The `count` the request carried.
+    pub count: u8,
+    /// Bit `i` (of byte `i / 8`, least significant first, as a big-endian
+    /// u32 on the wire: bit `i` is `1 << i`) set: slot `i` is stored.
+    pub stored: u32,
+    /// A refusal among the batch's slots, if any.
+    pub refused: Option<StoreRefused>,
+}
+
+impl BatchAck {
+    /// The reply body.
+    pub fn body(&self) -> Vec<u8> {
+        let mut b = BATCH_ACK_PREFIX.to_vec();
+        b.push(self.count);
+        b.extend_from_slice(&self.stored.to_be_bytes());
+        b.push(self.refused.map_or(0, |r| r as u8));
+        b
+    }
+
+    /// The batch ack a reply body carries, if it is one.
+    pub fn from_body(b: &[u8]) -> Option<Self> {
+        let rest = b.strip_prefix(BATCH_ACK_PREFIX)?;
+        let [count, s0, s1, s2, s3, refused] = rest else {
+            return None;
+        };
+        let refused = match refused {
+            0 => None,
+            r => Some(StoreRefused::from_body(&[REFUSED_PREFIX, &[*r]].concat())?),
+        };
+        if *count == 0 || usize::from(*count) > BATCH_MAX {
+            return None;
+        }
+        Some(Self {
+            count: *count,
+            stored: u32::from_be_bytes([*s0, *s1, *s2, *s3]),
+            refused,
+        })
+    }
 }
 
 /// An anonymous fetch: a capability and the SURBs to answer through.
@@ -170,6 +259,12 @@ impl std::fmt::Debug for Request {
             }
             Request::Fetch(r) => r.fmt(f),
             Request::Drop => f.write_str("Drop"),
+            Request::StoreBatched {
+                slot, ciphertext, ..
+            } => write!(f, "StoreBatched(slot {slot}, {} bytes)", ciphertext.len()),
+            Request::AckBatch { count, wait_ms, .. } => {
+                write!(f, "AckBatch({count} slots, wait {wait_ms} ms)")
+            }
         }
     }
 }
@@ -350,6 +445,49 @@ impl Request {
                 }
             }
             Request::Drop => v.push(DROP),
+            Request::StoreBatched {
+                dropbox,
+                batch,
+                slot,
+                ciphertext,
+            } => {
+                if ciphertext.len() > MAX_BATCHED_STORED_LEN || usize::from(*slot) >= BATCH_MAX {
+                    return Err(Error::InvalidArgument(format!(
+                        "batched store: ciphertext of {} bytes (max {MAX_BATCHED_STORED_LEN}), slot {slot}",
+                        ciphertext.len()
+                    )));
+                }
+                v.push(STORE_BATCHED);
+                v.extend_from_slice(dropbox);
+                v.extend_from_slice(batch);
+                v.push(*slot);
+                v.extend_from_slice(&(ciphertext.len() as u16).to_be_bytes());
+                v.extend_from_slice(ciphertext);
+            }
+            Request::AckBatch {
+                batch,
+                count,
+                wait_ms,
+                reply_epoch,
+                surb,
+            } => {
+                if *count == 0
+                    || usize::from(*count) > BATCH_MAX
+                    || *wait_ms > MAX_BATCH_WAIT_MS
+                    || surb.len() != SURB_LEN
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "batch ack request: count {count}, wait {wait_ms} ms, SURB of {}",
+                        surb.len()
+                    )));
+                }
+                v.push(ACK_BATCH);
+                v.extend_from_slice(batch);
+                v.push(*count);
+                v.extend_from_slice(&wait_ms.to_be_bytes());
+                v.extend_from_slice(&reply_epoch.to_be_bytes());
+                v.extend_from_slice(surb);
+            }
         }
         Ok(v)
     }
@@ -384,6 +522,47 @@ impl Request {
                 Ok(Request::StoreAcked {
                     dropbox,
                     ciphertext,
+                    reply_epoch,
+                    surb,
+                })
+            }
+            STORE_BATCHED => {
+                let dropbox = r.arr()?;
+                let batch = r.arr()?;
+                let slot = r.u8()?;
+                if usize::from(slot) >= BATCH_MAX {
+                    return Err(Error::Decode("batch slot out of range".into()));
+                }
+                let len = usize::from(r.u16()?);
+                if len > MAX_BATCHED_STORED_LEN {
+                    return Err(Error::Decode("stored message too long".into()));
+                }
+                let ciphertext = r.take(len)?.to_vec();
+                r.end()?;
+                Ok(Request::StoreBatched {
+                    dropbox,
+                    batch,
+                    slot,
+                    ciphertext,
+                })
+            }
+            ACK_BATCH => {
+                let batch = r.arr()?;
+                let count = r.u8()?;
+                if count == 0 || usize::from(count) > BATCH_MAX {
+                    return Err(Error::Decode("batch count out of range".into()));
+                }
+                let wait_ms = r.u32()?;
+                if wait_ms > MAX_BATCH_WAIT_MS {
+                    return Err(Error::Decode("batch wait too long".into()));
+                }
+                let reply_epoch = r.u64()?;
+                let surb = r.take(SURB_LEN)?.to_vec();
+                r.end()?;
+                Ok(Request::AckBatch {
+                    batch,
+                    count,
+                    wait_ms,
                     reply_epoch,
                     surb,
                 })
@@ -646,6 +825,72 @@ mod tests {
             message: Some((1, vec![0; MAX_STORED_LEN])),
         };
         assert!(reply.encode().unwrap().len() <= MAX_MESSAGE_LEN);
+        let batched = Request::StoreBatched {
+            dropbox: [0; 32],
+            batch: [7; 16],
+            slot: (BATCH_MAX - 1) as u8,
+            ciphertext: vec![0; MAX_BATCHED_STORED_LEN],
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(batched.len(), store.len(), "the same room as a Store");
+        let ask = Request::AckBatch {
+            batch: [7; 16],
+            count: BATCH_MAX as u8,
+            wait_ms: MAX_BATCH_WAIT_MS,
+            reply_epoch: 3,
+            surb: vec![0; SURB_LEN],
+        }
+        .encode()
+        .unwrap();
+        assert!(ask.len() <= MAX_MESSAGE_LEN);
+    }
+
+    #[test]
+    fn batched_stores_and_batch_acks_round_trip_and_refuse_what_is_out_of_range() {
+        let store = Request::StoreBatched {
+            dropbox: [1; 32],
+            batch: [2; 16],
+            slot: 31,
+            ciphertext: vec![3; 100],
+        };
+        assert_eq!(Request::decode(&store.encode().unwrap()).unwrap(), store);
+        let mut bad = store.encode().unwrap();
+        bad[49] = 32; // slot 32
+        assert!(Request::decode(&bad).is_err());
+        let ask = Request::AckBatch {
+            batch: [2; 16],
+            count: 5,
+            wait_ms: 1500,
+            reply_epoch: 9,
+            surb: vec![4; SURB_LEN],
+        };
+        let enc = ask.encode().unwrap();
+        assert_eq!(Request::decode(&enc).unwrap(), ask);
+        for (at, v) in [(17, 0u8), (17, 33)] {
+            let mut bad = enc.clone();
+            bad[at] = v;
+            assert!(Request::decode(&bad).is_err(), "count {v}");
+        }
+        let mut long_wait = enc.clone();
+        long_wait[18..22].copy_from_slice(&(MAX_BATCH_WAIT_MS + 1).to_be_bytes());
+        assert!(Request::decode(&long_wait).is_err());
+        assert!(Request::decode(&[enc.as_slice(), &[0]].concat()).is_err());
+        let a = BatchAck {
+            count: 5,
+            stored: 0b10111,
+            refused: Some(StoreRefused::BoxFull),
+        };
+        assert_eq!(BatchAck::from_body(&a.body()), Some(a));
+        let none = BatchAck { refused: None, ..a };
+        assert_eq!(BatchAck::from_body(&none.body()), Some(none));
+        // Not a batch ack: an ordinary ack, a refusal, junk, a bad reason.
+        assert_eq!(BatchAck::from_body(ACK_BODY), None);
+        assert_eq!(BatchAck::from_body(&StoreRefused::BoxFull.body()), None);
+        let mut junk = a.body();
+        *junk.last_mut().unwrap() = 9;
+        assert_eq!(BatchAck::from_body(&junk), None);
+        assert_eq!(BatchAck::from_body(&a.body()[..19]), None);
     }
 
     #[test]

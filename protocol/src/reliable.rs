@@ -11,8 +11,14 @@
 //! failed. So a message is either stored (and then read) or reported failed,
 //! never lost silently. The receiver reassembles with bounded memory,
 //! de-duplicates, and hands messages of one contact over in send order.
+//!
+//! A large message is sent in batches instead ([`Outbox::push_batched`]):
+//! its fragments carry no SURB, so each holds more, and after up to
+//! [`BATCH_MAX`] of them one request with one SURB asks the gateway which
+//! it stored; the rest are sent again in a new batch.
 
 use crate::Error;
+pub use crate::messages::BATCH_MAX;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -297,6 +303,51 @@ struct OutMessage<C> {
     attempts: Vec<u32>,
     emitted: u32,
     created: f64,
+    /// Sent in batches (protocol.md §13.3).
+    batched: bool,
+    /// The batch its fragments join now, until it closes.
+    open: Option<u64>,
+}
+
+/// Asks of one batch before its fragments are sent again.
+pub const BATCH_ASKS: u32 = 2;
+
+/// Fragments of one message sent without SURBs, acknowledged together.
+struct Batch {
+    msg: MessageId,
+    /// Slot → fragment index.
+    frags: Vec<u32>,
+    /// When its last fragment reaches the gateway, on the caller's clock.
+    arrive_by: f64,
+    /// Asks sent so far.
+    asks: u32,
+    closed: bool,
+}
+
+/// Where a batched fragment goes in its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSlot {
+    /// The batch (the outbox's number for it: the caller picks the random
+    /// id it has on the wire, and the box all its fragments go to).
+    pub batch: u64,
+    /// Its slot, below [`BATCH_MAX`].
+    pub slot: u8,
+}
+
+/// A closed batch to ask about: send one request with a fresh SURB, then
+/// call [`Outbox::asked`].
+#[derive(Debug, Clone)]
+pub struct BatchAsk<C> {
+    /// The recipient of the batch's message.
+    pub to: C,
+    /// The batch.
+    pub batch: u64,
+    /// Its fragments (slots `0..count`).
+    pub count: u8,
+    /// When the last of them reaches the gateway, on the caller's clock.
+    pub arrive_by: f64,
+    /// Asks sent before this one.
+    pub asked: u32,
 }
 
 /// A fragment to transmit now: build its packet with a fresh SURB-ack, then
@@ -309,6 +360,9 @@ pub struct Transmission<C> {
     pub fragment: Fragment,
     /// How many times it was sent before.
     pub attempt: u32,
+    /// Its batch, if its message is sent in batches: it goes without a
+    /// SURB ([`Outbox::sent_batched`]).
+    pub batch: Option<BatchSlot>,
 }
 
 /// The sender's side: messages being delivered.
@@ -321,6 +375,13 @@ pub struct Outbox<C> {
     ready: VecDeque<(MessageId, u32)>,
     /// Ack id → (message, fragment, deadline).
     in_flight: BTreeMap<AckId, (MessageId, u32, f64)>,
+    /// Batches not yet answered, by number.
+    batches: BTreeMap<u64, Batch>,
+    next_batch: u64,
+    /// Closed batches to ask about.
+    asks: VecDeque<u64>,
+    /// Ask's SURB id → (batch, deadline).
+    asks_in_flight: BTreeMap<AckId, (u64, f64)>,
     events: VecDeque<(MessageId, Status)>,
     /// Stored (or failed) messages whose receipt may still come.
     awaiting_read: RecentSet,
@@ -335,6 +396,10 @@ impl<C: Clone> Outbox<C> {
             msgs: BTreeMap::new(),
             ready: VecDeque::new(),
             in_flight: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            next_batch: 0,
+            asks: VecDeque::new(),
+            asks_in_flight: BTreeMap::new(),
             events: VecDeque::new(),
             awaiting_read: RecentSet::new(cfg.max_awaiting_read),
             bytes: 0,
@@ -345,6 +410,23 @@ impl<C: Clone> Outbox<C> {
     /// status events. Errors if the body is too large or the outbox is full
     /// (nothing is queued then).
     pub fn push(&mut self, m: Outgoing<C>, chunk: usize, now: f64) -> Result<(), Error> {
+        self.push_as(m, chunk, now, false)
+    }
+
+    /// [`Self::push`], sent in batches: its fragments carry no SURB-ack
+    /// (so `chunk` may be larger), and each batch of up to [`BATCH_MAX`]
+    /// of them is acknowledged by one [`BatchAsk`].
+    pub fn push_batched(&mut self, m: Outgoing<C>, chunk: usize, now: f64) -> Result<(), Error> {
+        self.push_as(m, chunk, now, true)
+    }
+
+    fn push_as(
+        &mut self,
+        m: Outgoing<C>,
+        chunk: usize,
+        now: f64,
+        batched: bool,
+    ) -> Result<(), Error> {
         let Outgoing {
             id,
             to,
@@ -383,6 +465,8 @@ impl<C: Clone> Outbox<C> {
                 attempts: vec![0; count as usize],
                 emitted: 0,
                 created: now,
+                batched,
+                open: None,
             },
         );
         self.event(id, kind, Status::Queued);
@@ -418,20 +502,26 @@ impl<C: Clone> Outbox<C> {
     /// or message expiry, a moment after it (the checks are strict);
     /// `None` if it holds nothing.
     pub fn next_deadline(&self) -> Option<f64> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.asks.is_empty() {
             return Some(f64::NEG_INFINITY);
         }
         let acks = self.in_flight.values().map(|(_, _, due)| *due);
+        let asks = self.asks_in_flight.values().map(|(_, due)| *due);
         let expiries = self.msgs.values().map(|m| m.created + self.cfg.ttl);
-        acks.chain(expiries).reduce(f64::min).map(|d| d + 1e-3)
+        acks.chain(asks)
+            .chain(expiries)
+            .reduce(f64::min)
+            .map(|d| d + 1e-3)
     }
 
-    /// Whether a fragment is waiting to be (re)sent.
+    /// Whether a fragment or a batch's ask is waiting to be (re)sent.
     pub fn has_ready(&mut self, now: f64) -> bool {
         self.check_timeouts(now);
-        self.ready
-            .iter()
-            .any(|(id, i)| self.msgs.get(id).is_some_and(|m| !m.acked[*i as usize]))
+        !self.asks.is_empty()
+            || self
+                .ready
+                .iter()
+                .any(|(id, i)| self.msgs.get(id).is_some_and(|m| !m.acked[*i as usize]))
     }
 
     /// The next fragment to transmit, retransmissions first, or `None`.
@@ -444,10 +534,19 @@ impl<C: Clone> Outbox<C> {
             if m.acked[i as usize] {
                 continue;
             }
+            let batch = if m.batched {
+                Some(self.join_batch(id, i))
+            } else {
+                None
+            };
+            let Some(m) = self.msgs.get(&id) else {
+                continue;
+            };
             let start = i as usize * m.chunk;
             let end = (start + m.chunk).min(m.body.len());
             return Some(Transmission {
                 to: m.to.clone(),
+                batch,
                 attempt: m.attempts[i as usize],
                 fragment: Fragment {
                     kind: m.kind,
@@ -464,13 +563,201 @@ impl<C: Clone> Outbox<C> {
         None
     }
 
+    /// Puts fragment `i` of message `id` in the message's open batch (a
+    /// new one if none is open).
+    fn join_batch(&mut self, id: MessageId, i: u32) -> BatchSlot {
+        let open = self.msgs.get(&id).and_then(|m| m.open);
+        let batch = match open.filter(|b| self.batches.get(b).is_some_and(|b| !b.closed)) {
+            Some(b) => b,
+            None => {
+                let b = self.next_batch;
+                self.next_batch += 1;
+                self.batches.insert(
+                    b,
+                    Batch {
+                        msg: id,
+                        frags: Vec::new(),
+                        arrive_by: f64::NEG_INFINITY,
+                        asks: 0,
+                        closed: false,
+                    },
+                );
+                if let Some(m) = self.msgs.get_mut(&id) {
+                    m.open = Some(b);
+                }
+                b
+            }
+        };
+        let frags = &mut self
+            .batches
+            .get_mut(&batch)
+            .expect("just found or made")
+            .frags;
+        frags.push(i);
+        BatchSlot {
+            batch,
+            slot: (frags.len() - 1) as u8,
+        }
+    }
+
+    /// Closes batch `b`: it is asked about next.
+    fn close(&mut self, b: u64) {
+        if let Some(batch) = self.batches.get_mut(&b)
+            && !batch.closed
+        {
+            batch.closed = true;
+            if let Some(m) = self.msgs.get_mut(&batch.msg)
+                && m.open == Some(b)
+            {
+                m.open = None;
+            }
+            self.asks.push_back(b);
+        }
+    }
+
+    /// Forgets the batches of message `id` (it is stored or failed).
+    fn drop_batches(&mut self, id: &MessageId) {
+        let gone: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| b.msg == *id)
+            .map(|(k, _)| *k)
+            .collect();
+        for b in &gone {
+            self.batches.remove(b);
+        }
+        self.asks.retain(|b| !gone.contains(b));
+        self.asks_in_flight.retain(|_, (b, _)| !gone.contains(b));
+    }
+
+    /// Batch `b` got no useful answer: its fragments not yet stored are
+    /// sent again (or their message fails if they had all their attempts).
+    fn resend_batch(&mut self, b: u64, stored: u32) {
+        let Some(batch) = self.batches.remove(&b) else {
+            return;
+        };
+        self.asks.retain(|x| *x != b);
+        self.asks_in_flight.retain(|_, (x, _)| *x != b);
+        let id = batch.msg;
+        if let Some(m) = self.msgs.get_mut(&id)
+            && m.open == Some(b)
+        {
+            m.open = None;
+        }
+        for (slot, &i) in batch.frags.iter().enumerate() {
+            if stored & (1 << slot) != 0 {
+                self.ack_fragment(id, i);
+            }
+        }
+        let Some(m) = self.msgs.get(&id) else {
+            return; // stored now (or failed meanwhile)
+        };
+        let mut exhausted = false;
+        let mut again = Vec::new();
+        for (slot, &i) in batch.frags.iter().enumerate() {
+            if stored & (1 << slot) != 0 || m.acked[i as usize] {
+                continue;
+            }
+            exhausted |= m.attempts[i as usize] >= self.cfg.max_attempts;
+            again.push(i);
+        }
+        if exhausted {
+            self.fail(id, Status::FailedAttempts);
+            return;
+        }
+        for i in again.into_iter().rev() {
+            self.ready.push_front((id, i));
+        }
+    }
+
+    /// The next closed batch to ask about, if any.
+    pub fn next_ask(&mut self, now: f64) -> Option<BatchAsk<C>> {
+        self.check_timeouts(now);
+        while let Some(b) = self.asks.pop_front() {
+            let Some(batch) = self.batches.get(&b) else {
+                continue;
+            };
+            let Some(m) = self.msgs.get(&batch.msg) else {
+                continue;
+            };
+            return Some(BatchAsk {
+                to: m.to.clone(),
+                batch: b,
+                count: batch.frags.len() as u8,
+                arrive_by: batch.arrive_by,
+                asked: batch.asks,
+            });
+        }
+        None
+    }
+
+    /// The ask of batch `b` left at `now` with SURB `ack`; its answer is
+    /// due within `timeout` seconds (doubled per earlier ask, capped).
+    pub fn asked(&mut self, b: u64, ack: AckId, now: f64, timeout: f64) {
+        let Some(batch) = self.batches.get_mut(&b) else {
+            return;
+        };
+        let backoff = timeout * 2f64.powi(batch.asks.min(16) as i32);
+        batch.asks += 1;
+        self.asks_in_flight
+            .insert(ack, (b, now + backoff.min(self.cfg.max_timeout)));
+    }
+
+    /// The ask of batch `b` could not be built: it is asked again next.
+    pub fn unasked(&mut self, b: u64) {
+        if self.batches.contains_key(&b) {
+            self.asks.push_front(b);
+        }
+    }
+
+    /// Whether batch `b` is still being sent or waits for its answer.
+    pub fn batch_live(&self, b: u64) -> bool {
+        self.batches.contains_key(&b)
+    }
+
+    /// A batch's answer came: bit `i` of `stored` set means slot `i` is
+    /// stored; the others are sent again in a new batch. `refused`: the
+    /// gateway refused one of them, and the message fails at once
+    /// ([`Status::FailedRefused`]). False if `ack` is not an ask of ours.
+    pub fn on_batch_ack(&mut self, ack: &AckId, stored: u32, refused: bool) -> bool {
+        let Some((b, _)) = self.asks_in_flight.remove(ack) else {
+            return false;
+        };
+        let msg = self.batches.get(&b).map(|batch| batch.msg);
+        if refused && let Some(id) = msg {
+            self.fail(id, Status::FailedRefused);
+            return true;
+        }
+        self.resend_batch(b, stored);
+        true
+    }
+
     /// The link the transmissions left on broke: every fragment awaiting
     /// its ack is made ready again at once, and the attempt it used is given
     /// back (it never had a chance). Returns how many. A late ack of an old
     /// transmission is then ignored; the receiver drops the duplicate.
     pub fn retry_in_flight(&mut self) -> usize {
+        let batches = std::mem::take(&mut self.batches);
+        self.asks.clear();
+        self.asks_in_flight.clear();
+        let mut n = 0;
+        for (_, b) in batches {
+            let Some(m) = self.msgs.get_mut(&b.msg) else {
+                continue;
+            };
+            m.open = None;
+            for &i in b.frags.iter().rev() {
+                if m.acked[i as usize] {
+                    continue;
+                }
+                let a = &mut m.attempts[i as usize];
+                *a = a.saturating_sub(1);
+                self.ready.push_front((b.msg, i));
+                n += 1;
+            }
+        }
         let lost = std::mem::take(&mut self.in_flight);
-        let n = lost.len();
+        n += lost.len();
         for (_, (id, i, _)) in lost {
             if let Some(m) = self.msgs.get_mut(&id) {
                 if m.acked[i as usize] {
@@ -486,7 +773,53 @@ impl<C: Clone> Outbox<C> {
 
     /// Puts a transmission back unsent (its packet could not be built).
     pub fn unsent(&mut self, t: &Transmission<C>) {
+        if let Some(s) = t.batch
+            && let Some(b) = self.batches.get_mut(&s.batch)
+            && b.frags.len() == usize::from(s.slot) + 1
+        {
+            b.frags.pop();
+            if b.frags.is_empty() {
+                self.batches.remove(&s.batch);
+                if let Some(m) = self.msgs.get_mut(&t.fragment.msg_id) {
+                    m.open = None;
+                }
+            }
+        }
         self.ready.push_front((t.fragment.msg_id, t.fragment.index));
+    }
+
+    /// Batched transmission `t` left at `now`; it reaches the gateway at
+    /// `arrives` (caller's clock). Its batch closes when full or when its
+    /// message has no other fragment waiting.
+    pub fn sent_batched(&mut self, t: &Transmission<C>, now: f64, arrives: f64) {
+        let _ = now;
+        let id = t.fragment.msg_id;
+        let Some(slot) = t.batch else {
+            return;
+        };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return;
+        };
+        let attempts = &mut m.attempts[t.fragment.index as usize];
+        *attempts += 1;
+        if *attempts == 1 {
+            m.emitted += 1;
+            if m.emitted == m.count {
+                let kind = m.kind;
+                self.event(id, kind, Status::Sent);
+            }
+        }
+        let Some(b) = self.batches.get_mut(&slot.batch) else {
+            return;
+        };
+        b.arrive_by = b.arrive_by.max(arrives);
+        let full = b.frags.len() >= BATCH_MAX;
+        let more = self.ready.iter().any(|(mid, i)| {
+            *mid == id && self.msgs.get(mid).is_some_and(|m| !m.acked[*i as usize])
+        });
+        if full || !more {
+            self.close(slot.batch);
+        }
     }
 
     /// `t` left at `now` with SURB-ack `ack`; its ack is due within
@@ -516,8 +849,14 @@ impl<C: Clone> Outbox<C> {
         let Some((id, i, _)) = self.in_flight.remove(ack) else {
             return false;
         };
+        self.ack_fragment(id, i);
+        true
+    }
+
+    /// Fragment `i` of message `id` is stored; the message too once all are.
+    fn ack_fragment(&mut self, id: MessageId, i: u32) {
         let Some(m) = self.msgs.get_mut(&id) else {
-            return true; // the message completed or failed meanwhile
+            return; // the message completed or failed meanwhile
         };
         if !m.acked[i as usize] {
             m.acked[i as usize] = true;
@@ -528,6 +867,7 @@ impl<C: Clone> Outbox<C> {
         {
             self.bytes -= m.body.len();
             self.in_flight.retain(|_, (mid, _, _)| *mid != id);
+            self.drop_batches(&id);
             if m.kind == Kind::Message {
                 if m.emitted < m.count {
                     self.events.push_back((id, Status::Sent));
@@ -536,7 +876,6 @@ impl<C: Clone> Outbox<C> {
                 self.awaiting_read.insert(id);
             }
         }
-        true
     }
 
     /// The dropbox gateway refused the transmission acked by `ack`: its
@@ -562,6 +901,7 @@ impl<C: Clone> Outbox<C> {
             self.bytes -= m.body.len();
             self.in_flight.retain(|_, (mid, _, _)| mid != id);
             self.ready.retain(|(mid, _)| mid != id);
+            self.drop_batches(id);
             if m.emitted < m.count {
                 self.events.push_back((*id, Status::Sent));
             }
@@ -585,6 +925,7 @@ impl<C: Clone> Outbox<C> {
             self.bytes -= m.body.len();
             self.in_flight.retain(|_, (mid, _, _)| mid != id);
             self.ready.retain(|(mid, _)| mid != id);
+            self.drop_batches(id);
             self.events.push_back((*id, Status::FailedUndecryptable));
             return;
         }
@@ -602,6 +943,7 @@ impl<C: Clone> Outbox<C> {
         if let Some(m) = self.msgs.remove(&id) {
             self.bytes -= m.body.len();
             self.in_flight.retain(|_, (mid, _, _)| *mid != id);
+            self.drop_batches(&id);
             self.event(id, m.kind, s);
             // Stored after all (only its acks were lost)? A receipt still says so.
             if m.kind == Kind::Message {
@@ -639,6 +981,23 @@ impl<C: Clone> Outbox<C> {
                 self.fail(id, Status::FailedAttempts);
             } else {
                 self.ready.push_front((id, i));
+            }
+        }
+        let overdue: Vec<AckId> = self
+            .asks_in_flight
+            .iter()
+            .filter(|(_, (_, due))| *due < now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in overdue {
+            let Some((b, _)) = self.asks_in_flight.remove(&a) else {
+                continue;
+            };
+            match self.batches.get(&b) {
+                // Its answer may be what was lost: ask again first.
+                Some(batch) if batch.asks < BATCH_ASKS => self.asks.push_back(b),
+                Some(_) => self.resend_batch(b, 0),
+                None => {}
             }
         }
         let ttl = self.cfg.ttl;
@@ -1165,6 +1524,9 @@ impl<C: Clone> Outbox<C> {
                     attempts: r.attempts,
                     emitted: r.emitted,
                     created: r.created + shift,
+                    // A chunk too large for an acked store was batched.
+                    batched: r.chunk + FRAGMENT_HEADER > crate::messages::MAX_ACKED_STORED_LEN,
+                    open: None,
                 },
             );
         }
@@ -1398,6 +1760,7 @@ impl<C: Clone + Ord> Sequencer<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn from_session(from: u8, session: u64, seq: u64) -> Complete<u8> {
         let mut msg_id = [0u8; 16];
@@ -1573,6 +1936,173 @@ mod tests {
         assert_eq!(o.poll_event(), Some(([1; 16], Status::Read)));
         // Duplicates after completion are not delivered again.
         assert_eq!(r.insert(5u8, sent[0].1.clone(), 1.0).unwrap(), None);
+    }
+
+    /// Sends every ready batched fragment at `now` (each arriving 1 s
+    /// later); returns them with their slots.
+    fn send_batched(o: &mut Outbox<u8>, now: f64) -> Vec<(BatchSlot, Fragment)> {
+        let mut v = Vec::new();
+        while let Some(t) = o.next(now) {
+            let slot = t.batch.expect("a batched message's fragment has a slot");
+            o.sent_batched(&t, now, now + 1.0);
+            v.push((slot, t.fragment));
+        }
+        v
+    }
+
+    #[test]
+    fn a_batched_message_is_acked_in_batches_and_resends_only_what_is_missing() {
+        let mut o = outbox();
+        let body: Vec<u8> = (0..70 * 1024u32).map(|i| (i * 7) as u8).collect();
+        o.push_batched(msg(1, 1, body.clone()), 1024, 0.0).unwrap();
+        let sent = send_batched(&mut o, 0.0);
+        assert_eq!(sent.len(), 70);
+        // Slots 0..32, 0..32, 0..6 of three batches.
+        let batches: BTreeSet<u64> = sent.iter().map(|(s, _)| s.batch).collect();
+        assert_eq!(batches.len(), 3);
+        assert_eq!(sent[31].0.slot, 31);
+        assert_eq!(sent[32].0.slot, 0);
+        assert_eq!(sent[69].0.slot, 5);
+        let mut asks = Vec::new();
+        while let Some(a) = o.next_ask(0.5) {
+            assert_eq!(a.arrive_by, 1.0);
+            assert_eq!(a.asked, 0);
+            o.asked(a.batch, [asks.len() as u8 + 100; 16], 0.5, 10.0);
+            asks.push(a);
+        }
+        assert_eq!(
+            asks.iter().map(|a| a.count).collect::<Vec<_>>(),
+            [32, 32, 6]
+        );
+        // The first batch: all stored but slots 3 and 17.
+        let missing = (1u32 << 3) | (1 << 17);
+        assert!(o.on_batch_ack(&[100; 16], !missing, false));
+        assert!(
+            !o.on_batch_ack(&[100; 16], u32::MAX, false),
+            "answered once"
+        );
+        assert_eq!(o.progress(&[1; 16]).unwrap().have, 30);
+        // Those two go again, in a batch of their own.
+        let again = send_batched(&mut o, 1.0);
+        let idx: Vec<u32> = again.iter().map(|(_, f)| f.index).collect();
+        assert_eq!(idx, [3, 17]);
+        assert!(again.iter().all(|(s, _)| !batches.contains(&s.batch)));
+        let a = o.next_ask(1.5).unwrap();
+        assert_eq!(a.count, 2);
+        o.asked(a.batch, [103; 16], 1.5, 10.0);
+        for (ack, bits) in [
+            ([101; 16], u32::MAX),
+            ([102; 16], 0b111111),
+            ([103; 16], 0b11),
+        ] {
+            assert!(o.on_batch_ack(&ack, bits, false));
+        }
+        let evs: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
+        assert_eq!(evs, [Status::Queued, Status::Sent, Status::Stored]);
+        assert_eq!(o.pending(), 0);
+        assert!(!o.batch_live(a.batch));
+        // Every fragment reassembles the message.
+        let mut r = Reassembler::new(1 << 20, 60.0);
+        let mut done = None;
+        for (_, f) in sent {
+            done = r.insert(5u8, f, 0.0).unwrap().or(done);
+        }
+        assert_eq!(done.unwrap().body, body);
+    }
+
+    #[test]
+    fn a_batch_without_an_answer_is_asked_again_then_sent_again_then_fails() {
+        let mut o = outbox();
+        o.push_batched(msg(2, 1, vec![0; 3000]), 1024, 0.0).unwrap();
+        assert_eq!(send_batched(&mut o, 0.0).len(), 3);
+        let a = o.next_ask(0.0).unwrap();
+        o.asked(a.batch, [1; 16], 0.0, 1.0);
+        assert!(o.next_ask(0.9).is_none() && o.next(0.9).is_none());
+        // No answer by 1 s: asked again (the answer may be what was lost),
+        // with the timeout doubled.
+        let again = o.next_ask(1.1).unwrap();
+        assert_eq!((again.batch, again.asked), (a.batch, 1));
+        o.asked(again.batch, [2; 16], 1.1, 1.0);
+        assert!(o.next(3.0).is_none());
+        // No answer again: the fragments go again, in a new batch.
+        assert!(o.next_ask(3.2).is_none());
+        let resent = send_batched(&mut o, 3.2);
+        assert_eq!(resent.len(), 3);
+        assert_ne!(resent[0].0.batch, a.batch);
+        // A late answer to the old batch changes nothing.
+        assert!(!o.on_batch_ack(&[1; 16], u32::MAX, false));
+        // Lost again and again: after max_attempts (3) it fails.
+        let mut now = 3.2;
+        let mut ack = 10u8;
+        while o.pending() > 0 {
+            now += 0.01;
+            if let Some(a) = o.next_ask(now) {
+                ack += 1;
+                o.asked(a.batch, [ack; 16], now, 1.0);
+            }
+            send_batched(&mut o, now);
+            now += 10.0;
+            assert!(now < 1000.0, "the message never failed");
+        }
+        let evs: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
+        assert_eq!(evs, [Status::Queued, Status::Sent, Status::FailedAttempts]);
+    }
+
+    #[test]
+    fn a_refusal_in_a_batch_fails_the_message_and_a_broken_link_resends_batches() {
+        let mut o = outbox();
+        o.push_batched(msg(3, 1, vec![0; 3000]), 1024, 0.0).unwrap();
+        send_batched(&mut o, 0.0);
+        let a = o.next_ask(0.0).unwrap();
+        o.asked(a.batch, [1; 16], 0.0, 1.0);
+        assert!(o.on_batch_ack(&[1; 16], 0b1, true));
+        let evs: Vec<Status> = std::iter::from_fn(|| o.poll_event()).map(|e| e.1).collect();
+        assert_eq!(evs, [Status::Queued, Status::Sent, Status::FailedRefused]);
+        assert!(!o.batch_live(a.batch));
+
+        o.push_batched(msg(4, 2, vec![0; 3000]), 1024, 0.0).unwrap();
+        send_batched(&mut o, 0.0);
+        let a = o.next_ask(0.0).unwrap();
+        o.asked(a.batch, [2; 16], 0.0, 1.0);
+        assert_eq!(o.retry_in_flight(), 3);
+        assert!(
+            !o.on_batch_ack(&[2; 16], u32::MAX, false),
+            "the old ask is void"
+        );
+        let again = send_batched(&mut o, 0.1);
+        assert_eq!(again.len(), 3);
+        let a = o.next_ask(0.1).unwrap();
+        assert_eq!((a.count, a.asked), (3, 0));
+        o.asked(a.batch, [3; 16], 0.1, 1.0);
+        assert!(o.on_batch_ack(&[3; 16], 0b111, false));
+        assert_eq!(o.pending(), 0);
+    }
+
+    #[test]
+    fn a_restored_outbox_still_sends_large_chunks_in_batches() {
+        let mut o = outbox();
+        let chunk = crate::messages::MAX_BATCHED_STORED_LEN - FRAGMENT_HEADER;
+        o.push_batched(msg(5, 1, vec![1; 3 * chunk]), chunk, 0.0)
+            .unwrap();
+        o.push(msg(6, 2, vec![2; 3000]), 1024, 0.0).unwrap();
+        let (records, awaiting) = o.export();
+        let records = records
+            .into_iter()
+            .map(|r| {
+                let body = o.body(&r.id).unwrap().to_vec();
+                (r, body)
+            })
+            .collect();
+        let mut o = Outbox::restore(OutboxConfig::default(), records, awaiting, 0.0).unwrap();
+        let mut kinds = BTreeMap::new();
+        while let Some(t) = o.next(1.0) {
+            *kinds.entry(t.fragment.msg_id[0]).or_insert(0) += usize::from(t.batch.is_some());
+            match t.batch {
+                Some(_) => o.sent_batched(&t, 1.0, 2.0),
+                None => o.sent(&t, [9; 16], 1.0, 1.0),
+            }
+        }
+        assert_eq!(kinds, BTreeMap::from([(5, 3), (6, 0)]));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //!
 //! `cargo test -p tests --test attachments -- --nocapture`
 
+use client_sdk::Status;
 use client_sdk::{Attachment, ContentKind};
 use std::time::Duration;
-use umbra::sim::{ClientOptions, Sim, SimConfig};
+use umbra::sim::{ClientOptions, LinkFaults, Sim, SimConfig};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -57,7 +58,16 @@ fn a_picture_arrives_as_a_preview_then_its_data_and_text_is_compressed() {
     });
     assert!(got);
     let p = seen_progress.expect("progress was visible while the data arrived");
-    assert!(p.have < p.count && p.count as usize >= photo.len() / client_sdk::CHUNK_LEN);
+    assert!(p.have < p.count);
+    // Sent in batches (protocol.md §13.3): fragments of BATCH_CHUNK_LEN,
+    // fewer than fragments that each carry a SURB-ack would need.
+    let n = p.count as usize;
+    assert!(
+        (photo.len() / client_sdk::BATCH_CHUNK_LEN..photo.len() / client_sdk::CHUNK_LEN)
+            .contains(&n),
+        "{n} fragments for {} bytes",
+        photo.len()
+    );
     let log = &sim.log(b).received;
     let ip = log.iter().position(|r| r.id == preview).unwrap();
     let id = log.iter().position(|r| r.id == data).unwrap();
@@ -107,4 +117,51 @@ fn a_picture_arrives_as_a_preview_then_its_data_and_text_is_compressed() {
         (r.kind, r.body.as_slice()),
         (Some(ContentKind::Text), text.as_bytes())
     );
+}
+
+/// A large message travels in batches (protocol.md §13.3) and still
+/// arrives whole and once, and its sender learns it is stored, although
+/// packets are lost on every link (so batches come back with holes and
+/// their missing fragments go again) and half of the gateways' answers
+/// are withheld (so batches are asked again, or sent again).
+#[test]
+fn batches_survive_lost_fragments_and_lost_answers() {
+    let mut sim = Sim::new(SimConfig {
+        seed: 43,
+        ..SimConfig::default()
+    });
+    let a = sim.add_client();
+    let b = sim.add_client();
+    sim.connect_contacts(a, b);
+    sim.set_faults(LinkFaults {
+        loss: 0.05,
+        ..LinkFaults::NONE
+    });
+    sim.set_ack_faults(LinkFaults {
+        loss: 0.5,
+        ..LinkFaults::NONE
+    });
+    let body: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
+        .collect();
+    let id = sim.send(a, b, &body).unwrap();
+    let n = sim.state(a).progress(&id).unwrap().count as usize;
+    assert!(
+        n < body.len() / client_sdk::CHUNK_LEN,
+        "{n} fragments: not batched"
+    );
+    let stored = sim.run_until_cond(secs(1800), |s| {
+        matches!(s.log(a).status(&id), Some(Status::Stored | Status::Read))
+    });
+    assert!(stored, "{:?}", sim.log(a).statuses.get(&id));
+    assert!(sim.run_until_cond(secs(300), |s| s.log(b).received.iter().any(|r| r.id == id)));
+    sim.run_for(secs(60));
+    let copies: Vec<_> = sim.log(b).received.iter().filter(|r| r.id == id).collect();
+    assert_eq!(copies.len(), 1, "handed over exactly once");
+    assert_eq!(copies[0].body, body);
+    // The faults fired: packets were lost and answers withheld.
+    let s = sim.stats();
+    assert!(s.lost > 0 && s.acks_withheld > 0, "{s:?}");
+    let history: Vec<Status> = sim.log(a).statuses[&id].iter().map(|(_, s)| *s).collect();
+    assert!(!history.iter().any(|s| s.is_failure()), "{history:?}");
 }

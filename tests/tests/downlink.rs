@@ -159,7 +159,7 @@ async fn idle_sending_and_fetching_clients_have_the_same_downlink() {
         writers.push((w, _inbox, id));
     }
     wait_until(
-        "the reader's boxes to fill (723 fragments stored: 241 each, with the envelope)",
+        "the reader's boxes to fill (3 × 191 batched fragments, with the envelope)",
         Duration::from_secs(120),
         || {
             writers

@@ -46,6 +46,8 @@ pub struct DemoOptions {
     /// Size of each message in bytes; `None` sends short text messages.
     /// Large messages travel in fragments (at most `client_sdk::MAX_BODY_LEN`).
     pub message_size: Option<usize>,
+    /// Send large messages in batches (the client's `batch_acks`).
+    pub batch_acks: bool,
     /// The messages' time to live, before 2/λ_P s per fragment sent in all
     /// is added: the client reports a message failed if it is not stored
     /// within it. The run's end follows from it ([`Bounds`]).
@@ -86,6 +88,7 @@ impl Default for DemoOptions {
             fetch_interval_ms: 250,
             send_interval_ms: 50,
             message_size: None,
+            batch_acks: true,
             lambda_payload: 50.0,
             timeout: Duration::from_secs(60),
             authorities: 1,
@@ -147,6 +150,10 @@ pub struct DemoReport {
     pub injector: Option<InjectorReport>,
     /// Epoch boundaries the clients' topology crossed during the run.
     pub boundaries: u64,
+    /// Fragments of the messages sent, as their senders cut them (a large
+    /// message is sent in batches, in fewer and larger fragments:
+    /// protocol.md §13.3).
+    pub fragments: u64,
 }
 
 impl DemoReport {
@@ -621,6 +628,7 @@ async fn talk(
     } = target;
     // New identities have no backlog to catch up on.
     cfg.catch_up_periods = 2;
+    cfg.batch_acks = opts.batch_acks;
     // Large messages need one payload tick per fragment: the TTL leaves
     // 2/λ_P s per fragment of the run on top of `timeout`.
     let fragments = opts
@@ -671,6 +679,7 @@ async fn talk(
     let mut next_poll = Instant::now();
     let mut last_progress = Instant::now();
     let mut settled_note = false;
+    let mut cut_fragments = 0u64;
     let first_epoch = alice.topology().epoch;
     let mut last_epoch = first_epoch;
     // Spread the sends over a few epochs when they are short.
@@ -779,6 +788,7 @@ async fn talk(
                     r => break r?,
                 }
             };
+            cut_fragments += client.progress(&id).map_or(0, |p| u64::from(p.count));
             book.by_id.insert(id, sent);
             book.msgs.push(Sent {
                 id,
@@ -835,6 +845,7 @@ async fn talk(
         ended: ended.into(),
         injector: None,
         boundaries: last_epoch.saturating_sub(first_epoch),
+        fragments: cut_fragments,
     };
     Ok((report, partition))
 }

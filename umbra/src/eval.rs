@@ -357,7 +357,8 @@ impl Eval {
                         match packet::recover_plaintext(payload).and_then(|p| Request::decode(&p)) {
                             Ok(
                                 Request::Store { dropbox, .. }
-                                | Request::StoreAcked { dropbox, .. },
+                                | Request::StoreAcked { dropbox, .. }
+                                | Request::StoreBatched { dropbox, .. },
                             ) => Some(Store {
                                 origin,
                                 owner: self.box_owner.get(&dropbox).copied(),

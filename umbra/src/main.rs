@@ -104,6 +104,10 @@ enum Command {
         /// by default short text messages.
         #[arg(long)]
         message_size: Option<usize>,
+        /// Send every fragment with its own SURB-ack, as before batch
+        /// acknowledgements (protocol.md §13.3): for comparisons.
+        #[arg(long)]
+        no_batch_acks: bool,
         /// Client payload rate λ_P, packets/s (network default: 5).
         #[arg(long, default_value_t = 50.0)]
         lambda_p: f64,
@@ -777,6 +781,7 @@ async fn run(cli: Cli) -> Result<()> {
             burst_loss_bad,
             partition_secs,
             message_size,
+            no_batch_acks,
             lambda_p,
             authorities,
             threshold,
@@ -842,6 +847,7 @@ async fn run(cli: Cli) -> Result<()> {
                 authorities_down,
                 partition,
                 epoch_secs,
+                batch_acks: !no_batch_acks,
                 ..Default::default()
             };
             if let Some(n) = group {

@@ -584,6 +584,10 @@ enum What {
         generation: u64,
     },
     Expire,
+    /// A gateway's batch acks whose wait ends now.
+    BatchAcks {
+        gateway: NodeId,
+    },
     Call(Call),
 }
 
@@ -1257,6 +1261,17 @@ impl Sim {
                 }
                 self.schedule_what(self.now_us + us(EXPIRY_EVERY), What::Expire);
             }
+            What::BatchAcks { gateway } => {
+                let now = self.unix_ms();
+                let due = self
+                    .nodes
+                    .get(&gateway)
+                    .and_then(|n| n.dropboxes.as_ref())
+                    .map(|d| d.batch_acks_due(now))
+                    .unwrap_or_default();
+                let replies = due.into_iter().map(|(e, s, b)| (e, s, b, true)).collect();
+                self.send_replies(gateway, replies);
+            }
             What::Call(f) => f(self),
         }
     }
@@ -1662,6 +1677,36 @@ impl Sim {
                     replies.push((reply_epoch, surb, why.told().body(), true));
                 }
             },
+            Ok(Request::StoreBatched {
+                dropbox,
+                batch,
+                slot,
+                ciphertext,
+            }) => {
+                let (r, answers) = boxes
+                    .store_batched(&dropbox, batch, slot, &ciphertext, now_ms)
+                    .expect("in-memory dropboxes");
+                replies.extend(answers.into_iter().map(|(e, s, b)| (e, s, b, true)));
+                match r {
+                    Ok(seq) => self.note_store(dropbox, seq),
+                    Err(_) => self.stats.store_refused += 1,
+                }
+            }
+            Ok(Request::AckBatch {
+                batch,
+                count,
+                wait_ms,
+                reply_epoch,
+                surb,
+            }) => {
+                let answers = boxes.ack_batch(batch, count, wait_ms, reply_epoch, surb, now_ms);
+                let due = boxes.next_batch_ack_due();
+                replies.extend(answers.into_iter().map(|(e, s, b)| (e, s, b, true)));
+                if let Some(due) = due {
+                    let at = due.saturating_sub(self.cfg.unix_start_ms) * 1000;
+                    self.schedule_what(at.max(self.now_us), What::BatchAcks { gateway });
+                }
+            }
             Ok(Request::Fetch(req)) => {
                 self.stats.fetches += 1;
                 let refused_before = boxes
@@ -1696,6 +1741,13 @@ impl Sim {
             }
             Err(_) => self.drop_packet("malformed"),
         }
+        self.send_replies(gateway, replies);
+    }
+
+    /// Sends SURB replies from `gateway`: (reply epoch, SURB, body, whether
+    /// it is a store's or a batch's ack, which the ack faults may withhold
+    /// or delay).
+    fn send_replies(&mut self, gateway: NodeId, replies: Vec<(u64, Vec<u8>, Vec<u8>, bool)>) {
         for (epoch, surb, body, ack) in replies {
             let mut depart = self.now_us;
             if ack {
