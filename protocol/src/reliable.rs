@@ -491,9 +491,19 @@ impl<C: Clone> Outbox<C> {
 
     /// Fragments acked so far of a message not yet stored.
     pub fn progress(&self, id: &MessageId) -> Option<Progress> {
-        self.msgs.get(id).map(|m| Progress {
-            have: m.n_acked,
-            count: m.count,
+        self.msgs.get(id).map(|m| {
+            let len = m.body.len();
+            let last = (m.count as usize - 1) * m.chunk;
+            let mut bytes = m.n_acked as usize * m.chunk;
+            if m.acked.last() == Some(&true) {
+                bytes = bytes + (len - last) - m.chunk;
+            }
+            Progress {
+                have: m.n_acked,
+                count: m.count,
+                bytes: bytes as u64,
+                total: len as u64,
+            }
         })
     }
 
@@ -1041,13 +1051,18 @@ struct Partial {
     last: f64,
 }
 
-/// Progress of a message being received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Progress of a message being sent (fragments acknowledged) or received
+/// (fragments held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
-    /// Fragments held.
+    /// Fragments acknowledged or held.
     pub have: u32,
     /// Fragments in all.
     pub count: u32,
+    /// Bytes of the message (its encrypted envelope) acknowledged or held.
+    pub bytes: u64,
+    /// Bytes of the whole message (its envelope).
+    pub total: u64,
 }
 
 /// The receiver's side: reassembly with bounded memory per contact,
@@ -1165,6 +1180,8 @@ impl<C: Clone + Ord> Reassembler<C> {
         self.partial.get(&(from.clone(), *id)).map(|p| Progress {
             have: p.chunks.len() as u32,
             count: p.count,
+            bytes: p.bytes as u64,
+            total: u64::from(p.total_len),
         })
     }
 
@@ -1981,7 +1998,8 @@ mod tests {
             !o.on_batch_ack(&[100; 16], u32::MAX, false),
             "answered once"
         );
-        assert_eq!(o.progress(&[1; 16]).unwrap().have, 30);
+        let p = o.progress(&[1; 16]).unwrap();
+        assert_eq!((p.have, p.bytes, p.total), (30, 30 * 1024, 70 * 1024));
         // Those two go again, in a batch of their own.
         let again = send_batched(&mut o, 1.0);
         let idx: Vec<u32> = again.iter().map(|(_, f)| f.index).collect();

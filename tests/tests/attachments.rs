@@ -59,6 +59,9 @@ fn a_picture_arrives_as_a_preview_then_its_data_and_text_is_compressed() {
     assert!(got);
     let p = seen_progress.expect("progress was visible while the data arrived");
     assert!(p.have < p.count);
+    // In bytes too: part of the data message's envelope (body and
+    // metadata, encrypted).
+    assert!(p.bytes < p.total && p.total as usize > photo.len(), "{p:?}");
     // Sent in batches (protocol.md §13.3): fragments of BATCH_CHUNK_LEN,
     // fewer than fragments that each carry a SURB-ack would need.
     let n = p.count as usize;

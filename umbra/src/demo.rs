@@ -39,7 +39,10 @@ pub struct DemoOptions {
     pub gateways: usize,
     /// Mean per-hop delay, milliseconds.
     pub delay_mean_ms: u64,
-    /// How often clients fetch, milliseconds.
+    /// How often clients fetch, milliseconds, at least: at payload rates
+    /// below 50/s the interval grows as 12,500 / λ_P ms (2.5 s at the
+    /// network's default 5/s), so that fetch rounds take the same share of
+    /// the payload stream as 250 ms do at 50/s instead of half of it.
     pub fetch_interval_ms: u64,
     /// Time between two sends, milliseconds.
     pub send_interval_ms: u64,
@@ -343,7 +346,8 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoRepor
         progress("stopped an authority before the clients start");
     }
     let mut cfg = net.client_config()?;
-    cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms);
+    let scaled = 12_500.0 / opts.lambda_payload.max(0.1);
+    cfg.fetch_interval = Duration::from_millis(opts.fetch_interval_ms.max(scaled as u64));
     let target = Target {
         cfg,
         gateways: net.gateways.iter().map(|g| g.node().identity).collect(),
