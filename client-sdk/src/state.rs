@@ -1408,7 +1408,7 @@ impl ClientState {
         if let Some(slot) = tx.batch {
             return match self.batched_fragment_frame(&tx, slot, now, rng) {
                 Ok((frame, there)) => {
-                    self.outbox.sent_batched(&tx, t, t + there.as_secs_f64());
+                    self.outbox.sent_batched(&tx, t + there.as_secs_f64());
                     self.publish_statuses();
                     Some(frame)
                 }
@@ -1516,34 +1516,29 @@ impl ClientState {
             .node(&self.entry.identity)
             .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
         let (surb, ack, key, back_delays) = surb_home(&topo, entry, &self.address, rng)?;
-        // The request's own route decides when it arrives; build it first
-        // with a zero wait, to learn that delay, then with the real one.
+        // The request's own route decides when it arrives, hence how long
+        // the gateway should wait after it.
         let t = self.secs(now);
-        let gateways: Vec<NodeId> = topo.gateways().map(|g| g.identity).collect();
-        let gw = dropbox
-            .gateway(&gateways)
-            .and_then(|id| topo.node(&id))
-            .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
-        let mut route = mix_route(&topo, rng)?;
-        route.push(gw.hop());
-        let delays = packet::sample_delays(rng, route.len(), delay_mean(&topo));
+        let mut wait_ms = 0;
+        let (frame, there) = self.packet_via_with(
+            &topo,
+            self.box_gateway(&topo, &dropbox)?,
+            |there| {
+                let wait = (ask.arrive_by - (t + there.as_secs_f64())).max(0.0) + BATCH_WAIT_SLACK;
+                wait_ms = ((wait * 1000.0) as u32).min(MAX_BATCH_WAIT_MS);
+                Request::AckBatch {
+                    batch: wire,
+                    count: ask.count,
+                    wait_ms,
+                    reply_epoch: topo.epoch,
+                    surb,
+                }
+                .encode()
+                .map_err(|e| Error::Internal(e.to_string()))
+            },
+            rng,
+        )?;
         let max = Duration::from_millis(topo.params.max_delay_ms);
-        let there = packet::applied_delay(&delays, max);
-        let wait = (ask.arrive_by - (t + there.as_secs_f64())).max(0.0) + BATCH_WAIT_SLACK;
-        let wait_ms = ((wait * 1000.0) as u32).min(MAX_BATCH_WAIT_MS);
-        let request = Request::AckBatch {
-            batch: wire,
-            count: ask.count,
-            wait_ms,
-            reply_epoch: topo.epoch,
-            surb,
-        }
-        .encode()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let pkt = packet::build_packet(rng, &route, &[0; 32], [0; 16], &delays, &request)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let frame = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
-            .map_err(|e| Error::Internal(e.to_string()))?;
         let back = packet::applied_delay(&back_delays, max);
         let waited = Duration::from_millis(u64::from(wait_ms));
         Ok((frame, ack, key, there + waited + back + self.cfg.ack_slack))
@@ -1587,12 +1582,17 @@ impl ClientState {
         request: &[u8],
         rng: &mut R,
     ) -> Result<(Vec<u8>, Duration), Error> {
+        self.packet_via(topo, self.box_gateway(topo, dropbox)?, request, rng)
+    }
+
+    /// The last hop of packets to `dropbox`: its hosting gateway.
+    fn box_gateway(&self, topo: &TopologyDocument, dropbox: &Dropbox) -> Result<Hop, Error> {
         let gateways: Vec<NodeId> = topo.gateways().map(|g| g.identity).collect();
-        let gw = dropbox
+        dropbox
             .gateway(&gateways)
             .and_then(|id| topo.node(&id))
-            .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))?;
-        self.packet_via(topo, gw.hop(), request, rng)
+            .map(|gw| gw.hop())
+            .ok_or_else(|| Error::NoRoute("no gateway in the topology".into()))
     }
 
     /// An Inject frame for a forward packet through one node per layer to
@@ -1604,15 +1604,29 @@ impl ClientState {
         body: &[u8],
         rng: &mut R,
     ) -> Result<(Vec<u8>, Duration), Error> {
+        self.packet_via_with(topo, last, |_| Ok(body.to_vec()), rng)
+    }
+
+    /// [`Self::packet_via`] whose body is made once the route's delay is
+    /// known (a batch's ask tells the gateway how long to wait after it).
+    fn packet_via_with<R: CryptoRng + ?Sized>(
+        &self,
+        topo: &TopologyDocument,
+        last: Hop,
+        body: impl FnOnce(Duration) -> Result<Vec<u8>, Error>,
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, Duration), Error> {
         let mut route = mix_route(topo, rng)?;
         route.push(last);
         let delays = packet::sample_delays(rng, route.len(), delay_mean(topo));
-        let pkt = packet::build_packet(rng, &route, &[0; 32], [0; 16], &delays, body)
+        let max = Duration::from_millis(topo.params.max_delay_ms);
+        let there = packet::applied_delay(&delays, max);
+        let body = body(there)?;
+        let pkt = packet::build_packet(rng, &route, &[0; 32], [0; 16], &delays, &body)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let f = frame::encode_parts(FrameKind::Inject, topo.epoch, &[&route[0].id, &pkt])
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let max = Duration::from_millis(topo.params.max_delay_ms);
-        Ok((f, packet::applied_delay(&delays, max)))
+        Ok((f, there))
     }
 
     /// The next queued fetch, if the downlink has room for its replies

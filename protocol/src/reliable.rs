@@ -798,11 +798,10 @@ impl<C: Clone> Outbox<C> {
         self.ready.push_front((t.fragment.msg_id, t.fragment.index));
     }
 
-    /// Batched transmission `t` left at `now`; it reaches the gateway at
+    /// Batched transmission `t` left; it reaches the gateway at
     /// `arrives` (caller's clock). Its batch closes when full or when its
     /// message has no other fragment waiting.
-    pub fn sent_batched(&mut self, t: &Transmission<C>, now: f64, arrives: f64) {
-        let _ = now;
+    pub fn sent_batched(&mut self, t: &Transmission<C>, arrives: f64) {
         let id = t.fragment.msg_id;
         let Some(slot) = t.batch else {
             return;
@@ -1961,7 +1960,7 @@ mod tests {
         let mut v = Vec::new();
         while let Some(t) = o.next(now) {
             let slot = t.batch.expect("a batched message's fragment has a slot");
-            o.sent_batched(&t, now, now + 1.0);
+            o.sent_batched(&t, now + 1.0);
             v.push((slot, t.fragment));
         }
         v
@@ -2116,7 +2115,7 @@ mod tests {
         while let Some(t) = o.next(1.0) {
             *kinds.entry(t.fragment.msg_id[0]).or_insert(0) += usize::from(t.batch.is_some());
             match t.batch {
-                Some(_) => o.sent_batched(&t, 1.0, 2.0),
+                Some(_) => o.sent_batched(&t, 2.0),
                 None => o.sent(&t, [9; 16], 1.0, 1.0),
             }
         }
