@@ -1069,6 +1069,20 @@ impl Client {
         self.inner.state().entry().identity
     }
 
+    /// Time since the last frame came from the entry gateway. Its downlink
+    /// is constant-rate, so more than a few seconds means no connection.
+    pub fn since_last_frame(&self) -> Duration {
+        Duration::from_millis(
+            net::now_ms().saturating_sub(self.inner.last_delivery_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Whether the client sends cover traffic (false only with the
+    /// dangerous no-cover setting).
+    pub fn cover_on(&self) -> bool {
+        !self.inner.state().config().dangerous.no_cover()
+    }
+
     /// Times the client moved to another entry gateway.
     pub fn entry_failovers(&self) -> u64 {
         self.inner

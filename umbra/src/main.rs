@@ -190,6 +190,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a client for people: the web chat page at http://127.0.0.1:1978/
+    /// and a local WebSocket API for other programs (docs/api.md). Its data
+    /// (encrypted store, history, API token, daemon.toml) lives in
+    /// --data-dir. The passphrase comes from UMBRA_PASSPHRASE, from
+    /// --passphrase-file, or from a prompt; never from the command line.
+    Daemon(DaemonArgs),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -351,6 +357,38 @@ impl From<RoleArg> for protocol::topology::Role {
             RoleArg::Gateway => Self::Gateway,
         }
     }
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Where the daemon keeps its data (default: $XDG_DATA_HOME/umbra, or
+    /// ~/.local/share/umbra).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A directory authority's public key (hex), as `umbra testnet` or
+    /// `umbra directory key` prints it; repeat for each. Saved in
+    /// daemon.toml: later starts need not repeat it.
+    #[arg(long = "authority-key")]
+    authority_keys: Vec<String>,
+    /// The base URL of each authority, in the same order as the keys.
+    #[arg(long = "directory-url")]
+    directory_urls: Vec<String>,
+    /// Signatures a topology needs (k of the authorities).
+    #[arg(long)]
+    threshold: Option<usize>,
+    /// Address of the page and API (default 127.0.0.1:1978; loopback only).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Read the passphrase from this file (its first line).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// How often to fetch the dropboxes, ms (default: the SDK's).
+    #[arg(long)]
+    fetch_interval_ms: Option<u64>,
+    /// DANGEROUS: allow --listen beyond loopback (anyone who reaches the
+    /// port and holds the token drives the client).
+    #[arg(long)]
+    dangerous_listen_non_loopback: bool,
 }
 
 /// The directory authorities a node's `init` writes into its config.
@@ -529,6 +567,104 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `umbra daemon`: daemon.toml and the flags (which are saved into it),
+/// the passphrase, then serve until Ctrl-C.
+async fn run_daemon(a: DaemonArgs) -> Result<()> {
+    let dir = match a.data_dir {
+        Some(d) => d,
+        None => std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .ok_or("no --data-dir, and neither XDG_DATA_HOME nor HOME is set")?
+            .join("umbra"),
+    };
+    let file = dir.join("daemon.toml");
+    let mut f = daemon::DaemonFile::load(&file)?;
+    let mut changed = false;
+    if !a.authority_keys.is_empty() {
+        if a.directory_urls.len() != a.authority_keys.len() {
+            return Err(format!(
+                "--directory-url: give one per --authority-key ({} keys, {} URLs)",
+                a.authority_keys.len(),
+                a.directory_urls.len()
+            )
+            .into());
+        }
+        f.authorities = a
+            .authority_keys
+            .iter()
+            .zip(&a.directory_urls)
+            .map(|(key, url)| daemon::config::Authority {
+                url: url.clone(),
+                key: key.clone(),
+            })
+            .collect();
+        changed = true;
+    }
+    if let Some(t) = a.threshold {
+        f.threshold = t;
+        changed = true;
+    }
+    if let Some(l) = a.listen {
+        f.listen = l;
+        changed = true;
+    }
+    if let Some(ms) = a.fetch_interval_ms {
+        f.fetch_interval_ms = Some(ms);
+        changed = true;
+    }
+    f.dangerous_listen_non_loopback |= a.dangerous_listen_non_loopback;
+    let cfg = f.clone().into_config(dir.clone(), &file)?;
+    net::identity::create_private_dir(&dir)?;
+    if changed {
+        f.save(&file)?;
+    }
+    let first = !dir.join("client.umbra").exists();
+    let pass = read_passphrase(a.passphrase_file.as_deref(), first)?;
+    let d = daemon::Daemon::start(cfg, pass.as_bytes()).await?;
+    println!("Umbra daemon running (Ctrl-C stops it).");
+    println!("  your identity: {}", hex::encode(d.id().0));
+    println!("  open the chat page: {}", d.page_url());
+    println!(
+        "  API: ws://{}/v1/ws (token in {})",
+        d.addr(),
+        d.token_path().display()
+    );
+    shutdown_signal().await;
+    d.stop().await;
+    Ok(())
+}
+
+/// The store's passphrase: UMBRA_PASSPHRASE, the file's first line, or a
+/// prompt (twice for a new store).
+fn read_passphrase(file: Option<&std::path::Path>, first: bool) -> Result<String> {
+    if let Ok(p) = std::env::var("UMBRA_PASSPHRASE") {
+        return Ok(p);
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| format!("--passphrase-file {}: {e}", f.display()))?;
+        return Ok(text.lines().next().unwrap_or("").to_string());
+    }
+    let p = rpassword::prompt_password(if first {
+        "New passphrase for this client's store: "
+    } else {
+        "Passphrase: "
+    })
+    .map_err(|e| {
+        format!(
+            "no passphrase: set UMBRA_PASSPHRASE, pass --passphrase-file, or run on a terminal              ({e})"
+        )
+    })?;
+    if first && rpassword::prompt_password("Again: ")? != p {
+        return Err("the passphrases differ; nothing was created".into());
+    }
+    if p.is_empty() {
+        return Err("an empty passphrase protects nothing; choose one".into());
+    }
+    Ok(p)
 }
 
 async fn shutdown_signal() {
@@ -910,6 +1046,7 @@ async fn run(cli: Cli) -> Result<()> {
                 return Err("a message was lost, duplicated or corrupted".into());
             }
         }
+        Command::Daemon(a) => run_daemon(a).await?,
         Command::Testnet {
             per_layer,
             gateways,

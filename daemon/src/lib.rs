@@ -1,0 +1,217 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod access;
+mod api;
+pub mod config;
+pub mod history;
+mod server;
+
+pub use config::{DaemonConfig, DaemonFile};
+
+use client_sdk::state::Changes;
+use client_sdk::store::Store;
+use client_sdk::{Client, ContactId};
+use history::History;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{Mutex, broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Errors of the daemon. Each says whose fault it is.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is unusable (the operator's fault): names the key and the file.
+    #[error("{file}: {key}: {reason}")]
+    Config {
+        /// The file (or `command line`).
+        file: String,
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The client did not start or its store did not open.
+    #[error(transparent)]
+    Client(#[from] client_sdk::Error),
+    /// A file in the data directory cannot be read or written (local fault).
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The API's address cannot be bound (local fault: in use, or not ours).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What the daemon's tasks and connections share.
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) me: ContactId,
+    /// The record of conversations; its lock also orders the writes.
+    pub(crate) history: Mutex<History>,
+    pub(crate) store: Arc<Store>,
+    /// Events for every connection (JSON text).
+    pub(crate) events: broadcast::Sender<Arc<str>>,
+    pub(crate) access: access::Access,
+    /// Set when the daemon stops: connections close.
+    pub(crate) stop: watch::Sender<bool>,
+}
+
+impl Ctx {
+    /// Writes `ch` to the history store (under the history lock the caller
+    /// holds, so writes land in the order they were made).
+    pub(crate) async fn commit(&self, ch: Changes) -> Result<(), Error> {
+        if ch.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit(&ch))
+            .await
+            .map_err(|e| Error::File {
+                path: self.store.path().to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(Error::Client)
+    }
+
+    /// Sends an event to every connection.
+    pub(crate) fn emit(&self, v: serde_json::Value) {
+        let _ = self.events.send(Arc::from(v.to_string()));
+    }
+}
+
+/// A running daemon: its client, its API and page on loopback.
+pub struct Daemon {
+    addr: SocketAddr,
+    token_path: PathBuf,
+    ctx: Arc<Ctx>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Opens the client's store and the daemon's history in
+    /// `cfg.data_dir` with `passphrase` (creating them, with a new
+    /// identity, on the first start), starts the client, writes a new API
+    /// token and starts serving.
+    pub async fn start(cfg: DaemonConfig, passphrase: &[u8]) -> Result<Daemon, Error> {
+        cfg.check()?;
+        let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| Error::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        net::identity::create_private_dir(&cfg.data_dir)
+            .map_err(|e| file_err(&cfg.data_dir, &e))?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let history_path = cfg.data_dir.join("history.umbra");
+        let pass = passphrase.to_vec();
+        let kdf = cfg.client.store_kdf;
+        // The client first: a wrong passphrase is refused before the
+        // history file is created.
+        let (client, inbox) = Client::open(
+            cfg.client.clone(),
+            cfg.data_dir.join("client.umbra"),
+            passphrase,
+        )
+        .await?;
+        let (store, records) =
+            tokio::task::spawn_blocking(move || Store::open(&history_path, &pass, kdf))
+                .await
+                .map_err(|e| file_err(&cfg.data_dir, &e))??;
+        let token = access::new_token();
+        let token_path = cfg.data_dir.join("api-token");
+        net::identity::write_secret(&token_path, &token).map_err(|e| file_err(&token_path, &e))?;
+        let ctx = Arc::new(Ctx {
+            me: client.id(),
+            client,
+            history: Mutex::new(History::restore(records)),
+            store: Arc::new(store),
+            events: broadcast::channel(1024).0,
+            access: access::Access::new(addr, hex::encode(token)),
+            stop: watch::channel(false).0,
+        });
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "dangerous_listen_non_loopback: the API and page are served beyond this machine; \
+                 anyone who reaches the port and holds the token drives this client"
+            );
+        }
+        let tasks = vec![
+            tokio::spawn(server::serve(ctx.clone(), listener)),
+            tokio::spawn(api::inbox_task(ctx.clone(), inbox)),
+            tokio::spawn(api::status_task(ctx.clone())),
+            tokio::spawn(api::groups_task(ctx.clone())),
+            tokio::spawn(api::ticker_task(ctx.clone())),
+        ];
+        tracing::info!(%addr, "umbra daemon serving its API and page on loopback");
+        Ok(Daemon {
+            addr,
+            token_path,
+            ctx,
+            tasks,
+        })
+    }
+
+    /// The address the API and page are served on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API token (also in [`Daemon::token_path`]).
+    pub fn token(&self) -> &str {
+        self.ctx.access.token()
+    }
+
+    /// The file holding the API token (mode 0600).
+    pub fn token_path(&self) -> &std::path::Path {
+        &self.token_path
+    }
+
+    /// The page's address with the token, for the user to open.
+    pub fn page_url(&self) -> String {
+        format!("http://{}/#token={}", self.addr, self.token())
+    }
+
+    /// The daemon's identity.
+    pub fn id(&self) -> ContactId {
+        self.ctx.me
+    }
+
+    /// The client (for tests and embedding).
+    pub fn client(&self) -> &Client {
+        &self.ctx.client
+    }
+
+    /// Stops serving and closes the client (its last changes written).
+    pub async fn stop(self) {
+        self.ctx.stop.send_replace(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.ctx.client.clone().close().await;
+    }
+}
