@@ -104,8 +104,8 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the client's store and the daemon's history in
     /// `cfg.data_dir` with `passphrase` (creating them, with a new
-    /// identity, on the first start), starts the client, writes a new API
-    /// token and starts serving.
+    /// identity, on the first start), starts the client, reads its API
+    /// token (made on the first start) and starts serving.
     pub async fn start(cfg: DaemonConfig, passphrase: &[u8]) -> Result<Daemon, Error> {
         cfg.check()?;
         let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| Error::File {
@@ -139,9 +139,17 @@ impl Daemon {
             tokio::task::spawn_blocking(move || Store::open(&history_path, &pass, kdf))
                 .await
                 .map_err(|e| file_err(&cfg.data_dir, &e))??;
-        let token = access::new_token();
+        // The token is kept across restarts, so that an open page (and its
+        // queue of messages written offline) reconnects by itself; delete
+        // the file to make a new one.
         let token_path = cfg.data_dir.join("api-token");
-        net::identity::write_secret(&token_path, &token).map_err(|e| file_err(&token_path, &e))?;
+        let token = if token_path.exists() {
+            net::identity::read_secret(&token_path).map_err(|e| file_err(&token_path, &e))?
+        } else {
+            let t = access::new_token();
+            net::identity::write_secret(&token_path, &t).map_err(|e| file_err(&token_path, &e))?;
+            t
+        };
         let ctx = Arc::new(Ctx {
             me: client.id(),
             client,

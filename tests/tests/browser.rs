@@ -4,8 +4,10 @@
 //! the API. Alice and Bob exchange invites through their pages, verify
 //! safety numbers, send text, a picture (scaled down by the page, thumbnail
 //! first) and a voice note (a generated WAV file), each to Read, make a group
-//! of three and talk in it; then Alice's daemon stops and her page,
-//! reloaded, still shows the shell and the history. Screenshots of each
+//! of three and talk in it; an invite under a known name with another
+//! key is refused with a warning; then Alice's daemon stops and her page,
+//! reloaded, still shows the shell and the history, and a message written
+//! offline is sent once the daemon is back. Screenshots of each
 //! screen at desktop and phone size go to `$UMBRA_SCREENSHOTS` (default
 //! `target/screenshots`).
 //!
@@ -370,6 +372,10 @@ fn wav(ms: u32) -> Vec<u8> {
 }
 
 async fn start(net: &MixNetwork, dir: &Path) -> Daemon {
+    start_on(net, dir, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_on(net: &MixNetwork, dir: &Path, listen: std::net::SocketAddr) -> Daemon {
     let mut client = net.client_config().unwrap();
     client.fetch_interval = Duration::from_millis(300);
     client.store_kdf = KdfParams {
@@ -378,7 +384,7 @@ async fn start(net: &MixNetwork, dir: &Path) -> Daemon {
         p: 1,
     };
     let mut cfg = DaemonConfig::new(client, dir.to_owned());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.listen = listen;
     Daemon::start(cfg, PASS).await.unwrap()
 }
 
@@ -748,11 +754,36 @@ async fn two_people_chat_in_their_browsers() {
     b.shots("07-group-chat").await;
     step("a group of three: Bob's message reached Alice and Carol, Alice's reached Bob");
 
-    // 8. Alice's daemon stops; her page, reloaded, keeps shell and history.
+    // 8. An invite under a known name with another key: a clear warning.
+    let forged = c.ok("invite", json!({"name": "Alice"})).await["invite"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.click("#add-contact").await;
+    b.fill("#invite-input", &forged).await;
+    b.click("#invite-submit").await;
+    b.wait(
+        "key change warned",
+        "document.getElementById('invite-error').textContent.includes('key has changed')",
+        PAGE_WAIT,
+    )
+    .await;
+    b.shots("09-key-changed").await;
+    b.js("document.getElementById('add-dialog').close()").await;
+    assert_eq!(
+        b.js("document.querySelectorAll('#contacts button[data-id]').length")
+            .await,
+        1,
+        "the forged invite added nothing"
+    );
+    step("an invite with a known name and another key is refused with a warning");
+
+    // 9. Alice's daemon stops; her page, reloaded, keeps shell and history.
     a.click(&format!("#contacts button[data-id=\"{bid}\"]"))
         .await;
     a.wait("Bob's chat", &bubble_with("in", "hi Alice!"), PAGE_WAIT)
         .await;
+    let alice_addr = alice.addr();
     alice.stop().await;
     a.wait(
         "offline",
@@ -794,11 +825,40 @@ async fn two_people_chat_in_their_browsers() {
     a.shots("08-offline").await;
     step("offline: shell, contacts and history load; a message waits in the page's queue");
 
+    // 10. The daemon is back (same address, same token): the page
+    // reconnects by itself and sends what was written offline.
+    let alice = start_on(&net, &tmp.path().join("alice"), alice_addr).await;
+    a.wait(
+        "reconnected",
+        "document.getElementById('conn').textContent === 'connected'",
+        PAGE_WAIT,
+    )
+    .await;
+    b.click(&format!("#contacts button[data-id=\"{aid}\"]"))
+        .await;
+    b.wait(
+        "the offline message arrived",
+        &bubble_with("in", "written offline"),
+        NET_WAIT,
+    )
+    .await;
+    a.wait(
+        "no longer queued offline",
+        &format!(
+            "{}?.querySelector('.status[data-status=\"read\"]')",
+            bubble_with("out", "written offline")
+        ),
+        NET_WAIT,
+    )
+    .await;
+    step("back online: the message written offline was sent and read");
+
     println!(
         "browser test: {steps} steps passed in {:.1} s; screenshots in {}",
         started.elapsed().as_secs_f64(),
         screenshot_dir().display()
     );
+    alice.stop().await;
     bob.stop().await;
     carol.stop().await;
     net.stop().await;
