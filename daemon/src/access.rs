@@ -46,6 +46,9 @@ impl Refusal {
 #[derive(Debug, Clone)]
 pub struct Access {
     hosts: Vec<String>,
+    /// Listening on every address (the dangerous setting): any IP literal
+    /// with our port is a host of ours (DNS names still are not).
+    any_ip_port: Option<u16>,
     token: String,
 }
 
@@ -63,7 +66,12 @@ impl Access {
         if !listen.ip().is_loopback() && !listen.ip().is_unspecified() {
             hosts.push(listen.to_string());
         }
-        Self { hosts, token }
+        let any_ip_port = listen.ip().is_unspecified().then_some(port);
+        Self {
+            hosts,
+            any_ip_port,
+            token,
+        }
     }
 
     /// The token.
@@ -74,11 +82,19 @@ impl Access {
     /// Every request: `Host` is one of ours (case-insensitive, as DNS names are).
     pub fn check_host(&self, host: Option<&str>) -> Result<(), Refusal> {
         let host = host.ok_or(Refusal::Host)?.to_ascii_lowercase();
-        if self.hosts.contains(&host) {
+        if self.hosts.contains(&host) || self.any_ip(&host) {
             Ok(())
         } else {
             Err(Refusal::Host)
         }
+    }
+
+    /// `host` is an IP literal with our port, and we listen on every address.
+    fn any_ip(&self, host: &str) -> bool {
+        self.any_ip_port.is_some_and(|port| {
+            host.parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.port() == port)
+        })
     }
 
     /// The API: `Origin`, if sent, is our page; the token is right. The
@@ -94,7 +110,7 @@ impl Access {
             let o = o.to_ascii_lowercase();
             let ours = o
                 .strip_prefix("http://")
-                .is_some_and(|rest| self.hosts.iter().any(|h| h == rest));
+                .is_some_and(|rest| self.hosts.iter().any(|h| h == rest) || self.any_ip(rest));
             if !ours {
                 return Err(Refusal::Origin);
             }
@@ -178,6 +194,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn listening_everywhere_takes_ip_literals_but_never_names() {
+        let a = Access::new("0.0.0.0:1978".parse().unwrap(), "ab".repeat(32));
+        assert_eq!(a.check_host(Some("192.0.2.7:1978")), Ok(()));
+        assert_eq!(a.check_host(Some("[2001:db8::1]:1978")), Ok(()));
+        assert_eq!(a.check_host(Some("192.0.2.7:1979")), Err(Refusal::Host));
+        assert_eq!(a.check_host(Some("evil.example:1978")), Err(Refusal::Host));
+        let t = "ab".repeat(32);
+        assert_eq!(
+            a.check_api(Some("http://192.0.2.7:1978"), Some(&t), None),
+            Ok(())
+        );
+        assert_eq!(
+            a.check_api(Some("http://evil.example:1978"), Some(&t), None),
+            Err(Refusal::Origin)
+        );
+        // Loopback only: an IP literal that is not ours is refused.
+        assert_eq!(
+            access().check_host(Some("192.0.2.7:1978")),
+            Err(Refusal::Host)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::Ctx;
 use crate::history::{AttachmentMeta, Conv, Message};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use client_sdk::state::Changes;
 use client_sdk::{ContactId, ContentKind, GroupId, MessageId, Received, Status};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -315,10 +316,18 @@ async fn groups_json(ctx: &Ctx) -> Value {
 fn network_json(ctx: &Ctx) -> Value {
     let h = ctx.client.health();
     let (msgs, bytes) = ctx.client.outbox_len();
+    let topo = ctx.client.topology();
+    let age_s = ctx
+        .client
+        .network_time_ms()
+        .saturating_sub(topo.valid_from_ms)
+        / 1000;
     json!({
         "connected": ctx.client.since_last_frame() < Duration::from_secs(10),
         "cover": ctx.client.cover_on(),
         "topology_epoch": h.topology_epoch,
+        "topology_age_s": age_s,
+        "topology_nodes": topo.nodes.len(),
         "topology_usable_until_ms": h.topology_usable_until_ms,
         "clock_offset_ms": h.clock_offset_ms,
         "outbox_messages": msgs,
@@ -369,12 +378,18 @@ async fn record_sent(
                 .into(),
         ),
         awaiting: None,
+        data_id: None,
     };
     let mut h = ctx.history.lock().await;
     let (m, ch) = h.add(m, data);
-    ctx.commit(ch).await?;
-    drop(h);
+    if let Err(e) = ctx.save(&mut h, ch).await {
+        // The message is on its way (the SDK has it): report it, and write
+        // the record with the next change.
+        tracing::warn!(error = %e, "cannot write the history; will retry");
+    }
+    // Announced under the lock: its status events come after it.
     ctx.emit(message_event(&m));
+    drop(h);
     Ok(json!({"message": m}))
 }
 
@@ -423,6 +438,10 @@ async fn send_file(
 async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Result<Value, Fail> {
     match op {
         "network" => Ok(network_json(ctx)),
+        "identities" => Ok(json!({"identities": [{
+            "id": hex::encode(ctx.me.0),
+            "default": true,
+        }]})),
         "invite" => {
             let name = s(req, "name")?;
             let invite = ctx.client.invite(name);
@@ -452,7 +471,7 @@ async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Res
             ctx.client.remove_contact(&c)?;
             let mut h = ctx.history.lock().await;
             let ch = h.set_verified(&hex::encode(c.0), false);
-            ctx.commit(ch).await?;
+            ctx.save(&mut h, ch).await?;
             drop(h);
             emit_contacts(ctx).await;
             Ok(json!({}))
@@ -475,7 +494,7 @@ async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Res
             }
             let mut h = ctx.history.lock().await;
             let ch = h.set_verified(&hex::encode(c.0), true);
-            ctx.commit(ch).await?;
+            ctx.save(&mut h, ch).await?;
             drop(h);
             emit_contacts(ctx).await;
             Ok(json!({"contact": one_contact(ctx, &c).await}))
@@ -491,7 +510,7 @@ async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Res
             let conv = conversation(req)?;
             let mut h = ctx.history.lock().await;
             let ch = h.mark_read(&conv);
-            ctx.commit(ch).await?;
+            ctx.save(&mut h, ch).await?;
             drop(h);
             match conv {
                 Conv::Contact(_) => emit_contacts(ctx).await,
@@ -550,13 +569,17 @@ async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Res
         "send_file" => {
             let conv = target(req)?;
             let kind = parse_kind(s(req, "kind")?)?;
-            let data = match (u(req, "upload")?, req.get("data").and_then(Value::as_str)) {
-                (Some(up), _) => {
-                    conn.uploads
-                        .remove(&up)
-                        .ok_or_else(|| Fail::app("unknown_upload", "no such upload"))?
-                        .0
-                }
+            conn.uploads.retain(|_, (_, t)| t.elapsed() < UPLOAD_TTL);
+            let upload = u(req, "upload")?;
+            let data = match (upload, req.get("data").and_then(Value::as_str)) {
+                // Copied, not taken: a send refused for now (busy) can be
+                // tried again with the same upload.
+                (Some(up), _) => conn
+                    .uploads
+                    .get(&up)
+                    .ok_or_else(|| Fail::app("unknown_upload", "no such upload (or it expired)"))?
+                    .0
+                    .clone(),
                 (None, Some(d)) => B64
                     .decode(d)
                     .map_err(|_| Fail::app("bad_request", "\"data\" is not base64"))?,
@@ -589,7 +612,11 @@ async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Res
                 duration_ms: u(req, "duration_ms")?.unwrap_or(0).min(u32::MAX as u64) as u32,
                 thumbnail: B64.encode(&thumb),
             };
-            send_file(ctx, conv, kind, meta, data).await
+            let sent = send_file(ctx, conv, kind, meta, data).await?;
+            if let Some(up) = upload {
+                conn.uploads.remove(&up);
+            }
+            Ok(sent)
         }
         "attachment" => {
             let seq =
@@ -679,11 +706,10 @@ async fn take_received(ctx: &Ctx, r: Received) -> Result<Option<Message>, crate:
     let from = hex::encode(r.from.0);
     let id = hex::encode(r.id);
     let mut h = ctx.history.lock().await;
-    if let Some(seq) = h.awaiting(&from, &id) {
-        let Some((m, ch)) = h.complete(seq, r.body) else {
-            return Ok(None);
-        };
-        ctx.commit(ch).await?;
+    if let Some(seq) = h.awaiting(&from, &id)
+        && let Some((m, ch)) = h.complete(seq, r.body.clone())
+    {
+        ctx.save(&mut h, ch).await?;
         return Ok(Some(m));
     }
     if h.has_incoming(&from, &id) {
@@ -719,9 +745,10 @@ async fn take_received(ctx: &Ctx, r: Received) -> Result<Option<Message>, crate:
             .and_then(|a| a.preview_of)
             .filter(|_| preview)
             .map(hex::encode),
+        data_id: None,
     };
     let (m, ch) = h.add(m, data);
-    ctx.commit(ch).await?;
+    ctx.save(&mut h, ch).await?;
     Ok(Some(m))
 }
 
@@ -730,21 +757,26 @@ async fn take_received(ctx: &Ctx, r: Received) -> Result<Option<Message>, crate:
 pub async fn inbox_task(ctx: Arc<Ctx>, mut inbox: client_sdk::Inbox) {
     while let Some(r) = inbox.recv().await {
         let group = r.group.is_some();
-        match take_received(&ctx, r).await {
-            Ok(Some(m)) => {
-                ctx.emit(message_event(&m));
-                if group {
-                    emit_groups(&ctx).await;
-                } else {
-                    emit_contacts(&ctx).await;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Not saved: stop taking messages, so that the SDK hands this
-                // one over again after a restart rather than lose it.
-                tracing::error!(error = %e, "cannot write the history; not taking more messages");
-                return;
+        let mut taken = take_received(&ctx, r).await;
+        let mut wait = Duration::from_millis(500);
+        while let Err(e) = &taken {
+            // Not on disk yet: do not ask for the next message (that would
+            // tell the SDK this one is saved) until the write goes through.
+            tracing::error!(error = %e, "cannot write the history; retrying before taking more");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+            let mut h = ctx.history.lock().await;
+            taken = match ctx.save(&mut h, Changes::default()).await {
+                Ok(()) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        if let Ok(Some(m)) = taken {
+            ctx.emit(message_event(&m));
+            if group {
+                emit_groups(&ctx).await;
+            } else {
+                emit_contacts(&ctx).await;
             }
         }
     }
@@ -757,12 +789,12 @@ async fn set_status(ctx: &Ctx, id: &MessageId, st: Status) {
         return;
     };
     let Some((_, ch)) = h.set_status(seq, status_name(st)) else {
-        return;
+        return; // unchanged, or a stale report of an earlier status
     };
-    if let Err(e) = ctx.commit(ch).await {
-        tracing::warn!(error = %e, "cannot write a status to the history");
+    if let Err(e) = ctx.save(&mut h, ch).await {
+        tracing::warn!(error = %e, "cannot write a status to the history; will retry");
     }
-    drop(h);
+    // Under the lock: status events go out in the order they were recorded.
     ctx.emit(json!({"event": "status", "seq": seq, "id": idh, "status": status_name(st)}));
 }
 
@@ -798,7 +830,11 @@ pub async fn ticker_task(ctx: Arc<Ctx>) {
         tick.tick().await;
         n += 1;
         let (unfinished, awaiting) = {
-            let h = ctx.history.lock().await;
+            let mut h = ctx.history.lock().await;
+            // Writes that failed earlier go again.
+            if let Err(e) = ctx.save(&mut h, Changes::default()).await {
+                tracing::warn!(error = %e, "cannot write the history; will retry");
+            }
             (h.unfinished(), h.awaiting_all())
         };
         let mut seen = Vec::new();

@@ -94,6 +94,13 @@ impl DaemonFile {
             opts.mode(0o600);
         }
         let mut f = opts.open(path).map_err(err)?;
+        // An existing file keeps its mode on open: narrow it too.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(err)?;
+        }
         std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)
     }
 

@@ -19,6 +19,9 @@ pub const MAX_MESSAGES: usize = 50_000;
 /// Bytes of attachment data kept; beyond it the oldest attachments keep
 /// their metadata and thumbnail but lose their data.
 pub const MAX_DATA_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes of thumbnails (base64) kept; beyond it the oldest lose theirs (a
+/// contact could otherwise send 50,000 previews of 16 KiB each).
+pub const MAX_THUMBNAIL_BYTES: usize = 32 * 1024 * 1024;
 
 /// A conversation: with a contact or in a group (ids in hex).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -113,9 +116,26 @@ pub struct Message {
     pub has_data: bool,
     /// Outgoing only: the SDK's status, snake case.
     pub status: Option<String>,
-    /// Incoming preview: the id (hex) of the message that carries the data.
+    /// Incoming preview: the id (hex) of the message that carries the
+    /// data, until it arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub awaiting: Option<String>,
+    /// Incoming preview whose data arrived: that message's id (hex), so
+    /// that a redelivery after a restart is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_id: Option<String>,
+}
+
+/// Order of statuses: a status never moves back (a late or stale report
+/// of `sent` after `stored` is ignored). Failures are final.
+fn rank(status: Option<&str>) -> u8 {
+    match status {
+        None | Some("queued") => 0,
+        Some("sent") => 1,
+        Some("stored") => 2,
+        Some("read") => 3,
+        Some(_) => 4,
+    }
 }
 
 /// The daemon's record, in memory; every change comes with the records to write.
@@ -124,11 +144,15 @@ pub struct History {
     messages: BTreeMap<u64, Message>,
     data: HashMap<u64, Vec<u8>>,
     data_bytes: usize,
+    thumb_bytes: usize,
     /// SDK message id (hex) of an outgoing message → its seq.
     outgoing: HashMap<String, u64>,
     verified: BTreeMap<String, bool>,
     read_upto: HashMap<String, u64>,
     next_seq: u64,
+    /// Changes made in memory whose write failed, in order: written before
+    /// the next ones.
+    unsaved: Vec<Changes>,
 }
 
 fn msg_key(seq: u64) -> Vec<u8> {
@@ -158,6 +182,7 @@ impl History {
                     if m.outgoing {
                         h.outgoing.insert(m.id.clone(), m.seq);
                     }
+                    h.thumb_bytes += thumb_len(&m);
                     h.next_seq = h.next_seq.max(m.seq + 1);
                     h.messages.insert(m.seq, m);
                 }
@@ -188,6 +213,7 @@ impl History {
         if let Some(d) = data {
             self.put_data(m.seq, d, &mut ch);
         }
+        self.thumb_bytes += thumb_len(&m);
         ch.puts.push((msg_key(m.seq), to_json(&m)));
         self.messages.insert(m.seq, m.clone());
         while self.messages.len() > MAX_MESSAGES {
@@ -202,6 +228,7 @@ impl History {
 
     fn forget(&mut self, seq: u64, ch: &mut Changes) {
         if let Some(m) = self.messages.remove(&seq) {
+            self.thumb_bytes -= thumb_len(&m);
             self.outgoing.remove(&m.id);
             ch.deletes.push(msg_key(seq));
         }
@@ -217,8 +244,22 @@ impl History {
         self.data.insert(seq, d);
     }
 
-    /// Drops the oldest attachments' data beyond [`MAX_DATA_BYTES`].
+    /// Drops the oldest attachments' data beyond [`MAX_DATA_BYTES`], and
+    /// the oldest thumbnails beyond [`MAX_THUMBNAIL_BYTES`].
     fn bound_data(&mut self, ch: &mut Changes) {
+        if self.thumb_bytes > MAX_THUMBNAIL_BYTES {
+            for (seq, m) in self.messages.iter_mut() {
+                if self.thumb_bytes <= MAX_THUMBNAIL_BYTES {
+                    break;
+                }
+                let n = thumb_len(m);
+                if let (Some(a), true) = (m.attachment.as_mut(), n > 0) {
+                    a.thumbnail.clear();
+                    self.thumb_bytes -= n;
+                    ch.puts.push((msg_key(*seq), to_json(m)));
+                }
+            }
+        }
         while self.data_bytes > MAX_DATA_BYTES {
             let Some(&oldest) = self.data.keys().min() else {
                 break;
@@ -236,10 +277,9 @@ impl History {
 
     /// An incoming message is already recorded (a redelivery after a restart).
     pub fn has_incoming(&self, from: &str, id: &str) -> bool {
-        self.messages
-            .values()
-            .rev()
-            .any(|m| !m.outgoing && m.from == from && m.id == id)
+        self.messages.values().rev().any(|m| {
+            !m.outgoing && m.from == from && (m.id == id || m.data_id.as_deref() == Some(id))
+        })
     }
 
     /// The incoming preview waiting for data message `id` from `from`.
@@ -267,7 +307,7 @@ impl History {
     pub fn complete(&mut self, seq: u64, data: Vec<u8>) -> Option<(Message, Changes)> {
         let mut ch = Changes::default();
         let m = self.messages.get_mut(&seq)?;
-        m.awaiting = None;
+        m.data_id = m.awaiting.take();
         m.has_data = true;
         let out = m.clone();
         ch.puts.push((msg_key(seq), to_json(&out)));
@@ -284,8 +324,8 @@ impl History {
     /// Sets an outgoing message's status; `None` if unknown or unchanged.
     pub fn set_status(&mut self, seq: u64, status: &str) -> Option<(Message, Changes)> {
         let m = self.messages.get_mut(&seq)?;
-        if m.status.as_deref() == Some(status) {
-            return None;
+        if rank(Some(status)) <= rank(m.status.as_deref()) {
+            return None; // the same, or a stale report of an earlier one
         }
         m.status = Some(status.to_string());
         let out = m.clone();
@@ -303,6 +343,16 @@ impl History {
             })
             .map(|m| (m.seq, m.id.clone()))
             .collect()
+    }
+
+    /// Keeps changes whose write failed, to be written first next time.
+    pub fn push_unsaved(&mut self, ch: Changes) {
+        self.unsaved.push(ch);
+    }
+
+    /// The changes whose write failed, in order (and forgets them).
+    pub fn take_unsaved(&mut self) -> Vec<Changes> {
+        std::mem::take(&mut self.unsaved)
     }
 
     /// A message.
@@ -379,6 +429,10 @@ impl History {
     }
 }
 
+fn thumb_len(m: &Message) -> usize {
+    m.attachment.as_ref().map_or(0, |a| a.thumbnail.len())
+}
+
 fn to_json(m: &Message) -> Vec<u8> {
     serde_json::to_vec(m).unwrap_or_default()
 }
@@ -401,6 +455,7 @@ mod tests {
             has_data: false,
             status: outgoing.then(|| "queued".into()),
             awaiting: None,
+            data_id: None,
         }
     }
 
@@ -473,7 +528,58 @@ mod tests {
         let (m, _) = h.complete(p.seq, vec![1, 2, 3]).unwrap();
         assert!(m.has_data && m.awaiting.is_none());
         assert_eq!(h.awaiting("bob", "bb"), None);
+        // The data message handed over again after a restart is known.
+        assert!(h.has_incoming("bob", "bb"));
+        assert!(!h.has_incoming("eve", "bb"));
         assert_eq!(h.data(p.seq), Some(&[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn a_status_never_moves_back() {
+        let mut h = History::restore(vec![]);
+        let (m, _) = h.add(msg(Conv::Contact("bob".into()), true, "01"), None);
+        assert!(h.set_status(m.seq, "stored").is_some());
+        assert!(h.set_status(m.seq, "sent").is_none(), "stale");
+        assert!(h.set_status(m.seq, "stored").is_none(), "unchanged");
+        assert!(h.set_status(m.seq, "read").is_some());
+        assert_eq!(h.get(m.seq).unwrap().status.as_deref(), Some("read"));
+    }
+
+    #[test]
+    fn thumbnails_are_bounded_oldest_first() {
+        let bob = Conv::Contact("bob".into());
+        let mut h = History::restore(vec![]);
+        let thumb = "A".repeat(20_000);
+        let n = MAX_THUMBNAIL_BYTES / thumb.len() + 10;
+        let mut first = 0;
+        for i in 0..n {
+            let mut m = msg(bob.clone(), false, &format!("{i}"));
+            m.attachment = Some(AttachmentMeta {
+                name: "x".into(),
+                mime: "image/jpeg".into(),
+                size: 1,
+                width: 1,
+                height: 1,
+                duration_ms: 0,
+                thumbnail: thumb.clone(),
+            });
+            let (m, _) = h.add(m, None);
+            if i == 0 {
+                first = m.seq;
+            }
+        }
+        assert!(h.thumb_bytes <= MAX_THUMBNAIL_BYTES);
+        assert!(
+            h.get(first)
+                .unwrap()
+                .attachment
+                .as_ref()
+                .unwrap()
+                .thumbnail
+                .is_empty()
+        );
+        let last = h.page(&bob, None, 1).pop().unwrap();
+        assert_eq!(last.attachment.unwrap().thumbnail, thumb);
     }
 
     #[test]

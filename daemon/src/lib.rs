@@ -71,20 +71,39 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Writes `ch` to the history store (under the history lock the caller
-    /// holds, so writes land in the order they were made).
-    pub(crate) async fn commit(&self, ch: Changes) -> Result<(), Error> {
-        if ch.is_empty() {
+    /// Writes `ch` to the history store, after any earlier changes whose
+    /// write failed; under the history lock the caller holds, so writes land
+    /// in the order they were made. On failure what was not written is kept
+    /// in `h` for the next call: memory and disk never part for good.
+    pub(crate) async fn save(&self, h: &mut History, ch: Changes) -> Result<(), Error> {
+        let mut queue = h.take_unsaved();
+        if !ch.is_empty() {
+            queue.push(ch);
+        }
+        if queue.is_empty() {
             return Ok(());
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(&ch))
-            .await
-            .map_err(|e| Error::File {
-                path: self.store.path().to_owned(),
-                reason: e.to_string(),
-            })?
-            .map_err(Error::Client)
+        let written = tokio::task::spawn_blocking(move || {
+            let mut q = queue.into_iter();
+            while let Some(c) = q.next() {
+                if let Err(e) = store.commit(&c) {
+                    let mut left = vec![c];
+                    left.extend(q);
+                    return (left, Err(e));
+                }
+            }
+            (Vec::new(), Ok(()))
+        })
+        .await;
+        let (left, res) = written.map_err(|e| Error::File {
+            path: self.store.path().to_owned(),
+            reason: e.to_string(),
+        })?;
+        for c in left {
+            h.push_unsaved(c);
+        }
+        res.map_err(Error::Client)
     }
 
     /// Sends an event to every connection.

@@ -155,12 +155,12 @@ function connect() {
 }
 
 // A refused upgrade looks like a daemon that is down. If the daemon answers
-// plain HTTP, it refused us: most likely a token from an earlier run.
+// plain HTTP, it refused us: a token from another daemon, or one replaced.
 async function checkRefused() {
   try { await fetch('/v1/ws', { cache: 'no-store' }); } catch { state.refused = 0; return; }
   if (++state.refused < 2 || !$('token-screen').hidden) return;
   showTokenScreen();
-  $('token-error').textContent = 'The daemon refused this token. It makes a new one each time it starts: open the address it printed last.';
+  $('token-error').textContent = 'The daemon refused this token (its token file was replaced, or this is another daemon): open the address it printed.';
 }
 
 function scheduleReconnect() {

@@ -35,7 +35,7 @@ class Api:
     async def connect(cls, url, token):
         # The token goes in the query string; a program sends no Origin,
         # so the daemon lets it in on the token alone.
-        ws = await websockets.connect(f"{url}?token={token}", max_size=2**22)
+        ws = await websockets.connect(f"{url}?token={token}", max_size=2**24)
         api = cls(ws)
         hello = json.loads(await ws.recv())
         if hello.get("event") != "hello" or hello.get("api") != 1:

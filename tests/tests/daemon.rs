@@ -239,6 +239,11 @@ async fn refuses_other_origins_rebound_hosts_and_missing_tokens() {
     assert_eq!(n["connected"], true, "{n}");
     assert_eq!(n["cover"], true, "{n}");
     assert!(n["topology_usable_until_ms"].as_u64().unwrap() > 0, "{n}");
+    // A local network of 1 mix node per layer and 1 gateway.
+    assert_eq!(n["topology_nodes"], 4, "{n}");
+    assert!(n["topology_age_s"].as_u64().unwrap() < 3600, "{n}");
+    let ids = api.ok("identities", json!({})).await;
+    assert_eq!(ids["identities"][0]["id"], hex::encode(d.id().0));
     d.stop().await;
     net.stop().await;
 }
@@ -382,10 +387,13 @@ async fn two_daemons_talk_through_the_api_and_keep_their_history() {
         .ok("history", json!({"conversation": {"contact": aid}}))
         .await;
     drop(b);
+    let token = bob.token().to_string();
     bob.stop().await;
     let err = start(&net, &bdir, b"wrong").await.err().expect("refused");
     assert!(err.to_string().contains("passphrase"), "{err}");
     let bob = start(&net, &bdir, PASS).await.unwrap();
+    // The same token: an open page reconnects by itself.
+    assert_eq!(bob.token(), token);
     let mut b = Api::open(&bob).await;
     let after = b
         .ok("history", json!({"conversation": {"contact": aid}}))

@@ -615,7 +615,10 @@ async fn run_daemon(a: DaemonArgs) -> Result<()> {
         f.fetch_interval_ms = Some(ms);
         changed = true;
     }
-    f.dangerous_listen_non_loopback |= a.dangerous_listen_non_loopback;
+    if a.dangerous_listen_non_loopback && !f.dangerous_listen_non_loopback {
+        f.dangerous_listen_non_loopback = true;
+        changed = true;
+    }
     let cfg = f.clone().into_config(dir.clone(), &file)?;
     net::identity::create_private_dir(&dir)?;
     if changed {
@@ -626,7 +629,16 @@ async fn run_daemon(a: DaemonArgs) -> Result<()> {
     let d = daemon::Daemon::start(cfg, pass.as_bytes()).await?;
     println!("Umbra daemon running (Ctrl-C stops it).");
     println!("  your identity: {}", hex::encode(d.id().0));
-    println!("  open the chat page: {}", d.page_url());
+    // The token only to a terminal: a service's stdout goes to its journal.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("  open the chat page: {}", d.page_url());
+    } else {
+        println!(
+            "  open the chat page: http://{}/#token=<the token in {}>",
+            d.addr(),
+            d.token_path().display()
+        );
+    }
     println!(
         "  API: ws://{}/v1/ws (token in {})",
         d.addr(),
@@ -640,14 +652,23 @@ async fn run_daemon(a: DaemonArgs) -> Result<()> {
 /// The store's passphrase: UMBRA_PASSPHRASE, the file's first line, or a
 /// prompt (twice for a new store).
 fn read_passphrase(file: Option<&std::path::Path>, first: bool) -> Result<String> {
-    if let Ok(p) = std::env::var("UMBRA_PASSPHRASE") {
-        return Ok(p);
-    }
-    if let Some(f) = file {
+    let p = if let Ok(p) = std::env::var("UMBRA_PASSPHRASE") {
+        p
+    } else if let Some(f) = file {
         let text = std::fs::read_to_string(f)
             .map_err(|e| format!("--passphrase-file {}: {e}", f.display()))?;
-        return Ok(text.lines().next().unwrap_or("").to_string());
+        text.lines().next().unwrap_or("").to_string()
+    } else {
+        prompt_passphrase(first)?
+    };
+    if p.is_empty() {
+        return Err("an empty passphrase protects nothing: choose one".into());
     }
+    Ok(p)
+}
+
+/// Asks on the terminal (twice for a new store).
+fn prompt_passphrase(first: bool) -> Result<String> {
     let p = rpassword::prompt_password(if first {
         "New passphrase for this client's store: "
     } else {
@@ -660,9 +681,6 @@ fn read_passphrase(file: Option<&std::path::Path>, first: bool) -> Result<String
     })?;
     if first && rpassword::prompt_password("Again: ")? != p {
         return Err("the passphrases differ; nothing was created".into());
-    }
-    if p.is_empty() {
-        return Err("an empty passphrase protects nothing; choose one".into());
     }
     Ok(p)
 }
