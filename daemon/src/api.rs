@@ -259,13 +259,17 @@ fn grouped(digits: &str) -> String {
 
 async fn contacts_json(ctx: &Ctx) -> Value {
     let h = ctx.history.lock().await;
+    let counts = h.unread_all();
     let list: Vec<Value> = ctx
         .client
         .contacts()
         .into_iter()
         .map(|c| {
             let id = hex::encode(c.0);
-            let (unread, last) = h.unread(&Conv::Contact(id.clone()));
+            let (unread, last) = counts
+                .get(&Conv::Contact(id.clone()))
+                .copied()
+                .unwrap_or((0, 0));
             json!({
                 "id": id,
                 "name": ctx.client.contact_name(&c).unwrap_or_default(),
@@ -279,10 +283,14 @@ async fn contacts_json(ctx: &Ctx) -> Value {
     Value::Array(list)
 }
 
-async fn group_json(ctx: &Ctx, g: &GroupId) -> Value {
+/// A group, with its unread count from `counts` (`History::unread_all`).
+fn group_json(ctx: &Ctx, g: &GroupId, counts: &HashMap<&Conv, (u64, u64)>) -> Value {
     let id = hex::encode(g.0);
     let (epoch, members) = ctx.client.group_members(g).unwrap_or((0, Vec::new()));
-    let (unread, last) = ctx.history.lock().await.unread(&Conv::Group(id.clone()));
+    let (unread, last) = counts
+        .get(&Conv::Group(id.clone()))
+        .copied()
+        .unwrap_or((0, 0));
     let members: Vec<Value> = members
         .into_iter()
         .map(|(c, name)| {
@@ -306,11 +314,20 @@ async fn group_json(ctx: &Ctx, g: &GroupId) -> Value {
 }
 
 async fn groups_json(ctx: &Ctx) -> Value {
-    let mut out = Vec::new();
-    for g in ctx.client.groups() {
-        out.push(group_json(ctx, &g).await);
-    }
-    Value::Array(out)
+    let h = ctx.history.lock().await;
+    let counts = h.unread_all();
+    Value::Array(
+        ctx.client
+            .groups()
+            .iter()
+            .map(|g| group_json(ctx, g, &counts))
+            .collect(),
+    )
+}
+
+async fn one_group(ctx: &Ctx, g: &GroupId) -> Value {
+    let h = ctx.history.lock().await;
+    group_json(ctx, g, &h.unread_all())
 }
 
 fn network_json(ctx: &Ctx) -> Value {
@@ -667,19 +684,19 @@ async fn dispatch(ctx: &Arc<Ctx>, conn: &mut Conn, op: &str, req: &Value) -> Res
         "create_group" => {
             let g = ctx.client.create_group(s(req, "name")?).await?;
             emit_groups(ctx).await;
-            Ok(json!({"group": group_json(ctx, &g).await}))
+            Ok(json!({"group": one_group(ctx, &g).await}))
         }
         "group_invite" => {
             let (g, c) = (group(req, "group")?, contact(req, "contact")?);
             ctx.client.invite_to_group(&g, &c).await?;
             emit_groups(ctx).await;
-            Ok(json!({"group": group_json(ctx, &g).await}))
+            Ok(json!({"group": one_group(ctx, &g).await}))
         }
         "group_remove" => {
             let (g, c) = (group(req, "group")?, contact(req, "contact")?);
             ctx.client.remove_from_group(&g, &c).await?;
             emit_groups(ctx).await;
-            Ok(json!({"group": group_json(ctx, &g).await}))
+            Ok(json!({"group": one_group(ctx, &g).await}))
         }
         "group_leave" => {
             ctx.client.leave_group(&group(req, "group")?).await?;

@@ -384,16 +384,26 @@ impl History {
     /// Incoming messages of a conversation after what was read, and the
     /// conversation's last seq.
     pub fn unread(&self, conv: &Conv) -> (u64, u64) {
-        let upto = self.read_upto.get(&conv.key()).copied().unwrap_or(0);
-        let mut n = 0;
-        let mut last = 0;
-        for m in self.messages.values().filter(|m| &m.conversation == conv) {
-            last = m.seq;
-            if !m.outgoing && m.seq > upto {
-                n += 1;
+        self.unread_all().get(conv).copied().unwrap_or((0, 0))
+    }
+
+    /// [`History::unread`] of every conversation, in one pass over the
+    /// messages (a contact list would otherwise scan them once per contact).
+    pub fn unread_all(&self) -> HashMap<&Conv, (u64, u64)> {
+        let mut upto: HashMap<&Conv, u64> = HashMap::new();
+        let mut out: HashMap<&Conv, (u64, u64)> = HashMap::new();
+        for m in self.messages.values() {
+            let c = &m.conversation;
+            let read = *upto
+                .entry(c)
+                .or_insert_with(|| self.read_upto.get(&c.key()).copied().unwrap_or(0));
+            let e = out.entry(c).or_default();
+            e.1 = m.seq;
+            if !m.outgoing && m.seq > read {
+                e.0 += 1;
             }
         }
-        (n, last)
+        out
     }
 
     /// Marks a conversation read up to its last message.

@@ -16,15 +16,14 @@
 //!
 //! `scripts/browser-test`, or `cargo test -p tests --test browser -- --ignored --nocapture`
 
-use client_sdk::store::KdfParams;
-use daemon::{Daemon, DaemonConfig};
+use daemon::Daemon;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use umbra::testnet::{MixNetwork, NetworkOptions};
+use umbra::testnet::MixNetwork;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -371,57 +370,15 @@ fn wav(ms: u32) -> Vec<u8> {
     b
 }
 
+mod support;
+use support::Api;
+
 async fn start(net: &MixNetwork, dir: &Path) -> Daemon {
     start_on(net, dir, "127.0.0.1:0".parse().unwrap()).await
 }
 
 async fn start_on(net: &MixNetwork, dir: &Path, listen: std::net::SocketAddr) -> Daemon {
-    let mut client = net.client_config().unwrap();
-    client.fetch_interval = Duration::from_millis(300);
-    client.store_kdf = KdfParams {
-        m_kib: 8 * 1024,
-        t: 1,
-        p: 1,
-    };
-    let mut cfg = DaemonConfig::new(client, dir.to_owned());
-    cfg.listen = listen;
-    Daemon::start(cfg, PASS).await.unwrap()
-}
-
-/// Carol: a daemon driven over the API, not a page.
-struct Api {
-    ws: Ws,
-    next: u64,
-}
-
-impl Api {
-    async fn open(d: &Daemon) -> Api {
-        let url = format!("ws://{}/v1/ws?token={}", d.addr(), d.token());
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Api { ws, next: 0 }
-    }
-
-    async fn read(&mut self) -> Value {
-        loop {
-            if let Message::Text(t) = self.ws.next().await.unwrap().unwrap() {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    }
-
-    async fn ok(&mut self, op: &str, mut args: Value) -> Value {
-        self.next += 1;
-        args["op"] = json!(op);
-        args["id"] = json!(self.next);
-        self.ws.send(Message::text(args.to_string())).await.unwrap();
-        loop {
-            let v = self.read().await;
-            if v["reply"] == json!(self.next) {
-                assert_eq!(v["ok"], true, "{op}: {v}");
-                return v["result"].clone();
-            }
-        }
-    }
+    support::start_on(net, dir, PASS, listen).await.unwrap()
 }
 
 /// The page's first start: the token from the address, a display name.
@@ -511,19 +468,7 @@ fn bubble_with(dir: &str, text: &str) -> String {
 #[ignore = "needs Chromium: run by scripts/browser-test, which installs it"]
 async fn two_people_chat_in_their_browsers() {
     let started = Instant::now();
-    let net = MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways: 1,
-        params: protocol::topology::NetworkParams {
-            mix_delay_mean_ms: 20,
-            lambda_payload: 50.0,
-            lambda_downlink: 120.0,
-            ..Default::default()
-        },
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap();
+    let net = support::network().await;
     let tmp = tempfile::tempdir().unwrap();
     let alice = start(&net, &tmp.path().join("alice")).await;
     let bob = start(&net, &tmp.path().join("bob")).await;
@@ -734,16 +679,12 @@ async fn two_people_chat_in_their_browsers() {
         NET_WAIT,
     )
     .await;
-    let deadline = Instant::now() + NET_WAIT;
-    loop {
-        let v = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), c.read())
-            .await
-            .expect("Carol gets the group message");
-        if v["event"] == "message" && v["message"]["text"] == "hello Trio" {
-            assert_eq!(v["message"]["conversation"]["group"], gid.as_str());
-            break;
-        }
-    }
+    let v = c
+        .event("the group message at Carol", |v| {
+            v["event"] == "message" && v["message"]["text"] == "hello Trio"
+        })
+        .await;
+    assert_eq!(v["message"]["conversation"]["group"], gid.as_str());
     send_text(&mut a, "hi both").await;
     b.wait(
         "Alice's group message at Bob",

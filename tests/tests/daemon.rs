@@ -6,122 +6,22 @@
 //!
 //! `cargo test -p tests --test daemon -- --nocapture`
 
-use client_sdk::store::KdfParams;
-use daemon::{Daemon, DaemonConfig};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use daemon::Daemon;
+use futures_util::SinkExt;
+use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite;
-use umbra::testnet::{MixNetwork, NetworkOptions};
+use umbra::testnet::MixNetwork;
 
 const PASS: &[u8] = b"correct horse battery staple";
-const WAIT: Duration = Duration::from_secs(90);
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn network() -> MixNetwork {
-    MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways: 1,
-        params: protocol::topology::NetworkParams {
-            mix_delay_mean_ms: 20,
-            lambda_payload: 50.0,
-            lambda_downlink: 120.0,
-            ..Default::default()
-        },
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap()
-}
+mod support;
+use support::{Api, network, read};
 
 async fn start(net: &MixNetwork, dir: &Path, pass: &[u8]) -> Result<Daemon, daemon::Error> {
-    let mut client = net.client_config().unwrap();
-    client.fetch_interval = Duration::from_millis(300);
-    client.store_kdf = KdfParams {
-        m_kib: 8 * 1024,
-        t: 1,
-        p: 1,
-    };
-    let mut cfg = DaemonConfig::new(client, dir.to_owned());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    Daemon::start(cfg, pass).await
-}
-
-/// An API connection that keeps the events it read while waiting for replies.
-struct Api {
-    ws: Ws,
-    next: u64,
-    events: Vec<Value>,
-}
-
-impl Api {
-    async fn open(d: &Daemon) -> Api {
-        let url = format!("ws://{}/v1/ws?token={}", d.addr(), d.token());
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let hello = read(&mut ws).await;
-        assert_eq!(hello["event"], "hello");
-        assert_eq!(hello["me"], hex::encode(d.id().0));
-        Api {
-            ws,
-            next: 0,
-            events: Vec::new(),
-        }
-    }
-
-    /// Sends a request and returns its reply (ok or not).
-    async fn call(&mut self, op: &str, mut args: Value) -> Value {
-        self.next += 1;
-        args["op"] = json!(op);
-        args["id"] = json!(self.next);
-        self.ws
-            .send(tungstenite::Message::text(args.to_string()))
-            .await
-            .unwrap();
-        loop {
-            let v = read(&mut self.ws).await;
-            if v["reply"] == json!(self.next) {
-                return v;
-            }
-            self.events.push(v);
-        }
-    }
-
-    /// A request that must succeed: its result.
-    async fn ok(&mut self, op: &str, args: Value) -> Value {
-        let r = self.call(op, args).await;
-        assert_eq!(r["ok"], true, "{op}: {r}");
-        r["result"].clone()
-    }
-
-    /// Waits for an event that `f` accepts (events already read count).
-    async fn event(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.events.iter().position(&f) {
-            return self.events.remove(i);
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = tokio::time::timeout_at(deadline, read(&mut self.ws))
-                .await
-                .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"));
-            if f(&v) {
-                return v;
-            }
-        }
-    }
-}
-
-async fn read(ws: &mut Ws) -> Value {
-    loop {
-        match ws.next().await.expect("connection open").unwrap() {
-            tungstenite::Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            tungstenite::Message::Close(c) => panic!("closed: {c:?}"),
-            _ => continue,
-        }
-    }
+    support::start_on(net, dir, pass, "127.0.0.1:0".parse().unwrap()).await
 }
 
 /// A raw HTTP request; returns the status code of the answer.
