@@ -40,18 +40,46 @@
 //! the instant that copy leaves); receipts, retransmissions, fetches and
 //! cover are traffic around the targets.
 //!
-//! **The attack** is the one of the modelled evaluation this one replaced,
-//! unchanged. At each mix an output at time t is attributed to each earlier
-//! input i with weight μ·e^(−μ(t−t_i)) and to the mix's own loop cover with
-//! weight λ_M; an input from a client (through its entry gateway, which adds
-//! no delay) carries that client, a packet a gateway sends of its own (a
-//! SURB reply) carries no client, a packet from a mix carries the mix's
-//! attribution of it. Because the weights are exponential, each mix keeps
-//! one exponentially decayed vector over senders, updated per event: the
-//! attack is exact and runs in O(events × clients). With
-//! `dangerous_zero_delay` (μ = ∞) an output carries the input that arrived
-//! at the same instant. The guess for a target is the attribution of the
-//! packet arriving at the dropbox gateway.
+//! **The attack** is the exponential-mixing one, with a prior for the
+//! targets it is given. At each mix an output at time t is attributed to
+//! each earlier input i with weight μ·e^(−μ(t−t_i)) and to the mix's own
+//! loop cover with weight λ_M; an input from a client (through its entry
+//! gateway, which adds no delay) carries the chance that it is a target of
+//! that client, a packet a gateway sends of its own (a SURB reply) carries
+//! none, a packet from a mix carries the mix's attribution of it. Two
+//! attacks run side by side, one per kind of target:
+//! - `message`: the first copy of each message;
+//! - `store`: every packet that stores user data in a dropbox (messages,
+//!   retransmissions, receipts).
+//!
+//! The chance that a client packet is a target is not uniform (a message
+//! leaves on the first payload tick after it was queued, so a packet after
+//! a long silence of its sender is likelier to carry one: the inspection
+//! paradox). The adversary learns it per kind from what it sees of the
+//! sender, as it could by running the network itself ([`Learned`]).
+//!
+//! Because the weights are exponential, each mix keeps one exponentially
+//! decayed vector over senders per attack, updated per event: the attack is
+//! exact and runs in O(events × clients). There is no shortcut at zero
+//! delay: `dangerous_zero_delay` runs the same attack with a 1 µs mean. The
+//! guess for a target is the attribution of the packet arriving at its
+//! dropbox gateway.
+//!
+//! **Calibration.** If the posteriors p are calibrated, the mean of
+//! p(true sender) equals the mean of Σp² (and the mean top probability
+//! equals the top-1 accuracy). Every run reports both per kind and the
+//! difference in standard errors; a run beyond [`CALIBRATION_Z`] is not
+//! calibrated and `umbra eval anonymity` fails.
+//!
+//! **The long-term attack.** A dropbox gateway sees which stores share a
+//! box; with a global observer it combines the posteriors of K of them
+//! (Σ ln p over senders, as independent evidence). For each trial a random
+//! sender and K of its targets' posteriors drawn with replacement; reported
+//! as the share of trials that name the sender, with a Wilson interval, for
+//! each K. A sender has only its run's targets to draw from (`pool`); a K
+//! above that reuses posteriors, so the curve there is the pool's mean
+//! evidence, which may understate an adversary with K truly independent
+//! messages.
 //!
 //! **Determinism.** The seed decides the topology, the clients' and nodes'
 //! choices and the workload; [`crate::sim`]'s module doc says where that
@@ -60,9 +88,9 @@
 //! **Cost.** The attack is cheap; the real packets are not: about 0.7 ms of
 //! CPU to build one (a fragment also builds its SURB-ack, a fetch four SURBs)
 //! and 0.13 ms per hop to peel, about 25 ms per simulated client-second at
-//! the default rates. The default run (100 clients, 5000 targets, 109
-//! simulated seconds) takes 4–5 minutes in a release build (250–280 s on
-//! a shared two-core machine).
+//! the default rates. The default run (100 clients, 5000 targets, about
+//! 113 simulated seconds) takes 3–5 minutes in a release build (168 s on
+//! an idle two-core machine, 250–280 s on a shared one).
 
 use crate::sim::{self, ClientHandle, Endpoint, Observed, OnLink, Sim, SimConfig};
 use client_sdk::{ClientConfig, MessageId, Status};
@@ -77,7 +105,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
@@ -107,6 +135,10 @@ pub struct EvalOptions {
     pub dangerous_no_cover: bool,
     /// Evaluation only: no mixing delay (nodes ignore the header's delays).
     pub dangerous_zero_delay: bool,
+    /// Numbers K of linked messages for the long-term attack.
+    pub long_term_k: Vec<usize>,
+    /// Trials per K of the long-term attack.
+    pub long_term_trials: usize,
 }
 
 impl Default for EvalOptions {
@@ -122,6 +154,8 @@ impl Default for EvalOptions {
             seed: 1,
             dangerous_no_cover: false,
             dangerous_zero_delay: false,
+            long_term_k: vec![1, 10, 100, 1000],
+            long_term_trials: 1000,
         }
     }
 }
@@ -157,6 +191,77 @@ pub struct EvalReport {
     pub mean_latency_s: f64,
     /// Simulated seconds.
     pub simulated_s: f64,
+    /// The single-packet attack per kind of target (`message`: the first
+    /// copy of each message; `store`: every packet that stores user data in
+    /// a dropbox: messages, retransmissions and receipts), each with its
+    /// calibration.
+    pub kinds: Vec<KindReport>,
+    /// Every kind's posteriors are calibrated (see [`KindReport::calibrated`]).
+    pub calibrated: bool,
+    /// The long-term attack: a dropbox gateway that links the stores of one
+    /// box, with a global observer, combines K of them.
+    pub long_term: Vec<LongTerm>,
+}
+
+/// The attack on one kind of target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindReport {
+    /// `message` or `store`.
+    pub kind: &'static str,
+    /// Targets of this kind attacked.
+    pub targets: usize,
+    /// Mean entropy of the posterior over senders, bits.
+    pub entropy_bits: f64,
+    /// Share of targets whose most likely sender was the true one.
+    pub top1_accuracy: f64,
+    /// Wilson 95 % interval of the top-1 accuracy.
+    pub top1_ci95: [f64; 2],
+    /// Mean posterior probability of the true sender.
+    pub mean_p_true: f64,
+    /// Mean Σp² of the posteriors: what `mean_p_true` is if they are calibrated.
+    pub mean_sum_p2: f64,
+    /// Mean probability of the top guess: what `top1_accuracy` is if calibrated.
+    pub mean_p_max: f64,
+    /// (mean p_true − mean Σp²) over its standard error.
+    pub calibration_z: f64,
+    /// (mean p_true − mean Σp²) / mean Σp².
+    pub calibration_rel: f64,
+    /// |mean p_true − mean Σp²| ≤ [`CALIBRATION_Z`] standard errors +
+    /// [`CALIBRATION_REL`] × mean Σp².
+    pub calibrated: bool,
+}
+
+/// The long-term attack at one K.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LongTerm {
+    /// `message` or `store`: whose posteriors were combined.
+    pub kind: &'static str,
+    /// Linked stores combined.
+    pub k: usize,
+    /// Share of trials whose combined guess named the sender.
+    pub identified: f64,
+    /// Wilson 95 % interval.
+    pub ci95: [f64; 2],
+    /// Trials.
+    pub trials: usize,
+    /// Mean number of targets of a sender to draw from: K above it reuses
+    /// posteriors (see the module doc).
+    pub pool: f64,
+}
+
+/// How far mean p(true sender) may stray from mean Σp² before a run is
+/// called uncalibrated: 3 standard errors plus [`CALIBRATION_REL`] of mean
+/// Σp² (with thousands of targets the standard error alone would flag
+/// differences of half a per cent that change no figure).
+pub const CALIBRATION_Z: f64 = 3.0;
+/// The relative part of the calibration tolerance.
+pub const CALIBRATION_REL: f64 = 0.02;
+
+impl EvalReport {
+    /// Whether the run may be believed: its attack is calibrated.
+    pub fn ok(&self) -> bool {
+        self.calibrated
+    }
 }
 
 /// Contacts (nearly) every client has.
@@ -237,8 +342,6 @@ struct Mix {
     /// Σ e^(−μ(t−t_i)) · dist_i over inputs, at time `t`.
     sum: Vec<f64>,
     t: f64,
-    /// With μ = ∞: the last input, and when it came (µs).
-    last: Option<(u64, Vec<f64>)>,
 }
 
 impl Mix {
@@ -250,6 +353,203 @@ impl Mix {
             }
         }
         self.t = t;
+    }
+}
+
+/// The two priors an attack may put on a client's packet being a target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prior {
+    /// Targets are the first copies of messages: a message rides the first
+    /// payload tick after it was queued, so a packet after a long silence of
+    /// its sender is more likely one (the inspection paradox).
+    Message = 0,
+    /// Targets are every store: messages, retransmissions, receipts.
+    Store = 1,
+}
+
+const PRIORS: [Prior; 2] = [Prior::Message, Prior::Store];
+
+impl Prior {
+    fn name(self) -> &'static str {
+        match self {
+            Prior::Message => "message",
+            Prior::Store => "store",
+        }
+    }
+}
+
+/// One exponential-mixing attack: a decayed vector per mix, and the
+/// attribution of each packet on a link from a mix. Index `n` of a vector is
+/// the mass of "not a target" (loops, replies, cover).
+struct Attack {
+    mixes: Vec<Mix>,
+    pending: HashMap<u64, Vec<f64>>,
+}
+
+impl Attack {
+    fn mix_in(&mut self, mix: usize, t: f64, mu: f64, dist: &[f64]) {
+        let m = &mut self.mixes[mix];
+        m.decay(t, mu);
+        for (s, x) in m.sum.iter_mut().zip(dist) {
+            *s += x;
+        }
+    }
+
+    fn mix_out(&mut self, mix: usize, t: f64, key: u64, mu: f64, lambda_m: f64, n: usize) {
+        let dist = output_dist(&mut self.mixes[mix], t, mu, lambda_m, n);
+        self.pending.insert(key, dist);
+    }
+}
+
+/// How long after a client packet left the adversary waits before counting
+/// what it turned out to be: by then it has surely arrived (three hops of
+/// 400 ms mean delay outlast 5 s with probability 3 × 10⁻⁴).
+const LABEL_LAG_US: u64 = 5_000_000;
+
+/// The chance (up to a constant) that a target queued since the client's
+/// previous payload tick rides its packet at `t`, given its earlier send
+/// times `prev` (oldest first): each packet is a payload tick with
+/// probability `q` = λ_P / (λ_P + λ_L), independently (Poisson splitting);
+/// targets are queued at rate `r`.
+fn message_prior(prev: &[f64], t: f64, q: f64, r: f64) -> f64 {
+    let (mut w, mut further) = (0.0, 1.0);
+    for &tp in prev.iter().rev() {
+        w += further * q * (1.0 - (-r * (t - tp)).exp());
+        further *= 1.0 - q;
+        if further < 1e-9 {
+            break;
+        }
+    }
+    // No payload tick seen before: a target surely waits.
+    q * (w + further)
+}
+
+/// The rate of each kind of target per client, learned as the adversary
+/// goes (it could as well run the network itself): the share of client
+/// packets that turned out to be targets, counted only [`LABEL_LAG_US`]
+/// after they left, so the past only.
+struct Learned {
+    all_total: u64,
+    all_hits: [u64; 2],
+    /// Client packets not yet counted: (sent µs, origin).
+    waiting: VecDeque<(u64, (usize, u64))>,
+    /// What packets that arrived turned out to be, by origin, per prior.
+    labels: HashMap<(usize, u64), [bool; 2]>,
+}
+
+impl Learned {
+    fn new() -> Self {
+        Learned {
+            all_total: 0,
+            all_hits: [0; 2],
+            waiting: VecDeque::new(),
+            labels: HashMap::new(),
+        }
+    }
+
+    /// Counts every packet sent before `until_us` − [`LABEL_LAG_US`].
+    fn mature(&mut self, until_us: u64) {
+        while let Some(&(at, origin)) = self.waiting.front() {
+            if at + LABEL_LAG_US > until_us {
+                break;
+            }
+            self.waiting.pop_front();
+            let label = self.labels.remove(&origin).unwrap_or_default();
+            self.all_total += 1;
+            for (a, l) in label.iter().enumerate() {
+                self.all_hits[a] += u64::from(*l);
+            }
+        }
+    }
+
+    /// Targets of prior `a` per second of a client sending `pps` packets/s;
+    /// `fallback` until 1000 packets are counted.
+    fn rate(&self, a: usize, pps: f64, fallback: f64) -> f64 {
+        if self.all_total < 1000 {
+            return fallback;
+        }
+        self.all_hits[a] as f64 / self.all_total as f64 * pps
+    }
+}
+
+/// What one kind of target gave the attack.
+#[derive(Default)]
+struct Tally {
+    targets: usize,
+    hits: usize,
+    entropy: f64,
+    p_true: f64,
+    sum_p2: f64,
+    p_max: f64,
+    /// Σ d and Σ d², d = p_true − Σp².
+    d: f64,
+    d2: f64,
+    /// The posterior of each target, by true sender (for the long-term attack).
+    by_sender: Vec<Vec<Vec<f32>>>,
+}
+
+impl Tally {
+    /// Scores the attack's distribution `dist` (n clients + noise) for a
+    /// target of `sender`; false if it named no client at all.
+    fn score(&mut self, dist: &[f64], sender: usize, keep: bool) -> bool {
+        let n = dist.len() - 1;
+        let total: f64 = dist[..n].iter().sum();
+        if total <= 0.0 || !total.is_finite() {
+            return false;
+        }
+        let (mut best, mut h, mut p2) = (0usize, 0.0f64, 0.0f64);
+        for (i, x) in dist[..n].iter().enumerate() {
+            let q = x / total;
+            if q > 0.0 {
+                h -= q * q.log2();
+            }
+            p2 += q * q;
+            if *x > dist[best] {
+                best = i;
+            }
+        }
+        let p_true = dist[sender] / total;
+        self.targets += 1;
+        self.entropy += h;
+        self.hits += usize::from(best == sender);
+        self.p_true += p_true;
+        self.sum_p2 += p2;
+        self.p_max += dist[best] / total;
+        let d = p_true - p2;
+        self.d += d;
+        self.d2 += d * d;
+        if keep {
+            if self.by_sender.len() < n {
+                self.by_sender.resize(n, Vec::new());
+            }
+            self.by_sender[sender].push(dist[..n].iter().map(|x| (x / total) as f32).collect());
+        }
+        true
+    }
+
+    fn report(&self, kind: &'static str) -> KindReport {
+        let k = self.targets.max(1) as f64;
+        let mean_d = self.d / k;
+        let var = (self.d2 / k - mean_d * mean_d).max(0.0);
+        let se = (var / k).sqrt();
+        let z = if se > 0.0 { mean_d / se } else { 0.0 };
+        KindReport {
+            kind,
+            targets: self.targets,
+            entropy_bits: self.entropy / k,
+            top1_accuracy: self.hits as f64 / k,
+            top1_ci95: wilson(self.hits, self.targets),
+            mean_p_true: self.p_true / k,
+            mean_sum_p2: self.sum_p2 / k,
+            mean_p_max: self.p_max / k,
+            calibration_z: z,
+            calibration_rel: if self.sum_p2 > 0.0 {
+                self.d / self.sum_p2
+            } else {
+                0.0
+            },
+            calibrated: mean_d.abs() <= CALIBRATION_Z * se + CALIBRATION_REL * self.sum_p2 / k,
+        }
     }
 }
 
@@ -266,6 +566,14 @@ struct Eval {
     n: usize,
     mu: f64,
     lambda_m: f64,
+    /// λ_P / (λ_P + λ_L): the share of a client's packets that are payload
+    /// ticks; 1 without cover.
+    payload_share: f64,
+    /// λ_P + λ_L.
+    client_pps: f64,
+    real_rate: f64,
+    warmup_us: u64,
+    learned: Learned,
     targets_wanted: usize,
     mix_index: HashMap<NodeId, usize>,
     /// Dropbox id → the client writing to it.
@@ -273,21 +581,18 @@ struct Eval {
     // ---- what the observer records ----
     steps: BinaryHeap<Reverse<Timed>>,
     seq: u64,
-    /// Packets clients injected, by key, not yet seen at their first mix.
-    injected: HashMap<u64, usize>,
+    /// Packets clients injected, by key, not yet seen at their first mix:
+    /// the client and each prior's weight.
+    injected: HashMap<u64, (usize, [f64; 2])>,
     /// Ground truth: a packet in flight → (client that injected it, when).
     origin: HashMap<u64, (usize, u64)>,
     /// Each client's send times, seconds.
     sends: Vec<Vec<f64>>,
     frame_lens: BTreeSet<usize>,
     packet_lens: BTreeSet<usize>,
-    // ---- the attack ----
-    mixes: Vec<Mix>,
-    /// The attribution of each packet on a link from a mix.
-    pending: HashMap<u64, Vec<f64>>,
-    targets: usize,
-    hits: usize,
-    entropy: f64,
+    // ---- the attacks, one per prior ----
+    attacks: Vec<Attack>,
+    tallies: Vec<Tally>,
     latency: f64,
     /// Stores whose dropbox named another client than the one that sent them.
     mismatched: u64,
@@ -313,11 +618,22 @@ impl Eval {
                 ..
             } => {
                 self.frame_lens.insert(frame.len());
-                self.sends[c.0].push(depart.as_secs_f64());
+                let t = depart.as_secs_f64();
+                let mut w = [1.0; 2];
+                if self.payload_share < 1.0 {
+                    for (a, fallback) in [self.real_rate, 2.0 * self.real_rate].iter().enumerate() {
+                        let r = self.learned.rate(a, self.client_pps, *fallback);
+                        w[a] = message_prior(&self.sends[c.0], t, self.payload_share, r);
+                    }
+                }
+                self.sends[c.0].push(t);
                 if let Some(p) = inject_packet(frame) {
                     let k = key(p);
-                    self.injected.insert(k, c.0);
+                    self.injected.insert(k, (c.0, w));
                     self.origin.insert(k, (c.0, us(depart)));
+                    self.learned
+                        .waiting
+                        .push_back((us(depart), (c.0, us(depart))));
                 }
             }
             Observed::Link {
@@ -373,7 +689,7 @@ impl Eval {
         }
     }
 
-    /// Runs the attack over everything observed up to `until_us`.
+    /// Runs the attacks over everything observed up to `until_us`.
     /// `first_copies` maps (client, send time) to the message whose first
     /// copy left then.
     fn drain(
@@ -382,6 +698,8 @@ impl Eval {
         first_copies: &HashMap<(usize, u64), usize>,
         msgs: &[Message],
     ) {
+        let (n, mu, lambda_m) = (self.n, self.mu, self.lambda_m);
+        self.learned.mature(until_us);
         while self.steps.peek().is_some_and(|Reverse(s)| s.at <= until_us) {
             let Some(Reverse(Timed { at, step, .. })) = self.steps.pop() else {
                 break;
@@ -389,41 +707,34 @@ impl Eval {
             let t = at as f64 / 1e6;
             match step {
                 Step::MixIn { mix, key } => {
-                    let dist = if let Some(c) = self.injected.remove(&key) {
-                        one_hot(self.n, c)
-                    } else if let Some(d) = self.pending.remove(&key) {
-                        d
-                    } else {
-                        // Sent by a gateway of its own: a SURB reply.
-                        one_hot(self.n, self.n)
-                    };
-                    let m = &mut self.mixes[mix];
-                    if self.mu.is_finite() {
-                        m.decay(t, self.mu);
-                        for (s, x) in m.sum.iter_mut().zip(&dist) {
-                            *s += x;
-                        }
-                    } else {
-                        m.last = Some((at, dist));
+                    let from_client = self.injected.remove(&key);
+                    for (a, attack) in self.attacks.iter_mut().enumerate() {
+                        let dist = if let Some((c, w)) = from_client {
+                            let mut d = vec![0.0; n + 1];
+                            d[c] = w[a];
+                            d[n] = 1.0 - w[a];
+                            d
+                        } else if let Some(d) = attack.pending.remove(&key) {
+                            d
+                        } else {
+                            // Sent by a gateway of its own: a SURB reply.
+                            one_hot(n, n)
+                        };
+                        attack.mix_in(mix, t, mu, &dist);
                     }
                 }
                 Step::MixOut { mix, key } => {
-                    let (mu, lambda_m, n) = (self.mu, self.lambda_m, self.n);
-                    let m = &mut self.mixes[mix];
-                    let dist = if mu.is_finite() {
-                        output_dist(m, t, mu, lambda_m, n)
-                    } else {
-                        match &m.last {
-                            Some((when, d)) if *when == at => d.clone(),
-                            // Nothing came in at this instant: the mix's own loop.
-                            _ => one_hot(n, n),
-                        }
-                    };
-                    self.pending.insert(key, dist);
+                    for attack in &mut self.attacks {
+                        attack.mix_out(mix, t, key, mu, lambda_m, n);
+                    }
                 }
                 Step::AtGateway { key, store } => {
-                    let dist = self.pending.remove(&key);
-                    let (Some(dist), Some(store)) = (dist, store) else {
+                    let dists: Vec<Option<Vec<f64>>> = self
+                        .attacks
+                        .iter_mut()
+                        .map(|a| a.pending.remove(&key))
+                        .collect();
+                    let Some(store) = store else {
                         continue;
                     };
                     let Some((sender, sent_us)) = store.origin else {
@@ -433,40 +744,83 @@ impl Eval {
                         self.mismatched += 1;
                         continue;
                     }
+                    let first = first_copies.contains_key(&(sender, sent_us));
+                    self.learned.labels.insert((sender, sent_us), [first, true]);
+                    let done = self.tallies[Prior::Message as usize].targets >= self.targets_wanted;
+                    if sent_us > self.warmup_us
+                        && !done
+                        && let Some(d) = &dists[Prior::Store as usize]
+                    {
+                        self.tallies[Prior::Store as usize].score(d, sender, true);
+                    }
                     let Some(msg) = first_copies.get(&(sender, sent_us)).map(|i| &msgs[*i]) else {
                         continue; // a receipt or a retransmission
                     };
-                    if !msg.target || self.targets >= self.targets_wanted {
+                    if !msg.target || done {
                         continue;
                     }
-                    self.score(&dist, sender, t - msg.queued_us as f64 / 1e6);
+                    if let Some(d) = &dists[Prior::Message as usize]
+                        && self.tallies[Prior::Message as usize].score(d, sender, true)
+                    {
+                        self.latency += t - msg.queued_us as f64 / 1e6;
+                    }
                 }
             }
         }
     }
+}
 
-    /// The adversary's guess for one target.
-    fn score(&mut self, dist: &[f64], sender: usize, latency: f64) {
-        let n = self.n;
-        let total: f64 = dist[..n].iter().sum();
-        if total <= 0.0 {
-            return;
-        }
-        self.targets += 1;
-        self.latency += latency;
-        let (mut best, mut h) = (0usize, 0.0f64);
-        for (i, x) in dist[..n].iter().enumerate() {
-            let q = x / total;
-            if q > 0.0 {
-                h -= q * q.log2();
-            }
-            if *x > dist[best] {
-                best = i;
-            }
-        }
-        self.entropy += h;
-        self.hits += usize::from(best == sender);
+/// The long-term attack: for each trial a random sender, K of its targets'
+/// posteriors drawn at random (with replacement), combined as independent
+/// evidence (Σ ln p); identified if the true sender scores highest.
+fn long_term(
+    tally: &Tally,
+    kind: &'static str,
+    ks: &[usize],
+    trials: usize,
+    rng: &mut ChaCha20Rng,
+) -> Vec<LongTerm> {
+    let senders: Vec<usize> = (0..tally.by_sender.len())
+        .filter(|s| !tally.by_sender[*s].is_empty())
+        .collect();
+    if senders.is_empty() || trials == 0 {
+        return Vec::new();
     }
+    let pool = senders
+        .iter()
+        .map(|s| tally.by_sender[*s].len())
+        .sum::<usize>() as f64
+        / senders.len() as f64;
+    let n = tally.by_sender.len();
+    ks.iter()
+        .map(|&k| {
+            let mut hits = 0;
+            let mut score = vec![0.0f64; n];
+            for _ in 0..trials {
+                let s = senders[rng.random_range(0..senders.len())];
+                let posts = &tally.by_sender[s];
+                score.iter_mut().for_each(|x| *x = 0.0);
+                for _ in 0..k {
+                    let p = &posts[rng.random_range(0..posts.len())];
+                    for (x, q) in score.iter_mut().zip(p) {
+                        *x += f64::from(q.max(1e-30)).ln();
+                    }
+                }
+                let best = (0..n)
+                    .max_by(|a, b| score[*a].total_cmp(&score[*b]))
+                    .unwrap_or(0);
+                hits += usize::from(best == s);
+            }
+            LongTerm {
+                kind,
+                k,
+                identified: hits as f64 / trials as f64,
+                ci95: wilson(hits, trials),
+                trials,
+                pool,
+            }
+        })
+        .collect()
 }
 
 /// A loop of mix node `me`, as `mixnode`'s loop task builds it: one node per
@@ -527,17 +881,13 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
     } else {
         p.mix_delay_mean_ms as f64 / 1000.0
     };
-    let mu = if mean > 0.0 {
-        1.0 / mean
-    } else {
-        f64::INFINITY
-    };
+    // No shortcut at zero delay: the same attack, with a mean of 1 µs (an
+    // output is then attributed to the input of the same instant).
+    let mu = 1.0 / mean.max(1e-6);
     let lambda_m = if cover { p.lambda_mix_loop } else { 0.0 };
-    let warmup = if cover {
-        10.0 * mean.max(0.01) + 2.0
-    } else {
-        1.0
-    };
+    // Long enough for the mixes to fill and for the adversary to learn the
+    // targets' rates from 5 s of traffic.
+    let warmup = (10.0 * mean.max(0.01) + 2.0).max(LABEL_LAG_US as f64 / 1e6 + 5.0);
     // Generous: the run stops as soon as `targets` have arrived.
     let for_targets = if opts.real_rate > 0.0 {
         1.5 * opts.targets as f64 / (n as f64 * opts.real_rate)
@@ -619,6 +969,15 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         n,
         mu,
         lambda_m,
+        payload_share: if cover {
+            p.lambda_payload / (p.lambda_payload + p.lambda_loop)
+        } else {
+            1.0
+        },
+        client_pps: p.lambda_payload + p.lambda_loop,
+        real_rate: opts.real_rate,
+        warmup_us: (warmup * 1e6) as u64,
+        learned: Learned::new(),
         targets_wanted: opts.targets,
         mix_index: mix_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
         box_owner,
@@ -629,17 +988,19 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         sends: vec![Vec::new(); n],
         frame_lens: BTreeSet::new(),
         packet_lens: BTreeSet::new(),
-        mixes: (0..mix_ids.len())
-            .map(|_| Mix {
-                sum: vec![0.0; n + 1],
-                t: 0.0,
-                last: None,
+        attacks: PRIORS
+            .iter()
+            .map(|_| Attack {
+                mixes: (0..mix_ids.len())
+                    .map(|_| Mix {
+                        sum: vec![0.0; n + 1],
+                        t: 0.0,
+                    })
+                    .collect(),
+                pending: HashMap::new(),
             })
             .collect(),
-        pending: HashMap::new(),
-        targets: 0,
-        hits: 0,
-        entropy: 0.0,
+        tallies: PRIORS.iter().map(|_| Tally::default()).collect(),
         latency: 0.0,
         mismatched: 0,
     }));
@@ -724,7 +1085,7 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
                 });
                 let mut e = eval.borrow_mut();
                 e.drain(us(sim.now()), &first_copies, &msgs);
-                if e.targets >= opts.targets || t >= duration {
+                if e.tallies[Prior::Message as usize].targets >= opts.targets || t >= duration {
                     break;
                 }
                 heap.push(Reverse((At(t + CHECK_S), Ev::Check)));
@@ -757,16 +1118,34 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         / (n - 1) as f64;
     let (d_burst, crit_burst) = ks(&e.sends[burst_client], rate);
     let frames: usize = e.sends.iter().map(Vec::len).sum();
-    let k = e.targets.max(1);
+    let kinds: Vec<KindReport> = PRIORS
+        .iter()
+        .map(|p| e.tallies[*p as usize].report(p.name()))
+        .collect();
+    let mut lt_rng = ChaCha20Rng::seed_from_u64(opts.seed ^ 0x10_4e7e);
+    let long_term_curve: Vec<LongTerm> = PRIORS
+        .iter()
+        .flat_map(|p| {
+            long_term(
+                &e.tallies[*p as usize],
+                p.name(),
+                &opts.long_term_k,
+                opts.long_term_trials,
+                &mut lt_rng,
+            )
+        })
+        .collect();
+    let m = &kinds[Prior::Message as usize];
+    let k = m.targets.max(1);
     let same_on_links =
         e.frame_lens.len() <= 1 && e.packet_lens.iter().all(|l| *l == packet::PACKET_SIZE);
     EvalReport {
         clients: n,
-        targets: e.targets,
-        entropy_bits: e.entropy / k as f64,
+        targets: m.targets,
+        entropy_bits: m.entropy_bits,
         max_entropy_bits: (n as f64).log2(),
-        top1_accuracy: e.hits as f64 / k as f64,
-        top1_ci95: wilson(e.hits, e.targets),
+        top1_accuracy: m.top1_accuracy,
+        top1_ci95: m.top1_ci95,
         chance: 1.0 / n as f64,
         ks_pass_share: pass,
         ks_burst: [d_burst, crit_burst],
@@ -774,6 +1153,9 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         client_send_pps: frames as f64 / (n as f64 * simulated_s.max(1e-9)),
         mean_latency_s: e.latency / k as f64,
         simulated_s,
+        calibrated: kinds.iter().all(|k| k.calibrated),
+        kinds,
+        long_term: long_term_curve,
     }
 }
 
@@ -882,9 +1264,12 @@ mod tests {
             ..EvalOptions::default()
         };
         let mixed = run(&base);
+        // The ablation: no cover and a 1 ms mean delay, through the same attack.
+        let mut fast = base.params;
+        fast.mix_delay_mean_ms = 1;
         let exposed = run(&EvalOptions {
             dangerous_no_cover: true,
-            dangerous_zero_delay: true,
+            params: fast,
             ..base.clone()
         });
         assert!(mixed.same_size);
@@ -915,6 +1300,98 @@ mod tests {
             "{mixed:?}"
         );
         assert!(exposed.client_send_pps < rate / 2.0, "{exposed:?}");
+        // The attack is calibrated for both kinds of targets, mixed or not.
+        assert!(mixed.calibrated, "{:?}", mixed.kinds);
+        let stores = &mixed.kinds[Prior::Store as usize];
+        assert!(stores.targets > mixed.targets, "{stores:?}");
+        let lt = |r: &EvalReport, kind: &str, k: usize| {
+            r.long_term
+                .iter()
+                .find(|l| l.kind == kind && l.k == k)
+                .map(|l| l.ci95)
+                .unwrap_or([f64::NAN; 2])
+        };
+
+        // Without cover, receipts and retransmissions of many clients leave
+        // at the same instants: stores are ambiguous, but still calibrated.
+        assert!(exposed.calibrated, "{:?}", exposed.kinds);
+        assert!(
+            lt(&exposed, "message", 1)[0] >= 0.9,
+            "{:?}",
+            exposed.long_term
+        );
+        // Linking helps when each store says something: 10 linked stores
+        // name the sender more often than one, beyond both intervals.
+        assert!(
+            lt(&exposed, "store", 10)[0] > lt(&exposed, "store", 1)[1],
+            "{:?}",
+            exposed.long_term
+        );
+    }
+
+    #[test]
+    fn the_prior_grows_with_the_silence_before_a_packet() {
+        // Only payload ticks (q = 1): the chance a target was queued since
+        // the previous packet.
+        let w = message_prior(&[0.0], 0.2, 1.0, 0.5);
+        assert!((w - (1.0 - (-0.1f64).exp())).abs() < 1e-12);
+        // A longer silence, a likelier target.
+        let q = 5.0 / 6.0;
+        let short = message_prior(&[0.0, 1.0, 1.1], 1.15, q, 0.5);
+        let long = message_prior(&[0.0, 1.0, 1.1], 2.1, q, 0.5);
+        assert!(long > 5.0 * short, "{short} {long}");
+        // Never above the share of payload ticks.
+        assert!(message_prior(&[], 1.0, q, 0.5) <= q + 1e-12);
+    }
+
+    #[test]
+    fn the_learned_rate_counts_only_what_has_surely_arrived() {
+        let mut l = Learned::new();
+        for i in 0..2000u64 {
+            l.waiting.push_back((i, (0, i)));
+            if i % 4 == 0 {
+                l.labels.insert((0, i), [true, true]);
+            } else if i % 4 == 1 {
+                l.labels.insert((0, i), [false, true]);
+            }
+        }
+        // Not yet: they might still be on their way.
+        l.mature(LABEL_LAG_US - 1);
+        assert_eq!(l.all_total, 0);
+        assert_eq!(l.rate(0, 6.0, 0.7), 0.7);
+        l.mature(LABEL_LAG_US + 2000);
+        assert_eq!(l.all_total, 2000);
+        assert!((l.rate(0, 6.0, 0.7) - 1.5).abs() < 1e-9);
+        assert!((l.rate(1, 6.0, 0.7) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_calibration_check_tells_honest_posteriors_from_overconfident_ones() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let n = 10;
+        let (mut honest, mut overconfident) = (Tally::default(), Tally::default());
+        for _ in 0..5000 {
+            // A posterior with one favourite at 0.3, the rest even.
+            let fav = rng.random_range(0..n);
+            let mut d = vec![0.7 / (n - 1) as f64; n + 1];
+            d[fav] = 0.3;
+            d[n] = 0.0;
+            // Honest: the sender drawn from the posterior itself.
+            let u: f64 = rng.random();
+            let sender = if u < 0.3 {
+                fav
+            } else {
+                (fav + 1 + rng.random_range(0..n - 1)) % n
+            };
+            assert!(honest.score(&d, sender, false));
+            // Overconfident: the favourite is right only at chance.
+            let sender = rng.random_range(0..n);
+            assert!(overconfident.score(&d, sender, false));
+        }
+        let (h, o) = (honest.report("h"), overconfident.report("o"));
+        assert!(h.calibrated, "{h:?}");
+        assert!(!o.calibrated && o.calibration_z < -CALIBRATION_Z, "{o:?}");
+        assert!((h.mean_p_max - h.top1_accuracy).abs() < 0.03, "{h:?}");
     }
 
     #[test]

@@ -248,6 +248,12 @@ enum EvalCmd {
         /// DANGEROUS, evaluation only: no mixing delay.
         #[arg(long)]
         dangerous_zero_delay: bool,
+        /// The long-term attack: numbers K of linked stores combined.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        long_term_k: Vec<usize>,
+        /// The long-term attack: trials per K.
+        #[arg(long, default_value_t = 1000)]
+        long_term_trials: usize,
         /// End with one JSON line.
         #[arg(long)]
         json: bool,
@@ -1146,6 +1152,8 @@ async fn run(cli: Cli) -> Result<()> {
             seed,
             dangerous_no_cover,
             dangerous_zero_delay,
+            long_term_k,
+            long_term_trials,
             json,
         }) => {
             if dangerous_no_cover || dangerous_zero_delay {
@@ -1170,6 +1178,8 @@ async fn run(cli: Cli) -> Result<()> {
                 seed,
                 dangerous_no_cover,
                 dangerous_zero_delay,
+                long_term_k,
+                long_term_trials,
                 ..Default::default()
             };
             let started = std::time::Instant::now();
@@ -1195,6 +1205,35 @@ async fn run(cli: Cli) -> Result<()> {
                 r.client_send_pps,
                 r.mean_latency_s
             );
+            for k in &r.kinds {
+                println!(
+                    "targets {:>7}: {:>6}  top-1 {:.4} [{:.4}, {:.4}] ({:.2}x chance)  entropy {:.3} bits\n                 calibration: mean p(true) {:.5} vs mean sum p^2 {:.5} (z {:+.2}, {:+.1} %), mean p(top) {:.5} vs top-1 {:.4}: {}",
+                    k.kind,
+                    k.targets,
+                    k.top1_accuracy,
+                    k.top1_ci95[0],
+                    k.top1_ci95[1],
+                    k.top1_accuracy / r.chance,
+                    k.entropy_bits,
+                    k.mean_p_true,
+                    k.mean_sum_p2,
+                    k.calibration_z,
+                    100.0 * k.calibration_rel,
+                    k.mean_p_max,
+                    k.top1_accuracy,
+                    if k.calibrated {
+                        "calibrated"
+                    } else {
+                        "NOT CALIBRATED"
+                    }
+                );
+            }
+            for l in &r.long_term {
+                println!(
+                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials (pool {:.0} per sender)",
+                    l.kind, l.k, l.identified, l.ci95[0], l.ci95[1], l.trials, l.pool
+                );
+            }
             if json {
                 println!(
                     "{}",
@@ -1206,8 +1245,19 @@ async fn run(cli: Cli) -> Result<()> {
                         "top1_accuracy": r.top1_accuracy,
                         "top1_ci95": r.top1_ci95,
                         "chance": r.chance,
+                        "calibrated": r.calibrated,
+                        "kinds": r.kinds,
+                        "long_term": r.long_term,
                     })
                 );
+            }
+            if !r.ok() {
+                return Err(format!(
+                    "the attack's posteriors are not calibrated (mean p(true sender) and mean sum p^2 differ by more than {} standard errors + {} %): its figures cannot be trusted",
+                    umbra::eval::CALIBRATION_Z,
+                    100.0 * umbra::eval::CALIBRATION_REL
+                )
+                .into());
             }
         }
         Command::Bench(BenchCmd::Client {
