@@ -34,11 +34,13 @@
 //! does not use it. The ground truth is the simulation's: it follows each
 //! packet hop by hop (what each node's key made of it), and at the final hop
 //! the decrypted request: a `Store` into a dropbox names its sender (the box
-//! id is the pair's), which must be the client that injected the packet. A
-//! **target** is the first copy of a message queued after the warm-up,
-//! arriving at its dropbox gateway (the client reports a message `Sent` at
-//! the instant that copy leaves); receipts, retransmissions, fetches and
-//! cover are traffic around the targets.
+//! id is the pair's), which must be the client that injected the packet.
+//! **Targets** are of two kinds, each attacked and reported on its own: a
+//! `message` target is the first copy of a message queued after the
+//! warm-up, arriving at its dropbox gateway (the client reports a message
+//! `Sent` at the instant that copy leaves); a `store` target is any packet
+//! sent after the warm-up that stores user data (first copies,
+//! retransmissions, receipts). Fetches and cover are traffic around them.
 //!
 //! **The attack** is the exponential-mixing one, with a prior for the
 //! targets it is given. At each mix an output at time t is attributed to
