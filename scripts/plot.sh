@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Draws the PNG figures in docs/figures from the CSV files there (written by
-# scripts/anonymity-sweep.sh and scripts/bench-figures.sh). Installs
+# scripts/anonymity-sweep.sh, scripts/bench-figures.sh and scripts/long-term.sh). Installs
 # matplotlib into target/plot-venv on first use. Usage: scripts/plot.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

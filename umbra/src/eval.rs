@@ -67,6 +67,16 @@
 //! guess for a target is the attribution of the packet arriving at its
 //! dropbox gateway.
 //!
+//! **The discounting adversary** (`discount`) keeps, per mix, the expected
+//! make-up of what the mix holds instead of a decayed sum: an input adds
+//! its attribution, an output (every held packet is equally likely to be
+//! the next to leave, exponential delays being memoryless) is attributed
+//! as the contents and takes that share away. So outputs already
+//! attributed are discounted, and the count of packets that left is used.
+//! It also labels mix loops by their links (ordinary traffic only goes
+//! from layer l to l + 1): their first hops leave no share behind, their
+//! last hops take a non-target packet away.
+//!
 //! **Calibration.** If the posteriors p are calibrated, the mean of
 //! p(true sender) equals the mean of Σp² (and the mean top probability
 //! equals the top-1 accuracy). Every run reports both per kind and the
@@ -76,12 +86,12 @@
 //! **The long-term attack.** A dropbox gateway sees which stores share a
 //! box; with a global observer it combines the posteriors of K of them
 //! (Σ ln p over senders, as independent evidence). For each trial a random
-//! sender and K of its targets' posteriors drawn with replacement; reported
-//! as the share of trials that name the sender, with a Wilson interval, for
-//! each K. A sender has only its run's targets to draw from (`pool`); a K
-//! above that reuses posteriors, so the curve there is the pool's mean
-//! evidence, which may understate an adversary with K truly independent
-//! messages.
+//! sender with at least K targets and K different ones of its targets'
+//! posteriors; reported as the share of trials that name the sender, with a
+//! Wilson interval, for each K. Where fewer than ten senders have K targets
+//! (`pool` is the mean), draws repeat posteriors and the figure says so
+//! (`independent: false`): the curve there is the pool's mean evidence,
+//! which may understate an adversary with K truly different messages.
 //!
 //! **Determinism.** The seed decides the topology, the clients' and nodes'
 //! choices and the workload; [`crate::sim`]'s module doc says where that
@@ -141,6 +151,10 @@ pub struct EvalOptions {
     pub long_term_k: Vec<usize>,
     /// Trials per K of the long-term attack.
     pub long_term_trials: usize,
+    /// A stronger adversary: it tracks what each mix holds, takes away
+    /// what each output carried (outputs already attributed are
+    /// discounted), and labels mix loops by the links they use.
+    pub discount: bool,
 }
 
 impl Default for EvalOptions {
@@ -158,6 +172,7 @@ impl Default for EvalOptions {
             dangerous_zero_delay: false,
             long_term_k: vec![1, 10, 100, 1000],
             long_term_trials: 1000,
+            discount: false,
         }
     }
 }
@@ -203,6 +218,9 @@ pub struct EvalReport {
     /// The long-term attack: a dropbox gateway that links the stores of one
     /// box, with a global observer, combines K of them.
     pub long_term: Vec<LongTerm>,
+    /// The adversary: `exponential` (each input weighted by the chance it
+    /// is still held) or `discount` (what each mix holds, less what left).
+    pub adversary: &'static str,
 }
 
 /// The attack on one kind of target.
@@ -249,7 +267,17 @@ pub struct LongTerm {
     /// Mean number of targets of a sender to draw from: K above it reuses
     /// posteriors (see the module doc).
     pub pool: f64,
+    /// The K stores of a trial are K different ones (drawn without
+    /// replacement, from the senders that have at least K); false: too
+    /// few senders had K, and draws repeat posteriors.
+    pub independent: bool,
+    /// Senders the trials were drawn from.
+    pub senders: usize,
 }
+
+/// Fewest senders with K targets each for a long-term figure drawn
+/// without replacement.
+const MIN_INDEPENDENT_SENDERS: usize = 10;
 
 /// How far mean p(true sender) may stray from mean Σp² before a run is
 /// called uncalibrated: 3 standard errors plus [`CALIBRATION_REL`] of mean
@@ -300,10 +328,19 @@ fn inject_packet(frame: &[u8]) -> Option<&[u8]> {
 
 /// One thing the adversary sees, in time order.
 enum Step {
-    /// A packet arrives at mix `mix`.
-    MixIn { mix: usize, key: u64 },
-    /// A packet leaves mix `mix`.
-    MixOut { mix: usize, key: u64 },
+    /// A packet arrives at mix `mix`; `loop_ret`: it came on a link only
+    /// mix loops use, and is the last hop of one with this probability.
+    MixIn {
+        mix: usize,
+        key: u64,
+        loop_ret: Option<f64>,
+    },
+    /// A packet leaves mix `mix`; `loop_ret` as for `MixIn`.
+    MixOut {
+        mix: usize,
+        key: u64,
+        loop_ret: Option<f64>,
+    },
     /// A packet arrives at a gateway, its final hop; `store` if it carried a
     /// store into a dropbox.
     AtGateway { key: u64, store: Option<Store> },
@@ -386,21 +423,50 @@ impl Prior {
 struct Attack {
     mixes: Vec<Mix>,
     pending: HashMap<u64, Vec<f64>>,
+    /// The stronger adversary (`EvalOptions::discount`): a mix's vector is
+    /// the expected make-up of what it holds, not a decayed sum.
+    discount: bool,
 }
 
 impl Attack {
     fn mix_in(&mut self, mix: usize, t: f64, mu: f64, dist: &[f64]) {
         let m = &mut self.mixes[mix];
-        m.decay(t, mu);
+        if !self.discount {
+            m.decay(t, mu);
+        }
         for (s, x) in m.sum.iter_mut().zip(dist) {
             *s += x;
         }
     }
 
     fn mix_out(&mut self, mix: usize, t: f64, key: u64, mu: f64, lambda_m: f64, n: usize) {
-        let dist = output_dist(&mut self.mixes[mix], t, mu, lambda_m, n);
+        let m = &mut self.mixes[mix];
+        let dist = if self.discount {
+            take_one(m, n)
+        } else {
+            output_dist(m, t, mu, lambda_m, n)
+        };
         self.pending.insert(key, dist);
     }
+}
+
+/// The stronger adversary's output of a mix on an ordinary link: with
+/// exponential delays every packet held is equally likely to be the next
+/// to leave (memorylessness), so the output is distributed as the mix's
+/// expected contents `m.sum`, and takes that share away from them. The
+/// mix's own loops leave on links of their own and are labelled, so they
+/// take no weight here.
+fn take_one(m: &mut Mix, n: usize) -> Vec<f64> {
+    let total: f64 = m.sum.iter().sum();
+    if total <= 1e-9 {
+        return one_hot(n, n);
+    }
+    let d: Vec<f64> = m.sum.iter().map(|x| x / total).collect();
+    let take = total.min(1.0);
+    for (s, x) in m.sum.iter_mut().zip(&d) {
+        *s = (*s - x * take).max(0.0);
+    }
+    d
 }
 
 /// How long after a client packet left the adversary waits before counting
@@ -578,6 +644,13 @@ struct Eval {
     learned: Learned,
     targets_wanted: usize,
     mix_index: HashMap<NodeId, usize>,
+    /// Each mix's layer (1–3), by index.
+    mix_layer: Vec<u8>,
+    /// Mixes in layers 1 and 3.
+    layer_1_3: (usize, usize),
+    /// Packets seen on a link only mix loops use, not yet at their mix:
+    /// the chance each is a loop's last hop.
+    loop_in: HashMap<u64, f64>,
     /// Dropbox id → the client writing to it.
     box_owner: HashMap<[u8; 32], usize>,
     // ---- what the observer records ----
@@ -610,6 +683,25 @@ impl Eval {
         }));
     }
 
+    /// A link from mix `a` to mix `b` that ordinary traffic never uses
+    /// (only layer l → l + 1 does): a mix loop's first or last hop. The
+    /// chance it is the last: certain into layers 2 and 3 from layer 3; from
+    /// layer 3 into layer 1 also the first hops of layer 3's own loops, as
+    /// often as layer 1's loops return (λ_M each); from layers 1 and 2,
+    /// always a first hop.
+    fn loop_link(&self, a: usize, b: usize) -> Option<f64> {
+        let (la, lb) = (self.mix_layer[a], self.mix_layer[b]);
+        if lb == la + 1 {
+            return None;
+        }
+        let (n1, n3) = self.layer_1_3;
+        Some(match (la, lb) {
+            (3, 1) => n1 as f64 / (n1 + n3).max(1) as f64,
+            (3, _) => 1.0,
+            _ => 0.0,
+        })
+    }
+
     /// What the simulation shows: the adversary's view and the ground truth.
     fn observe(&mut self, o: Observed<'_>) {
         match o {
@@ -640,14 +732,23 @@ impl Eval {
             }
             Observed::Link {
                 from: Endpoint::Node(node),
+                to,
                 depart,
                 what: OnLink::Packet { packet },
-                ..
             } => {
                 self.packet_lens.insert(packet.len());
                 if let Some(&mix) = self.mix_index.get(&node) {
                     let key = key(packet);
-                    self.push(depart, Step::MixOut { mix, key });
+                    let loop_ret = match to {
+                        Endpoint::Node(y) => {
+                            self.mix_index.get(&y).and_then(|&j| self.loop_link(mix, j))
+                        }
+                        Endpoint::Client(_) => None,
+                    };
+                    if let Some(p) = loop_ret {
+                        self.loop_in.insert(key, p);
+                    }
+                    self.push(depart, Step::MixOut { mix, key, loop_ret });
                 }
             }
             Observed::Link { .. } => {}
@@ -660,7 +761,15 @@ impl Eval {
                 let k = key(packet);
                 let origin = self.origin.remove(&k);
                 if let Some(&mix) = self.mix_index.get(&node) {
-                    self.push(at, Step::MixIn { mix, key: k });
+                    let loop_ret = self.loop_in.remove(&k);
+                    self.push(
+                        at,
+                        Step::MixIn {
+                            mix,
+                            key: k,
+                            loop_ret,
+                        },
+                    );
                     if let (Some(Peeled::Forward { packet, .. }), Some(o)) = (peeled, origin) {
                         self.origin.insert(key(packet), o);
                     }
@@ -708,9 +817,19 @@ impl Eval {
             };
             let t = at as f64 / 1e6;
             match step {
-                Step::MixIn { mix, key } => {
+                Step::MixIn { mix, key, loop_ret } => {
                     let from_client = self.injected.remove(&key);
                     for (a, attack) in self.attacks.iter_mut().enumerate() {
+                        if attack.discount
+                            && let Some(p) = loop_ret
+                        {
+                            // A mix loop: no target; held unless it ends here.
+                            attack.pending.remove(&key);
+                            let mut d = vec![0.0; n + 1];
+                            d[n] = 1.0 - p;
+                            attack.mix_in(mix, t, mu, &d);
+                            continue;
+                        }
                         let dist = if let Some((c, w)) = from_client {
                             let mut d = vec![0.0; n + 1];
                             d[c] = w[a];
@@ -725,9 +844,18 @@ impl Eval {
                         attack.mix_in(mix, t, mu, &dist);
                     }
                 }
-                Step::MixOut { mix, key } => {
+                Step::MixOut { mix, key, loop_ret } => {
                     for attack in &mut self.attacks {
-                        attack.mix_out(mix, t, key, mu, lambda_m, n);
+                        match loop_ret {
+                            Some(p) if attack.discount => {
+                                // A mix loop leaving: a returning one was
+                                // held here; neither is a target.
+                                let x = &mut attack.mixes[mix].sum[n];
+                                *x = (*x - p).max(0.0);
+                                attack.pending.insert(key, one_hot(n, n));
+                            }
+                            _ => attack.mix_out(mix, t, key, mu, lambda_m, n),
+                        }
                     }
                 }
                 Step::AtGateway { key, store } => {
@@ -798,13 +926,30 @@ fn long_term(
         .map(|&k| {
             let mut hits = 0;
             let mut score = vec![0.0f64; n];
+            let rich: Vec<usize> = senders
+                .iter()
+                .copied()
+                .filter(|s| tally.by_sender[*s].len() >= k)
+                .collect();
+            let independent = rich.len() >= MIN_INDEPENDENT_SENDERS;
+            let from = if independent { &rich } else { &senders };
+            let mut order: Vec<usize> = Vec::new();
             for _ in 0..trials {
-                let s = senders[rng.random_range(0..senders.len())];
+                let s = from[rng.random_range(0..from.len())];
                 let posts = &tally.by_sender[s];
                 score.iter_mut().for_each(|x| *x = 0.0);
-                for _ in 0..k {
-                    let p = &posts[rng.random_range(0..posts.len())];
-                    for (x, q) in score.iter_mut().zip(p) {
+                order.clear();
+                order.extend(0..posts.len());
+                for i in 0..k {
+                    let j = if independent {
+                        // A partial Fisher–Yates shuffle: K distinct stores.
+                        let j = rng.random_range(i..posts.len());
+                        order.swap(i, j);
+                        order[i]
+                    } else {
+                        rng.random_range(0..posts.len())
+                    };
+                    for (x, q) in score.iter_mut().zip(&posts[j]) {
                         *x += f64::from(q.max(1e-30)).ln();
                     }
                 }
@@ -820,6 +965,8 @@ fn long_term(
                 ci95: wilson(hits, trials),
                 trials,
                 pool,
+                independent,
+                senders: from.len(),
             }
         })
         .collect()
@@ -967,6 +1114,10 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         .filter(|x| x.role == Role::Mix)
         .map(|x| x.identity)
         .collect();
+    let mix_layer: Vec<u8> = mix_ids
+        .iter()
+        .map(|id| sim.topology().node(id).map_or(0, |x| x.layer))
+        .collect();
     let eval = Rc::new(RefCell::new(Eval {
         n,
         mu,
@@ -982,6 +1133,12 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         learned: Learned::new(),
         targets_wanted: opts.targets,
         mix_index: mix_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
+        mix_layer: mix_layer.clone(),
+        layer_1_3: (
+            mix_layer.iter().filter(|&&l| l == 1).count(),
+            mix_layer.iter().filter(|&&l| l == 3).count(),
+        ),
+        loop_in: HashMap::new(),
         box_owner,
         steps: BinaryHeap::new(),
         seq: 0,
@@ -1000,6 +1157,7 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
                     })
                     .collect(),
                 pending: HashMap::new(),
+                discount: opts.discount,
             })
             .collect(),
         tallies: PRIORS.iter().map(|_| Tally::default()).collect(),
@@ -1158,6 +1316,11 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         calibrated: kinds.iter().all(|k| k.calibrated),
         kinds,
         long_term: long_term_curve,
+        adversary: if opts.discount {
+            "discount"
+        } else {
+            "exponential"
+        },
     }
 }
 
@@ -1328,6 +1491,72 @@ mod tests {
             lt(&exposed, "store", 10)[0] > lt(&exposed, "store", 1)[1],
             "{:?}",
             exposed.long_term
+        );
+    }
+
+    #[test]
+    fn long_term_trials_combine_different_stores_while_senders_have_enough() {
+        // Ten senders, three stores each: two point mildly at their sender,
+        // one strongly at the next sender. All three together name the
+        // wrong one, so K = 3 different stores never identifies a sender;
+        // drawing with replacement would miss the misleading one
+        // (2/3)^3 = 30 % of the time.
+        let n = 10;
+        let mut tally = Tally::default();
+        for s in 0..n {
+            for misleading in [false, false, true] {
+                let mut d = vec![0.0; n + 1];
+                if misleading {
+                    d.iter_mut().for_each(|x| *x = 0.009 / 8.0);
+                    d[s] = 0.001;
+                    d[(s + 1) % n] = 0.99;
+                } else {
+                    d.iter_mut().for_each(|x| *x = 0.7 / 9.0);
+                    d[s] = 0.3;
+                }
+                d[n] = 0.0;
+                assert!(tally.score(&d, s, true));
+            }
+        }
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let curve = long_term(&tally, "store", &[1, 3, 4], 2000, &mut rng);
+        let (one, three, four) = (&curve[0], &curve[1], &curve[2]);
+        assert!(one.independent && three.independent, "{curve:?}");
+        assert_eq!(three.senders, n);
+        assert!((one.identified - 2.0 / 3.0).abs() < 0.05, "{one:?}");
+        assert_eq!(three.identified, 0.0, "{three:?}");
+        // K above every sender's pool: draws repeat, and say so. Only four
+        // mild draws name the sender: (2/3)^4 = 20 %.
+        assert!(!four.independent, "{four:?}");
+        assert!((four.identified - 0.198).abs() < 0.05, "{four:?}");
+    }
+
+    #[test]
+    fn the_discounting_adversary_is_calibrated_and_wins_the_ablation() {
+        let base = EvalOptions {
+            clients: 20,
+            targets: 200,
+            discount: true,
+            ..EvalOptions::default()
+        };
+        let mixed = run(&base);
+        let mut fast = base.params;
+        fast.mix_delay_mean_ms = 1;
+        let exposed = run(&EvalOptions {
+            dangerous_no_cover: true,
+            params: fast,
+            ..base.clone()
+        });
+        assert_eq!(
+            (mixed.adversary, exposed.adversary),
+            ("discount", "discount")
+        );
+        assert!(mixed.calibrated, "{:?}", mixed.kinds);
+        assert!(exposed.calibrated, "{:?}", exposed.kinds);
+        assert!(exposed.top1_accuracy >= 0.9, "{exposed:?}");
+        assert!(
+            mixed.top1_accuracy < exposed.top1_accuracy - 0.5,
+            "{mixed:?}"
         );
     }
 

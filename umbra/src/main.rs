@@ -254,6 +254,10 @@ enum EvalCmd {
         /// The long-term attack: trials per K.
         #[arg(long, default_value_t = 1000)]
         long_term_trials: usize,
+        /// A stronger adversary: it tracks what each mix holds and takes
+        /// away what each output carried, and labels mix loops by their links.
+        #[arg(long)]
+        discount: bool,
         /// End with one JSON line.
         #[arg(long)]
         json: bool,
@@ -1154,6 +1158,7 @@ async fn run(cli: Cli) -> Result<()> {
             dangerous_zero_delay,
             long_term_k,
             long_term_trials,
+            discount,
             json,
         }) => {
             if dangerous_no_cover || dangerous_zero_delay {
@@ -1180,6 +1185,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dangerous_zero_delay,
                 long_term_k,
                 long_term_trials,
+                discount,
                 ..Default::default()
             };
             let started = std::time::Instant::now();
@@ -1230,8 +1236,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for l in &r.long_term {
                 println!(
-                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials (pool {:.0} per sender)",
-                    l.kind, l.k, l.identified, l.ci95[0], l.ci95[1], l.trials, l.pool
+                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials (pool {:.0} per sender; {})",
+                    l.kind,
+                    l.k,
+                    l.identified,
+                    l.ci95[0],
+                    l.ci95[1],
+                    l.trials,
+                    l.pool,
+                    if l.independent {
+                        format!("{} different stores each, from {} senders", l.k, l.senders)
+                    } else {
+                        "too few senders had K: draws repeat stores".to_string()
+                    }
                 );
             }
             if json {
@@ -1248,6 +1265,7 @@ async fn run(cli: Cli) -> Result<()> {
                         "calibrated": r.calibrated,
                         "kinds": r.kinds,
                         "long_term": r.long_term,
+                        "adversary": r.adversary,
                     })
                 );
             }
