@@ -1421,15 +1421,16 @@ fn output_dist(m: &mut Mix, t: f64, mu: f64, lambda_m: f64, n: usize) -> Vec<f64
 mod tests {
     use super::*;
 
-    #[test]
-    fn cover_and_delay_hide_the_sender_and_their_absence_does_not() {
+    /// 20 clients and 200 targets at the defaults, and the ablation (no
+    /// cover and a 1 ms mean delay, through the same attack).
+    fn mixed_and_exposed(discount: bool) -> (EvalOptions, EvalReport, EvalReport) {
         let base = EvalOptions {
             clients: 20,
             targets: 200,
+            discount,
             ..EvalOptions::default()
         };
         let mixed = run(&base);
-        // The ablation: no cover and a 1 ms mean delay, through the same attack.
         let mut fast = base.params;
         fast.mix_delay_mean_ms = 1;
         let exposed = run(&EvalOptions {
@@ -1437,6 +1438,12 @@ mod tests {
             params: fast,
             ..base.clone()
         });
+        (base, mixed, exposed)
+    }
+
+    #[test]
+    fn cover_and_delay_hide_the_sender_and_their_absence_does_not() {
+        let (base, mixed, exposed) = mixed_and_exposed(false);
         assert!(mixed.same_size);
         assert_eq!((mixed.targets, exposed.targets), (200, 200));
         assert!(
@@ -1533,20 +1540,7 @@ mod tests {
 
     #[test]
     fn the_discounting_adversary_is_calibrated_and_wins_the_ablation() {
-        let base = EvalOptions {
-            clients: 20,
-            targets: 200,
-            discount: true,
-            ..EvalOptions::default()
-        };
-        let mixed = run(&base);
-        let mut fast = base.params;
-        fast.mix_delay_mean_ms = 1;
-        let exposed = run(&EvalOptions {
-            dangerous_no_cover: true,
-            params: fast,
-            ..base.clone()
-        });
+        let (_, mixed, exposed) = mixed_and_exposed(true);
         assert_eq!(
             (mixed.adversary, exposed.adversary),
             ("discount", "discount")
