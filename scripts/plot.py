@@ -19,6 +19,13 @@ def rows(name):
         return list(csv.DictReader(f))
 
 
+def save(fig, name):
+    fig.tight_layout()
+    out = os.path.join(fig_dir, name)
+    fig.savefig(out, dpi=90)
+    print("wrote", out)
+
+
 sweep = rows("anonymity-sweep.csv")
 if sweep:
     rates = sorted({float(r["lambda_p"]) for r in sweep})
@@ -56,10 +63,7 @@ if sweep:
     b.legend(fontsize=8)
     fig.suptitle("umbra eval anonymity: exponential-mixing attack, 100 clients, "
                  "2 mix nodes per layer, 5000 targets, λ_L = λ_M = 1/s")
-    fig.tight_layout()
-    out = os.path.join(fig_dir, "anonymity-sweep.png")
-    fig.savefig(out, dpi=90)
-    print("wrote", out)
+    save(fig, "anonymity-sweep.png")
 
 bench = rows("bench-mixnode.csv")
 if bench:
@@ -78,10 +82,7 @@ if bench:
            title="umbra bench mixnode: ratio against delay and MTU (2 cores, 3 peers)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = os.path.join(fig_dir, "bench-mixnode.png")
-    fig.savefig(out, dpi=90)
-    print("wrote", out)
+    save(fig, "bench-mixnode.png")
 
 long_term = rows("long-term.csv")
 if long_term:
@@ -114,7 +115,4 @@ if long_term:
            title="Long-term attack, N = 100 (store targets unless noted; 95 % bands)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = os.path.join(fig_dir, "long-term.png")
-    fig.savefig(out, dpi=90)
-    print("wrote", out)
+    save(fig, "long-term.png")

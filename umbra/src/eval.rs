@@ -264,8 +264,8 @@ pub struct LongTerm {
     pub ci95: [f64; 2],
     /// Trials.
     pub trials: usize,
-    /// Mean number of targets of a sender to draw from: K above it reuses
-    /// posteriors (see the module doc).
+    /// Mean number of targets of a sender to draw from (see `independent`
+    /// for what a K above most senders' pools does).
     pub pool: f64,
     /// The K stores of a trial are K different ones (drawn without
     /// replacement, from the senders that have at least K); false: too
@@ -900,9 +900,11 @@ impl Eval {
     }
 }
 
-/// The long-term attack: for each trial a random sender, K of its targets'
-/// posteriors drawn at random (with replacement), combined as independent
-/// evidence (Σ ln p); identified if the true sender scores highest.
+/// The long-term attack: for each trial a random sender with at least K
+/// targets and K different ones of its targets' posteriors (drawn with
+/// replacement from every sender when fewer than
+/// [`MIN_INDEPENDENT_SENDERS`] have K), combined as independent evidence
+/// (Σ ln p); identified if the true sender scores highest.
 fn long_term(
     tally: &Tally,
     kind: &'static str,
@@ -938,8 +940,10 @@ fn long_term(
                 let s = from[rng.random_range(0..from.len())];
                 let posts = &tally.by_sender[s];
                 score.iter_mut().for_each(|x| *x = 0.0);
-                order.clear();
-                order.extend(0..posts.len());
+                if independent {
+                    order.clear();
+                    order.extend(0..posts.len());
+                }
                 for i in 0..k {
                     let j = if independent {
                         // A partial Fisher–Yates shuffle: K distinct stores.
@@ -1133,11 +1137,11 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         learned: Learned::new(),
         targets_wanted: opts.targets,
         mix_index: mix_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
-        mix_layer: mix_layer.clone(),
         layer_1_3: (
             mix_layer.iter().filter(|&&l| l == 1).count(),
             mix_layer.iter().filter(|&&l| l == 3).count(),
         ),
+        mix_layer,
         loop_in: HashMap::new(),
         box_owner,
         steps: BinaryHeap::new(),
