@@ -4,7 +4,9 @@
 # 300 stores (about 15 minutes of CPU), its curve printed as a Markdown table
 # and written as CSV (default docs/figures/long-term.csv) for
 # scripts/plot.sh. Extra arguments go to `umbra eval anonymity` (e.g.
-# --seed 2, --discount). Usage:
+# --seed 2, --discount). TARGETS and KS override the target count and the
+# K list: TARGETS=66000 KS=1,10,100,300,1000 gives every sender about 1070
+# stores, enough for K = 1000 different ones (about an hour of CPU). Usage:
 #   cargo build --release -p umbra && scripts/long-term.sh [CSV] [ARGS...]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +14,10 @@ umbra=${UMBRA:-$here/target/release/umbra}
 csv=${1:-$here/docs/figures/long-term.csv}
 shift || true
 mkdir -p "$(dirname "$csv")"
-json=$("$umbra" eval anonymity --targets 20000 --long-term-k 1,10,100,200,300 --json "$@" 2>/dev/null | tail -n1)
+targets=${TARGETS:-20000}
+ks=${KS:-1,10,100,200,300}
+json=$("$umbra" eval anonymity --targets "$targets" --long-term-k "$ks" --json "$@" 2>/dev/null | tail -n1)
+[ -n "${JSON_OUT:-}" ] && printf '%s\n' "$json" > "$JSON_OUT"
 python3 - "$json" "$csv" <<'PY'
 import json, sys
 j, csv = json.loads(sys.argv[1]), sys.argv[2]

@@ -1543,6 +1543,38 @@ mod tests {
     }
 
     #[test]
+    fn the_discounting_adversary_takes_away_what_left_and_the_default_does_not() {
+        // One mix, two clients: A's packet enters and leaves, then B's
+        // enters and leaves, 1 ms apart (μ = 2.5/s: almost no decay). The
+        // discounting adversary knows A's packet is gone, so the second
+        // output is B's; the decayed sum still counts A nearly in full.
+        let (n, mu) = (2, 2.5);
+        let second_output = |discount: bool| {
+            let mut attack = Attack {
+                mixes: vec![Mix {
+                    sum: vec![0.0; n + 1],
+                    t: 0.0,
+                }],
+                pending: HashMap::new(),
+                discount,
+            };
+            attack.mix_in(0, 0.000, mu, &one_hot(n, 0));
+            attack.mix_out(0, 0.001, 1, mu, 0.0, n);
+            assert!(attack.pending[&1][0] > 0.999, "{:?}", attack.pending);
+            attack.mix_in(0, 0.002, mu, &one_hot(n, 1));
+            attack.mix_out(0, 0.003, 2, mu, 0.0, n);
+            attack.pending[&2].clone()
+        };
+        let discounted = second_output(true);
+        let decayed = second_output(false);
+        assert!(discounted[1] > 0.999, "{discounted:?}");
+        assert!((decayed[1] - 0.5).abs() < 0.01, "{decayed:?}");
+        for d in [&discounted, &decayed] {
+            assert!((d.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{d:?}");
+        }
+    }
+
+    #[test]
     fn the_discounting_adversary_is_calibrated_and_wins_the_ablation() {
         let (_, mixed, exposed) = mixed_and_exposed(true);
         assert_eq!(
