@@ -6,7 +6,7 @@
 # scripts/plot.sh. Extra arguments go to `umbra eval anonymity` (e.g.
 # --seed 2, --discount). TARGETS and KS override the target count and the
 # K list: TARGETS=66000 KS=1,10,100,300,1000 gives every sender about 1070
-# stores, enough for K = 1000 different ones (about an hour of CPU). Usage:
+# stores, enough for K = 1000 different ones (about 41 minutes of CPU). Usage:
 #   cargo build --release -p umbra && scripts/long-term.sh [CSV] [ARGS...]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,12 +21,13 @@ json=$("$umbra" eval anonymity --targets "$targets" --long-term-k "$ks" --json "
 python3 - "$json" "$csv" <<'PY'
 import json, sys
 j, csv = json.loads(sys.argv[1]), sys.argv[2]
-print("| kind | K | identified | 95% CI | K different stores | senders |")
-print("|---|---|---|---|---|---|")
+print("| kind | K | identified | 95% CI (trials) | 95% CI (senders) | K different stores | senders |")
+print("|---|---|---|---|---|---|---|")
 with open(csv, "w") as f:
-    f.write("kind,k,identified,ci_lo,ci_hi,independent,senders,chance\n")
+    f.write("kind,k,identified,ci_lo,ci_hi,independent,senders,chance,senders_lo,senders_hi\n")
     for l in j["long_term"]:
         lo, hi = l["ci95"]
-        print(f"| {l['kind']} | {l['k']} | {100 * l['identified']:.1f} % | [{100 * lo:.1f}, {100 * hi:.1f}] | {l['independent']} | {l['senders']} |")
-        f.write(f"{l['kind']},{l['k']},{l['identified']:.4f},{lo:.4f},{hi:.4f},{str(l['independent']).lower()},{l['senders']},{j['chance']}\n")
+        slo, shi = l.get("ci95_senders", [float("nan")] * 2)
+        print(f"| {l['kind']} | {l['k']} | {100 * l['identified']:.1f} % | [{100 * lo:.1f}, {100 * hi:.1f}] | [{100 * slo:.1f}, {100 * shi:.1f}] | {l['independent']} | {l['senders']} |")
+        f.write(f"{l['kind']},{l['k']},{l['identified']:.4f},{lo:.4f},{hi:.4f},{str(l['independent']).lower()},{l['senders']},{j['chance']},{slo:.4f},{shi:.4f}\n")
 PY

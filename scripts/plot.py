@@ -90,11 +90,12 @@ if long_term:
     # (store targets) when its CSV is there.
     curves = [("defaults (400 ms, λ_P = 5/s)", long_term, "store", "o", "-"),
               ("defaults, message targets", long_term, "message", "s", ":")]
-    for name, label in [("long-term-delay-800.csv", "800 ms mean delay"),
-                        ("long-term-lambda-p-8.csv", "λ_P = 8/s")]:
+    for name, label, marker in [("long-term-delay-800.csv", "800 ms mean delay", "^"),
+                                ("long-term-lambda-p-8.csv", "λ_P = 8/s", "v"),
+                                ("long-term-nym.csv", "Nym-like (15 ms, λ_P = 50/s)", "x")]:
         extra = rows(name)
         if extra:
-            curves.append((label, extra, "store", "^", "-"))
+            curves.append((label, extra, "store", marker, "-"))
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for label, data, kind, marker, style in curves:
         rs = [r for r in data if r["kind"] == kind and r["independent"] == "true"]

@@ -260,8 +260,13 @@ pub struct LongTerm {
     pub k: usize,
     /// Share of trials whose combined guess named the sender.
     pub identified: f64,
-    /// Wilson 95 % interval.
+    /// Wilson 95 % interval over the trials, as if they were independent.
     pub ci95: [f64; 2],
+    /// 95 % interval that counts senders, not trials: the trials of one
+    /// sender share its stores (near its pool, nearly all of them), so the
+    /// Wilson interval is taken at the effective sample size the spread
+    /// between senders gives (the design effect), at most the trials.
+    pub ci95_senders: [f64; 2],
     /// Trials.
     pub trials: usize,
     /// Mean number of targets of a sender to draw from (see `independent`
@@ -936,6 +941,8 @@ fn long_term(
             let independent = rich.len() >= MIN_INDEPENDENT_SENDERS;
             let from = if independent { &rich } else { &senders };
             let mut order: Vec<usize> = Vec::new();
+            // Per sender: (trials, hits).
+            let mut per = vec![(0usize, 0usize); n];
             for _ in 0..trials {
                 let s = from[rng.random_range(0..from.len())];
                 let posts = &tally.by_sender[s];
@@ -961,12 +968,15 @@ fn long_term(
                     .max_by(|a, b| score[*a].total_cmp(&score[*b]))
                     .unwrap_or(0);
                 hits += usize::from(best == s);
+                per[s].0 += 1;
+                per[s].1 += usize::from(best == s);
             }
             LongTerm {
                 kind,
                 k,
                 identified: hits as f64 / trials as f64,
                 ci95: wilson(hits, trials),
+                ci95_senders: clustered_interval(&per),
                 trials,
                 pool,
                 independent,
@@ -1384,7 +1394,48 @@ fn wilson(k: usize, n: usize) -> [f64; 2] {
     if n == 0 {
         return [0.0, 1.0];
     }
-    let (z, n_f, p) = (1.96f64, n as f64, k as f64 / n as f64);
+    wilson_at(k as f64 / n as f64, n as f64)
+}
+
+/// A 95 % interval for the share of hits when trials come in clusters
+/// (`per`: trials and hits per cluster): the ratio estimator's variance
+/// across clusters gives the effective sample size p(1 − p) / V, and the
+/// Wilson interval is taken there. With every cluster all hits or all
+/// misses it is one observation per cluster; with every trial a hit or
+/// every trial a miss, the number of clusters.
+fn clustered_interval(per: &[(usize, usize)]) -> [f64; 2] {
+    let used: Vec<(f64, f64)> = per
+        .iter()
+        .filter(|(t, _)| *t > 0)
+        .map(|&(t, h)| (t as f64, h as f64))
+        .collect();
+    let m = used.len() as f64;
+    let total: f64 = used.iter().map(|(t, _)| t).sum();
+    if used.is_empty() || total == 0.0 {
+        return [0.0, 1.0];
+    }
+    let p = used.iter().map(|(_, h)| h).sum::<f64>() / total;
+    let n_eff = if m < 2.0 {
+        1.0
+    } else {
+        let v = m / (m - 1.0) * used.iter().map(|(t, h)| (h - p * t).powi(2)).sum::<f64>()
+            / (total * total);
+        if v > 0.0 {
+            (p * (1.0 - p) / v).clamp(1.0, total)
+        } else if p > 0.0 && p < 1.0 {
+            // Every cluster at exactly p̂: no worse than independent.
+            total
+        } else {
+            m.min(total)
+        }
+    };
+    wilson_at(p, n_eff)
+}
+
+/// The Wilson 95 % interval for a share `p` of `n` (not necessarily whole)
+/// observations.
+fn wilson_at(p: f64, n_f: f64) -> [f64; 2] {
+    let z = 1.96f64;
     let d = 1.0 + z * z / n_f;
     let c = (p + z * z / (2.0 * n_f)) / d;
     let h = z * ((p * (1.0 - p) / n_f) + z * z / (4.0 * n_f * n_f)).sqrt() / d;
@@ -1540,6 +1591,35 @@ mod tests {
         // mild draws name the sender: (2/3)^4 = 20 %.
         assert!(!four.independent, "{four:?}");
         assert!((four.identified - 0.198).abs() < 0.05, "{four:?}");
+    }
+
+    #[test]
+    fn the_sender_interval_counts_senders_when_their_trials_agree() {
+        // 10 senders × 100 trials; 3 senders always named, 7 never: 30 %
+        // of 1000 trials, but only 10 observations.
+        let agree: Vec<(usize, usize)> = (0..10)
+            .map(|s| (100, if s < 3 { 100 } else { 0 }))
+            .collect();
+        let senders = clustered_interval(&agree);
+        let as_ten = wilson(3, 10);
+        for i in 0..2 {
+            assert!(
+                (senders[i] - as_ten[i]).abs() < 0.02,
+                "{senders:?} {as_ten:?}"
+            );
+        }
+        assert!(senders[1] - senders[0] > 0.45, "{senders:?}");
+        // The same 30 % with every sender named 30 times of 100: the
+        // trials are as good as independent.
+        let spread: Vec<(usize, usize)> = (0..10).map(|_| (100, 30)).collect();
+        let trials = wilson(300, 1000);
+        let senders = clustered_interval(&spread);
+        for i in 0..2 {
+            assert!(
+                (senders[i] - trials[i]).abs() < 1e-9,
+                "{senders:?} {trials:?}"
+            );
+        }
     }
 
     #[test]

@@ -1236,13 +1236,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for l in &r.long_term {
                 println!(
-                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials (pool {:.0} per sender; {})",
+                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials, [{:.3}, {:.3}] counting senders (pool {:.0} per sender; {})",
                     l.kind,
                     l.k,
                     l.identified,
                     l.ci95[0],
                     l.ci95[1],
                     l.trials,
+                    l.ci95_senders[0],
+                    l.ci95_senders[1],
                     l.pool,
                     if l.independent {
                         format!("{} different stores each, from {} senders", l.k, l.senders)
