@@ -113,7 +113,7 @@ if long_term:
     ax.set_xscale("log")
     ax.set(xlabel="K stores of one box linked by its gateway (all different)",
            ylabel="senders identified (%)",
-           title="Long-term attack, N = 100 (store targets unless noted; 95 % bands)")
+           title="Long-term attack, N = 100 (store targets unless noted; 95 % bands over trials)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "long-term.png")
