@@ -88,7 +88,8 @@
 //! (Σ ln p over senders, as independent evidence). For each trial a random
 //! sender with at least K targets and K different ones of its targets'
 //! posteriors; reported as the share of trials that name the sender, with a
-//! Wilson interval, for each K. Where fewer than ten senders have K targets
+//! Wilson interval over the trials and one that counts senders (a sender's
+//! trials share its stores), for each K. Where fewer than ten senders have K targets
 //! (`pool` is the mean), draws repeat posteriors and the figure says so
 //! (`independent: false`): the curve there is the pool's mean evidence,
 //! which may understate an adversary with K truly different messages.
@@ -931,7 +932,6 @@ fn long_term(
     let n = tally.by_sender.len();
     ks.iter()
         .map(|&k| {
-            let mut hits = 0;
             let mut score = vec![0.0f64; n];
             let rich: Vec<usize> = senders
                 .iter()
@@ -967,10 +967,10 @@ fn long_term(
                 let best = (0..n)
                     .max_by(|a, b| score[*a].total_cmp(&score[*b]))
                     .unwrap_or(0);
-                hits += usize::from(best == s);
                 per[s].0 += 1;
                 per[s].1 += usize::from(best == s);
             }
+            let hits: usize = per.iter().map(|(_, h)| h).sum();
             LongTerm {
                 kind,
                 k,
@@ -1411,7 +1411,7 @@ fn clustered_interval(per: &[(usize, usize)]) -> [f64; 2] {
         .collect();
     let m = used.len() as f64;
     let total: f64 = used.iter().map(|(t, _)| t).sum();
-    if used.is_empty() || total == 0.0 {
+    if used.is_empty() {
         return [0.0, 1.0];
     }
     let p = used.iter().map(|(_, h)| h).sum::<f64>() / total;
