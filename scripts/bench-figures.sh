@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs `umbra bench mixnode` at production settings across mean delays
-# (0, 20, 100, 400 ms) and both MTUs (1500 bytes; jumbo), and writes one CSV
+# (0, 20, 100, 400, 800 ms) and both MTUs (1500 bytes; jumbo), and writes one CSV
 # row per run for scripts/plot.py (default docs/figures/bench-mixnode.csv).
 # Usage:
 #   cargo build --release -p umbra && scripts/bench-figures.sh [CSV]
@@ -12,7 +12,7 @@ umbra=${UMBRA:-$here/target/release/umbra}
 csv=${1:-$here/docs/figures/bench-mixnode.csv}
 echo "delay_ms,jumbo,peers,raw_unwrap_pps,mixnode_pps,ratio,valid" >"$csv"
 for jumbo in false true; do
-  for delay in 0 20 100 400; do
+  for delay in 0 20 100 400 800; do
     flag=()
     [ "$jumbo" = true ] && flag=(--jumbo)
     # Exit status 3 is a run marked not valid: keep its row.

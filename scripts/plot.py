@@ -76,8 +76,8 @@ if bench:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
     ax.axhline(0.9, color="grey", linestyle="--", linewidth=1, label="target 0.9")
     ax.set_xscale("symlog", linthresh=20)
-    ax.set_xticks([0, 20, 100, 400])
-    ax.set_xticklabels(["0", "20", "100", "400"])
+    ax.set_xticks([0, 20, 100, 400, 800])
+    ax.set_xticklabels(["0", "20", "100", "400", "800"])
     ax.set(xlabel="mean per-hop delay (ms)", ylabel="mix node rate / raw unwrap rate",
            title="umbra bench mixnode: ratio against delay and MTU (2 cores, 3 peers)")
     ax.grid(alpha=0.3)
@@ -88,10 +88,11 @@ long_term = rows("long-term.csv")
 if long_term:
     # The defaults (both kinds of targets), and each mitigation measured
     # (store targets) when its CSV is there.
-    curves = [("defaults (400 ms, λ_P = 5/s)", long_term, "store", "o", "-"),
+    curves = [("defaults (800 ms, λ_P = 5/s), seed 1", long_term, "store", "o", "-"),
               ("defaults, message targets", long_term, "message", "s", ":")]
-    for name, label, marker in [("long-term-delay-800.csv", "800 ms mean delay", "^"),
-                                ("long-term-lambda-p-8.csv", "λ_P = 8/s", "v"),
+    for name, label, marker in [("long-term-seed-2.csv", "defaults, seed 2", "D"),
+                                ("long-term-delay-400.csv", "400 ms (the default before)", "^"),
+                                ("long-term-lambda-p-8.csv", "400 ms, λ_P = 8/s", "v"),
                                 ("long-term-nym.csv", "Nym-like (15 ms, λ_P = 50/s)", "x")]:
         extra = rows(name)
         if extra:

@@ -476,9 +476,15 @@ fn take_one(m: &mut Mix, n: usize) -> Vec<f64> {
 }
 
 /// How long after a client packet left the adversary waits before counting
-/// what it turned out to be: by then it has surely arrived (three hops of
-/// 400 ms mean delay outlast 5 s with probability 3 × 10⁻⁴).
+/// what it turned out to be, at least: by then it has surely arrived.
 const LABEL_LAG_US: u64 = 5_000_000;
+
+/// The wait for a mean per-hop delay of `mean_s`: 12.5 means, which three
+/// exponential hops outlast with probability 3 × 10⁻⁴ (5 s at 400 ms, 10 s
+/// at 800 ms), so the learned target rate is not biased low by stragglers.
+fn label_lag_us(mean_s: f64) -> u64 {
+    LABEL_LAG_US.max((12.5 * mean_s * 1e6) as u64)
+}
 
 /// The chance (up to a constant) that a target queued since the client's
 /// previous payload tick rides its packet at `t`, given its earlier send
@@ -500,9 +506,11 @@ fn message_prior(prev: &[f64], t: f64, q: f64, r: f64) -> f64 {
 
 /// The rate of each kind of target per client, learned as the adversary
 /// goes (it could as well run the network itself): the share of client
-/// packets that turned out to be targets, counted only [`LABEL_LAG_US`]
+/// packets that turned out to be targets, counted only [`label_lag_us`]
 /// after they left, so the past only.
 struct Learned {
+    /// How long after a packet left it is counted, µs.
+    lag_us: u64,
     all_total: u64,
     all_hits: [u64; 2],
     /// Client packets not yet counted: (sent µs, origin).
@@ -512,8 +520,9 @@ struct Learned {
 }
 
 impl Learned {
-    fn new() -> Self {
+    fn new(lag_us: u64) -> Self {
         Learned {
+            lag_us,
             all_total: 0,
             all_hits: [0; 2],
             waiting: VecDeque::new(),
@@ -521,10 +530,10 @@ impl Learned {
         }
     }
 
-    /// Counts every packet sent before `until_us` − [`LABEL_LAG_US`].
+    /// Counts every packet sent before `until_us` − the lag.
     fn mature(&mut self, until_us: u64) {
         while let Some(&(at, origin)) = self.waiting.front() {
-            if at + LABEL_LAG_US > until_us {
+            if at + self.lag_us > until_us {
                 break;
             }
             self.waiting.pop_front();
@@ -1050,7 +1059,8 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
     let lambda_m = if cover { p.lambda_mix_loop } else { 0.0 };
     // Long enough for the mixes to fill and for the adversary to learn the
     // targets' rates from 5 s of traffic.
-    let warmup = (10.0 * mean.max(0.01) + 2.0).max(LABEL_LAG_US as f64 / 1e6 + 5.0);
+    let lag_us = label_lag_us(mean);
+    let warmup = (10.0 * mean.max(0.01) + 2.0).max(lag_us as f64 / 1e6 + 5.0);
     // Generous: the run stops as soon as `targets` have arrived.
     let for_targets = if opts.real_rate > 0.0 {
         1.5 * opts.targets as f64 / (n as f64 * opts.real_rate)
@@ -1144,7 +1154,7 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         client_pps: p.lambda_payload + p.lambda_loop,
         real_rate: opts.real_rate,
         warmup_us: (warmup * 1e6) as u64,
-        learned: Learned::new(),
+        learned: Learned::new(lag_us),
         targets_wanted: opts.targets,
         mix_index: mix_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
         layer_1_3: (
@@ -1686,8 +1696,25 @@ mod tests {
     }
 
     #[test]
+    fn the_label_lag_grows_with_the_delay_so_stragglers_are_rare() {
+        // Three exponential hops outlast the lag with probability
+        // e^-x (1 + x + x²/2), x = lag / mean: the same 3 × 10⁻⁴ at any mean.
+        for mean in [0.0, 0.02, 0.4, 0.8, 2.0] {
+            let lag = label_lag_us(mean) as f64 / 1e6;
+            assert!(lag >= 5.0, "{mean}: {lag}");
+            if mean > 0.0 {
+                let x = lag / mean;
+                let late = (-x).exp() * (1.0 + x + x * x / 2.0);
+                assert!(late < 4e-4, "{mean}: {late}");
+            }
+        }
+        assert_eq!(label_lag_us(0.4), 5_000_000);
+        assert_eq!(label_lag_us(0.8), 10_000_000);
+    }
+
+    #[test]
     fn the_learned_rate_counts_only_what_has_surely_arrived() {
-        let mut l = Learned::new();
+        let mut l = Learned::new(LABEL_LAG_US);
         for i in 0..2000u64 {
             l.waiting.push_back((i, (0, i)));
             if i % 4 == 0 {

@@ -475,7 +475,7 @@ enum BenchCmd {
         /// Packets in each measurement [default: 80000; 10000 with --easy].
         #[arg(long)]
         packets: Option<usize>,
-        /// Mean per-hop delay the packets ask for, ms [default: the network's, 400; 0 with --easy].
+        /// Mean per-hop delay the packets ask for, ms [default: the network's, 800; 0 with --easy].
         #[arg(long)]
         delay_ms: Option<u64>,
         /// Jumbo datagrams on the node's links (off in production) [default with --easy].
