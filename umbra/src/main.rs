@@ -472,7 +472,7 @@ enum BenchCmd {
     /// 1500-byte MTU, several peers. A run disturbed by outside load, idle cores
     /// or drops is marked invalid, prints no ratio and exits 3.
     Mixnode {
-        /// Packets in each measurement [default: 80000; 10000 with --easy].
+        /// Packets in each measurement [default: 200 per ms of mean delay, at least 80000 (160000 at 800 ms); 10000 with --easy].
         #[arg(long)]
         packets: Option<usize>,
         /// Mean per-hop delay the packets ask for, ms [default: the network's, 800; 0 with --easy].
@@ -1456,8 +1456,14 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 umbra::bench::MixnodeOptions::default()
             };
-            opts.packets = packets.unwrap_or(opts.packets);
             opts.delay_ms = delay_ms.unwrap_or(opts.delay_ms);
+            // Enough for ten mean delays of steady window at the delay asked.
+            let enough = if easy {
+                opts.packets
+            } else {
+                umbra::bench::packets_for(opts.delay_ms)
+            };
+            opts.packets = packets.unwrap_or(enough);
             opts.jumbo |= jumbo;
             opts.peers = peers.unwrap_or(opts.peers);
             opts.soak_secs = soak_secs;
