@@ -86,6 +86,11 @@ pub(crate) struct BoxState {
     pub(crate) beyond: bool,
     /// Window fetches in flight: cursor → sent at (client seconds).
     pub(crate) outstanding: BTreeMap<u64, f64>,
+    /// How many messages this box was seen to hold, all told (each seq
+    /// counts once, when first listed). From
+    /// [`dropbox::NEXT_BOX_AFTER`](protocol::dropbox::NEXT_BOX_AFTER) on,
+    /// the period's next box is fetched too.
+    pub(crate) seen: u64,
 }
 
 impl BoxState {
@@ -99,6 +104,7 @@ impl BoxState {
             list_end: 0,
             beyond: false,
             outstanding: BTreeMap::new(),
+            seen: 0,
         }
     }
 
@@ -187,7 +193,7 @@ impl BoxState {
                 self.listed.remove(&x);
             }
             for s in seqs.iter().filter(|s| **s > self.confirmed) {
-                self.listed.insert(*s);
+                self.seen += u64::from(self.listed.insert(*s));
             }
             if let Some(last) = seqs.last()
                 && *last >= self.list_end
@@ -310,6 +316,25 @@ mod tests {
         // Answers a bad gateway might give do not panic the client.
         st.learn(30, 30, &[], 5);
         st.learn(30, 30, &[7, 3], 0);
+    }
+
+    #[test]
+    fn seen_counts_each_message_once_however_often_it_is_listed() {
+        let pair = PairSecret::from_bytes([1; 32]);
+        let mut st = BoxState::new(pair.dropbox(&[1; 32], &[2; 32], 5));
+        st.learn(0, 0, &[10, 20, 30], 2);
+        st.learn(0, 30, &[10, 20, 30], 2); // the same listing again
+        assert_eq!(st.seen, 3);
+        st.learn(30, 30, &[40, 50], 0);
+        assert_eq!(st.seen, 5);
+        // Received and confirmed away: still counted, and not again.
+        for s in [10, 20, 30, 40, 50] {
+            st.received.insert(s);
+        }
+        st.learn(50, 50, &[], 0);
+        assert_eq!(st.confirmed, 50);
+        st.learn(0, 50, &[10, 20, 60], 0);
+        assert_eq!(st.seen, 6, "only 60 is new");
     }
 
     mod fetch_model {

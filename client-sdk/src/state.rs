@@ -269,7 +269,7 @@ struct Contact {
     pair: PairSecret,
     /// Our Olm sessions with them (content encryption, §13.2).
     sessions: Sessions,
-    /// The boxes the contact writes to me, by period.
+    /// The boxes the contact writes to me, by slot (period and index).
     inbound: BTreeMap<u64, BoxState>,
     /// Past periods were fetched once since the contact was added or we started.
     caught_up: bool,
@@ -279,19 +279,19 @@ struct Contact {
 }
 
 impl Contact {
-    /// The box for `period` that `me` writes to and, for a group, reads.
-    fn outbound_box(&self, me: &[u8; 32], them: &[u8; 32], period: u64) -> Dropbox {
+    /// The box at `slot` that `me` writes to and, for a group, reads.
+    fn outbound_box(&self, me: &[u8; 32], them: &[u8; 32], slot: u64) -> Dropbox {
         match self.group {
-            Some(_) => self.pair.dropbox(them, them, period),
-            None => self.pair.dropbox(me, them, period),
+            Some(_) => self.pair.dropbox(them, them, slot),
+            None => self.pair.dropbox(me, them, slot),
         }
     }
 
-    /// The box for `period` that `me` reads.
-    fn inbound_box(&self, me: &[u8; 32], them: &[u8; 32], period: u64) -> Dropbox {
+    /// The box at `slot` that `me` reads.
+    fn inbound_box(&self, me: &[u8; 32], them: &[u8; 32], slot: u64) -> Dropbox {
         match self.group {
-            Some(_) => self.pair.dropbox(them, them, period),
-            None => self.pair.dropbox(them, me, period),
+            Some(_) => self.pair.dropbox(them, them, slot),
+            None => self.pair.dropbox(them, me, slot),
         }
     }
 }
@@ -369,11 +369,17 @@ pub struct ClientState {
     downlink: DownlinkBudget,
     loops: LoopTracker,
     outbox: Outbox<Peer>,
-    /// SURB-acks in flight: identifier → (reply key, sent at).
-    acks: HashMap<[u8; 16], (ReplyKey, f64)>,
+    /// SURB-acks in flight: identifier → (reply key, sent at, to whom and
+    /// the slot of the box the acked stores went to).
+    acks: HashMap<[u8; 16], (ReplyKey, f64, Peer, u64)>,
     /// Batches being sent: the outbox's number → (the batch id on the wire,
-    /// the period of the box all its fragments and its ask go to).
+    /// the slot of the box all its fragments and its ask go to).
     batch_routes: BTreeMap<u64, ([u8; 16], u64)>,
+    /// Which of a period's boxes we write to someone: (to, period) →
+    /// (index, stores acknowledged in it). The next after
+    /// [`dropbox::BOX_STORES`]. Not persisted: after a restart the run
+    /// starts again at box 0, which its reader always fetches.
+    writing: HashMap<(Peer, u64), (u32, u64)>,
     pending: HashMap<[u8; 16], Pending>,
     fetches: VecDeque<Fetch>,
     reassembly: Reassembler<Peer>,
@@ -585,6 +591,7 @@ impl ClientState {
             outbox,
             acks: HashMap::new(),
             batch_routes: BTreeMap::new(),
+            writing: HashMap::new(),
             pending: HashMap::new(),
             fetches: VecDeque::new(),
             reassembly,
@@ -1254,7 +1261,7 @@ impl ClientState {
                 let mut ps: Vec<u64> = if c.caught_up {
                     c.inbound
                         .iter()
-                        .filter(|(k, s)| s.more && **k >= oldest)
+                        .filter(|(k, s)| s.more && dropbox::slot_period(**k) >= oldest)
                         .map(|(k, _)| *k)
                         .collect()
                 } else {
@@ -1262,11 +1269,34 @@ impl ClientState {
                 };
                 c.caught_up = true;
                 ps.extend([period, period.saturating_sub(1)]);
+                // A box that has held its share: the sender may have moved
+                // on to the period's next box.
+                ps.extend(
+                    c.inbound
+                        .iter()
+                        .filter(|(k, s)| {
+                            s.seen >= dropbox::NEXT_BOX_AFTER && dropbox::slot_period(**k) >= oldest
+                        })
+                        .map(|(k, _)| {
+                            let (p, i) = (dropbox::slot_period(*k), dropbox::slot_index(*k));
+                            dropbox::slot(p, i.saturating_add(1))
+                        }),
+                );
                 ps.sort_unstable();
                 ps.dedup();
+                // Kept from now on like any box (while it may hold more),
+                // even when its predecessor is forgotten below.
+                for k in &ps {
+                    if dropbox::slot_index(*k) > 0 && !c.inbound.contains_key(k) {
+                        let b = BoxState::new(c.inbound_box(me, them, *k));
+                        c.inbound.insert(*k, b);
+                    }
+                }
                 // Forget boxes of periods we no longer fetch.
-                c.inbound
-                    .retain(|k, s| *k + 1 >= period || (s.more && *k + catch_up > period));
+                c.inbound.retain(|k, s| {
+                    let p = dropbox::slot_period(*k);
+                    p + 1 >= period || (s.more && p + catch_up > period)
+                });
                 for p in ps {
                     due.push(Fetch {
                         peer: (*me, *them),
@@ -1391,7 +1421,8 @@ impl ClientState {
         if let Some(ask) = self.outbox.next_ask(t) {
             match self.batch_ask_frame(&ask, now, rng) {
                 Ok((frame, ack, key, timeout)) => {
-                    self.remember_ack(ack, key, t);
+                    let slot = self.batch_routes.get(&ask.batch).map_or(0, |r| r.1);
+                    self.remember_ack(ack, key, t, ask.to, slot);
                     self.outbox.asked(ask.batch, ack, t, timeout.as_secs_f64());
                     // Its answer takes one downlink frame.
                     self.downlink.take(1.0, t);
@@ -1419,9 +1450,10 @@ impl ClientState {
                 }
             };
         }
-        match self.fragment_frame(&tx, now, rng) {
+        let slot = self.writing_slot(tx.to, now.unix_ms);
+        match self.fragment_frame(&tx, slot, rng) {
             Ok((frame, ack, key, timeout)) => {
-                self.remember_ack(ack, key, t);
+                self.remember_ack(ack, key, t, tx.to, slot);
                 self.outbox.sent(&tx, ack, t, timeout.as_secs_f64());
                 // Its ack takes one downlink frame.
                 self.downlink.take(1.0, t);
@@ -1437,30 +1469,57 @@ impl ClientState {
     }
 
     /// Keeps the reply key of SURB `ack` (bounded: the oldest go first).
-    fn remember_ack(&mut self, ack: [u8; 16], key: ReplyKey, t: f64) {
+    fn remember_ack(&mut self, ack: [u8; 16], key: ReplyKey, t: f64, to: Peer, slot: u64) {
         if self.acks.len() >= MAX_PENDING {
             let horizon = 600.0;
-            self.acks.retain(|_, (_, at)| t - *at < horizon);
+            self.acks.retain(|_, (_, at, _, _)| t - *at < horizon);
         }
         if self.acks.len() < MAX_PENDING {
-            self.acks.insert(ack, (key, t));
+            self.acks.insert(ack, (key, t, to, slot));
         }
     }
 
-    /// The box a transmission to `to` goes to in `period`.
-    fn box_to(&self, to: Peer, period: u64) -> Result<Dropbox, Error> {
+    /// The slot of the box a store to `to` goes to now: the period's box we
+    /// are writing (§10.3 of the protocol: the next one after
+    /// [`dropbox::BOX_STORES`] acknowledged stores).
+    fn writing_slot(&self, to: Peer, now_ms: u64) -> u64 {
+        let period = dropbox::period_at(now_ms);
+        let index = self.writing.get(&(to, period)).map_or(0, |w| w.0);
+        dropbox::slot(period, index)
+    }
+
+    /// `n` stores to `to` at `slot` were acknowledged: when the box we are
+    /// writing has had its share, the next stores go to the next box.
+    fn count_stored(&mut self, to: Peer, slot: u64, n: u64) {
+        let period = dropbox::period_at(self.unix_ms);
+        let at = dropbox::slot_period(slot);
+        if at + 1 < period {
+            return; // a period we no longer write to
+        }
+        let w = self.writing.entry((to, at)).or_insert((0, 0));
+        if dropbox::slot_index(slot) == w.0 {
+            w.1 += n;
+            if w.1 >= dropbox::BOX_STORES {
+                *w = (w.0.saturating_add(1), 0);
+            }
+        }
+        self.writing.retain(|(_, p), _| *p + 1 >= period);
+    }
+
+    /// The box a transmission to `to` goes to at `slot`.
+    fn box_to(&self, to: Peer, slot: u64) -> Result<Dropbox, Error> {
         let (me, them) = to;
         Ok(self
             .identities
             .get(&me)
             .and_then(|m| m.contacts.get(&them))
             .ok_or(Error::UnknownContact(ContactId(them)))?
-            .outbound_box(&me, &them, period))
+            .outbound_box(&me, &them, slot))
     }
 
     /// Builds a batched store of `tx` (no SURB): (frame, the delay before
     /// it reaches the gateway). Every fragment of a batch goes to the box
-    /// of the period its first one went to, so they meet at one gateway.
+    /// its first one went to, so they meet at one gateway.
     fn batched_fragment_frame<R: CryptoRng + ?Sized>(
         &mut self,
         tx: &Transmission<Peer>,
@@ -1472,18 +1531,18 @@ impl ClientState {
             let outbox = &self.outbox;
             self.batch_routes.retain(|b, _| outbox.batch_live(*b));
         }
-        let (wire, period) = match self.batch_routes.get(&slot.batch) {
+        let (wire, at) = match self.batch_routes.get(&slot.batch) {
             Some(r) => *r,
             None => {
                 let mut wire = [0u8; 16];
                 rng.fill_bytes(&mut wire);
-                let r = (wire, dropbox::period_at(now.unix_ms));
+                let r = (wire, self.writing_slot(tx.to, now.unix_ms));
                 self.batch_routes.insert(slot.batch, r);
                 r
             }
         };
         let topo = self.topology.clone();
-        let dropbox = self.box_to(tx.to, period)?;
+        let dropbox = self.box_to(tx.to, at)?;
         let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
             .ok_or_else(|| Error::Internal("encryption failed".into()))?;
         let request = Request::StoreBatched {
@@ -1506,12 +1565,12 @@ impl ClientState {
         now: Now,
         rng: &mut R,
     ) -> Result<(Vec<u8>, [u8; 16], ReplyKey, Duration), Error> {
-        let (wire, period) = *self
+        let (wire, slot) = *self
             .batch_routes
             .get(&ask.batch)
             .ok_or_else(|| Error::Internal("a batch without its route".into()))?;
         let topo = self.topology.clone();
-        let dropbox = self.box_to(ask.to, period)?;
+        let dropbox = self.box_to(ask.to, slot)?;
         let entry = topo
             .node(&self.entry.identity)
             .ok_or_else(|| Error::NoRoute("entry gateway left the topology".into()))?;
@@ -1548,11 +1607,11 @@ impl ClientState {
     fn fragment_frame<R: CryptoRng + ?Sized>(
         &self,
         tx: &Transmission<Peer>,
-        now: Now,
+        slot: u64,
         rng: &mut R,
     ) -> Result<(Vec<u8>, [u8; 16], ReplyKey, Duration), Error> {
         let topo = self.topology.clone();
-        let dropbox = self.box_to(tx.to, dropbox::period_at(now.unix_ms))?;
+        let dropbox = self.box_to(tx.to, slot)?;
         let ciphertext = boxes::seal(&dropbox, &tx.fragment.encode(), rng)
             .ok_or_else(|| Error::Internal("encryption failed".into()))?;
         let entry = topo
@@ -1840,10 +1899,11 @@ impl ClientState {
             }
             LoopOutcome::Unknown => {}
         }
-        if let Some((key, _)) = self.acks.remove(&identifier) {
+        if let Some((key, _, to, slot)) = self.acks.remove(&identifier) {
             // Only the SURB's maker can read it: a forged ack does not open.
             match packet::open_reply(&key, payload) {
                 Ok(b) if b == ACK_BODY => {
+                    self.count_stored(to, slot, 1);
                     self.outbox.on_ack(&identifier);
                     self.publish_statuses();
                 }
@@ -1852,6 +1912,7 @@ impl ClientState {
                         if let Some(why) = a.refused {
                             tracing::debug!(reason = ?why, "a batched fragment was refused by its dropbox gateway");
                         }
+                        self.count_stored(to, slot, u64::from(a.stored.count_ones()));
                         self.outbox
                             .on_batch_ack(&identifier, a.stored, a.refused.is_some());
                         self.publish_statuses();
@@ -1961,6 +2022,7 @@ impl ClientState {
             .min(FETCH_WINDOW)
             .saturating_sub(state.outstanding.len());
         let probe_now = state.beyond && state.unread() < MAX_LISTING;
+        let has_had_its_share = state.seen >= dropbox::NEXT_BOX_AFTER;
         let window = Fetch {
             peer: p.peer,
             period: p.period,
@@ -1978,6 +2040,28 @@ impl ClientState {
         }
         if probe_now && !self.fetches.contains(&probe) && self.fetches.len() < MAX_PENDING {
             self.fetches.push_front(probe);
+        }
+        // The sender may have moved on to the period's next box: look there
+        // now rather than at the next round.
+        let next = dropbox::slot(
+            dropbox::slot_period(p.period),
+            dropbox::slot_index(p.period).saturating_add(1),
+        );
+        let known = self
+            .identities
+            .get(&me)
+            .and_then(|m| m.contacts.get(&them))
+            .is_some_and(|c| c.inbound.contains_key(&next));
+        let next = Fetch {
+            period: next,
+            ..probe
+        };
+        if has_had_its_share
+            && !known
+            && !self.fetches.contains(&next)
+            && self.fetches.len() < MAX_PENDING
+        {
+            self.fetches.push_back(next);
         }
     }
 
@@ -2784,11 +2868,17 @@ fn box_state(dropbox: Dropbox, b: BoxRecord) -> BoxState {
     bs.listed = b.listed;
     bs.list_end = b.list_end;
     bs.beyond = b.beyond;
+    // How many it held is not kept: a box that held any may have had its
+    // share, so its successor is fetched too.
+    if bs.confirmed > 0 || !bs.listed.is_empty() {
+        bs.seen = dropbox::NEXT_BOX_AFTER;
+    }
     bs
 }
 
 #[derive(Serialize, Deserialize)]
 struct BoxRecord {
+    /// The box's slot (its period, for box 0).
     period: u64,
     confirmed: u64,
     received: BTreeSet<u64>,
@@ -3179,17 +3269,12 @@ impl ClientState {
                     PairSecret::derive(&mine.secret, &c.public).map_err(|_| corrupt("contact"))?;
                 let mut inbound = BTreeMap::new();
                 for b in c.boxes {
-                    let mut bs = BoxState::new(pair.dropbox(&c.public, &me, b.period));
-                    bs.confirmed = b.confirmed;
-                    bs.received = b.received;
-                    bs.more = b.more;
-                    bs.listed = b.listed;
-                    bs.list_end = b.list_end;
-                    bs.beyond = b.beyond;
+                    let (period, confirmed) = (b.period, b.confirmed);
+                    let bs = box_state(pair.dropbox(&c.public, &me, period), b);
                     st.persisted
                         .confirmed
-                        .insert(((me, c.public), b.period), b.confirmed);
-                    inbound.insert(b.period, bs);
+                        .insert(((me, c.public), period), confirmed);
+                    inbound.insert(period, bs);
                 }
                 mine.next_seq.insert(c.public, c.next_seq);
                 mine.contacts.insert(

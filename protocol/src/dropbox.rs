@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! pair     = HKDF-SHA256(salt="umbra-pair-v1", ikm=X25519(a, B), info=min(A,B)||max(A,B)) [32]
-//! okm      = HKDF-SHA256(salt="umbra-dropbox-v1", ikm=pair, info=sender||recipient||period:u64be) [96]
+//! okm      = HKDF-SHA256(salt="umbra-dropbox-v1", ikm=pair, info=sender||recipient||period:u64be[||index:u32be]) [96]
 //! cap_seed = okm[0..32]   capability = ed25519 key from cap_seed
 //! content  = okm[32..64]  ChaCha20-Poly1305 key of the messages in this box
 //! gw_seed  = okm[64..96]  gateway = argmax over gateways g of SHA-256(gw_seed||g)
@@ -13,6 +13,13 @@
 //!
 //! A contact key of small order makes `X25519(a, B)` all-zero, so the pair
 //! secret would follow from public keys; [`PairSecret::derive`] refuses it.
+//!
+//! A period has a run of boxes per direction, `index` 0, 1, 2, …: a sender
+//! moves to the next once [`BOX_STORES`] of its stores to one were
+//! acknowledged, so no gateway holds more than about that many linkable
+//! messages of one sender. Index 0 omits the index from `info`. A box is
+//! named by its *slot*, [`slot`]`(period, index)`, which equals the period
+//! for index 0.
 //!
 //! The id names the box; it does not authorise. Fetching needs a signature
 //! by the capability key, whose public half hashes to the id.
@@ -29,6 +36,36 @@ pub const PERIOD_MS: u64 = 3_600_000;
 /// The period containing `now_ms`.
 pub fn period_at(now_ms: u64) -> u64 {
     now_ms / PERIOD_MS
+}
+
+/// A sender moves to its next box of a period once this many of its stores
+/// to one box were acknowledged. The gateway of a box links the messages in
+/// it (they share an id); the long-term attack that combines them needs
+/// many (docs/anonymity.md), so a box holds about this many of one sender.
+pub const BOX_STORES: u64 = 300;
+
+/// A reader also fetches box `index + 1` of a period once it has seen this
+/// many messages in box `index` (half of [`BOX_STORES`]: it errs early, as
+/// messages may expire or be confirmed away before it counts them).
+pub const NEXT_BOX_AFTER: u64 = BOX_STORES / 2;
+
+/// Bits of a slot that hold the period.
+const PERIOD_BITS: u32 = 40;
+
+/// The slot naming box `index` of `period`: `index × 2^40 + period`, so
+/// the slot of box 0 is the period itself.
+pub fn slot(period: u64, index: u32) -> u64 {
+    (u64::from(index) << PERIOD_BITS) | (period & ((1 << PERIOD_BITS) - 1))
+}
+
+/// The period of a slot.
+pub fn slot_period(slot: u64) -> u64 {
+    slot & ((1 << PERIOD_BITS) - 1)
+}
+
+/// The index of a slot's box within its period.
+pub fn slot_index(slot: u64) -> u32 {
+    (slot >> PERIOD_BITS) as u32
 }
 
 /// The secret two contacts share. Never logged; wiped when dropped.
@@ -76,12 +113,17 @@ impl PairSecret {
         Self(b)
     }
 
-    /// The dropbox `sender` writes and `recipient` reads in `period`.
-    pub fn dropbox(&self, sender: &[u8; 32], recipient: &[u8; 32], period: u64) -> Dropbox {
-        let mut info = Vec::with_capacity(72);
+    /// The dropbox `sender` writes and `recipient` reads at `slot` (see
+    /// [`slot`]; a bare period is the slot of its box 0).
+    pub fn dropbox(&self, sender: &[u8; 32], recipient: &[u8; 32], slot: u64) -> Dropbox {
+        let (period, index) = (slot_period(slot), slot_index(slot));
+        let mut info = Vec::with_capacity(76);
         info.extend_from_slice(sender);
         info.extend_from_slice(recipient);
         info.extend_from_slice(&period.to_be_bytes());
+        if index > 0 {
+            info.extend_from_slice(&index.to_be_bytes());
+        }
         let mut okm = zeroize::Zeroizing::new([0u8; 96]);
         let _ = Hkdf::<Sha256>::new(Some(b"umbra-dropbox-v1"), &self.0).expand(&info, okm.as_mut());
         let mut cap = zeroize::Zeroizing::new([0u8; 32]);
@@ -95,6 +137,7 @@ impl PairSecret {
         Dropbox {
             id,
             period,
+            index,
             capability,
             content_key,
             gateway_seed,
@@ -116,6 +159,8 @@ pub struct Dropbox {
     pub id: [u8; 32],
     /// The period.
     pub period: u64,
+    /// Which of the period's boxes (0 first).
+    pub index: u32,
     /// Signs fetch requests.
     pub capability: SigningKey,
     /// Encrypts the messages in this box.
@@ -136,6 +181,7 @@ impl std::fmt::Debug for Dropbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dropbox")
             .field("period", &self.period)
+            .field("index", &self.index)
             .finish_non_exhaustive()
     }
 }
@@ -207,6 +253,45 @@ mod tests {
             PairSecret::derive(&c, &bp).unwrap().dropbox(&ap, &bp, 7).id,
             x.id
         );
+    }
+
+    #[test]
+    fn a_period_has_a_run_of_unrelated_boxes_and_box_0_is_the_period() {
+        let pair = PairSecret::from_bytes([6; 32]);
+        let p = 493_812;
+        assert_eq!(slot(p, 0), p);
+        assert_eq!((slot_period(slot(p, 3)), slot_index(slot(p, 3))), (p, 3));
+        let zero = pair.dropbox(&[1; 32], &[2; 32], slot(p, 0));
+        let one = pair.dropbox(&[1; 32], &[2; 32], slot(p, 1));
+        let two = pair.dropbox(&[1; 32], &[2; 32], slot(p, 2));
+        assert_eq!((one.period, one.index), (p, 1));
+        let ids = [
+            zero.id,
+            one.id,
+            two.id,
+            pair.dropbox(&[1; 32], &[2; 32], p + 1).id,
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_ne!(zero.content_key, one.content_key);
+        // Box 0 is derived without the index: what older clients derive.
+        let mut info = Vec::new();
+        info.extend_from_slice(&[1; 32]);
+        info.extend_from_slice(&[2; 32]);
+        info.extend_from_slice(&p.to_be_bytes());
+        let mut okm = [0u8; 96];
+        Hkdf::<Sha256>::new(Some(b"umbra-dropbox-v1"), &[6; 32])
+            .expand(&info, &mut okm)
+            .unwrap();
+        assert_eq!(zero.content_key[..], okm[32..64]);
+        info.extend_from_slice(&1u32.to_be_bytes());
+        Hkdf::<Sha256>::new(Some(b"umbra-dropbox-v1"), &[6; 32])
+            .expand(&info, &mut okm)
+            .unwrap();
+        assert_eq!(one.content_key[..], okm[32..64]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use umbra::sim::{ClientOptions, Endpoint, LinkFaults, Persona, Sim, SimConfig};
 
 /// Scenarios in this file (for the timing lines).
-const SCENARIOS: usize = 14;
+const SCENARIOS: usize = 15;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -938,6 +938,85 @@ fn an_idle_persistent_client_writes_nothing() {
     assert!(idle_frames > 300, "the clients kept their streams going");
     assert_eq!(sim.stats().persists - writes, 0, "idle writes");
     assert_eq!(sim.stats().persisted_bytes - bytes, 0);
+}
+
+/// A busy pair: 450 messages within one period to a recipient offline
+/// while they are sent. The sender writes box 0 of the period until
+/// `BOX_STORES` of its stores there were acked, then box 1 (protocol.md
+/// §10.3), so the gateway of box 0 links no more than its share (plus
+/// the stores in flight when the share was reached). The recipient, back
+/// online, finds box 1 from how many box 0 held and gets every message
+/// once, in order.
+#[test]
+fn a_busy_pair_moves_to_the_next_box_and_nothing_is_lost() {
+    use protocol::dropbox::{BOX_STORES, slot};
+    let started = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        seed: 15,
+        ..SimConfig::default()
+    });
+    let a = sim.add_client_with(ClientOptions {
+        entry: Some(0),
+        ..ClientOptions::default()
+    });
+    let b = sim.add_client_with(ClientOptions {
+        entry: Some(1),
+        ..ClientOptions::default()
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    sim.connect_contacts(a, b);
+    let offline = secs(600);
+    sim.partition(Endpoint::Client(b), Duration::ZERO, offline);
+    let period = sim.period();
+    let n = 450;
+    for i in 0..n {
+        sim.send(a, b, &body("a→b", i, 200)).unwrap();
+    }
+    let (pa, pb) = (sim.persona(a), sim.persona(b));
+    let stored = |s: &Sim| {
+        s.log(a)
+            .sent
+            .iter()
+            .all(|r| s.log(a).status(&r.id) == Some(Status::Stored))
+    };
+    assert!(
+        sim.run_until_cond(offline, stored),
+        "{:?}",
+        tally(&sim, pa, pb)
+    );
+    assert_eq!(sim.period(), period, "the run left its period");
+    assert!(sim.log(b).received.is_empty(), "the recipient was offline");
+    let in_box = |i: u32| sim.stores_in(&sim.dropbox_id(pa, pb, slot(period, i)).unwrap());
+    let (zero, one, two) = (in_box(0), in_box(1), in_box(2));
+    eprintln!("  stores: box 0 {zero}, box 1 {one}, box 2 {two} (share {BOX_STORES})");
+    assert!(zero >= BOX_STORES, "box 0 held {zero}: moved on early");
+    // What was in flight when the share was reached: a few seconds of the
+    // payload stream.
+    assert!(zero <= BOX_STORES + 60, "box 0 held {zero}");
+    assert!(
+        one > 0 && zero + one + two >= n as u64,
+        "{zero} {one} {two}"
+    );
+    let done = sim.run_until_cond(offline + secs(600), |s| tally(s, pa, pb).delivered == n);
+    report(15, "a busy pair over two boxes", &sim, started);
+    let t = tally(&sim, pa, pb);
+    assert!(done, "{t:?}");
+    assert_eq!((t.sent, t.delivered), (n, n), "{t:?}");
+    assert_eq!(
+        (
+            t.duplicates,
+            t.corrupted,
+            t.unknown,
+            t.out_of_order,
+            t.failed
+        ),
+        (0, 0, 0, 0, 0),
+        "{t:?}"
+    );
+    assert!(
+        sim.stats().partitioned > 0,
+        "the recipient's link was really cut"
+    );
 }
 
 /// The largest message the SDK accepts (`MAX_BODY_LEN`), at the network's
