@@ -28,20 +28,34 @@ def save(fig, name):
 
 sweep = rows("anonymity-sweep.csv")
 if sweep:
+    # One curve per λ_P and adversary (a CSV from before adversaries were
+    # swept has no such column: the exponential-mixing attack).
+    for r in sweep:
+        r.setdefault("adversary", "exponential")
     rates = sorted({float(r["lambda_p"]) for r in sweep})
+    advs = sorted({r["adversary"] for r in sweep})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"exponential": ("-", "o"), "discount": ("--", "s")}
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.5))
-    for lp in rates:
-        rs = [r for r in sweep if float(r["lambda_p"]) == lp]
-        d = [float(r["delay_ms"]) for r in rs]
-        top = [float(r["top1_over_chance"]) for r in rs]
-        lo = [t - float(r["ci_lo"]) for t, r in zip(top, rs)]
-        hi = [float(r["ci_hi"]) - t for t, r in zip(top, rs)]
-        label = f"λ_P = {lp:g}/s ({lp + 1:g} pkt/s per client)"
-        a.errorbar(d, top, yerr=[lo, hi], marker="o", capsize=3, label=label)
-        b.plot(d, [float(r["entropy_pct"]) for r in rs], marker="o", label=label)
-        c.plot(
-            [float(r["latency_s"]) for r in rs], top, marker="o", label=label
-        )
+    for i, lp in enumerate(rates):
+        for adv in advs:
+            rs = [r for r in sweep if float(r["lambda_p"]) == lp and r["adversary"] == adv]
+            if not rs:
+                continue
+            ls, marker = styles.get(adv, (":", "x"))
+            colour = colours[i % len(colours)]
+            d = [float(r["delay_ms"]) for r in rs]
+            top = [float(r["top1_over_chance"]) for r in rs]
+            lo = [t - float(r["ci_lo"]) for t, r in zip(top, rs)]
+            hi = [float(r["ci_hi"]) - t for t, r in zip(top, rs)]
+            label = f"λ_P = {lp:g}/s ({lp + 1:g} pkt/s), {adv}"
+            a.errorbar(d, top, yerr=[lo, hi], marker=marker, ls=ls, color=colour,
+                       capsize=3, label=label)
+            b.plot(d, [float(r["entropy_pct"]) for r in rs], marker=marker, ls=ls,
+                   color=colour, label=label)
+            c.plot([float(r["latency_s"]) for r in rs if r["latency_s"]],
+                   [t for t, r in zip(top, rs) if r["latency_s"]],
+                   marker=marker, ls=ls, color=colour, label=label)
     a.axhline(1.0, color="grey", ls=":", label="chance")
     a.axhline(1.5, color="red", ls="--", label="target ≤ 1.5 × chance")
     a.set(xscale="log", xlabel="mean delay per hop (ms)",
@@ -59,9 +73,9 @@ if sweep:
         ax.minorticks_off()
     for ax in (a, b, c):
         ax.grid(alpha=0.3)
-    a.legend(fontsize=8)
-    b.legend(fontsize=8)
-    fig.suptitle("umbra eval anonymity: exponential-mixing attack, 100 clients, "
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.suptitle("umbra eval anonymity: " + ", ".join(advs) + " adversary, 100 clients, "
                  "2 mix nodes per layer, 5000 targets, λ_L = λ_M = 1/s")
     save(fig, "anonymity-sweep.png")
 

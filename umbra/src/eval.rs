@@ -118,7 +118,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
@@ -193,6 +193,9 @@ pub struct EvalReport {
     pub top1_accuracy: f64,
     /// Wilson 95 % interval of the top-1 accuracy.
     pub top1_ci95: [f64; 2],
+    /// The same, counting clustered targets as fewer observations (see
+    /// [`KindReport::top1_ci95_clustered`]).
+    pub top1_ci95_clustered: [f64; 2],
     /// 1 / clients.
     pub chance: f64,
     /// Share of clients whose send times pass a KS test for Poisson (α = 0.05).
@@ -217,8 +220,15 @@ pub struct EvalReport {
     /// Every kind's posteriors are calibrated (see [`KindReport::calibrated`]).
     pub calibrated: bool,
     /// The long-term attack: a dropbox gateway that links the stores of one
-    /// box, with a global observer, combines K of them.
+    /// sender, with a global observer, combines K of them (K different
+    /// ones of one sender, whichever boxes they went to: as if one gateway
+    /// linked every box of a pair).
     pub long_term: Vec<LongTerm>,
+    /// The same, K different stores of one box (kind `store_box`): what one
+    /// gateway links in the running system. Only the K some box reaches.
+    pub long_term_box: Vec<LongTerm>,
+    /// The most stores one box received in the run (targets or not).
+    pub largest_box: usize,
     /// The adversary: `exponential` (each input weighted by the chance it
     /// is still held) or `discount` (what each mix holds, less what left).
     pub adversary: &'static str,
@@ -235,8 +245,15 @@ pub struct KindReport {
     pub entropy_bits: f64,
     /// Share of targets whose most likely sender was the true one.
     pub top1_accuracy: f64,
-    /// Wilson 95 % interval of the top-1 accuracy.
+    /// Wilson 95 % interval of the top-1 accuracy, as if the targets were
+    /// independent.
     pub top1_ci95: [f64; 2],
+    /// The interval when targets are clustered: targets of one sender,
+    /// and targets within [`CLUSTER_S`] of each other (they crossed the
+    /// same mixes at nearly the same time), are not independent. The wider
+    /// of the two intervals taken at their effective sample sizes (the
+    /// design effect, as for the long-term attack's `ci95_senders`).
+    pub top1_ci95_clustered: [f64; 2],
     /// Mean posterior probability of the true sender.
     pub mean_p_true: f64,
     /// Mean Σp² of the posteriors: what `mean_p_true` is if they are calibrated.
@@ -285,6 +302,11 @@ pub struct LongTerm {
 /// without replacement.
 const MIN_INDEPENDENT_SENDERS: usize = 10;
 
+/// Boxes per period and direction the ground truth knows (a sender moves
+/// to the next after `BOX_STORES` acked stores): 64 × 300 stores an hour
+/// is more than any pair here sends. A store beyond them is `mismatched`.
+const BOX_INDICES: u32 = 64;
+
 /// How far mean p(true sender) may stray from mean Σp² before a run is
 /// called uncalibrated: 3 standard errors plus [`CALIBRATION_REL`] of mean
 /// Σp² (with thousands of targets the standard error alone would flag
@@ -306,6 +328,12 @@ const CONTACTS: usize = 3;
 const BURST: usize = 50;
 /// The attack catches up with the simulation every this many virtual seconds.
 const CHECK_S: f64 = 0.5;
+
+/// Targets this close in time count as one cluster for
+/// [`KindReport::top1_ci95_clustered`]: about ten mean delays at the
+/// default, so that what one mix held is shared within a block, rarely
+/// across.
+pub const CLUSTER_S: f64 = 10.0;
 /// What a node's loop carries (as `mixnode`'s loop task).
 const NODE_LOOP_BODY: &[u8] = b"umbra-node-loop";
 
@@ -358,6 +386,8 @@ struct Store {
     origin: Option<(usize, u64)>,
     /// The client that writes to the dropbox.
     owner: Option<usize>,
+    /// The dropbox: what its gateway links.
+    dropbox: [u8; 32],
 }
 
 struct Timed {
@@ -569,12 +599,19 @@ struct Tally {
     d2: f64,
     /// The posterior of each target, by true sender (for the long-term attack).
     by_sender: Vec<Vec<Vec<f32>>>,
+    /// (targets, hits) per sender and per [`CLUSTER_S`] block of time.
+    per_sender: Vec<(usize, usize)>,
+    per_block: BTreeMap<u64, (usize, usize)>,
+    /// `store` targets by dropbox: (sender, indices into its `by_sender`).
+    /// Ordered, so that a seed replays the trials.
+    by_box: BTreeMap<[u8; 32], (usize, Vec<usize>)>,
 }
 
 impl Tally {
     /// Scores the attack's distribution `dist` (n clients + noise) for a
-    /// target of `sender`; false if it named no client at all.
-    fn score(&mut self, dist: &[f64], sender: usize, keep: bool) -> bool {
+    /// target of `sender` arriving at `at_us`; false if it named no client
+    /// at all.
+    fn score(&mut self, dist: &[f64], sender: usize, keep: bool, at_us: u64) -> bool {
         let n = dist.len() - 1;
         let total: f64 = dist[..n].iter().sum();
         if total <= 0.0 || !total.is_finite() {
@@ -594,7 +631,19 @@ impl Tally {
         let p_true = dist[sender] / total;
         self.targets += 1;
         self.entropy += h;
-        self.hits += usize::from(best == sender);
+        let hit = usize::from(best == sender);
+        self.hits += hit;
+        if self.per_sender.len() < n {
+            self.per_sender.resize(n, (0, 0));
+        }
+        self.per_sender[sender].0 += 1;
+        self.per_sender[sender].1 += hit;
+        let block = self
+            .per_block
+            .entry(at_us / (CLUSTER_S * 1e6) as u64)
+            .or_default();
+        block.0 += 1;
+        block.1 += hit;
         self.p_true += p_true;
         self.sum_p2 += p2;
         self.p_max += dist[best] / total;
@@ -622,6 +671,12 @@ impl Tally {
             entropy_bits: self.entropy / k,
             top1_accuracy: self.hits as f64 / k,
             top1_ci95: wilson(self.hits, self.targets),
+            top1_ci95_clustered: {
+                let by_sender = clustered_interval(&self.per_sender);
+                let blocks: Vec<(usize, usize)> = self.per_block.values().copied().collect();
+                let by_time = clustered_interval(&blocks);
+                [by_sender[0].min(by_time[0]), by_sender[1].max(by_time[1])]
+            },
             mean_p_true: self.p_true / k,
             mean_sum_p2: self.sum_p2 / k,
             mean_p_max: self.p_max / k,
@@ -686,6 +741,8 @@ struct Eval {
     latency: f64,
     /// Stores whose dropbox named another client than the one that sent them.
     mismatched: u64,
+    /// Stores each dropbox received (all of them, targets or not).
+    box_stores: HashMap<[u8; 32], usize>,
 }
 
 impl Eval {
@@ -804,6 +861,7 @@ impl Eval {
                             ) => Some(Store {
                                 origin,
                                 owner: self.box_owner.get(&dropbox).copied(),
+                                dropbox,
                             }),
                             _ => None,
                         }
@@ -889,6 +947,7 @@ impl Eval {
                         self.mismatched += 1;
                         continue;
                     }
+                    *self.box_stores.entry(store.dropbox).or_default() += 1;
                     let first = first_copies.contains_key(&(sender, sent_us));
                     self.learned.labels.insert((sender, sent_us), [first, true]);
                     let done = self.tallies[Prior::Message as usize].targets >= self.targets_wanted;
@@ -896,7 +955,15 @@ impl Eval {
                         && !done
                         && let Some(d) = &dists[Prior::Store as usize]
                     {
-                        self.tallies[Prior::Store as usize].score(d, sender, true);
+                        let tally = &mut self.tallies[Prior::Store as usize];
+                        if tally.score(d, sender, true, at) {
+                            let i = tally.by_sender[sender].len() - 1;
+                            let entry = tally
+                                .by_box
+                                .entry(store.dropbox)
+                                .or_insert((sender, Vec::new()));
+                            entry.1.push(i);
+                        }
                     }
                     let Some(msg) = first_copies.get(&(sender, sent_us)).map(|i| &msgs[*i]) else {
                         continue; // a receipt or a retransmission
@@ -905,7 +972,7 @@ impl Eval {
                         continue;
                     }
                     if let Some(d) = &dists[Prior::Message as usize]
-                        && self.tallies[Prior::Message as usize].score(d, sender, true)
+                        && self.tallies[Prior::Message as usize].score(d, sender, true, at)
                     {
                         self.latency += t - msg.queued_us as f64 / 1e6;
                     }
@@ -991,6 +1058,72 @@ fn long_term(
                 independent,
                 senders: from.len(),
             }
+        })
+        .collect()
+}
+
+/// The long-term attack as the running system allows it: each trial
+/// combines K different `store` targets *of one dropbox*, what its gateway
+/// links (a sender moves to a new box after
+/// [`BOX_STORES`](protocol::dropbox::BOX_STORES) acked stores). A K that no
+/// box reaches is left out: no gateway links that many. The interval
+/// counts senders, as [`long_term`]'s does.
+fn long_term_in_boxes(
+    tally: &Tally,
+    ks: &[usize],
+    trials: usize,
+    rng: &mut ChaCha20Rng,
+) -> Vec<LongTerm> {
+    let n = tally.by_sender.len();
+    let boxes: Vec<(usize, &[usize])> = tally
+        .by_box
+        .values()
+        .map(|(s, ix)| (*s, ix.as_slice()))
+        .collect();
+    ks.iter()
+        .filter_map(|&k| {
+            let eligible: Vec<usize> = (0..boxes.len())
+                .filter(|b| k > 0 && boxes[*b].1.len() >= k)
+                .collect();
+            if eligible.is_empty() || trials == 0 {
+                return None;
+            }
+            let pool = eligible.iter().map(|b| boxes[*b].1.len()).sum::<usize>() as f64
+                / eligible.len() as f64;
+            let mut score = vec![0.0f64; n];
+            let mut order: Vec<usize> = Vec::new();
+            let mut per = vec![(0usize, 0usize); n];
+            for _ in 0..trials {
+                let (s, ix) = boxes[eligible[rng.random_range(0..eligible.len())]];
+                score.iter_mut().for_each(|x| *x = 0.0);
+                order.clear();
+                order.extend(0..ix.len());
+                for i in 0..k {
+                    let j = rng.random_range(i..ix.len());
+                    order.swap(i, j);
+                    for (x, q) in score.iter_mut().zip(&tally.by_sender[s][ix[order[i]]]) {
+                        *x += f64::from(q.max(1e-30)).ln();
+                    }
+                }
+                let best = (0..n)
+                    .max_by(|a, b| score[*a].total_cmp(&score[*b]))
+                    .unwrap_or(0);
+                per[s].0 += 1;
+                per[s].1 += usize::from(best == s);
+            }
+            let hits: usize = per.iter().map(|(_, h)| h).sum();
+            let senders: BTreeSet<usize> = eligible.iter().map(|b| boxes[*b].0).collect();
+            Some(LongTerm {
+                kind: "store_box",
+                k,
+                identified: hits as f64 / trials as f64,
+                ci95: wilson(hits, trials),
+                ci95_senders: clustered_interval(&per),
+                trials,
+                pool,
+                independent: true,
+                senders: senders.len(),
+            })
         })
         .collect()
 }
@@ -1123,10 +1256,14 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
     for a in 0..n {
         for &b in &contacts[a] {
             for period in first_period..=last_period {
-                if let Some(id) =
-                    sim.dropbox_id(sim.persona(clients[a]), sim.persona(clients[b]), period)
-                {
-                    box_owner.insert(id, a);
+                // Each of the period's boxes a sender may move on to.
+                for index in 0..BOX_INDICES {
+                    let slot = protocol::dropbox::slot(period, index);
+                    if let Some(id) =
+                        sim.dropbox_id(sim.persona(clients[a]), sim.persona(clients[b]), slot)
+                    {
+                        box_owner.insert(id, a);
+                    }
                 }
             }
         }
@@ -1187,6 +1324,7 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         tallies: PRIORS.iter().map(|_| Tally::default()).collect(),
         latency: 0.0,
         mismatched: 0,
+        box_stores: HashMap::new(),
     }));
     let observer = eval.clone();
     sim.set_observer(Box::new(move |o| observer.borrow_mut().observe(o)));
@@ -1319,6 +1457,12 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
             )
         })
         .collect();
+    let long_term_box = long_term_in_boxes(
+        &e.tallies[Prior::Store as usize],
+        &opts.long_term_k,
+        opts.long_term_trials,
+        &mut lt_rng,
+    );
     let m = &kinds[Prior::Message as usize];
     let k = m.targets.max(1);
     let same_on_links =
@@ -1330,6 +1474,7 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         max_entropy_bits: (n as f64).log2(),
         top1_accuracy: m.top1_accuracy,
         top1_ci95: m.top1_ci95,
+        top1_ci95_clustered: m.top1_ci95_clustered,
         chance: 1.0 / n as f64,
         ks_pass_share: pass,
         ks_burst: [d_burst, crit_burst],
@@ -1340,6 +1485,8 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
         calibrated: kinds.iter().all(|k| k.calibrated),
         kinds,
         long_term: long_term_curve,
+        long_term_box,
+        largest_box: e.box_stores.values().copied().max().unwrap_or(0),
         adversary: if opts.discount {
             "discount"
         } else {
@@ -1587,7 +1734,7 @@ mod tests {
                     d[s] = 0.3;
                 }
                 d[n] = 0.0;
-                assert!(tally.score(&d, s, true));
+                assert!(tally.score(&d, s, true, 0));
             }
         }
         let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -1601,6 +1748,71 @@ mod tests {
         // mild draws name the sender: (2/3)^4 = 20 %.
         assert!(!four.independent, "{four:?}");
         assert!((four.identified - 0.198).abs() < 0.05, "{four:?}");
+    }
+
+    #[test]
+    fn the_clustered_top1_interval_widens_only_when_hits_cluster() {
+        let n = 10;
+        let named = |who: usize| {
+            let mut d = vec![0.05; n + 1];
+            d[who] = 0.5;
+            d[n] = 0.0;
+            d
+        };
+        // 10 senders × 100 targets over 100 s: only sender 0 is ever named,
+        // so 10 % of 1000 targets but one sender's worth of evidence.
+        let mut clustered = Tally::default();
+        // The same 10 %, spread evenly over senders and time.
+        let mut spread = Tally::default();
+        for i in 0..1000usize {
+            let (s, at) = (i % n, (i as u64) * 100_000);
+            assert!(clustered.score(&named(0), s, false, at));
+            let who = if (i / n) % 10 == 0 { s } else { (s + 1) % n };
+            assert!(spread.score(&named(who), s, false, at));
+        }
+        let (c, e) = (clustered.report("message"), spread.report("message"));
+        assert_eq!(c.top1_accuracy, 0.1);
+        assert_eq!(e.top1_accuracy, 0.1);
+        assert_eq!(c.top1_ci95, e.top1_ci95);
+        let ten = wilson(1, 10);
+        for (got, want) in c.top1_ci95_clustered.iter().zip(ten) {
+            assert!((got - want).abs() < 0.02, "{c:?}");
+        }
+        for (got, want) in e.top1_ci95_clustered.iter().zip(e.top1_ci95) {
+            assert!((got - want).abs() < 0.01, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_box_curve_combines_stores_of_one_box_only() {
+        // One sender, two boxes of three stores: box A's all point mildly
+        // at the sender, box B's each strongly at another client. K = 3
+        // within A always names the sender, within B never; across both
+        // (the sender curve) it usually does not. No box has 4.
+        let n = 10;
+        let mut tally = Tally::default();
+        for (b, strong) in [([0xa; 32], false), ([0xb; 32], true)] {
+            for _ in 0..3 {
+                let mut d = vec![0.7 / 9.0; n + 1];
+                d[0] = 0.3;
+                if strong {
+                    d.iter_mut().for_each(|x| *x = 0.009 / 8.0);
+                    d[0] = 0.001;
+                    d[1] = 0.99;
+                }
+                d[n] = 0.0;
+                assert!(tally.score(&d, 0, true, 0));
+                let i = tally.by_sender[0].len() - 1;
+                tally.by_box.entry(b).or_insert((0, Vec::new())).1.push(i);
+            }
+        }
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let curve = long_term_in_boxes(&tally, &[3, 4], 4000, &mut rng);
+        assert_eq!(curve.len(), 1, "no box holds 4: {curve:?}");
+        let three = &curve[0];
+        assert_eq!((three.kind, three.k, three.senders), ("store_box", 3, 1));
+        // Half the trials draw box A (named), half box B (not).
+        assert!((three.identified - 0.5).abs() < 0.05, "{three:?}");
     }
 
     #[test]
@@ -1751,10 +1963,10 @@ mod tests {
             } else {
                 (fav + 1 + rng.random_range(0..n - 1)) % n
             };
-            assert!(honest.score(&d, sender, false));
+            assert!(honest.score(&d, sender, false, 0));
             // Overconfident: the favourite is right only at chance.
             let sender = rng.random_range(0..n);
-            assert!(overconfident.score(&d, sender, false));
+            assert!(overconfident.score(&d, sender, false, 0));
         }
         let (h, o) = (honest.report("h"), overconfident.report("o"));
         assert!(h.calibrated, "{h:?}");

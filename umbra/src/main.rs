@@ -1191,7 +1191,7 @@ async fn run(cli: Cli) -> Result<()> {
             let started = std::time::Instant::now();
             let r = tokio::task::spawn_blocking(move || umbra::eval::run(&opts)).await?;
             println!(
-                "clients {}  targets {}  simulated {:.0} s in {:.1} s\nsender entropy {:.3} bits of {:.3} ({:.1} %)\ntop-1 accuracy {:.4} [{:.4}, {:.4}] vs chance {:.4} ({:.2}x)\nPoisson send times: {:.0} % of clients pass KS; a burst client: D={:.3} (critical {:.3})\nall packet kinds the same size: {}\na client sends {:.1} packets/s; mean latency to the dropbox {:.2} s",
+                "clients {}  targets {}  simulated {:.0} s in {:.1} s\nsender entropy {:.3} bits of {:.3} ({:.1} %)\ntop-1 accuracy {:.4} [{:.4}, {:.4}] vs chance {:.4} ({:.2}x; clustered interval [{:.2}, {:.2}]x)\nPoisson send times: {:.0} % of clients pass KS; a burst client: D={:.3} (critical {:.3})\nall packet kinds the same size: {}\na client sends {:.1} packets/s; mean latency to the dropbox {:.2} s",
                 r.clients,
                 r.targets,
                 r.simulated_s,
@@ -1204,6 +1204,8 @@ async fn run(cli: Cli) -> Result<()> {
                 r.top1_ci95[1],
                 r.chance,
                 r.top1_accuracy / r.chance,
+                r.top1_ci95_clustered[0] / r.chance,
+                r.top1_ci95_clustered[1] / r.chance,
                 100.0 * r.ks_pass_share,
                 r.ks_burst[0],
                 r.ks_burst[1],
@@ -1213,13 +1215,15 @@ async fn run(cli: Cli) -> Result<()> {
             );
             for k in &r.kinds {
                 println!(
-                    "targets {:>7}: {:>6}  top-1 {:.4} [{:.4}, {:.4}] ({:.2}x chance)  entropy {:.3} bits\n                 calibration: mean p(true) {:.5} vs mean sum p^2 {:.5} (z {:+.2}, {:+.1} %), mean p(top) {:.5} vs top-1 {:.4}: {}",
+                    "targets {:>7}: {:>6}  top-1 {:.4} [{:.4}, {:.4}] ({:.2}x chance; clustered [{:.2}, {:.2}]x)  entropy {:.3} bits\n                 calibration: mean p(true) {:.5} vs mean sum p^2 {:.5} (z {:+.2}, {:+.1} %), mean p(top) {:.5} vs top-1 {:.4}: {}",
                     k.kind,
                     k.targets,
                     k.top1_accuracy,
                     k.top1_ci95[0],
                     k.top1_ci95[1],
                     k.top1_accuracy / r.chance,
+                    k.top1_ci95_clustered[0] / r.chance,
+                    k.top1_ci95_clustered[1] / r.chance,
                     k.entropy_bits,
                     k.mean_p_true,
                     k.mean_sum_p2,
@@ -1234,9 +1238,9 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 );
             }
-            for l in &r.long_term {
+            for l in r.long_term.iter().chain(&r.long_term_box) {
                 println!(
-                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials, [{:.3}, {:.3}] counting senders (pool {:.0} per sender; {})",
+                    "long-term ({}): K = {:>4} linked: sender identified {:.3} [{:.3}, {:.3}] of {} trials, [{:.3}, {:.3}] counting senders (pool {:.0} to draw from; {})",
                     l.kind,
                     l.k,
                     l.identified,
@@ -1253,6 +1257,10 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 );
             }
+            println!(
+                "largest box: {} stores (one gateway links at most a box's)",
+                r.largest_box
+            );
             if json {
                 println!(
                     "{}",
@@ -1263,10 +1271,13 @@ async fn run(cli: Cli) -> Result<()> {
                         "max_entropy_bits": r.max_entropy_bits,
                         "top1_accuracy": r.top1_accuracy,
                         "top1_ci95": r.top1_ci95,
+                        "top1_ci95_clustered": r.top1_ci95_clustered,
                         "chance": r.chance,
                         "calibrated": r.calibrated,
                         "kinds": r.kinds,
                         "long_term": r.long_term,
+                        "long_term_box": r.long_term_box,
+                        "largest_box": r.largest_box,
                         "adversary": r.adversary,
                     })
                 );
