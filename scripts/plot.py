@@ -102,8 +102,13 @@ long_term = rows("long-term.csv")
 if long_term:
     # The defaults (both kinds of targets), and each mitigation measured
     # (store targets) when its CSV is there.
-    curves = [("defaults (800 ms, λ_P = 5/s), seed 1", long_term, "store", "o", "-"),
-              ("defaults, message targets", long_term, "message", "s", ":")]
+    curves = [("defaults (800 ms, λ_P = 5/s), seed 1: any K of a sender", long_term, "store", "o", "-"),
+              ("defaults, message targets", long_term, "message", "s", ":"),
+              ("defaults, seed 1: K of one box (what one gateway links)", long_term,
+               "store_box", "P", "-.")]
+    seed2 = rows("long-term-seed-2.csv")
+    if seed2:
+        curves.append(("defaults, seed 2: K of one box", seed2, "store_box", "X", "-."))
     for name, label, marker in [("long-term-seed-2.csv", "defaults, seed 2", "D"),
                                 ("long-term-delay-400.csv", "400 ms (the default before)", "^"),
                                 ("long-term-lambda-p-8.csv", "400 ms, λ_P = 8/s", "v"),
@@ -111,7 +116,7 @@ if long_term:
         extra = rows(name)
         if extra:
             curves.append((label, extra, "store", marker, "-"))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 5.4))
     for label, data, kind, marker, style in curves:
         rs = [r for r in data if r["kind"] == kind and r["independent"] == "true"]
         if not rs:
@@ -125,8 +130,10 @@ if long_term:
     chance = 100 * float(long_term[0]["chance"])
     ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
     ax.axhline(10, color="grey", linestyle="--", linewidth=1, label="target ≤ 10 % (at K = 1000)")
+    ax.axvline(305, color="black", linestyle=":", linewidth=1,
+               label="the most one box held (a sender moves on after 300)")
     ax.set_xscale("log")
-    ax.set(xlabel="K stores of one box linked by its gateway (all different)",
+    ax.set(xlabel="K linked stores of one sender (all different)",
            ylabel="senders identified (%)",
            title="Long-term attack, N = 100 (store targets unless noted; 95 % bands over trials)")
     ax.grid(alpha=0.3)
