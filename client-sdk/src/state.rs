@@ -1277,10 +1277,7 @@ impl ClientState {
                         .filter(|(k, s)| {
                             s.seen >= dropbox::NEXT_BOX_AFTER && dropbox::slot_period(**k) >= oldest
                         })
-                        .map(|(k, _)| {
-                            let (p, i) = (dropbox::slot_period(*k), dropbox::slot_index(*k));
-                            dropbox::slot(p, i.saturating_add(1))
-                        }),
+                        .map(|(k, _)| dropbox::next_slot(*k)),
                 );
                 ps.sort_unstable();
                 ps.dedup();
@@ -1496,6 +1493,10 @@ impl ClientState {
         if at + 1 < period {
             return; // a period we no longer write to
         }
+        if !self.writing.contains_key(&(to, at)) {
+            // A new (recipient, period): past periods' counts go.
+            self.writing.retain(|(_, p), _| *p + 1 >= period);
+        }
         let w = self.writing.entry((to, at)).or_insert((0, 0));
         if dropbox::slot_index(slot) == w.0 {
             w.1 += n;
@@ -1503,7 +1504,6 @@ impl ClientState {
                 *w = (w.0.saturating_add(1), 0);
             }
         }
-        self.writing.retain(|(_, p), _| *p + 1 >= period);
     }
 
     /// The box a transmission to `to` goes to at `slot`.
@@ -2043,10 +2043,7 @@ impl ClientState {
         }
         // The sender may have moved on to the period's next box: look there
         // now rather than at the next round.
-        let next = dropbox::slot(
-            dropbox::slot_period(p.period),
-            dropbox::slot_index(p.period).saturating_add(1),
-        );
+        let next = dropbox::next_slot(p.period);
         let known = self
             .identities
             .get(&me)

@@ -68,6 +68,11 @@ pub fn slot_index(slot: u64) -> u32 {
     (slot >> PERIOD_BITS) as u32
 }
 
+/// The slot of the box after `slot`'s in the same period.
+pub fn next_slot(slot: u64) -> u64 {
+    self::slot(slot_period(slot), slot_index(slot).saturating_add(1))
+}
+
 /// The secret two contacts share. Never logged; wiped when dropped.
 #[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct PairSecret([u8; 32]);
@@ -261,6 +266,7 @@ mod tests {
         let p = 493_812;
         assert_eq!(slot(p, 0), p);
         assert_eq!((slot_period(slot(p, 3)), slot_index(slot(p, 3))), (p, 3));
+        assert_eq!(next_slot(p), slot(p, 1));
         let zero = pair.dropbox(&[1; 32], &[2; 32], slot(p, 0));
         let one = pair.dropbox(&[1; 32], &[2; 32], slot(p, 1));
         let two = pair.dropbox(&[1; 32], &[2; 32], slot(p, 2));

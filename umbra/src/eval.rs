@@ -1036,15 +1036,10 @@ fn long_term(
                     } else {
                         rng.random_range(0..posts.len())
                     };
-                    for (x, q) in score.iter_mut().zip(&posts[j]) {
-                        *x += f64::from(q.max(1e-30)).ln();
-                    }
+                    add_evidence(&mut score, &posts[j]);
                 }
-                let best = (0..n)
-                    .max_by(|a, b| score[*a].total_cmp(&score[*b]))
-                    .unwrap_or(0);
                 per[s].0 += 1;
-                per[s].1 += usize::from(best == s);
+                per[s].1 += usize::from(most_likely(&score) == s);
             }
             let hits: usize = per.iter().map(|(_, h)| h).sum();
             LongTerm {
@@ -1060,6 +1055,21 @@ fn long_term(
             }
         })
         .collect()
+}
+
+/// Adds one target's posterior to a combined score, as independent
+/// evidence (Σ ln p).
+fn add_evidence(score: &mut [f64], posterior: &[f32]) {
+    for (x, q) in score.iter_mut().zip(posterior) {
+        *x += f64::from(q.max(1e-30)).ln();
+    }
+}
+
+/// The sender a combined score names.
+fn most_likely(score: &[f64]) -> usize {
+    (0..score.len())
+        .max_by(|a, b| score[*a].total_cmp(&score[*b]))
+        .unwrap_or(0)
 }
 
 /// The long-term attack as the running system allows it: each trial
@@ -1101,15 +1111,10 @@ fn long_term_in_boxes(
                 for i in 0..k {
                     let j = rng.random_range(i..ix.len());
                     order.swap(i, j);
-                    for (x, q) in score.iter_mut().zip(&tally.by_sender[s][ix[order[i]]]) {
-                        *x += f64::from(q.max(1e-30)).ln();
-                    }
+                    add_evidence(&mut score, &tally.by_sender[s][ix[order[i]]]);
                 }
-                let best = (0..n)
-                    .max_by(|a, b| score[*a].total_cmp(&score[*b]))
-                    .unwrap_or(0);
                 per[s].0 += 1;
-                per[s].1 += usize::from(best == s);
+                per[s].1 += usize::from(most_likely(&score) == s);
             }
             let hits: usize = per.iter().map(|(_, h)| h).sum();
             let senders: BTreeSet<usize> = eligible.iter().map(|b| boxes[*b].0).collect();
@@ -1255,15 +1260,15 @@ pub fn run(opts: &EvalOptions) -> EvalReport {
     let mut box_owner = HashMap::new();
     for a in 0..n {
         for &b in &contacts[a] {
+            let (pa, pb) = (sim.persona(clients[a]), sim.persona(clients[b]));
+            let Some(pair) = sim.pair_secret(pa, pb) else {
+                continue;
+            };
             for period in first_period..=last_period {
                 // Each of the period's boxes a sender may move on to.
                 for index in 0..BOX_INDICES {
                     let slot = protocol::dropbox::slot(period, index);
-                    if let Some(id) =
-                        sim.dropbox_id(sim.persona(clients[a]), sim.persona(clients[b]), slot)
-                    {
-                        box_owner.insert(id, a);
-                    }
+                    box_owner.insert(pair.dropbox(&pa.id.0, &pb.id.0, slot).id, a);
                 }
             }
         }

@@ -804,16 +804,26 @@ impl Sim {
         protocol::dropbox::period_at(self.unix_ms())
     }
 
-    /// The id of the box `from` writes to `to` in `period` (both hosted here).
-    pub fn dropbox_id(&self, from: Persona, to: Persona, period: u64) -> Option<[u8; 32]> {
+    /// The id of the box `from` writes to `to` at `slot` (a period, for
+    /// its box 0; both personas hosted here).
+    pub fn dropbox_id(&self, from: Persona, to: Persona, slot: u64) -> Option<[u8; 32]> {
+        Some(
+            self.pair_secret(from, to)?
+                .dropbox(&from.id.0, &to.id.0, slot)
+                .id,
+        )
+    }
+
+    /// The secret `from` and `to` share (both hosted here): one X25519 for
+    /// as many box ids as wanted.
+    pub fn pair_secret(&self, from: Persona, to: Persona) -> Option<protocol::dropbox::PairSecret> {
         let secret = self.clients[from.client.0]
             .profile
             .secrets
             .iter()
             .map(|s| StaticSecret::from(*s))
             .find(|s| x25519_dalek::PublicKey::from(s).to_bytes() == from.id.0)?;
-        let pair = protocol::dropbox::PairSecret::derive(&secret, &to.id.0).ok()?;
-        Some(pair.dropbox(&from.id.0, &to.id.0, period).id)
+        protocol::dropbox::PairSecret::derive(&secret, &to.id.0).ok()
     }
 
     /// Messages stored in dropbox `id` so far, every copy counted: more than
