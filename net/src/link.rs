@@ -402,9 +402,10 @@ async fn read_stream(
     bucket: Option<Arc<Mutex<Bucket>>>,
 ) {
     let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(Some(n)) = recv.read(&mut buf).await {
-        dec.push(&buf[..n]);
+    // quinn's own chunks, not a copy of them into a buffer of ours: one
+    // copy of every frame fewer (the decoder keeps what spans two chunks).
+    while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
+        dec.push(&chunk.bytes);
         while let Some(body) = dec.next_body() {
             if let Some(b) = &bucket
                 && !b.lock().unwrap_or_else(|p| p.into_inner()).take()

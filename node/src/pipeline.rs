@@ -317,6 +317,9 @@ pub(crate) fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("sphinx-{i}"))
                 .spawn(move || {
+                    // The normal policy, whatever spawned it: the workers
+                    // are the CPU work the I/O threads make room for.
+                    crate::sched::cpu_thread();
                     // Links spawn their tasks on the node's runtime.
                     let _guard = rt.enter();
                     let mut held = Held::default();

@@ -346,6 +346,9 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRu
             .map(|_| {
                 let (next, done, marks) = (&next, &done, &marks);
                 s.spawn(move || {
+                    // The normal policy, as the node's Sphinx workers have
+                    // (the benchmark's own threads are SCHED_BATCH).
+                    node::sched::cpu_thread();
                     let cpu0 = own_cpu_seconds();
                     let mut ok = 0;
                     loop {
@@ -457,6 +460,7 @@ pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
     let node_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores())
         .thread_name("node-io")
+        .on_thread_start(node::sched::io_thread)
         .enable_all()
         .build()?;
     let result = mixnode_on(node_rt.handle(), &opts).await;

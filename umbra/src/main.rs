@@ -1633,10 +1633,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A node's runtime does its I/O: its threads are SCHED_BATCH, so their
+    // many short wake-ups wait for a free core or a tick instead of
+    // preempting the Sphinx workers (node::sched). So are the mix node
+    // benchmark's (its load generator would be elsewhere in production).
+    let io_role = matches!(
+        cli.command,
+        Command::Mixnode(MixnodeCmd::Run(_))
+            | Command::Gateway(GatewayCmd::Run(_))
+            | Command::Bench(BenchCmd::Mixnode { .. })
+    );
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if io_role {
+        node::sched::io_thread();
+        builder.on_thread_start(node::sched::io_thread);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
