@@ -7,11 +7,12 @@
 //! threads do not preempt on wake-up; they run when a core is free or at
 //! the next scheduler tick, and then handle everything that arrived since.
 //! Measured at the defaults (`umbra bench mixnode`, two cores): the node's
-//! QUIC/tokio CPU per packet fell from 13.6 to about 7.5 µs, its threads'
-//! runs per packet from 0.33 to 0.03. What it costs: under full load a
-//! packet may wait for a tick before it is read or written (the latency the
-//! benchmark reports at 90 % load). An idle core runs an I/O thread at once,
-//! so a lightly loaded node adds nothing.
+//! QUIC/tokio CPU per packet fell from 13.6 to 7.4–9.6 µs, its threads'
+//! runs per packet from 0.33 to 0.06–0.07, the ratio to the raw unwrap from
+//! 0.80 to 0.84 (docs/performance.md). What it could cost: under full load
+//! a packet may wait for a tick before it is read or written; the latency
+//! the node adds at 10 and 50 % of its rate did not change. An idle core
+//! runs an I/O thread at once.
 //!
 //! Changing between `SCHED_OTHER` and `SCHED_BATCH` needs no privilege and
 //! keeps the thread's nice value. Elsewhere than Linux these do nothing.
