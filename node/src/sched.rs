@@ -53,17 +53,17 @@ fn set(policy: Policy) {
 #[cfg(not(target_os = "linux"))]
 fn set(_policy: Policy) {}
 
-/// The calling thread's policy is `SCHED_BATCH` (tests).
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-pub fn is_io_thread() -> bool {
-    // SAFETY: a plain system call on the calling thread, no pointers.
-    unsafe { libc::sched_getscheduler(0) == libc::SCHED_BATCH }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's policy is `SCHED_BATCH`.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn is_io_thread() -> bool {
+        // SAFETY: a plain system call on the calling thread, no pointers.
+        unsafe { libc::sched_getscheduler(0) == libc::SCHED_BATCH }
+    }
 
     #[cfg(target_os = "linux")]
     #[test]
