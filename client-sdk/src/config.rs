@@ -52,8 +52,11 @@ pub struct ClientConfig {
     /// A message after a gap in a contact's stream waits this long for the
     /// gap to fill before it is handed over anyway.
     pub reorder_hold: Duration,
-    /// A contact's stream met past its start (this client restarted) is
-    /// collected this long before its lowest message is handed over.
+    /// A contact's stream met past its start (its first message is late,
+    /// or this client restarted without its store) is collected this long
+    /// before its lowest message is handed over. As long as
+    /// `reorder_hold`: starting without a late first message loses it
+    /// once the conversation has taken five Olm ratchet steps.
     pub reorder_settle: Duration,
     /// Bytes of partly received messages held per contact.
     pub max_reassembly_bytes: usize,
@@ -146,7 +149,7 @@ impl ClientConfig {
                 ack_slack: Duration::from_secs(3),
                 batch_acks: true,
                 reorder_hold: Duration::from_secs(60),
-                reorder_settle: Duration::from_secs(5),
+                reorder_settle: Duration::from_secs(60),
                 max_reassembly_bytes: 48 * 1024 * 1024,
                 store_kdf: crate::store::KdfParams::default(),
                 persist_interval: Duration::from_secs(1),

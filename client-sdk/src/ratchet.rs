@@ -488,6 +488,35 @@ mod tests {
         assert_eq!(b.open(&mut bob, &m).unwrap(), b"still");
     }
 
+    /// Olm keeps the 5 newest receiving chains of a session: a message
+    /// that arrives after its sender's chain was followed by five more
+    /// ratchet steps (five round trips of a conversation) does not open.
+    /// Why the receiver hands envelopes over in send order and waits
+    /// `reorder_settle` as long as `reorder_hold` for a session's first
+    /// message: had Alice started at Bob's second message, his first
+    /// would be lost after five answers.
+    #[test]
+    fn a_message_five_ratchet_steps_late_does_not_open() {
+        for (rounds, opens) in [(0, true), (4, true), (5, false), (8, false)] {
+            let (mut alice, mut a, mut bob, mut b) = pair();
+            let first = a.seal(b"first").unwrap();
+            let second = a.seal(b"second").unwrap();
+            // Bob starts the session at the second message (same chain).
+            assert_eq!(b.open(&mut bob, &second).unwrap(), b"second");
+            for _ in 0..rounds {
+                let r = b.seal(b"ping").unwrap();
+                a.open(&mut alice, &r).unwrap();
+                let m = a.seal(b"pong").unwrap();
+                b.open(&mut bob, &m).unwrap();
+            }
+            let late = b.open(&mut bob, &first);
+            assert_eq!(late.is_ok(), opens, "{rounds} round trips: {late:?}");
+            if opens {
+                assert_eq!(late.unwrap(), b"first");
+            }
+        }
+    }
+
     #[test]
     fn a_lost_one_time_key_fails_clearly_and_a_reset_recovers() {
         let alice = Olm::new();

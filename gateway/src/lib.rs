@@ -230,7 +230,10 @@ impl Handler for GatewayHandler {
             match (clients.get(&destination), frame) {
                 (Some(c), Ok(f)) => match c.tx.try_send(f) {
                     Ok(()) => shared.metrics.deliveries.inc(),
-                    Err(_) => node.metrics().drop("queue_full"),
+                    // That client's downlink is behind (its link is slow
+                    // or lossy), not this node: its own reason, so the
+                    // node's saturation alert does not fire for it.
+                    Err(_) => node.metrics().drop("downlink_full"),
                 },
                 _ => node.metrics().drop("no_client"),
             }

@@ -160,9 +160,9 @@ impl Metrics {
         self.dropped.with_label_values(&[reason]).inc();
     }
 
-    /// Every reason a node counts a dropped packet under (the last three
+    /// Every reason a node counts a dropped packet under (the last four
     /// only on gateways).
-    pub const DROP_REASONS: [&'static str; 9] = [
+    pub const DROP_REASONS: [&'static str; 10] = [
         "malformed",
         "replay",
         "unknown_epoch",
@@ -172,6 +172,7 @@ impl Metrics {
         "no_client",
         "bad_first_hop",
         "too_many_clients",
+        "downlink_full",
     ];
 
     /// Packets dropped for any reason.

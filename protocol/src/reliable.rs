@@ -1219,10 +1219,12 @@ type Held<C> = BTreeMap<u64, (f64, Complete<C>)>;
 /// message after a gap waits until the gap fills or `hold` seconds pass
 /// (the missing message failed at the sender), then the gap is skipped.
 ///
-/// A receiver that meets a session for the first time past its start (it
-/// restarted and lost its state; the earlier messages were fetched before)
-/// cannot know which seq comes next: it collects for `settle` seconds, then
-/// starts at the lowest seq it holds.
+/// A receiver that meets a session for the first time past its start (its
+/// first message is late, or the receiver restarted and lost its state
+/// and the earlier messages were fetched before) cannot know which seq
+/// comes next: it collects for `settle` seconds, then starts at the lowest
+/// seq it holds. The client waits as long as for a gap: a first message
+/// skipped and then decrypted after five ratchet steps does not open.
 pub struct Sequencer<C> {
     next: BTreeMap<(C, u64), u64>,
     /// When each (sender, session) was last used, as a tick: a sender's

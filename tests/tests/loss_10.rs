@@ -4,6 +4,8 @@
 //! dropped 10 % of what it saw. (Its own test binary: the fault setting is
 //! process-wide.)
 
+mod support;
+
 use std::time::Duration;
 use umbra::demo::{DemoOptions, run};
 
@@ -29,7 +31,7 @@ async fn ten_percent_loss_delivers_every_message() {
                 timeout: Duration::from_secs(90),
                 ..DemoOptions::default()
             },
-            |l| eprintln!("{l}"),
+            support::progress(),
         ),
     )
     .await

@@ -6,6 +6,8 @@
 //! really dropped, at the mean rate asked and in runs. (Its own test
 //! binary: the fault setting is process-wide.)
 
+mod support;
+
 use net::faults::BurstLoss;
 use std::time::Duration;
 use umbra::demo::{DemoOptions, run};
@@ -32,7 +34,7 @@ async fn burst_loss_loses_nothing_silently() {
                 timeout: Duration::from_secs(90),
                 ..DemoOptions::default()
             },
-            |l| eprintln!("{l}"),
+            support::progress(),
         ),
     )
     .await

@@ -8,6 +8,8 @@
 //! it were held up; the link carries traffic again after the window. (Its own test binary: the fault setting is
 //! process-wide.)
 
+mod support;
+
 use std::time::Duration;
 use umbra::demo::{DemoOptions, run};
 
@@ -31,7 +33,7 @@ async fn a_link_cut_for_30_s_loses_nothing_silently() {
                 partition: Some(window),
                 ..DemoOptions::default()
             },
-            |l| eprintln!("{l}"),
+            support::progress(),
         ),
     )
     .await

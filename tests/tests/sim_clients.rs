@@ -508,8 +508,11 @@ fn restarts(n: usize, persistent: bool) {
     sim.restart(b).unwrap();
     let want = before + 5;
     // With a store every message arrives; without one the recipient lost
-    // its Olm sessions, so the rest end failed at the sender (below).
-    let ok = sim.run_until_cond(secs(60), |s| {
+    // its Olm sessions, so the rest end failed at the sender (below) —
+    // after `reorder_settle` (60 s): the new state meets the sender's
+    // stream past its start and waits for a first message as long as for
+    // a gap before it hands over what it has.
+    let ok = sim.run_until_cond(secs(120), |s| {
         let t = tally(s, pa, pb);
         if persistent {
             t.delivered >= want

@@ -397,7 +397,8 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(&str)) -> Result<DemoRepor
 ///    lost datagrams on its links. A partition adds its window (a copy can
 ///    sit in a cut link until it heals).
 /// 3. **Undelivered.** A message not delivered by then may still wait
-///    behind a gap in its contact's order (`reorder_hold`), and its
+///    behind a gap in its contact's order (`reorder_hold`, or
+///    `reorder_settle` behind its session's late first message), and its
 ///    fragments are fetched at most at the payload rate: 2/λ_P s per
 ///    fragment of the run ([`Bounds::undelivered`]).
 ///
@@ -425,7 +426,7 @@ impl Bounds {
         let round_trip = route * 2 + tick * 2;
         let fetch_timeout = mean * 12 + Duration::from_secs(2); // the SDK's
         let drain = route + cfg.fetch_interval + round_trip * 2 + fetch_timeout;
-        let undelivered = cfg.reorder_hold + tick * 2 * fragments as u32;
+        let undelivered = cfg.reorder_hold.max(cfg.reorder_settle) + tick * 2 * fragments as u32;
         Self {
             verdict,
             drain,

@@ -281,7 +281,8 @@ pub struct SimStats {
     pub peels: u64,
     /// Packets nodes dropped, by the reason their metrics would give
     /// (`replay`, `malformed`, `unknown_epoch`, `bad_first_hop`,
-    /// `unknown_next_hop`, `unexpected_final`, `no_client`, `queue_full`).
+    /// `unknown_next_hop`, `unexpected_final`, `no_client`, `queue_full`,
+    /// `downlink_full`).
     pub dropped: BTreeMap<&'static str, u64>,
     /// Messages the gateways stored.
     pub stored: u64,
@@ -1641,7 +1642,7 @@ impl Sim {
                     sub.queue.push_back((identifier, payload));
                     self.stats.replies_queued += 1;
                 }
-                Some(_) => self.drop_packet("queue_full"),
+                Some(_) => self.drop_packet("downlink_full"),
                 None => self.drop_packet("no_client"),
             }
             return;

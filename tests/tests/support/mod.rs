@@ -1,6 +1,6 @@
 //! What the daemon tests share (`daemon.rs`, `browser.rs`): a fast local
 //! network, daemons on it, and an API client that keeps the events it
-//! reads while waiting for replies.
+//! reads while waiting for replies; and the loss tests' progress printer.
 #![allow(dead_code)] // each test file uses part of it
 
 use client_sdk::store::KdfParams;
@@ -126,6 +126,24 @@ pub async fn read(ws: &mut Ws) -> Value {
             tungstenite::Message::Text(t) => return serde_json::from_str(&t).unwrap(),
             tungstenite::Message::Close(c) => panic!("closed: {c:?}"),
             _ => continue,
+        }
+    }
+}
+
+/// A demo's progress printer for test logs: each line stamped with the
+/// seconds since the run began, and only every 50th "delivered" line (CI
+/// keeps a test's first and last lines; the ones that say why it failed
+/// should not be pushed out by hundreds of deliveries).
+pub fn progress() -> impl Fn(&str) {
+    let t0 = std::time::Instant::now();
+    move |l: &str| {
+        let routine = l.starts_with('[') && l.contains("] delivered to ");
+        let nth = l
+            .strip_prefix('[')
+            .and_then(|s| s.split('/').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if !routine || nth.is_some_and(|n| n % 50 == 0) {
+            eprintln!("{:7.1} s  {l}", t0.elapsed().as_secs_f64());
         }
     }
 }
