@@ -133,3 +133,98 @@ fn a_restored_backup_breaks_the_session_and_it_recovers_without_silent_loss() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Bob's first message to Alice is late (his link is cut as he sends it,
+/// so it goes again after several ack timeouts) while his second gets
+/// through at once and the two go on talking. Alice's client meets Bob's
+/// stream past its start. With `reorder_settle` as long as the hold (60 s) she waits for
+/// the first message, which arrives, opens and is handed over first. At
+/// the old 5 s she started without it, the conversation took more than
+/// five ratchet steps, and it did not open when it came: that run is kept
+/// here to show the test can fail.
+#[test]
+fn a_late_first_message_is_waited_for_and_opens() {
+    for (settle, lost) in [(60, false), (5, true)] {
+        let mut cfg = SimConfig {
+            seed: 23,
+            ..SimConfig::default()
+        };
+        cfg.client.reorder_settle = secs(settle);
+        let mut sim = Sim::new(cfg);
+        let a = sim.add_client();
+        let b = sim.add_client();
+        sim.connect_contacts(a, b);
+        let cut = secs(40);
+        let t0 = sim.now();
+        sim.partition(umbra::sim::Endpoint::Client(b), t0, t0 + cut);
+        let first = sim.send(b, a, b"first").unwrap();
+        sim.run_for(cut + Duration::from_millis(500));
+        let second = sim.send(b, a, b"second").unwrap();
+        // Alice answers only once she could have read Bob (then on his
+        // session, which both go on with: its ratchet steps are the ones
+        // that matter for his first message).
+        sim.run_for(secs(10));
+        let mut later = Vec::new();
+        for i in 0..14 {
+            later.push(sim.send(a, b, format!("a{i}").as_bytes()).unwrap());
+            sim.run_for(Duration::from_millis(1500));
+            later.push(sim.send(b, a, format!("b{i}").as_bytes()).unwrap());
+            sim.run_for(Duration::from_millis(1500));
+            if i == 2 {
+                // The fault happened: the second is stored, the first not yet.
+                assert!(
+                    matches!(
+                        sim.log(b).status(&second),
+                        Some(Status::Stored | Status::Read)
+                    ),
+                    "settle {settle}: second {:?}",
+                    sim.log(b).statuses.get(&second)
+                );
+                assert!(
+                    matches!(
+                        sim.log(b).status(&first),
+                        Some(Status::Queued | Status::Sent)
+                    ),
+                    "settle {settle}: first {:?}",
+                    sim.log(b).statuses.get(&first)
+                );
+            }
+        }
+        let done = sim.run_until_cond(secs(180), |s| {
+            s.log(b)
+                .status(&first)
+                .is_some_and(|st| st == Status::Read || st.is_failure())
+        });
+        assert!(
+            done,
+            "settle {settle}: {:?}",
+            sim.log(b).statuses.get(&first)
+        );
+        let got: Vec<&[u8]> = sim
+            .log(a)
+            .received
+            .iter()
+            .map(|r| r.body.as_slice())
+            .collect();
+        eprintln!(
+            "settle {settle} s: first {:?} at {:?}; Alice got {} messages, first two {:?}; undecryptable {}",
+            sim.log(b).status(&first),
+            sim.log(b)
+                .statuses
+                .get(&first)
+                .and_then(|v| v.last())
+                .map(|(t, _)| *t),
+            got.len(),
+            &got[..got.len().min(2)],
+            sim.log(a).undecryptable.len()
+        );
+        if lost {
+            assert_eq!(sim.log(b).status(&first), Some(Status::FailedUndecryptable));
+            assert!(!got.contains(&b"first".as_slice()));
+        } else {
+            assert_eq!(sim.log(b).status(&first), Some(Status::Read));
+            assert!(sim.log(a).undecryptable.is_empty());
+            assert_eq!(&got[..2], &[b"first".as_slice(), b"second".as_slice()]);
+        }
+    }
+}
