@@ -1,7 +1,8 @@
 //! End-to-end Olm sessions between whole clients on the virtual clock
 //! (`umbra::sim`): sessions survive a restart through the store, and a
 //! session that breaks — a store restored from an old backup — recovers
-//! with a clear status on both sides and no message lost silently. The
+//! with a clear status on both sides and no message lost silently; a
+//! session's late first message is waited for and opens. The
 //! cryptographic properties themselves (forward secrecy, post-compromise
 //! security, replays, the skipped-key limit) are tested on the sessions in
 //! `client-sdk/src/ratchet.rs`.
@@ -137,11 +138,11 @@ fn a_restored_backup_breaks_the_session_and_it_recovers_without_silent_loss() {
 /// Bob's first message to Alice is late (his link is cut as he sends it,
 /// so it goes again after several ack timeouts) while his second gets
 /// through at once and the two go on talking. Alice's client meets Bob's
-/// stream past its start. With `reorder_settle` as long as the hold (60 s) she waits for
-/// the first message, which arrives, opens and is handed over first. At
-/// the old 5 s she started without it, the conversation took more than
-/// five ratchet steps, and it did not open when it came: that run is kept
-/// here to show the test can fail.
+/// stream past its start. With `reorder_settle` as long as the hold
+/// (60 s) she waits for the first message, which arrives, opens and is
+/// handed over first. At the old 5 s she started without it, the
+/// conversation took more than five ratchet steps, and it did not open
+/// when it came: that run is kept here to show the test can fail.
 #[test]
 fn a_late_first_message_is_waited_for_and_opens() {
     for (settle, lost) in [(60, false), (5, true)] {
