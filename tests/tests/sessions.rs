@@ -173,21 +173,17 @@ fn a_late_first_message_is_waited_for_and_opens() {
             sim.run_for(Duration::from_millis(1500));
             if i == 2 {
                 // The fault happened: the second is stored, the first not yet.
+                let bob = sim.log(b);
+                let (s1, s2) = (bob.status(&first), bob.status(&second));
                 assert!(
-                    matches!(
-                        sim.log(b).status(&second),
-                        Some(Status::Stored | Status::Read)
-                    ),
+                    matches!(s2, Some(Status::Stored | Status::Read)),
                     "settle {settle}: second {:?}",
-                    sim.log(b).statuses.get(&second)
+                    bob.statuses.get(&second)
                 );
                 assert!(
-                    matches!(
-                        sim.log(b).status(&first),
-                        Some(Status::Queued | Status::Sent)
-                    ),
+                    matches!(s1, Some(Status::Queued | Status::Sent)),
                     "settle {settle}: first {:?}",
-                    sim.log(b).statuses.get(&first)
+                    bob.statuses.get(&first)
                 );
             }
         }
