@@ -13,6 +13,10 @@ use std::time::Duration;
 /// Largest topology, vote or candidate document read from an authority
 /// (10,000 nodes take about 3.5 MB).
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// How long an idle connection to an authority is kept for reuse: under
+/// the authorities' header timeout (`header_timeout_ms`, 5 s by default),
+/// after which they close it.
+const POOL_IDLE: Duration = Duration::from_secs(2);
 /// Largest answer to a registration read from an authority.
 const MAX_SMALL_BYTES: usize = 64 * 1024;
 
@@ -36,17 +40,30 @@ impl AuthorityRef {
     }
 }
 
+/// A failed request as an error that says why: reqwest's own message
+/// ("error sending request for url …") names no cause; its sources do
+/// (timed out, connection refused, closed before the answer).
+fn http_error(e: reqwest::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !msg.contains(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        source = s.source();
+    }
+    Error::Connect(msg)
+}
+
 /// Reads at most `max` bytes of a response body.
 async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Error> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(Error::Connect(format!("answer larger than {max} bytes")));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| Error::Connect(e.to_string()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
         if body.len() + chunk.len() > max {
             return Err(Error::Connect(format!("answer larger than {max} bytes")));
         }
@@ -93,9 +110,15 @@ impl DirectoryClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // An authority closes a connection idle for its header timeout
+            // (5 s by default); a pooled one kept longer was sometimes
+            // reused just as it closed and the request failed ("connection
+            // closed before message completed": a node warned every other
+            // topology refresh). Reuse only within a burst of requests.
+            .pool_idle_timeout(POOL_IDLE)
             .no_proxy()
             .build()
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(http_error)?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http,
@@ -115,7 +138,7 @@ impl DirectoryClient {
             .json(descriptor)
             .send()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(http_error)?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -141,7 +164,7 @@ impl DirectoryClient {
             .get(format!("{}{}", self.base, path))
             .send()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(http_error)?;
         if !resp.status().is_success() {
             return Err(Error::Connect(format!(
                 "directory {} answered {} for {path}",
@@ -171,7 +194,7 @@ impl DirectoryClient {
             .get(format!("{}/v1/authority", self.base))
             .send()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(http_error)?;
         let text = read_capped(resp, MAX_SMALL_BYTES).await?;
         parse_authority_key(&text)
     }

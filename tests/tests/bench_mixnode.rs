@@ -9,6 +9,7 @@ use umbra::bench;
 async fn small_production_run_reports_consistent_figures_and_judges_itself() {
     let opts = bench::MixnodeOptions {
         packets: 600,
+        fit_rounds: false,
         ..bench::MixnodeOptions::default()
     };
     let mean = protocol::topology::NetworkParams::default().mix_delay_mean_ms;

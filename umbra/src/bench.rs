@@ -19,8 +19,14 @@ use std::time::{Duration, Instant};
 /// default mean, 1500-byte-MTU datagrams, and several peers on each side.
 #[derive(Debug, Clone)]
 pub struct MixnodeOptions {
-    /// Packets in each measurement (each node round, each raw run).
+    /// Packets in each measurement (each node round, each raw run); with
+    /// `fit_rounds`, the least a node round takes.
     pub packets: usize,
+    /// Size the node rounds from the first raw run's rate, so that a
+    /// round's steady window lasts ten mean delays on a machine of any
+    /// speed (`packets` alone, sized for one speed, left a faster
+    /// machine's rounds too short to quote). Off when `--packets` is given.
+    pub fit_rounds: bool,
     /// Mean per-hop delay the packets ask of the node, milliseconds (drawn
     /// from an exponential, as clients draw them); 0 forwards at once.
     pub delay_ms: u64,
@@ -35,6 +41,11 @@ pub struct MixnodeOptions {
     pub progress: bool,
 }
 
+/// Node-round packets per second of mean delay per raw packet/s: ten
+/// mean delays over a 0.8 share of the round is 12.5; 13 leaves room for
+/// the raw rate to drift up during the run.
+const ROUND_FIT: f64 = 13.0;
+
 /// Peers on each side of the node by default: a layer's nodes in a
 /// 3-layer network of 9.
 pub const DEFAULT_PEERS: usize = 3;
@@ -45,6 +56,7 @@ pub const DEFAULT_PEERS: usize = 3;
 /// (160,000 at 800 ms; 80,000 gave 4.9 s there, under the 8 s needed),
 /// and never fewer than 80,000.
 pub fn packets_for(delay_ms: u64) -> usize {
+    // (The node rounds then grow to the machine's speed: `ROUND_FIT`.)
     (delay_ms as usize).saturating_mul(200).max(80_000)
 }
 
@@ -53,6 +65,7 @@ impl Default for MixnodeOptions {
         let delay_ms = NetworkParams::default().mix_delay_mean_ms;
         Self {
             packets: packets_for(delay_ms),
+            fit_rounds: true,
             delay_ms,
             jumbo: mixnode::MixnodeConfig::default().jumbo_frames,
             peers: DEFAULT_PEERS,
@@ -68,6 +81,7 @@ impl MixnodeOptions {
     pub fn easy() -> Self {
         Self {
             packets: 10_000,
+            fit_rounds: false,
             delay_ms: 0,
             jumbo: true,
             peers: 1,
@@ -250,6 +264,18 @@ fn build_all(n: usize, routes: &[Vec<Hop>], mean: Duration) -> Built {
     });
     let (packets, delays) = parts.into_iter().flatten().unzip();
     Built { packets, delays }
+}
+
+/// Runs `f`, seconds of work on all cores, without holding up the tasks
+/// queued on this runtime thread (the directory, the benchmark's links'
+/// keep-alives): they move to another thread meanwhile.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 /// `packets` in Sphinx frames for `epoch`, back to back.
@@ -535,15 +561,14 @@ async fn mixnode_on(
         .collect();
     if progress {
         eprintln!(
-            "{peers} peers on each side, mean delay {} ms, jumbo {}; building {} packets on {} cores…",
+            "{peers} peers on each side, mean delay {} ms, jumbo {}; building {packets} packets for the raw runs on {} cores…",
             opts.delay_ms,
             opts.jumbo,
-            packets * (ROUNDS + 1),
             cores()
         );
     }
     let built_at = Instant::now();
-    let raw_packets = build_all(packets, &twins, mean).packets;
+    let raw_packets = off_runtime(|| build_all(packets, &twins, mean).packets);
     if progress {
         eprintln!(
             "built {packets} packets in {:.1} s; each round's are built before it",
@@ -573,9 +598,22 @@ async fn mixnode_on(
     // noisy), so each node round is set beside the mean of the raw rates
     // measured just before and just after it, and the run reports the
     // median round.
-    let mut raws = vec![raw_unwrap(&raw_packets, &secret)];
+    let mut raws = vec![off_runtime(|| raw_unwrap(&raw_packets, &secret))];
     if progress {
         eprintln!("raw unwrap: {:.0} packets/s", raws[0].window.pps());
+    }
+    // The node never forwards faster than the raw unwrap, so rounds of
+    // this many packets keep a steady window (10th to 90th percentile,
+    // 0.8 of them) of at least ten mean delays: 12.5 × mean × rate, and a
+    // little over for the raw rate's drift.
+    let packets = if opts.fit_rounds {
+        let fit = ROUND_FIT * mean.as_secs_f64() * raws[0].window.pps();
+        packets.max(fit.ceil() as usize)
+    } else {
+        packets
+    };
+    if progress {
+        eprintln!("{packets} packets in each node round");
     }
     let dropped_before = m.total_dropped();
     let mut rounds: Vec<(Round, NodeRound)> = Vec::with_capacity(ROUNDS);
@@ -584,11 +622,11 @@ async fn mixnode_on(
         // Built between the raw runs, not held for the whole run: a round
         // is tens of thousands of 2.4 kB packets.
         drop(std::mem::take(&mut frames));
-        let chunk = build_all(packets, &routes, mean).packets;
+        let chunk = off_runtime(|| build_all(packets, &routes, mean).packets);
         frames = sphinx_frames(&chunk, topo.epoch)?;
         drop(chunk);
         let r = node_round(&mut inj, &arrived, &peeled, &frames, packets as u64).await?;
-        raws.push(raw_unwrap(&raw_packets, &secret));
+        raws.push(off_runtime(|| raw_unwrap(&raw_packets, &secret)));
         let raw = (raws[i].window.pps() + raws[i + 1].window.pps()) / 2.0;
         let raw_cpu_us = (raws[i].cpu_us + raws[i + 1].cpu_us) / 2.0;
         if progress {
@@ -658,7 +696,7 @@ async fn mixnode_on(
                 load * 100.0
             );
         }
-        let built = build_all(n, &routes, mean);
+        let built = off_runtime(|| build_all(n, &routes, mean));
         let mut l = paced_latency(&mut inj, &net, &built, topo.epoch, rate).await?;
         l.load = load;
         latency.push(l);

@@ -472,7 +472,7 @@ enum BenchCmd {
     /// 1500-byte MTU, several peers. A run disturbed by outside load, idle cores
     /// or drops is marked invalid, prints no ratio and exits 3.
     Mixnode {
-        /// Packets in each measurement [default: 200 per ms of mean delay, at least 80000 (160000 at 800 ms); 10000 with --easy].
+        /// Packets in each measurement [default: 200 per ms of mean delay, at least 80000 (160000 at 800 ms), node rounds more if the first raw run shows the machine needs them for ten mean delays of steady window; 10000 with --easy].
         #[arg(long)]
         packets: Option<usize>,
         /// Mean per-hop delay the packets ask for, ms [default: the network's, 800; 0 with --easy].
@@ -1475,6 +1475,8 @@ async fn run(cli: Cli) -> Result<()> {
                 umbra::bench::packets_for(opts.delay_ms)
             };
             opts.packets = packets.unwrap_or(enough);
+            // Asked for a number: exactly that many.
+            opts.fit_rounds &= packets.is_none();
             opts.jumbo |= jumbo;
             opts.peers = peers.unwrap_or(opts.peers);
             opts.soak_secs = soak_secs;
