@@ -527,9 +527,30 @@ impl Links {
     /// dropped (queue full or too many peers); the drop is counted.
     pub fn send(&self, peer: NodeId, addr: SocketAddr, frame: Vec<u8>) -> bool {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.start(&mut peers, peer, addr) {
-            self.metrics.drop("too_many_peers");
-            return false;
+        let stale = peers
+            .get(&peer)
+            .is_some_and(|p| p.addr != addr || p.tx.is_closed());
+        if stale {
+            peers.remove(&peer);
+        }
+        if !peers.contains_key(&peer) {
+            if peers.len() >= self.cfg.max_peers {
+                self.metrics.drop("too_many_peers");
+                return false;
+            }
+            let (tx, rx) = mpsc::channel(self.cfg.queue_capacity);
+            tokio::spawn(peer_task(
+                self.endpoint.clone(),
+                self.creds.clone(),
+                peer,
+                addr,
+                rx,
+                self.cfg.clone(),
+                self.metrics.clone(),
+                self.queued.clone(),
+                self.unreachable.clone(),
+            ));
+            peers.insert(peer, Peer { addr, tx });
         }
         let Some(p) = peers.get(&peer) else {
             return false;
@@ -552,49 +573,6 @@ impl Links {
                 false
             }
         }
-    }
-
-    /// Dials `peer` at `addr` now, before there is anything to send, if
-    /// no link to it is up or being set up. A node opens its links to the
-    /// nodes it forwards to as soon as a topology names them: dialled at
-    /// the first packet, that packet and those behind it waited for the
-    /// handshake, which over a lossy path takes seconds (its first
-    /// retransmission comes after a second). False if the peer limit
-    /// leaves no room.
-    pub fn open(&self, peer: NodeId, addr: SocketAddr) -> bool {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        self.start(&mut peers, peer, addr)
-    }
-
-    /// Makes sure a link task runs for `peer` at `addr` (a new one if the
-    /// address changed or the task ended). False if none may be started.
-    fn start(&self, peers: &mut HashMap<NodeId, Peer>, peer: NodeId, addr: SocketAddr) -> bool {
-        let stale = peers
-            .get(&peer)
-            .is_some_and(|p| p.addr != addr || p.tx.is_closed());
-        if stale {
-            peers.remove(&peer);
-        }
-        if peers.contains_key(&peer) {
-            return true;
-        }
-        if peers.len() >= self.cfg.max_peers {
-            return false;
-        }
-        let (tx, rx) = mpsc::channel(self.cfg.queue_capacity);
-        tokio::spawn(peer_task(
-            self.endpoint.clone(),
-            self.creds.clone(),
-            peer,
-            addr,
-            rx,
-            self.cfg.clone(),
-            self.metrics.clone(),
-            self.queued.clone(),
-            self.unreachable.clone(),
-        ));
-        peers.insert(peer, Peer { addr, tx });
-        true
     }
 
     /// Number of peers with a link task.

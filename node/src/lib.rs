@@ -422,16 +422,6 @@ impl Control {
                 .iter()
                 .filter_map(|x| Some((x.identity, x.socket_addr().ok()?))),
         );
-        // Links to the nodes we forward to are opened now, not at the first
-        // packet for them (which would wait for the handshake): this
-        // epoch's and, ahead of its start, the next one's.
-        for d in std::iter::once(&doc).chain(next.as_deref()) {
-            for hop in d.next_hops(&self.shared.identity) {
-                if let Some(addr) = routes.get(&hop.identity) {
-                    self.shared.links.open(hop.identity, *addr);
-                }
-            }
-        }
         let n = routes.len();
         self.shared.metrics.topology_nodes.set(n as i64);
         // Links to nodes no longer in the current or next topology go, with

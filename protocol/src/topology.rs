@@ -262,18 +262,6 @@ impl TopologyDocument {
             .filter(move |n| n.role == Role::Mix && n.layer == layer)
     }
 
-    /// The nodes `id` forwards to in this topology: the next layer for a
-    /// mix node (the gateways after the last layer), layer 1 for a
-    /// gateway; none for a node not in it.
-    pub fn next_hops(&self, id: &NodeId) -> Vec<&TopologyNode> {
-        match self.node(id) {
-            Some(n) if n.role == Role::Gateway => self.layer(1).collect(),
-            Some(n) if n.layer == LAYERS => self.gateways().collect(),
-            Some(n) if n.layer >= 1 => self.layer(n.layer + 1).collect(),
-            _ => Vec::new(),
-        }
-    }
-
     /// Gateways.
     pub fn gateways(&self) -> impl Iterator<Item = &TopologyNode> {
         self.nodes.iter().filter(|n| n.role == Role::Gateway)
@@ -931,28 +919,6 @@ mod tests {
             })
             .collect();
         TopologyDocument::build(epoch, 0, schedule(), NetworkParams::default(), &ds)
-    }
-
-    #[test]
-    fn next_hops_are_the_next_layer_then_the_gateways() {
-        let doc = topo(3);
-        let ids = |v: Vec<&TopologyNode>| {
-            let mut v: Vec<NodeId> = v.into_iter().map(|n| n.identity).collect();
-            v.sort();
-            v
-        };
-        let layer = |l: u8| ids(doc.layer(l).collect());
-        let gw = doc.gateways().next().unwrap().identity;
-        for l in 1..LAYERS {
-            for n in doc.layer(l) {
-                assert_eq!(ids(doc.next_hops(&n.identity)), layer(l + 1), "layer {l}");
-            }
-        }
-        for n in doc.layer(LAYERS) {
-            assert_eq!(ids(doc.next_hops(&n.identity)), vec![gw]);
-        }
-        assert_eq!(ids(doc.next_hops(&gw)), layer(1));
-        assert!(doc.next_hops(&[0xee; 32]).is_empty(), "not in the topology");
     }
 
     #[test]
