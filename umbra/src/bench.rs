@@ -54,9 +54,9 @@ pub const DEFAULT_PEERS: usize = 3;
 /// steady middle must last ten mean delays, and at about 15,000 packets/s
 /// on two cores that takes 200 packets per millisecond of mean delay
 /// (160,000 at 800 ms; 80,000 gave 4.9 s there, under the 8 s needed),
-/// and never fewer than 80,000.
+/// and never fewer than 80,000. On a faster machine the node rounds grow
+/// beyond it ([`MixnodeOptions::fit_rounds`]).
 pub fn packets_for(delay_ms: u64) -> usize {
-    // (The node rounds then grow to the machine's speed: `ROUND_FIT`.)
     (delay_ms as usize).saturating_mul(200).max(80_000)
 }
 
@@ -141,7 +141,8 @@ pub struct MixnodeBench {
     pub rounds: Vec<Round>,
     /// Cores used.
     pub cores: usize,
-    /// Packets in each measurement (each round, each raw run).
+    /// Packets in each node round (the raw runs take
+    /// [`MixnodeOptions::packets`]; with `fit_rounds` the rounds may take more).
     pub packets: usize,
     /// Packets the node dropped (any reason) during the forwarding rounds.
     pub dropped: u64,
@@ -602,10 +603,8 @@ async fn mixnode_on(
     if progress {
         eprintln!("raw unwrap: {:.0} packets/s", raws[0].window.pps());
     }
-    // The node never forwards faster than the raw unwrap, so rounds of
-    // this many packets keep a steady window (10th to 90th percentile,
-    // 0.8 of them) of at least ten mean delays: 12.5 × mean × rate, and a
-    // little over for the raw rate's drift.
+    // The node never forwards faster than the raw unwrap: sized from its
+    // rate, a round's steady window lasts ten mean delays (`ROUND_FIT`).
     let packets = if opts.fit_rounds {
         let fit = ROUND_FIT * mean.as_secs_f64() * raws[0].window.pps();
         packets.max(fit.ceil() as usize)

@@ -1519,7 +1519,7 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
         );
     }
     println!(
-        "settings: mean delay {} ms, jumbo datagrams {}, {} peers each side, {} packets per measurement, {} cores",
+        "settings: mean delay {} ms, jumbo datagrams {}, {} peers each side, {} packets per node round, {} cores",
         r.delay_ms,
         if r.jumbo { "on" } else { "off" },
         r.peers,
