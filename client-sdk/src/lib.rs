@@ -1301,6 +1301,9 @@ async fn dial(
     )
     .await
     .map_err(|_| Error::Net(net::Error::Connect("no answer within 5 s".into())))??;
+    // Frames written before the gateway has our Finished could be lost
+    // with it (§ node links in the protocol).
+    net::link::confirmed(&conn).await;
     *shared.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.local_addr().ok();
     *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
     shared
