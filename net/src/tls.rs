@@ -95,9 +95,9 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     // at every lost datagram: a link with random loss (radio, a congested
     // hop, an adversary dropping a share) keeps its throughput. Not below
     // WINDOW_FLOOR, though.
-    t.congestion_controller_factory(Arc::new(
-        FlooredBbr(quinn::congestion::BbrConfig::default()),
-    ));
+    t.congestion_controller_factory(Arc::new(FlooredBbr(Arc::new(
+        quinn::congestion::BbrConfig::default(),
+    ))));
     Arc::new(t)
 }
 
@@ -112,7 +112,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
 pub const WINDOW_FLOOR: u64 = 64 * 1024;
 
 /// Builds BBR controllers whose window never goes below [`WINDOW_FLOOR`].
-struct FlooredBbr(quinn::congestion::BbrConfig);
+struct FlooredBbr(Arc<quinn::congestion::BbrConfig>);
 
 impl quinn::congestion::ControllerFactory for FlooredBbr {
     fn build(
@@ -120,23 +120,17 @@ impl quinn::congestion::ControllerFactory for FlooredBbr {
         now: std::time::Instant,
         current_mtu: u16,
     ) -> Box<dyn quinn::congestion::Controller> {
-        Box::new(Floored {
-            inner: Arc::new(self.0.clone()).build(now, current_mtu),
-            floor: WINDOW_FLOOR,
-        })
+        Box::new(Floored(self.0.clone().build(now, current_mtu)))
     }
 }
 
-/// A congestion controller whose window is at least `floor`; everything
-/// else is the inner controller's.
-struct Floored {
-    inner: Box<dyn quinn::congestion::Controller>,
-    floor: u64,
-}
+/// A congestion controller whose window is at least [`WINDOW_FLOOR`];
+/// everything else is the inner controller's.
+struct Floored(Box<dyn quinn::congestion::Controller>);
 
 impl quinn::congestion::Controller for Floored {
     fn on_sent(&mut self, now: std::time::Instant, bytes: u64, last_packet_number: u64) {
-        self.inner.on_sent(now, bytes, last_packet_number)
+        self.0.on_sent(now, bytes, last_packet_number)
     }
 
     fn on_ack(
@@ -147,7 +141,7 @@ impl quinn::congestion::Controller for Floored {
         app_limited: bool,
         rtt: &quinn_proto::RttEstimator,
     ) {
-        self.inner.on_ack(now, sent, bytes, app_limited, rtt)
+        self.0.on_ack(now, sent, bytes, app_limited, rtt)
     }
 
     fn on_end_acks(
@@ -157,7 +151,7 @@ impl quinn::congestion::Controller for Floored {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
-        self.inner
+        self.0
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked)
     }
 
@@ -168,27 +162,30 @@ impl quinn::congestion::Controller for Floored {
         is_persistent_congestion: bool,
         lost_bytes: u64,
     ) {
-        self.inner
+        self.0
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes)
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
-        self.inner.on_mtu_update(new_mtu)
+        self.0.on_mtu_update(new_mtu)
     }
 
     fn window(&self) -> u64 {
-        self.inner.window().max(self.floor)
+        self.0.window().max(WINDOW_FLOOR)
+    }
+
+    fn metrics(&self) -> quinn::congestion::ControllerMetrics {
+        let mut m = self.0.metrics();
+        m.congestion_window = self.window();
+        m
     }
 
     fn clone_box(&self) -> Box<dyn quinn::congestion::Controller> {
-        Box::new(Floored {
-            inner: self.inner.clone_box(),
-            floor: self.floor,
-        })
+        Box::new(Floored(self.0.clone_box()))
     }
 
     fn initial_window(&self) -> u64 {
-        self.inner.initial_window().max(self.floor)
+        self.0.initial_window().max(WINDOW_FLOOR)
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
@@ -506,16 +503,16 @@ mod tests {
     #[test]
     fn the_window_never_goes_below_the_floor() {
         let now = std::time::Instant::now();
-        let mut c = Floored {
-            inner: Box::new(FixedWindow(4 * 1024 * 1024)),
-            floor: WINDOW_FLOOR,
-        };
+        let mut c = Floored(Box::new(FixedWindow(4 * 1024 * 1024)));
         assert_eq!(c.window(), 4 * 1024 * 1024);
         c.on_congestion_event(now, now, true, 1200);
-        assert_eq!(c.inner.window(), 2400, "the inner window collapsed");
+        assert_eq!(c.0.window(), 2400, "the inner window collapsed");
         assert_eq!(c.window(), WINDOW_FLOOR);
         assert_eq!(c.clone_box().window(), WINDOW_FLOOR);
-        let bbr = Arc::new(FlooredBbr(quinn::congestion::BbrConfig::default())).build(now, 1200);
+        let bbr = Arc::new(FlooredBbr(
+            Arc::new(quinn::congestion::BbrConfig::default()),
+        ))
+        .build(now, 1200);
         assert!(bbr.window() >= WINDOW_FLOOR && bbr.initial_window() >= WINDOW_FLOOR);
     }
 
