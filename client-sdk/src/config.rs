@@ -17,9 +17,11 @@ pub struct ClientConfig {
     pub authority_threshold: usize,
     /// The entry gateway to use; `None` picks one at random.
     pub entry_gateway: Option<NodeId>,
-    /// After the entry gateway has been unreachable this long, move to
-    /// another (at random); zero never moves. Dropboxes do not move with
-    /// it: they live on the gateways their ids pick.
+    /// After the entry gateway has been unreachable this long, or missing
+    /// from the topology this long while it still answers (revoked, or no
+    /// longer registering), move to another (at random); zero never moves.
+    /// Dropboxes do not move with it: they live on the gateways their ids
+    /// pick.
     pub entry_failover: Duration,
     /// The local IP address the connection to the gateway binds; `None`
     /// lets the system choose. (A gateway takes a bounded number of
@@ -173,6 +175,8 @@ impl ClientConfig {
             ("fetch_interval", self.fetch_interval),
             ("topology_refresh", self.topology_refresh),
             ("message_ttl", self.message_ttl),
+            // Zero would make the driver try a write on every pass, never sleeping.
+            ("persist_interval", self.persist_interval),
         ] {
             if d.is_zero() {
                 return Err(Error::Config(format!("{name} must be above zero")));
@@ -254,5 +258,31 @@ impl ClientConfigBuilder {
     pub fn build(self) -> Result<ClientConfig, Error> {
         self.cfg.check()?;
         Ok(self.cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_intervals_and_capacities_are_refused_by_name() {
+        let ok = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        assert!(ok.check().is_ok());
+        type Case = (&'static str, fn(&mut ClientConfig));
+        let cases: [Case; 6] = [
+            ("fetch_interval", |c| c.fetch_interval = Duration::ZERO),
+            ("topology_refresh", |c| c.topology_refresh = Duration::ZERO),
+            ("message_ttl", |c| c.message_ttl = Duration::ZERO),
+            ("persist_interval", |c| c.persist_interval = Duration::ZERO),
+            ("inbox_capacity", |c| c.inbox_capacity = 0),
+            ("max_attempts", |c| c.max_attempts = 0),
+        ];
+        for (name, set) in cases {
+            let mut c = ok.clone();
+            set(&mut c);
+            let err = c.check().unwrap_err();
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
     }
 }

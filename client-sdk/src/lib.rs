@@ -615,7 +615,12 @@ impl Client {
         let timed = dir
             .current_topology(|| clock.device_ms(), None)
             .await
-            .map_err(|e| Error::Directory(e.to_string()))?;
+            .map_err(|e| match e {
+                // Every authority answered and none verified: our keys or
+                // threshold are wrong, not the network (`Fault::Application`).
+                net::Error::Untrusted(_) => Error::Net(e),
+                e => Error::Directory(e.to_string()),
+            })?;
         if let Some(o) = timed.offset_ms {
             clock.learn(o);
         }
@@ -1411,6 +1416,24 @@ async fn connection_task(
         loop {
             tokio::select! {
                 _ = watchdog.tick() => {
+                    // The gateway answers, but the topologies no longer list
+                    // it (revoked, or it stopped registering): no SURB can
+                    // name it, so nothing could be fetched or acked through it.
+                    let unlisted = shared.state().entry_unlisted_for(shared.now());
+                    if !failover.is_zero()
+                        && unlisted.is_some_and(|d| d >= failover)
+                        && shared.state().fail_over(shared.now()).is_some()
+                    {
+                        tracing::warn!(
+                            secs = unlisted.map_or(0, |d| d.as_secs()),
+                            "entry gateway left the topology; moving to another gateway"
+                        );
+                        shared
+                            .failovers
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        c.close(0u8.into(), b"moving");
+                        break;
+                    }
                     let last = shared.last_delivery_ms.load(std::sync::atomic::Ordering::Relaxed);
                     if net::now_ms().saturating_sub(last) > silence.as_millis() as u64 {
                         tracing::warn!("entry gateway silent; reconnecting");

@@ -271,7 +271,8 @@ struct Contact {
     sessions: Sessions,
     /// The boxes the contact writes to me, by slot (period and index).
     inbound: BTreeMap<u64, BoxState>,
-    /// Past periods were fetched once since the contact was added or we started.
+    /// Past periods (`catch_up_periods`) were probed once since the contact
+    /// was added; after that, rounds probe the periods since the last one.
     caught_up: bool,
     /// Not a contact: the boxes of one epoch of this group (the entry's key
     /// is the epoch key; `pair` is the epoch's secret).
@@ -358,6 +359,9 @@ pub struct ClientState {
     origin: Instant,
     topology: Arc<TopologyDocument>,
     entry: TopologyNode,
+    /// Since when (client seconds) the topologies taken have not listed the
+    /// entry gateway (revoked, or no longer registering).
+    entry_unlisted_since: Option<f64>,
     /// Where our entry gateway hands us replies. Random per state.
     address: [u8; 32],
     /// This run's session number: seqs restart with it.
@@ -407,6 +411,11 @@ pub struct ClientState {
     last_stale: Option<f64>,
     /// When the next periodic fetch round (and upkeep) is due.
     next_round: f64,
+    /// The period of the last fetch round (restored: of the last save).
+    /// After a gap (the device asleep, or the client closed) the next round
+    /// probes every period since, within `catch_up_periods`: otherwise the
+    /// hours in between would never be fetched.
+    probed_through: Option<u64>,
     /// For what timers decide (receipt ids), seeded by the caller's RNG.
     rng: rand::rngs::StdRng,
     /// What was last handed out for persisting (see [`Self::take_changes`]).
@@ -581,6 +590,7 @@ impl ClientState {
             origin: now.at,
             topology: Arc::new(topology),
             entry,
+            entry_unlisted_since: None,
             address,
             session: rng.random(),
             identities: BTreeMap::new(),
@@ -611,6 +621,7 @@ impl ClientState {
             last_t: 0.0,
             // The first round (catching up on past periods) at once.
             next_round: 0.0,
+            probed_through: None,
             rng: rand::rngs::StdRng::from_rng(rng),
             persisted: Persisted::default(),
             dirty: true,
@@ -657,9 +668,19 @@ impl ClientState {
             return None;
         }
         self.entry = others[self.rng.random_range(0..others.len())].clone();
+        self.entry_unlisted_since = None;
         self.rng.fill_bytes(&mut self.address);
         self.handle_reconnect(now);
         Some(self.entry.identity)
+    }
+
+    /// How long the topologies taken have not listed the entry gateway
+    /// (`None` while the current one lists it). Without it in the topology
+    /// no SURB or loop can be built: after `entry_failover` the client moves
+    /// to another gateway even if this one still answers.
+    pub fn entry_unlisted_for(&self, now: Now) -> Option<Duration> {
+        self.entry_unlisted_since
+            .map(|since| Duration::from_secs_f64((self.secs(now) - since).max(0.0)))
     }
 
     /// The address our entry gateway delivers our replies to (sent in the
@@ -699,6 +720,9 @@ impl ClientState {
         // restarted may listen elsewhere and has new keys.
         if let Some(e) = doc.node(&self.entry.identity) {
             self.entry = e.clone();
+            self.entry_unlisted_since = None;
+        } else {
+            self.entry_unlisted_since.get_or_insert(t);
         }
         self.topology = Arc::new(doc);
     }
@@ -1249,6 +1273,13 @@ impl ClientState {
         let period = dropbox::period_at(now.unix_ms);
         let catch_up = self.cfg.catch_up_periods.max(2);
         let oldest = period.saturating_sub(catch_up - 1);
+        // The current and previous periods, and every one since the last
+        // round (a clock set back gives just those two).
+        let since = self
+            .probed_through
+            .map_or(oldest, |p| p.saturating_sub(1).max(oldest))
+            .min(period.saturating_sub(1));
+        self.probed_through = Some(period);
         self.prune_groups(period);
         let mut due = Vec::new();
         for (me, mine) in &mut self.identities {
@@ -1268,7 +1299,7 @@ impl ClientState {
                     (oldest..=period).collect()
                 };
                 c.caught_up = true;
-                ps.extend([period, period.saturating_sub(1)]);
+                ps.extend(since..=period);
                 // A box that has held its share: the sender may have moved
                 // on to the period's next box.
                 ps.extend(
@@ -1976,17 +2007,20 @@ impl ClientState {
                 if let Some((seq, ct)) = &reply.message
                     && state.wants(*seq)
                 {
-                    let handed_over =
-                        match boxes::open(&state.dropbox, ct).map(|b| Fragment::decode(&b)) {
-                            // Application not keeping up: leave it unconfirmed, it comes again.
-                            Some(Ok(_)) if !room => false,
-                            Some(Ok(f)) => {
-                                fragment = Some(f);
-                                true
-                            }
-                            // Not ours to read (someone wrote junk into the box): confirm it away.
-                            _ => true,
-                        };
+                    let handed_over = match boxes::open(&state.dropbox, ct)
+                        .map(|b| Fragment::decode(&b))
+                    {
+                        // Application not keeping up, or the contact's partial
+                        // messages fill their memory bound: leave it unconfirmed,
+                        // it comes again.
+                        Some(Ok(f)) if !room || self.reassembly.would_refuse(&p.peer, &f) => false,
+                        Some(Ok(f)) => {
+                            fragment = Some(f);
+                            true
+                        }
+                        // Not ours to read (someone wrote junk into the box): confirm it away.
+                        _ => true,
+                    };
                     if handed_over {
                         state.received.insert(*seq);
                     }
@@ -3251,6 +3285,8 @@ impl ClientState {
         let shift = t - away - s.saved_at;
         st.session = s.session;
         st.primary = s.primary;
+        // Closed since then: the first round probes every period since.
+        st.probed_through = Some(dropbox::period_at(s.saved_unix_ms));
         for idr in s.identities {
             let secret = StaticSecret::from(idr.secret);
             let me = public_of(&secret);
@@ -3558,6 +3594,197 @@ mod tests {
         assert_eq!(
             (plain.kind, plain.attachment, plain.body),
             (None, None, vec![2; 3])
+        );
+    }
+
+    /// The periods a fetch round probes, drained.
+    fn probed(st: &mut ClientState) -> BTreeSet<u64> {
+        st.fetches
+            .drain(..)
+            .filter(|f| f.kind == FetchKind::Probe)
+            .map(|f| dropbox::slot_period(f.period))
+            .collect()
+    }
+
+    /// A device asleep for hours, or a client closed and opened again,
+    /// probes every period it missed (within `catch_up_periods`), not only
+    /// the current and previous one: messages written in the hours between
+    /// would otherwise never be fetched.
+    #[test]
+    fn every_period_since_the_last_round_is_probed_after_a_gap() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let doc = topology(100);
+        let p = 490_000; // an hour period of 2025
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: p * dropbox::PERIOD_MS + 600_000,
+        };
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
+        let them = other.add_identity(StaticSecret::from([22; 32]));
+        let invite = other.invite(&them, "them").unwrap();
+        let mut st = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
+        let me = st.add_identity(StaticSecret::from([21; 32]));
+        st.add_contact(&me, &invite).unwrap();
+        let catch_up = cfg.catch_up_periods;
+        assert_eq!(catch_up, 24);
+
+        // A new contact: the whole catch-up window once.
+        st.queue_fetch_round(start);
+        assert_eq!(probed(&mut st), (p - catch_up + 1..=p).collect());
+        // Then the current and previous period.
+        st.queue_fetch_round(start.after(Duration::from_secs(60)));
+        assert_eq!(probed(&mut st), BTreeSet::from([p - 1, p]));
+        // Asleep five hours: every hour since the last round.
+        st.queue_fetch_round(at(5));
+        assert_eq!(probed(&mut st), (p - 1..=p + 5).collect());
+        // Asleep 100 hours: the catch-up window, no more.
+        st.queue_fetch_round(at(105));
+        assert_eq!(
+            probed(&mut st),
+            (p + 105 - catch_up + 1..=p + 105).collect()
+        );
+        // A clock set back: the current and previous period only.
+        st.queue_fetch_round(at(100));
+        assert_eq!(probed(&mut st), BTreeSet::from([p + 99, p + 100]));
+
+        // Saved at hour 105 and opened again at hour 110: every hour since.
+        st.queue_fetch_round(at(105));
+        probed(&mut st);
+        let ch = st.take_changes(at(105)).unwrap();
+        let mut r = ClientState::restore(cfg, doc, ch.puts, at(110), &mut rng).unwrap();
+        r.queue_fetch_round(at(110));
+        assert_eq!(probed(&mut r), (p + 104..=p + 110).collect());
+    }
+
+    /// A fragment that the contact's reassembly memory bound refuses is not
+    /// confirmed at the gateway (confirmed, it would be deleted there and its
+    /// message could never complete): it is fetched again and taken once
+    /// there is room.
+    #[test]
+    fn a_fragment_over_the_reassembly_bound_stays_in_its_box() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        cfg.max_reassembly_bytes = 10_000;
+        let doc = topology(100);
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: doc.valid_from_ms,
+        };
+        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
+        let them = other.add_identity(StaticSecret::from([22; 32]));
+        let invite = other.invite(&them, "them").unwrap();
+        let mut st = ClientState::new(cfg, doc, start, &mut rng).unwrap();
+        let me = st.add_identity(StaticSecret::from([21; 32]));
+        let c = st.add_contact(&me, &invite).unwrap();
+        let peer = (me.0, c.0);
+        let slot = dropbox::period_at(start.unix_ms);
+        let contact = st
+            .identities
+            .get_mut(&me.0)
+            .unwrap()
+            .contacts
+            .get_mut(&c.0)
+            .unwrap();
+        let dropbox = contact.inbound_box(&me.0, &c.0, slot);
+        let state = BoxState::new(contact.inbound_box(&me.0, &c.0, slot));
+        contact.inbound.insert(slot, state);
+        // Two messages of two 1 kB fragments, each reserving 8 kB.
+        let frag = |id: u8, index: u32| Fragment {
+            kind: Kind::Message,
+            msg_id: [id; 16],
+            session: 1,
+            seq: u64::from(id),
+            index,
+            count: 2,
+            total_len: 8000,
+            chunk: vec![id; 1024],
+        };
+        let key = ReplyKey::from_bytes(&vec![1; ReplyKey::serialized_len(4)]).unwrap();
+        let mut reply = |st: &mut ClientState, seq: u64, f: Fragment, t: f64| {
+            let ct = boxes::seal(&dropbox, &f.encode(), &mut rng).unwrap();
+            let body = FetchReply {
+                seqs: vec![seq],
+                remaining: 0,
+                message: Some((seq, ct)),
+            }
+            .encode()
+            .unwrap();
+            let pending = Pending {
+                key: key.clone(),
+                peer,
+                period: slot,
+                cursor: seq - 1,
+                known: 0,
+                created: t,
+            };
+            st.on_fetch_reply(pending, &body, t);
+        };
+        // The seqs taken (to be confirmed at the next fetch), of the first three.
+        let received = |st: &ClientState| -> BTreeSet<u64> {
+            let b = &st.identities[&me.0].contacts[&c.0].inbound[&slot];
+            (1..=3).filter(|s| !b.wants(*s)).collect()
+        };
+        reply(&mut st, 1, frag(1, 0), 1.0);
+        assert_eq!(received(&st), BTreeSet::from([1]));
+        // The second message does not fit beside the first: left in the box.
+        reply(&mut st, 2, frag(2, 0), 1.1);
+        assert_eq!(received(&st), BTreeSet::from([1]), "refused, not confirmed");
+        assert_eq!(st.reassembly.bytes(), 8000 + 256 + 32);
+        // The first message completes; the second, fetched again, now fits.
+        reply(&mut st, 3, frag(1, 1), 1.2);
+        assert_eq!(st.reassembly.bytes(), 0);
+        reply(&mut st, 2, frag(2, 0), 1.3);
+        assert_eq!(received(&st), BTreeSet::from([1, 2, 3]));
+        assert_eq!(st.reassembly.bytes(), 8000 + 256 + 32);
+    }
+
+    /// An entry gateway that the topology stops listing (revoked, or no
+    /// longer registering) is timed from the first topology without it; a
+    /// topology listing it again, or a move to another gateway, ends that.
+    #[test]
+    fn an_entry_gateway_left_out_of_the_topology_is_timed_and_left() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let with_two = |epoch: u64| {
+            let mut d = topology(epoch);
+            let mut g = d.nodes.last().unwrap().clone();
+            g.identity = [8; 32];
+            g.client_address = Some("127.0.0.1:2003".into());
+            d.nodes.push(g);
+            d.nodes.sort_by_key(|n| n.identity);
+            d
+        };
+        let doc = with_two(100);
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: doc.valid_from_ms,
+        };
+        let mut st = ClientState::new(cfg, doc.clone(), start, &mut rng).unwrap();
+        let first = st.entry().identity;
+        assert_eq!(st.entry_unlisted_for(start), None);
+        let without = |d: &TopologyDocument, id: NodeId| {
+            let mut d = d.clone();
+            d.revision += 1;
+            d.nodes.retain(|n| n.identity != id);
+            d
+        };
+        let t1 = start.after(Duration::from_secs(1));
+        st.set_topology(without(&doc, first), t1);
+        let t2 = start.after(Duration::from_secs(11));
+        st.set_topology(without(&doc, first), t2);
+        assert_eq!(st.entry_unlisted_for(t2), Some(Duration::from_secs(10)));
+        // Listed again: not timed any more.
+        st.set_topology(doc.clone(), t2);
+        assert_eq!(st.entry_unlisted_for(t2), None);
+        st.set_topology(without(&doc, first), t2);
+        let moved = st.fail_over(start.after(Duration::from_secs(40))).unwrap();
+        assert_ne!(moved, first);
+        assert_eq!(st.entry().identity, moved);
+        assert_eq!(
+            st.entry_unlisted_for(start.after(Duration::from_secs(41))),
+            None
         );
     }
 

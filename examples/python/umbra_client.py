@@ -6,7 +6,7 @@ read the hello, send requests with ids and match their replies, and
 handle events (messages, statuses) that arrive in between.
 
     umbra_client.py --url ws://127.0.0.1:1978/v1/ws --token-file DIR/api-token invite alice
-    umbra_client.py ... add 'umbra1…'            # a contact's invite
+    umbra_client.py ... add 'umbra2:…'           # a contact's invite
     umbra_client.py ... send <contact id> 'hello' # waits until stored (or read)
     umbra_client.py ... listen --count 1          # prints messages as they arrive
     umbra_client.py ... contacts

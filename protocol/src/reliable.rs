@@ -1104,6 +1104,17 @@ impl<C: Clone + Ord> Reassembler<C> {
         self.bytes.values().sum()
     }
 
+    /// Whether [`Self::insert`] would refuse `f` for `from`'s memory bound:
+    /// the caller leaves such a fragment where it is (unconfirmed at its
+    /// gateway) and takes it again once partial messages complete or expire.
+    pub fn would_refuse(&self, from: &C, f: &Fragment) -> bool {
+        if self.done.contains(&f.msg_id) || self.partial.contains_key(&(from.clone(), f.msg_id)) {
+            return false;
+        }
+        let used = self.bytes.get(from).copied().unwrap_or(0);
+        used.saturating_add(partial_charge(f.total_len, f.count)) > self.max_bytes_per_contact
+    }
+
     /// Takes a fragment. `Ok(Some)` when it completes a message, `Ok(None)`
     /// when more are needed or it is a duplicate, `Err` when the contact's
     /// memory bound refuses it (not stored; the sender will retry).
@@ -2199,8 +2210,19 @@ mod tests {
             total_len: total,
             chunk: vec![0; 1024],
         };
+        assert!(!r.would_refuse(&1, &frag(1, 8000)));
         assert_eq!(r.insert(1, frag(1, 8000), 0.0).unwrap(), None);
+        // The message's other fragment still fits (its memory is reserved).
+        assert!(!r.would_refuse(
+            &1,
+            &Fragment {
+                index: 1,
+                ..frag(1, 8000)
+            }
+        ));
+        assert!(r.would_refuse(&1, &frag(2, 8000)), "says so before");
         assert!(r.insert(1, frag(2, 8000), 0.0).is_err(), "over the bound");
+        assert!(!r.would_refuse(&2, &frag(3, 8000)));
         assert!(
             r.insert(2, frag(3, 8000), 0.0).is_ok(),
             "other contacts unaffected"
@@ -2208,6 +2230,7 @@ mod tests {
         assert_eq!(r.expire(20.0), 0);
         assert_eq!(r.expire(31.0), 2);
         assert_eq!(r.bytes(), 0);
+        assert!(!r.would_refuse(&1, &frag(2, 8000)));
         assert!(r.insert(1, frag(2, 8000), 40.0).is_ok());
     }
 

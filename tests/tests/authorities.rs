@@ -219,8 +219,36 @@ async fn a_rogue_authority_cannot_add_its_own_nodes() {
     for h in &rogue_nodes {
         assert_eq!(h.metrics().received.get(), 0, "a rogue node got traffic");
     }
+    // Keys that are none of the authorities': the client is told its
+    // configuration is wrong (the application's fault), not to retry later.
+    let wrong: Vec<AuthorityRef> = net
+        .directory
+        .refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| AuthorityRef {
+            url: r.url.clone(),
+            key: hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32])
+                    .verifying_key()
+                    .to_bytes(),
+            ),
+        })
+        .collect();
+    let refused = Client::connect(
+        ClientConfig::with_authorities(wrong, 2).unwrap(),
+        Identity::generate(),
+    )
+    .await
+    .err()
+    .expect("a client connected with keys that are not the authorities'");
+    assert!(
+        matches!(refused, client_sdk::Error::Net(net::Error::Untrusted(_))),
+        "{refused:?}"
+    );
+    assert_eq!(refused.fault(), client_sdk::Fault::Application, "{refused}");
     eprintln!(
-        "rogue vote listed {listed} nodes; forged document refused under 2-of-3; 10 messages delivered; rogue nodes received 0 packets"
+        "rogue vote listed {listed} nodes; forged document refused under 2-of-3; 10 messages delivered; rogue nodes received 0 packets; wrong authority keys: {refused}"
     );
     alice.shutdown();
     bob.shutdown();

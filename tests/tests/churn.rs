@@ -9,6 +9,9 @@
 //! Failover: the entry gateway of a busy client is killed for good. After
 //! `entry_failover` (30 s by default) the client moves to another gateway
 //! and goes on; its dropboxes stay where their ids put them.
+//!
+//! Revocation: the directory revokes a busy client's entry gateway, which
+//! goes on running; after `entry_failover` the client leaves it.
 
 use client_sdk::{Client, Identity, Status};
 use protocol::topology::NetworkParams;
@@ -295,6 +298,139 @@ async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
         outage < failover + Duration::from_secs(20),
         "delivery stopped for {outage:?}"
     );
+    alice.shutdown();
+    bob.shutdown();
+    net.stop().await;
+}
+
+/// Revocation: the directory's operators revoke a busy client's entry
+/// gateway, which goes on running and answering. With it out of the
+/// topology the client could build no SURB through it (nothing fetched, no
+/// ack): after `entry_failover` it moves to another gateway, and nothing
+/// sent before, during or after is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
+    let params = NetworkParams {
+        mix_delay_mean_ms: 20,
+        lambda_payload: 50.0,
+        lambda_downlink: 120.0,
+        ..NetworkParams::default()
+    };
+    let net = MixNetwork::start_with(NetworkOptions {
+        per_layer: 1,
+        gateways: 3,
+        params,
+        ..NetworkOptions::default()
+    })
+    .await
+    .unwrap();
+    let topo = net.directory.topology().await.unwrap();
+    let gateways: Vec<protocol::NodeId> = topo.gateways().map(|g| g.identity).collect();
+    let revoked = gateways[0];
+    // None of the pair's boxes on it: what is stored there is not what this tests.
+    let (a_secret, b_secret) = pair_avoiding(&gateways, revoked);
+    let mut cfg = net.client_config().unwrap();
+    cfg.fetch_interval = Duration::from_millis(500);
+    cfg.catch_up_periods = 2;
+    cfg.topology_refresh = Duration::from_secs(1);
+    cfg.entry_failover = Duration::from_secs(5);
+    let failover = cfg.entry_failover;
+    let mut a_cfg = cfg.clone();
+    a_cfg.entry_gateway = Some(revoked);
+    let mut b_cfg = cfg;
+    b_cfg.entry_gateway = Some(gateways[1]);
+    let (alice, _a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
+        .await
+        .unwrap();
+    let (bob, mut b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
+        .await
+        .unwrap();
+    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
+    bob.add_contact(&alice.invite("alice")).unwrap();
+    assert_eq!(alice.entry_gateway(), revoked);
+    let gw = net
+        .gateways
+        .iter()
+        .find(|g| g.node().identity == revoked)
+        .unwrap();
+
+    let t0 = Instant::now();
+    let mut sent: HashMap<Vec<u8>, client_sdk::MessageId> = HashMap::new();
+    let mut arrivals: HashMap<Vec<u8>, Vec<Duration>> = HashMap::new();
+    let send = async |i: usize, sent: &mut HashMap<_, _>| {
+        let m = format!("message {i}").into_bytes();
+        let id = alice.send(&to_bob, &m).await.unwrap();
+        sent.insert(m, id);
+    };
+    for i in 0..10 {
+        send(i, &mut sent).await;
+    }
+    // Alice's messages reach Bob through her entry gateway.
+    let through_it = gw.node().metrics().received.get();
+    for m in &net.directory.members {
+        assert!(m.directory.revoke(&revoked).unwrap());
+    }
+    let revoked_at = t0.elapsed();
+    wait_until(
+        "the topology drops the revoked gateway",
+        Duration::from_secs(30),
+        || alice.topology().node(&revoked).is_none(),
+    )
+    .await
+    .unwrap();
+    let dropped_at = t0.elapsed();
+    for i in 10..20 {
+        send(i, &mut sent).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("alice moved", failover + Duration::from_secs(20), || {
+        alice.entry_failovers() > 0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", net.diagnostics()));
+    let moved_at = t0.elapsed();
+    assert_ne!(alice.entry_gateway(), revoked);
+    // The revoked gateway was still running and answering her: the move
+    // was for the revocation, not an outage.
+    assert!(gw.node().metrics().received.get() > through_it);
+    for i in 20..30 {
+        send(i, &mut sent).await;
+    }
+    wait_until("every message delivered", Duration::from_secs(120), || {
+        while let Some(r) = b_in.try_recv() {
+            arrivals.entry(r.body).or_default().push(t0.elapsed());
+        }
+        sent.keys().all(|m| arrivals.contains_key(m))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let failed = sent
+            .values()
+            .filter(|id| alice.status(id).is_some_and(|s| s.is_failure()))
+            .count();
+        panic!(
+            "{e}: {} of {} arrived, {failed} failed; {}",
+            arrivals.len(),
+            sent.len(),
+            net.diagnostics()
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Some(r) = b_in.try_recv() {
+        arrivals.entry(r.body).or_default().push(t0.elapsed());
+    }
+    let dups: usize = arrivals.values().map(|v| v.len() - 1).sum();
+    eprintln!(
+        "entry gateway revoked at {:.1} s, out of alice's topology at {:.1} s; she moved at {:.1} s \
+         ({} failover) while it still answered; {} of {} delivered, {dups} duplicates",
+        revoked_at.as_secs_f64(),
+        dropped_at.as_secs_f64(),
+        moved_at.as_secs_f64(),
+        alice.entry_failovers(),
+        arrivals.len(),
+        sent.len()
+    );
+    assert_eq!(dups, 0);
     alice.shutdown();
     bob.shutdown();
     net.stop().await;

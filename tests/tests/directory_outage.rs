@@ -164,7 +164,8 @@ async fn two_epochs_without_a_directory_lose_nothing() {
     // the keys they held (one failure in a workspace run, every one of four
     // when the test waited for a new epoch). Stopped 1.5 to 3 s in, two of
     // three runs had messages sent in the outage's first 5 s arrive only
-    // after it: not understood yet (see docs/reliability.md).
+    // after it, before the node links were fixed; six of six passed after
+    // (see docs/reliability.md).
     let schedule = alice.topology().schedule;
     wait_until(
         "3 to 4 s into an epoch",

@@ -137,7 +137,7 @@ enum Command {
         epoch_secs: u64,
         /// End with one JSON line: {"sent","delivered","failed","lost",
         /// "failed_but_delivered","duplicates","corrupted","p50_ms","p99_ms",
-        /// "seconds","ended","injector","boundaries"}.
+        /// "seconds","ended","injector","boundaries","fragments"}.
         #[arg(long)]
         json: bool,
         /// Talk through a network already running instead of starting one:
