@@ -50,6 +50,8 @@ pub enum Error {
 /// A subscribed client: where its replies go.
 struct Client {
     generation: u64,
+    /// The connection that subscribed it.
+    conn: usize,
     tx: mpsc::Sender<Vec<u8>>,
 }
 
@@ -84,8 +86,12 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(conn.id(), address);
-        if let Some(old) = previous.filter(|old| *old != address) {
-            // Dropping its sender ends the old downlink task.
+        // Dropping its sender ends the old downlink task. Only if it is still
+        // this connection's: another connection may have taken the address
+        // over since (a client that reconnected).
+        if let Some(old) = previous.filter(|old| *old != address)
+            && clients.get(&old).is_some_and(|c| c.conn == conn.id())
+        {
             clients.remove(&old);
             node.metrics().drop("resubscribed");
         }
@@ -95,7 +101,14 @@ impl Shared {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.client_queue);
-        clients.insert(address, Client { generation, tx });
+        clients.insert(
+            address,
+            Client {
+                generation,
+                conn: conn.id(),
+                tx,
+            },
+        );
         self.metrics.clients.set(clients.len() as i64);
         drop(clients);
         let shared = self.clone();

@@ -199,6 +199,47 @@ async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {
         "one connection, 201 Subscribe frames: {} subscribed client(s)",
         gw.metrics().clients.get()
     );
+
+    // 5. A second connection takes the last address over (a client that
+    //    reconnected); the first then subscribes another: the second's
+    //    subscription stays.
+    let last = {
+        let mut a = [0u8; 32];
+        a[..4].copy_from_slice(&199u32.to_be_bytes());
+        a[31] = 0xee;
+        a
+    };
+    let conn2 = net::link::connect(&client, g.identity, gw.client_addr)
+        .await
+        .unwrap();
+    let mut up2 = conn2.open_uni().await.unwrap();
+    up2.write_all(&frame::encode(FrameKind::Subscribe, 0, &last).unwrap())
+        .await
+        .unwrap();
+    // Its downlink runs: dummy Deliver frames go out on it.
+    let mut down2 = conn2.accept_uni().await.unwrap();
+    let mut first = vec![0u8; frame::FRAME_LEN];
+    down2.read_exact(&mut first).await.unwrap();
+    up.write_all(&frame::encode(FrameKind::Subscribe, 0, &[0xab; 32]).unwrap())
+        .await
+        .unwrap();
+    wait_until(
+        "the first connection's new subscription",
+        Duration::from_secs(10),
+        || gw.metrics().clients.get() == clients_before + 1,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {} clients", gw.metrics().clients.get()));
+    assert_eq!(
+        gw.node().metrics().dropped("resubscribed"),
+        200,
+        "the address taken over was not the first connection's to drop"
+    );
+    // And the second connection's downlink still runs.
+    for _ in 0..20 {
+        down2.read_exact(&mut first).await.unwrap();
+    }
+    conn2.close(0u8.into(), b"done");
     conn.close(0u8.into(), b"done");
     net.stop().await;
 }
