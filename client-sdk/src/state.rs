@@ -95,6 +95,10 @@ fn queue(outbox: &mut Outbox<Peer>, m: Outgoing<Peer>, t: f64, batches: bool) ->
 const PENDING_TTL: f64 = 120.0;
 /// Reply keys and loops held at once.
 const MAX_PENDING: usize = 20_000;
+/// How far back (periods) a client that was away (its device asleep, or
+/// closed) probes the hours it missed, and keeps fetching boxes that hold
+/// more: the gateways' default message TTL (`dropbox_ttl_secs`, 7 days).
+pub const OFFLINE_CATCH_UP_PERIODS: u64 = 168;
 /// What a loop carries (sealed: only its identifier names it).
 const LOOP_BODY: &[u8] = b"loop";
 
@@ -1273,13 +1277,16 @@ impl ClientState {
         let period = dropbox::period_at(now.unix_ms);
         let catch_up = self.cfg.catch_up_periods.max(2);
         let oldest = period.saturating_sub(catch_up - 1);
+        // Boxes are fetched while they may hold messages, and the periods
+        // missed while away are probed, as far back as gateways keep them.
+        let keep = catch_up.max(OFFLINE_CATCH_UP_PERIODS);
+        let kept_from = period.saturating_sub(keep - 1);
         // The current and previous periods, and every one since the last
         // round (a clock set back gives just those two).
         let since = self
             .probed_through
-            .map_or(oldest, |p| p.saturating_sub(1).max(oldest))
+            .map_or(oldest, |p| p.saturating_sub(1).max(kept_from))
             .min(period.saturating_sub(1));
-        self.probed_through = Some(period);
         self.prune_groups(period);
         let mut due = Vec::new();
         for (me, mine) in &mut self.identities {
@@ -1292,7 +1299,7 @@ impl ClientState {
                 let mut ps: Vec<u64> = if c.caught_up {
                     c.inbound
                         .iter()
-                        .filter(|(k, s)| s.more && dropbox::slot_period(**k) >= oldest)
+                        .filter(|(k, s)| s.more && dropbox::slot_period(**k) >= kept_from)
                         .map(|(k, _)| *k)
                         .collect()
                 } else {
@@ -1306,7 +1313,8 @@ impl ClientState {
                     c.inbound
                         .iter()
                         .filter(|(k, s)| {
-                            s.seen >= dropbox::NEXT_BOX_AFTER && dropbox::slot_period(**k) >= oldest
+                            s.seen >= dropbox::NEXT_BOX_AFTER
+                                && dropbox::slot_period(**k) >= kept_from
                         })
                         .map(|(k, _)| dropbox::next_slot(*k)),
                 );
@@ -1323,7 +1331,7 @@ impl ClientState {
                 // Forget boxes of periods we no longer fetch.
                 c.inbound.retain(|k, s| {
                     let p = dropbox::slot_period(*k);
-                    p + 1 >= period || (s.more && p + catch_up > period)
+                    p + 1 >= period || (s.more && p + keep > period)
                 });
                 for p in ps {
                     due.push(Fetch {
@@ -1346,10 +1354,19 @@ impl ClientState {
                 }
             }
         }
+        let mut all_queued = true;
         for f in due {
-            if !self.fetches.contains(&f) && self.fetches.len() < MAX_PENDING {
-                self.fetches.push_back(f);
+            if !self.fetches.contains(&f) {
+                if self.fetches.len() < MAX_PENDING {
+                    self.fetches.push_back(f);
+                } else {
+                    all_queued = false;
+                }
             }
+        }
+        // A probe that did not fit is asked again at the next round.
+        if all_queued {
+            self.probed_through = Some(period);
         }
     }
 
@@ -3639,15 +3656,29 @@ mod tests {
         // Asleep five hours: every hour since the last round.
         st.queue_fetch_round(at(5));
         assert_eq!(probed(&mut st), (p - 1..=p + 5).collect());
-        // Asleep 100 hours: the catch-up window, no more.
+        // Asleep 100 hours, more than `catch_up_periods`: every hour since.
         st.queue_fetch_round(at(105));
-        assert_eq!(
-            probed(&mut st),
-            (p + 105 - catch_up + 1..=p + 105).collect()
-        );
+        assert_eq!(probed(&mut st), (p + 4..=p + 105).collect());
+        // Asleep 300 hours: the hours gateways keep messages, no more.
+        let keep = OFFLINE_CATCH_UP_PERIODS;
+        st.queue_fetch_round(at(405));
+        assert_eq!(probed(&mut st), (p + 405 - keep + 1..=p + 405).collect());
         // A clock set back: the current and previous period only.
         st.queue_fetch_round(at(100));
         assert_eq!(probed(&mut st), BTreeSet::from([p + 99, p + 100]));
+        // Back after three hours with the fetch queue full: nothing fits,
+        // and the next round asks for the hours missed again.
+        let filler = Fetch {
+            peer: ([0; 32], [0; 32]),
+            period: 0,
+            kind: FetchKind::Window,
+        };
+        st.fetches.extend(std::iter::repeat_n(filler, MAX_PENDING));
+        st.queue_fetch_round(at(103));
+        assert!(st.fetches.iter().all(|f| *f == filler));
+        st.fetches.clear();
+        st.queue_fetch_round(at(103));
+        assert_eq!(probed(&mut st), (p + 99..=p + 103).collect());
 
         // Saved at hour 105 and opened again at hour 110: every hour since.
         st.queue_fetch_round(at(105));
