@@ -253,14 +253,14 @@ pub struct CoverStats {
 type Peer = ([u8; 32], [u8; 32]);
 
 /// A fetch waiting for a payload tick: a probe of a box, or a window fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Fetch {
     peer: Peer,
     period: u64,
     kind: FetchKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum FetchKind {
     /// Answers from above what is known, with a listing.
     Probe,
@@ -1355,13 +1355,23 @@ impl ClientState {
             }
         }
         let mut all_queued = true;
+        let mut queued: HashSet<Fetch> = self.fetches.iter().copied().collect();
         for f in due {
-            if !self.fetches.contains(&f) {
-                if self.fetches.len() < MAX_PENDING {
-                    self.fetches.push_back(f);
-                } else {
-                    all_queued = false;
-                }
+            if queued.contains(&f) {
+                continue;
+            }
+            if self.fetches.len() >= MAX_PENDING {
+                all_queued = false;
+                continue;
+            }
+            queued.insert(f);
+            // The current and previous period first: after days away, the
+            // hours missed (thousands of probes with many contacts) must
+            // not hold back what arrives now.
+            if f.kind == FetchKind::Probe && dropbox::slot_period(f.period) + 1 >= period {
+                self.fetches.push_front(f);
+            } else {
+                self.fetches.push_back(f);
             }
         }
         // A probe that did not fit is asked again at the next round.
@@ -3666,6 +3676,18 @@ mod tests {
         // A clock set back: the current and previous period only.
         st.queue_fetch_round(at(100));
         assert_eq!(probed(&mut st), BTreeSet::from([p + 99, p + 100]));
+        // Back after 50 hours with old probes still queued: the current and
+        // previous hour's go first.
+        st.queue_fetch_round(at(150));
+        st.queue_fetch_round(at(152));
+        let first: Vec<u64> = st
+            .fetches
+            .iter()
+            .take(2)
+            .map(|f| dropbox::slot_period(f.period))
+            .collect();
+        assert_eq!(first, [p + 152, p + 151]);
+        assert_eq!(probed(&mut st), (p + 99..=p + 152).collect());
         // Back after three hours with the fetch queue full: nothing fits,
         // and the next round asks for the hours missed again.
         let filler = Fetch {
@@ -3674,11 +3696,11 @@ mod tests {
             kind: FetchKind::Window,
         };
         st.fetches.extend(std::iter::repeat_n(filler, MAX_PENDING));
-        st.queue_fetch_round(at(103));
+        st.queue_fetch_round(at(155));
         assert!(st.fetches.iter().all(|f| *f == filler));
         st.fetches.clear();
-        st.queue_fetch_round(at(103));
-        assert_eq!(probed(&mut st), (p + 99..=p + 103).collect());
+        st.queue_fetch_round(at(155));
+        assert_eq!(probed(&mut st), (p + 151..=p + 155).collect());
 
         // Saved at hour 105 and opened again at hour 110: every hour since.
         st.queue_fetch_round(at(105));
