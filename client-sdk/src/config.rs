@@ -182,10 +182,13 @@ impl ClientConfig {
                 return Err(Error::Config(format!("{name} must be above zero")));
             }
         }
-        if self.inbox_capacity == 0 || self.max_attempts == 0 {
-            return Err(Error::Config(
-                "inbox_capacity and max_attempts must be above zero".into(),
-            ));
+        for (name, n) in [
+            ("inbox_capacity", self.inbox_capacity),
+            ("max_attempts", self.max_attempts as usize),
+        ] {
+            if n == 0 {
+                return Err(Error::Config(format!("{name} must be above zero")));
+            }
         }
         Ok(())
     }

@@ -276,7 +276,8 @@ struct Contact {
     /// The boxes the contact writes to me, by slot (period and index).
     inbound: BTreeMap<u64, BoxState>,
     /// Past periods (`catch_up_periods`) were probed once since the contact
-    /// was added; after that, rounds probe the periods since the last one.
+    /// was added; after that, rounds take up the periods missed since the
+    /// last one.
     caught_up: bool,
     /// Not a contact: the boxes of one epoch of this group (the entry's key
     /// is the epoch key; `pair` is the epoch's secret).
@@ -417,8 +418,9 @@ pub struct ClientState {
     next_round: f64,
     /// The period of the last fetch round (restored: of the last save).
     /// After a gap (the device asleep, or the client closed) the next round
-    /// probes every period since, within `catch_up_periods`: otherwise the
-    /// hours in between would never be fetched.
+    /// gives every period missed since a box state, kept and probed until
+    /// answered, up to [`OFFLINE_CATCH_UP_PERIODS`] back: otherwise the hours
+    /// in between would never be fetched.
     probed_through: Option<u64>,
     /// For what timers decide (receipt ids), seeded by the caller's RNG.
     rng: rand::rngs::StdRng,
@@ -1279,14 +1281,17 @@ impl ClientState {
         let oldest = period.saturating_sub(catch_up - 1);
         // Boxes are fetched while they may hold messages, and the periods
         // missed while away are probed, as far back as gateways keep them.
-        let keep = catch_up.max(OFFLINE_CATCH_UP_PERIODS);
+        // A message stored during period `P − OFFLINE_CATCH_UP_PERIODS` may
+        // still be younger than the gateways' TTL: that period is kept too.
+        let keep = catch_up.max(OFFLINE_CATCH_UP_PERIODS + 1);
         let kept_from = period.saturating_sub(keep - 1);
-        // The current and previous periods, and every one since the last
-        // round (a clock set back gives just those two).
-        let since = self
+        // The periods missed since the last round, older than the previous
+        // one (none when no round was missed; a clock set back gives none).
+        let missed = self
             .probed_through
-            .map_or(oldest, |p| p.saturating_sub(1).max(kept_from))
-            .min(period.saturating_sub(1));
+            .map_or(period, |p| p.saturating_sub(1).max(kept_from))
+            ..period.saturating_sub(1);
+        self.probed_through = Some(period);
         self.prune_groups(period);
         let mut due = Vec::new();
         for (me, mine) in &mut self.identities {
@@ -1295,6 +1300,17 @@ impl ClientState {
                     && !mine.groups.contains_key(&g)
                 {
                     continue; // a group left: only its last messages go out
+                }
+                if c.caught_up {
+                    // Each hour missed gets its box's state, so it is kept
+                    // (and saved with the store) and probed at every round
+                    // until an answer says the box holds nothing more.
+                    for p in missed.clone() {
+                        if !c.inbound.contains_key(&p) {
+                            let b = BoxState::new(c.inbound_box(me, them, p));
+                            c.inbound.insert(p, b);
+                        }
+                    }
                 }
                 let mut ps: Vec<u64> = if c.caught_up {
                     c.inbound
@@ -1306,7 +1322,7 @@ impl ClientState {
                     (oldest..=period).collect()
                 };
                 c.caught_up = true;
-                ps.extend(since..=period);
+                ps.extend([period.saturating_sub(1), period]);
                 // A box that has held its share: the sender may have moved
                 // on to the period's next box.
                 ps.extend(
@@ -1354,29 +1370,11 @@ impl ClientState {
                 }
             }
         }
-        let mut all_queued = true;
         let mut queued: HashSet<Fetch> = self.fetches.iter().copied().collect();
         for f in due {
-            if queued.contains(&f) {
-                continue;
-            }
-            if self.fetches.len() >= MAX_PENDING {
-                all_queued = false;
-                continue;
-            }
-            queued.insert(f);
-            // The current and previous period first: after days away, the
-            // hours missed (thousands of probes with many contacts) must
-            // not hold back what arrives now.
-            if f.kind == FetchKind::Probe && dropbox::slot_period(f.period) + 1 >= period {
-                self.fetches.push_front(f);
-            } else {
+            if self.fetches.len() < MAX_PENDING && queued.insert(f) {
                 self.fetches.push_back(f);
             }
-        }
-        // A probe that did not fit is asked again at the next round.
-        if all_queued {
-            self.probed_through = Some(period);
         }
     }
 
@@ -3656,6 +3654,18 @@ mod tests {
         st.add_contact(&me, &invite).unwrap();
         let catch_up = cfg.catch_up_periods;
         assert_eq!(catch_up, 24);
+        // Every box answered "nothing more", but the one of period `except`.
+        let answer = |st: &mut ClientState, except: Option<u64>| {
+            for mine in st.identities.values_mut() {
+                for c in mine.contacts.values_mut() {
+                    for (k, b) in c.inbound.iter_mut() {
+                        if Some(dropbox::slot_period(*k)) != except {
+                            b.more = false;
+                        }
+                    }
+                }
+            }
+        };
 
         // A new contact: the whole catch-up window once.
         st.queue_fetch_round(start);
@@ -3666,49 +3676,46 @@ mod tests {
         // Asleep five hours: every hour since the last round.
         st.queue_fetch_round(at(5));
         assert_eq!(probed(&mut st), (p - 1..=p + 5).collect());
+        // Unanswered, the hours missed are asked again at the next round.
+        st.queue_fetch_round(at(5));
+        assert_eq!(probed(&mut st), (p - 1..=p + 5).collect());
+        answer(&mut st, None);
         // Asleep 100 hours, more than `catch_up_periods`: every hour since.
         st.queue_fetch_round(at(105));
         assert_eq!(probed(&mut st), (p + 4..=p + 105).collect());
-        // Asleep 300 hours: the hours gateways keep messages, no more.
-        let keep = OFFLINE_CATCH_UP_PERIODS;
+        answer(&mut st, None);
+        // Asleep 300 hours: as far back as gateways keep messages, no more.
+        let keep = OFFLINE_CATCH_UP_PERIODS + 1;
         st.queue_fetch_round(at(405));
         assert_eq!(probed(&mut st), (p + 405 - keep + 1..=p + 405).collect());
+        answer(&mut st, None);
         // A clock set back: the current and previous period only.
         st.queue_fetch_round(at(100));
         assert_eq!(probed(&mut st), BTreeSet::from([p + 99, p + 100]));
-        // Back after 50 hours with old probes still queued: the current and
-        // previous hour's go first.
-        st.queue_fetch_round(at(150));
-        st.queue_fetch_round(at(152));
-        let first: Vec<u64> = st
-            .fetches
-            .iter()
-            .take(2)
-            .map(|f| dropbox::slot_period(f.period))
-            .collect();
-        assert_eq!(first, [p + 152, p + 151]);
-        assert_eq!(probed(&mut st), (p + 99..=p + 152).collect());
         // Back after three hours with the fetch queue full: nothing fits,
-        // and the next round asks for the hours missed again.
+        // but the hours missed keep their boxes' states and are probed
+        // once there is room.
         let filler = Fetch {
             peer: ([0; 32], [0; 32]),
             period: 0,
             kind: FetchKind::Window,
         };
         st.fetches.extend(std::iter::repeat_n(filler, MAX_PENDING));
-        st.queue_fetch_round(at(155));
+        st.queue_fetch_round(at(103));
         assert!(st.fetches.iter().all(|f| *f == filler));
         st.fetches.clear();
-        st.queue_fetch_round(at(155));
-        assert_eq!(probed(&mut st), (p + 151..=p + 155).collect());
+        st.queue_fetch_round(at(103));
+        assert_eq!(probed(&mut st), (p + 99..=p + 103).collect());
 
-        // Saved at hour 105 and opened again at hour 110: every hour since.
+        // Saved at hour 105 with hour 103's box not answered yet, opened
+        // again at hour 110: that box and every hour since the save.
         st.queue_fetch_round(at(105));
         probed(&mut st);
+        answer(&mut st, Some(p + 103));
         let ch = st.take_changes(at(105)).unwrap();
         let mut r = ClientState::restore(cfg, doc, ch.puts, at(110), &mut rng).unwrap();
         r.queue_fetch_round(at(110));
-        assert_eq!(probed(&mut r), (p + 104..=p + 110).collect());
+        assert_eq!(probed(&mut r), (p + 103..=p + 110).collect());
     }
 
     /// A fragment that the contact's reassembly memory bound refuses is not

@@ -1104,15 +1104,19 @@ impl<C: Clone + Ord> Reassembler<C> {
         self.bytes.values().sum()
     }
 
-    /// Whether [`Self::insert`] would refuse `f` for `from`'s memory bound:
-    /// the caller leaves such a fragment where it is (unconfirmed at its
-    /// gateway) and takes it again once partial messages complete or expire.
+    /// Whether [`Self::insert`] would refuse `f` for `from`'s memory bound
+    /// for now: the caller leaves such a fragment where it is (unconfirmed
+    /// at its gateway) and takes it again once partial messages complete or
+    /// expire. A message larger than the whole bound never fits: false, so
+    /// that it is taken and refused rather than left to block its box.
     pub fn would_refuse(&self, from: &C, f: &Fragment) -> bool {
         if self.done.contains(&f.msg_id) || self.partial.contains_key(&(from.clone(), f.msg_id)) {
             return false;
         }
+        let charge = partial_charge(f.total_len, f.count);
         let used = self.bytes.get(from).copied().unwrap_or(0);
-        used.saturating_add(partial_charge(f.total_len, f.count)) > self.max_bytes_per_contact
+        charge <= self.max_bytes_per_contact
+            && used.saturating_add(charge) > self.max_bytes_per_contact
     }
 
     /// Takes a fragment. `Ok(Some)` when it completes a message, `Ok(None)`
@@ -2232,6 +2236,9 @@ mod tests {
         assert_eq!(r.bytes(), 0);
         assert!(!r.would_refuse(&1, &frag(2, 8000)));
         assert!(r.insert(1, frag(2, 8000), 40.0).is_ok());
+        // Larger than the whole bound: never fits, so not left waiting.
+        assert!(!r.would_refuse(&1, &frag(4, 20_000)));
+        assert!(r.insert(1, frag(4, 20_000), 40.0).is_err());
     }
 
     fn complete(seq: u64) -> Complete<u8> {

@@ -379,6 +379,8 @@ async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
     .await
     .unwrap();
     let dropped_at = t0.elapsed();
+    // Alice is still subscribed there: the gateway answers her.
+    assert_eq!(gw.metrics().clients.get(), 1);
     for i in 10..20 {
         send(i, &mut sent).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -391,8 +393,15 @@ async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
     let moved_at = t0.elapsed();
     assert_ne!(alice.entry_gateway(), revoked);
     // The revoked gateway was still running and answering her: the move
-    // was for the revocation, not an outage.
+    // was for the revocation, not an outage; she left it.
     assert!(gw.node().metrics().received.get() > through_it);
+    wait_until(
+        "alice gone from the revoked gateway",
+        Duration::from_secs(10),
+        || gw.metrics().clients.get() == 0,
+    )
+    .await
+    .unwrap();
     for i in 20..30 {
         send(i, &mut sent).await;
     }
