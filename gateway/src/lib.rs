@@ -123,6 +123,12 @@ impl Shared {
                 .is_some_and(|c| c.generation == generation)
             {
                 clients.remove(&address);
+            }
+            // The connection's record goes too, unless it subscribed the
+            // address again since: also when another connection took the
+            // address over (a client that reconnected), else every such
+            // takeover would leave a record behind for ever.
+            if clients.get(&address).is_none_or(|c| c.conn != id) {
                 let mut by_conn = shared.by_conn.lock().unwrap_or_else(|p| p.into_inner());
                 if by_conn.get(&id) == Some(&address) {
                     by_conn.remove(&id);
@@ -375,6 +381,17 @@ impl Gateway {
     /// Gateway-specific metrics.
     pub fn metrics(&self) -> &GatewayMetrics {
         &self.shared.metrics
+    }
+
+    /// Client connections with a subscription on record (tests: the
+    /// records are bounded by the connections that hold a subscription).
+    #[doc(hidden)]
+    pub fn subscribed_connections(&self) -> usize {
+        self.shared
+            .by_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Waits until every storage request queued so far is committed.

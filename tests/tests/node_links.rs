@@ -239,6 +239,27 @@ async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {
     for _ in 0..20 {
         down2.read_exact(&mut first).await.unwrap();
     }
+    assert_eq!(gw.subscribed_connections(), 2);
+    // 6. A client reconnecting with its address: a third connection takes
+    //    the second's over. The second's record goes with its downlink.
+    let conn3 = net::link::connect(&client, g.identity, gw.client_addr)
+        .await
+        .unwrap();
+    let mut up3 = conn3.open_uni().await.unwrap();
+    up3.write_all(&frame::encode(FrameKind::Subscribe, 0, &last).unwrap())
+        .await
+        .unwrap();
+    let mut down3 = conn3.accept_uni().await.unwrap();
+    down3.read_exact(&mut first).await.unwrap();
+    wait_until(
+        "the taken-over connection's record gone",
+        Duration::from_secs(10),
+        || gw.subscribed_connections() == 2,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {} records", gw.subscribed_connections()));
+    assert_eq!(gw.metrics().clients.get(), clients_before + 1);
+    conn3.close(0u8.into(), b"done");
     conn2.close(0u8.into(), b"done");
     conn.close(0u8.into(), b"done");
     net.stop().await;
