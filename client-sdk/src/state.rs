@@ -3534,12 +3534,7 @@ mod tests {
             at,
             unix_ms: doc.valid_from_ms,
         };
-        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
-        let them = other.add_identity(StaticSecret::from([22; 32]));
-        let invite = other.invite(&them, "them").unwrap();
-        let mut st = ClientState::new(cfg, doc, start, &mut rng).unwrap();
-        let me = st.add_identity(StaticSecret::from([21; 32]));
-        let c = st.add_contact(&me, &invite).unwrap();
+        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
         // Run the stream for `secs` from `from`, in 10 ms steps.
         let run = |st: &mut ClientState, from: Now, secs: u64| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -3622,6 +3617,23 @@ mod tests {
         );
     }
 
+    /// A client state with one identity and one contact (made by another
+    /// state's invite): the state, my identity, the contact.
+    fn with_contact(
+        cfg: &ClientConfig,
+        doc: &TopologyDocument,
+        start: Now,
+        rng: &mut rand::rngs::StdRng,
+    ) -> (ClientState, ContactId, ContactId) {
+        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, rng).unwrap();
+        let them = other.add_identity(StaticSecret::from([22; 32]));
+        let invite = other.invite(&them, "them").unwrap();
+        let mut st = ClientState::new(cfg.clone(), doc.clone(), start, rng).unwrap();
+        let me = st.add_identity(StaticSecret::from([21; 32]));
+        let c = st.add_contact(&me, &invite).unwrap();
+        (st, me, c)
+    }
+
     /// The periods a fetch round probes, drained.
     fn probed(st: &mut ClientState) -> BTreeSet<u64> {
         st.fetches
@@ -3646,12 +3658,7 @@ mod tests {
             unix_ms: p * dropbox::PERIOD_MS + 600_000,
         };
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
-        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
-        let them = other.add_identity(StaticSecret::from([22; 32]));
-        let invite = other.invite(&them, "them").unwrap();
-        let mut st = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
-        let me = st.add_identity(StaticSecret::from([21; 32]));
-        st.add_contact(&me, &invite).unwrap();
+        let (mut st, _, _) = with_contact(&cfg, &doc, start, &mut rng);
         let catch_up = cfg.catch_up_periods;
         assert_eq!(catch_up, 24);
         // Every box answered "nothing more", but the one of period `except`.
@@ -3732,12 +3739,7 @@ mod tests {
             at: Instant::now(),
             unix_ms: doc.valid_from_ms,
         };
-        let mut other = ClientState::new(cfg.clone(), doc.clone(), start, &mut rng).unwrap();
-        let them = other.add_identity(StaticSecret::from([22; 32]));
-        let invite = other.invite(&them, "them").unwrap();
-        let mut st = ClientState::new(cfg, doc, start, &mut rng).unwrap();
-        let me = st.add_identity(StaticSecret::from([21; 32]));
-        let c = st.add_contact(&me, &invite).unwrap();
+        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
         let peer = (me.0, c.0);
         let slot = dropbox::period_at(start.unix_ms);
         let contact = st
