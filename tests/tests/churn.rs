@@ -21,43 +21,17 @@ use umbra::testnet::{MixNetwork, NetworkOptions, gateway_config, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
-    let params = NetworkParams {
-        mix_delay_mean_ms: 20,
-        lambda_payload: 50.0,
-        lambda_downlink: 120.0,
-        ..NetworkParams::default()
-    };
-    let mut net = MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways: 2,
-        params,
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut net = busy_net(2).await;
     let ids: Vec<protocol::NodeId> = net.gateways.iter().map(|g| g.node().identity).collect();
     let gw = |i: usize| ids[i];
-    let mut cfg = net.client_config().unwrap();
-    cfg.fetch_interval = Duration::from_millis(500);
-    cfg.catch_up_periods = 2;
+    let cfg = busy_cfg(&net);
     // The default topology refresh (60 s): a restart must not wait for it.
     assert_eq!(cfg.topology_refresh, Duration::from_secs(60));
-    let mut a_cfg = cfg.clone();
-    a_cfg.entry_gateway = Some(gw(0));
-    let mut b_cfg = cfg;
-    b_cfg.entry_gateway = Some(gw(1));
     // The pair's boxes live on the other gateway: this tests the entry
     // role. (Senders to boxes on a restarted gateway learn its new keys at
     // their next topology refresh, within `topology_refresh`; not here.)
-    let (a_secret, b_secret) = pair_avoiding(&ids, gw(0));
-    let (alice, _a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
-        .await
-        .unwrap();
-    let (bob, mut b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
-        .await
-        .unwrap();
-    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
-    bob.add_contact(&alice.invite("alice")).unwrap();
+    let secrets = pair_avoiding(&ids, gw(0));
+    let (alice, _a_in, bob, mut b_in, to_bob) = pair(&cfg, secrets, gw(0), gw(1)).await;
 
     // Alice sends every 100 ms for 12 s; her entry gateway is killed at 3 s
     // and started again 1 s later.
@@ -154,20 +128,7 @@ async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
-    let params = NetworkParams {
-        mix_delay_mean_ms: 20,
-        lambda_payload: 50.0,
-        lambda_downlink: 120.0,
-        ..NetworkParams::default()
-    };
-    let mut net = MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways: 3,
-        params,
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut net = busy_net(3).await;
     let topo = net.directory.topology().await.unwrap();
     let gateways: Vec<protocol::NodeId> = topo.gateways().map(|g| g.identity).collect();
     assert_eq!(gateways.len(), 3);
@@ -175,41 +136,11 @@ async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
     // the pair's boxes now or in the next period (else what is stored
     // there waits for it to come back, which is not what this tests).
     let doomed = gateways[0];
-    let period = protocol::dropbox::period_at(net::now_ms());
-    let (a_secret, b_secret) = loop {
-        let (a, b): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
-        let (pa, pb) = (
-            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(a)).to_bytes(),
-            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(b)).to_bytes(),
-        );
-        let pair = protocol::dropbox::PairSecret::derive(&x25519_dalek::StaticSecret::from(a), &pb)
-            .unwrap();
-        let hosts_none = [period, period + 1].iter().all(|&p| {
-            [(pa, pb), (pb, pa)]
-                .iter()
-                .all(|(s, r)| pair.dropbox(s, r, p).gateway(&gateways) != Some(doomed))
-        });
-        if hosts_none {
-            break (a, b);
-        }
-    };
-    let mut cfg = net.client_config().unwrap();
-    cfg.fetch_interval = Duration::from_millis(500);
-    cfg.catch_up_periods = 2;
+    let secrets = pair_avoiding(&gateways, doomed);
+    let cfg = busy_cfg(&net);
     let failover = cfg.entry_failover;
     assert_eq!(failover, Duration::from_secs(30), "the default");
-    let mut a_cfg = cfg.clone();
-    a_cfg.entry_gateway = Some(doomed);
-    let mut b_cfg = cfg;
-    b_cfg.entry_gateway = Some(gateways[1]);
-    let (alice, _a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
-        .await
-        .unwrap();
-    let (bob, mut b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
-        .await
-        .unwrap();
-    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
-    bob.add_contact(&alice.invite("alice")).unwrap();
+    let (alice, _a_in, bob, mut b_in, to_bob) = pair(&cfg, secrets, doomed, gateways[1]).await;
     assert_eq!(alice.entry_gateway(), doomed);
 
     // Alice sends every 100 ms for 8 s, her entry gateway dying at 3 s,
@@ -310,43 +241,17 @@ async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
 /// sent before, during or after is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
-    let params = NetworkParams {
-        mix_delay_mean_ms: 20,
-        lambda_payload: 50.0,
-        lambda_downlink: 120.0,
-        ..NetworkParams::default()
-    };
-    let net = MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways: 3,
-        params,
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap();
+    let net = busy_net(3).await;
     let topo = net.directory.topology().await.unwrap();
     let gateways: Vec<protocol::NodeId> = topo.gateways().map(|g| g.identity).collect();
     let revoked = gateways[0];
     // None of the pair's boxes on it: what is stored there is not what this tests.
-    let (a_secret, b_secret) = pair_avoiding(&gateways, revoked);
-    let mut cfg = net.client_config().unwrap();
-    cfg.fetch_interval = Duration::from_millis(500);
-    cfg.catch_up_periods = 2;
+    let secrets = pair_avoiding(&gateways, revoked);
+    let mut cfg = busy_cfg(&net);
     cfg.topology_refresh = Duration::from_secs(1);
     cfg.entry_failover = Duration::from_secs(5);
     let failover = cfg.entry_failover;
-    let mut a_cfg = cfg.clone();
-    a_cfg.entry_gateway = Some(revoked);
-    let mut b_cfg = cfg;
-    b_cfg.entry_gateway = Some(gateways[1]);
-    let (alice, _a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
-        .await
-        .unwrap();
-    let (bob, mut b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
-        .await
-        .unwrap();
-    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
-    bob.add_contact(&alice.invite("alice")).unwrap();
+    let (alice, _a_in, bob, mut b_in, to_bob) = pair(&cfg, secrets, revoked, gateways[1]).await;
     assert_eq!(alice.entry_gateway(), revoked);
     let gw = net
         .gateways
@@ -443,6 +348,63 @@ async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
     alice.shutdown();
     bob.shutdown();
     net.stop().await;
+}
+
+/// One mix node per layer and `gateways` gateways, with 20 ms mix delays
+/// and fast Poisson streams.
+async fn busy_net(gateways: usize) -> MixNetwork {
+    let params = NetworkParams {
+        mix_delay_mean_ms: 20,
+        lambda_payload: 50.0,
+        lambda_downlink: 120.0,
+        ..NetworkParams::default()
+    };
+    MixNetwork::start_with(NetworkOptions {
+        per_layer: 1,
+        gateways,
+        params,
+        ..NetworkOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The network's client config, fetching every 500 ms and two periods back.
+fn busy_cfg(net: &MixNetwork) -> client_sdk::ClientConfig {
+    let mut cfg = net.client_config().unwrap();
+    cfg.fetch_interval = Duration::from_millis(500);
+    cfg.catch_up_periods = 2;
+    cfg
+}
+
+/// Alice (entering through `a_entry`) and Bob (through `b_entry`), with
+/// these identity secrets, each the other's contact: Alice, her inbox, Bob,
+/// his inbox, and Bob as Alice's contact.
+async fn pair(
+    cfg: &client_sdk::ClientConfig,
+    (a_secret, b_secret): ([u8; 32], [u8; 32]),
+    a_entry: protocol::NodeId,
+    b_entry: protocol::NodeId,
+) -> (
+    Client,
+    client_sdk::Inbox,
+    Client,
+    client_sdk::Inbox,
+    client_sdk::ContactId,
+) {
+    let mut a_cfg = cfg.clone();
+    a_cfg.entry_gateway = Some(a_entry);
+    let mut b_cfg = cfg.clone();
+    b_cfg.entry_gateway = Some(b_entry);
+    let (alice, a_in) = Client::connect(a_cfg, Identity::from_secret(a_secret))
+        .await
+        .unwrap();
+    let (bob, b_in) = Client::connect(b_cfg, Identity::from_secret(b_secret))
+        .await
+        .unwrap();
+    let to_bob = alice.add_contact(&bob.invite("bob")).unwrap();
+    bob.add_contact(&alice.invite("alice")).unwrap();
+    (alice, a_in, bob, b_in, to_bob)
 }
 
 /// Two identity secrets none of whose pair's boxes (both directions, this
