@@ -171,22 +171,16 @@ impl ClientConfig {
         Authorities::new(&self.authorities, self.authority_threshold).map_err(|reason| {
             Error::Config(format!("authorities/authority_threshold: {reason}"))
         })?;
-        for (name, d) in [
-            ("fetch_interval", self.fetch_interval),
-            ("topology_refresh", self.topology_refresh),
-            ("message_ttl", self.message_ttl),
+        for (name, zero) in [
+            ("fetch_interval", self.fetch_interval.is_zero()),
+            ("topology_refresh", self.topology_refresh.is_zero()),
+            ("message_ttl", self.message_ttl.is_zero()),
             // Zero would make the driver try a write on every pass, never sleeping.
-            ("persist_interval", self.persist_interval),
+            ("persist_interval", self.persist_interval.is_zero()),
+            ("inbox_capacity", self.inbox_capacity == 0),
+            ("max_attempts", self.max_attempts == 0),
         ] {
-            if d.is_zero() {
-                return Err(Error::Config(format!("{name} must be above zero")));
-            }
-        }
-        for (name, n) in [
-            ("inbox_capacity", self.inbox_capacity),
-            ("max_attempts", self.max_attempts as usize),
-        ] {
-            if n == 0 {
+            if zero {
                 return Err(Error::Config(format!("{name} must be above zero")));
             }
         }

@@ -1273,8 +1273,10 @@ impl ClientState {
         }
     }
 
-    /// Queues a probe of every contact's current and previous box (and of
-    /// older ones once after start and while they hold messages).
+    /// Queues a probe of every contact's current and previous box, and of
+    /// older ones: the `catch_up_periods` before once after the contact was
+    /// added, those missed since the last round (kept until answered), and
+    /// any that may hold more.
     fn queue_fetch_round(&mut self, now: Now) {
         let period = dropbox::period_at(now.unix_ms);
         let catch_up = self.cfg.catch_up_periods.max(2);
@@ -1301,7 +1303,7 @@ impl ClientState {
                 {
                     continue; // a group left: only its last messages go out
                 }
-                if c.caught_up {
+                let mut ps: Vec<u64> = if c.caught_up {
                     // Each hour missed gets its box's state, so it is kept
                     // (and saved with the store) and probed at every round
                     // until an answer says the box holds nothing more.
@@ -1311,8 +1313,6 @@ impl ClientState {
                             c.inbound.insert(p, b);
                         }
                     }
-                }
-                let mut ps: Vec<u64> = if c.caught_up {
                     c.inbound
                         .iter()
                         .filter(|(k, s)| s.more && dropbox::slot_period(**k) >= kept_from)
@@ -1322,7 +1322,7 @@ impl ClientState {
                     (oldest..=period).collect()
                 };
                 c.caught_up = true;
-                ps.extend([period.saturating_sub(1), period]);
+                ps.extend([period, period.saturating_sub(1)]);
                 // A box that has held its share: the sender may have moved
                 // on to the period's next box.
                 ps.extend(

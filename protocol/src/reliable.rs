@@ -1114,9 +1114,13 @@ impl<C: Clone + Ord> Reassembler<C> {
             return false;
         }
         let charge = partial_charge(f.total_len, f.count);
+        charge <= self.max_bytes_per_contact && !self.fits(from, charge)
+    }
+
+    /// Whether `charge` more bytes stay within `from`'s bound.
+    fn fits(&self, from: &C, charge: usize) -> bool {
         let used = self.bytes.get(from).copied().unwrap_or(0);
-        charge <= self.max_bytes_per_contact
-            && used.saturating_add(charge) > self.max_bytes_per_contact
+        used.saturating_add(charge) <= self.max_bytes_per_contact
     }
 
     /// Takes a fragment. `Ok(Some)` when it completes a message, `Ok(None)`
@@ -1127,7 +1131,7 @@ impl<C: Clone + Ord> Reassembler<C> {
             return Ok(None);
         }
         let key = (from.clone(), f.msg_id);
-        let used = self.bytes.get(&from).copied().unwrap_or(0);
+        let fits = self.fits(&from, partial_charge(f.total_len, f.count));
         let p = match self.partial.get_mut(&key) {
             Some(p) => {
                 if (p.count, p.total_len, p.kind, p.seq) != (f.count, f.total_len, f.kind, f.seq) {
@@ -1136,10 +1140,10 @@ impl<C: Clone + Ord> Reassembler<C> {
                 p
             }
             None => {
-                let charge = partial_charge(f.total_len, f.count);
-                if used.saturating_add(charge) > self.max_bytes_per_contact {
+                if !fits {
                     return Err(Error::Rejected("reassembly memory for contact full".into()));
                 }
+                let charge = partial_charge(f.total_len, f.count);
                 // Reserve the whole message up front, so a contact cannot
                 // start more messages than its bound holds.
                 *self.bytes.entry(from.clone()).or_insert(0) += charge;
