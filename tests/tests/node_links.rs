@@ -179,11 +179,14 @@ async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {
     // 4. One connection subscribing 200 addresses holds one slot: each
     //    Subscribe replaces the one before.
     let clients_before = gw.metrics().clients.get();
+    let address = |i: u32| {
+        let mut a = [0u8; 32];
+        a[..4].copy_from_slice(&i.to_be_bytes());
+        a[31] = 0xee;
+        a
+    };
     for i in 0..200u32 {
-        let mut address = [0u8; 32];
-        address[..4].copy_from_slice(&i.to_be_bytes());
-        address[31] = 0xee;
-        up.write_all(&frame::encode(FrameKind::Subscribe, 0, &address).unwrap())
+        up.write_all(&frame::encode(FrameKind::Subscribe, 0, &address(i)).unwrap())
             .await
             .unwrap();
     }
@@ -203,23 +206,23 @@ async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {
     // 5. A second connection takes the last address over (a client that
     //    reconnected); the first then subscribes another: the second's
     //    subscription stays.
-    let last = {
-        let mut a = [0u8; 32];
-        a[..4].copy_from_slice(&199u32.to_be_bytes());
-        a[31] = 0xee;
-        a
+    let last = address(199);
+    // A new connection subscribing `address`, once its downlink runs (a
+    // first dummy Deliver frame came on it).
+    let subscribed = async |address: [u8; 32]| {
+        let conn = net::link::connect(&client, g.identity, gw.client_addr)
+            .await
+            .unwrap();
+        let mut up = conn.open_uni().await.unwrap();
+        up.write_all(&frame::encode(FrameKind::Subscribe, 0, &address).unwrap())
+            .await
+            .unwrap();
+        let mut down = conn.accept_uni().await.unwrap();
+        let mut first = vec![0u8; frame::FRAME_LEN];
+        down.read_exact(&mut first).await.unwrap();
+        (conn, up, down)
     };
-    let conn2 = net::link::connect(&client, g.identity, gw.client_addr)
-        .await
-        .unwrap();
-    let mut up2 = conn2.open_uni().await.unwrap();
-    up2.write_all(&frame::encode(FrameKind::Subscribe, 0, &last).unwrap())
-        .await
-        .unwrap();
-    // Its downlink runs: dummy Deliver frames go out on it.
-    let mut down2 = conn2.accept_uni().await.unwrap();
-    let mut first = vec![0u8; frame::FRAME_LEN];
-    down2.read_exact(&mut first).await.unwrap();
+    let (conn2, _up2, mut down2) = subscribed(last).await;
     up.write_all(&frame::encode(FrameKind::Subscribe, 0, &[0xab; 32]).unwrap())
         .await
         .unwrap();
@@ -236,21 +239,14 @@ async fn only_topology_nodes_dial_mix_nodes_and_clients_enter_at_layer_one() {
         "the address taken over was not the first connection's to drop"
     );
     // And the second connection's downlink still runs.
+    let mut frame_buf = vec![0u8; frame::FRAME_LEN];
     for _ in 0..20 {
-        down2.read_exact(&mut first).await.unwrap();
+        down2.read_exact(&mut frame_buf).await.unwrap();
     }
     assert_eq!(gw.subscribed_connections(), 2);
     // 6. A client reconnecting with its address: a third connection takes
     //    the second's over. The second's record goes with its downlink.
-    let conn3 = net::link::connect(&client, g.identity, gw.client_addr)
-        .await
-        .unwrap();
-    let mut up3 = conn3.open_uni().await.unwrap();
-    up3.write_all(&frame::encode(FrameKind::Subscribe, 0, &last).unwrap())
-        .await
-        .unwrap();
-    let mut down3 = conn3.accept_uni().await.unwrap();
-    down3.read_exact(&mut first).await.unwrap();
+    let (conn3, _up3, _down3) = subscribed(last).await;
     wait_until(
         "the taken-over connection's record gone",
         Duration::from_secs(10),
