@@ -14,17 +14,18 @@
 //! goes on running; after `entry_failover` the client leaves it.
 
 use client_sdk::{Client, Identity, Status};
-use protocol::topology::NetworkParams;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use umbra::testnet::{MixNetwork, NetworkOptions, gateway_config, wait_until};
+use umbra::testnet::{MixNetwork, gateway_config, wait_until};
+
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
-    let mut net = busy_net(2).await;
+    let mut net = support::network_with(2).await;
     let ids: Vec<protocol::NodeId> = net.gateways.iter().map(|g| g.node().identity).collect();
     let gw = |i: usize| ids[i];
-    let cfg = busy_cfg(&net);
+    let cfg = support::client_config(&net);
     // The default topology refresh (60 s): a restart must not wait for it.
     assert_eq!(cfg.topology_refresh, Duration::from_secs(60));
     // The pair's boxes live on the other gateway: this tests the entry
@@ -128,7 +129,7 @@ async fn a_busy_clients_entry_gateway_restarts_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
-    let mut net = busy_net(3).await;
+    let mut net = support::network_with(3).await;
     let topo = net.directory.topology().await.unwrap();
     let gateways: Vec<protocol::NodeId> = topo.gateways().map(|g| g.identity).collect();
     assert_eq!(gateways.len(), 3);
@@ -137,7 +138,7 @@ async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
     // there waits for it to come back, which is not what this tests).
     let doomed = gateways[0];
     let secrets = pair_avoiding(&gateways, doomed);
-    let cfg = busy_cfg(&net);
+    let cfg = support::client_config(&net);
     let failover = cfg.entry_failover;
     assert_eq!(failover, Duration::from_secs(30), "the default");
     let (alice, _a_in, bob, mut b_in, to_bob) = pair(&cfg, secrets, doomed, gateways[1]).await;
@@ -241,13 +242,13 @@ async fn a_busy_client_moves_to_another_gateway_when_its_entry_dies() {
 /// sent before, during or after is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
-    let net = busy_net(3).await;
+    let net = support::network_with(3).await;
     let topo = net.directory.topology().await.unwrap();
     let gateways: Vec<protocol::NodeId> = topo.gateways().map(|g| g.identity).collect();
     let revoked = gateways[0];
     // None of the pair's boxes on it: what is stored there is not what this tests.
     let secrets = pair_avoiding(&gateways, revoked);
-    let mut cfg = busy_cfg(&net);
+    let mut cfg = support::client_config(&net);
     cfg.topology_refresh = Duration::from_secs(1);
     cfg.entry_failover = Duration::from_secs(5);
     let failover = cfg.entry_failover;
@@ -348,33 +349,6 @@ async fn a_client_leaves_an_entry_gateway_the_directory_revoked() {
     alice.shutdown();
     bob.shutdown();
     net.stop().await;
-}
-
-/// One mix node per layer and `gateways` gateways, with 20 ms mix delays
-/// and fast Poisson streams.
-async fn busy_net(gateways: usize) -> MixNetwork {
-    let params = NetworkParams {
-        mix_delay_mean_ms: 20,
-        lambda_payload: 50.0,
-        lambda_downlink: 120.0,
-        ..NetworkParams::default()
-    };
-    MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways,
-        params,
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap()
-}
-
-/// The network's client config, fetching every 500 ms and two periods back.
-fn busy_cfg(net: &MixNetwork) -> client_sdk::ClientConfig {
-    let mut cfg = net.client_config().unwrap();
-    cfg.fetch_interval = Duration::from_millis(500);
-    cfg.catch_up_periods = 2;
-    cfg
 }
 
 /// Alice (entering through `a_entry`) and Bob (through `b_entry`), with

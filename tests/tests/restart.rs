@@ -14,8 +14,7 @@
 //! Needs the example: `cargo test --workspace` builds it (as
 //! target/<profile>/examples/chat); set UMBRA_CHAT_BIN to use another.
 
-use client_sdk::{Client, ClientConfig, Identity};
-use protocol::topology::NetworkParams;
+use client_sdk::{Client, Identity};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -23,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use umbra::testnet::{MixNetwork, NetworkOptions};
+use umbra::testnet::MixNetwork;
+
+mod support;
 
 fn chat_bin() -> PathBuf {
     umbra::testnet::built_binary(
@@ -148,36 +149,12 @@ impl Drop for Chat {
     }
 }
 
-async fn network() -> MixNetwork {
-    let params = NetworkParams {
-        mix_delay_mean_ms: 20,
-        lambda_payload: 50.0,
-        lambda_downlink: 120.0,
-        ..NetworkParams::default()
-    };
-    MixNetwork::start_with(NetworkOptions {
-        per_layer: 1,
-        gateways: 1,
-        params,
-        ..NetworkOptions::default()
-    })
-    .await
-    .unwrap()
-}
-
-fn config(net: &MixNetwork) -> ClientConfig {
-    let mut cfg = net.client_config().unwrap();
-    cfg.fetch_interval = Duration::from_millis(500);
-    cfg.catch_up_periods = 2;
-    cfg
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_killed_mid_message_resumes_and_it_arrives_once() {
-    let net = network().await;
+    let net = support::network().await;
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("alice.umbra");
-    let (bob, mut bob_in) = Client::connect(config(&net), Identity::generate())
+    let (bob, mut bob_in) = Client::connect(support::client_config(&net), Identity::generate())
         .await
         .unwrap();
 
@@ -243,10 +220,10 @@ async fn a_sender_killed_mid_message_resumes_and_it_arrives_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_killed_between_fetch_and_confirm_gets_each_message_once() {
-    let net = network().await;
+    let net = support::network().await;
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("bob.umbra");
-    let (alice, _alice_in) = Client::connect(config(&net), Identity::generate())
+    let (alice, _alice_in) = Client::connect(support::client_config(&net), Identity::generate())
         .await
         .unwrap();
     let mut bob = Chat::spawn(&net, &store);

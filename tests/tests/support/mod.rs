@@ -1,6 +1,8 @@
-//! What the daemon tests share (`daemon.rs`, `browser.rs`): a fast local
-//! network, daemons on it, and an API client that keeps the events it
-//! reads while waiting for replies; and the loss tests' progress printer.
+//! What several test files share: a fast local network and a client
+//! config for it (`churn.rs`, `restart.rs`, the daemon tests); daemons on
+//! it and an API client that keeps the events it reads while waiting for
+//! replies (`daemon.rs`, `browser.rs`); and the loss tests' progress
+//! printer.
 #![allow(dead_code)] // each test file uses part of it
 
 use client_sdk::store::KdfParams;
@@ -21,9 +23,15 @@ pub type Ws =
 /// A local network of one mix node per layer and one gateway, fast
 /// (20 ms mean delays, λ_P = 50/s).
 pub async fn network() -> MixNetwork {
+    network_with(1).await
+}
+
+/// One mix node per layer and `gateways` gateways, with 20 ms mix delays
+/// and fast Poisson streams.
+pub async fn network_with(gateways: usize) -> MixNetwork {
     MixNetwork::start_with(NetworkOptions {
         per_layer: 1,
-        gateways: 1,
+        gateways,
         params: protocol::topology::NetworkParams {
             mix_delay_mean_ms: 20,
             lambda_payload: 50.0,
@@ -34,6 +42,14 @@ pub async fn network() -> MixNetwork {
     })
     .await
     .unwrap()
+}
+
+/// `net`'s client config, fetching every 500 ms and two periods back.
+pub fn client_config(net: &MixNetwork) -> client_sdk::ClientConfig {
+    let mut cfg = net.client_config().unwrap();
+    cfg.fetch_interval = Duration::from_millis(500);
+    cfg.catch_up_periods = 2;
+    cfg
 }
 
 /// A daemon on `net` with quick test settings (fetches every 300 ms, a
