@@ -437,6 +437,16 @@ impl Group {
         epoch_key(&self.id, self.epoch, &self.secret)
     }
 
+    /// The last period whose box of epoch key `ek` is read: no limit for
+    /// the current epoch, an old one's `until`; `None` for an epoch no
+    /// longer read.
+    pub(crate) fn read_until(&self, ek: &[u8; 32]) -> Option<u64> {
+        if *ek == self.epoch_key() {
+            return Some(u64::MAX);
+        }
+        self.retired.iter().find(|r| r.0 == *ek).map(|r| r.2)
+    }
+
     /// Keys to send pairwise: an invite, or a new epoch.
     pub(crate) fn keys(&self, op: u8) -> GroupKeys {
         GroupKeys {

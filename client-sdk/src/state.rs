@@ -41,6 +41,7 @@ use rand::{CryptoRng, Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::collections::{BTreeSet, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -300,6 +301,17 @@ impl Contact {
             None => self.pair.dropbox(them, me, slot),
         }
     }
+
+    /// Gives the boxes of `periods` a state (the box may hold messages), so
+    /// that rounds probe them until an answer says they hold nothing more.
+    fn mark_unread(&mut self, me: &[u8; 32], them: &[u8; 32], periods: Range<u64>) {
+        for p in periods {
+            if !self.inbound.contains_key(&p) {
+                let b = BoxState::new(self.inbound_box(me, them, p));
+                self.inbound.insert(p, b);
+            }
+        }
+    }
 }
 
 /// One identity this client hosts.
@@ -422,6 +434,11 @@ pub struct ClientState {
     /// answered, up to [`OFFLINE_CATCH_UP_PERIODS`] back: otherwise the hours
     /// in between would never be fetched.
     probed_through: Option<u64>,
+    /// The last absence: the first period it missed and the period the
+    /// client came back in. Keys of a group epoch that arrive soon after
+    /// (from the pairwise boxes of the hours missed) may be for an epoch
+    /// written to all that time: its boxes are read back to the absence.
+    absence: Option<(u64, u64)>,
     /// For what timers decide (receipt ids), seeded by the caller's RNG.
     rng: rand::rngs::StdRng,
     /// What was last handed out for persisting (see [`Self::take_changes`]).
@@ -628,6 +645,7 @@ impl ClientState {
             // The first round (catching up on past periods) at once.
             next_round: 0.0,
             probed_through: None,
+            absence: None,
             rng: rand::rngs::StdRng::from_rng(rng),
             persisted: Persisted::default(),
             dirty: true,
@@ -1294,25 +1312,32 @@ impl ClientState {
             .map_or(period, |p| p.saturating_sub(1).max(kept_from))
             ..period.saturating_sub(1);
         self.probed_through = Some(period);
-        self.prune_groups(period);
+        if !missed.is_empty() {
+            self.absence = Some((missed.start, period));
+        }
+        self.prune_groups(period, kept_from, missed.clone());
         let mut due = Vec::new();
         for (me, mine) in &mut self.identities {
             for (them, c) in &mut mine.contacts {
-                if let Some(g) = c.group
-                    && !mine.groups.contains_key(&g)
-                {
-                    continue; // a group left: only its last messages go out
-                }
+                // An old epoch of a group is read up to its period. A group
+                // left, or an epoch no longer read: only its last messages
+                // go out.
+                let read_until = match c.group.map(|g| mine.groups.get(&g)) {
+                    None => u64::MAX,
+                    Some(g) => match g.and_then(|g| g.read_until(them)) {
+                        Some(until) => until,
+                        None => continue,
+                    },
+                };
                 let mut ps: Vec<u64> = if c.caught_up {
                     // Each hour missed gets its box's state, so it is kept
                     // (and saved with the store) and probed at every round
                     // until an answer says the box holds nothing more.
-                    for p in missed.clone() {
-                        if !c.inbound.contains_key(&p) {
-                            let b = BoxState::new(c.inbound_box(me, them, p));
-                            c.inbound.insert(p, b);
-                        }
-                    }
+                    c.mark_unread(
+                        me,
+                        them,
+                        missed.start..missed.end.min(read_until.saturating_add(1)),
+                    );
                     c.inbound
                         .iter()
                         .filter(|(k, s)| s.more && dropbox::slot_period(**k) >= kept_from)
@@ -1334,6 +1359,7 @@ impl ClientState {
                         })
                         .map(|(k, _)| dropbox::next_slot(*k)),
                 );
+                ps.retain(|p| dropbox::slot_period(*p) <= read_until);
                 ps.sort_unstable();
                 ps.dedup();
                 // Kept from now on like any box (while it may hold more),
@@ -2603,6 +2629,22 @@ impl ClientState {
         ))
     }
 
+    /// The first period whose box is read of a group epoch learned now:
+    /// the `catch_up_periods` before, or, soon after an absence, back to
+    /// its start (the keys may have waited in the boxes of the hours
+    /// missed while the group wrote to the epoch); no further back than
+    /// gateways keep messages.
+    fn read_back_from(&self, period: u64) -> u64 {
+        let catch_up = self.cfg.catch_up_periods.max(2);
+        let mut from = period.saturating_sub(catch_up - 1);
+        if let Some((start, back)) = self.absence
+            && back + catch_up > period
+        {
+            from = from.min(start);
+        }
+        from.max(period.saturating_sub(OFFLINE_CATCH_UP_PERIODS))
+    }
+
     /// A group's keys came from contact `them` (Olm-decrypted): join, or
     /// move to a newer epoch and pass it on.
     fn on_group_keys(&mut self, me: [u8; 32], them: [u8; 32], plaintext: &[u8]) {
@@ -2617,7 +2659,11 @@ impl ClientState {
             return;
         }
         let t = self.secs_now();
-        let until = dropbox::period_at(self.unix_ms) + self.cfg.catch_up_periods.max(2);
+        let period = dropbox::period_at(self.unix_ms);
+        let until = period + self.cfg.catch_up_periods.max(2);
+        // The boxes before the previous period (which rounds probe anyway)
+        // that a new epoch may have been written to unseen.
+        let unread = self.read_back_from(period)..period.saturating_sub(1);
         let Some(mine) = self.identities.get_mut(&me) else {
             return;
         };
@@ -2625,7 +2671,11 @@ impl ClientState {
         let change = match mine.groups.get_mut(&keys.id) {
             None => {
                 let g = Group::join(&keys);
-                Self::add_epoch_entry(mine, keys.id, g.epoch_key(), *keys.secret, false);
+                let ek = g.epoch_key();
+                Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
+                if let Some(c) = mine.contacts.get_mut(&ek) {
+                    c.mark_unread(&me, &ek, unread);
+                }
                 mine.groups.insert(keys.id, g);
                 GroupChange::Joined {
                     by: ContactId(them),
@@ -2641,6 +2691,9 @@ impl ClientState {
                 let ek = g.epoch_key();
                 let opened = g.retry(me);
                 Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
+                if let Some(c) = mine.contacts.get_mut(&ek) {
+                    c.mark_unread(&me, &ek, unread);
+                }
                 let mut fwd = keys.clone();
                 fwd.op = group::OP_REKEY;
                 self.forward_keys(t, me, Some(them), &fwd);
@@ -2808,12 +2861,26 @@ impl ClientState {
     }
 
     /// Forgets epochs no longer read and the entries of groups left, once
-    /// nothing waits to be sent into them.
-    fn prune_groups(&mut self, period: u64) {
+    /// nothing waits to be sent into them. An old epoch is read up to its
+    /// `until` period; past it, it is kept while a box of its reading time
+    /// (as far back as gateways keep messages, `kept_from`) has not been
+    /// answered, or was missed while away (`missed`).
+    fn prune_groups(&mut self, period: u64, kept_from: u64, missed: Range<u64>) {
         let waiting: HashSet<Peer> = self.outbox.export().0.into_iter().map(|r| r.to).collect();
         for (me, mine) in &mut self.identities {
+            let contacts = &mine.contacts;
+            let unread = |ek: &[u8; 32], until: u64| {
+                (!missed.is_empty() && missed.start <= until)
+                    || contacts.get(ek).is_some_and(|c| {
+                        c.inbound
+                            .iter()
+                            .any(|(k, s)| s.more && dropbox::slot_period(*k) <= until)
+                    })
+            };
             for g in mine.groups.values_mut() {
-                g.retired.retain(|(_, _, until)| *until >= period);
+                g.retired.retain(|(ek, _, until)| {
+                    *until >= period || (*until >= kept_from && unread(ek, *until))
+                });
             }
             let live: HashSet<[u8; 32]> = mine
                 .groups
@@ -3723,6 +3790,156 @@ mod tests {
         let mut r = ClientState::restore(cfg, doc, ch.puts, at(110), &mut rng).unwrap();
         r.queue_fetch_round(at(110));
         assert_eq!(probed(&mut r), (p + 103..=p + 110).collect());
+    }
+
+    /// Every box a fetch round left to answer, answered "nothing more".
+    fn answer_all(st: &mut ClientState) {
+        for mine in st.identities.values_mut() {
+            for c in mine.contacts.values_mut() {
+                for b in c.inbound.values_mut() {
+                    b.more = false;
+                }
+            }
+        }
+    }
+
+    /// The periods probed of the boxes of group epoch `ek`, drained.
+    fn probed_epoch(st: &mut ClientState, ek: [u8; 32]) -> BTreeSet<u64> {
+        let (ours, rest): (Vec<Fetch>, Vec<Fetch>) =
+            st.fetches.drain(..).partition(|f| f.peer.1 == ek);
+        st.fetches.extend(rest);
+        ours.iter()
+            .filter(|f| f.kind == FetchKind::Probe)
+            .map(|f| dropbox::slot_period(f.period))
+            .collect()
+    }
+
+    /// Group keys (`op`, `epoch`, `secret`) from contact `them`, for a group
+    /// of the two of us, as they come out of the pairwise stream at `now`.
+    fn group_keys(
+        st: &mut ClientState,
+        now: Now,
+        (me, them): (ContactId, ContactId),
+        op: u8,
+        epoch: u32,
+        secret: u8,
+    ) -> [u8; 32] {
+        let id = [7u8; 32];
+        let keys = GroupKeys {
+            op,
+            id,
+            epoch,
+            secret: zeroize::Zeroizing::new([secret; 32]),
+            name: "g".into(),
+            members: vec![(me.0, "me".into()), (them.0, "them".into())],
+        };
+        st.unix_ms = now.unix_ms;
+        st.on_group_keys(me.0, them.0, &keys.encode());
+        let g = &st.identities[&me.0].groups[&id];
+        assert_eq!(g.epoch, epoch, "the keys were taken");
+        group::epoch_key(&id, epoch, &[secret; 32])
+    }
+
+    /// A member away for a day and more learns of the group's new epoch
+    /// only when it is back (the keys wait in a contact's box of the hours
+    /// missed), while the others wrote to the new epoch's boxes all along:
+    /// those boxes are read back to the start of the absence, not only the
+    /// current and previous hour.
+    #[test]
+    fn an_epoch_learned_after_an_absence_is_read_back_to_its_start() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let doc = topology(100);
+        let p = 490_000;
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: p * dropbox::PERIOD_MS + 600_000,
+        };
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
+        let catch_up = cfg.catch_up_periods;
+
+        // Joined: the epoch's last `catch_up_periods` boxes.
+        let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        assert_eq!(probed_epoch(&mut st, e0), (p - catch_up + 1..=p).collect());
+        answer_all(&mut st);
+        st.queue_fetch_round(at(1));
+        st.fetches.clear();
+
+        // Away from hour 1 to hour 30. The new epoch's keys come from the
+        // pairwise boxes caught up on.
+        st.queue_fetch_round(at(30));
+        st.fetches.clear();
+        let e1 = group_keys(&mut st, at(30), (me, c), group::OP_REKEY, 1, 9);
+        st.queue_fetch_round(at(30));
+        assert_eq!(probed_epoch(&mut st, e1), (p..=p + 30).collect());
+        // Unanswered, they are asked again.
+        st.queue_fetch_round(at(30));
+        assert_eq!(probed_epoch(&mut st, e1), (p..=p + 30).collect());
+        answer_all(&mut st);
+
+        // Back for longer than `catch_up_periods` (a round every hour): a
+        // new epoch is read `catch_up_periods` back, as a group joined.
+        for h in 31..=56 {
+            st.queue_fetch_round(at(h));
+            answer_all(&mut st);
+            st.fetches.clear();
+        }
+        let e2 = group_keys(&mut st, at(56), (me, c), group::OP_REKEY, 2, 10);
+        st.queue_fetch_round(at(56));
+        assert_eq!(
+            probed_epoch(&mut st, e2),
+            (p + 56 - catch_up + 1..=p + 56).collect()
+        );
+    }
+
+    /// An old epoch is read for `catch_up_periods` after the new one came.
+    /// A member who went away during that time reads the old epoch's boxes
+    /// of the hours it missed (others may have written there before they
+    /// heard of the new epoch) before the old epoch is forgotten.
+    #[test]
+    fn an_old_epoch_is_read_for_the_hours_missed_before_it_is_forgotten() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let doc = topology(100);
+        let p = 490_000;
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: p * dropbox::PERIOD_MS + 600_000,
+        };
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
+        let catch_up = cfg.catch_up_periods;
+        let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        answer_all(&mut st);
+        st.fetches.clear();
+
+        // The new epoch at hour 1: the old one is read until hour 1 + 24.
+        let e1 = group_keys(&mut st, at(1), (me, c), group::OP_REKEY, 1, 9);
+        st.queue_fetch_round(at(1));
+        // (A round an hour after the last asks for the hour before that too.)
+        assert_eq!(probed_epoch(&mut st, e0), (p - 1..=p + 1).collect());
+        answer_all(&mut st);
+        st.fetches.clear();
+
+        // What the epochs' boxes had waiting (our session keys) was sent.
+        st.outbox = Outbox::new(OutboxConfig::default());
+        // Away from hour 1 to hour 50: the old epoch's hours missed, up to
+        // its last one, and the new epoch's every hour since.
+        let until = p + 1 + catch_up;
+        st.queue_fetch_round(at(50));
+        assert_eq!(probed_epoch(&mut st, e0), (p..=until).collect());
+        assert_eq!(probed_epoch(&mut st, e1), (p..=p + 50).collect());
+        // Kept (and asked again) until answered, then forgotten.
+        st.queue_fetch_round(at(50));
+        assert_eq!(probed_epoch(&mut st, e0), (p..=until).collect());
+        answer_all(&mut st);
+        st.queue_fetch_round(at(50));
+        assert_eq!(probed_epoch(&mut st, e0), BTreeSet::new());
+        assert!(st.identities[&me.0].groups[&[7u8; 32]].retired.is_empty());
+        assert!(!st.identities[&me.0].contacts.contains_key(&e0));
     }
 
     /// A fragment that the contact's reassembly memory bound refuses is not

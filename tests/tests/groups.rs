@@ -3,7 +3,9 @@
 //! invitations each receive every other member's messages exactly once; a
 //! removed member reads nothing sent after its removal, while a member who
 //! is not a contact of the one who removed it still gets the new epoch
-//! (passed on by a member who is); a member offline for an hour catches up.
+//! (passed on by a member who is); a member offline for an hour catches up;
+//! a member asleep while another is removed reads the new epoch's messages
+//! written meanwhile.
 //! The Megolm pieces themselves are tested in `client-sdk/src/group.rs`.
 //!
 //! `cargo test -p tests --test groups -- --nocapture`
@@ -241,6 +243,84 @@ fn a_member_offline_for_an_hour_catches_up() {
     );
     assert!(caught_up, "{got:?}");
     assert!(got.values().all(|n| *n == 1));
+}
+
+/// A member asleep for two and a half hours while another is removed:
+/// the new epoch's keys wait for it in a pairwise box of the hours it
+/// missed, and the others write to the new epoch all that time. Back, it
+/// reads every message, the ones written two hours and more before it
+/// woke included (before the fix only the current and previous hour's
+/// boxes of an epoch learned late were read).
+#[test]
+fn a_member_asleep_while_another_is_removed_reads_the_new_epoch_written_meanwhile() {
+    let started = Instant::now();
+    let mut cfg = SimConfig {
+        seed: 35,
+        ..SimConfig::default()
+    };
+    cfg.params.lambda_payload = 2.0;
+    cfg.params.lambda_loop = 0.2;
+    cfg.params.lambda_mix_loop = 0.1;
+    cfg.params.lambda_downlink = 5.0;
+    cfg.epoch_length_ms = 4 * 3_600_000;
+    let mut sim = Sim::new(cfg);
+    let c: Vec<ClientHandle> = (0..4).map(|_| sim.add_client()).collect();
+    for x in &c[1..] {
+        sim.connect_contacts(c[0], *x);
+    }
+    let g = create(&mut sim, c[0], "four");
+    for x in &c[1..] {
+        invite(&mut sim, c[0], g, *x);
+    }
+    assert!(sim.run_until_cond(secs(180), |s| c.iter().all(|x| members(s, *x, g) == 4)));
+    let (asleep, removed) = (c[3], c[1]);
+    let from = sim.now();
+    let until = from + secs(9000);
+    sim.sleep(asleep, from, until);
+    sim.run_for(secs(30));
+    let (a, gone) = (sim.persona(c[0]).id, sim.persona(removed).id);
+    sim.act(c[0], |st, now, rng| {
+        st.remove_from_group(now, &a, &g, &gone, rng)
+    })
+    .unwrap();
+    let epoch = |s: &Sim, x: ClientHandle| {
+        s.state(x)
+            .group_members(&s.persona(x).id, &g)
+            .map(|(e, m)| (e, m.len()))
+    };
+    let writers = [c[0], c[2]];
+    assert!(sim.run_until_cond(secs(180), |s| {
+        writers.iter().all(|x| epoch(s, *x) == Some((1, 3)))
+    }));
+    // Six messages over the next two hours, into the new epoch.
+    let t0 = sim.now();
+    for k in 0..6u64 {
+        let who = writers[(k % 2) as usize];
+        sim.schedule(t0 + secs(60 + k * 1400), move |s| {
+            send(s, who, g, &format!("while-asleep-{k}"))
+        });
+    }
+    sim.run_until(until);
+    assert!(
+        group_bodies(&sim, asleep, g).is_empty() && epoch(&sim, asleep) == Some((0, 4)),
+        "it really slept through the change"
+    );
+    // The first message was written more than two hours before it woke.
+    assert!(until - (t0 + secs(60)) > secs(2 * 3600));
+    for x in writers {
+        assert_eq!(group_bodies(&sim, x, g).len(), 3);
+    }
+    let caught_up = sim.run_until_cond(secs(900), |s| group_bodies(s, asleep, g).len() == 6);
+    let got = group_bodies(&sim, asleep, g);
+    eprintln!(
+        "member asleep 2.5 h: {} of 6 new-epoch messages within {:.0} s of waking ({:.1} s wall)",
+        got.len(),
+        (sim.now() - until).as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(caught_up, "{got:?}");
+    assert!(got.values().all(|n| *n == 1));
+    assert_eq!(epoch(&sim, asleep), Some((1, 3)));
 }
 
 /// Groups live in the encrypted store: after both members restart, the

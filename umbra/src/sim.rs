@@ -664,6 +664,8 @@ pub struct Sim {
     link_faults: BTreeMap<(Endpoint, Endpoint), LinkFaults>,
     endpoint_faults: BTreeMap<Endpoint, LinkFaults>,
     partitions: Vec<(Endpoint, u64, u64)>,
+    /// Clients asleep (client, from, until; virtual µs).
+    asleep: Vec<(usize, u64, u64)>,
     ack_faults: LinkFaults,
     restart_hook: RestartHook,
     fault_rng: StdRng,
@@ -749,6 +751,7 @@ impl Sim {
             link_faults: BTreeMap::new(),
             endpoint_faults: BTreeMap::new(),
             partitions: Vec::new(),
+            asleep: Vec::new(),
             ack_faults: LinkFaults::NONE,
             restart_hook: Box::new(default_restart),
             fault_rng: StdRng::seed_from_u64(sub_seed(cfg.seed, 2, 0)),
@@ -1065,6 +1068,15 @@ impl Sim {
         self.partitions.push((e, us(from), us(until)));
     }
 
+    /// Puts a client to sleep between virtual times `from` and `until`, as
+    /// a phone's system does with an app: it does not run (no timers, no
+    /// frames, no fetch rounds) and loses whatever would reach it. At
+    /// `until` it runs again and sees the time gone by.
+    pub fn sleep(&mut self, c: ClientHandle, from: Duration, until: Duration) {
+        self.asleep.push((c.0, us(from), us(until)));
+        self.partition(Endpoint::Client(c), from, until);
+    }
+
     fn partitioned(&self, e: Endpoint, at: u64) -> bool {
         self.partitions
             .iter()
@@ -1291,6 +1303,16 @@ impl Sim {
 
     /// What the SDK's driver does at a wake-up: timers, then every frame due.
     fn service(&mut self, i: usize) {
+        let waking = self
+            .asleep
+            .iter()
+            .filter(|(c, from, until)| *c == i && (*from..*until).contains(&self.now_us))
+            .map(|s| s.2)
+            .max();
+        if let Some(until) = waking {
+            self.clients[i].wake_us = until;
+            return;
+        }
         let now = self.client_now(i);
         let c = &mut self.clients[i];
         c.state.handle_timeout(now);
