@@ -46,8 +46,9 @@
 //! Each half carries about 99.6 bits; the `mod 100000` bias is below 10⁻⁷
 //! per group. A future construction must change `DOMAIN`.
 
+use qrcode::bits::Bits;
 use qrcode::render::{svg, unicode::Dense1x2};
-use qrcode::{EcLevel, QrCode};
+use qrcode::{EcLevel, QrCode, Version};
 use sha2::{Digest, Sha512};
 use std::fmt;
 
@@ -245,16 +246,45 @@ fn encode(text: &str) -> Result<QrCode, QrError> {
     if text.len() > MAX_QR_TEXT_LEN {
         return Err(too_long);
     }
-    QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M).map_err(|e| match e {
+    let code = data_bits(text).and_then(|bits| QrCode::with_bits(bits, EcLevel::M));
+    code.map_err(|e| match e {
         qrcode::types::QrError::DataTooLong => too_long,
         other => QrError::Encoding(other.to_string()),
     })
 }
 
+/// The code's data, in the smallest version that holds it at level M.
+///
+/// ASCII text takes the segments the `qrcode` crate picks. Other text is
+/// one byte segment after an ECI designator for UTF-8 (26): left to
+/// itself, the crate encodes UTF-8 byte pairs that fall in Shift JIS's
+/// double-byte ranges (most CJK characters do) as Kanji segments, and
+/// readers decode those as Shift JIS, not as the bytes they were.
+fn data_bits(text: &str) -> qrcode::types::QrResult<Bits> {
+    if text.is_ascii() {
+        return qrcode::bits::encode_auto(text.as_bytes(), EcLevel::M);
+    }
+    for v in 1..=40 {
+        let mut bits = Bits::new(Version::Normal(v));
+        let pushed = bits
+            .push_eci_designator(ECI_UTF8)
+            .and_then(|()| bits.push_byte_data(text.as_bytes()))
+            .and_then(|()| bits.push_terminator(EcLevel::M));
+        match pushed {
+            Ok(()) => return Ok(bits),
+            Err(qrcode::types::QrError::DataTooLong) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(qrcode::types::QrError::DataTooLong)
+}
+
+/// The ECI assignment number of UTF-8.
+const ECI_UTF8: u32 = 26;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qrcode::Version;
 
     /// RFC 7748 section 6.1: Alice's and Bob's X25519 public keys.
     const ALICE: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
@@ -427,6 +457,80 @@ mod tests {
         for (d, l) in dark.lines().zip(light.lines()).take(side / 2) {
             assert_eq!(d, l.chars().map(negative).collect::<String>());
         }
+    }
+
+    /// The segments of a code's data stream: their modes in order, and the
+    /// bytes of its byte segments (QR mode indicators: 1 numeric, 2
+    /// alphanumeric, 4 byte, 7 ECI, 8 Kanji).
+    fn segments(bits: Bits) -> (Vec<u8>, Vec<u8>) {
+        let Version::Normal(v) = bits.version() else {
+            panic!("a micro code")
+        };
+        let class = usize::from(v > 9) + usize::from(v > 26);
+        let stream = bits.into_bytes();
+        let mut pos = 0;
+        let mut take = |n: usize| {
+            let mut x = 0usize;
+            for _ in 0..n {
+                let bit = stream.get(pos / 8).map_or(0, |b| (b >> (7 - pos % 8)) & 1);
+                x = x << 1 | usize::from(bit);
+                pos += 1;
+            }
+            x
+        };
+        let (mut modes, mut bytes) = (Vec::new(), Vec::new());
+        loop {
+            let mode = take(4) as u8;
+            let skip = match mode {
+                0 => break,
+                7 => {
+                    assert_eq!(take(8) & 0x80, 0, "a one-byte ECI designator");
+                    0
+                }
+                1 => {
+                    let n = take([10, 12, 14][class]);
+                    10 * (n / 3) + [0, 4, 7][n % 3]
+                }
+                2 => {
+                    let n = take([9, 11, 13][class]);
+                    11 * (n / 2) + 6 * (n % 2)
+                }
+                4 => {
+                    let n = take([8, 16, 16][class]);
+                    bytes.extend((0..n).map(|_| take(8) as u8));
+                    0
+                }
+                8 => 13 * take([8, 10, 12][class]),
+                _ => panic!("mode {mode}"),
+            };
+            take(skip);
+            modes.push(mode);
+        }
+        (modes, bytes)
+    }
+
+    /// Names in other scripts go into the code as their UTF-8 bytes in one
+    /// byte segment, marked UTF-8. Left to the `qrcode` crate, CJK names
+    /// became Kanji segments, which readers decode as Shift JIS.
+    #[test]
+    fn non_ascii_names_are_one_utf8_byte_segment() {
+        for name in ["李小龍", "やまだ はなこ", "Мария", "Zoë", "😀"] {
+            let text = invite(&key(ALICE), name);
+            let (modes, bytes) = segments(data_bits(&text).unwrap());
+            assert_eq!(modes, [7, 4], "{name}");
+            assert_eq!(bytes, text.as_bytes(), "{name}");
+            assert!(encode(&text).is_ok());
+        }
+        // A name of 17 CJK characters (a long one, but names may have 64).
+        let cjk = invite(&key(ALICE), "北京市朝阳区的张伟先生和他的朋友们");
+        let auto = qrcode::bits::encode_auto(cjk.as_bytes(), EcLevel::M).unwrap();
+        assert!(segments(auto).0.contains(&8), "the crate's own choice");
+        let (modes, bytes) = segments(data_bits(&cjk).unwrap());
+        assert_eq!((modes, bytes), (vec![7, 4], cjk.into_bytes()));
+        // ASCII keeps the crate's segmentation, which has no Kanji.
+        let ascii = invite(&key(ALICE), "alice");
+        let (modes, _) = segments(data_bits(&ascii).unwrap());
+        assert!(!modes.contains(&7) && !modes.contains(&8), "{modes:?}");
     }
 
     #[test]
