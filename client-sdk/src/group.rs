@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use vodozemac::megolm::{
-    GroupSession, GroupSessionPickle, InboundGroupSession, InboundGroupSessionPickle,
-    MegolmMessage, SessionConfig, SessionKey,
+    DecryptionError, GroupSession, GroupSessionPickle, InboundGroupSession,
+    InboundGroupSessionPickle, MegolmMessage, SessionConfig, SessionKey,
 };
 use zeroize::Zeroizing;
 
@@ -585,6 +585,19 @@ impl Group {
         if sender == me {
             return Opened::Own;
         }
+        let hold = |held: &mut VecDeque<Held>| {
+            if held.len() >= MAX_HELD {
+                held.pop_front();
+            }
+            held.push_back(Held {
+                msg_id,
+                typed,
+                sender,
+                session_id: session_id.to_string(),
+                megolm: megolm.to_vec(),
+            });
+            Opened::Held
+        };
         // A sender not (yet) a member, or a session whose key has not
         // come: held until they do. (A removed member's messages are never
         // read: they wait here until pushed out.)
@@ -595,17 +608,7 @@ impl Group {
             .iter_mut()
             .find(|(id, _, _)| found && id == session_id)
         else {
-            if self.held.len() >= MAX_HELD {
-                self.held.pop_front();
-            }
-            self.held.push_back(Held {
-                msg_id,
-                typed,
-                sender,
-                session_id: session_id.to_string(),
-                megolm: megolm.to_vec(),
-            });
-            return Opened::Held;
+            return hold(&mut self.held);
         };
         if *owner != sender {
             return Opened::Refused("session announced by another member".into());
@@ -627,6 +630,10 @@ impl Group {
                 }
                 Opened::Plain(sender, d.plaintext, typed)
             }
+            // Older than the key we hold: each period's box carries the
+            // sender's key as it was there, and boxes are not read in
+            // order. Held until a key reaching further back comes.
+            Err(DecryptionError::UnknownMessageIndex(..)) => hold(&mut self.held),
             Err(e) => Opened::Refused(e.to_string()),
         }
     }
@@ -785,14 +792,16 @@ mod tests {
         let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
             panic!()
         };
-        // The announce was exported after the first message: index 1 onwards.
+        // The announce was exported after the first message: index 1
+        // onwards. The message is held again, for a key reaching further
+        // back (none will come for it here).
         gc.add_session(b, &session_key).unwrap();
         let held = gc.take_held(&session_id);
         assert_eq!(held.len(), 1);
-        assert!(matches!(
+        assert_eq!(
             gc.open(c, [1; 16], b, &session_id, &held[0].megolm),
-            Opened::Refused(_)
-        ));
+            Opened::Held
+        );
         // Announce first, as the SDK does.
         let mut gb = Group::join(&ga.keys(OP_INVITE));
         let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
@@ -826,6 +835,51 @@ mod tests {
         ));
         // Someone outside the member list cannot announce.
         assert!(gc.add_session(k(99), &session_key).is_err());
+    }
+
+    /// Each period's box carries the sender's key as it was there, and
+    /// boxes are read in any order: a message older than the key read
+    /// first is held, and opens once the earlier key comes (it was
+    /// refused, and lost).
+    #[test]
+    fn a_message_older_than_the_key_read_first_opens_when_the_earlier_key_comes() {
+        let (a, b) = (k(10), k(11));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let mut gr = Group::join(&ga.keys(OP_INVITE));
+        let item = |i: BoxItem| match i {
+            BoxItem::Announce { session_key, .. } => (String::new(), session_key),
+            BoxItem::Message {
+                session_id, megolm, ..
+            } => (session_id, megolm),
+            _ => panic!(),
+        };
+        // Hour 1's box: B's key, then a message; hour 2's: the key again
+        // (exported later), then a message.
+        let (_, key1) = item(gb.announce(b));
+        let (sid, m1) = item(gb.seal(b, b"first"));
+        let (_, key2) = item(gb.announce(b));
+        let (_, m2) = item(gb.seal(b, b"second"));
+        // Hour 2's box read first.
+        gr.add_session(b, &key2).unwrap();
+        assert_eq!(
+            gr.open(a, [2; 16], b, &sid, &m2),
+            Opened::Plain(b, b"second".to_vec(), false)
+        );
+        assert_eq!(gr.open(a, [1; 16], b, &sid, &m1), Opened::Held);
+        // Then hour 1's.
+        gr.add_session(b, &key1).unwrap();
+        let opened = gr.retry(a);
+        assert_eq!(
+            opened,
+            vec![([1; 16], Opened::Plain(b, b"first".to_vec(), false))]
+        );
+        // Read again (hour 1's box fetched twice): refused as a replay.
+        assert!(matches!(
+            gr.open(a, [1; 16], b, &sid, &m1),
+            Opened::Refused(r) if r == "replayed"
+        ));
     }
 
     /// After a new epoch without C, C's old group cannot open what B sends

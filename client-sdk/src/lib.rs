@@ -359,18 +359,34 @@ impl Inbox {
 #[derive(Debug)]
 pub struct StatusUpdates {
     rx: broadcast::Receiver<(MessageId, Status)>,
+    /// Set once the client has stopped and sent its last changes.
+    closed: watch::Receiver<bool>,
 }
 
 impl StatusUpdates {
-    /// The next change; `None` once the client has stopped. A reader that
-    /// falls behind skips the oldest changes ([`Client::status`] has the
-    /// latest).
+    /// The next change; `None` once the client has stopped (closed, shut
+    /// down, or every handle dropped) and every change before that was
+    /// read. A reader that falls behind skips the oldest changes
+    /// ([`Client::status`] has the latest).
     pub async fn next(&mut self) -> Option<(MessageId, Status)> {
+        use broadcast::error::{RecvError, TryRecvError};
         loop {
-            match self.rx.recv().await {
+            let closed = *self.closed.borrow_and_update();
+            match self.rx.try_recv() {
                 Ok(x) => return Some(x),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Closed) => return None,
+                Err(TryRecvError::Empty) if closed => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Ok(x) => return Some(x),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                },
+                // Stopped: what it sent last is read above first.
+                _ = self.closed.changed() => {}
             }
         }
     }
@@ -1006,6 +1022,7 @@ impl Client {
     pub fn subscribe_status(&self) -> StatusUpdates {
         StatusUpdates {
             rx: self.inner.status_tx.subscribe(),
+            closed: self.inner.closed.subscribe(),
         }
     }
 

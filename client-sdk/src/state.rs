@@ -422,6 +422,9 @@ pub struct ClientState {
     stats: CoverStats,
     /// Payload ticks alternate between a fragment and a fetch when both wait.
     fetch_turn: bool,
+    /// The next fetch to leave is the first of the current or previous
+    /// period's boxes in the queue, not its front (they take turns).
+    recent_turn: bool,
     /// Loops lost since the last one came back.
     loops_lost_in_row: u32,
     /// When the client last asked for a new topology for lost loops.
@@ -638,6 +641,7 @@ impl ClientState {
             events: VecDeque::new(),
             stats: CoverStats::default(),
             fetch_turn: false,
+            recent_turn: false,
             loops_lost_in_row: 0,
             last_stale: None,
             unix_ms: now.unix_ms,
@@ -1794,7 +1798,7 @@ impl ClientState {
         rng: &mut R,
     ) -> Option<Vec<u8>> {
         loop {
-            let due = self.fetches.pop_front()?;
+            let due = self.next_fetch(now)?;
             match self.fetch_frame(due, now, rng) {
                 Ok(Some(f)) => return Some(f),
                 Ok(None) => {} // a window with nothing left to ask
@@ -1804,6 +1808,26 @@ impl ClientState {
                 }
             }
         }
+    }
+
+    /// Takes the next fetch from the queue: the front, and every other
+    /// time the first fetch of a current or previous period's box. After
+    /// days away the queue holds a probe for every hour missed of every
+    /// contact; new messages do not wait behind all of them, nor do the
+    /// hours missed wait behind the probes every round brings.
+    fn next_fetch(&mut self, now: Now) -> Option<Fetch> {
+        self.recent_turn = !self.recent_turn;
+        if self.recent_turn {
+            let recent = dropbox::period_at(now.unix_ms).saturating_sub(1);
+            let i = self
+                .fetches
+                .iter()
+                .position(|f| dropbox::slot_period(f.period) >= recent);
+            if let Some(i) = i {
+                return self.fetches.remove(i);
+            }
+        }
+        self.fetches.pop_front()
     }
 
     /// A fetch of a box, with SURBs back to us.
@@ -3790,6 +3814,49 @@ mod tests {
         let mut r = ClientState::restore(cfg, doc, ch.puts, at(110), &mut rng).unwrap();
         r.queue_fetch_round(at(110));
         assert_eq!(probed(&mut r), (p + 103..=p + 110).collect());
+    }
+
+    /// Back after 100 hours, a round queues a probe for every hour missed
+    /// (oldest first) and for the current and previous hour. Those two
+    /// leave among the first three fetches, not after the hundred; the
+    /// hours missed take every other fetch until they are through, and
+    /// none is lost.
+    #[test]
+    fn new_boxes_do_not_wait_behind_the_hours_missed() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let doc = topology(100);
+        let p = 490_000;
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: p * dropbox::PERIOD_MS + 600_000,
+        };
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        let (mut st, _, _) = with_contact(&cfg, &doc, start, &mut rng);
+        st.queue_fetch_round(start);
+        answer_all(&mut st);
+        st.fetches.clear();
+        st.queue_fetch_round(at(100));
+        let queue: Vec<u64> = st
+            .fetches
+            .iter()
+            .map(|f| dropbox::slot_period(f.period))
+            .collect();
+        let queued: BTreeSet<u64> = queue.iter().copied().collect();
+        assert_eq!(queued, (p - 1..=p + 100).collect());
+        assert_eq!(queue.len(), queued.len());
+        // In the queue, the hours missed come first.
+        assert_eq!(queue[..2], [p - 1, p]);
+        let mut order = Vec::new();
+        while let Some(f) = st.next_fetch(at(100)) {
+            order.push(dropbox::slot_period(f.period));
+        }
+        let pos = |q: u64| order.iter().position(|x| *x == q).unwrap();
+        assert!(pos(p + 100) < 3 && pos(p + 99) < 3, "{:?}", &order[..4]);
+        // Every other fetch is the front of the queue: the oldest hours.
+        assert_eq!(order[1], p - 1);
+        assert_eq!(order.len(), queued.len());
+        assert_eq!(order.iter().copied().collect::<BTreeSet<u64>>(), queued);
     }
 
     /// Every box a fetch round left to answer, answered "nothing more".
