@@ -51,6 +51,8 @@ const MAX_INBOUND: usize = 4 * MAX_MEMBERS;
 const MAX_SEEN: usize = 20_000;
 /// Messages held per group while their session's key has not come.
 pub const MAX_HELD: usize = 1_000;
+/// Bytes of the messages held per group (group messages may be 8 MiB).
+pub const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 /// Earlier epochs whose boxes are still read (a member who had not yet
 /// heard of a new epoch may still write there).
 const MAX_RETIRED: usize = 4;
@@ -586,8 +588,10 @@ impl Group {
             return Opened::Own;
         }
         let hold = |held: &mut VecDeque<Held>| {
-            if held.len() >= MAX_HELD {
-                held.pop_front();
+            let mut bytes: usize = held.iter().map(|h| h.megolm.len()).sum();
+            while held.len() >= MAX_HELD || bytes + megolm.len() > MAX_HELD_BYTES {
+                let Some(h) = held.pop_front() else { break };
+                bytes -= h.megolm.len();
             }
             held.push_back(Held {
                 msg_id,
@@ -657,8 +661,25 @@ impl Group {
             // Not yet a member: kept again.
             let _ = self.add_session(sender, &key);
         }
-        let held: Vec<Held> = std::mem::take(&mut self.held).into();
-        held.into_iter()
+        self.reopen(me, |_| true)
+    }
+
+    /// Tries again the held messages of one session, whose key just came
+    /// (each announce: the others would only be checked again in vain).
+    pub(crate) fn retry_session(
+        &mut self,
+        me: [u8; 32],
+        session_id: &str,
+    ) -> Vec<([u8; 16], Opened)> {
+        self.reopen(me, |h| h.session_id == session_id)
+    }
+
+    fn reopen(&mut self, me: [u8; 32], which: impl Fn(&Held) -> bool) -> Vec<([u8; 16], Opened)> {
+        let (again, keep): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut self.held).into_iter().partition(which);
+        self.held = keep.into();
+        again
+            .into_iter()
             .map(|h| {
                 (
                     h.msg_id,
@@ -880,6 +901,25 @@ mod tests {
             gr.open(a, [1; 16], b, &sid, &m1),
             Opened::Refused(r) if r == "replayed"
         ));
+    }
+
+    /// Held messages are bounded in bytes as well as in number: group
+    /// messages may be 8 MiB, and a thousand of them would not fit in
+    /// memory. The oldest go first.
+    #[test]
+    fn held_messages_are_bounded_in_bytes() {
+        let (a, b) = (k(10), k(11));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        let big = vec![7u8; 8 * 1024 * 1024];
+        for i in 0..20u8 {
+            assert_eq!(ga.open(a, [i; 16], b, "not announced", &big), Opened::Held);
+        }
+        let bytes: usize = ga.held.iter().map(|h| h.megolm.len()).sum();
+        assert!(bytes <= MAX_HELD_BYTES, "{bytes}");
+        assert_eq!(ga.held.len(), MAX_HELD_BYTES / big.len());
+        assert_eq!(ga.held.back().unwrap().msg_id, [19; 16]);
+        assert_eq!(ga.held.front().unwrap().msg_id, [12; 16]);
     }
 
     /// After a new epoch without C, C's old group cannot open what B sends

@@ -1316,8 +1316,16 @@ impl ClientState {
             .map_or(period, |p| p.saturating_sub(1).max(kept_from))
             ..period.saturating_sub(1);
         self.probed_through = Some(period);
-        if !missed.is_empty() {
-            self.absence = Some((missed.start, period));
+        // An absence: rounds missed for more than an hour boundary (a
+        // round in a new hour always counts the period before the last).
+        if missed.end.saturating_sub(missed.start) >= 2 {
+            // An absence soon after another (a client killed, or asleep,
+            // while catching up) extends it.
+            let start = match self.absence {
+                Some((s, back)) if back.saturating_add(catch_up) > period => s.min(missed.start),
+                _ => missed.start,
+            };
+            self.absence = Some((start, period));
         }
         self.prune_groups(period, kept_from, missed.clone());
         let mut due = Vec::new();
@@ -1797,6 +1805,12 @@ impl ClientState {
         now: Now,
         rng: &mut R,
     ) -> Option<Vec<u8>> {
+        // No room for the replies' keys: the fetch waits in the queue.
+        let t = self.secs(now);
+        self.pending.retain(|_, p| t - p.created < PENDING_TTL);
+        if self.pending.len() + FETCH_SURBS > MAX_PENDING {
+            return None;
+        }
         loop {
             let due = self.next_fetch(now)?;
             match self.fetch_frame(due, now, rng) {
@@ -2662,7 +2676,7 @@ impl ClientState {
         let catch_up = self.cfg.catch_up_periods.max(2);
         let mut from = period.saturating_sub(catch_up - 1);
         if let Some((start, back)) = self.absence
-            && back + catch_up > period
+            && back.saturating_add(catch_up) > period
         {
             from = from.min(start);
         }
@@ -2684,7 +2698,7 @@ impl ClientState {
         }
         let t = self.secs_now();
         let period = dropbox::period_at(self.unix_ms);
-        let until = period + self.cfg.catch_up_periods.max(2);
+        let until = period.saturating_add(self.cfg.catch_up_periods.max(2));
         // The boxes before the previous period (which rounds probe anyway)
         // that a new epoch may have been written to unseen.
         let unread = self.read_back_from(period)..period.saturating_sub(1);
@@ -2735,18 +2749,25 @@ impl ClientState {
                 if !g.members.contains_key(&them) {
                     return;
                 }
-                let mut losing = None;
-                if keys.epoch == g.epoch && !g.retired.iter().any(|r| r.1 == *keys.secret) {
-                    let ek = group::epoch_key(&keys.id, keys.epoch, &keys.secret);
-                    if ek != g.epoch_key() {
-                        g.retire(ek, *keys.secret, until);
-                        losing = Some(ek);
-                    }
+                // An older epoch we never had (keys of two epochs come in
+                // any order after an absence: we moved past it) was
+                // written to too: read it as well.
+                let ek = group::epoch_key(&keys.id, keys.epoch, &keys.secret);
+                let unknown = ek != g.epoch_key() && !g.retired.iter().any(|r| r.0 == ek);
+                let losing = unknown && keys.epoch == g.epoch;
+                let read = unknown && keys.epoch <= g.epoch;
+                if read {
+                    g.retire(ek, *keys.secret, until);
                 }
                 let reply = ((keys.epoch, *keys.secret) != (g.epoch, g.secret()))
                     .then(|| g.keys(group::OP_REKEY));
-                if let Some(ek) = losing {
-                    Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, false);
+                if read {
+                    Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
+                    if let Some(c) = mine.contacts.get_mut(&ek) {
+                        c.mark_unread(&me, &ek, unread);
+                    }
+                }
+                if losing {
                     // The members who know only the winner read it too:
                     // messages were written there before its makers heard.
                     let mut fwd = keys.clone();
@@ -2808,7 +2829,7 @@ impl ClientState {
                     session_key,
                 },
             ) if sender != me => match g.add_session(sender, &session_key) {
-                Ok(_) => opened.extend(g.retry(me)),
+                Ok(sid) => opened.extend(g.retry_session(me, &sid)),
                 Err(e) => tracing::debug!(reason = %e, "group session key not taken"),
             },
             (
@@ -3823,16 +3844,9 @@ mod tests {
     /// none is lost.
     #[test]
     fn new_boxes_do_not_wait_behind_the_hours_missed() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
-        let doc = topology(100);
-        let p = 490_000;
-        let start = Now {
-            at: Instant::now(),
-            unix_ms: p * dropbox::PERIOD_MS + 600_000,
-        };
+        let (mut st, _, _, _, start) = ten_past_hour_p(8);
+        let p = P;
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
-        let (mut st, _, _) = with_contact(&cfg, &doc, start, &mut rng);
         st.queue_fetch_round(start);
         answer_all(&mut st);
         st.fetches.clear();
@@ -3857,6 +3871,22 @@ mod tests {
         assert_eq!(order[1], p - 1);
         assert_eq!(order.len(), queued.len());
         assert_eq!(order.iter().copied().collect::<BTreeSet<u64>>(), queued);
+    }
+
+    /// An hour period of 2025, for tests that count periods.
+    const P: u64 = 490_000;
+
+    /// A client with one contact, ten minutes into period [`P`]: the
+    /// client, its identity, the contact, its config and the time.
+    fn ten_past_hour_p(seed: u64) -> (ClientState, ContactId, ContactId, ClientConfig, Now) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: P * dropbox::PERIOD_MS + 600_000,
+        };
+        let (st, me, c) = with_contact(&cfg, &topology(100), start, &mut rng);
+        (st, me, c, cfg, start)
     }
 
     /// Every box a fetch round left to answer, answered "nothing more".
@@ -3903,8 +3933,78 @@ mod tests {
         st.unix_ms = now.unix_ms;
         st.on_group_keys(me.0, them.0, &keys.encode());
         let g = &st.identities[&me.0].groups[&id];
-        assert_eq!(g.epoch, epoch, "the keys were taken");
-        group::epoch_key(&id, epoch, &[secret; 32])
+        let ek = group::epoch_key(&id, epoch, &[secret; 32]);
+        assert!(g.read_until(&ek).is_some(), "the keys were taken");
+        ek
+    }
+
+    /// Back from 29 hours away, a member reads the keys of epoch 2 before
+    /// those of epoch 1 (they came from different contacts, whose boxes
+    /// are read in any order). Epoch 1 was written to meanwhile: it is
+    /// read back like the newest, not ignored as older keys.
+    #[test]
+    fn an_epoch_skipped_over_is_read_when_its_keys_come_late() {
+        let (mut st, me, c, _, start) = ten_past_hour_p(9);
+        let p = P;
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        answer_all(&mut st);
+        st.fetches.clear();
+        st.queue_fetch_round(at(30));
+        st.fetches.clear();
+        let e2 = group_keys(&mut st, at(30), (me, c), group::OP_REKEY, 2, 10);
+        let e1 = group_keys(&mut st, at(30), (me, c), group::OP_REKEY, 1, 9);
+        assert_eq!(st.identities[&me.0].groups[&[7u8; 32]].epoch, 2);
+        st.queue_fetch_round(at(30));
+        assert_eq!(probed_epoch(&mut st, e1), (p - 1..=p + 30).collect());
+        assert_eq!(probed_epoch(&mut st, e2), (p - 1..=p + 30).collect());
+    }
+
+    /// When the reply keys of fetches in flight fill their table, the
+    /// queued fetches wait for room: they were taken from the queue and
+    /// dropped, one after another.
+    #[test]
+    fn fetches_wait_while_the_reply_keys_are_full() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
+        let doc = topology(100);
+        let start = Now {
+            at: Instant::now(),
+            unix_ms: doc.valid_from_ms,
+        };
+        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
+        st.queue_fetch_round(start);
+        let period = dropbox::period_at(start.unix_ms);
+        for back in 1..4 {
+            st.fetches.push_back(Fetch {
+                peer: (me.0, c.0),
+                period: period.saturating_sub(back),
+                kind: FetchKind::Probe,
+            });
+        }
+        let queued = st.fetches.len();
+        assert!(queued >= 4, "{queued}");
+        let (_, _, key, _) = surb_home(&st.topology, &st.entry, &st.address, &mut rng).unwrap();
+        for i in 0..MAX_PENDING {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let pending = Pending {
+                key: key.clone(),
+                peer: (me.0, c.0),
+                period: 0,
+                cursor: 0,
+                known: 0,
+                created: st.secs(start),
+            };
+            st.pending.insert(id, pending);
+        }
+        assert!(st.next_fetch_frame(start, &mut rng).is_none());
+        assert_eq!(st.fetches.len(), queued);
+        // Room again: the first goes.
+        st.pending.clear();
+        assert!(st.next_fetch_frame(start, &mut rng).is_some());
+        assert_eq!(st.fetches.len(), queued - 1);
     }
 
     /// A member away for a day and more learns of the group's new epoch
@@ -3914,16 +4014,9 @@ mod tests {
     /// current and previous hour.
     #[test]
     fn an_epoch_learned_after_an_absence_is_read_back_to_its_start() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
-        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
-        let doc = topology(100);
-        let p = 490_000;
-        let start = Now {
-            at: Instant::now(),
-            unix_ms: p * dropbox::PERIOD_MS + 600_000,
-        };
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(6);
+        let p = P;
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
-        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
         let catch_up = cfg.catch_up_periods;
 
         // Joined: the epoch's last `catch_up_periods` boxes.
@@ -3967,16 +4060,9 @@ mod tests {
     /// heard of the new epoch) before the old epoch is forgotten.
     #[test]
     fn an_old_epoch_is_read_for_the_hours_missed_before_it_is_forgotten() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let cfg = ClientConfig::new("http://127.0.0.1:1", &hex::encode([1u8; 32])).unwrap();
-        let doc = topology(100);
-        let p = 490_000;
-        let start = Now {
-            at: Instant::now(),
-            unix_ms: p * dropbox::PERIOD_MS + 600_000,
-        };
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(7);
+        let p = P;
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
-        let (mut st, me, c) = with_contact(&cfg, &doc, start, &mut rng);
         let catch_up = cfg.catch_up_periods;
         let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
         st.queue_fetch_round(start);

@@ -190,22 +190,26 @@ fn a_removed_member_reads_nothing_sent_after() {
     }
 }
 
-#[test]
-fn a_member_offline_for_an_hour_catches_up() {
-    let started = Instant::now();
-    // Slower streams than the simulator's default (an hour of them is
-    // simulated): λ_P = 2/s, loops 0.2/s, downlink 5/s.
+/// A simulation for hours of virtual time: slower streams than the
+/// simulator's default (λ_P = 2/s, loops 0.2/s, downlink 5/s), and
+/// topology keys that outlive the test (the simulator hands out one).
+fn hours_long(seed: u64) -> Sim {
     let mut cfg = SimConfig {
-        seed: 33,
+        seed,
         ..SimConfig::default()
     };
     cfg.params.lambda_payload = 2.0;
     cfg.params.lambda_loop = 0.2;
     cfg.params.lambda_mix_loop = 0.1;
     cfg.params.lambda_downlink = 5.0;
-    // The simulator hands out one topology: let its keys outlive the test.
     cfg.epoch_length_ms = 4 * 3_600_000;
-    let mut sim = Sim::new(cfg);
+    Sim::new(cfg)
+}
+
+#[test]
+fn a_member_offline_for_an_hour_catches_up() {
+    let started = Instant::now();
+    let mut sim = hours_long(33);
     let c: Vec<ClientHandle> = (0..3).map(|_| sim.add_client()).collect();
     sim.connect_contacts(c[0], c[1]);
     sim.connect_contacts(c[0], c[2]);
@@ -254,16 +258,7 @@ fn a_member_offline_for_an_hour_catches_up() {
 #[test]
 fn a_member_asleep_while_another_is_removed_reads_the_new_epoch_written_meanwhile() {
     let started = Instant::now();
-    let mut cfg = SimConfig {
-        seed: 35,
-        ..SimConfig::default()
-    };
-    cfg.params.lambda_payload = 2.0;
-    cfg.params.lambda_loop = 0.2;
-    cfg.params.lambda_mix_loop = 0.1;
-    cfg.params.lambda_downlink = 5.0;
-    cfg.epoch_length_ms = 4 * 3_600_000;
-    let mut sim = Sim::new(cfg);
+    let mut sim = hours_long(35);
     let c: Vec<ClientHandle> = (0..4).map(|_| sim.add_client()).collect();
     for x in &c[1..] {
         sim.connect_contacts(c[0], *x);
