@@ -55,7 +55,7 @@ pub const MAX_HELD: usize = 1_000;
 pub const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 /// Earlier epochs whose boxes are still read (a member who had not yet
 /// heard of a new epoch may still write there).
-const MAX_RETIRED: usize = 4;
+pub(crate) const MAX_RETIRED: usize = 4;
 
 /// A group's id: 32 random bytes chosen by its creator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -665,13 +665,22 @@ impl Group {
     }
 
     /// Tries again the held messages of one session, whose key just came
-    /// (each announce: the others would only be checked again in vain).
+    /// (each announce: the others would only be checked again in vain),
+    /// and of the keys kept for senders who have become members since.
     pub(crate) fn retry_session(
         &mut self,
         me: [u8; 32],
         session_id: &str,
     ) -> Vec<([u8; 16], Opened)> {
-        self.reopen(me, |h| h.session_id == session_id)
+        let mut sessions = vec![session_id.to_string()];
+        let keys: Vec<([u8; 32], Vec<u8>)> = std::mem::take(&mut self.pending_keys).into();
+        for (sender, key) in keys {
+            // Not yet a member: kept again.
+            if let Ok(sid) = self.add_session(sender, &key) {
+                sessions.push(sid);
+            }
+        }
+        self.reopen(me, |h| sessions.contains(&h.session_id))
     }
 
     fn reopen(&mut self, me: [u8; 32], which: impl Fn(&Held) -> bool) -> Vec<([u8; 16], Opened)> {
@@ -901,6 +910,41 @@ mod tests {
             gr.open(a, [1; 16], b, &sid, &m1),
             Opened::Refused(r) if r == "replayed"
         ));
+    }
+
+    /// A key from someone not yet a member is kept; when they have become
+    /// one (added by us, which retries nothing), the next announce of any
+    /// member takes the kept key in and opens what waited for it.
+    #[test]
+    fn a_kept_key_opens_its_messages_at_the_next_announce() {
+        let (a, b, d) = (k(10), k(11), k(13));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        let gb = Group::join(&ga.keys(OP_INVITE));
+        let mut gd = Group::join(&ga.keys(OP_INVITE));
+        let BoxItem::Announce { session_key, .. } = gd.announce(d) else {
+            panic!()
+        };
+        assert!(ga.add_session(d, &session_key).is_err(), "kept, not taken");
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gd.seal(d, b"from d")
+        else {
+            panic!()
+        };
+        assert_eq!(ga.open(a, [1; 16], d, &session_id, &megolm), Opened::Held);
+        ga.members.insert(d, "d".into());
+        let BoxItem::Announce {
+            session_key: bk, ..
+        } = gb.announce(b)
+        else {
+            panic!()
+        };
+        let sid = ga.add_session(b, &bk).unwrap();
+        assert_eq!(
+            ga.retry_session(a, &sid),
+            vec![([1; 16], Opened::Plain(d, b"from d".to_vec(), false))]
+        );
     }
 
     /// Held messages are bounded in bytes as well as in number: group

@@ -1189,9 +1189,15 @@ impl ClientState {
         if self.cfg.dangerous.no_cover && self.holding {
             // Nothing leaves until a usable topology comes: the round.
         } else if self.cfg.dangerous.no_cover {
-            // Without cover, fragments and fetches leave as soon as due.
+            // Without cover, fragments and fetches leave as soon as due;
+            // fetches, once their reply keys have room again.
             if !self.fetches.is_empty() {
-                next = f64::NEG_INFINITY;
+                next = if self.pending.len() + FETCH_SURBS > MAX_PENDING {
+                    let oldest = self.pending.values().map(|p| p.created);
+                    next.min(oldest.fold(f64::INFINITY, f64::min) + PENDING_TTL)
+                } else {
+                    f64::NEG_INFINITY
+                };
             }
             if let Some(d) = self.outbox.next_deadline() {
                 next = next.min(d);
@@ -1319,10 +1325,11 @@ impl ClientState {
         // An absence: rounds missed for more than an hour boundary (a
         // round in a new hour always counts the period before the last).
         if missed.end.saturating_sub(missed.start) >= 2 {
-            // An absence soon after another (a client killed, or asleep,
-            // while catching up) extends it.
+            // An absence that began within two hours of the end of the
+            // last (a client killed, or asleep, while catching up on it)
+            // extends it.
             let start = match self.absence {
-                Some((s, back)) if back.saturating_add(catch_up) > period => s.min(missed.start),
+                Some((s, back)) if missed.start <= back.saturating_add(2) => s.min(missed.start),
                 _ => missed.start,
             };
             self.absence = Some((start, period));
@@ -2755,7 +2762,10 @@ impl ClientState {
                 let ek = group::epoch_key(&keys.id, keys.epoch, &keys.secret);
                 let unknown = ek != g.epoch_key() && !g.retired.iter().any(|r| r.0 == ek);
                 let losing = unknown && keys.epoch == g.epoch;
-                let read = unknown && keys.epoch <= g.epoch;
+                // An older one only while there is room for it: it must
+                // not push out an old epoch still being read.
+                let read = losing
+                    || (unknown && keys.epoch < g.epoch && g.retired.len() < group::MAX_RETIRED);
                 if read {
                     g.retire(ek, *keys.secret, until);
                 }
@@ -3938,6 +3948,34 @@ mod tests {
         ek
     }
 
+    /// An absence that begins within two hours of the end of the last (a
+    /// phone asleep again while it caught up) extends it: keys read after
+    /// the second are read back to the start of the first. One that
+    /// begins later is an absence of its own.
+    #[test]
+    fn an_absence_soon_after_another_extends_it() {
+        let (mut st, me, c, _, start) = ten_past_hour_p(11);
+        let p = P;
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        // Away 0 → 30, back one hour, away 31 → 40.
+        st.queue_fetch_round(at(30));
+        st.queue_fetch_round(at(31));
+        st.queue_fetch_round(at(40));
+        assert_eq!(st.absence, Some((p - 1, p + 40)));
+        // Back ten hours (a round each hour), then away 50 → 60: its own.
+        for h in 41..=50 {
+            st.queue_fetch_round(at(h));
+        }
+        st.queue_fetch_round(at(60));
+        assert_eq!(st.absence, Some((p + 49, p + 60)));
+        st.fetches.clear();
+        let e1 = group_keys(&mut st, at(60), (me, c), group::OP_REKEY, 1, 9);
+        st.queue_fetch_round(at(60));
+        assert_eq!(probed_epoch(&mut st, e1), (p + 37..=p + 60).collect());
+    }
+
     /// Back from 29 hours away, a member reads the keys of epoch 2 before
     /// those of epoch 1 (they came from different contacts, whose boxes
     /// are read in any order). Epoch 1 was written to meanwhile: it is
@@ -4001,6 +4039,11 @@ mod tests {
         }
         assert!(st.next_fetch_frame(start, &mut rng).is_none());
         assert_eq!(st.fetches.len(), queued);
+        // Without cover, the driver sleeps until the oldest key expires
+        // rather than spinning (fetches are otherwise due at once).
+        st.cfg.dangerous.set_no_cover(true);
+        st.next_round = st.secs(start) + 1000.0;
+        assert!(st.poll_timeout() >= start.at + Duration::from_secs_f64(PENDING_TTL));
         // Room again: the first goes.
         st.pending.clear();
         assert!(st.next_fetch_frame(start, &mut rng).is_some());
