@@ -656,12 +656,17 @@ impl Group {
     /// are members now are taken in, and every held message is tried
     /// again (those still missing something are held again).
     pub(crate) fn retry(&mut self, me: [u8; 32]) -> Vec<([u8; 16], Opened)> {
-        let keys: Vec<([u8; 32], Vec<u8>)> = std::mem::take(&mut self.pending_keys).into();
-        for (sender, key) in keys {
-            // Not yet a member: kept again.
-            let _ = self.add_session(sender, &key);
-        }
+        self.take_in_kept_keys();
         self.reopen(me, |_| true)
+    }
+
+    /// Adds the kept keys of senders who have become members (the others
+    /// are kept again); returns the sessions added.
+    fn take_in_kept_keys(&mut self) -> Vec<String> {
+        let keys: Vec<([u8; 32], Vec<u8>)> = std::mem::take(&mut self.pending_keys).into();
+        keys.into_iter()
+            .filter_map(|(sender, key)| self.add_session(sender, &key).ok())
+            .collect()
     }
 
     /// Tries again the held messages of one session, whose key just came
@@ -672,14 +677,8 @@ impl Group {
         me: [u8; 32],
         session_id: &str,
     ) -> Vec<([u8; 16], Opened)> {
-        let mut sessions = vec![session_id.to_string()];
-        let keys: Vec<([u8; 32], Vec<u8>)> = std::mem::take(&mut self.pending_keys).into();
-        for (sender, key) in keys {
-            // Not yet a member: kept again.
-            if let Ok(sid) = self.add_session(sender, &key) {
-                sessions.push(sid);
-            }
-        }
+        let mut sessions = self.take_in_kept_keys();
+        sessions.push(session_id.to_string());
         self.reopen(me, |h| sessions.contains(&h.session_id))
     }
 

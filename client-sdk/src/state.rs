@@ -1812,7 +1812,8 @@ impl ClientState {
         now: Now,
         rng: &mut R,
     ) -> Option<Vec<u8>> {
-        // No room for the replies' keys: the fetch waits in the queue.
+        // No room for the replies' keys: the fetch waits in the queue
+        // (checked before a window fetch is recorded as asked).
         let t = self.secs(now);
         self.pending.retain(|_, p| t - p.created < PENDING_TTL);
         if self.pending.len() + FETCH_SURBS > MAX_PENDING {
@@ -1858,13 +1859,9 @@ impl ClientState {
         now: Now,
         rng: &mut R,
     ) -> Result<Option<Vec<u8>>, Error> {
+        // (The caller checked that the reply keys have room.)
         let t = self.secs(now);
         let topo = self.topology.clone();
-        // Check for room before a window fetch is recorded as asked.
-        self.pending.retain(|_, p| t - p.created < PENDING_TTL);
-        if self.pending.len() + FETCH_SURBS > MAX_PENDING {
-            return Ok(None);
-        }
         let (me, them) = due.peer;
         let timeout = fetch_timeout(&topo);
         let Some(c) = self
@@ -2382,6 +2379,22 @@ impl ClientState {
         Ok(())
     }
 
+    /// [`Self::add_epoch_entry`] for an epoch learned now, whose boxes of
+    /// `unread` periods are probed until answered.
+    fn read_epoch(
+        mine: &mut Me,
+        me: [u8; 32],
+        gid: [u8; 32],
+        ek: [u8; 32],
+        secret: [u8; 32],
+        unread: Range<u64>,
+    ) {
+        Self::add_epoch_entry(mine, gid, ek, secret, true);
+        if let Some(c) = mine.contacts.get_mut(&ek) {
+            c.mark_unread(&me, &ek, unread);
+        }
+    }
+
     /// Makes the contacts entry through which an epoch's boxes are fetched
     /// and written.
     fn add_epoch_entry(
@@ -2717,10 +2730,7 @@ impl ClientState {
             None => {
                 let g = Group::join(&keys);
                 let ek = g.epoch_key();
-                Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
-                if let Some(c) = mine.contacts.get_mut(&ek) {
-                    c.mark_unread(&me, &ek, unread);
-                }
+                Self::read_epoch(mine, me, keys.id, ek, *keys.secret, unread);
                 mine.groups.insert(keys.id, g);
                 GroupChange::Joined {
                     by: ContactId(them),
@@ -2735,10 +2745,7 @@ impl ClientState {
                 );
                 let ek = g.epoch_key();
                 let opened = g.retry(me);
-                Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
-                if let Some(c) = mine.contacts.get_mut(&ek) {
-                    c.mark_unread(&me, &ek, unread);
-                }
+                Self::read_epoch(mine, me, keys.id, ek, *keys.secret, unread);
                 let mut fwd = keys.clone();
                 fwd.op = group::OP_REKEY;
                 self.forward_keys(t, me, Some(them), &fwd);
@@ -2772,10 +2779,7 @@ impl ClientState {
                 let reply = ((keys.epoch, *keys.secret) != (g.epoch, g.secret()))
                     .then(|| g.keys(group::OP_REKEY));
                 if read {
-                    Self::add_epoch_entry(mine, keys.id, ek, *keys.secret, true);
-                    if let Some(c) = mine.contacts.get_mut(&ek) {
-                        c.mark_unread(&me, &ek, unread);
-                    }
+                    Self::read_epoch(mine, me, keys.id, ek, *keys.secret, unread);
                 }
                 if losing {
                     // The members who know only the winner read it too:
