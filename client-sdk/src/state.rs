@@ -470,6 +470,7 @@ struct Persisted {
     confirmed: HashMap<(Peer, u64), u64>,
     /// Group records as last written.
     groups: HashMap<Vec<u8>, Vec<u8>>,
+    absence: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for ClientState {
@@ -1333,6 +1334,7 @@ impl ClientState {
                 _ => missed.start,
             };
             self.absence = Some((start, period));
+            self.dirty = true;
         }
         self.prune_groups(period, kept_from, missed.clone());
         let mut due = Vec::new();
@@ -2960,6 +2962,9 @@ const SNAPSHOT_VERSION: u32 = 3;
 
 /// Record keys: the snapshot, and the byte strings kept apart from it.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The last absence (first period missed, period back), kept apart from
+/// the snapshot so that stores written before it still read.
+const KEY_ABSENCE: &[u8] = b"absence";
 const PREFIX_OUT: &[u8] = b"out/";
 const PREFIX_CHUNK: &[u8] = b"chunk/";
 const PREFIX_MSG: &[u8] = b"msg/";
@@ -3184,6 +3189,15 @@ impl ClientState {
             }
         }
         self.persisted.groups = groups;
+        // The last absence: an epoch learned after a restart is read back
+        // to its start too.
+        if self.absence != self.persisted.absence {
+            match self.absence.and_then(|a| postcard::to_stdvec(&a).ok()) {
+                Some(v) => ch.puts.push((KEY_ABSENCE.to_vec(), v)),
+                None => ch.deletes.push(KEY_ABSENCE.to_vec()),
+            }
+            self.persisted.absence = self.absence;
+        }
         let (partials, done) = self.reassembly.export();
         let done_now: HashSet<MessageId> = done.iter().copied().collect();
         for (n, id) in done.iter().enumerate() {
@@ -3378,6 +3392,10 @@ impl ClientState {
                     )));
                 }
                 snapshot = Some((s, v));
+            } else if k == KEY_ABSENCE {
+                let a: (u64, u64) = postcard::from_bytes(&v).map_err(|_| corrupt("absence"))?;
+                st.absence = Some(a);
+                st.persisted.absence = Some(a);
             } else if let Some(rest) = k.strip_prefix(PREFIX_OUT) {
                 let id: MessageId = rest.try_into().map_err(|_| corrupt("outbox"))?;
                 blob_keys.insert(k.clone());
@@ -4099,6 +4117,37 @@ mod tests {
             probed_epoch(&mut st, e2),
             (p + 56 - catch_up + 1..=p + 56).collect()
         );
+    }
+
+    /// The last absence is saved with the store: a client back from 30
+    /// hours away, closed for an hour and opened again, still reads an
+    /// epoch whose keys it finds only then back to the absence's start,
+    /// not `catch_up_periods`.
+    #[test]
+    fn an_absence_survives_a_restore() {
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(12);
+        let p = P;
+        let at = |h: u64| start.after(Duration::from_secs(h * 3600));
+        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        answer_all(&mut st);
+        st.queue_fetch_round(at(1));
+        // Away from hour 1 to hour 30, then saved and closed.
+        st.queue_fetch_round(at(30));
+        assert_eq!(st.absence, Some((p, p + 30)));
+        let ch = st.take_changes(at(30)).unwrap();
+        assert!(ch.puts.iter().any(|(k, _)| k == KEY_ABSENCE));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut r = ClientState::restore(cfg, topology(100), ch.puts, at(31), &mut rng).unwrap();
+        assert_eq!(r.absence, Some((p, p + 30)));
+        r.queue_fetch_round(at(31));
+        r.fetches.clear();
+        let e1 = group_keys(&mut r, at(31), (me, c), group::OP_REKEY, 1, 9);
+        r.queue_fetch_round(at(31));
+        assert_eq!(probed_epoch(&mut r, e1), (p..=p + 31).collect());
+        // Written once: an unchanged absence is not written again.
+        let ch = r.take_changes(at(31)).unwrap_or_default();
+        assert!(!ch.puts.iter().any(|(k, _)| k == KEY_ABSENCE));
     }
 
     /// An old epoch is read for `catch_up_periods` after the new one came.
