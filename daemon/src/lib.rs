@@ -8,6 +8,7 @@ pub mod history;
 mod server;
 
 pub use config::{DaemonConfig, DaemonFile};
+pub use server::MAX_REQUEST;
 
 use client_sdk::state::Changes;
 use client_sdk::store::Store;

@@ -177,7 +177,21 @@ async fn connection(ctx: Arc<Ctx>, mut socket: WebSocket) {
                         continue;
                     }
                     Some(Ok(_)) => continue, // ping, pong: axum answers pings
-                    Some(Err(_)) | None => return,
+                    Some(Err(e)) => {
+                        if too_large(e) {
+                            // Say why, so the page can tell its user; the
+                            // rest of the frame is not read (it could be
+                            // any size), so the connection ends here.
+                            let _ = socket
+                                .send(Message::Close(Some(CloseFrame {
+                                    code: 1009,
+                                    reason: "a frame over 1 MiB: split uploads into upload calls".into(),
+                                })))
+                                .await;
+                        }
+                        return;
+                    }
+                    None => return,
                 };
                 let reply = crate::api::request(&ctx, &mut conn, text.as_str()).await;
                 if socket.send(Message::Text(reply.into())).await.is_err() {
@@ -211,6 +225,14 @@ async fn connection(ctx: Arc<Ctx>, mut socket: WebSocket) {
             }
         }
     }
+}
+
+/// Whether a read failed on a frame or message over [`MAX_REQUEST`].
+fn too_large(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 /// Resolves once the daemon stops.

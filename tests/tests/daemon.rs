@@ -7,7 +7,7 @@
 //! `cargo test -p tests --test daemon -- --nocapture`
 
 use daemon::Daemon;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -144,6 +144,27 @@ async fn refuses_other_origins_rebound_hosts_and_missing_tokens() {
     assert!(n["topology_age_s"].as_u64().unwrap() < 3600, "{n}");
     let ids = api.ok("identities", json!({})).await;
     assert_eq!(ids["identities"][0]["id"], hex::encode(d.id().0));
+    // A frame over 1 MiB ends the connection with a close frame that says
+    // why (1009), not an abnormal close; other connections go on.
+    let mut big = Api::open(&d).await;
+    let oversized = "x".repeat(daemon::MAX_REQUEST + 1);
+    // The daemon may stop reading before all of it is written.
+    let _ = big.ws.send(tungstenite::Message::text(oversized)).await;
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match big.ws.next().await {
+                Some(Ok(tungstenite::Message::Close(c))) => break c,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame within 10 s")
+    .expect("a close code");
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    let n = api.ok("network", json!({})).await;
+    assert_eq!(n["connected"], true, "{n}");
     d.stop().await;
     net.stop().await;
 }
