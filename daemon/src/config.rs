@@ -63,8 +63,13 @@ impl DaemonFile {
                 });
             }
         };
-        toml::from_str(&text).map_err(|e| Error::Config {
-            file: path.display().to_string(),
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Reads `daemon.toml`'s text; errors name `file`.
+    pub fn parse(text: &str, file: &str) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            file: file.to_string(),
             key: e
                 .message()
                 .split('`')

@@ -66,7 +66,6 @@ pub(crate) struct Ctx {
     pub(crate) store: Arc<Store>,
     /// Events for every connection (JSON text).
     pub(crate) events: broadcast::Sender<Arc<str>>,
-    pub(crate) access: access::Access,
     /// Set when the daemon stops: connections close.
     pub(crate) stop: watch::Sender<bool>,
 }
@@ -113,12 +112,88 @@ impl Ctx {
     }
 }
 
+/// The client, its history and the tasks that turn the client's inbox,
+/// statuses and group changes into history and events: all of a daemon
+/// but its HTTP server.
+struct Core {
+    ctx: Arc<Ctx>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Events from the start: messages the store held for the application
+    /// are handed over as soon as the tasks run.
+    first: Option<broadcast::Receiver<Arc<str>>>,
+}
+
+impl Core {
+    /// Opens the client's store and the history in `cfg.data_dir` (made
+    /// 0700 if missing) with `passphrase`, and starts the tasks.
+    async fn open(cfg: &DaemonConfig, passphrase: &[u8]) -> Result<Core, Error> {
+        let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| Error::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        net::identity::create_private_dir(&cfg.data_dir)
+            .map_err(|e| file_err(&cfg.data_dir, &e))?;
+        let history_path = cfg.data_dir.join("history.umbra");
+        let pass = passphrase.to_vec();
+        let kdf = cfg.client.store_kdf;
+        // The client first: a wrong passphrase is refused before the
+        // history file is created.
+        let (client, inbox) = Client::open(
+            cfg.client.clone(),
+            cfg.data_dir.join("client.umbra"),
+            passphrase,
+        )
+        .await?;
+        let (store, records) =
+            match tokio::task::spawn_blocking(move || Store::open(&history_path, &pass, kdf)).await
+            {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(e)) => {
+                    client.close().await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    client.close().await;
+                    return Err(file_err(&cfg.data_dir, &e));
+                }
+            };
+        let ctx = Arc::new(Ctx {
+            me: client.id(),
+            client,
+            history: Mutex::new(History::restore(records)),
+            store: Arc::new(store),
+            events: broadcast::channel(1024).0,
+            stop: watch::channel(false).0,
+        });
+        let first = Some(ctx.events.subscribe());
+        let tasks = vec![
+            tokio::spawn(api::inbox_task(ctx.clone(), inbox)),
+            tokio::spawn(api::status_task(ctx.clone())),
+            tokio::spawn(api::groups_task(ctx.clone())),
+            tokio::spawn(api::ticker_task(ctx.clone())),
+        ];
+        Ok(Core { ctx, tasks, first })
+    }
+
+    /// Stops the tasks and closes the client (its last changes written).
+    async fn close(self) {
+        self.ctx.stop.send_replace(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.ctx.client.clone().close().await;
+    }
+}
+
 /// A running daemon: its client, its API and page on loopback.
 pub struct Daemon {
     addr: SocketAddr,
     token_path: PathBuf,
-    ctx: Arc<Ctx>,
-    tasks: Vec<JoinHandle<()>>,
+    served: Arc<server::Served>,
+    core: Core,
 }
 
 impl Daemon {
@@ -144,40 +219,26 @@ impl Daemon {
             addr: cfg.listen,
             source,
         })?;
-        let history_path = cfg.data_dir.join("history.umbra");
-        let pass = passphrase.to_vec();
-        let kdf = cfg.client.store_kdf;
-        // The client first: a wrong passphrase is refused before the
-        // history file is created.
-        let (client, inbox) = Client::open(
-            cfg.client.clone(),
-            cfg.data_dir.join("client.umbra"),
-            passphrase,
-        )
-        .await?;
-        let (store, records) =
-            tokio::task::spawn_blocking(move || Store::open(&history_path, &pass, kdf))
-                .await
-                .map_err(|e| file_err(&cfg.data_dir, &e))??;
         // The token is kept across restarts, so that an open page (and its
         // queue of messages written offline) reconnects by itself; delete
         // the file to make a new one.
         let token_path = cfg.data_dir.join("api-token");
-        let token = if token_path.exists() {
+        let existing = token_path.exists();
+        let token = if existing {
             net::identity::read_secret(&token_path).map_err(|e| file_err(&token_path, &e))?
         } else {
-            let t = access::new_token();
-            net::identity::write_secret(&token_path, &t).map_err(|e| file_err(&token_path, &e))?;
-            t
+            access::new_token()
         };
-        let ctx = Arc::new(Ctx {
-            me: client.id(),
-            client,
-            history: Mutex::new(History::restore(records)),
-            store: Arc::new(store),
-            events: broadcast::channel(1024).0,
+        let mut core = Core::open(&cfg, passphrase).await?;
+        // Connections see events from when they connect.
+        core.first = None;
+        if !existing && let Err(e) = net::identity::write_secret(&token_path, &token) {
+            core.close().await;
+            return Err(file_err(&token_path, &e));
+        }
+        let served = Arc::new(server::Served {
+            ctx: core.ctx.clone(),
             access: access::Access::new(addr, hex::encode(token)),
-            stop: watch::channel(false).0,
         });
         if !addr.ip().is_loopback() {
             tracing::warn!(
@@ -185,19 +246,14 @@ impl Daemon {
                  anyone who reaches the port and holds the token drives this client"
             );
         }
-        let tasks = vec![
-            tokio::spawn(server::serve(ctx.clone(), listener)),
-            tokio::spawn(api::inbox_task(ctx.clone(), inbox)),
-            tokio::spawn(api::status_task(ctx.clone())),
-            tokio::spawn(api::groups_task(ctx.clone())),
-            tokio::spawn(api::ticker_task(ctx.clone())),
-        ];
+        core.tasks
+            .push(tokio::spawn(server::serve(served.clone(), listener)));
         tracing::info!(%addr, "umbra daemon serving its API and page on loopback");
         Ok(Daemon {
             addr,
             token_path,
-            ctx,
-            tasks,
+            served,
+            core,
         })
     }
 
@@ -208,7 +264,7 @@ impl Daemon {
 
     /// The API token (also in [`Daemon::token_path`]).
     pub fn token(&self) -> &str {
-        self.ctx.access.token()
+        self.served.access.token()
     }
 
     /// The file holding the API token (mode 0600).
@@ -223,23 +279,86 @@ impl Daemon {
 
     /// The daemon's identity.
     pub fn id(&self) -> ContactId {
-        self.ctx.me
+        self.core.ctx.me
     }
 
     /// The client (for tests and embedding).
     pub fn client(&self) -> &Client {
-        &self.ctx.client
+        &self.core.ctx.client
     }
 
     /// Stops serving and closes the client (its last changes written).
     pub async fn stop(self) {
-        self.ctx.stop.send_replace(true);
-        for t in &self.tasks {
-            t.abort();
+        self.core.close().await;
+    }
+}
+
+/// The daemon's API in this process, without a server: the same requests,
+/// replies and events as the WebSocket API (docs/api.md), as strings. The C
+/// ABI (crate `umbra-ffi`) is built on it. Requests are answered one at a
+/// time, in order, like those of one WebSocket connection.
+pub struct Embedded {
+    core: Core,
+    conn: Mutex<api::Conn>,
+    events: Mutex<broadcast::Receiver<Arc<str>>>,
+}
+
+impl Embedded {
+    /// Opens the client's store and the history in `cfg.data_dir` with
+    /// `passphrase` (creating them, with a new identity, on the first
+    /// open) and starts the client. `cfg.listen` is not used.
+    pub async fn open(cfg: DaemonConfig, passphrase: &[u8]) -> Result<Embedded, Error> {
+        let mut core = Core::open(&cfg, passphrase).await?;
+        let events = match core.first.take() {
+            Some(rx) => rx,
+            None => core.ctx.events.subscribe(),
+        };
+        let events = Mutex::new(events);
+        Ok(Embedded {
+            core,
+            conn: Mutex::new(api::Conn::default()),
+            events,
+        })
+    }
+
+    /// The `hello` event a connection gets first: the API version and our
+    /// identity.
+    pub fn hello(&self) -> String {
+        api::hello(&self.core.ctx)
+    }
+
+    /// Answers one request (a JSON object, as over the WebSocket); a
+    /// request over [`MAX_REQUEST`] bytes gets a `bad_request` reply.
+    pub async fn call(&self, request: &str) -> String {
+        if request.len() > MAX_REQUEST {
+            return api::bad_request("a request over 1 MiB: split uploads into upload calls");
         }
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        let mut conn = self.conn.lock().await;
+        api::request(&self.core.ctx, &mut conn, request).await
+    }
+
+    /// The next event, or `None` if none came within `timeout`. Events not
+    /// taken are kept, up to 1,024; beyond that the oldest are dropped and
+    /// the next call returns `{"event":"lagged","missed":N}`: ask
+    /// `history` for what was missed.
+    pub async fn next_event(&self, timeout: Duration) -> Option<String> {
+        let mut rx = self.events.lock().await;
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Ok(e)) => Some(e.to_string()),
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                Some(serde_json::json!({"event": "lagged", "missed": n}).to_string())
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => None,
         }
-        self.ctx.client.clone().close().await;
+    }
+
+    /// The identity of this client.
+    pub fn id(&self) -> ContactId {
+        self.core.ctx.me
+    }
+
+    /// Stops the client (its last changes written).
+    pub async fn close(self) {
+        self.core.close().await;
     }
 }

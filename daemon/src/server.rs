@@ -2,7 +2,7 @@
 //! the checks of [`crate::access`].
 
 use crate::Ctx;
-use crate::access::Refusal;
+use crate::access::{Access, Refusal};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State};
@@ -50,18 +50,26 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// What the HTTP server's handlers share: the daemon's context and the
+/// checks every request passes.
+pub struct Served {
+    pub ctx: Arc<Ctx>,
+    pub access: Access,
+}
+
 /// Serves until the daemon stops.
-pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+pub async fn serve(served: Arc<Served>, listener: tokio::net::TcpListener) {
+    let ctx = &served.ctx;
     let mut app = Router::new().route("/v1/ws", get(ws));
     for (path, _, _) in FILES {
         app = app.route(path, get(file));
     }
     let app = app
         .layer(axum::middleware::from_fn_with_state(
-            ctx.clone(),
+            served.clone(),
             host_check,
         ))
-        .with_state(ctx.clone());
+        .with_state(served.clone());
     let mut stop = ctx.stop.subscribe();
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -87,11 +95,8 @@ fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// Every request: the `Host` is ours (DNS rebinding refused).
-async fn host_check(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response {
-    if let Err(r) = ctx
-        .access
-        .check_host(header_str(req.headers(), header::HOST))
-    {
+async fn host_check(State(s): State<Arc<Served>>, req: Request, next: Next) -> Response {
+    if let Err(r) = s.access.check_host(header_str(req.headers(), header::HOST)) {
         return refuse(r);
     }
     next.run(req).await
@@ -132,9 +137,9 @@ fn query_token(q: Option<&str>) -> Option<&str> {
     q?.split('&').find_map(|kv| kv.strip_prefix("token="))
 }
 
-async fn ws(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
+async fn ws(State(s): State<Arc<Served>>, req: Request) -> Response {
     let h = req.headers();
-    if let Err(r) = ctx.access.check_api(
+    if let Err(r) = s.access.check_api(
         header_str(h, header::ORIGIN),
         query_token(req.uri().query()),
         header_str(h, header::AUTHORIZATION),
@@ -144,7 +149,7 @@ async fn ws(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
     let upgrade =
         match <WebSocketUpgrade as axum::extract::FromRequestParts<_>>::from_request_parts(
-            &mut parts, &ctx,
+            &mut parts, &s,
         )
         .await
         {
@@ -154,7 +159,7 @@ async fn ws(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     upgrade
         .max_message_size(MAX_REQUEST)
         .max_frame_size(MAX_REQUEST)
-        .on_upgrade(move |socket| connection(ctx, socket))
+        .on_upgrade(move |socket| connection(s.ctx.clone(), socket))
 }
 
 /// One API connection: requests answered in order, events passed on.
