@@ -9,7 +9,8 @@
  *
  * The passphrase is read from UMBRA_PASSPHRASE. On the first use of
  * DATA_DIR, UMBRA_CONFIG names a daemon.toml to start from (it lists the
- * network's directory authorities); it is saved in DATA_DIR.
+ * network's directory authorities); it is saved in DATA_DIR. UMBRA_LOG
+ * ("warn", "info", …) sends the library's log lines to stderr.
  *
  * Build (from the repository's root):
  *   cargo build -p umbra-ffi
@@ -104,6 +105,10 @@ int main(int argc, char **argv) {
   const char *pass = getenv("UMBRA_PASSPHRASE");
   if (!pass) {
     fprintf(stderr, "set UMBRA_PASSPHRASE\n");
+    return 2;
+  }
+  if (getenv("UMBRA_LOG") && umbra_log_to_stderr(getenv("UMBRA_LOG")) < 0) {
+    fprintf(stderr, "UMBRA_LOG: not a log filter\n");
     return 2;
   }
   char *config = NULL;

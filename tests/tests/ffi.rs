@@ -12,8 +12,8 @@ use std::ffi::{CStr, CString, c_char};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use umbra_ffi::{
-    UmbraClient, umbra_call, umbra_close, umbra_hello, umbra_next_event, umbra_open,
-    umbra_string_free, umbra_version,
+    UmbraClient, umbra_call, umbra_close, umbra_hello, umbra_log_to_stderr, umbra_next_event,
+    umbra_open, umbra_string_free, umbra_version,
 };
 
 mod support;
@@ -136,6 +136,13 @@ fn two_clients_talk_through_the_c_abi() {
     // SAFETY: a static NUL-terminated string.
     let version = unsafe { CStr::from_ptr(umbra_version()) }.to_str().unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    // Logs: a bad filter is refused, a good one set once.
+    // SAFETY: NUL-terminated strings.
+    unsafe {
+        assert_eq!(umbra_log_to_stderr(c"info,[".as_ptr()), -1);
+        assert_eq!(umbra_log_to_stderr(c"warn".as_ptr()), 0);
+        assert_eq!(umbra_log_to_stderr(std::ptr::null()), 1);
+    }
 
     // A config the daemon would refuse is refused, by key, and not saved.
     let e = open(

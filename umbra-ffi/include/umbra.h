@@ -83,6 +83,16 @@ void umbra_close(UmbraClient *client);
 /* Frees a string the library returned. NULL is ignored. */
 void umbra_string_free(char *s);
 
+/*
+ * Sends the library's log lines to standard error, those filter lets
+ * through (tracing's EnvFilter syntax: "info", "warn,client_sdk=debug";
+ * NULL is "info"). Without it the library logs nothing. Returns 0, 1 if a
+ * logger was already set in this process, -1 if filter is not valid.
+ * Lines at info level and above name no addresses, dropbox ids or
+ * message contents.
+ */
+int umbra_log_to_stderr(const char *filter);
+
 /* The library's version (a static string: do not free). */
 const char *umbra_version(void);
 

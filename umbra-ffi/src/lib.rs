@@ -248,6 +248,38 @@ pub unsafe extern "C" fn umbra_string_free(s: *mut c_char) {
     }
 }
 
+/// Sends the library's log lines to standard error, those `filter` lets
+/// through (`tracing`'s `EnvFilter` syntax, e.g. `"info"` or
+/// `"warn,client_sdk=debug"`; null is `"info"`). Returns 0, 1 if a logger
+/// was already set (in this process, by this call or by Rust code), or −1
+/// if `filter` is not a valid filter. Lines at info level and above name
+/// no addresses, dropbox ids or message contents.
+///
+/// # Safety
+/// `filter` is null or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn umbra_log_to_stderr(filter: *const c_char) -> i32 {
+    let run = || {
+        // SAFETY: the caller's contract.
+        let f = match unsafe { arg(filter, "filter") } {
+            Ok(f) => f.unwrap_or("info"),
+            Err(_) => return -1,
+        };
+        let Ok(f) = tracing_subscriber::EnvFilter::try_new(f) else {
+            return -1;
+        };
+        match tracing_subscriber::fmt()
+            .with_env_filter(f)
+            .with_writer(std::io::stderr)
+            .try_init()
+        {
+            Ok(()) => 0,
+            Err(_) => 1,
+        }
+    };
+    catch_unwind(run).unwrap_or(-1)
+}
+
 /// The library's version, a static string (not to be freed).
 #[unsafe(no_mangle)]
 pub extern "C" fn umbra_version() -> *const c_char {
