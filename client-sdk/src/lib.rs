@@ -392,6 +392,62 @@ impl StatusUpdates {
     }
 }
 
+/// Changes to the groups of this client's identities.
+#[derive(Debug)]
+pub struct GroupUpdates {
+    rx: broadcast::Receiver<GroupUpdate>,
+    /// Set once the client has stopped and sent its last changes.
+    closed: watch::Receiver<bool>,
+    skipped: u64,
+}
+
+impl GroupUpdates {
+    /// The next change; `None` once the client has stopped (closed, shut
+    /// down, or every handle dropped) and every change before that was
+    /// read. A reader more than 1,024 changes behind skips the oldest
+    /// ([`GroupUpdates::skipped`] counts them; [`Client::groups`] and
+    /// [`Client::group_members`] have the current state).
+    pub async fn next(&mut self) -> Option<GroupUpdate> {
+        use broadcast::error::{RecvError, TryRecvError};
+        loop {
+            let closed = *self.closed.borrow_and_update();
+            match self.rx.try_recv() {
+                Ok(x) => return Some(x),
+                Err(TryRecvError::Lagged(n)) => self.skipped += n,
+                Err(TryRecvError::Closed) => return None,
+                Err(TryRecvError::Empty) if closed => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Ok(x) => return Some(x),
+                    Err(RecvError::Lagged(n)) => self.skipped += n,
+                    Err(RecvError::Closed) => return None,
+                },
+                // Stopped: what it sent last is read above first.
+                _ = self.closed.changed() => {}
+            }
+        }
+    }
+
+    /// The next change if one is waiting (skipping as [`Self::next`]
+    /// does).
+    pub fn try_next(&mut self) -> Option<GroupUpdate> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(x) => return Some(x),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.skipped += n,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Changes skipped so far because this reader fell behind.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
 /// What the handles of one client share with its driver task.
 struct Shared {
     /// The client itself: every decision is made in here, under this one lock.
@@ -1007,8 +1063,12 @@ impl Client {
     }
 
     /// Every group change from now on (joined, member added or left, new epoch).
-    pub fn subscribe_groups(&self) -> broadcast::Receiver<GroupUpdate> {
-        self.inner.group_tx.subscribe()
+    pub fn subscribe_groups(&self) -> GroupUpdates {
+        GroupUpdates {
+            rx: self.inner.group_tx.subscribe(),
+            closed: self.inner.closed.subscribe(),
+            skipped: 0,
+        }
     }
 
     /// Fragments of a message being sent that the dropbox gateway has

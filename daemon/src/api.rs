@@ -825,14 +825,11 @@ pub async fn status_task(ctx: Arc<Ctx>) {
 
 /// Group changes to every connection.
 pub async fn groups_task(ctx: Arc<Ctx>) {
-    let mut rx = ctx.client.subscribe_groups();
-    loop {
-        match rx.recv().await {
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                emit_groups(&ctx).await
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
+    let mut changes = ctx.client.subscribe_groups();
+    // Each event lists every group: changes skipped by a slow reader are
+    // in the next one.
+    while changes.next().await.is_some() {
+        emit_groups(&ctx).await;
     }
 }
 
