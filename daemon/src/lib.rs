@@ -176,15 +176,28 @@ impl Core {
     }
 
     /// Stops the tasks and closes the client (its last changes written).
-    async fn close(self) {
+    async fn close(mut self) {
+        self.ctx.stop.send_replace(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.ctx.client.clone().close().await;
+    }
+}
+
+/// Dropped without [`Core::close`]: the tasks stop, and with them their
+/// handles to the client, which then shuts down as a `Client` whose last
+/// handle is dropped does (its last changes written in the background).
+impl Drop for Core {
+    fn drop(&mut self) {
         self.ctx.stop.send_replace(true);
         for t in &self.tasks {
             t.abort();
         }
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
-        self.ctx.client.clone().close().await;
     }
 }
 
@@ -296,7 +309,9 @@ impl Daemon {
 /// The daemon's API in this process, without a server: the same requests,
 /// replies and events as the WebSocket API (docs/api.md), as strings. The C
 /// ABI (crate `umbra-ffi`) is built on it. Requests are answered one at a
-/// time, in order, like those of one WebSocket connection.
+/// time, in order, like those of one WebSocket connection. Dropped without
+/// [`Embedded::close`], it stops as a `Client` whose last handle is dropped
+/// does (its last changes written in the background).
 pub struct Embedded {
     core: Core,
     conn: Mutex<api::Conn>,
@@ -340,10 +355,11 @@ impl Embedded {
     /// The next event, or `None` if none came within `timeout`. Events not
     /// taken are kept, up to 1,024; beyond that the oldest are dropped and
     /// the next call returns `{"event":"lagged","missed":N}`: ask
-    /// `history` for what was missed.
+    /// `history` for what was missed. Callers waiting at once take turns;
+    /// the wait for the turn counts in `timeout`.
     pub async fn next_event(&self, timeout: Duration) -> Option<String> {
-        let mut rx = self.events.lock().await;
-        match tokio::time::timeout(timeout, rx.recv()).await {
+        let next = async { self.events.lock().await.recv().await };
+        match tokio::time::timeout(timeout, next).await {
             Ok(Ok(e)) => Some(e.to_string()),
             Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                 Some(serde_json::json!({"event": "lagged", "missed": n}).to_string())

@@ -7,9 +7,9 @@
  *   umbra_example DATA_DIR send CONTACT TEXT send, wait until stored
  *   umbra_example DATA_DIR listen COUNT      print COUNT messages as they come
  *
- * The passphrase is read from UMBRA_PASSPHRASE. On the first use of
- * DATA_DIR, UMBRA_CONFIG names a daemon.toml to start from (it lists the
- * network's directory authorities); it is saved in DATA_DIR. UMBRA_LOG
+ * The passphrase is read from UMBRA_PASSPHRASE. UMBRA_CONFIG names a
+ * daemon.toml (it lists the network's directory authorities); when set it
+ * is used and saved in DATA_DIR, so later runs may leave it unset. UMBRA_LOG
  * ("warn", "info", …) sends the library's log lines to stderr.
  *
  * Build (from the repository's root):
@@ -17,9 +17,11 @@
  *   cc -o umbra_example examples/c/umbra_example.c -I umbra-ffi/include \
  *      -L target/debug -lumbra_ffi -Wl,-rpath,$PWD/target/debug
  *
- * It reads the few JSON fields it needs with a small helper; a real
+ * It reads the few JSON fields it needs with a small helper that relies on
+ * the library's compact output with keys in alphabetical order; a real
  * application would use a JSON library.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +37,15 @@ static char *field(const char *json, const char *key) {
   const char *p = strstr(json, pat);
   if (!p) return NULL;
   p += strlen(pat);
+  /* The closing quote: one not escaped by an odd run of backslashes. */
   const char *q = p;
-  while (*q && !(*q == '"' && q[-1] != '\\')) q++;
+  for (; *q; q++) {
+    if (*q == '\\') {
+      if (!*++q) break;
+    } else if (*q == '"') {
+      break;
+    }
+  }
   char *out = malloc((size_t)(q - p) + 1);
   if (!out) return NULL;
   memcpy(out, p, (size_t)(q - p));
@@ -58,6 +67,20 @@ static char *slurp(const char *path) {
   }
   if (s) s[n] = '\0';
   fclose(f);
+  return s;
+}
+
+/* A string made like sprintf's, malloc'd; exits if out of memory. */
+static char *format(const char *fmt, ...) {
+  va_list ap, again;
+  va_start(ap, fmt);
+  va_copy(again, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (!s) exit(1);
+  vsnprintf(s, (size_t)n + 1, fmt, again);
+  va_end(again);
   return s;
 }
 
@@ -125,21 +148,22 @@ int main(int argc, char **argv) {
     return 1;
   }
   int status = 0;
-  char req[4096];
   if (!strcmp(cmd, "invite") && argc == 4) {
     char *name = quote(argv[3]);
-    snprintf(req, sizeof req, "{\"id\":1,\"op\":\"invite\",\"name\":%s}", name);
+    char *req = format("{\"id\":1,\"op\":\"invite\",\"name\":%s}", name);
     free(name);
     char *r = call(c, req);
+    free(req);
     char *invite = field(r, "invite");
     printf("%s\n", invite ? invite : "");
     free(invite);
     umbra_string_free(r);
   } else if (!strcmp(cmd, "add") && argc == 4) {
     char *inv = quote(argv[3]);
-    snprintf(req, sizeof req, "{\"id\":1,\"op\":\"add_contact\",\"invite\":%s}", inv);
+    char *req = format("{\"id\":1,\"op\":\"add_contact\",\"invite\":%s}", inv);
     free(inv);
     char *r = call(c, req);
+    free(req);
     char *id = field(r, "id"), *name = field(r, "name");
     printf("added %s (%s)\n", name ? name : "?", id ? id : "?");
     free(id);
@@ -157,16 +181,21 @@ int main(int argc, char **argv) {
     }
     umbra_string_free(r);
   } else if (!strcmp(cmd, "send") && argc == 5) {
-    char *text = quote(argv[4]);
-    char *big = malloc(strlen(text) + 256);
-    sprintf(big, "{\"id\":1,\"op\":\"send_text\",\"to\":\"%.64s\",\"text\":%s}", argv[3], text);
+    char *to = quote(argv[3]), *text = quote(argv[4]);
+    char *req = format("{\"id\":1,\"op\":\"send_text\",\"to\":%s,\"text\":%s}", to, text);
+    free(to);
     free(text);
-    char *r = call(c, big);
-    free(big);
+    char *r = call(c, req);
+    free(req);
     /* Its seq, to follow its status until the dropbox gateway holds it. */
     const char *s = strstr(r, "\"seq\":");
     long seq = s ? strtol(s + 6, NULL, 10) : -1;
     umbra_string_free(r);
+    if (seq < 0) {
+      fprintf(stderr, "no seq in the reply\n");
+      umbra_close(c);
+      return 1;
+    }
     printf("sent #%ld\n", seq);
     char want[64];
     snprintf(want, sizeof want, "\"seq\":%ld,", seq);

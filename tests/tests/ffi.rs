@@ -57,6 +57,12 @@ fn open(dir: &Path, toml: Option<&str>, pass: &[u8]) -> Result<C, String> {
 /// An open client, closed when dropped.
 struct C(*mut UmbraClient);
 
+// SAFETY: the library's clients may be used from several threads at once
+// (include/umbra.h; `UmbraClient` is Send + Sync, checked where it is
+// defined).
+unsafe impl Send for C {}
+unsafe impl Sync for C {}
+
 impl C {
     fn raw(&self, request: &str) -> Value {
         let r = CString::new(request).unwrap();
@@ -185,6 +191,7 @@ fn two_clients_talk_through_the_c_abi() {
     assert_eq!(r["error"]["fault"], "app", "{r}");
     let r = bob.raw(&json!({"id": 2, "op": "x".repeat(daemon::MAX_REQUEST)}).to_string());
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert_eq!(r["reply"], Value::Null, "{r}");
     // Null clients are ignored, not dereferenced.
     // SAFETY: null is allowed.
     unsafe {
@@ -197,10 +204,27 @@ fn two_clients_talk_through_the_c_abi() {
     // with the right one and no config: the saved daemon.toml, the same
     // identity.
     drop(bob);
-    let e = open(&bob_dir, None, b"wrong").err().unwrap();
+    let saved = std::fs::read(bob_dir.join("daemon.toml")).unwrap();
+    let other = config.replace("fetch_interval_ms = 300", "fetch_interval_ms = 700");
+    assert_ne!(other, config);
+    let e = open(&bob_dir, Some(&other), b"wrong").err().unwrap();
     assert!(e.to_lowercase().contains("passphrase"), "{e}");
+    // The config given with it was not saved.
+    assert_eq!(std::fs::read(bob_dir.join("daemon.toml")).unwrap(), saved);
     let bob = open(&bob_dir, None, b"bob's passphrase").unwrap();
     assert_eq!(bob.me(), bob_id);
+    // One client at a time per data directory.
+    let e = open(&bob_dir, None, b"bob's passphrase").err().unwrap();
+    println!("a second open: {e}");
+    assert!(e.contains("use"), "{e}");
+
+    // From a thread inside a tokio runtime (a Rust caller, a host built on
+    // tokio), where blocking on the library's runtime would panic: the
+    // calls still work.
+    rt.block_on(async {
+        assert_eq!(bob.me(), bob_id);
+        assert_eq!(bob.ok("contacts", json!({}))["contacts"], json!([]));
+    });
 
     // Invites both ways, a message each way.
     let a_invite = alice.ok("invite", json!({"name": "alice"}))["invite"].clone();
@@ -214,8 +238,20 @@ fn two_clients_talk_through_the_c_abi() {
         json!({"to": b_in_alice, "text": "hello from C"}),
     );
     let seq = sent["message"]["seq"].clone();
-    let got =
-        bob.event(|e| e["event"] == "message" && !e["message"]["outgoing"].as_bool().unwrap());
+    // Bob waits for events in one thread while another makes requests.
+    let got = std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            bob.event(|e| e["event"] == "message" && !e["message"]["outgoing"].as_bool().unwrap())
+        });
+        let mut calls = 0;
+        while !waiting.is_finished() {
+            assert_eq!(bob.ok("contacts", json!({}))["contacts"][0]["id"], a_in_bob);
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(calls > 0);
+        waiting.join().unwrap()
+    });
     assert_eq!(got["message"]["text"], "hello from C", "{got}");
     assert_eq!(got["message"]["from"], a_in_bob, "{got}");
     println!("alice → bob in {:.1} s", t0.elapsed().as_secs_f64());

@@ -7,13 +7,19 @@
  * text exactly as on the WebSocket.
  *
  * Build: cargo build --release -p umbra-ffi
- * Link:  cc app.c -I umbra-ffi/include -L target/release -lumbra_ffi
- *        (or link target/release/libumbra_ffi.a with -lm -ldl -lpthread)
+ * Link:  cc app.c -I umbra-ffi/include -L target/release -lumbra_ffi \
+ *           -Wl,-rpath,$PWD/target/release
+ *        (or link target/release/libumbra_ffi.a and the system libraries
+ *        `cargo rustc --release -p umbra-ffi --crate-type staticlib --
+ *        --print native-static-libs` lists)
  *
  * Every string the library returns is yours: free it with
  * umbra_string_free. Functions may be called from any thread. Calls on one
  * client are answered one at a time, in order; umbra_next_event may wait
- * in one thread while another calls umbra_call. No function unwinds into C.
+ * in one thread while another calls umbra_call (two threads waiting for
+ * events take turns). No function unwinds into C: a panic inside (a bug)
+ * becomes a "bug" error reply from umbra_call, an error text from
+ * umbra_open, and NULL from umbra_hello and umbra_next_event.
  */
 #ifndef UMBRA_H
 #define UMBRA_H
@@ -31,11 +37,13 @@ typedef struct UmbraClient UmbraClient;
 /*
  * Opens the client kept in data_dir (made 0700 if missing), creating it
  * with a new identity on the first open. The store is encrypted under
- * passphrase (passphrase_len bytes, any bytes); a wrong one is refused.
+ * passphrase (passphrase_len bytes, at least one, any bytes); a wrong one
+ * is refused and changes nothing. One client at a time may hold a data
+ * directory: a second open is refused while the first is open.
  *
  * config_toml: NULL to read data_dir/daemon.toml (as `umbra daemon`
- * writes it), or the text of one, which is checked and then saved there
- * so that later opens may pass NULL. It must list the network's
+ * writes it), or the text of one, which replaces that file once the
+ * client has opened, so that later opens may pass NULL. It must list the network's
  * directory authorities:
  *
  *   threshold = 1
@@ -76,7 +84,9 @@ char *umbra_next_event(const UmbraClient *client, uint32_t timeout_ms);
 /*
  * Writes the client's last changes, stops it and frees it. Messages not
  * sent yet stay in the store and leave at the next open. No other call on
- * client may be running or made after. NULL is ignored.
+ * client may be running or made after: a thread waiting in
+ * umbra_next_event must return (its timeout) and stop first. NULL is
+ * ignored.
  */
 void umbra_close(UmbraClient *client);
 

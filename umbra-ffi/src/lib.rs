@@ -13,6 +13,13 @@ pub struct UmbraClient {
     inner: Embedded,
 }
 
+// C may use a client from several threads at once: the compiler cannot see
+// that through the raw pointers, so it is checked here.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<UmbraClient>()
+};
+
 /// A string for C (freed with [`umbra_string_free`]). Interior NULs, which
 /// JSON text never holds, are replaced rather than cut the string short.
 fn to_c(s: String) -> *mut c_char {
@@ -49,6 +56,29 @@ unsafe fn arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Strin
         .map_err(|_| format!("{what} is not UTF-8"))
 }
 
+/// A path argument: any bytes on Unix, UTF-8 elsewhere.
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated string.
+unsafe fn path_arg(p: *const c_char, what: &str) -> Result<PathBuf, String> {
+    if p.is_null() {
+        return Err(format!("{what} is null"));
+    }
+    // SAFETY: the caller's contract.
+    let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(bytes)
+            .map(PathBuf::from)
+            .map_err(|_| format!("{what} is not UTF-8"))
+    }
+}
+
 /// Sets `*error` (if `error` is not null) to `msg`.
 ///
 /// # Safety
@@ -60,36 +90,49 @@ unsafe fn set_error(error: *mut *mut c_char, msg: String) {
     }
 }
 
-/// The client's configuration: `config_toml` if given (saved as
-/// `daemon.toml` in the data directory, so that later opens need none),
-/// else that file.
-fn config(data_dir: &Path, config_toml: Option<&str>) -> Result<daemon::DaemonConfig, String> {
+/// Runs `f`, catching a panic (`None`). On a thread that is itself inside
+/// a tokio runtime (a Rust caller, a host built on tokio), where blocking
+/// on ours would panic, `f` runs on a thread of its own.
+fn guard<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+    let f = AssertUnwindSafe(f);
+    if tokio::runtime::Handle::try_current().is_err() {
+        return catch_unwind(f).ok();
+    }
+    std::thread::scope(|s| s.spawn(move || catch_unwind(f).ok()).join().ok()?)
+}
+
+/// The client's configuration: `config_toml` if given, else `daemon.toml`
+/// in the data directory; and the file to save once the client opened.
+fn config(
+    data_dir: &Path,
+    config_toml: Option<&str>,
+) -> Result<(daemon::DaemonConfig, Option<DaemonFile>), String> {
     let file = data_dir.join("daemon.toml");
-    let f = match config_toml {
+    match config_toml {
         Some(text) => {
             let f = DaemonFile::parse(text, "config_toml").map_err(|e| e.to_string())?;
-            // Checked before it is saved: a wrong text leaves the file alone.
-            f.clone()
+            let cfg = f
+                .clone()
                 .into_config(data_dir.to_owned(), Path::new("config_toml"))
                 .map_err(|e| e.to_string())?;
-            net::identity::create_private_dir(data_dir)
-                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
-            f.save(&file).map_err(|e| e.to_string())?;
-            f
+            Ok((cfg, Some(f)))
         }
-        None => DaemonFile::load(&file).map_err(|e| e.to_string())?,
-    };
-    f.into_config(data_dir.to_owned(), &file)
-        .map_err(|e| e.to_string())
+        None => {
+            let f = DaemonFile::load(&file).map_err(|e| e.to_string())?;
+            let cfg = f
+                .into_config(data_dir.to_owned(), &file)
+                .map_err(|e| e.to_string())?;
+            Ok((cfg, None))
+        }
+    }
 }
 
 fn open(
-    data_dir: Option<&str>,
+    data_dir: PathBuf,
     config_toml: Option<&str>,
     passphrase: &[u8],
 ) -> Result<Box<UmbraClient>, String> {
-    let data_dir = PathBuf::from(data_dir.ok_or("data_dir is null")?);
-    let cfg = config(&data_dir, config_toml)?;
+    let (cfg, save) = config(&data_dir, config_toml)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("umbra")
@@ -99,6 +142,14 @@ fn open(
     let inner = rt
         .block_on(Embedded::open(cfg, passphrase))
         .map_err(|e| e.to_string())?;
+    // Saved once the client opened: a wrong passphrase, or a store in use,
+    // leaves the file as it was.
+    if let Some(f) = save
+        && let Err(e) = f.save(&data_dir.join("daemon.toml"))
+    {
+        rt.block_on(inner.close());
+        return Err(e.to_string());
+    }
     Ok(Box::new(UmbraClient { rt, inner }))
 }
 
@@ -117,34 +168,33 @@ pub unsafe extern "C" fn umbra_open(
     passphrase_len: usize,
     error: *mut *mut c_char,
 ) -> *mut UmbraClient {
-    let run = || -> Result<Box<UmbraClient>, String> {
+    let args = || -> Result<_, String> {
         // SAFETY: the caller's contract.
-        let dir = unsafe { arg(data_dir, "data_dir") }?;
+        let dir = unsafe { path_arg(data_dir, "data_dir") }?;
         // SAFETY: the caller's contract.
         let toml = unsafe { arg(config_toml, "config_toml") }?;
         let pass: &[u8] = if passphrase_len == 0 {
             &[]
         } else if passphrase.is_null() {
-            return Err("passphrase is null".into());
+            return Err("passphrase is null".to_string());
         } else {
             // SAFETY: the caller's contract.
             unsafe { std::slice::from_raw_parts(passphrase, passphrase_len) }
         };
-        open(dir, toml, pass)
+        Ok((dir, toml, pass))
     };
-    match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(Ok(c)) => Box::into_raw(c),
-        Ok(Err(e)) => {
-            // SAFETY: the caller's contract.
-            unsafe { set_error(error, e) };
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            // SAFETY: the caller's contract.
-            unsafe { set_error(error, "internal error (a bug): the open panicked".into()) };
-            std::ptr::null_mut()
-        }
-    }
+    let opened = match args() {
+        Ok((dir, toml, pass)) => guard(move || open(dir, toml, pass)),
+        Err(e) => Some(Err(e)),
+    };
+    let e = match opened {
+        Some(Ok(c)) => return Box::into_raw(c),
+        Some(Err(e)) => e,
+        None => "internal error (a bug): the open panicked".into(),
+    };
+    // SAFETY: the caller's contract.
+    unsafe { set_error(error, e) };
+    std::ptr::null_mut()
 }
 
 /// The `hello` event: the API version and this client's identity.
@@ -157,10 +207,7 @@ pub unsafe extern "C" fn umbra_hello(client: *const UmbraClient) -> *mut c_char 
     let Some(c) = (unsafe { client.as_ref() }) else {
         return std::ptr::null_mut();
     };
-    match catch_unwind(AssertUnwindSafe(|| c.inner.hello())) {
-        Ok(s) => to_c(s),
-        Err(_) => std::ptr::null_mut(),
-    }
+    guard(|| c.inner.hello()).map_or(std::ptr::null_mut(), to_c)
 }
 
 /// Answers one request (a JSON object, as on the WebSocket API). Never
@@ -178,22 +225,14 @@ pub unsafe extern "C" fn umbra_call(
     let Some(c) = (unsafe { client.as_ref() }) else {
         return std::ptr::null_mut();
     };
-    let run = || -> String {
-        // SAFETY: the caller's contract.
-        match unsafe { arg(request, "the request") } {
-            Ok(Some(text)) => c.rt.block_on(c.inner.call(text)),
-            Ok(None) => error_reply("bad_request", "app", "the request is null"),
-            Err(e) => error_reply("bad_request", "app", &e),
-        }
+    // SAFETY: the caller's contract.
+    let reply = match unsafe { arg(request, "the request") } {
+        Ok(Some(text)) => guard(|| c.rt.block_on(c.inner.call(text)))
+            .unwrap_or_else(|| error_reply("bug", "bug", "internal error: the request panicked")),
+        Ok(None) => error_reply("bad_request", "app", "the request is null"),
+        Err(e) => error_reply("bad_request", "app", &e),
     };
-    match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(s) => to_c(s),
-        Err(_) => to_c(error_reply(
-            "bug",
-            "bug",
-            "internal error: the request panicked",
-        )),
-    }
+    to_c(reply)
 }
 
 /// The next event (JSON), waiting up to `timeout_ms`; null if none came.
@@ -210,10 +249,9 @@ pub unsafe extern "C" fn umbra_next_event(
         return std::ptr::null_mut();
     };
     let wait = Duration::from_millis(timeout_ms.into());
-    match catch_unwind(AssertUnwindSafe(|| c.rt.block_on(c.inner.next_event(wait)))) {
-        Ok(Some(s)) => to_c(s),
-        Ok(None) | Err(_) => std::ptr::null_mut(),
-    }
+    guard(|| c.rt.block_on(c.inner.next_event(wait)))
+        .flatten()
+        .map_or(std::ptr::null_mut(), to_c)
 }
 
 /// Writes the client's last changes, stops it and frees it. Null is
@@ -229,11 +267,11 @@ pub unsafe extern "C" fn umbra_close(client: *mut UmbraClient) {
     }
     // SAFETY: the caller's contract: ours, from Box::into_raw, once.
     let c = unsafe { Box::from_raw(client) };
-    let _ = catch_unwind(AssertUnwindSafe(move || {
+    guard(move || {
         let UmbraClient { rt, inner } = *c;
         rt.block_on(inner.close());
         rt.shutdown_timeout(Duration::from_secs(5));
-    }));
+    });
 }
 
 /// Frees a string this library returned. Null is ignored.
