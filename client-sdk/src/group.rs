@@ -28,8 +28,12 @@ use zeroize::Zeroizing;
 
 /// Members a group may have (a rekey sends the new secret to each, pairwise).
 pub const MAX_MEMBERS: usize = 64;
-/// Version byte of every group wire format.
-pub const GROUP_VERSION: u8 = 1;
+/// Version byte of every group wire format. 2: control items are signed by
+/// their sender's identity key, and a message names its sender inside the
+/// encryption too.
+pub const GROUP_VERSION: u8 = 2;
+/// Domain of the signatures on control items.
+const SIGNED_DOMAIN: &[u8] = b"umbra-group-control-v2";
 /// Pairwise (Olm-encrypted) group message: you were invited.
 pub const OP_INVITE: u8 = 1;
 /// Pairwise (Olm-encrypted) group message: a new epoch (a member was removed).
@@ -221,21 +225,90 @@ pub enum BoxItem {
     /// A member's Megolm session key (from the index it was exported at).
     Announce {
         sender: [u8; 32],
+        sig: [u8; 64],
         session_key: Vec<u8>,
     },
     /// `sender` added `member` (named `name`) to the group.
     Added {
         sender: [u8; 32],
+        sig: [u8; 64],
         member: [u8; 32],
         name: String,
     },
     /// `sender` left the group.
-    Left { sender: [u8; 32] },
+    Left { sender: [u8; 32], sig: [u8; 64] },
 }
 
 impl BoxItem {
-    /// `0x01 || type || sender[32] || …` (protocol.md §13.11).
+    /// `0x02 || type || sender[32] || …`, control items with `sig[64]`
+    /// after the sender (protocol.md §13.11).
     pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.unsigned();
+        if let Some(sig) = self.sig() {
+            v.splice(2 + 32..2 + 32, sig.iter().copied());
+        }
+        v
+    }
+
+    /// A control item's signature.
+    fn sig(&self) -> Option<&[u8; 64]> {
+        match self {
+            BoxItem::Message { .. } => None,
+            BoxItem::Announce { sig, .. }
+            | BoxItem::Added { sig, .. }
+            | BoxItem::Left { sig, .. } => Some(sig),
+        }
+    }
+
+    /// The sender's identity key.
+    pub fn sender(&self) -> [u8; 32] {
+        match self {
+            BoxItem::Message { sender, .. }
+            | BoxItem::Announce { sender, .. }
+            | BoxItem::Added { sender, .. }
+            | BoxItem::Left { sender, .. } => *sender,
+        }
+    }
+
+    /// What a control item's signature covers: `SIGNED_DOMAIN || epoch key
+    /// || the item as encoded without its signature`.
+    fn signed(&self, ek: &[u8; 32]) -> Vec<u8> {
+        let mut m = SIGNED_DOMAIN.to_vec();
+        m.extend_from_slice(ek);
+        m.extend_from_slice(&self.unsigned());
+        m
+    }
+
+    /// Signs a control item with the sender's identity secret (XEdDSA), for
+    /// the box of epoch `ek`. Messages are left as they are.
+    pub(crate) fn sign(mut self, secret: &x25519_dalek::StaticSecret, ek: &[u8; 32]) -> Self {
+        use xeddsa::Sign;
+        let m = self.signed(ek);
+        let key = xeddsa::xed25519::PrivateKey(secret.to_bytes());
+        let s: [u8; 64] = key.sign(&m, rand::rng());
+        match &mut self {
+            BoxItem::Message { .. } => {}
+            BoxItem::Announce { sig, .. }
+            | BoxItem::Added { sig, .. }
+            | BoxItem::Left { sig, .. } => *sig = s,
+        }
+        self
+    }
+
+    /// Whether a control item was signed by its sender for the box of
+    /// epoch `ek` (messages: true; their sessions' keys came signed).
+    pub fn verify(&self, ek: &[u8; 32]) -> bool {
+        use xeddsa::Verify;
+        let Some(sig) = self.sig() else {
+            return true;
+        };
+        xeddsa::xed25519::PublicKey(self.sender())
+            .verify(&self.signed(ek), sig)
+            .is_ok()
+    }
+
+    /// The encoding without a control item's signature.
+    fn unsigned(&self) -> Vec<u8> {
         let mut v = vec![GROUP_VERSION];
         match self {
             BoxItem::Message {
@@ -252,6 +325,7 @@ impl BoxItem {
             BoxItem::Announce {
                 sender,
                 session_key,
+                ..
             } => {
                 v.push(BOX_ANNOUNCE);
                 v.extend_from_slice(sender);
@@ -261,13 +335,14 @@ impl BoxItem {
                 sender,
                 member,
                 name,
+                ..
             } => {
                 v.push(BOX_ADDED);
                 v.extend_from_slice(sender);
                 v.extend_from_slice(member);
                 put_str(&mut v, name);
             }
-            BoxItem::Left { sender } => {
+            BoxItem::Left { sender, .. } => {
                 v.push(BOX_LEFT);
                 v.extend_from_slice(sender);
             }
@@ -283,6 +358,10 @@ impl BoxItem {
         }
         let t = r.u8()?;
         let sender = r.key()?;
+        let mut sig = [0u8; 64];
+        if matches!(t, BOX_ANNOUNCE | BOX_ADDED | BOX_LEFT) {
+            sig.copy_from_slice(r.take(64)?);
+        }
         Some(match t {
             BOX_MESSAGE | BOX_TYPED => {
                 let n = r.u8()? as usize;
@@ -296,6 +375,7 @@ impl BoxItem {
             }
             BOX_ANNOUNCE => BoxItem::Announce {
                 sender,
+                sig,
                 session_key: r.rest().to_vec(),
             },
             BOX_ADDED => {
@@ -306,11 +386,12 @@ impl BoxItem {
                 }
                 BoxItem::Added {
                     sender,
+                    sig,
                     member,
                     name,
                 }
             }
-            BOX_LEFT if r.rest().is_empty() => BoxItem::Left { sender },
+            BOX_LEFT if r.rest().is_empty() => BoxItem::Left { sender, sig },
             _ => return None,
         })
     }
@@ -501,9 +582,11 @@ impl Group {
     }
 
     /// Our sender ratchet's key from its next index, as a box announcement.
+    /// (Unsigned: [`BoxItem::sign`] it for the epoch's box.)
     pub(crate) fn announce(&self, me: [u8; 32]) -> BoxItem {
         BoxItem::Announce {
             sender: me,
+            sig: [0; 64],
             session_key: self.outbound.session_key().to_bytes(),
         }
     }
@@ -514,9 +597,14 @@ impl Group {
     }
 
     /// [`Self::seal`], saying whether `body` is typed content.
+    /// The plaintext starts with our identity key: a member who claimed our
+    /// session as its own cannot pass our messages off as its.
     pub(crate) fn seal_as(&mut self, me: [u8; 32], body: &[u8], typed: bool) -> BoxItem {
         let session_id = self.outbound.session_id();
-        let megolm = self.outbound.encrypt(body).to_bytes();
+        let mut plain = Zeroizing::new(Vec::with_capacity(32 + body.len()));
+        plain.extend_from_slice(&me);
+        plain.extend_from_slice(body);
+        let megolm = self.outbound.encrypt(&plain[..]).to_bytes();
         BoxItem::Message {
             sender: me,
             session_id,
@@ -622,6 +710,11 @@ impl Group {
         };
         match s.decrypt(&m) {
             Ok(d) => {
+                if d.plaintext.get(..32) != Some(&sender[..]) {
+                    return Opened::Refused(
+                        "the sender inside differs from the one outside".into(),
+                    );
+                }
                 let k = (session_id.to_string(), d.message_index);
                 if !self.seen.insert(k.clone()) {
                     return Opened::Refused("replayed".into());
@@ -632,7 +725,7 @@ impl Group {
                 {
                     self.seen.remove(&old);
                 }
-                Opened::Plain(sender, d.plaintext, typed)
+                Opened::Plain(sender, d.plaintext[32..].to_vec(), typed)
             }
             // Older than the key we hold: each period's box carries the
             // sender's key as it was there, and boxes are not read in
@@ -784,19 +877,124 @@ mod tests {
             },
             BoxItem::Announce {
                 sender: k(5),
+                sig: [7; 64],
                 session_key: vec![9; 40],
             },
             BoxItem::Added {
                 sender: k(5),
+                sig: [7; 64],
                 member: k(6),
                 name: "cy".into(),
             },
-            BoxItem::Left { sender: k(5) },
+            BoxItem::Left {
+                sender: k(5),
+                sig: [7; 64],
+            },
         ] {
-            assert_eq!(BoxItem::decode(&item.encode()), Some(item));
+            let enc = item.encode();
+            assert_eq!(BoxItem::decode(&enc), Some(item));
+            // Version 1 (unsigned control items) is not read.
+            let mut old = enc.clone();
+            old[0] = 1;
+            assert!(BoxItem::decode(&old).is_none());
         }
-        assert!(BoxItem::decode(&[1, 0x99]).is_none());
+        assert!(BoxItem::decode(&[2, 0x99]).is_none());
         assert!(BoxItem::decode(&[2, BOX_LEFT]).is_none());
+        let mut left = vec![2, BOX_LEFT];
+        left.extend_from_slice(&[5; 32]);
+        assert!(BoxItem::decode(&left).is_none(), "no signature");
+    }
+
+    /// A control item verifies only as signed by its sender's identity, for
+    /// the box of the epoch it was signed for, unchanged.
+    #[test]
+    fn control_items_verify_only_as_their_senders_for_their_epoch() {
+        let alice = x25519_dalek::StaticSecret::from([41; 32]);
+        let mallory = x25519_dalek::StaticSecret::from([42; 32]);
+        let a = x25519_dalek::PublicKey::from(&alice).to_bytes();
+        let m = x25519_dalek::PublicKey::from(&mallory).to_bytes();
+        let (ek, other_ek) = (k(1), k(2));
+        let g = Group::create(k(3), "g", a, "a", k(9));
+        let announce = g.announce(a).sign(&alice, &ek);
+        assert!(announce.verify(&ek));
+        let wire = BoxItem::decode(&announce.encode()).unwrap();
+        assert!(wire.verify(&ek), "verifies after the wire");
+        assert!(
+            !announce.verify(&other_ek),
+            "replayed into another epoch's box"
+        );
+        assert!(!g.announce(a).verify(&ek), "unsigned");
+        // Mallory signs an announcement in Alice's name: refused.
+        assert!(!g.announce(a).sign(&mallory, &ek).verify(&ek));
+        // Mallory relabels Alice's signed announcement as hers: refused.
+        let BoxItem::Announce {
+            sig, session_key, ..
+        } = announce.clone()
+        else {
+            panic!()
+        };
+        let relabelled = BoxItem::Announce {
+            sender: m,
+            sig,
+            session_key: session_key.clone(),
+        };
+        assert!(!relabelled.verify(&ek));
+        // A changed key under Alice's signature: refused.
+        let mut changed = session_key;
+        changed[10] ^= 1;
+        assert!(
+            !BoxItem::Announce {
+                sender: a,
+                sig,
+                session_key: changed
+            }
+            .verify(&ek)
+        );
+        // Added and Left, in Alice's name by Mallory: refused; by Alice: fine.
+        let added = BoxItem::Added {
+            sender: a,
+            sig: [0; 64],
+            member: m,
+            name: "m".into(),
+        };
+        assert!(added.clone().sign(&alice, &ek).verify(&ek));
+        assert!(!added.sign(&mallory, &ek).verify(&ek));
+        let left = BoxItem::Left {
+            sender: a,
+            sig: [0; 64],
+        };
+        assert!(left.clone().sign(&alice, &ek).verify(&ek));
+        assert!(!left.sign(&mallory, &ek).verify(&ek));
+    }
+
+    /// A member who announces another member's session key as its own
+    /// first (copied from the box, signed by itself) cannot pass that
+    /// member's messages off as its own: the sender is inside the
+    /// encryption too.
+    #[test]
+    fn a_session_claimed_by_another_member_does_not_relabel_its_messages() {
+        let (a, b, m) = (k(10), k(11), k(12));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        ga.members.insert(m, "m".into());
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
+            panic!()
+        };
+        // Mallory's claim reaches Alice first.
+        ga.add_session(m, &session_key).unwrap();
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"from b")
+        else {
+            panic!()
+        };
+        // Posted as Mallory's: the plaintext names Bob.
+        let o = ga.open(a, [1; 16], m, &session_id, &megolm);
+        assert!(
+            matches!(&o, Opened::Refused(r) if r.contains("inside")),
+            "{o:?}"
+        );
     }
 
     /// Three members: each reads the others once, not its own; a replay and

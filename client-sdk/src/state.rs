@@ -2425,7 +2425,8 @@ impl ClientState {
             .ok_or(Error::UnknownGroup(*group))
     }
 
-    /// Queues `item` into the current epoch's box of the group.
+    /// Queues `item` into the current epoch's box of the group; a control
+    /// item signed by identity `me` for that box.
     fn post(
         &mut self,
         t: f64,
@@ -2435,7 +2436,13 @@ impl ClientState {
         item: &BoxItem,
     ) -> Result<MessageId, Error> {
         let ek = self.group_mut(&ContactId(me), &GroupId(gid))?.epoch_key();
-        self.push_out(t, (me, ek), kind, 0, item.encode())
+        let secret = &self
+            .identities
+            .get(&me)
+            .ok_or(Error::UnknownIdentity(ContactId(me)))?
+            .secret;
+        let body = item.clone().sign(secret, &ek).encode();
+        self.push_out(t, (me, ek), kind, 0, body)
     }
 
     /// Our sender ratchet's key goes into the epoch's box of this period
@@ -2513,6 +2520,7 @@ impl ClientState {
         self.send_keys(t, me.0, member.0, &keys)?;
         let added = BoxItem::Added {
             sender: me.0,
+            sig: [0; 64],
             member: member.0,
             name,
         };
@@ -2599,7 +2607,10 @@ impl ClientState {
             me.0,
             group.0,
             Kind::Control,
-            &BoxItem::Left { sender: me.0 },
+            &BoxItem::Left {
+                sender: me.0,
+                sig: [0; 64],
+            },
         )?;
         if let Some(mine) = self.identities.get_mut(&me.0) {
             mine.groups.remove(&group.0);
@@ -2815,6 +2826,13 @@ impl ClientState {
             tracing::debug!("unreadable group message");
             return;
         };
+        // Control items are signed by their sender's identity for this
+        // epoch's box: a member cannot announce a session, add or leave in
+        // another's name, nor replay such an item from another group.
+        if !item.verify(&peer.1) {
+            tracing::debug!("group control item not signed by its sender: dropped");
+            return;
+        }
         let Some(g) = self
             .identities
             .get_mut(&me)
@@ -2843,6 +2861,7 @@ impl ClientState {
                 BoxItem::Announce {
                     sender,
                     session_key,
+                    ..
                 },
             ) if sender != me => match g.add_session(sender, &session_key) {
                 Ok(sid) => opened.extend(g.retry_session(me, &sid)),
@@ -2854,6 +2873,7 @@ impl ClientState {
                     sender,
                     member,
                     name,
+                    ..
                 },
             ) if sender != me
                 && g.members.contains_key(&sender)
@@ -2867,7 +2887,7 @@ impl ClientState {
                     by: ContactId(sender),
                 });
             }
-            (Kind::Control, BoxItem::Left { sender })
+            (Kind::Control, BoxItem::Left { sender, .. })
                 if sender != me && g.members.remove(&sender).is_some() =>
             {
                 change = Some(GroupChange::MemberLeft {
@@ -3968,6 +3988,58 @@ mod tests {
         let ek = group::epoch_key(&id, epoch, &[secret; 32]);
         assert!(g.read_until(&ek).is_some(), "the keys were taken");
         ek
+    }
+
+    /// A group's control items count only when signed by their sender's
+    /// identity for the epoch's box: "added" in a member's name but signed
+    /// by someone else (another member, say) changes nothing; signed by the
+    /// member, it adds.
+    #[test]
+    fn group_control_items_count_only_signed_by_their_sender() {
+        let (mut st, me, c, _, start) = ten_past_hour_p(14);
+        let ek = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        let gid = [7u8; 32];
+        let newcomer = [77u8; 32];
+        let added = BoxItem::Added {
+            sender: c.0,
+            sig: [0; 64],
+            member: newcomer,
+            name: "x".into(),
+        };
+        let deliver = |st: &mut ClientState, item: BoxItem, n: u8| {
+            let m = Complete {
+                from: (me.0, ek),
+                kind: Kind::Control,
+                msg_id: [n; 16],
+                session: 0,
+                seq: n.into(),
+                body: item.encode(),
+            };
+            st.on_group_box((me.0, ek), gid, m);
+            st.identities[&me.0].groups[&gid]
+                .members
+                .contains_key(&newcomer)
+        };
+        let forger = StaticSecret::from([23; 32]);
+        assert!(!deliver(&mut st, added.clone(), 1), "unsigned");
+        assert!(
+            !deliver(&mut st, added.clone().sign(&forger, &ek), 2),
+            "signed by another key"
+        );
+        assert!(
+            !deliver(
+                &mut st,
+                added.clone().sign(&StaticSecret::from([22; 32]), &[1; 32]),
+                3
+            ),
+            "signed for another box"
+        );
+        // The contact's identity secret (`with_contact`): taken.
+        assert!(deliver(
+            &mut st,
+            added.sign(&StaticSecret::from([22; 32]), &ek),
+            4
+        ));
     }
 
     /// An absence that begins within two hours of the end of the last (a

@@ -339,6 +339,7 @@ fn main() {
         "group_announce",
         client_sdk::fuzzing::BoxItem::Added {
             sender: [6; 32],
+            sig: [8; 64],
             member: [7; 32],
             name: "n".into(),
         }
