@@ -283,6 +283,9 @@ impl BoxItem {
     /// the box of epoch `ek`. Messages are left as they are.
     pub(crate) fn sign(mut self, secret: &x25519_dalek::StaticSecret, ek: &[u8; 32]) -> Self {
         use xeddsa::Sign;
+        if self.sig().is_none() {
+            return self;
+        }
         let m = self.signed(ek);
         let key = xeddsa::xed25519::PrivateKey(secret.to_bytes());
         let s: [u8; 64] = key.sign(&m, rand::rng());
@@ -597,12 +600,14 @@ impl Group {
     }
 
     /// [`Self::seal`], saying whether `body` is typed content.
-    /// The plaintext starts with our identity key: a member who claimed our
-    /// session as its own cannot pass our messages off as its.
+    /// The plaintext is `me || typed:u8 || body`: a member who claimed our
+    /// session as its own cannot pass our messages off as its, nor a copy
+    /// change how the body is read.
     pub(crate) fn seal_as(&mut self, me: [u8; 32], body: &[u8], typed: bool) -> BoxItem {
         let session_id = self.outbound.session_id();
-        let mut plain = Zeroizing::new(Vec::with_capacity(32 + body.len()));
+        let mut plain = Zeroizing::new(Vec::with_capacity(33 + body.len()));
         plain.extend_from_slice(&me);
+        plain.push(typed.into());
         plain.extend_from_slice(body);
         let megolm = self.outbound.encrypt(&plain[..]).to_bytes();
         BoxItem::Message {
@@ -632,11 +637,16 @@ impl Group {
         }
         let mut s = InboundGroupSession::new(&key, megolm_config());
         let sid = s.session_id();
-        if let Some(i) = self.inbound.iter().position(|(id, _, _)| *id == sid) {
-            let (_, owner, old) = &mut self.inbound[i];
-            if *owner != sender {
-                return Err("session announced by another member before".into());
-            }
+        // Kept per (session, sender): a member who claims another's session
+        // as its own gets an entry of its own, which opens nothing (the
+        // sender inside the messages is the other), and the owner's own
+        // announce is still taken.
+        if let Some(i) = self
+            .inbound
+            .iter()
+            .position(|(id, owner, _)| *id == sid && *owner == sender)
+        {
+            let old = &mut self.inbound[i].2;
             if let Some(merged) = old.merge(&mut s) {
                 *old = merged;
             }
@@ -694,17 +704,13 @@ impl Group {
         // come: held until they do. (A removed member's messages are never
         // read: they wait here until pushed out.)
         let known = self.members.contains_key(&sender);
-        let found = known && self.inbound.iter().any(|(id, _, _)| id == session_id);
-        let Some((_, owner, s)) = self
+        let Some((_, _, s)) = self
             .inbound
             .iter_mut()
-            .find(|(id, _, _)| found && id == session_id)
+            .find(|(id, owner, _)| known && id == session_id && *owner == sender)
         else {
             return hold(&mut self.held);
         };
-        if *owner != sender {
-            return Opened::Refused("session announced by another member".into());
-        }
         let Ok(m) = MegolmMessage::from_bytes(megolm) else {
             return Opened::Refused("not a Megolm message".into());
         };
@@ -714,6 +720,9 @@ impl Group {
                     return Opened::Refused(
                         "the sender inside differs from the one outside".into(),
                     );
+                }
+                if d.plaintext.get(32) != Some(&u8::from(typed)) {
+                    return Opened::Refused("typed inside differs from outside".into());
                 }
                 let k = (session_id.to_string(), d.message_index);
                 if !self.seen.insert(k.clone()) {
@@ -725,7 +734,7 @@ impl Group {
                 {
                     self.seen.remove(&old);
                 }
-                Opened::Plain(sender, d.plaintext[32..].to_vec(), typed)
+                Opened::Plain(sender, d.plaintext[33..].to_vec(), typed)
             }
             // Older than the key we hold: each period's box carries the
             // sender's key as it was there, and boxes are not read in
@@ -788,6 +797,16 @@ impl Group {
                 )
             })
             .collect()
+    }
+
+    /// Drops what an SDK before group format 2 took in without signatures
+    /// (members' sessions, keys kept, messages held) and announces our
+    /// session again, signed: the others drop theirs too.
+    pub(crate) fn forget_unsigned(&mut self) {
+        self.inbound.clear();
+        self.pending_keys.clear();
+        self.held.clear();
+        self.announced = None;
     }
 
     pub(crate) fn record(&self) -> GroupRecord {
@@ -957,8 +976,31 @@ mod tests {
             member: m,
             name: "m".into(),
         };
-        assert!(added.clone().sign(&alice, &ek).verify(&ek));
+        let signed = added.clone().sign(&alice, &ek);
+        assert!(signed.verify(&ek));
         assert!(!added.sign(&mallory, &ek).verify(&ek));
+        // Its member and name are signed too; a signature of one type does
+        // not pass as another's.
+        let BoxItem::Added { sig, .. } = signed else {
+            panic!()
+        };
+        for changed in [
+            BoxItem::Added {
+                sender: a,
+                sig,
+                member: k(5),
+                name: "m".into(),
+            },
+            BoxItem::Added {
+                sender: a,
+                sig,
+                member: m,
+                name: "n".into(),
+            },
+            BoxItem::Left { sender: a, sig },
+        ] {
+            assert!(!changed.verify(&ek), "{changed:?}");
+        }
         let left = BoxItem::Left {
             sender: a,
             sig: [0; 64],
@@ -993,6 +1035,25 @@ mod tests {
         let o = ga.open(a, [1; 16], m, &session_id, &megolm);
         assert!(
             matches!(&o, Opened::Refused(r) if r.contains("inside")),
+            "{o:?}"
+        );
+        // Bob's own announce is still taken, and his message opens as his:
+        // the claim that came first silences no one.
+        ga.add_session(b, &session_key).unwrap();
+        assert_eq!(
+            ga.open(a, [2; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"from b".to_vec(), false)
+        );
+        // The typed flag outside cannot be flipped by a copy.
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal_as(b, b"typed?", false)
+        else {
+            panic!()
+        };
+        let o = ga.open_as(a, [3; 16], b, &session_id, &megolm, true);
+        assert!(
+            matches!(&o, Opened::Refused(r) if r.contains("typed")),
             "{o:?}"
         );
     }
@@ -1055,11 +1116,9 @@ mod tests {
         assert!(
             matches!(gc.open(c, [3; 16], b, &session_id, &megolm), Opened::Refused(r) if r == "replayed")
         );
-        // A session claimed by another member does not open B's messages.
-        assert!(matches!(
-            gc.open(c, [4; 16], a, &session_id, &megolm),
-            Opened::Refused(_)
-        ));
+        // B's message posted as A's: A has no such session (it is B's):
+        // held, never opened.
+        assert_eq!(gc.open(c, [4; 16], a, &session_id, &megolm), Opened::Held);
         // Someone outside the member list cannot announce.
         assert!(gc.add_session(k(99), &session_key).is_err());
     }

@@ -471,6 +471,7 @@ struct Persisted {
     /// Group records as last written.
     groups: HashMap<Vec<u8>, Vec<u8>>,
     absence: Option<(u64, u64)>,
+    groups_v2: bool,
 }
 
 impl std::fmt::Debug for ClientState {
@@ -2441,7 +2442,10 @@ impl ClientState {
             .get(&me)
             .ok_or(Error::UnknownIdentity(ContactId(me)))?
             .secret;
-        let body = item.clone().sign(secret, &ek).encode();
+        let body = match item {
+            BoxItem::Message { .. } => item.encode(),
+            _ => item.clone().sign(secret, &ek).encode(),
+        };
         self.push_out(t, (me, ek), kind, 0, body)
     }
 
@@ -2843,6 +2847,10 @@ impl ClientState {
         self.dirty = true;
         let mut opened = Vec::new();
         let mut change = None;
+        // Membership news counts only from the current epoch's box: an old
+        // epoch's box is still read, and a removed member (who holds its
+        // secret) could copy a signed "added" of itself there.
+        let current = peer.1 == g.epoch_key();
         match (m.kind, item) {
             (
                 Kind::Message,
@@ -2876,6 +2884,7 @@ impl ClientState {
                     ..
                 },
             ) if sender != me
+                && current
                 && g.members.contains_key(&sender)
                 && !g.members.contains_key(&member)
                 && g.members.len() < group::MAX_MEMBERS =>
@@ -2888,7 +2897,7 @@ impl ClientState {
                 });
             }
             (Kind::Control, BoxItem::Left { sender, .. })
-                if sender != me && g.members.remove(&sender).is_some() =>
+                if sender != me && current && g.members.remove(&sender).is_some() =>
             {
                 change = Some(GroupChange::MemberLeft {
                     member: ContactId(sender),
@@ -2985,6 +2994,10 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// The last absence (first period missed, period back), kept apart from
 /// the snapshot so that stores written before it still read.
 const KEY_ABSENCE: &[u8] = b"absence";
+/// Present once the groups were written by an SDK that signs group
+/// control items (group format 2): what an older one took in unsigned is
+/// dropped at the first restore without it.
+const KEY_GROUPS_V2: &[u8] = b"groups/v2";
 const PREFIX_OUT: &[u8] = b"out/";
 const PREFIX_CHUNK: &[u8] = b"chunk/";
 const PREFIX_MSG: &[u8] = b"msg/";
@@ -3218,6 +3231,10 @@ impl ClientState {
             }
             self.persisted.absence = self.absence;
         }
+        if !self.persisted.groups_v2 {
+            ch.puts.push((KEY_GROUPS_V2.to_vec(), vec![1]));
+            self.persisted.groups_v2 = true;
+        }
         let (partials, done) = self.reassembly.export();
         let done_now: HashSet<MessageId> = done.iter().copied().collect();
         for (n, id) in done.iter().enumerate() {
@@ -3412,6 +3429,8 @@ impl ClientState {
                     )));
                 }
                 snapshot = Some((s, v));
+            } else if k == KEY_GROUPS_V2 {
+                st.persisted.groups_v2 = true;
             } else if k == KEY_ABSENCE {
                 let a: (u64, u64) = postcard::from_bytes(&v).map_err(|_| corrupt("absence"))?;
                 st.absence = Some(a);
@@ -3520,7 +3539,10 @@ impl ClientState {
             let Some(mine) = st.identities.get_mut(&me) else {
                 continue;
             };
-            let g = Group::from_record(f.group)?;
+            let mut g = Group::from_record(f.group)?;
+            if !st.persisted.groups_v2 {
+                g.forget_unsigned();
+            }
             let mut secrets: HashMap<[u8; 32], [u8; 32]> =
                 g.retired.iter().map(|r| (r.0, r.1)).collect();
             secrets.insert(g.epoch_key(), g.secret());
@@ -4035,11 +4057,85 @@ mod tests {
             "signed for another box"
         );
         // The contact's identity secret (`with_contact`): taken.
-        assert!(deliver(
-            &mut st,
-            added.sign(&StaticSecret::from([22; 32]), &ek),
-            4
-        ));
+        let theirs = StaticSecret::from([22; 32]);
+        assert!(deliver(&mut st, added.clone().sign(&theirs, &ek), 4));
+        // Their signed "left": they are no longer a member, and the
+        // newcomer stays.
+        let left = BoxItem::Left {
+            sender: c.0,
+            sig: [0; 64],
+        };
+        let members = |st: &ClientState| st.identities[&me.0].groups[&gid].members.clone();
+        deliver(&mut st, left.clone().sign(&forger, &ek), 5);
+        assert!(
+            members(&st).contains_key(&c.0),
+            "a forged left removes no one"
+        );
+        deliver(&mut st, left.sign(&theirs, &ek), 6);
+        assert!(!members(&st).contains_key(&c.0));
+    }
+
+    /// Membership news counts only from the current epoch's box: a removed
+    /// member, who still holds an old epoch's secret and reads its box,
+    /// cannot add itself back with a signed "added" copied there.
+    #[test]
+    fn membership_news_from_an_old_epochs_box_is_ignored() {
+        let (mut st, me, c, _, start) = ten_past_hour_p(15);
+        let gid = [7u8; 32];
+        let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        let e1 = group_keys(&mut st, start, (me, c), group::OP_REKEY, 1, 9);
+        assert_ne!(e0, e1);
+        let theirs = StaticSecret::from([22; 32]);
+        let back = [78u8; 32];
+        let added = BoxItem::Added {
+            sender: c.0,
+            sig: [0; 64],
+            member: back,
+            name: "back".into(),
+        };
+        let deliver = |st: &mut ClientState, ek: [u8; 32], n: u8| {
+            let m = Complete {
+                from: (me.0, ek),
+                kind: Kind::Control,
+                msg_id: [n; 16],
+                session: 0,
+                seq: n.into(),
+                body: added.clone().sign(&theirs, &ek).encode(),
+            };
+            st.on_group_box((me.0, ek), gid, m);
+            st.identities[&me.0].groups[&gid]
+                .members
+                .contains_key(&back)
+        };
+        assert!(!deliver(&mut st, e0, 1), "from the old epoch's box");
+        assert!(deliver(&mut st, e1, 2), "from the current one");
+    }
+
+    /// Groups saved by an SDK before group format 2 (no `groups/v2`
+    /// record) lose what it took in unsigned at the first restore, and
+    /// announce again; saved since, they keep it.
+    #[test]
+    fn groups_saved_before_signed_controls_drop_what_was_unsigned() {
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(16);
+        let gid = [7u8; 32];
+        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        assert!(st.identities[&me.0].groups[&gid].announced.is_some());
+        let ch = st.take_changes(start).unwrap();
+        assert!(ch.puts.iter().any(|(k, _)| k == KEY_GROUPS_V2));
+        let announced = |puts: Vec<(Vec<u8>, Vec<u8>)>| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+            let r =
+                ClientState::restore(cfg.clone(), topology(100), puts, start, &mut rng).unwrap();
+            r.identities[&me.0].groups[&gid].announced
+        };
+        assert!(announced(ch.puts.clone()).is_some());
+        let old: Vec<_> = ch
+            .puts
+            .into_iter()
+            .filter(|(k, _)| k != KEY_GROUPS_V2)
+            .collect();
+        assert_eq!(announced(old), None);
     }
 
     /// An absence that begins within two hours of the end of the last (a

@@ -484,15 +484,19 @@ function markReadSoon() {
   }, 300);
 }
 
+// Your own name for a contact first. Anyone else in a group is shown by
+// the name the member who added them gave, with the start of their key:
+// that name is someone else's choice, and two members may share it.
 function senderName(m) {
   if (m.outgoing) return 'You';
+  const c = state.contacts.find((x) => x.id === m.from);
+  if (c) return c.name;
   if (m.conversation.group) {
     const g = state.groups.find((x) => x.id === m.conversation.group);
     const mem = g && (g.members || []).find((x) => x.id === m.from);
-    if (mem && mem.name) return mem.name;
+    if (mem && mem.name) return `${mem.name} (${shortId(m.from)})`;
   }
-  const c = state.contacts.find((x) => x.id === m.from);
-  return c ? c.name : shortId(m.from);
+  return shortId(m.from);
 }
 
 const preview = (m) => PREVIEW[m.kind] || (m.text == null ? 'a message' : String(m.text).slice(0, 120));
