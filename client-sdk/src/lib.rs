@@ -355,59 +355,28 @@ impl Inbox {
     }
 }
 
-/// Status changes of the messages this client sends.
+/// A stream of changes from the driver that ends once the client has
+/// stopped and every change sent before was read (a broadcast channel
+/// alone ends only when every handle is dropped). A reader that falls
+/// behind skips the oldest changes and counts them.
 #[derive(Debug)]
-pub struct StatusUpdates {
-    rx: broadcast::Receiver<(MessageId, Status)>,
-    /// Set once the client has stopped and sent its last changes.
-    closed: watch::Receiver<bool>,
-}
-
-impl StatusUpdates {
-    /// The next change; `None` once the client has stopped (closed, shut
-    /// down, or every handle dropped) and every change before that was
-    /// read. A reader that falls behind skips the oldest changes
-    /// ([`Client::status`] has the latest).
-    pub async fn next(&mut self) -> Option<(MessageId, Status)> {
-        use broadcast::error::{RecvError, TryRecvError};
-        loop {
-            let closed = *self.closed.borrow_and_update();
-            match self.rx.try_recv() {
-                Ok(x) => return Some(x),
-                Err(TryRecvError::Lagged(_)) => continue,
-                Err(TryRecvError::Closed) => return None,
-                Err(TryRecvError::Empty) if closed => return None,
-                Err(TryRecvError::Empty) => {}
-            }
-            tokio::select! {
-                r = self.rx.recv() => match r {
-                    Ok(x) => return Some(x),
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return None,
-                },
-                // Stopped: what it sent last is read above first.
-                _ = self.closed.changed() => {}
-            }
-        }
-    }
-}
-
-/// Changes to the groups of this client's identities.
-#[derive(Debug)]
-pub struct GroupUpdates {
-    rx: broadcast::Receiver<GroupUpdate>,
+struct Updates<T> {
+    rx: broadcast::Receiver<T>,
     /// Set once the client has stopped and sent its last changes.
     closed: watch::Receiver<bool>,
     skipped: u64,
 }
 
-impl GroupUpdates {
-    /// The next change; `None` once the client has stopped (closed, shut
-    /// down, or every handle dropped) and every change before that was
-    /// read. A reader more than 1,024 changes behind skips the oldest
-    /// ([`GroupUpdates::skipped`] counts them; [`Client::groups`] and
-    /// [`Client::group_members`] have the current state).
-    pub async fn next(&mut self) -> Option<GroupUpdate> {
+impl<T: Clone> Updates<T> {
+    fn new(tx: &broadcast::Sender<T>, closed: &watch::Sender<bool>) -> Self {
+        Updates {
+            rx: tx.subscribe(),
+            closed: closed.subscribe(),
+            skipped: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Option<T> {
         use broadcast::error::{RecvError, TryRecvError};
         loop {
             let closed = *self.closed.borrow_and_update();
@@ -430,9 +399,7 @@ impl GroupUpdates {
         }
     }
 
-    /// The next change if one is waiting (skipping as [`Self::next`]
-    /// does).
-    pub fn try_next(&mut self) -> Option<GroupUpdate> {
+    fn try_next(&mut self) -> Option<T> {
         loop {
             match self.rx.try_recv() {
                 Ok(x) => return Some(x),
@@ -441,10 +408,45 @@ impl GroupUpdates {
             }
         }
     }
+}
+
+/// Status changes of the messages this client sends.
+#[derive(Debug)]
+pub struct StatusUpdates(Updates<(MessageId, Status)>);
+
+impl StatusUpdates {
+    /// The next change; `None` once the client has stopped (closed, shut
+    /// down, or every handle dropped) and every change before that was
+    /// read. A reader that falls behind skips the oldest changes
+    /// ([`Client::status`] has the latest).
+    pub async fn next(&mut self) -> Option<(MessageId, Status)> {
+        self.0.next().await
+    }
+}
+
+/// Changes to the groups of this client's identities.
+#[derive(Debug)]
+pub struct GroupUpdates(Updates<GroupUpdate>);
+
+impl GroupUpdates {
+    /// The next change; `None` once the client has stopped (closed, shut
+    /// down, or every handle dropped) and every change before that was
+    /// read. A reader more than 1,024 changes behind skips the oldest
+    /// ([`GroupUpdates::skipped`] counts them; [`Client::groups`] and
+    /// [`Client::group_members`] have the current state).
+    pub async fn next(&mut self) -> Option<GroupUpdate> {
+        self.0.next().await
+    }
+
+    /// The next change if one is waiting (skipping as [`Self::next`]
+    /// does).
+    pub fn try_next(&mut self) -> Option<GroupUpdate> {
+        self.0.try_next()
+    }
 
     /// Changes skipped so far because this reader fell behind.
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        self.0.skipped
     }
 }
 
@@ -1064,11 +1066,7 @@ impl Client {
 
     /// Every group change from now on (joined, member added or left, new epoch).
     pub fn subscribe_groups(&self) -> GroupUpdates {
-        GroupUpdates {
-            rx: self.inner.group_tx.subscribe(),
-            closed: self.inner.closed.subscribe(),
-            skipped: 0,
-        }
+        GroupUpdates(Updates::new(&self.inner.group_tx, &self.inner.closed))
     }
 
     /// Fragments of a message being sent that the dropbox gateway has
@@ -1080,10 +1078,7 @@ impl Client {
     /// Every status change from now on: queued → sent → stored → read, or
     /// failed.
     pub fn subscribe_status(&self) -> StatusUpdates {
-        StatusUpdates {
-            rx: self.inner.status_tx.subscribe(),
-            closed: self.inner.closed.subscribe(),
-        }
+        StatusUpdates(Updates::new(&self.inner.status_tx, &self.inner.closed))
     }
 
     /// The messages this client is still sending (after [`Client::open`],

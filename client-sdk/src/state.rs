@@ -3963,6 +3963,25 @@ mod tests {
         (st, me, c, cfg, start)
     }
 
+    /// [`ten_past_hour_p`] in a group of the two of us (epoch 0, key
+    /// returned), its first fetch round made and answered.
+    fn in_a_group(
+        seed: u64,
+    ) -> (
+        ClientState,
+        ContactId,
+        ContactId,
+        ClientConfig,
+        Now,
+        [u8; 32],
+    ) {
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(seed);
+        let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.queue_fetch_round(start);
+        answer_all(&mut st);
+        (st, me, c, cfg, start, e0)
+    }
+
     /// Every box a fetch round left to answer, answered "nothing more".
     fn answer_all(st: &mut ClientState) {
         for mine in st.identities.values_mut() {
@@ -4012,6 +4031,20 @@ mod tests {
         ek
     }
 
+    /// Control item `item` (the `n`th) read by `me` from the box of epoch
+    /// `ek` of the group `group_keys` makes.
+    fn read_control(st: &mut ClientState, me: ContactId, ek: [u8; 32], item: &BoxItem, n: u8) {
+        let m = Complete {
+            from: (me.0, ek),
+            kind: Kind::Control,
+            msg_id: [n; 16],
+            session: 0,
+            seq: n.into(),
+            body: item.encode(),
+        };
+        st.on_group_box((me.0, ek), [7; 32], m);
+    }
+
     /// A group's control items count only when signed by their sender's
     /// identity for the epoch's box: "added" in a member's name but signed
     /// by someone else (another member, say) changes nothing; signed by the
@@ -4029,15 +4062,7 @@ mod tests {
             name: "x".into(),
         };
         let deliver = |st: &mut ClientState, item: BoxItem, n: u8| {
-            let m = Complete {
-                from: (me.0, ek),
-                kind: Kind::Control,
-                msg_id: [n; 16],
-                session: 0,
-                seq: n.into(),
-                body: item.encode(),
-            };
-            st.on_group_box((me.0, ek), gid, m);
+            read_control(st, me, ek, &item, n);
             st.identities[&me.0].groups[&gid]
                 .members
                 .contains_key(&newcomer)
@@ -4094,15 +4119,7 @@ mod tests {
             name: "back".into(),
         };
         let deliver = |st: &mut ClientState, ek: [u8; 32], n: u8| {
-            let m = Complete {
-                from: (me.0, ek),
-                kind: Kind::Control,
-                msg_id: [n; 16],
-                session: 0,
-                seq: n.into(),
-                body: added.clone().sign(&theirs, &ek).encode(),
-            };
-            st.on_group_box((me.0, ek), gid, m);
+            read_control(st, me, ek, &added.clone().sign(&theirs, &ek), n);
             st.identities[&me.0].groups[&gid]
                 .members
                 .contains_key(&back)
@@ -4172,12 +4189,9 @@ mod tests {
     /// read back like the newest, not ignored as older keys.
     #[test]
     fn an_epoch_skipped_over_is_read_when_its_keys_come_late() {
-        let (mut st, me, c, _, start) = ten_past_hour_p(9);
+        let (mut st, me, c, _, start, _) = in_a_group(9);
         let p = P;
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
-        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
-        st.queue_fetch_round(start);
-        answer_all(&mut st);
         st.fetches.clear();
         st.queue_fetch_round(at(30));
         st.fetches.clear();
@@ -4293,12 +4307,9 @@ mod tests {
     /// not `catch_up_periods`.
     #[test]
     fn an_absence_survives_a_restore() {
-        let (mut st, me, c, cfg, start) = ten_past_hour_p(12);
+        let (mut st, me, c, cfg, start, _) = in_a_group(12);
         let p = P;
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
-        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
-        st.queue_fetch_round(start);
-        answer_all(&mut st);
         st.queue_fetch_round(at(1));
         // Away from hour 1 to hour 30, then saved and closed.
         st.queue_fetch_round(at(30));
@@ -4324,13 +4335,10 @@ mod tests {
     /// heard of the new epoch) before the old epoch is forgotten.
     #[test]
     fn an_old_epoch_is_read_for_the_hours_missed_before_it_is_forgotten() {
-        let (mut st, me, c, cfg, start) = ten_past_hour_p(7);
+        let (mut st, me, c, cfg, start, e0) = in_a_group(7);
         let p = P;
         let at = |h: u64| start.after(Duration::from_secs(h * 3600));
         let catch_up = cfg.catch_up_periods;
-        let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
-        st.queue_fetch_round(start);
-        answer_all(&mut st);
         st.fetches.clear();
 
         // The new epoch at hour 1: the old one is read until hour 1 + 24.
