@@ -442,6 +442,10 @@ pub struct ClientState {
     /// (from the pairwise boxes of the hours missed) may be for an epoch
     /// written to all that time: its boxes are read back to the absence.
     absence: Option<(u64, u64)>,
+    /// Groups left (identity, group), newest last, at most [`MAX_LEFT`]:
+    /// a new epoch's keys for one of them, from a member who had not read
+    /// the "left" yet, do not make us a member again (an invite does).
+    left: VecDeque<([u8; 32], [u8; 32])>,
     /// For what timers decide (receipt ids), seeded by the caller's RNG.
     rng: rand::rngs::StdRng,
     /// What was last handed out for persisting (see [`Self::take_changes`]).
@@ -472,6 +476,7 @@ struct Persisted {
     groups: HashMap<Vec<u8>, Vec<u8>>,
     absence: Option<(u64, u64)>,
     groups_v2: bool,
+    left: Vec<([u8; 32], [u8; 32])>,
 }
 
 impl std::fmt::Debug for ClientState {
@@ -652,6 +657,7 @@ impl ClientState {
             next_round: 0.0,
             probed_through: None,
             absence: None,
+            left: VecDeque::new(),
             rng: rand::rngs::StdRng::from_rng(rng),
             persisted: Persisted::default(),
             dirty: true,
@@ -2619,6 +2625,11 @@ impl ClientState {
         if let Some(mine) = self.identities.get_mut(&me.0) {
             mine.groups.remove(&group.0);
         }
+        self.left.retain(|l| *l != (me.0, group.0));
+        self.left.push_back((me.0, group.0));
+        if self.left.len() > MAX_LEFT {
+            self.left.pop_front();
+        }
         self.dirty = true;
         self.publish_statuses();
         Ok(())
@@ -2732,6 +2743,15 @@ impl ClientState {
         {
             tracing::debug!("group keys that do not name both of us: ignored");
             return;
+        }
+        // A group we left: a new epoch's keys (from a member who had not
+        // read our "left") are not an invitation; an invitation is.
+        if let Some(i) = self.left.iter().position(|l| *l == (me, keys.id)) {
+            if keys.op != group::OP_INVITE {
+                tracing::debug!("keys of a group we left: ignored");
+                return;
+            }
+            self.left.remove(i);
         }
         let t = self.secs_now();
         let period = dropbox::period_at(self.unix_ms);
@@ -2847,9 +2867,11 @@ impl ClientState {
         self.dirty = true;
         let mut opened = Vec::new();
         let mut change = None;
-        // Membership news counts only from the current epoch's box: an old
+        // An "added" counts only from the current epoch's box: an old
         // epoch's box is still read, and a removed member (who holds its
-        // secret) could copy a signed "added" of itself there.
+        // secret) could copy a signed "added" of itself there. A "left"
+        // counts from any box read: the leaver may not have heard of the
+        // newest epoch yet.
         let current = peer.1 == g.epoch_key();
         match (m.kind, item) {
             (
@@ -2897,7 +2919,7 @@ impl ClientState {
                 });
             }
             (Kind::Control, BoxItem::Left { sender, .. })
-                if sender != me && current && g.members.remove(&sender).is_some() =>
+                if sender != me && g.members.remove(&sender).is_some() =>
             {
                 change = Some(GroupChange::MemberLeft {
                     member: ContactId(sender),
@@ -2998,6 +3020,10 @@ const KEY_ABSENCE: &[u8] = b"absence";
 /// control items (group format 2): what an older one took in unsigned is
 /// dropped at the first restore without it.
 const KEY_GROUPS_V2: &[u8] = b"groups/v2";
+/// The groups left ([`ClientState::left`]).
+const KEY_LEFT: &[u8] = b"groups/left";
+/// Groups left that are remembered.
+const MAX_LEFT: usize = 1024;
 const PREFIX_OUT: &[u8] = b"out/";
 const PREFIX_CHUNK: &[u8] = b"chunk/";
 const PREFIX_MSG: &[u8] = b"msg/";
@@ -3235,6 +3261,13 @@ impl ClientState {
             ch.puts.push((KEY_GROUPS_V2.to_vec(), vec![1]));
             self.persisted.groups_v2 = true;
         }
+        let left: Vec<([u8; 32], [u8; 32])> = self.left.iter().copied().collect();
+        if left != self.persisted.left {
+            if let Ok(v) = postcard::to_stdvec(&left) {
+                ch.puts.push((KEY_LEFT.to_vec(), v));
+            }
+            self.persisted.left = left;
+        }
         let (partials, done) = self.reassembly.export();
         let done_now: HashSet<MessageId> = done.iter().copied().collect();
         for (n, id) in done.iter().enumerate() {
@@ -3431,6 +3464,11 @@ impl ClientState {
                 snapshot = Some((s, v));
             } else if k == KEY_GROUPS_V2 {
                 st.persisted.groups_v2 = true;
+            } else if k == KEY_LEFT {
+                let left: Vec<([u8; 32], [u8; 32])> =
+                    postcard::from_bytes(&v).map_err(|_| corrupt("groups left"))?;
+                st.left = left.iter().copied().collect();
+                st.persisted.left = left;
             } else if k == KEY_ABSENCE {
                 let a: (u64, u64) = postcard::from_bytes(&v).map_err(|_| corrupt("absence"))?;
                 st.absence = Some(a);
@@ -4015,9 +4053,25 @@ mod tests {
         secret: u8,
     ) -> [u8; 32] {
         let id = [7u8; 32];
+        offer_group_keys(st, now, (me, them), op, epoch, secret);
+        let g = &st.identities[&me.0].groups[&id];
+        let ek = group::epoch_key(&id, epoch, &[secret; 32]);
+        assert!(g.read_until(&ek).is_some(), "the keys were taken");
+        ek
+    }
+
+    /// [`group_keys`], without asserting they were taken.
+    fn offer_group_keys(
+        st: &mut ClientState,
+        now: Now,
+        (me, them): (ContactId, ContactId),
+        op: u8,
+        epoch: u32,
+        secret: u8,
+    ) {
         let keys = GroupKeys {
             op,
-            id,
+            id: [7u8; 32],
             epoch,
             secret: zeroize::Zeroizing::new([secret; 32]),
             name: "g".into(),
@@ -4025,10 +4079,25 @@ mod tests {
         };
         st.unix_ms = now.unix_ms;
         st.on_group_keys(me.0, them.0, &keys.encode());
-        let g = &st.identities[&me.0].groups[&id];
-        let ek = group::epoch_key(&id, epoch, &[secret; 32]);
-        assert!(g.read_until(&ek).is_some(), "the keys were taken");
-        ek
+    }
+
+    /// A member who left is not made a member again by a new epoch's keys
+    /// from a member who had not read its "left" yet (they may come
+    /// after it left), also after a restore; an invitation makes it one.
+    #[test]
+    fn a_group_left_is_not_rejoined_by_a_new_epoch() {
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(18);
+        let gid = [7u8; 32];
+        group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        st.leave_group(start, &me, &GroupId(gid)).unwrap();
+        let ch = st.take_changes(start).unwrap();
+        assert!(ch.puts.iter().any(|(k, _)| k == KEY_LEFT));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let mut st = ClientState::restore(cfg, topology(100), ch.puts, start, &mut rng).unwrap();
+        offer_group_keys(&mut st, start, (me, c), group::OP_REKEY, 1, 9);
+        assert!(!st.identities[&me.0].groups.contains_key(&gid));
+        offer_group_keys(&mut st, start, (me, c), group::OP_INVITE, 1, 9);
+        assert!(st.identities[&me.0].groups.contains_key(&gid));
     }
 
     /// Control item `item` (the `n`th) read by `me` from the box of epoch
@@ -4100,9 +4169,11 @@ mod tests {
         assert!(!members(&st).contains_key(&c.0));
     }
 
-    /// Membership news counts only from the current epoch's box: a removed
+    /// An "added" counts only from the current epoch's box: a removed
     /// member, who still holds an old epoch's secret and reads its box,
-    /// cannot add itself back with a signed "added" copied there.
+    /// cannot add itself back with a signed "added" copied there. A "left"
+    /// counts from an old epoch's box too (its sender had not heard of the
+    /// new epoch).
     #[test]
     fn membership_news_from_an_old_epochs_box_is_ignored() {
         let (mut st, me, c, _, start) = ten_past_hour_p(15);
@@ -4126,6 +4197,15 @@ mod tests {
         };
         assert!(!deliver(&mut st, e0, 1), "from the old epoch's box");
         assert!(deliver(&mut st, e1, 2), "from the current one");
+        let left = BoxItem::Left {
+            sender: c.0,
+            sig: [0; 64],
+        };
+        read_control(&mut st, me, e0, &left.sign(&theirs, &e0), 3);
+        assert!(
+            !st.identities[&me.0].groups[&gid].members.contains_key(&c.0),
+            "a left from the old epoch's box counts"
+        );
     }
 
     /// Groups saved by an SDK before group format 2 (no `groups/v2`

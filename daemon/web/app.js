@@ -487,16 +487,17 @@ function markReadSoon() {
 // Your own name for a contact first. Anyone else in a group is shown by
 // the name the member who added them gave, with the start of their key:
 // that name is someone else's choice, and two members may share it.
+function memberName(id, given) {
+  const c = state.contacts.find((x) => x.id === id);
+  if (c) return c.name || shortId(id);
+  return given ? `${given} (${shortId(id)})` : shortId(id);
+}
+
 function senderName(m) {
   if (m.outgoing) return 'You';
-  const c = state.contacts.find((x) => x.id === m.from);
-  if (c) return c.name;
-  if (m.conversation.group) {
-    const g = state.groups.find((x) => x.id === m.conversation.group);
-    const mem = g && (g.members || []).find((x) => x.id === m.from);
-    if (mem && mem.name) return `${mem.name} (${shortId(m.from)})`;
-  }
-  return shortId(m.from);
+  const g = m.conversation.group && state.groups.find((x) => x.id === m.conversation.group);
+  const mem = g && (g.members || []).find((x) => x.id === m.from);
+  return memberName(m.from, mem && mem.name);
 }
 
 const preview = (m) => PREVIEW[m.kind] || (m.text == null ? 'a message' : String(m.text).slice(0, 120));
@@ -1087,9 +1088,9 @@ function renderMembers() {
   $('members-title').textContent = `Members of ${g.name}`;
   const members = g.members || [];
   $('members').replaceChildren(...members.map((m) => el('li', null,
-    el('span', null, m.me ? `${m.name || 'You'} (you)` : m.name || shortId(m.id)),
+    el('span', null, m.me ? `${m.name || 'You'} (you)` : memberName(m.id, m.name)),
     m.me ? null : el('button', { type: 'button', class: 'member-remove', 'data-id': m.id,
-      'aria-label': `Remove ${m.name || shortId(m.id)} from the group`,
+      'aria-label': `Remove ${memberName(m.id, m.name)} from the group`,
       onclick: () => openGroupRequest('group_remove', { contact: m.id }).catch(noop) }, 'Remove'))));
   const ids = new Set(members.map((m) => m.id));
   const candidates = state.contacts.filter((c) => !ids.has(c.id));
