@@ -51,6 +51,9 @@ pub const BOX_ADDED: u8 = 0x12;
 pub const BOX_LEFT: u8 = 0x13;
 /// Inbound Megolm sessions kept per group (the oldest goes first).
 const MAX_INBOUND: usize = 4 * MAX_MEMBERS;
+/// Sessions, and keys kept, per sender: beyond it the sender's own oldest
+/// goes (a member reads at most 1 + `MAX_RETIRED` epochs, a session each).
+const MAX_PER_SENDER: usize = 8;
 /// Megolm messages remembered per group to refuse replays.
 const MAX_SEEN: usize = 20_000;
 /// Messages held per group while their session's key has not come.
@@ -628,8 +631,19 @@ impl Group {
     ) -> Result<String, String> {
         let key = SessionKey::from_bytes(session_key).map_err(|e| e.to_string())?;
         if !self.members.contains_key(&sender) {
-            // Kept until the news that they joined comes (or pushed out).
-            if self.pending_keys.len() >= MAX_HELD {
+            // Kept until the news that they joined comes (or pushed out):
+            // a sender's own oldest first, so that one flooding the box
+            // pushes out no one else's.
+            let theirs = self
+                .pending_keys
+                .iter()
+                .filter(|(s, _)| *s == sender)
+                .count();
+            if theirs >= MAX_PER_SENDER {
+                if let Some(i) = self.pending_keys.iter().position(|(s, _)| *s == sender) {
+                    self.pending_keys.remove(i);
+                }
+            } else if self.pending_keys.len() >= MAX_HELD {
                 self.pending_keys.pop_front();
             }
             self.pending_keys.push_back((sender, session_key.to_vec()));
@@ -651,6 +665,15 @@ impl Group {
                 *old = merged;
             }
             return Ok(sid);
+        }
+        // A sender's own oldest session goes first once it has
+        // MAX_PER_SENDER (one per epoch read is at most 5): a member who
+        // announces many pushes out no one else's.
+        let theirs = self.inbound.iter().filter(|(_, o, _)| *o == sender).count();
+        if theirs >= MAX_PER_SENDER
+            && let Some(i) = self.inbound.iter().position(|(_, o, _)| *o == sender)
+        {
+            self.inbound.remove(i);
         }
         self.inbound.push_back((sid.clone(), sender, s));
         if self.inbound.len() > MAX_INBOUND {
@@ -1121,6 +1144,55 @@ mod tests {
         assert_eq!(gc.open(c, [4; 16], a, &session_id, &megolm), Opened::Held);
         // Someone outside the member list cannot announce.
         assert!(gc.add_session(k(99), &session_key).is_err());
+    }
+
+    /// A member who announces hundreds of sessions (a flood) pushes out
+    /// only its own: another member's session stays, and its messages
+    /// open. The same for keys kept from someone not yet a member.
+    #[test]
+    fn a_flood_of_announces_pushes_out_only_the_flooders_sessions() {
+        let (a, b, m) = (k(10), k(11), k(12));
+        let mut ga = Group::create(k(1), "g", a, "a", k(9));
+        ga.members.insert(b, "b".into());
+        ga.members.insert(m, "m".into());
+        let mut gb = Group::join(&ga.keys(OP_INVITE));
+        let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
+            panic!()
+        };
+        ga.add_session(b, &session_key).unwrap();
+        for _ in 0..2 * MAX_INBOUND {
+            let gm = Group::join(&ga.keys(OP_INVITE));
+            let BoxItem::Announce { session_key, .. } = gm.announce(m) else {
+                panic!()
+            };
+            ga.add_session(m, &session_key).unwrap();
+        }
+        assert_eq!(
+            ga.inbound.iter().filter(|(_, o, _)| *o == m).count(),
+            MAX_PER_SENDER
+        );
+        let BoxItem::Message {
+            session_id, megolm, ..
+        } = gb.seal(b, b"still here")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            ga.open(a, [1; 16], b, &session_id, &megolm),
+            Opened::Plain(b, b"still here".to_vec(), false)
+        );
+        // Keys from someone not (yet) a member: a flooder keeps at most
+        // MAX_PER_SENDER; another's key stays.
+        let (x, y) = (k(20), k(21));
+        assert!(ga.add_session(y, &session_key).is_err());
+        for _ in 0..2 * MAX_HELD {
+            assert!(ga.add_session(x, &session_key).is_err());
+        }
+        assert_eq!(
+            ga.pending_keys.iter().filter(|(s, _)| *s == x).count(),
+            MAX_PER_SENDER
+        );
+        assert!(ga.pending_keys.iter().any(|(s, _)| *s == y));
     }
 
     /// Each period's box carries the sender's key as it was there, and
