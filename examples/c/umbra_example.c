@@ -10,7 +10,8 @@
  * The passphrase is read from UMBRA_PASSPHRASE. UMBRA_CONFIG names a
  * daemon.toml (it lists the network's directory authorities); when set it
  * is used and saved in DATA_DIR, so later runs may leave it unset. UMBRA_LOG
- * ("warn", "info", …) sends the library's log lines to stderr.
+ * ("warn", "info", …) sends the library's log lines to stderr, through a
+ * callback as an app would pass them to its own logger.
  *
  * Build (from the repository's root):
  *   cargo build -p umbra-ffi
@@ -119,6 +120,14 @@ static char *quote(const char *s) {
   return out;
 }
 
+/* The library's log lines, called from its threads: one fprintf each,
+ * which stdio locks, so lines from two threads do not mix. */
+static void log_line(void *user, int level, const char *target, const char *line) {
+  static const char *names[] = {"?", "error", "warn", "info", "debug", "trace"};
+  (void)user;
+  fprintf(stderr, "umbra[%s] %s: %s\n", names[level >= 1 && level <= 5 ? level : 0], target, line);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: %s DATA_DIR invite|add|contacts|send|listen …\n", argv[0]);
@@ -130,7 +139,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "set UMBRA_PASSPHRASE\n");
     return 2;
   }
-  if (getenv("UMBRA_LOG") && umbra_log_to_stderr(getenv("UMBRA_LOG")) < 0) {
+  if (getenv("UMBRA_LOG") && umbra_log_to_callback(getenv("UMBRA_LOG"), log_line, NULL) < 0) {
     fprintf(stderr, "UMBRA_LOG: not a log filter\n");
     return 2;
   }

@@ -103,6 +103,27 @@ void umbra_string_free(char *s);
  */
 int umbra_log_to_stderr(const char *filter);
 
+/*
+ * A function that takes the library's log lines: level 1 error, 2 warn,
+ * 3 info, 4 debug, 5 trace; target the module that logged
+ * ("client_sdk::state", …); line the event's message and fields, without
+ * time, level or target. Both strings are valid only during the call.
+ */
+typedef void (*umbra_log_fn)(void *user, int level, const char *target,
+                             const char *line);
+
+/*
+ * Sends the library's log lines that filter lets through (as for
+ * umbra_log_to_stderr) to callback, with user: for apps whose standard
+ * error goes nowhere (Android's logcat, Apple's os_log, a GUI's own log).
+ * callback is called from any of the library's threads, several at once,
+ * for the rest of the process's life; it must not block for long or call
+ * this library. Returns 0, 1 if a logger was already set in this process,
+ * -1 if filter is not valid or callback is NULL.
+ */
+int umbra_log_to_callback(const char *filter, umbra_log_fn callback,
+                          void *user);
+
 /* The library's version (a static string: do not free). */
 const char *umbra_version(void);
 

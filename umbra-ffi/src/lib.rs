@@ -2,7 +2,7 @@
 #![warn(missing_docs)]
 
 use daemon::{DaemonFile, Embedded};
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -286,6 +286,16 @@ pub unsafe extern "C" fn umbra_string_free(s: *mut c_char) {
     }
 }
 
+/// A log filter from C: null is `"info"`; `None` if not valid.
+///
+/// # Safety
+/// `p` is null or a NUL-terminated string.
+unsafe fn env_filter(p: *const c_char) -> Option<tracing_subscriber::EnvFilter> {
+    // SAFETY: the caller's contract.
+    let f = unsafe { arg(p, "filter") }.ok()?.unwrap_or("info");
+    tracing_subscriber::EnvFilter::try_new(f).ok()
+}
+
 /// Sends the library's log lines to standard error, those `filter` lets
 /// through (`tracing`'s `EnvFilter` syntax, e.g. `"info"` or
 /// `"warn,client_sdk=debug"`; null is `"info"`). Returns 0, 1 if a logger
@@ -299,11 +309,7 @@ pub unsafe extern "C" fn umbra_string_free(s: *mut c_char) {
 pub unsafe extern "C" fn umbra_log_to_stderr(filter: *const c_char) -> i32 {
     let run = || {
         // SAFETY: the caller's contract.
-        let f = match unsafe { arg(filter, "filter") } {
-            Ok(f) => f.unwrap_or("info"),
-            Err(_) => return -1,
-        };
-        let Ok(f) = tracing_subscriber::EnvFilter::try_new(f) else {
+        let Some(f) = (unsafe { env_filter(filter) }) else {
             return -1;
         };
         match tracing_subscriber::fmt()
@@ -318,8 +324,214 @@ pub unsafe extern "C" fn umbra_log_to_stderr(filter: *const c_char) -> i32 {
     catch_unwind(run).unwrap_or(-1)
 }
 
+/// A C function that takes the library's log lines.
+pub type UmbraLogFn =
+    unsafe extern "C" fn(user: *mut c_void, level: i32, target: *const c_char, line: *const c_char);
+
+/// The callback and its argument, shared by every thread that logs.
+#[derive(Clone, Copy)]
+struct Callback {
+    f: UmbraLogFn,
+    user: *mut c_void,
+}
+
+// SAFETY: the caller of `umbra_log_to_callback` promises that `f` may be
+// called with `user` from any thread, at once, for the life of the process.
+unsafe impl Send for Callback {}
+unsafe impl Sync for Callback {}
+
+/// Makes one [`LineWriter`] per log event, knowing its level and target.
+#[derive(Clone, Copy)]
+struct ToCallback(Callback);
+
+/// Gathers one formatted event; hands it to C when dropped.
+struct LineWriter {
+    cb: Callback,
+    level: i32,
+    target: String,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for LineWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        // Bounded: a log line is short; a runaway one is cut.
+        let room = (64 * 1024usize).saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&b[..b.len().min(room)]);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        while self.buf.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+            self.buf.pop();
+        }
+        if self.buf.is_empty() {
+            return;
+        }
+        let clean = |v: Vec<u8>| {
+            let v: Vec<u8> = v
+                .into_iter()
+                .map(|c| if c == 0 { b'?' } else { c })
+                .collect();
+            CString::new(v).unwrap_or_default()
+        };
+        let line = clean(std::mem::take(&mut self.buf));
+        let target = clean(std::mem::take(&mut self.target).into_bytes());
+        // SAFETY: the caller's contract (`umbra_log_to_callback`); both
+        // strings live until the call returns.
+        unsafe { (self.cb.f)(self.cb.user, self.level, target.as_ptr(), line.as_ptr()) }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ToCallback {
+    type Writer = LineWriter;
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            cb: self.0,
+            level: 3,
+            target: String::new(),
+            buf: Vec::new(),
+        }
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter {
+        use tracing::Level;
+        let l = *meta.level();
+        let level = if l == Level::ERROR {
+            1
+        } else if l == Level::WARN {
+            2
+        } else if l == Level::INFO {
+            3
+        } else if l == Level::DEBUG {
+            4
+        } else {
+            5
+        };
+        LineWriter {
+            cb: self.0,
+            level,
+            target: meta.target().to_string(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Sends the library's log lines, those `filter` lets through (as for
+/// [`umbra_log_to_stderr`]), to `callback`: one call per line, with
+/// `user`, the level (1 error, 2 warn, 3 info, 4 debug, 5 trace), the
+/// target (the module that logged, e.g. `client_sdk::state`) and the line
+/// (its fields, without time, level or target), both valid only during
+/// the call. For apps whose standard error goes nowhere (Android's
+/// logcat, Apple's os_log, a GUI's own log). Returns 0, 1 if a logger was
+/// already set, or −1 if `filter` is not valid or `callback` is null.
+///
+/// # Safety
+/// `filter` is null or a NUL-terminated string. `callback` may be called
+/// from any of the library's threads, several at once, with `user`, for
+/// the rest of the process's life; it must not unwind, block for long or
+/// call this library.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn umbra_log_to_callback(
+    filter: *const c_char,
+    callback: Option<UmbraLogFn>,
+    user: *mut c_void,
+) -> i32 {
+    let Some(f) = callback else {
+        return -1;
+    };
+    let cb = Callback { f, user };
+    let run = move || {
+        // SAFETY: the caller's contract.
+        let Some(filter) = (unsafe { env_filter(filter) }) else {
+            return -1;
+        };
+        match tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(ToCallback(cb))
+            .with_ansi(false)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .try_init()
+        {
+            Ok(()) => 0,
+            Err(_) => 1,
+        }
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or(-1)
+}
+
 /// The library's version, a static string (not to be freed).
 #[unsafe(no_mangle)]
 pub extern "C" fn umbra_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    type Line = (usize, i32, String, String);
+    static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
+
+    unsafe extern "C" fn take(
+        user: *mut c_void,
+        level: i32,
+        target: *const c_char,
+        line: *const c_char,
+    ) {
+        // SAFETY: the library passes NUL-terminated strings.
+        let (t, l) = unsafe { (CStr::from_ptr(target), CStr::from_ptr(line)) };
+        LINES.lock().unwrap().push((
+            user as usize,
+            level,
+            t.to_string_lossy().into_owned(),
+            l.to_string_lossy().into_owned(),
+        ));
+    }
+
+    /// The only test in this binary: a logger is set once per process.
+    #[test]
+    fn log_lines_reach_the_callback_as_the_filter_lets_them() {
+        let user = 7usize as *mut c_void;
+        // SAFETY: literals and null; `take` may run on any thread.
+        unsafe {
+            assert_eq!(umbra_log_to_callback(c"warn".as_ptr(), None, user), -1);
+            assert_eq!(
+                umbra_log_to_callback(c"info,[".as_ptr(), Some(take), user),
+                -1
+            );
+            let filter = c"warn,umbra_ffi=debug";
+            assert_eq!(umbra_log_to_callback(filter.as_ptr(), Some(take), user), 0);
+        }
+        tracing::warn!(code = 3, "a warning");
+        tracing::debug!("a debug line");
+        tracing::trace!("below the filter");
+        tracing::info!(target: "client_sdk::state", "below the filter");
+        tracing::error!(target: "client_sdk::state", "an error\0and more");
+        std::thread::spawn(|| tracing::warn!("from another thread"))
+            .join()
+            .unwrap();
+        // SAFETY: null filters.
+        unsafe {
+            assert_eq!(umbra_log_to_callback(std::ptr::null(), Some(take), user), 1);
+            assert_eq!(umbra_log_to_stderr(std::ptr::null()), 1);
+        }
+        let lines = LINES.lock().unwrap().clone();
+        let me = "umbra_ffi::tests";
+        assert_eq!(
+            lines,
+            vec![
+                (7, 2, me.into(), "a warning code=3".into()),
+                (7, 4, me.into(), "a debug line".into()),
+                (7, 1, "client_sdk::state".into(), "an error?and more".into()),
+                (7, 2, me.into(), "from another thread".into()),
+            ]
+        );
+    }
 }
