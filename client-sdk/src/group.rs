@@ -149,8 +149,9 @@ pub struct GroupKeys {
     pub epoch: u32,
     pub secret: Zeroizing<[u8; 32]>,
     pub name: String,
-    /// Members of the epoch (x25519 public key, name), the recipient included.
-    pub members: Vec<([u8; 32], String)>,
+    /// Members of the epoch (x25519 public key, the epoch they were last
+    /// added in, name), the recipient included.
+    pub members: Vec<([u8; 32], u32, String)>,
 }
 
 impl std::fmt::Debug for GroupKeys {
@@ -164,8 +165,8 @@ impl std::fmt::Debug for GroupKeys {
 }
 
 impl GroupKeys {
-    /// `0x01 || op || id[32] || epoch:u32 || secret[32] || name || n:u8 || (member[32] || name)×n`,
-    /// names as `len:u8 || UTF-8`.
+    /// `0x02 || op || id[32] || epoch:u32 || secret[32] || name || n:u8 ||
+    /// (member[32] || since:u32 || name)×n`, names as `len:u8 || UTF-8`.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = vec![GROUP_VERSION, self.op];
         v.extend_from_slice(&self.id);
@@ -174,8 +175,9 @@ impl GroupKeys {
         put_str(&mut v, &self.name);
         let n = self.members.len().min(MAX_MEMBERS);
         v.push(n as u8);
-        for (k, name) in &self.members[..n] {
+        for (k, since, name) in &self.members[..n] {
             v.extend_from_slice(k);
+            v.extend_from_slice(&since.to_be_bytes());
             put_str(&mut v, name);
         }
         v
@@ -201,7 +203,12 @@ impl GroupKeys {
         }
         let mut members = Vec::with_capacity(n);
         for _ in 0..n {
-            members.push((r.key()?, r.str()?));
+            let (k, since) = (r.key()?, r.u32()?);
+            // Added later than the epoch it is listed in: nonsense.
+            if since > epoch {
+                return None;
+            }
+            members.push((k, since, r.str()?));
         }
         r.rest().is_empty().then_some(Self {
             op,
@@ -434,6 +441,9 @@ pub(crate) struct Group {
     secret: Zeroizing<[u8; 32]>,
     /// Members of the current epoch: x25519 public key → name.
     pub(crate) members: BTreeMap<[u8; 32], String>,
+    /// The membership record: when members were added, who left, and the
+    /// numbers of the old epochs still read.
+    pub(crate) ledger: Ledger,
     /// Our own sender ratchet in this epoch.
     outbound: GroupSession,
     /// Members' sender ratchets: session id → (sender, session), oldest first.
@@ -467,6 +477,71 @@ pub(crate) struct GroupRecord {
     pub(crate) announced: Option<(u32, u64)>,
 }
 
+/// Who is a member, kept so that the order in which items are read and
+/// replays of signed items do not matter: `member` is a member if the
+/// epoch it was last added in is later than the epoch of any `left` of
+/// it read (a member who left comes back only in a later epoch). Stored
+/// as a record of its own (stores from before it read as all zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ledger {
+    /// The epoch each member was last added in (absent: 0).
+    since: BTreeMap<[u8; 32], u32>,
+    /// The latest epoch of a `left` read, per identity (bounded).
+    left: BTreeMap<[u8; 32], u32>,
+    /// The numbers of the old epochs still read, by epoch key.
+    retired: BTreeMap<[u8; 32], u32>,
+}
+
+/// Leavers remembered per group (the oldest lefts go first).
+const MAX_LEFT_MEMBERS: usize = 4 * MAX_MEMBERS;
+
+impl Ledger {
+    pub(crate) fn since(&self, k: &[u8; 32]) -> u32 {
+        self.since.get(k).copied().unwrap_or(0)
+    }
+
+    /// Whether `k` left in epoch `epoch` or later.
+    fn left_since(&self, k: &[u8; 32], epoch: u32) -> bool {
+        self.left.get(k).is_some_and(|e| *e >= epoch)
+    }
+
+    fn note_left(&mut self, k: [u8; 32], epoch: u32) {
+        let e = self.left.entry(k).or_insert(epoch);
+        *e = (*e).max(epoch);
+        while self.left.len() > MAX_LEFT_MEMBERS {
+            let Some(oldest) = self.left.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) else {
+                break;
+            };
+            self.left.remove(&oldest);
+        }
+    }
+
+    /// The members of an epoch from its keys' list, but those whose
+    /// `left` was read for an epoch at or after the one they were added in
+    /// (the keys' maker had not read it); `me` stays. A later adding we
+    /// know of than the list says counts (its maker had not read it).
+    fn take_list(
+        &mut self,
+        list: &[([u8; 32], u32, String)],
+        me: Option<[u8; 32]>,
+    ) -> BTreeMap<[u8; 32], String> {
+        let mut members = BTreeMap::new();
+        let mut since = BTreeMap::new();
+        for (k, listed, name) in list {
+            let s = (*listed).max(self.since(k));
+            if Some(*k) != me && self.left_since(k, s) {
+                continue;
+            }
+            if s > 0 {
+                since.insert(*k, s);
+            }
+            members.insert(*k, name.clone());
+        }
+        self.since = since;
+        members
+    }
+}
+
 impl Group {
     /// A new group with `me` (named `my_name`) as its only member.
     pub(crate) fn create(
@@ -483,13 +558,9 @@ impl Group {
 
     /// Joins from an invite's keys.
     pub(crate) fn join(k: &GroupKeys) -> Self {
-        Self::from_parts(
-            k.id,
-            k.name.clone(),
-            k.epoch,
-            *k.secret,
-            k.members.iter().cloned().collect(),
-        )
+        let mut g = Self::from_parts(k.id, k.name.clone(), k.epoch, *k.secret, BTreeMap::new());
+        g.members = g.ledger.take_list(&k.members, None);
+        g
     }
 
     fn from_parts(
@@ -505,6 +576,7 @@ impl Group {
             epoch,
             secret: Zeroizing::new(secret),
             members,
+            ledger: Ledger::default(),
             outbound: GroupSession::new(megolm_config()),
             inbound: VecDeque::new(),
             seen: HashSet::new(),
@@ -544,39 +616,100 @@ impl Group {
             epoch: self.epoch,
             secret: self.secret.clone(),
             name: self.name.clone(),
-            members: self.members.iter().map(|(k, n)| (*k, n.clone())).collect(),
+            members: self.list(),
         }
+    }
+
+    /// The members as keys list them: key, epoch last added in, name.
+    pub(crate) fn list(&self) -> Vec<([u8; 32], u32, String)> {
+        self.members
+            .iter()
+            .map(|(k, n)| (*k, self.ledger.since(k), n.clone()))
+            .collect()
     }
 
     /// Moves to a new epoch (ours, or one a member sent): the old epoch's
     /// boxes are read until `until_period`; a new sender ratchet starts.
     /// Returns the old epoch key.
+    /// `members` is the new epoch's list as its keys gave it (`me` is kept
+    /// whatever the ledger says).
     pub(crate) fn advance(
         &mut self,
         epoch: u32,
         secret: [u8; 32],
-        members: BTreeMap<[u8; 32], String>,
+        members: &[([u8; 32], u32, String)],
+        me: [u8; 32],
         until_period: u64,
     ) -> [u8; 32] {
         let old = self.epoch_key();
+        self.ledger.retired.insert(old, self.epoch);
         self.retired.push((old, *self.secret, until_period));
         if self.retired.len() > MAX_RETIRED {
-            self.retired.remove(0);
+            let (gone, ..) = self.retired.remove(0);
+            self.ledger.retired.remove(&gone);
         }
         self.epoch = epoch;
         self.secret = Zeroizing::new(secret);
-        self.members = members;
+        self.members = self.ledger.take_list(members, Some(me));
         self.outbound = GroupSession::new(megolm_config());
         old
     }
 
     /// Reads an epoch that lost to ours (made at the same time by another
     /// member) as an old one until `until_period`.
-    pub(crate) fn retire(&mut self, ek: [u8; 32], secret: [u8; 32], until_period: u64) {
+    pub(crate) fn retire(&mut self, ek: [u8; 32], epoch: u32, secret: [u8; 32], until_period: u64) {
+        self.ledger.retired.insert(ek, epoch);
         self.retired.push((ek, secret, until_period));
         if self.retired.len() > MAX_RETIRED {
-            self.retired.remove(0);
+            let (gone, ..) = self.retired.remove(0);
+            self.ledger.retired.remove(&gone);
         }
+    }
+
+    /// The number of the epoch whose key is `ek`, if it is read.
+    pub(crate) fn epoch_of(&self, ek: &[u8; 32]) -> Option<u32> {
+        if *ek == self.epoch_key() {
+            return Some(self.epoch);
+        }
+        self.ledger.retired.get(ek).copied()
+    }
+
+    /// `member` was added (or invited) in the current epoch. False if it
+    /// left in this epoch: an `added` of it is then a replay or came
+    /// before its `left`; a leaver comes back only in a later epoch.
+    pub(crate) fn add_member(&mut self, member: [u8; 32], name: String) -> bool {
+        if self.ledger.left_since(&member, self.epoch) {
+            return false;
+        }
+        self.ledger.since.insert(member, self.epoch);
+        self.members.entry(member).or_insert(name);
+        true
+    }
+
+    /// `member` left, by its `left` signed for epoch `epoch`: true if that
+    /// ends its membership (it was last added no later than that epoch;
+    /// otherwise the item is older than its adding, or replayed).
+    pub(crate) fn member_left(&mut self, member: [u8; 32], epoch: u32) -> bool {
+        // Lefts of non-members are noted only for the current epoch (an
+        // `added` of it may come later, read out of order): a removed
+        // member posting lefts of made-up identities into an old epoch's
+        // box cannot push real ones out of the ledger.
+        if self.members.contains_key(&member) || epoch == self.epoch {
+            self.ledger.note_left(member, epoch);
+        }
+        if self.ledger.since(&member) > epoch || self.members.remove(&member).is_none() {
+            return false;
+        }
+        self.ledger.since.remove(&member);
+        true
+    }
+
+    /// Drops the numbers of old epochs no longer read.
+    pub(crate) fn ledger_follow_retired(&mut self) {
+        let retired = &self.retired;
+        self.ledger
+            .retired
+            .retain(|ek, _| retired.iter().any(|r| r.0 == *ek));
     }
 
     /// Whether new keys (`epoch`, `secret`) win over ours: a later epoch,
@@ -832,6 +965,28 @@ impl Group {
         self.announced = None;
     }
 
+    /// Takes the stored ledger (a store from before it has none: every
+    /// member counts as added in epoch 0). The numbers of old epochs it
+    /// lacks are found by trying the 1,024 epochs before ours.
+    pub(crate) fn restore_ledger(&mut self, ledger: Option<Ledger>) {
+        if let Some(l) = ledger {
+            self.ledger = l;
+        }
+        for (ek, secret, _) in &self.retired {
+            if self.ledger.retired.contains_key(ek) {
+                continue;
+            }
+            let lowest = self.epoch.saturating_sub(1024);
+            if let Some(e) = (lowest..=self.epoch)
+                .rev()
+                .find(|e| epoch_key(&self.id, *e, secret) == *ek)
+            {
+                self.ledger.retired.insert(*ek, e);
+            }
+        }
+        self.ledger_follow_retired();
+    }
+
     pub(crate) fn record(&self) -> GroupRecord {
         GroupRecord {
             id: self.id,
@@ -873,6 +1028,7 @@ impl Group {
             epoch: r.epoch,
             secret: Zeroizing::new(r.secret),
             members: r.members.into_iter().collect(),
+            ledger: Ledger::default(),
             outbound: GroupSession::from_pickle(outbound),
             inbound,
             seen: r.seen.iter().cloned().collect(),
@@ -901,11 +1057,16 @@ mod tests {
             epoch: 7,
             secret: Zeroizing::new(k(2)),
             name: "team:\u{7}x".into(),
-            members: vec![(k(3), "ann".into()), (k(4), "bob".into())],
+            members: vec![(k(3), 0, "ann".into()), (k(4), 7, "bob".into())],
         };
         let d = GroupKeys::decode(&keys.encode()).unwrap();
         assert_eq!(d.name, "teamx", "names are cleaned as invites' are");
-        assert_eq!((d.epoch, d.members.len(), *d.secret), (7, 2, k(2)));
+        assert_eq!((d.epoch, *d.secret), (7, k(2)));
+        assert_eq!(d.members, keys.members);
+        // A member listed as added after the epoch it is listed in.
+        let mut later = keys.clone();
+        later.members[1].1 = 8;
+        assert!(GroupKeys::decode(&later.encode()).is_none());
         let enc = keys.encode();
         for cut in 0..enc.len() {
             assert!(GroupKeys::decode(&enc[..cut]).is_none(), "cut at {cut}");
@@ -1304,17 +1465,12 @@ mod tests {
         ga.members.insert(c, "c".into());
         let mut gb = Group::join(&ga.keys(OP_INVITE));
         let mut gc = Group::join(&ga.keys(OP_INVITE));
-        let mut stay = ga.members.clone();
-        stay.remove(&c);
-        ga.advance(1, k(20), stay.clone(), 100);
+        let mut stay = ga.list();
+        stay.retain(|m| m.0 != c);
+        ga.advance(1, k(20), &stay, a, 100);
         let rekey = ga.keys(OP_REKEY);
         assert!(gb.is_newer(rekey.epoch, &rekey.secret));
-        gb.advance(
-            rekey.epoch,
-            *rekey.secret,
-            rekey.members.iter().cloned().collect(),
-            100,
-        );
+        gb.advance(rekey.epoch, *rekey.secret, &rekey.members, b, 100);
         assert_eq!(ga.epoch_key(), gb.epoch_key());
         assert_ne!(gc.epoch_key(), gb.epoch_key());
         let BoxItem::Announce { session_key, .. } = gb.announce(b) else {
@@ -1344,9 +1500,9 @@ mod tests {
             (k(31), k(30))
         };
         let mut g1 = Group::join(&ga.keys(OP_INVITE));
-        g1.advance(2, lose, stay.clone(), 100);
+        g1.advance(2, lose, &stay, a, 100);
         assert!(g1.is_newer(2, &win));
-        g1.advance(2, win, stay, 100);
+        g1.advance(2, win, &stay, a, 100);
         assert!(!g1.is_newer(2, &lose));
     }
 

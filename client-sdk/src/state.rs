@@ -2500,7 +2500,10 @@ impl ClientState {
 
     /// Adds contact `member` to the group: they get the group's keys
     /// pairwise (Olm), and the members learn it from the group's box. The
-    /// new member reads what the current epoch's boxes still hold.
+    /// new member reads what the current epoch's boxes still hold. A
+    /// member who left in the current epoch comes back in a new epoch
+    /// (its keys go to every member), so that its "left", signed for this
+    /// epoch, cannot be posted again to remove it.
     pub fn invite_to_group(
         &mut self,
         now: Now,
@@ -2524,10 +2527,25 @@ impl ClientState {
                 group::MAX_MEMBERS
             )));
         }
-        g.members.insert(member.0, name.clone());
-        let keys = g.keys(group::OP_INVITE);
-        self.dirty = true;
-        self.send_keys(t, me.0, member.0, &keys)?;
+        if g.add_member(member.0, name.clone()) {
+            let keys = g.keys(group::OP_INVITE);
+            self.dirty = true;
+            self.send_keys(t, me.0, member.0, &keys)?;
+        } else {
+            // It left in this epoch, and its signed "left" could be posted
+            // again into this epoch's boxes: it comes back in a new one.
+            let mut list = g.list();
+            let epoch = g
+                .epoch
+                .checked_add(1)
+                .ok_or_else(|| Error::Group("epochs exhausted".into()))?;
+            list.push((member.0, epoch, name.clone()));
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            let mut keys = self.start_epoch(now, me, group, &list, Some(member.0), secret)?;
+            keys.op = group::OP_INVITE;
+            self.send_keys(t, me.0, member.0, &keys)?;
+        }
         let added = BoxItem::Added {
             sender: me.0,
             sig: [0; 64],
@@ -2552,8 +2570,6 @@ impl ClientState {
         rng: &mut R,
     ) -> Result<(), Error> {
         self.unix_ms = now.unix_ms;
-        let t = self.secs(now);
-        let until = dropbox::period_at(now.unix_ms) + self.cfg.catch_up_periods.max(2);
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
         let g = self.group_mut(me, group)?;
@@ -2562,13 +2578,32 @@ impl ClientState {
                 "{member} is not another member of the group"
             )));
         }
-        let mut stay = g.members.clone();
-        stay.remove(&member.0);
+        let mut stay = g.list();
+        stay.retain(|m| m.0 != member.0);
+        self.start_epoch(now, me, group, &stay, None, secret)?;
+        self.publish_statuses();
+        Ok(())
+    }
+
+    /// Makes the group's next epoch with members `list` and `secret`, and
+    /// sends its keys to the members who are my contacts but `except`.
+    fn start_epoch(
+        &mut self,
+        now: Now,
+        me: &ContactId,
+        group: &GroupId,
+        list: &[([u8; 32], u32, String)],
+        except: Option<[u8; 32]>,
+        secret: [u8; 32],
+    ) -> Result<GroupKeys, Error> {
+        let t = self.secs(now);
+        let until = dropbox::period_at(now.unix_ms) + self.cfg.catch_up_periods.max(2);
+        let g = self.group_mut(me, group)?;
         let epoch = g
             .epoch
             .checked_add(1)
             .ok_or_else(|| Error::Group("epochs exhausted".into()))?;
-        g.advance(epoch, secret, stay, until);
+        g.advance(epoch, secret, list, me.0, until);
         let ek = g.epoch_key();
         let keys = g.keys(group::OP_REKEY);
         let mine = self
@@ -2577,15 +2612,14 @@ impl ClientState {
             .ok_or(Error::UnknownIdentity(*me))?;
         Self::add_epoch_entry(mine, group.0, ek, secret, true);
         self.dirty = true;
-        self.forward_keys(t, me.0, None, &keys);
+        self.forward_keys(t, me.0, except, &keys);
         self.announce_if_due(t, me.0, group.0)?;
         self.events.push_back(Event::Group {
             me: *me,
             group: *group,
             change: GroupChange::Rekeyed { epoch, by: *me },
         });
-        self.publish_statuses();
-        Ok(())
+        Ok(keys)
     }
 
     /// Sends an epoch's keys to every member who is my contact, but `except`.
@@ -2594,7 +2628,7 @@ impl ClientState {
             Some(mine) => keys
                 .members
                 .iter()
-                .map(|(k, _)| *k)
+                .map(|m| m.0)
                 .filter(|k| *k != me && Some(*k) != except)
                 .filter(|k| mine.contacts.get(k).is_some_and(|c| c.group.is_none()))
                 .collect(),
@@ -2738,9 +2772,7 @@ impl ClientState {
             tracing::debug!("unreadable group keys from a contact");
             return;
         };
-        if !keys.members.iter().any(|(k, _)| *k == me)
-            || !keys.members.iter().any(|(k, _)| *k == them)
-        {
+        if !keys.members.iter().any(|m| m.0 == me) || !keys.members.iter().any(|m| m.0 == them) {
             tracing::debug!("group keys that do not name both of us: ignored");
             return;
         }
@@ -2774,12 +2806,7 @@ impl ClientState {
                 }
             }
             Some(g) if g.is_newer(keys.epoch, &keys.secret) => {
-                g.advance(
-                    keys.epoch,
-                    *keys.secret,
-                    keys.members.iter().cloned().collect(),
-                    until,
-                );
+                g.advance(keys.epoch, *keys.secret, &keys.members, me, until);
                 let ek = g.epoch_key();
                 let opened = g.retry(me);
                 Self::read_epoch(mine, me, keys.id, ek, *keys.secret, unread);
@@ -2811,7 +2838,7 @@ impl ClientState {
                 let read = losing
                     || (unknown && keys.epoch < g.epoch && g.retired.len() < group::MAX_RETIRED);
                 if read {
-                    g.retire(ek, *keys.secret, until);
+                    g.retire(ek, keys.epoch, *keys.secret, until);
                 }
                 let reply = ((keys.epoch, *keys.secret) != (g.epoch, g.secret()))
                     .then(|| g.keys(group::OP_REKEY));
@@ -2871,8 +2898,10 @@ impl ClientState {
         // epoch's box is still read, and a removed member (who holds its
         // secret) could copy a signed "added" of itself there. A "left"
         // counts from any box read: the leaver may not have heard of the
-        // newest epoch yet.
+        // newest epoch yet. Both go through the ledger, so that a replayed
+        // or late item does not undo a later change.
         let current = peer.1 == g.epoch_key();
+        let box_epoch = g.epoch_of(&peer.1);
         match (m.kind, item) {
             (
                 Kind::Message,
@@ -2908,22 +2937,27 @@ impl ClientState {
             ) if sender != me
                 && current
                 && g.members.contains_key(&sender)
-                && !g.members.contains_key(&member)
-                && g.members.len() < group::MAX_MEMBERS =>
+                && (g.members.contains_key(&member) || g.members.len() < group::MAX_MEMBERS) =>
             {
-                g.members.insert(member, name);
-                opened.extend(g.retry(me));
-                change = Some(GroupChange::MemberAdded {
-                    member: ContactId(member),
-                    by: ContactId(sender),
-                });
+                // A member added again (re-invited) keeps its name; its
+                // `since` rises all the same, as at the one who added it.
+                let new = !g.members.contains_key(&member);
+                if g.add_member(member, name) && new {
+                    opened.extend(g.retry(me));
+                    change = Some(GroupChange::MemberAdded {
+                        member: ContactId(member),
+                        by: ContactId(sender),
+                    });
+                }
             }
-            (Kind::Control, BoxItem::Left { sender, .. })
-                if sender != me && g.members.remove(&sender).is_some() =>
-            {
-                change = Some(GroupChange::MemberLeft {
-                    member: ContactId(sender),
-                });
+            (Kind::Control, BoxItem::Left { sender, .. }) if sender != me => {
+                if let Some(e) = box_epoch
+                    && g.member_left(sender, e)
+                {
+                    change = Some(GroupChange::MemberLeft {
+                        member: ContactId(sender),
+                    });
+                }
             }
             _ => {}
         }
@@ -2993,6 +3027,7 @@ impl ClientState {
                 g.retired.retain(|(ek, _, until)| {
                     *until >= period || (*until >= kept_from && unread(ek, *until))
                 });
+                g.ledger_follow_retired();
             }
             let live: HashSet<[u8; 32]> = mine
                 .groups
@@ -3036,6 +3071,10 @@ const PREFIX_ACCOUNT: &[u8] = b"olm/a/";
 const PREFIX_SESSIONS: &[u8] = b"olm/s/";
 /// A group of an identity: `group/` || identity || group id.
 const PREFIX_GROUP: &[u8] = b"group/";
+/// A group's membership ledger (`group::Ledger`), kept apart from the
+/// group's record so that stores written before it still read:
+/// `ledger/` || identity || group id.
+const PREFIX_LEDGER: &[u8] = b"ledger/";
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -3340,6 +3379,9 @@ impl ClientState {
                 if let Ok(v) = postcard::to_stdvec(&file) {
                     out.insert(key(PREFIX_GROUP, &[me, gid]), v);
                 }
+                if let Ok(v) = postcard::to_stdvec(&g.ledger) {
+                    out.insert(key(PREFIX_LEDGER, &[me, gid]), v);
+                }
             }
         }
         out
@@ -3449,6 +3491,7 @@ impl ClientState {
         let mut sessions: HashMap<Peer, Sessions> = HashMap::new();
         let mut blob_keys = HashSet::new();
         let mut group_files: Vec<([u8; 32], GroupFile)> = Vec::new();
+        let mut ledgers: HashMap<([u8; 32], [u8; 32]), group::Ledger> = HashMap::new();
         let mut metas: HashMap<MessageId, (Option<ContentKind>, Option<Attachment>)> =
             HashMap::new();
         let corrupt = |what: &str| Error::Store(format!("unreadable {what} record"));
@@ -3507,6 +3550,16 @@ impl ClientState {
                 let me: [u8; 32] = rest[..32].try_into().map_err(|_| corrupt("Olm session"))?;
                 let them: [u8; 32] = rest[32..].try_into().map_err(|_| corrupt("Olm session"))?;
                 sessions.insert((me, them), Sessions::unpickle(&v)?);
+            } else if let Some(rest) = k.strip_prefix(PREFIX_LEDGER) {
+                if rest.len() != 64 {
+                    return Err(corrupt("group ledger"));
+                }
+                let me: [u8; 32] = rest[..32].try_into().map_err(|_| corrupt("group ledger"))?;
+                let gid: [u8; 32] = rest[32..].try_into().map_err(|_| corrupt("group ledger"))?;
+                let l: group::Ledger =
+                    postcard::from_bytes(&v).map_err(|_| corrupt("group ledger"))?;
+                st.persisted.groups.insert(k.clone(), v.clone());
+                ledgers.insert((me, gid), l);
             } else if let Some(rest) = k.strip_prefix(PREFIX_GROUP) {
                 if rest.len() != 64 {
                     return Err(corrupt("group"));
@@ -3581,6 +3634,7 @@ impl ClientState {
             if !st.persisted.groups_v2 {
                 g.forget_unsigned();
             }
+            g.restore_ledger(ledgers.remove(&(me, g.id)));
             let mut secrets: HashMap<[u8; 32], [u8; 32]> =
                 g.retired.iter().map(|r| (r.0, r.1)).collect();
             secrets.insert(g.epoch_key(), g.secret());
@@ -4069,16 +4123,209 @@ mod tests {
         epoch: u32,
         secret: u8,
     ) {
+        let members = vec![(me.0, 0, "me".into()), (them.0, 0, "them".into())];
+        offer_keys_listing(st, now, (me, them), op, (epoch, secret), members);
+    }
+
+    /// [`offer_group_keys`] listing `members` (key, epoch added, name).
+    fn offer_keys_listing(
+        st: &mut ClientState,
+        now: Now,
+        (me, them): (ContactId, ContactId),
+        op: u8,
+        (epoch, secret): (u32, u8),
+        members: Vec<([u8; 32], u32, String)>,
+    ) {
         let keys = GroupKeys {
             op,
             id: [7u8; 32],
             epoch,
             secret: zeroize::Zeroizing::new([secret; 32]),
             name: "g".into(),
-            members: vec![(me.0, "me".into()), (them.0, "them".into())],
+            members,
         };
         st.unix_ms = now.unix_ms;
         st.on_group_keys(me.0, them.0, &keys.encode());
+    }
+
+    /// A member's "left" and "added" stay signed items that anyone holding
+    /// the epoch's secret can post again, and items are read in any order.
+    /// Neither undoes a later change: a left older than the member's
+    /// last adding (it came back in a later epoch), an "added" of a member
+    /// who left in that epoch, a new epoch's list from a member who had not
+    /// read a left; also after a restore.
+    #[test]
+    fn replayed_or_late_membership_items_do_not_undo_later_changes() {
+        let (mut st, me, c, cfg, start) = ten_past_hour_p(20);
+        let gid = [7u8; 32];
+        let x_secret = StaticSecret::from([23; 32]);
+        let x = public_of(&x_secret);
+        let c_secret = StaticSecret::from([22; 32]);
+        let list = |sx: u32| {
+            vec![
+                (me.0, 0, "me".to_string()),
+                (c.0, 0, "c".to_string()),
+                (x, sx, "x".to_string()),
+            ]
+        };
+        let is_member =
+            |st: &ClientState| st.identities[&me.0].groups[&gid].members.contains_key(&x);
+        let left = BoxItem::Left {
+            sender: x,
+            sig: [0; 64],
+        };
+        offer_keys_listing(&mut st, start, (me, c), group::OP_INVITE, (0, 8), list(0));
+        let e0 = group::epoch_key(&gid, 0, &[8; 32]);
+        assert!(is_member(&st));
+        // X leaves in epoch 0. A list from a member who had not read that
+        // (epoch 1, X added in 0) does not bring X back.
+        read_control(&mut st, me, e0, &left.clone().sign(&x_secret, &e0), 1);
+        assert!(!is_member(&st));
+        offer_keys_listing(&mut st, start, (me, c), group::OP_REKEY, (1, 9), list(0));
+        assert_eq!(st.identities[&me.0].groups[&gid].epoch, 1);
+        assert!(!is_member(&st), "a stale list");
+        // C invites X back: epoch 2, X added in it.
+        offer_keys_listing(&mut st, start, (me, c), group::OP_REKEY, (2, 10), list(2));
+        let e2 = group::epoch_key(&gid, 2, &[10; 32]);
+        assert!(is_member(&st));
+        // X's left of epoch 0, posted again to that (still read) box.
+        read_control(&mut st, me, e0, &left.clone().sign(&x_secret, &e0), 2);
+        assert!(is_member(&st), "an old left posted again");
+        // X leaves in epoch 2; C's "added" of X in epoch 2, read late or
+        // posted again, does not bring it back.
+        read_control(&mut st, me, e2, &left.clone().sign(&x_secret, &e2), 3);
+        assert!(!is_member(&st));
+        let added = BoxItem::Added {
+            sender: c.0,
+            sig: [0; 64],
+            member: x,
+            name: "x".into(),
+        };
+        read_control(&mut st, me, e2, &added.clone().sign(&c_secret, &e2), 4);
+        assert!(!is_member(&st), "an added from before the left");
+        // Back again in epoch 3; then saved, restored, and the lefts of
+        // epochs 0 and 2 posted again: X stays.
+        offer_keys_listing(&mut st, start, (me, c), group::OP_REKEY, (3, 11), list(3));
+        assert!(is_member(&st));
+        let ch = st.take_changes(start).unwrap();
+        assert!(ch.puts.iter().any(|(k, _)| k.starts_with(PREFIX_LEDGER)));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        // A store from before the ledger: old epochs' numbers are found.
+        let old: Vec<_> = ch
+            .puts
+            .iter()
+            .filter(|(k, _)| !k.starts_with(PREFIX_LEDGER))
+            .cloned()
+            .collect();
+        let r = ClientState::restore(cfg.clone(), topology(100), old, start, &mut rng).unwrap();
+        let g = &r.identities[&me.0].groups[&gid];
+        assert_eq!((g.epoch_of(&e0), g.epoch_of(&e2)), (Some(0), Some(2)));
+        assert_eq!(g.ledger.since(&x), 0);
+        let mut st = ClientState::restore(cfg, topology(100), ch.puts, start, &mut rng).unwrap();
+        assert!(is_member(&st));
+        for (n, ek) in [(5, e0), (6, e2)] {
+            read_control(&mut st, me, ek, &left.clone().sign(&x_secret, &ek), n);
+        }
+        assert!(is_member(&st), "old lefts after a restore");
+        // Its left of the epoch it came back in counts.
+        let e3 = group::epoch_key(&gid, 3, &[11; 32]);
+        read_control(&mut st, me, e3, &left.sign(&x_secret, &e3), 7);
+        assert!(!is_member(&st));
+    }
+
+    /// A member one epoch behind posts a "left" of the old epoch and is
+    /// then invited again (an "added" of someone still listed) in the
+    /// current one. Read in either order, it ends a member: the added is
+    /// later than the left. (An added of a member keeps its name.)
+    #[test]
+    fn a_left_and_a_later_added_agree_in_either_order() {
+        for added_first in [true, false] {
+            let (mut st, me, c, _, start) = ten_past_hour_p(23);
+            let gid = [7u8; 32];
+            let c_secret = StaticSecret::from([22; 32]);
+            let x_secret = StaticSecret::from([23; 32]);
+            let x = public_of(&x_secret);
+            let list = vec![
+                (me.0, 0, "me".to_string()),
+                (c.0, 0, "c".to_string()),
+                (x, 0, "x".to_string()),
+            ];
+            offer_keys_listing(
+                &mut st,
+                start,
+                (me, c),
+                group::OP_INVITE,
+                (0, 8),
+                list.clone(),
+            );
+            offer_keys_listing(&mut st, start, (me, c), group::OP_REKEY, (1, 9), list);
+            let e0 = group::epoch_key(&gid, 0, &[8; 32]);
+            let e1 = group::epoch_key(&gid, 1, &[9; 32]);
+            assert!(st.identities[&me.0].groups[&gid].members.contains_key(&x));
+            let added = |n: &str| BoxItem::Added {
+                sender: c.0,
+                sig: [0; 64],
+                member: x,
+                name: n.into(),
+            };
+            let left = BoxItem::Left {
+                sender: x,
+                sig: [0; 64],
+            }
+            .sign(&x_secret, &e0);
+            let again = added("renamed").sign(&c_secret, &e1);
+            if added_first {
+                read_control(&mut st, me, e1, &again, 2);
+                read_control(&mut st, me, e0, &left, 3);
+            } else {
+                read_control(&mut st, me, e0, &left, 2);
+                read_control(&mut st, me, e1, &again, 3);
+            }
+            let g = &st.identities[&me.0].groups[&gid];
+            assert!(g.members.contains_key(&x), "added first: {added_first}");
+            assert_eq!(g.ledger.since(&x), 1);
+            assert_eq!(g.members[&x], if added_first { "x" } else { "renamed" });
+        }
+    }
+
+    /// Inviting back a member who left in the current epoch makes a new
+    /// epoch (its keys to every member, the invite to the member), so its
+    /// signed left of the old epoch no longer counts.
+    #[test]
+    fn a_member_who_left_is_invited_back_into_a_new_epoch() {
+        let (mut st, me, c, _, start) = ten_past_hour_p(22);
+        let gid = GroupId([7u8; 32]);
+        let e0 = group_keys(&mut st, start, (me, c), group::OP_INVITE, 0, 8);
+        let c_secret = StaticSecret::from([22; 32]);
+        let left = BoxItem::Left {
+            sender: c.0,
+            sig: [0; 64],
+        }
+        .sign(&c_secret, &e0);
+        read_control(&mut st, me, e0, &left, 1);
+        let members = |st: &ClientState| st.group_members(&me, &gid).unwrap();
+        assert_eq!(members(&st).0, 0);
+        assert!(!members(&st).1.iter().any(|m| m.0 == c));
+        st.events.clear();
+        st.invite_to_group(start, &me, &gid, &c).unwrap();
+        assert_eq!(members(&st).0, 1, "a new epoch");
+        assert!(members(&st).1.iter().any(|m| m.0 == c));
+        assert!(st.events.iter().any(|e| matches!(
+            e,
+            Event::Group {
+                change: GroupChange::Rekeyed { epoch: 1, .. },
+                ..
+            }
+        )));
+        assert_eq!(st.identities[&me.0].groups[&gid.0].ledger.since(&c.0), 1);
+        read_control(&mut st, me, e0, &left, 2);
+        assert!(
+            members(&st).1.iter().any(|m| m.0 == c),
+            "its old left again"
+        );
+        // Invited while a member in good standing: the same epoch.
+        st.invite_to_group(start, &me, &gid, &c).unwrap();
+        assert_eq!(members(&st).0, 1);
     }
 
     /// A member who left is not made a member again by a new epoch's keys

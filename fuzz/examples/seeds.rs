@@ -330,7 +330,7 @@ fn main() {
             epoch: 2,
             secret: [3; 32].into(),
             name: "g".into(),
-            members: vec![([4; 32], "m".into())],
+            members: vec![([4; 32], 1, "m".into())],
         }
         .encode(),
     );
