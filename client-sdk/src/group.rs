@@ -642,12 +642,7 @@ impl Group {
         until_period: u64,
     ) -> [u8; 32] {
         let old = self.epoch_key();
-        self.ledger.retired.insert(old, self.epoch);
-        self.retired.push((old, *self.secret, until_period));
-        if self.retired.len() > MAX_RETIRED {
-            let (gone, ..) = self.retired.remove(0);
-            self.ledger.retired.remove(&gone);
-        }
+        self.retire(old, self.epoch, *self.secret, until_period);
         self.epoch = epoch;
         self.secret = Zeroizing::new(secret);
         self.members = self.ledger.take_list(members, Some(me));

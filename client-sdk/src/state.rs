@@ -2534,15 +2534,11 @@ impl ClientState {
         } else {
             // It left in this epoch, and its signed "left" could be posted
             // again into this epoch's boxes: it comes back in a new one.
-            let mut list = g.list();
-            let epoch = g
-                .epoch
-                .checked_add(1)
-                .ok_or_else(|| Error::Group("epochs exhausted".into()))?;
-            list.push((member.0, epoch, name.clone()));
+            let list = g.list();
             let mut secret = [0u8; 32];
             rand::rng().fill_bytes(&mut secret);
-            let mut keys = self.start_epoch(now, me, group, &list, Some(member.0), secret)?;
+            let joining = Some((member.0, name.clone()));
+            let mut keys = self.start_epoch(now, me, group, list, joining, secret)?;
             keys.op = group::OP_INVITE;
             self.send_keys(t, me.0, member.0, &keys)?;
         }
@@ -2580,20 +2576,21 @@ impl ClientState {
         }
         let mut stay = g.list();
         stay.retain(|m| m.0 != member.0);
-        self.start_epoch(now, me, group, &stay, None, secret)?;
+        self.start_epoch(now, me, group, stay, None, secret)?;
         self.publish_statuses();
         Ok(())
     }
 
-    /// Makes the group's next epoch with members `list` and `secret`, and
-    /// sends its keys to the members who are my contacts but `except`.
+    /// Makes the group's next epoch with members `list` (and `joining`,
+    /// added in it) and `secret`, and sends its keys to the members who
+    /// are my contacts but the one joining.
     fn start_epoch(
         &mut self,
         now: Now,
         me: &ContactId,
         group: &GroupId,
-        list: &[([u8; 32], u32, String)],
-        except: Option<[u8; 32]>,
+        mut list: Vec<([u8; 32], u32, String)>,
+        joining: Option<([u8; 32], String)>,
         secret: [u8; 32],
     ) -> Result<GroupKeys, Error> {
         let t = self.secs(now);
@@ -2603,7 +2600,9 @@ impl ClientState {
             .epoch
             .checked_add(1)
             .ok_or_else(|| Error::Group("epochs exhausted".into()))?;
-        g.advance(epoch, secret, list, me.0, until);
+        let except = joining.as_ref().map(|j| j.0);
+        list.extend(joining.map(|(k, name)| (k, epoch, name)));
+        g.advance(epoch, secret, &list, me.0, until);
         let ek = g.epoch_key();
         let keys = g.keys(group::OP_REKEY);
         let mine = self

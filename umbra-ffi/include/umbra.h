@@ -96,7 +96,8 @@ void umbra_string_free(char *s);
 /*
  * Sends the library's log lines to standard error, those filter lets
  * through (tracing's EnvFilter syntax: "info", "warn,client_sdk=debug";
- * NULL is "info"). Without it the library logs nothing. Returns 0, 1 if a
+ * NULL is "info"). Without it or umbra_log_to_callback the library logs
+ * nothing. Returns 0, 1 if a
  * logger was already set in this process, -1 if filter is not valid.
  * Lines at info level and above name no addresses, dropbox ids or
  * message contents.
