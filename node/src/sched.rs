@@ -16,6 +16,10 @@
 //!
 //! Changing between `SCHED_OTHER` and `SCHED_BATCH` needs no privilege and
 //! keeps the thread's nice value. Elsewhere than Linux these do nothing.
+//!
+//! [`pin`] keeps a thread on some CPUs only: `umbra bench mixnode
+//! --own-cores` uses it to give its load generator a core the node does
+//! not share, as on a machine that is the node's own.
 
 /// Makes the calling thread `SCHED_BATCH`: for I/O runtimes (set it from
 /// tokio's `on_thread_start`). Threads it spawns inherit the policy.
@@ -52,6 +56,37 @@ fn set(policy: Policy) {
 
 #[cfg(not(target_os = "linux"))]
 fn set(_policy: Policy) {}
+
+/// Lets thread `tid` of this process (0: the calling thread) run only on
+/// `cpus`. Threads it spawns afterwards inherit the set.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn pin(tid: i32, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: `cpu_set_t` is plain data (all zeroes is the empty set);
+    // CPU_SET writes within it for indices below CPU_SETSIZE, checked first.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::other(format!("no CPU {c}")));
+        }
+        // SAFETY: `c` is below CPU_SETSIZE (checked above).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: a plain system call with a valid, initialised set that
+    // outlives it and its exact size.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere than Linux threads cannot be pinned.
+#[cfg(not(target_os = "linux"))]
+pub fn pin(_tid: i32, _cpus: &[usize]) -> std::io::Result<()> {
+    Err(std::io::Error::other("pinning threads needs Linux"))
+}
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,12 @@ pub struct MixnodeOptions {
     pub soak_secs: u64,
     /// Print progress on stderr.
     pub progress: bool,
+    /// Give the load generator (the senders and receivers) a core of its
+    /// own, one in eight, and run the node and the raw unwrap on the rest,
+    /// as a node whose machine is its own does. Off by default: then
+    /// both share every core, and the node's rate carries the generator's
+    /// QUIC too.
+    pub own_cores: bool,
 }
 
 /// Node-round packets per second of mean delay per raw packet/s: ten
@@ -71,6 +77,7 @@ impl Default for MixnodeOptions {
             peers: DEFAULT_PEERS,
             soak_secs: 0,
             progress: false,
+            own_cores: false,
         }
     }
 }
@@ -139,8 +146,11 @@ pub struct MixnodeBench {
     /// Every round: the node's rate beside the mean raw rate just before
     /// and just after it.
     pub rounds: Vec<Round>,
-    /// Cores used.
+    /// Cores the node and the raw unwrap ran on.
     pub cores: usize,
+    /// Cores the load generator had to itself (`--own-cores`); 0: it
+    /// shared the node's.
+    pub generator_cores: usize,
     /// Packets in each node round (the raw runs take
     /// [`MixnodeOptions::packets`]; with `fit_rounds` the rounds may take more).
     pub packets: usize,
@@ -217,6 +227,112 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// When the load generator has a core of its own (`--own-cores`): the
+/// CPUs the node and the raw unwrap run on, and the generator's.
+#[derive(Clone, Debug)]
+struct Split {
+    node: Vec<usize>,
+    generator: Vec<usize>,
+}
+
+static SPLIT: std::sync::Mutex<Option<Split>> = std::sync::Mutex::new(None);
+
+fn split() -> Option<Split> {
+    SPLIT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The cores measured: the node's and the raw unwrap's (all of them,
+/// unless the load generator has its own).
+fn measured_cores() -> usize {
+    split().map_or_else(cores, |s| s.node.len())
+}
+
+/// The CPUs this process may run on (Linux `Cpus_allowed_list`, e.g.
+/// `0-3,6`); `0..cores()` where that cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    let listed = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            parse_cpu_list(line.trim())
+        });
+    listed.unwrap_or_else(|| (0..cores()).collect())
+}
+
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Pins this process's threads for a split run: the node's (`node-io`,
+/// `sphinx-`) to the node's CPUs, every other (senders, receivers,
+/// directory) to the generator's. Called again before each measurement,
+/// for threads started since.
+fn pin_threads() {
+    let Some(s) = split() else { return };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for t in tasks.flatten() {
+        let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let node = comm.starts_with("sphinx-") || comm.starts_with("node-io");
+        let _ = node::sched::pin(tid, if node { &s.node } else { &s.generator });
+    }
+}
+
+/// Busy and total ticks of `cpus` (Linux `/proc/stat`).
+fn cpu_ticks(cpus: &[usize]) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let (mut busy, mut total, mut found) = (0, 0, 0);
+    for line in stat.lines() {
+        let Some((name, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some(n) = name
+            .strip_prefix("cpu")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.contains(&n) {
+            continue;
+        }
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal, as for the machine.
+        let t: u64 = v.iter().take(8).sum();
+        total += t;
+        busy += t - (v.get(3)? + v.get(4).unwrap_or(&0));
+        found += 1;
+    }
+    (found == cpus.len()).then_some((busy, total))
+}
+
+/// Every core the run uses: the measured ones and the generator's.
+fn all_cores() -> usize {
+    split().map_or_else(cores, |s| s.node.len() + s.generator.len())
+}
+
+/// Pins the calling thread to the measured CPUs (a raw unwrap thread).
+fn pin_measured() {
+    if let Some(s) = split() {
+        let _ = node::sched::pin(0, &s.node);
+    }
+}
+
 /// Packets built for a route, and the delay each asks of its first hop.
 struct Built {
     packets: Vec<Vec<u8>>,
@@ -226,13 +342,19 @@ struct Built {
 /// Builds `n` packets on all cores; packet `i` takes `routes[i %
 /// routes.len()]`, and asks its first hop for a delay drawn at `mean`.
 fn build_all(n: usize, routes: &[Vec<Hop>], mean: Duration) -> Built {
-    let threads = cores();
+    // Building is not measured: on every core the process may use.
+    let all = split().map(|s| [s.node, s.generator].concat());
+    let threads = all.as_ref().map_or_else(cores, Vec::len);
     let per = n.div_ceil(threads);
     let parts: Vec<Vec<(Vec<u8>, Duration)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let count = per.min(n.saturating_sub(t * per));
+                let all = all.as_deref();
                 s.spawn(move || {
+                    if let Some(all) = all {
+                        let _ = node::sched::pin(0, all);
+                    }
                     let mut rng = rand::rng();
                     (0..count)
                         .filter_map(|i| {
@@ -295,6 +417,8 @@ struct Snap {
     at: Instant,
     /// Busy and total ticks of the whole machine.
     machine: Option<(u64, u64)>,
+    /// Busy and total ticks of the measured CPUs.
+    measured: Option<(u64, u64)>,
     /// This process's CPU seconds.
     own: Option<f64>,
     /// Its threads' schedstat, by group.
@@ -305,6 +429,7 @@ fn snap() -> Snap {
     Snap {
         at: Instant::now(),
         machine: capacity::machine_ticks(),
+        measured: split().map_or_else(capacity::machine_ticks, |s| cpu_ticks(&s.node)),
         own: process_cpu_seconds(None),
         sched: sched_snapshot(),
     }
@@ -325,18 +450,26 @@ impl Window {
     fn between(a: &Snap, b: &Snap, n: u64) -> Self {
         let secs = b.at.duration_since(a.at).as_secs_f64();
         // Ticks are 1/100 s (USER_HZ) in /proc/stat and /proc/<pid>/stat.
-        let (busy, outside) = match (a.machine, b.machine, a.own, b.own) {
+        let outside = match (a.machine, b.machine, a.own, b.own) {
             (Some((b0, _)), Some((b1, _)), Some(o0), Some(o1)) if secs > 0.0 => {
                 let busy = b1.saturating_sub(b0) as f64 / 100.0 / secs;
-                (busy, (busy - (o1 - o0) / secs).max(0.0))
+                (busy - (o1 - o0) / secs).max(0.0)
             }
-            _ => (f64::NAN, f64::NAN),
+            _ => f64::NAN,
+        };
+        // Of the measured cores only: with `--own-cores` the generator's
+        // core idles while the raw unwrap runs, and that is no fault.
+        let idle_share = match (a.measured, b.measured) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                1.0 - b1.saturating_sub(b0) as f64 / (t1 - t0) as f64
+            }
+            _ => f64::NAN,
         };
         Self {
             n,
             secs,
             outside_cores: outside,
-            idle_share: (1.0 - busy / cores() as f64).clamp(0.0, 1.0),
+            idle_share: idle_share.clamp(0.0, 1.0),
         }
     }
 
@@ -369,10 +502,11 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRu
     let done = std::sync::atomic::AtomicUsize::new(0);
     let marks: std::sync::Mutex<[Option<(Snap, usize)>; 2]> = std::sync::Mutex::new([None; 2]);
     let (ok, cpu): (usize, f64) = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..cores())
+        let hs: Vec<_> = (0..measured_cores())
             .map(|_| {
                 let (next, done, marks) = (&next, &done, &marks);
                 s.spawn(move || {
+                    pin_measured();
                     // The normal policy, as the node's Sphinx workers have
                     // (the benchmark's own threads are SCHED_BATCH).
                     node::sched::cpu_thread();
@@ -481,18 +615,57 @@ fn judge(raws: &[Window], nodes: &[Window], dropped: u64, mean_delay: Duration) 
 
 /// Runs both measurements as `opts` says.
 pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
+    let cpus = allowed_cpus();
+    let split = if opts.own_cores {
+        if cpus.len() < 2 {
+            return Err("--own-cores needs at least two CPUs".into());
+        }
+        let (node, generator) = cpus.split_at(cpus.len() - cpus.len().div_ceil(8));
+        Some(Split {
+            node: node.to_vec(),
+            generator: generator.to_vec(),
+        })
+    } else {
+        None
+    };
+    *SPLIT.lock().unwrap_or_else(|p| p.into_inner()) = split.clone();
+    // The benchmark's own threads go to the generator's core now.
+    pin_threads();
     // The node gets its own runtime, as in its own process: its threads
     // ("node-io", and its "sphinx-" workers) are then told apart from the
     // benchmark's senders and receivers when the CPU is counted.
+    let node_cpus = split.map(|s| s.node);
     let node_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores())
+        .worker_threads(measured_cores())
         .thread_name("node-io")
-        .on_thread_start(node::sched::io_thread)
+        .on_thread_start(move || {
+            node::sched::io_thread();
+            if let Some(c) = &node_cpus {
+                let _ = node::sched::pin(0, c);
+            }
+        })
         .enable_all()
         .build()?;
     let result = mixnode_on(node_rt.handle(), &opts).await;
     // A runtime may not be dropped from async code; its tasks are done.
     node_rt.shutdown_background();
+    // The process's threads may use every CPU again.
+    if SPLIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some()
+    {
+        for t in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() {
+                let _ = node::sched::pin(tid, &cpus);
+            }
+        }
+    }
     result
 }
 
@@ -519,6 +692,8 @@ async fn mixnode_on(
             // records them all (its memory and work are those of a real node)
             // but lets them through. Only when a soak is asked for.
             c.dangerous_accept_replays = opts.soak_secs > 0;
+            // One worker per core, of the cores the node has.
+            c.workers = measured_cores();
             if let Some(w) = std::env::var("UMBRA_BENCH_WORKERS")
                 .ok()
                 .and_then(|w| w.parse().ok())
@@ -565,7 +740,7 @@ async fn mixnode_on(
             "{peers} peers on each side, mean delay {} ms, jumbo {}; building {packets} packets for the raw runs on {} cores…",
             opts.delay_ms,
             opts.jumbo,
-            cores()
+            measured_cores()
         );
     }
     let built_at = Instant::now();
@@ -599,6 +774,7 @@ async fn mixnode_on(
     // noisy), so each node round is set beside the mean of the raw rates
     // measured just before and just after it, and the run reports the
     // median round.
+    pin_threads();
     let mut raws = vec![off_runtime(|| raw_unwrap(&raw_packets, &secret))];
     if progress {
         eprintln!("raw unwrap: {:.0} packets/s", raws[0].window.pps());
@@ -624,6 +800,7 @@ async fn mixnode_on(
         let chunk = off_runtime(|| build_all(packets, &routes, mean).packets);
         frames = sphinx_frames(&chunk, topo.epoch)?;
         drop(chunk);
+        pin_threads();
         let r = node_round(&mut inj, &arrived, &peeled, &frames, packets as u64).await?;
         raws.push(off_runtime(|| raw_unwrap(&raw_packets, &secret)));
         let raw = (raws[i].window.pps() + raws[i + 1].window.pps()) / 2.0;
@@ -760,7 +937,8 @@ async fn mixnode_on(
         raw_idle_share: raw_windows.iter().map(|w| w.idle_share).fold(0.0, f64::max),
         node_idle_share: m_node.window.idle_share,
         rounds: rounds.into_iter().map(|(r, _)| r).collect(),
-        cores: cores(),
+        cores: measured_cores(),
+        generator_cores: split().map_or(0, |s| s.generator.len()),
         packets,
         dropped,
         held_max,
@@ -769,7 +947,7 @@ async fn mixnode_on(
         link_pps,
         link_us_per_frame,
         peel_us,
-        raw_us_per_packet: cores() as f64 / raw * 1e6,
+        raw_us_per_packet: measured_cores() as f64 / raw * 1e6,
         cpu_us_per_packet: us_per_packet,
         cpu_share: share,
         runs_per_packet,
@@ -844,7 +1022,7 @@ async fn node_round(
             let d = b.minus(&a);
             let arrived = steady.window.n.max(1) as f64;
             (
-                d.scaled(1.0 / (steady.window.secs * cores() as f64)),
+                d.scaled(1.0 / (steady.window.secs * all_cores() as f64)),
                 d.scaled(1e6 / arrived),
                 rb.minus(&ra).scaled(1.0 / arrived),
             )
@@ -1552,6 +1730,16 @@ mod tests {
             outside_cores,
             idle_share,
         }
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_linux_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,6"), Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("0-x"), None);
+        // This process's own list names at least the CPU it runs on.
+        assert!(!allowed_cpus().is_empty());
     }
 
     #[test]

@@ -487,6 +487,11 @@ enum BenchCmd {
         /// The old easy setting, a ceiling: zero delay, jumbo datagrams, one peer.
         #[arg(long)]
         easy: bool,
+        /// Give the load generator (senders, receivers) one core in eight
+        /// to itself and measure the node and the raw unwrap on the rest,
+        /// as on a machine of the node's own [default: all share every core].
+        #[arg(long)]
+        own_cores: bool,
         /// Then run this many seconds at 80 % of the measured rate and report
         /// resident memory at the start and end (packets are cycled: the node
         /// is told to let replays through, benchmarks only).
@@ -1459,6 +1464,7 @@ async fn run(cli: Cli) -> Result<()> {
             jumbo,
             peers,
             easy,
+            own_cores,
             soak_secs,
             json,
         }) => {
@@ -1480,6 +1486,7 @@ async fn run(cli: Cli) -> Result<()> {
             opts.jumbo |= jumbo;
             opts.peers = peers.unwrap_or(opts.peers);
             opts.soak_secs = soak_secs;
+            opts.own_cores = own_cores;
             opts.progress = !json;
             let r = umbra::bench::mixnode(opts).await?;
             print_mixnode_bench(&r, json)?;
@@ -1519,12 +1526,20 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
         );
     }
     println!(
-        "settings: mean delay {} ms, jumbo datagrams {}, {} peers each side, {} packets per node round, {} cores",
+        "settings: mean delay {} ms, jumbo datagrams {}, {} peers each side, {} packets per node round, {} cores{}",
         r.delay_ms,
         if r.jumbo { "on" } else { "off" },
         r.peers,
         r.packets,
-        r.cores
+        r.cores,
+        if r.generator_cores > 0 {
+            format!(
+                " for the node and the raw unwrap, {} for the load generator alone",
+                r.generator_cores
+            )
+        } else {
+            " shared by the node, the raw unwrap and the load generator".into()
+        }
     );
     println!(
         "checks: other processes {:.2} cores at most (limit {}), raw runs {:.0} % idle at most (limit {:.0} %), {} dropped, node round {:.0} % idle",
@@ -1555,7 +1570,7 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
         );
     }
     println!(
-        "packets held by the node at most: {}\nsender → node: {:.2} datagrams per packet, path MTU {} bytes\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench senders+receivers {:.1} µs\nwhile forwarding: node workers {:.0} % of the cores, node QUIC/tokio {:.0} %, bench senders+receivers {:.0} %, idle or others' {:.0} %\nthreads put on a CPU per packet: node workers {:.2}, node QUIC/tokio {:.2}, bench senders+receivers {:.2}\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}",
+        "packets held by the node at most: {}\nsender → node: {:.2} datagrams per packet, path MTU {} bytes\nQUIC alone, no mix node: {:.0} frames/s, {:.1} µs CPU per frame (sender and receiver)\nmean peel time in the node: {:.0} µs (wall)\nCPU per packet: node workers {:.0} µs (raw unwrap {:.0} µs on CPU, {:.0} µs wall × cores), node QUIC/tokio {:.1} µs, bench senders+receivers {:.1} µs\nwhile forwarding: node workers {:.0} % of all the cores, node QUIC/tokio {:.0} %, bench senders+receivers {:.0} %, idle or others' {:.0} %\nthreads put on a CPU per packet: node workers {:.2}, node QUIC/tokio {:.2}, bench senders+receivers {:.2}\nnode efficiency (raw unwrap CPU / node CPU, per packet): {:.3}",
         r.held_max,
         r.datagrams_per_packet,
         r.path_mtu,
@@ -1600,6 +1615,7 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
                 "mixnode_pps": r.mixnode_pps.round(),
                 "ratio": r.valid.then(|| round3(r.ratio)),
                 "cores": r.cores,
+                "generator_cores": r.generator_cores,
                 "delay_ms": r.delay_ms,
                 "jumbo": r.jumbo,
                 "peers": r.peers,
