@@ -245,15 +245,15 @@ impl Shared {
 /// at the same instant in the order they were peeled).
 ///
 /// The heap orders small keys (due time, sequence, slot) and the packets
-/// wait in a slab beside it: a pop then moves 32-byte entries, not the
+/// wait in a slab beside it: a pop then moves 40-byte entries, not the
 /// packets' 90-byte records, and a heap of a few thousand entries stays in
 /// the cache (the records' heap cost 0.6 % of a worker's CPU at 800 ms
 /// delays).
 #[derive(Default)]
 pub(crate) struct Held {
-    heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     slots: Vec<Option<Parked>>,
-    free: Vec<u32>,
+    free: Vec<usize>,
     seq: u64,
 }
 
@@ -262,14 +262,12 @@ impl Held {
     fn park(&mut self, due: Instant, p: Parked) {
         let slot = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = Some(p);
+                self.slots[i] = Some(p);
                 i
             }
             None => {
                 self.slots.push(Some(p));
-                // Never more than the delay queue's bound (a `usize` the
-                // config caps far below 2^32) are held at once.
-                (self.slots.len() - 1) as u32
+                self.slots.len() - 1
             }
         };
         self.seq += 1;
@@ -290,7 +288,7 @@ impl Held {
         {
             let Reverse((_, _, slot)) = self.heap.pop()?;
             self.free.push(slot);
-            if let Some(p) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            if let Some(p) = self.slots.get_mut(slot).and_then(Option::take) {
                 return Some(p);
             }
         }

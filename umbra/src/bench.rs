@@ -429,7 +429,7 @@ fn snap() -> Snap {
     Snap {
         at: Instant::now(),
         machine: capacity::machine_ticks(),
-        measured: split().map_or_else(capacity::machine_ticks, |s| cpu_ticks(&s.node)),
+        measured: split().and_then(|s| cpu_ticks(&s.node)),
         own: process_cpu_seconds(None),
         sched: sched_snapshot(),
     }
@@ -457,13 +457,24 @@ impl Window {
             }
             _ => f64::NAN,
         };
-        // Of the measured cores only: with `--own-cores` the generator's
-        // core idles while the raw unwrap runs, and that is no fault.
-        let idle_share = match (a.measured, b.measured) {
-            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-                1.0 - b1.saturating_sub(b0) as f64 / (t1 - t0) as f64
+        // With `--own-cores`, of the node's cores only (the generator's
+        // core idles while the raw unwrap runs, and that is no fault);
+        // else of the cores this process may use, as the machine's busy
+        // time over them.
+        let idle_share = if split().is_some() {
+            match (a.measured, b.measured) {
+                (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                    1.0 - b1.saturating_sub(b0) as f64 / (t1 - t0) as f64
+                }
+                _ => f64::NAN,
             }
-            _ => f64::NAN,
+        } else {
+            match (a.machine, b.machine) {
+                (Some((b0, _)), Some((b1, _))) if secs > 0.0 => {
+                    1.0 - b1.saturating_sub(b0) as f64 / 100.0 / secs / cores() as f64
+                }
+                _ => f64::NAN,
+            }
         };
         Self {
             n,
@@ -592,7 +603,9 @@ fn judge(raws: &[Window], nodes: &[Window], dropped: u64, mean_delay: Duration) 
         ));
     }
     let idle = raws.iter().map(|w| w.idle_share).fold(0.0, f64::max);
-    if idle > MAX_RAW_IDLE {
+    if raws.iter().chain(nodes).any(|w| w.idle_share.is_nan()) {
+        why.push("the measured cores' CPU counters could not be read (/proc/stat)".into());
+    } else if idle > MAX_RAW_IDLE {
         why.push(format!(
             "a raw run left {:.0} % of the cores idle (at most {:.0} %)",
             idle * 100.0,
@@ -620,6 +633,17 @@ pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
         if cpus.len() < 2 {
             return Err("--own-cores needs at least two CPUs".into());
         }
+        // A CPU quota (a container's `--cpus`) lets the process use less
+        // than the CPUs it may run on: pinned by CPU, the split would
+        // count throttled time as idle.
+        if cores() < cpus.len() {
+            return Err(format!(
+                "--own-cores: this process may run on {} CPUs but use only {} (a CPU quota); give it whole CPUs (taskset, cpuset) instead",
+                cpus.len(),
+                cores()
+            )
+            .into());
+        }
         let (node, generator) = cpus.split_at(cpus.len() - cpus.len().div_ceil(8));
         Some(Split {
             node: node.to_vec(),
@@ -631,25 +655,8 @@ pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
     *SPLIT.lock().unwrap_or_else(|p| p.into_inner()) = split.clone();
     // The benchmark's own threads go to the generator's core now.
     pin_threads();
-    // The node gets its own runtime, as in its own process: its threads
-    // ("node-io", and its "sphinx-" workers) are then told apart from the
-    // benchmark's senders and receivers when the CPU is counted.
-    let node_cpus = split.map(|s| s.node);
-    let node_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(measured_cores())
-        .thread_name("node-io")
-        .on_thread_start(move || {
-            node::sched::io_thread();
-            if let Some(c) = &node_cpus {
-                let _ = node::sched::pin(0, c);
-            }
-        })
-        .enable_all()
-        .build()?;
-    let result = mixnode_on(node_rt.handle(), &opts).await;
-    // A runtime may not be dropped from async code; its tasks are done.
-    node_rt.shutdown_background();
-    // The process's threads may use every CPU again.
+    let result = mixnode_split(&opts, split).await;
+    // The process's threads may use every CPU again, whatever happened.
     if SPLIT
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -666,6 +673,31 @@ pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
             }
         }
     }
+    result
+}
+
+async fn mixnode_split(
+    opts: &MixnodeOptions,
+    split: Option<Split>,
+) -> Result<MixnodeBench, BoxError> {
+    // The node gets its own runtime, as in its own process: its threads
+    // ("node-io", and its "sphinx-" workers) are then told apart from the
+    // benchmark's senders and receivers when the CPU is counted.
+    let node_cpus = split.map(|s| s.node);
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(measured_cores())
+        .thread_name("node-io")
+        .on_thread_start(move || {
+            node::sched::io_thread();
+            if let Some(c) = &node_cpus {
+                let _ = node::sched::pin(0, c);
+            }
+        })
+        .enable_all()
+        .build()?;
+    let result = mixnode_on(node_rt.handle(), opts).await;
+    // A runtime may not be dropped from async code; its tasks are done.
+    node_rt.shutdown_background();
     result
 }
 
