@@ -278,6 +278,14 @@ fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
 /// for threads started since.
 fn pin_threads() {
     let Some(s) = split() else { return };
+    for_each_thread(|tid, comm| {
+        let node = thread_group(comm) != BENCH_THREADS;
+        let _ = node::sched::pin(tid, if node { &s.node } else { &s.generator });
+    });
+}
+
+/// Calls `f` with the id and name of each of this process's threads.
+fn for_each_thread(mut f: impl FnMut(i32, &str)) {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -286,8 +294,7 @@ fn pin_threads() {
             continue;
         };
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let node = comm.starts_with("sphinx-") || comm.starts_with("node-io");
-        let _ = node::sched::pin(tid, if node { &s.node } else { &s.generator });
+        f(tid, &comm);
     }
 }
 
@@ -308,14 +315,9 @@ fn cpu_ticks(cpus: &[usize]) -> Option<(u64, u64)> {
         if !cpus.contains(&n) {
             continue;
         }
-        let v: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal, as for the machine.
-        let t: u64 = v.iter().take(8).sum();
+        let (b, t) = capacity::line_ticks(rest)?;
+        busy += b;
         total += t;
-        busy += t - (v.get(3)? + v.get(4).unwrap_or(&0));
         found += 1;
     }
     (found == cpus.len()).then_some((busy, total))
@@ -450,11 +452,15 @@ impl Window {
     fn between(a: &Snap, b: &Snap, n: u64) -> Self {
         let secs = b.at.duration_since(a.at).as_secs_f64();
         // Ticks are 1/100 s (USER_HZ) in /proc/stat and /proc/<pid>/stat.
-        let outside = match (a.machine, b.machine, a.own, b.own) {
-            (Some((b0, _)), Some((b1, _)), Some(o0), Some(o1)) if secs > 0.0 => {
-                let busy = b1.saturating_sub(b0) as f64 / 100.0 / secs;
-                (busy - (o1 - o0) / secs).max(0.0)
+        // Cores the whole machine kept busy.
+        let busy = match (a.machine, b.machine) {
+            (Some((b0, _)), Some((b1, _))) if secs > 0.0 => {
+                b1.saturating_sub(b0) as f64 / 100.0 / secs
             }
+            _ => f64::NAN,
+        };
+        let outside = match (a.own, b.own) {
+            (Some(o0), Some(o1)) if secs > 0.0 => (busy - (o1 - o0) / secs).max(0.0),
             _ => f64::NAN,
         };
         // With `--own-cores`, of the node's cores only (the generator's
@@ -469,12 +475,7 @@ impl Window {
                 _ => f64::NAN,
             }
         } else {
-            match (a.machine, b.machine) {
-                (Some((b0, _)), Some((b1, _))) if secs > 0.0 => {
-                    1.0 - b1.saturating_sub(b0) as f64 / 100.0 / secs / cores() as f64
-                }
-                _ => f64::NAN,
-            }
+            1.0 - busy / cores() as f64
         };
         Self {
             n,
@@ -663,15 +664,9 @@ pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
         .take()
         .is_some()
     {
-        for t in std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() {
-                let _ = node::sched::pin(tid, &cpus);
-            }
-        }
+        for_each_thread(|tid, _| {
+            let _ = node::sched::pin(tid, &cpus);
+        });
     }
     result
 }
@@ -1493,6 +1488,21 @@ fn thread_cpu_seconds() -> Option<ThreadCpu> {
 type Sched = (ThreadCpu, ThreadCpu);
 
 /// A [`Sched`] of this process's threads now (Linux schedstat).
+/// A thread's group by its name: 0 the node's Sphinx workers (`sphinx-`),
+/// 1 its runtime (`node-io`), [`BENCH_THREADS`] the benchmark's own.
+fn thread_group(comm: &str) -> usize {
+    if comm.starts_with("sphinx-") {
+        0
+    } else if comm.starts_with("node-io") {
+        1
+    } else {
+        BENCH_THREADS
+    }
+}
+
+/// [`thread_group`] of the benchmark's own threads.
+const BENCH_THREADS: usize = 2;
+
 fn sched_snapshot() -> Option<Sched> {
     let mut ns = [0u64; 3];
     let mut runs = [0u64; 3];
@@ -1504,13 +1514,7 @@ fn sched_snapshot() -> Option<Sched> {
         let Ok(sched) = std::fs::read_to_string(dir.join("schedstat")) else {
             continue;
         };
-        let i = if comm.starts_with("sphinx-") {
-            0
-        } else if comm.starts_with("node-io") {
-            1
-        } else {
-            2
-        };
+        let i = thread_group(&comm);
         ns[i] += schedstat_field(&sched, ON_CPU_NS)?;
         runs[i] += schedstat_field(&sched, RUNS).unwrap_or(0);
     }

@@ -373,8 +373,13 @@ struct CoverTotals {
 /// /proc/stat; idle and iowait count as not busy).
 pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = line
+    line_ticks(stat.lines().next()?.strip_prefix("cpu ")?)
+}
+
+/// Busy and total ticks from the fields of one `/proc/stat` CPU line
+/// (after its name).
+pub(crate) fn line_ticks(fields: &str) -> Option<(u64, u64)> {
+    let v: Vec<u64> = fields
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
