@@ -126,4 +126,48 @@ mod tests {
         .join()
         .expect("thread");
     }
+
+    /// The CPUs the calling thread may run on, as Linux lists them.
+    #[cfg(target_os = "linux")]
+    fn allowed() -> String {
+        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pinned_thread_and_its_children_stay_on_its_cpus_until_unpinned() {
+        std::thread::spawn(|| {
+            let all = allowed();
+            let first: usize = all
+                .split(['-', ','])
+                .next()
+                .and_then(|c| c.parse().ok())
+                .expect("a CPU");
+            pin(0, &[first]).expect("pin to one CPU");
+            assert_eq!(allowed(), first.to_string());
+            let child = std::thread::spawn(allowed).join().unwrap_or_default();
+            assert_eq!(child, first.to_string(), "a child inherits the set");
+            let bad = pin(0, &[libc::CPU_SETSIZE as usize]);
+            assert!(bad.is_err(), "no such CPU");
+            assert_eq!(
+                allowed(),
+                first.to_string(),
+                "a refused pin changes nothing"
+            );
+            let mut cpus = Vec::new();
+            for part in all.split(',') {
+                let (a, b) = part.split_once('-').unwrap_or((part, part));
+                cpus.extend(a.parse::<usize>().expect("a CPU")..=b.parse().expect("a CPU"));
+            }
+            pin(0, &cpus).expect("unpin");
+            assert_eq!(allowed(), all);
+        })
+        .join()
+        .expect("thread");
+    }
 }

@@ -16,10 +16,15 @@ async fn small_production_run_reports_consistent_figures_and_judges_itself() {
     assert_eq!(opts.delay_ms, mean, "the network's default mean delay");
     assert!(!opts.jumbo);
     assert_eq!(opts.peers, bench::DEFAULT_PEERS);
+    assert_eq!(opts.placement, bench::Placement::Auto);
+    let allowed = allowed_cpus("/proc/self/status");
+    let watch = Watch::start();
     let r = tokio::time::timeout(std::time::Duration::from_secs(300), bench::mixnode(opts))
         .await
         .expect("the benchmark finishes")
         .expect("the benchmark runs");
+    let seen = watch.stop();
+    check_placement(&r, &allowed, &seen);
 
     assert_eq!(
         (r.packets, r.delay_ms, r.jumbo, r.peers),
@@ -91,4 +96,125 @@ async fn small_production_run_reports_consistent_figures_and_judges_itself() {
     );
     assert!(s.workers + s.node_io + s.bench <= 1.05, "{s:?}");
     assert!(r.soak.is_none());
+}
+
+/// The CPUs a task's status file allows (`Cpus_allowed_list`, e.g. `0-3,6`).
+fn allowed_cpus(status: impl AsRef<std::path::Path>) -> Vec<usize> {
+    let s = std::fs::read_to_string(status).unwrap_or_default();
+    let Some(list) = s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// Every (thread group, allowed CPUs) this process's threads had (the
+/// generator's: this test's tokio workers, `tokio-rt-worker`),
+/// sampled every 5 ms while the benchmark ran.
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeSet<(String, Vec<usize>)>>,
+}
+
+impl Watch {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for t in std::fs::read_dir("/proc/self/task")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                    let cpus = allowed_cpus(t.path().join("status"));
+                    if cpus.is_empty() {
+                        continue; // the thread ended
+                    }
+                    let group = if comm.starts_with("sphinx-") {
+                        "sphinx"
+                    } else if comm.starts_with("node-io") {
+                        "node-io"
+                    } else if comm.starts_with("raw-unwrap") {
+                        "raw-unwrap"
+                    } else if comm.starts_with("tokio-r") {
+                        "generator"
+                    } else {
+                        continue;
+                    };
+                    seen.insert((group.to_string(), cpus));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> std::collections::BTreeSet<(String, Vec<usize>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the watcher")
+    }
+}
+
+/// With two whole CPUs or more the load generator had cores of its own
+/// (the last one in eight) and the node's and the raw unwrap's threads
+/// the rest, and it
+/// really was so while the benchmark ran; afterwards every thread may
+/// use every CPU again. Else it shared them, and the result says why.
+fn check_placement(
+    r: &bench::MixnodeBench,
+    allowed: &[usize],
+    seen: &std::collections::BTreeSet<(String, Vec<usize>)>,
+) {
+    let whole = std::thread::available_parallelism().map_or(1, |n| n.get()) >= allowed.len();
+    let groups = |g: &str| -> Vec<&Vec<usize>> {
+        seen.iter()
+            .filter(|(n, _)| n == g)
+            .map(|(_, c)| c)
+            .collect()
+    };
+    if allowed.len() >= 2 && whole {
+        let own = allowed.len().div_ceil(8);
+        assert_eq!((r.cores, r.generator_cores), (allowed.len() - own, own));
+        assert!(r.shared_because.is_none(), "{:?}", r.shared_because);
+        let (node, generator) = allowed.split_at(allowed.len() - own);
+        for g in ["sphinx", "node-io", "raw-unwrap"] {
+            // A thread starts on its creator's CPUs and moves itself (or is
+            // moved) at once: what counts is that it ran where it belongs.
+            assert!(
+                groups(g).contains(&&node.to_vec()),
+                "{g} threads were never on the node's cores: {seen:?}"
+            );
+        }
+        assert!(
+            groups("generator").contains(&&generator.to_vec()),
+            "the generator's threads were never on its own cores: {seen:?}"
+        );
+    } else {
+        assert_eq!((r.cores, r.generator_cores), (allowed.len(), 0));
+        assert!(r.shared_because.is_some());
+        assert!(seen.iter().all(|(_, c)| c == allowed), "{seen:?}");
+    }
+    // Unpinned: every thread left may use every CPU again.
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let cpus = allowed_cpus(t.path().join("status"));
+        assert!(
+            cpus.is_empty() || cpus == allowed,
+            "{:?} still on {cpus:?}",
+            t.path()
+        );
+    }
 }

@@ -39,12 +39,24 @@ pub struct MixnodeOptions {
     pub soak_secs: u64,
     /// Print progress on stderr.
     pub progress: bool,
-    /// Give the load generator (the senders and receivers) a core of its
-    /// own, one in eight, and run the node and the raw unwrap on the rest,
-    /// as a node whose machine is its own does. Off by default: then
-    /// both share every core, and the node's rate carries the generator's
-    /// QUIC too.
-    pub own_cores: bool,
+    /// Where the load generator (the senders and receivers) runs: on a
+    /// core of its own where the machine allows it (the default), as a
+    /// node whose machine is its own does not carry its peers.
+    pub placement: Placement,
+}
+
+/// Where `umbra bench mixnode` runs its load generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// On cores of its own (one in eight) when the process has at least
+    /// two whole CPUs, else sharing them, and the result says why.
+    #[default]
+    Auto,
+    /// On cores of its own, or not at all (`--own-cores`).
+    Own,
+    /// On the same cores as the node and the raw unwrap (`--shared-cores`):
+    /// the node's rate then carries the generator's QUIC too.
+    Shared,
 }
 
 /// Node-round packets per second of mean delay per raw packet/s: ten
@@ -77,7 +89,7 @@ impl Default for MixnodeOptions {
             peers: DEFAULT_PEERS,
             soak_secs: 0,
             progress: false,
-            own_cores: false,
+            placement: Placement::Auto,
         }
     }
 }
@@ -92,6 +104,8 @@ impl MixnodeOptions {
             delay_ms: 0,
             jumbo: true,
             peers: 1,
+            // As its recorded figures were taken.
+            placement: Placement::Shared,
             ..Self::default()
         }
     }
@@ -148,9 +162,10 @@ pub struct MixnodeBench {
     pub rounds: Vec<Round>,
     /// Cores the node and the raw unwrap ran on.
     pub cores: usize,
-    /// Cores the load generator had to itself (`--own-cores`); 0: it
-    /// shared the node's.
+    /// Cores the load generator had to itself; 0: it shared the node's.
     pub generator_cores: usize,
+    /// Why the load generator shared the node's cores, if it did.
+    pub shared_because: Option<String>,
     /// Packets in each node round (the raw runs take
     /// [`MixnodeOptions::packets`]; with `fit_rounds` the rounds may take more).
     pub packets: usize,
@@ -227,7 +242,7 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// When the load generator has a core of its own (`--own-cores`): the
+/// When the load generator has a core of its own: the
 /// CPUs the node and the raw unwrap run on, and the generator's.
 #[derive(Clone, Debug)]
 struct Split {
@@ -463,10 +478,10 @@ impl Window {
             (Some(o0), Some(o1)) if secs > 0.0 => (busy - (o1 - o0) / secs).max(0.0),
             _ => f64::NAN,
         };
-        // With `--own-cores`, of the node's cores only (the generator's
-        // core idles while the raw unwrap runs, and that is no fault);
-        // else of the cores this process may use, as the machine's busy
-        // time over them.
+        // With the generator on cores of its own, of the node's cores only
+        // (the generator's idle while the raw unwrap runs, and that is no
+        // fault); else of the cores this process may use, as the machine's
+        // busy time over them.
         let idle_share = if split().is_some() {
             match (a.measured, b.measured) {
                 (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
@@ -517,7 +532,9 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRu
         let hs: Vec<_> = (0..measured_cores())
             .map(|_| {
                 let (next, done, marks) = (&next, &done, &marks);
-                s.spawn(move || {
+                // Named, so that its placement can be seen in /proc.
+                let thread = std::thread::Builder::new().name("raw-unwrap".into());
+                let spawned = thread.spawn_scoped(s, move || {
                     pin_measured();
                     // The normal policy, as the node's Sphinx workers have
                     // (the benchmark's own threads are SCHED_BATCH).
@@ -549,7 +566,8 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRu
                     }
                     let cpu = own_cpu_seconds().zip(cpu0).map_or(f64::NAN, |(b, a)| b - a);
                     (ok, cpu)
-                })
+                });
+                spawned.expect("a raw unwrap thread starts")
             })
             .collect();
         hs.into_iter()
@@ -627,31 +645,42 @@ fn judge(raws: &[Window], nodes: &[Window], dropped: u64, mean_delay: Duration) 
     why
 }
 
+/// The generator's own cores (one in eight, the last ones) and the
+/// node's, or why this process cannot have them.
+fn own_split(cpus: &[usize]) -> Result<Split, String> {
+    if cpus.len() < 2 {
+        return Err(format!(
+            "the load generator needs a core of its own, and this process may run on {} CPU",
+            cpus.len()
+        ));
+    }
+    // A CPU quota (a container's `--cpus`) lets the process use less than
+    // the CPUs it may run on: pinned by CPU, the split would count
+    // throttled time as idle.
+    if cores() < cpus.len() {
+        return Err(format!(
+            "this process may run on {} CPUs but use only {} (a CPU quota), so the load generator cannot have a core of its own; give it whole CPUs (taskset, cpuset)",
+            cpus.len(),
+            cores()
+        ));
+    }
+    let (node, generator) = cpus.split_at(cpus.len() - cpus.len().div_ceil(8));
+    Ok(Split {
+        node: node.to_vec(),
+        generator: generator.to_vec(),
+    })
+}
+
 /// Runs both measurements as `opts` says.
 pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
     let cpus = allowed_cpus();
-    let split = if opts.own_cores {
-        if cpus.len() < 2 {
-            return Err("--own-cores needs at least two CPUs".into());
-        }
-        // A CPU quota (a container's `--cpus`) lets the process use less
-        // than the CPUs it may run on: pinned by CPU, the split would
-        // count throttled time as idle.
-        if cores() < cpus.len() {
-            return Err(format!(
-                "--own-cores: this process may run on {} CPUs but use only {} (a CPU quota); give it whole CPUs (taskset, cpuset) instead",
-                cpus.len(),
-                cores()
-            )
-            .into());
-        }
-        let (node, generator) = cpus.split_at(cpus.len() - cpus.len().div_ceil(8));
-        Some(Split {
-            node: node.to_vec(),
-            generator: generator.to_vec(),
-        })
-    } else {
-        None
+    let (split, shared_because) = match opts.placement {
+        Placement::Shared => (None, Some("asked for".to_string())),
+        Placement::Own => (Some(own_split(&cpus)?), None),
+        Placement::Auto => match own_split(&cpus) {
+            Ok(s) => (Some(s), None),
+            Err(why) => (None, Some(why)),
+        },
     };
     *SPLIT.lock().unwrap_or_else(|p| p.into_inner()) = split.clone();
     // The benchmark's own threads go to the generator's core now.
@@ -668,7 +697,10 @@ pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
             let _ = node::sched::pin(tid, &cpus);
         });
     }
-    result
+    result.map(|r| MixnodeBench {
+        shared_because,
+        ..r
+    })
 }
 
 async fn mixnode_split(
@@ -966,6 +998,7 @@ async fn mixnode_on(
         rounds: rounds.into_iter().map(|(r, _)| r).collect(),
         cores: measured_cores(),
         generator_cores: split().map_or(0, |s| s.generator.len()),
+        shared_because: None,
         packets,
         dropped,
         held_max,

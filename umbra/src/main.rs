@@ -487,11 +487,16 @@ enum BenchCmd {
         /// The old easy setting, a ceiling: zero delay, jumbo datagrams, one peer.
         #[arg(long)]
         easy: bool,
-        /// Give the load generator (senders, receivers) one core in eight
-        /// to itself and measure the node and the raw unwrap on the rest,
-        /// as on a machine of the node's own [default: all share every core].
-        #[arg(long)]
+        /// Insist that the load generator (senders, receivers) have one
+        /// core in eight to itself, with the node and the raw unwrap on the
+        /// rest, as on a machine of the node's own [default: so where the
+        /// process has two whole CPUs or more, else shared, with the reason].
+        #[arg(long, conflicts_with = "shared_cores")]
         own_cores: bool,
+        /// Run the load generator on the node's cores: the node's rate then
+        /// carries the generator's QUIC too [default with --easy].
+        #[arg(long)]
+        shared_cores: bool,
         /// Then run this many seconds at 80 % of the measured rate and report
         /// resident memory at the start and end (packets are cycled: the node
         /// is told to let replays through, benchmarks only).
@@ -1465,6 +1470,7 @@ async fn run(cli: Cli) -> Result<()> {
             peers,
             easy,
             own_cores,
+            shared_cores,
             soak_secs,
             json,
         }) => {
@@ -1486,7 +1492,11 @@ async fn run(cli: Cli) -> Result<()> {
             opts.jumbo |= jumbo;
             opts.peers = peers.unwrap_or(opts.peers);
             opts.soak_secs = soak_secs;
-            opts.own_cores = own_cores;
+            if own_cores {
+                opts.placement = umbra::bench::Placement::Own;
+            } else if shared_cores {
+                opts.placement = umbra::bench::Placement::Shared;
+            }
             opts.progress = !json;
             let r = umbra::bench::mixnode(opts).await?;
             print_mixnode_bench(&r, json)?;
@@ -1538,7 +1548,10 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
                 r.generator_cores
             )
         } else {
-            " shared by the node, the raw unwrap and the load generator".into()
+            format!(
+                " shared by the node, the raw unwrap and the load generator ({})",
+                r.shared_because.as_deref().unwrap_or("asked for")
+            )
         }
     );
     println!(
@@ -1616,6 +1629,7 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
                 "ratio": r.valid.then(|| round3(r.ratio)),
                 "cores": r.cores,
                 "generator_cores": r.generator_cores,
+                "shared_because": r.shared_because,
                 "delay_ms": r.delay_ms,
                 "jumbo": r.jumbo,
                 "peers": r.peers,
