@@ -81,6 +81,11 @@ if sweep:
 
 bench = rows("bench-mixnode.csv")
 if bench:
+    # Rows written before the generator had cores of its own carry no
+    # placement: it shared the node's two cores then.
+    own = {r.get("generator_cores") for r in bench} - {None, "", "0"}
+    placement = ("node on " + bench[0]["cores"] + " core(s), load generator on its own"
+                 if own else "node and load generator sharing 2 cores")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for jumbo, label, marker in [("false", "1500-byte MTU (production)", "o"),
                                  ("true", "jumbo datagrams", "s")]:
@@ -93,7 +98,7 @@ if bench:
     ax.set_xticks([0, 20, 100, 400, 800])
     ax.set_xticklabels(["0", "20", "100", "400", "800"])
     ax.set(xlabel="mean per-hop delay (ms)", ylabel="mix node rate / raw unwrap rate",
-           title="umbra bench mixnode: ratio against delay and MTU (2 cores, 3 peers)")
+           title="umbra bench mixnode: ratio against delay and MTU\n(" + placement + ", 3 peers)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "bench-mixnode.png")

@@ -6,10 +6,11 @@
 //! switches and a cold cache for a few µs of work. As `SCHED_BATCH` the I/O
 //! threads do not preempt on wake-up; they run when a core is free or at
 //! the next scheduler tick, and then handle everything that arrived since.
-//! Measured at the defaults (`umbra bench mixnode`, two cores): the node's
-//! QUIC/tokio CPU per packet fell from 13.6 to 7.4–9.6 µs, its threads'
-//! runs per packet from 0.33 to 0.06–0.07, the ratio to the raw unwrap from
-//! 0.80 to 0.84 (docs/performance.md). What it could cost: under full load
+//! Measured at the defaults (`umbra bench mixnode`, the node and its load
+//! generator then sharing two cores): the node's QUIC/tokio CPU per
+//! packet fell from 13.6 to 7.4–9.6 µs, its threads' runs per packet from
+//! 0.33 to 0.06–0.07, the ratio to the raw unwrap from 0.80 to 0.84
+//! (docs/performance.md). What it could cost: under full load
 //! a packet may wait for a tick before it is read or written; the latency
 //! the node adds at 10 and 50 % of its rate did not change. An idle core
 //! runs an I/O thread at once.
@@ -17,9 +18,9 @@
 //! Changing between `SCHED_OTHER` and `SCHED_BATCH` needs no privilege and
 //! keeps the thread's nice value. Elsewhere than Linux these do nothing.
 //!
-//! [`pin`] keeps a thread on some CPUs only: `umbra bench mixnode
-//! --own-cores` uses it to give its load generator a core the node does
-//! not share, as on a machine that is the node's own.
+//! [`pin`] keeps a thread on some CPUs only: `umbra bench mixnode` uses it
+//! to give its load generator a core the node does not share, as on a
+//! machine that is the node's own.
 
 /// Makes the calling thread `SCHED_BATCH`: for I/O runtimes (set it from
 /// tokio's `on_thread_start`). Threads it spawns inherit the policy.

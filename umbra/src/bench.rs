@@ -1,6 +1,7 @@
-//! `umbra bench mixnode`: the raw Sphinx unwrap rate on all cores beside the
-//! rate one mix node forwards over QUIC on loopback, measured in one run, at
-//! production settings unless told otherwise.
+//! `umbra bench mixnode`: the raw Sphinx unwrap rate beside the rate one
+//! mix node forwards over QUIC on loopback, on the same cores, measured in
+//! one run, at production settings unless told otherwise; the load
+//! generator on a core of its own where the machine allows.
 //! `umbra bench client`: what an idle client costs, and how long 1 MiB takes.
 //! `umbra bench gateway`: what one gateway spends on N idle clients.
 
@@ -70,9 +71,9 @@ pub const DEFAULT_PEERS: usize = 3;
 
 /// Packets per measurement for a mean delay of `delay_ms`: a round's
 /// steady middle must last ten mean delays, and at about 15,000 packets/s
-/// on two cores that takes 200 packets per millisecond of mean delay
-/// (160,000 at 800 ms; 80,000 gave 4.9 s there, under the 8 s needed),
-/// and never fewer than 80,000. On a faster machine the node rounds grow
+/// (both cores of the project's machine) that takes 200 packets per
+/// millisecond of mean delay (160,000 at 800 ms; 80,000 gave 4.9 s there,
+/// under the 8 s needed), and never fewer than 80,000. On a faster machine the node rounds grow
 /// beyond it ([`MixnodeOptions::fit_rounds`]).
 pub fn packets_for(delay_ms: u64) -> usize {
     (delay_ms as usize).saturating_mul(200).max(80_000)
@@ -115,8 +116,8 @@ impl MixnodeOptions {
 /// above it the raw rate and the node's rate are both cut by an unknown
 /// share and their ratio means nothing (it rose to 1.3–1.8 under load).
 pub const MAX_OUTSIDE_CORES: f64 = 0.10;
-/// Largest idle share of the cores during a raw run: the raw unwrap must
-/// fill every core, or it understates what they can do.
+/// Largest idle share of the measured cores during a raw run: the raw
+/// unwrap must fill every one, or it understates what they can do.
 pub const MAX_RAW_IDLE: f64 = 0.10;
 /// A node round's steady window must last this many mean delays, or its
 /// edges (packets still held at the start, the tail draining at the end)
@@ -126,7 +127,7 @@ pub const MIN_WINDOW_DELAYS: f64 = 10.0;
 /// Figures from one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct MixnodeBench {
-    /// Sphinx unwraps per second on all cores, no networking, over the
+    /// Sphinx unwraps per second on the measured cores, no networking, over the
     /// steady window (10th to 90th percentile completion): the mean of the
     /// raw runs before and after the median round.
     pub raw_unwrap_pps: f64,
@@ -157,6 +158,10 @@ pub struct MixnodeBench {
     pub raw_idle_share: f64,
     /// Idle share of the cores in the median round's steady window.
     pub node_idle_share: f64,
+    /// Share of the generator's own cores its threads kept busy then (NaN
+    /// when it shared the node's): near 1 it may have fed the node too
+    /// slowly, which can only lower the node's rate.
+    pub generator_busy_share: f64,
     /// Every round: the node's rate beside the mean raw rate just before
     /// and just after it.
     pub rounds: Vec<Round>,
@@ -181,7 +186,8 @@ pub struct MixnodeBench {
     pub datagrams_per_packet: f64,
     /// A sender's path MTU to the node at the end of that round, bytes.
     pub path_mtu: u16,
-    /// Frames per second QUIC alone carries sender → receiver (no mix node).
+    /// Frames per second QUIC alone carries sender → receiver (no mix node),
+    /// on the generator's cores when it has its own.
     pub link_pps: f64,
     /// CPU (all threads, sender and receiver) per frame QUIC alone carries, µs.
     pub link_us_per_frame: f64,
@@ -263,7 +269,8 @@ fn measured_cores() -> usize {
 }
 
 /// The CPUs this process may run on (Linux `Cpus_allowed_list`, e.g.
-/// `0-3,6`); `0..cores()` where that cannot be read.
+/// `0-3,6`) that are online (some machines list every possible CPU);
+/// `0..cores()` where that cannot be read.
 fn allowed_cpus() -> Vec<usize> {
     let listed = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -273,7 +280,14 @@ fn allowed_cpus() -> Vec<usize> {
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
             parse_cpu_list(line.trim())
         });
-    listed.unwrap_or_else(|| (0..cores()).collect())
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()));
+    match (listed, online) {
+        (Some(l), Some(o)) => l.into_iter().filter(|c| o.contains(c)).collect(),
+        (Some(l), None) => l,
+        _ => (0..cores()).collect(),
+    }
 }
 
 fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
@@ -368,7 +382,8 @@ fn build_all(n: usize, routes: &[Vec<Hop>], mean: Duration) -> Built {
             .map(|t| {
                 let count = per.min(n.saturating_sub(t * per));
                 let all = all.as_deref();
-                s.spawn(move || {
+                let thread = std::thread::Builder::new().name("bench-build".into());
+                let spawned = thread.spawn_scoped(s, move || {
                     if let Some(all) = all {
                         let _ = node::sched::pin(0, all);
                     }
@@ -394,7 +409,8 @@ fn build_all(n: usize, routes: &[Vec<Hop>], mean: Duration) -> Built {
                             .map(|p| (p, delays[0]))
                         })
                         .collect::<Vec<_>>()
-                })
+                });
+                spawned.expect("a packet-building thread starts")
             })
             .collect();
         handles
@@ -461,6 +477,10 @@ struct Window {
     outside_cores: f64,
     /// Share of our cores nobody used.
     idle_share: f64,
+    /// Share of the generator's own cores its threads kept busy (NaN: it
+    /// has none): near 1 it may not have kept the node busy, which lowers
+    /// the node's rate.
+    generator_busy: f64,
 }
 
 impl Window {
@@ -492,11 +512,22 @@ impl Window {
         } else {
             1.0 - busy / cores() as f64
         };
+        // From its threads' own on-CPU time: /proc/stat's per-CPU ticks
+        // miss the short bursts of a mostly idle CPU on a tickless kernel
+        // (they showed the generator's core 1 % busy when its threads
+        // were on it 8 % of the time).
+        let generator_busy = match (split(), a.sched, b.sched) {
+            (Some(s), Some((a, _)), Some((b, _))) if secs > 0.0 => {
+                (b.bench - a.bench) / secs / s.generator.len() as f64
+            }
+            _ => f64::NAN,
+        };
         Self {
             n,
             secs,
             outside_cores: outside,
             idle_share: idle_share.clamp(0.0, 1.0),
+            generator_busy: generator_busy.clamp(0.0, 1.0),
         }
     }
 
@@ -512,7 +543,7 @@ struct RawRun {
     cpu_us: f64,
 }
 
-/// Raw unwrap rate of sphinx-packet on all cores over the same kind of
+/// Raw unwrap rate of sphinx-packet on the measured cores over the same kind of
 /// window as the node's (10th to 90th percentile completion), and the
 /// on-CPU time per unwrap (µs) of the threads that did it: compared with
 /// the node's on-CPU time per packet it is not skewed by time the machine
@@ -582,6 +613,7 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRu
             secs: f64::NAN,
             outside_cores: f64::NAN,
             idle_share: f64::NAN,
+            generator_busy: f64::NAN,
         },
     };
     RawRun {
@@ -646,8 +678,9 @@ fn judge(raws: &[Window], nodes: &[Window], dropped: u64, mean_delay: Duration) 
 }
 
 /// The generator's own cores (one in eight, the last ones) and the
-/// node's, or why this process cannot have them.
-fn own_split(cpus: &[usize]) -> Result<Split, String> {
+/// node's, of `cpus` of which the process may keep `usable` busy, or why
+/// it cannot have them.
+fn own_split(cpus: &[usize], usable: usize) -> Result<Split, String> {
     if cpus.len() < 2 {
         return Err(format!(
             "the load generator needs a core of its own, and this process may run on {} CPU",
@@ -657,11 +690,10 @@ fn own_split(cpus: &[usize]) -> Result<Split, String> {
     // A CPU quota (a container's `--cpus`) lets the process use less than
     // the CPUs it may run on: pinned by CPU, the split would count
     // throttled time as idle.
-    if cores() < cpus.len() {
+    if usable < cpus.len() {
         return Err(format!(
-            "this process may run on {} CPUs but use only {} (a CPU quota), so the load generator cannot have a core of its own; give it whole CPUs (taskset, cpuset)",
-            cpus.len(),
-            cores()
+            "this process may run on {} CPUs but use only {usable} (a CPU quota), so the load generator cannot have a core of its own; give it whole CPUs (taskset, cpuset)",
+            cpus.len()
         ));
     }
     let (node, generator) = cpus.split_at(cpus.len() - cpus.len().div_ceil(8));
@@ -675,32 +707,51 @@ fn own_split(cpus: &[usize]) -> Result<Split, String> {
 pub async fn mixnode(opts: MixnodeOptions) -> Result<MixnodeBench, BoxError> {
     let cpus = allowed_cpus();
     let (split, shared_because) = match opts.placement {
-        Placement::Shared => (None, Some("asked for".to_string())),
-        Placement::Own => (Some(own_split(&cpus)?), None),
-        Placement::Auto => match own_split(&cpus) {
+        Placement::Shared => (None, Some(SHARED_ASKED.to_string())),
+        Placement::Own => (Some(own_split(&cpus, cores())?), None),
+        Placement::Auto => match own_split(&cpus, cores()) {
             Ok(s) => (Some(s), None),
             Err(why) => (None, Some(why)),
         },
     };
     *SPLIT.lock().unwrap_or_else(|p| p.into_inner()) = split.clone();
+    // Whatever happens from here (an error, a panic, the future dropped
+    // by a timeout), the process's threads may use every CPU again after.
+    let _unpin = Unpin(cpus);
     // The benchmark's own threads go to the generator's core now.
     pin_threads();
     let result = mixnode_split(&opts, split).await;
-    // The process's threads may use every CPU again, whatever happened.
-    if SPLIT
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .is_some()
-    {
-        for_each_thread(|tid, _| {
-            let _ = node::sched::pin(tid, &cpus);
-        });
-    }
     result.map(|r| MixnodeBench {
         shared_because,
         ..r
     })
+}
+
+/// `shared_because` when told to share (`--easy` shares too: its
+/// recorded figures were taken so).
+const SHARED_ASKED: &str = "asked for (--shared-cores or --easy)";
+
+/// Ends a split run: every thread of the process back on `.0`.
+struct Unpin(Vec<usize>);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        if SPLIT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_none()
+        {
+            return;
+        }
+        // Twice: a thread started by a still-pinned one during the first
+        // pass inherits the pinned set.
+        for _ in 0..2 {
+            for_each_thread(|tid, _| {
+                let _ = node::sched::pin(tid, &self.0);
+            });
+        }
+    }
 }
 
 async fn mixnode_split(
@@ -995,6 +1046,7 @@ async fn mixnode_on(
             .fold(0.0, f64::max),
         raw_idle_share: raw_windows.iter().map(|w| w.idle_share).fold(0.0, f64::max),
         node_idle_share: m_node.window.idle_share,
+        generator_busy_share: m_node.window.generator_busy,
         rounds: rounds.into_iter().map(|(r, _)| r).collect(),
         cores: measured_cores(),
         generator_cores: split().map_or(0, |s| s.generator.len()),
@@ -1798,7 +1850,24 @@ mod tests {
             secs,
             outside_cores,
             idle_share,
+            generator_busy: f64::NAN,
         }
+    }
+
+    #[test]
+    fn the_generator_gets_the_last_core_in_eight_or_the_reason_it_cannot() {
+        let s = own_split(&[0, 1], 2).expect("two whole CPUs");
+        assert_eq!((s.node, s.generator), (vec![0], vec![1]));
+        let cpus: Vec<usize> = (0..16).collect();
+        let s = own_split(&cpus, 16).expect("sixteen");
+        assert_eq!(s.node, (0..14).collect::<Vec<_>>());
+        assert_eq!(s.generator, vec![14, 15]);
+        let s = own_split(&[2, 5, 7], 3).expect("a taskset list");
+        assert_eq!((s.node, s.generator), (vec![2, 5], vec![7]));
+        let one = own_split(&[3], 1).err().unwrap_or_default();
+        assert!(one.contains("1 CPU"), "{one}");
+        let quota = own_split(&[0, 1, 2, 3], 2).err().unwrap_or_default();
+        assert!(quota.contains("a CPU quota"), "{quota}");
     }
 
     #[test]

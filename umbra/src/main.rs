@@ -466,8 +466,9 @@ enum MixnodeCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Raw Sphinx unwrap rate on all cores beside one mix node's forwarding rate
-    /// over QUIC on loopback, measured in the same run, at production settings:
+    /// Raw Sphinx unwrap rate beside one mix node's forwarding rate over QUIC
+    /// on loopback, on the same cores, measured in the same run (the load
+    /// generator on a core of its own), at production settings:
     /// the node's default config, delays drawn at the network's default mean,
     /// 1500-byte MTU, several peers. A run disturbed by outside load, idle cores
     /// or drops is marked invalid, prints no ratio and exits 3.
@@ -484,7 +485,8 @@ enum BenchCmd {
         /// Peers sending to the node, and as many it forwards to [default: 3; 1 with --easy].
         #[arg(long)]
         peers: Option<usize>,
-        /// The old easy setting, a ceiling: zero delay, jumbo datagrams, one peer.
+        /// The old easy setting, a ceiling: zero delay, jumbo datagrams, one
+        /// peer, the load generator on the node's cores.
         #[arg(long)]
         easy: bool,
         /// Insist that the load generator (senders, receivers) have one
@@ -1555,13 +1557,21 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
         }
     );
     println!(
-        "checks: other processes {:.2} cores at most (limit {}), raw runs {:.0} % idle at most (limit {:.0} %), {} dropped, node round {:.0} % idle",
+        "checks: other processes {:.2} cores at most (limit {}), raw runs {:.0} % idle at most (limit {:.0} %), {} dropped, node round {:.0} % idle{}",
         r.outside_load_cores,
         umbra::bench::MAX_OUTSIDE_CORES,
         r.raw_idle_share * 100.0,
         umbra::bench::MAX_RAW_IDLE * 100.0,
         r.dropped,
-        r.node_idle_share * 100.0
+        r.node_idle_share * 100.0,
+        if r.generator_cores > 0 {
+            format!(
+                " (the node's cores), the generator's own {:.0} % busy",
+                r.generator_busy_share * 100.0
+            )
+        } else {
+            String::new()
+        }
     );
     if r.valid {
         let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{:.3}", x.ratio)).collect();
@@ -1638,6 +1648,7 @@ fn print_mixnode_bench(r: &umbra::bench::MixnodeBench, json: bool) -> Result<()>
                 "outside_load_cores": round3(r.outside_load_cores),
                 "raw_idle_share": round3(r.raw_idle_share),
                 "node_idle_share": round3(r.node_idle_share),
+                "generator_busy_share": round3(r.generator_busy_share),
                 "dropped": r.dropped,
                 "latency": r.latency.iter().map(|l| serde_json::json!({
                     "load": l.load,
