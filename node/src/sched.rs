@@ -58,6 +58,19 @@ fn set(policy: Policy) {
 #[cfg(not(target_os = "linux"))]
 fn set(_policy: Policy) {}
 
+/// The CPUs in a Linux CPU list (`Cpus_allowed_list`, `/sys/…/online`:
+/// `0-3,6`); `None` if it is empty or malformed.
+pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
 /// Lets thread `tid` of this process (0: the calling thread) run only on
 /// `cpus`. Threads it spawns afterwards inherit the set.
 #[cfg(target_os = "linux")]
@@ -144,11 +157,8 @@ mod tests {
     fn a_pinned_thread_and_its_children_stay_on_its_cpus_until_unpinned() {
         std::thread::spawn(|| {
             let all = allowed();
-            let first: usize = all
-                .split(['-', ','])
-                .next()
-                .and_then(|c| c.parse().ok())
-                .expect("a CPU");
+            let cpus = parse_cpu_list(&all).expect("a CPU list");
+            let first = cpus[0];
             pin(0, &[first]).expect("pin to one CPU");
             assert_eq!(allowed(), first.to_string());
             let child = std::thread::spawn(allowed).join().unwrap_or_default();
@@ -160,11 +170,6 @@ mod tests {
                 first.to_string(),
                 "a refused pin changes nothing"
             );
-            let mut cpus = Vec::new();
-            for part in all.split(',') {
-                let (a, b) = part.split_once('-').unwrap_or((part, part));
-                cpus.extend(a.parse::<usize>().expect("a CPU")..=b.parse().expect("a CPU"));
-            }
             pin(0, &cpus).expect("unpin");
             assert_eq!(allowed(), all);
         })

@@ -104,14 +104,7 @@ fn allowed_cpus(status: impl AsRef<std::path::Path>) -> Vec<usize> {
     let Some(list) = s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) else {
         return Vec::new();
     };
-    let mut cpus = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
-            None => cpus.push(part.parse().unwrap()),
-        }
-    }
-    cpus
+    node::sched::parse_cpu_list(list.trim()).unwrap_or_default()
 }
 
 /// Samples of (thread group, allowed CPUs) over this process's threads,

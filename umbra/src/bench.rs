@@ -9,6 +9,7 @@ mod capacity;
 pub use capacity::{GatewayBench, GatewayOptions, gateway};
 
 use crate::testnet::{BoxError, FinalMode, Injector, LocalNet};
+use node::sched::parse_cpu_list;
 use protocol::packet::{Hop, build_packet, sample_delays, sphinx_keypair};
 use protocol::topology::NetworkParams;
 use serde::Serialize;
@@ -73,8 +74,8 @@ pub const DEFAULT_PEERS: usize = 3;
 /// steady middle must last ten mean delays, and at about 15,000 packets/s
 /// (both cores of the project's machine) that takes 200 packets per
 /// millisecond of mean delay (160,000 at 800 ms; 80,000 gave 4.9 s there,
-/// under the 8 s needed), and never fewer than 80,000. On a faster machine the node rounds grow
-/// beyond it ([`MixnodeOptions::fit_rounds`]).
+/// under the 8 s needed), and never fewer than 80,000. On a faster machine
+/// the node rounds grow beyond it ([`MixnodeOptions::fit_rounds`]).
 pub fn packets_for(delay_ms: u64) -> usize {
     (delay_ms as usize).saturating_mul(200).max(80_000)
 }
@@ -127,8 +128,8 @@ pub const MIN_WINDOW_DELAYS: f64 = 10.0;
 /// Figures from one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct MixnodeBench {
-    /// Sphinx unwraps per second on the measured cores, no networking, over the
-    /// steady window (10th to 90th percentile completion): the mean of the
+    /// Sphinx unwraps per second on the measured cores, no networking, over
+    /// the steady window (10th to 90th percentile completion): the mean of the
     /// raw runs before and after the median round.
     pub raw_unwrap_pps: f64,
     /// Packets per second one mix node forwarded end to end over QUIC in
@@ -248,8 +249,8 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// When the load generator has a core of its own: the
-/// CPUs the node and the raw unwrap run on, and the generator's.
+/// When the load generator has a core of its own: the CPUs the node and
+/// the raw unwrap run on, and the generator's.
 #[derive(Clone, Debug)]
 struct Split {
     node: Vec<usize>,
@@ -288,17 +289,6 @@ fn allowed_cpus() -> Vec<usize> {
         (Some(l), None) => l,
         _ => (0..cores()).collect(),
     }
-}
-
-fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
-    let mut cpus = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
-            None => cpus.push(part.parse().ok()?),
-        }
-    }
-    (!cpus.is_empty()).then_some(cpus)
 }
 
 /// Pins this process's threads for a split run: the node's (`node-io`,
@@ -502,7 +492,8 @@ impl Window {
         // (the generator's idle while the raw unwrap runs, and that is no
         // fault); else of the cores this process may use, as the machine's
         // busy time over them.
-        let idle_share = if split().is_some() {
+        let split = split();
+        let idle_share = if split.is_some() {
             match (a.measured, b.measured) {
                 (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
                     1.0 - b1.saturating_sub(b0) as f64 / (t1 - t0) as f64
@@ -516,7 +507,7 @@ impl Window {
         // miss the short bursts of a mostly idle CPU on a tickless kernel
         // (they showed the generator's core 1 % busy when its threads
         // were on it 8 % of the time).
-        let generator_busy = match (split(), a.sched, b.sched) {
+        let generator_busy = match (split, a.sched, b.sched) {
             (Some(s), Some((a, _)), Some((b, _))) if secs > 0.0 => {
                 (b.bench - a.bench) / secs / s.generator.len() as f64
             }
@@ -1572,7 +1563,6 @@ fn thread_cpu_seconds() -> Option<ThreadCpu> {
 /// after preemption, and each costs a context switch).
 type Sched = (ThreadCpu, ThreadCpu);
 
-/// A [`Sched`] of this process's threads now (Linux schedstat).
 /// A thread's group by its name: 0 the node's Sphinx workers (`sphinx-`),
 /// 1 its runtime (`node-io`), [`BENCH_THREADS`] the benchmark's own.
 fn thread_group(comm: &str) -> usize {
@@ -1588,6 +1578,7 @@ fn thread_group(comm: &str) -> usize {
 /// [`thread_group`] of the benchmark's own threads.
 const BENCH_THREADS: usize = 2;
 
+/// A [`Sched`] of this process's threads now (Linux schedstat).
 fn sched_snapshot() -> Option<Sched> {
     let mut ns = [0u64; 3];
     let mut runs = [0u64; 3];
