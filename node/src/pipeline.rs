@@ -338,9 +338,9 @@ pub(crate) fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("sphinx-{i}"))
                 .spawn(move || {
-                    // The normal policy, whatever spawned it: the workers
-                    // are the CPU work the I/O threads make room for.
-                    crate::sched::cpu_thread();
+                    // SCHED_BATCH, whatever spawned it: a woken worker then
+                    // lets the I/O thread finish queueing (`sched`).
+                    crate::sched::worker_thread();
                     // Links spawn their tasks on the node's runtime.
                     let _guard = rt.enter();
                     let mut held = Held::default();

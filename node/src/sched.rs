@@ -1,19 +1,29 @@
 //! How the node's threads share the cores (Linux scheduling policy).
 //!
 //! A node's Sphinx workers are busy for ~125 µs a packet; its QUIC and
-//! tokio threads wake thousands of times a second for a few µs each. Under
-//! the normal policy every such wake-up preempts a worker: two context
-//! switches and a cold cache for a few µs of work. As `SCHED_BATCH` the I/O
-//! threads do not preempt on wake-up; they run when a core is free or at
-//! the next scheduler tick, and then handle everything that arrived since.
-//! Measured at the defaults (`umbra bench mixnode`, the node and its load
-//! generator then sharing two cores): the node's QUIC/tokio CPU per
-//! packet fell from 13.6 to 7.4–9.6 µs, its threads' runs per packet from
-//! 0.33 to 0.06–0.07, the ratio to the raw unwrap from 0.80 to 0.84
-//! (docs/performance.md). What it could cost: under full load
-//! a packet may wait for a tick before it is read or written; the latency
-//! the node adds at 10 and 50 % of its rate did not change. An idle core
-//! runs an I/O thread at once.
+//! tokio threads wake thousands of times a second for a few µs each. All of
+//! them run as `SCHED_BATCH`: a batch thread that wakes does not preempt the
+//! thread on its core; it runs on a free core at once, or when the running
+//! thread blocks or its slice ends, and then handles everything that
+//! arrived since.
+//!
+//! - The I/O threads, because under the normal policy every wake-up
+//!   preempted a worker: two context switches and a cold cache for a few µs
+//!   of work. Measured at the defaults (`umbra bench mixnode`, the node and
+//!   its load generator then sharing two cores): the node's QUIC/tokio CPU
+//!   per packet fell from 13.6 to 7.4–9.6 µs, its threads' runs per packet
+//!   from 0.33 to 0.06–0.07 (docs/performance.md).
+//! - The workers, because under the normal policy a worker woken by a new
+//!   job preempted the I/O thread that queued it, before it queued the rest
+//!   of what it had read: on a core the two share, the pair could fall
+//!   into handing over one packet at a time (0.22 runs per packet, the
+//!   QUIC/tokio CPU per packet up from 9 to 16 µs). As batch, the worker
+//!   waits until the I/O thread is done, then takes the whole batch.
+//!
+//! What it could cost: under full load a packet may wait for a running
+//! thread's slice (a few ms) before it is read, peeled or written. An idle
+//! core runs a woken thread at once, so at low load nothing changes.
+//! Threads of other programs under the normal policy do preempt the node's.
 //!
 //! Changing between `SCHED_OTHER` and `SCHED_BATCH` needs no privilege and
 //! keeps the thread's nice value. Elsewhere than Linux these do nothing.
@@ -28,14 +38,16 @@ pub fn io_thread() {
     set(Policy::Batch);
 }
 
-/// Makes the calling thread `SCHED_OTHER`, the normal policy: for threads
-/// that do the CPU work (the Sphinx workers), whichever thread spawned them.
-pub fn cpu_thread() {
-    set(Policy::Normal);
+/// Makes the calling thread `SCHED_BATCH`: for the Sphinx workers, whatever
+/// spawned them (see the module's docs for why not the normal policy).
+pub fn worker_thread() {
+    set(Policy::Batch);
 }
 
 enum Policy {
     Batch,
+    /// The normal policy: only the tests go back to it.
+    #[cfg(test)]
     Normal,
 }
 
@@ -44,6 +56,7 @@ enum Policy {
 fn set(policy: Policy) {
     let policy = match policy {
         Policy::Batch => libc::SCHED_BATCH,
+        #[cfg(test)]
         Policy::Normal => libc::SCHED_OTHER,
     };
     let param = libc::sched_param { sched_priority: 0 };
@@ -109,33 +122,37 @@ mod tests {
     /// The calling thread's policy is `SCHED_BATCH`.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    fn is_io_thread() -> bool {
+    fn is_batch() -> bool {
         // SAFETY: a plain system call on the calling thread, no pointers.
         unsafe { libc::sched_getscheduler(0) == libc::SCHED_BATCH }
     }
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_thread_goes_to_batch_and_back_and_its_children_inherit() {
+    fn io_and_worker_threads_are_batch_and_their_children_inherit() {
         std::thread::spawn(|| {
-            cpu_thread();
-            assert!(!is_io_thread());
+            set(Policy::Normal);
+            assert!(!is_batch());
             io_thread();
-            assert!(is_io_thread());
-            let child = std::thread::spawn(is_io_thread).join().unwrap_or(false);
+            assert!(is_batch());
+            let child = std::thread::spawn(is_batch).join().unwrap_or(false);
             assert!(
                 child,
                 "a thread spawned by an I/O thread inherits its policy"
             );
+            set(Policy::Normal);
             let worker = std::thread::spawn(|| {
-                cpu_thread();
-                is_io_thread()
+                let before = is_batch();
+                worker_thread();
+                (before, is_batch())
             })
             .join()
-            .unwrap_or(true);
-            assert!(!worker, "cpu_thread puts it back to normal");
-            cpu_thread();
-            assert!(!is_io_thread());
+            .unwrap_or((true, false));
+            assert_eq!(
+                worker,
+                (false, true),
+                "a worker spawned by a normal thread makes itself batch"
+            );
         })
         .join()
         .expect("thread");

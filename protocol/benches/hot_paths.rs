@@ -37,7 +37,7 @@ fn benches(c: &mut Criterion) {
     });
     let pkt = build_packet(&mut rng, &hops, &[0; 32], [0; 16], &delays, &msg).unwrap();
     c.bench_function("unwrap one hop (protocol::packet::peel)", |b| {
-        b.iter(|| peel(black_box(&pkt), &secrets[0], |_| true).unwrap())
+        b.iter(|| peel(black_box(&pkt), &secrets[0], |_, _| true).unwrap())
     });
     c.bench_function("unwrap one hop (sphinx-packet process, raw)", |b| {
         b.iter(|| {

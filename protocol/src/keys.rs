@@ -4,7 +4,7 @@
 //! while its key can still unwrap packets, so no replay slips through.
 
 use crate::Error;
-use crate::packet::{self, Peeled};
+use crate::packet::{self, Peeled, ReplayStep};
 use crate::replay::ReplayCache;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -67,11 +67,14 @@ impl EpochKey {
 
     /// Peels one layer; the expensive crypto runs without holding the cache lock.
     pub fn peel(&self, packet: &[u8]) -> Result<Peeled, Error> {
-        packet::peel(packet, &self.secret, |tag| {
+        packet::peel(packet, &self.secret, |tag, step| {
             // A poisoned lock means another worker panicked mid-insert; the
             // filter's bits are still valid, so keep using them.
             let mut cache = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-            cache.check_and_insert(tag)
+            match step {
+                ReplayStep::Look => cache.would_accept(tag),
+                ReplayStep::Record => cache.check_and_insert(tag),
+            }
         })
     }
 

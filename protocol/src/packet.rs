@@ -163,15 +163,27 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
     Ok(packet.to_bytes())
 }
 
+/// What [`peel`] asks of the replay cache: whether a tag is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStep {
+    /// Only look: is the tag new? Records nothing.
+    Look,
+    /// Record the tag, and say whether it was new (another copy of the
+    /// packet may have been recorded since the look).
+    Record,
+}
+
 /// Peels one layer with `key`.
 ///
-/// Order matters: length check, then the header MAC, and only then the
-/// replay check (`is_fresh` records the tag and says whether it was new), so
-/// that junk cannot fill the replay cache. Nothing here panics on any input.
+/// Order matters. A replay is refused after the DH and one look at the
+/// cache (`is_fresh(tag, Look)`), before any other crypto. The header MAC
+/// is checked once, inside the unwrap, and only a packet whose MAC holds
+/// has its tag recorded (`is_fresh(tag, Record)`), so that junk cannot fill
+/// the replay cache. Nothing here panics on any input.
 pub fn peel(
     packet: &[u8],
     key: &StaticSecret,
-    is_fresh: impl FnOnce(&ReplayTag) -> bool,
+    mut is_fresh: impl FnMut(&ReplayTag, ReplayStep) -> bool,
 ) -> Result<Peeled, Error> {
     if packet.len() != PACKET_SIZE {
         return Err(Error::InvalidPacket(format!(
@@ -181,16 +193,18 @@ pub fn peel(
     }
     let packet = SphinxPacket::from_bytes(packet).map_err(sphinx_err)?;
     let expanded = packet.header.compute_expanded_shared_secret(key);
-    packet
-        .header
-        .ensure_header_integrity(&expanded)
-        .map_err(sphinx_err)?;
-    if !is_fresh(expanded.replay_tag()) {
+    if !is_fresh(expanded.replay_tag(), ReplayStep::Look) {
         return Err(Error::Replay);
     }
+    // Checks the header MAC before it unwraps anything (sphinx-packet's
+    // `process_with_expanded_secret`): checking it here as well cost a
+    // second HMAC per packet.
     let processed = packet
         .process_with_expanded_secret(&expanded)
         .map_err(sphinx_err)?;
+    if !is_fresh(expanded.replay_tag(), ReplayStep::Record) {
+        return Err(Error::Replay);
+    }
     Ok(match processed.data {
         ProcessedPacketData::ForwardHop {
             next_hop_packet,
@@ -472,7 +486,7 @@ mod tests {
         let mut pkt = build_packet(&mut rng, &hops, &dest, [0; 16], &delays, b"hello").unwrap();
         for i in 0..3 {
             assert_eq!(pkt.len(), PACKET_SIZE);
-            match peel(&pkt, &secrets[i], |_| true).unwrap() {
+            match peel(&pkt, &secrets[i], |_, _| true).unwrap() {
                 Peeled::Forward {
                     next_hop,
                     delay,
@@ -485,7 +499,7 @@ mod tests {
                 Peeled::Final { .. } => panic!("final too early"),
             }
         }
-        match peel(&pkt, &secrets[3], |_| true).unwrap() {
+        match peel(&pkt, &secrets[3], |_, _| true).unwrap() {
             Peeled::Final {
                 destination,
                 payload,
@@ -504,7 +518,7 @@ mod tests {
         let (hops, secrets) = route(&mut rng, 2);
         let delays = [Duration::from_millis(3), Duration::ZERO];
         let pkt = build_packet(&mut rng, &hops, &[1; 32], [0; 16], &delays, b"x").unwrap();
-        let Ok(Peeled::Forward { packet, .. }) = peel(&pkt, &secrets[0], |_| true) else {
+        let Ok(Peeled::Forward { packet, .. }) = peel(&pkt, &secrets[0], |_, _| true) else {
             panic!("expected a forward hop");
         };
         let sphinx = SphinxPacket::from_bytes(&packet).unwrap();
@@ -526,16 +540,54 @@ mod tests {
             b"x",
         )
         .unwrap();
-        let mut consulted = false;
-        let r = peel(&pkt, &other, |_| {
-            consulted = true;
+        let mut steps = Vec::new();
+        let r = peel(&pkt, &other, |_, step| {
+            steps.push(step);
             true
         });
         assert!(matches!(r, Err(Error::InvalidPacket(_))));
-        assert!(
-            !consulted,
-            "replay cache must not see unauthenticated packets"
+        assert_eq!(
+            steps,
+            [ReplayStep::Look],
+            "an unauthenticated packet's tag must not be recorded"
         );
+    }
+
+    #[test]
+    fn a_fresh_packet_is_looked_up_then_recorded_once_and_a_late_copy_is_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let (hops, secrets) = route(&mut rng, 3);
+        let pkt = build_packet(
+            &mut rng,
+            &hops,
+            &[0; 32],
+            [0; 16],
+            &[Duration::ZERO; 3],
+            b"x",
+        )
+        .unwrap();
+        let mut steps = Vec::new();
+        let mut tags = Vec::new();
+        let r = peel(&pkt, &secrets[0], |tag, step| {
+            steps.push(step);
+            tags.push(*tag);
+            true
+        });
+        assert!(matches!(r, Ok(Peeled::Forward { .. })));
+        assert_eq!(steps, [ReplayStep::Look, ReplayStep::Record]);
+        assert_eq!(tags[0], tags[1], "the tag looked up is the one recorded");
+        // A copy recorded between the look and the record (another worker
+        // peeling the same packet) makes this one a replay.
+        let r = peel(&pkt, &secrets[0], |_, step| step == ReplayStep::Look);
+        assert!(matches!(r, Err(Error::Replay)));
+        // A tag already recorded is refused at the look, before the unwrap.
+        let mut steps = Vec::new();
+        let r = peel(&pkt, &secrets[0], |_, step| {
+            steps.push(step);
+            false
+        });
+        assert!(matches!(r, Err(Error::Replay)));
+        assert_eq!(steps, [ReplayStep::Look]);
     }
 
     #[test]
@@ -552,7 +604,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            peel(&pkt, &secrets[0], |_| false),
+            peel(&pkt, &secrets[0], |_, _| false),
             Err(Error::Replay)
         ));
     }
@@ -581,12 +633,12 @@ mod tests {
         let (first, mut pkt) = use_surb(&surb, b"reply body").unwrap();
         assert_eq!(first, hops[0].id);
         for s in &secrets[..3] {
-            match peel(&pkt, s, |_| true).unwrap() {
+            match peel(&pkt, s, |_, _| true).unwrap() {
                 Peeled::Forward { packet, .. } => pkt = packet,
                 Peeled::Final { .. } => panic!("early final"),
             }
         }
-        match peel(&pkt, &secrets[3], |_| true).unwrap() {
+        match peel(&pkt, &secrets[3], |_, _| true).unwrap() {
             Peeled::Final {
                 destination,
                 identifier,
@@ -623,7 +675,7 @@ mod tests {
                 .payload_key_seed();
             assert_eq!(seed, key.hop_seeds[i], "hop {i}");
             assert_ne!(seed, key.reply_seed, "hop {i}");
-            if let Peeled::Forward { packet, .. } = peel(&pkt, s, |_| true).unwrap() {
+            if let Peeled::Forward { packet, .. } = peel(&pkt, s, |_, _| true).unwrap() {
                 pkt = packet;
             }
         }
@@ -668,7 +720,7 @@ mod tests {
         let mut pkt = use_surb(&surb, b"persisted").unwrap().1;
         let mut payload = None;
         for s in &secrets {
-            match peel(&pkt, s, |_| true).unwrap() {
+            match peel(&pkt, s, |_, _| true).unwrap() {
                 Peeled::Forward { packet, .. } => pkt = packet,
                 Peeled::Final { payload: p, .. } => payload = Some(p),
             }
@@ -747,7 +799,7 @@ mod tests {
             )
             .unwrap();
             for s in &secrets[..n - 1] {
-                match peel(&pkt, s, |_| true).unwrap() {
+                match peel(&pkt, s, |_, _| true).unwrap() {
                     Peeled::Forward { packet, .. } => pkt = packet,
                     Peeled::Final { .. } => panic!(),
                 }

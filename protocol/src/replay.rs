@@ -152,6 +152,12 @@ impl ReplayCache {
         true
     }
 
+    /// Whether [`Self::check_and_insert`] would take `tag` as fresh now;
+    /// records nothing.
+    pub fn would_accept(&self, tag: &ReplayTag) -> bool {
+        self.accept_replays || !self.contains(tag)
+    }
+
     /// Whether `tag` would be reported as a replay.
     pub fn contains(&self, tag: &ReplayTag) -> bool {
         self.saturated() || self.segments.iter().any(|s| s.contains(tag))
@@ -220,9 +226,20 @@ mod tests {
             c.check_and_insert(t);
         }
         for t in &tags {
+            assert!(!c.would_accept(t));
             assert!(!c.check_and_insert(t));
             assert!(c.contains(t));
         }
+        let fresh = tag(&mut rng);
+        assert!(c.would_accept(&fresh), "looking records nothing");
+        assert!(c.would_accept(&fresh));
+        assert!(c.check_and_insert(&fresh));
+        assert!(!c.would_accept(&fresh));
+        // The soak's cache records tags but refuses none, at the look too.
+        let mut soak = ReplayCache::new(100, 1e-6).dangerous_accept_replays();
+        assert!(soak.check_and_insert(&fresh));
+        assert!(soak.would_accept(&fresh) && soak.check_and_insert(&fresh));
+        assert!(soak.contains(&fresh));
     }
 
     #[test]

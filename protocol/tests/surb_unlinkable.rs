@@ -210,7 +210,7 @@ fn travel(surb: &[u8], msg: &[u8], route: &[&Mix]) -> Journey {
         if i == route.len() - 1 {
             at_g = Some(pkt.clone());
         }
-        match peel(&pkt, &m.secret, |_| true).unwrap() {
+        match peel(&pkt, &m.secret, |_, _| true).unwrap() {
             Peeled::Forward {
                 next_hop, packet, ..
             } => {
@@ -409,7 +409,7 @@ fn predictions(c: Construction, rng: &mut ChaCha20Rng, net: &Net) -> Predictions
         let s = hop_seed(&m.secret, &pkt);
         p.hop_shares_the_seed |= s == seed;
         g_seed = s;
-        if let Peeled::Forward { packet, .. } = peel(&pkt, &m.secret, |_| true).unwrap() {
+        if let Peeled::Forward { packet, .. } = peel(&pkt, &m.secret, |_, _| true).unwrap() {
             pkt = packet;
         }
     }

@@ -558,9 +558,9 @@ fn raw_unwrap(packets: &[Vec<u8>], secret: &x25519_dalek::StaticSecret) -> RawRu
                 let thread = std::thread::Builder::new().name("raw-unwrap".into());
                 let spawned = thread.spawn_scoped(s, move || {
                     pin_measured();
-                    // The normal policy, as the node's Sphinx workers have
-                    // (the benchmark's own threads are SCHED_BATCH).
-                    node::sched::cpu_thread();
+                    // The node's Sphinx workers' policy (SCHED_BATCH, as
+                    // are the benchmark's own threads).
+                    node::sched::worker_thread();
                     let cpu0 = own_cpu_seconds();
                     let mut ok = 0;
                     loop {
