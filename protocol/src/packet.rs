@@ -527,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_key_fails_before_replay_check() {
+    fn wrong_key_fails_before_the_tag_is_recorded() {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let (hops, _) = route(&mut rng, 3);
         let (other, _) = sphinx_keypair(&mut rng);
