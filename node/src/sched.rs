@@ -14,11 +14,13 @@
 //!   per packet fell from 13.6 to 7.4–9.6 µs, its threads' runs per packet
 //!   from 0.33 to 0.06–0.07 (docs/performance.md).
 //! - The workers, because under the normal policy a worker woken by a new
-//!   job preempted the I/O thread that queued it, before it queued the rest
-//!   of what it had read: on a core the two share, the pair could fall
-//!   into handing over one packet at a time (0.22 runs per packet, the
-//!   QUIC/tokio CPU per packet up from 9 to 16 µs). As batch, the worker
-//!   waits until the I/O thread is done, then takes the whole batch.
+//!   job may take the core from the I/O thread that queued it, before that
+//!   thread has queued the rest of what it read. As batch, the worker
+//!   waits until the I/O thread blocks or its slice ends, then takes the
+//!   whole batch. How many packets a batch holds is still set by how they
+//!   arrive: where the senders' pacing keeps the node's queue short, a
+//!   core the two share hands over a few packets at a time under either
+//!   policy (docs/performance.md).
 //!
 //! What it could cost: under full load a packet may wait for a running
 //! thread's slice (a few ms) before it is read, peeled or written. An idle
