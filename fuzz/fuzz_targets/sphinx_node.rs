@@ -1,7 +1,7 @@
 //! Sphinx packets at a node: the node-side `EpochKey::peel` (length check,
-//! header MAC, replay cache, layer removal) with fixed keys along a fixed
-//! three-hop route, then at the final hop `packet::recover_plaintext` and
-//! the gateway's `Request::decode`.
+//! replay look, header MAC and layer removal, replay record) with fixed
+//! keys along a fixed three-hop route, then at the final hop
+//! `packet::recover_plaintext` and the gateway's `Request::decode`.
 //!
 //! Checks: a forwarded packet keeps the packet size; a packet that peeled
 //! is refused as a replay the second time.

@@ -49,7 +49,7 @@ pub fn worker_thread() {
 enum Policy {
     Batch,
     /// The normal policy: only the tests go back to it.
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     Normal,
 }
 
@@ -58,7 +58,7 @@ enum Policy {
 fn set(policy: Policy) {
     let policy = match policy {
         Policy::Batch => libc::SCHED_BATCH,
-        #[cfg(test)]
+        #[cfg(all(test, target_os = "linux"))]
         Policy::Normal => libc::SCHED_OTHER,
     };
     let param = libc::sched_param { sched_priority: 0 };
@@ -146,14 +146,15 @@ mod tests {
             let worker = std::thread::spawn(|| {
                 let before = is_batch();
                 worker_thread();
-                (before, is_batch())
+                let child = std::thread::spawn(is_batch).join().unwrap_or(false);
+                (before, is_batch(), child)
             })
             .join()
-            .unwrap_or((true, false));
+            .unwrap_or((true, false, false));
             assert_eq!(
                 worker,
-                (false, true),
-                "a worker spawned by a normal thread makes itself batch"
+                (false, true, true),
+                "a worker spawned by a normal thread makes itself batch, and its children inherit"
             );
         })
         .join()

@@ -219,4 +219,58 @@ mod tests {
         assert_eq!(ring.retire_before(6), vec![5]);
         assert_eq!(ring.peel(5, &pkt).unwrap_err(), Error::UnknownEpoch(5));
     }
+
+    fn one_hop_packet(seed: u64) -> (EpochKey, Vec<u8>) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (s, p) = sphinx_keypair(&mut rng);
+        let hop = Hop {
+            id: [1; 32],
+            sphinx_key: p,
+        };
+        let pkt =
+            build_packet(&mut rng, &[hop], &[0; 32], [0; 16], &[Duration::ZERO], b"m").unwrap();
+        (EpochKey::new(5, s, ReplayCache::new(1000, 1e-6)), pkt)
+    }
+
+    #[test]
+    fn a_forgery_reusing_alpha_does_not_spoil_the_genuine_packet() {
+        let (key, pkt) = one_hop_packet(12);
+        // Same alpha (so the same replay tag), one bit of beta flipped: the
+        // header MAC fails, and the tag must not be recorded.
+        let mut forged = pkt.clone();
+        forged[32 + 16 + 7] ^= 1;
+        assert!(matches!(key.peel(&forged), Err(Error::InvalidPacket(_))));
+        assert_eq!(key.replay_stats().0, 0, "nothing recorded");
+        assert!(key.peel(&pkt).is_ok(), "the genuine packet still goes on");
+        assert_eq!(key.peel(&pkt).unwrap_err(), Error::Replay);
+        // Once the tag is recorded, the forgery counts as a replay.
+        assert_eq!(key.peel(&forged).unwrap_err(), Error::Replay);
+    }
+
+    #[test]
+    fn copies_peeled_at_once_go_on_exactly_once() {
+        const COPIES: usize = 4;
+        for seed in 0..8 {
+            let (key, pkt) = one_hop_packet(100 + seed);
+            let start = std::sync::Barrier::new(COPIES);
+            let results: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..COPIES)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            key.peel(&pkt)
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(ok, 1, "seed {seed}: {results:?}");
+            assert!(
+                results
+                    .iter()
+                    .all(|r| r.is_ok() || *r.as_ref().unwrap_err() == Error::Replay)
+            );
+        }
+    }
 }

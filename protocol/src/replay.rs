@@ -231,9 +231,9 @@ mod tests {
             assert!(c.contains(t));
         }
         let fresh = tag(&mut rng);
-        assert!(c.would_accept(&fresh), "looking records nothing");
         assert!(c.would_accept(&fresh));
-        assert!(c.check_and_insert(&fresh));
+        assert!(c.would_accept(&fresh), "looking records nothing");
+        assert!(c.check_and_insert(&fresh), "nor did the looks");
         assert!(!c.would_accept(&fresh));
         // The soak's cache records tags but refuses none, at the look too.
         let mut soak = ReplayCache::new(100, 1e-6).dangerous_accept_replays();
@@ -302,6 +302,7 @@ mod tests {
         }
         assert!(!c.check_and_insert(&tag(&mut rng)));
         assert!(c.contains(&tag(&mut rng)));
+        assert!(!c.would_accept(&tag(&mut rng)), "the look fails closed too");
         assert_eq!(c.len(), 20_000 * HARD_LIMIT);
     }
 }

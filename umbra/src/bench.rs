@@ -203,8 +203,8 @@ pub struct MixnodeBench {
     /// Share of all cores each had then; the rest was idle or others'.
     pub cpu_share: ThreadCpu,
     /// Times each group's threads were put on a CPU per forwarded packet
-    /// then: every one is a context switch, which on two cores preempts a
-    /// Sphinx worker.
+    /// then: every one is a context switch, and on a shared core takes it
+    /// from a Sphinx worker.
     pub runs_per_packet: ThreadCpu,
     /// On-CPU time of the raw unwrap threads per unwrap, µs (below
     /// `raw_us_per_packet` by what the machine gave to others meanwhile).
@@ -1360,8 +1360,8 @@ const BACKLOG: u64 = 1000;
 /// Frames per write of a sender.
 const CHUNK: u64 = 100;
 /// How often the senders and the arrival watcher look at the counts: each
-/// look wakes a thread that preempts a Sphinx worker, so not more often
-/// than the figures need (5 ms is under 0.5 % of a run).
+/// look wakes a thread, a context switch, so not more often than the
+/// figures need (5 ms is under 0.5 % of a run).
 const POLL: Duration = Duration::from_millis(5);
 /// No arrival for this long: report what arrived and stop waiting.
 const STALL: Duration = Duration::from_secs(5);

@@ -1677,8 +1677,9 @@ fn main() -> ExitCode {
         }
     }
     // A node's runtime does its I/O: its threads are SCHED_BATCH, so their
-    // many short wake-ups wait for a free core or a tick instead of
-    // preempting the Sphinx workers (node::sched). So are the mix node
+    // many short wake-ups wait for a free core, or for the running thread
+    // to block or end its slice, instead of preempting the Sphinx workers
+    // (which make themselves batch too: node::sched). So are the mix node
     // benchmark's (its load generator would be elsewhere in production).
     let io_role = matches!(
         cli.command,
