@@ -591,25 +591,6 @@ mod tests {
     }
 
     #[test]
-    fn replay_verdict_is_honoured() {
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let (hops, secrets) = route(&mut rng, 3);
-        let pkt = build_packet(
-            &mut rng,
-            &hops,
-            &[0; 32],
-            [0; 16],
-            &[Duration::ZERO; 3],
-            b"x",
-        )
-        .unwrap();
-        assert!(matches!(
-            peel(&pkt, &secrets[0], |_, _| false),
-            Err(Error::Replay)
-        ));
-    }
-
-    #[test]
     fn oversize_message_and_bad_routes_are_refused() {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let (hops, _) = route(&mut rng, 6);
